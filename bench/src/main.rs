@@ -1,0 +1,487 @@
+//! `bench`: relays paced RTP for N simultaneous calls through a real `mediaproxy` process and
+//! prints what it cost.
+//!
+//! For each call count of the sweep it starts a fresh proxy pinned to one CPU (`taskset`),
+//! pins itself to another, creates the calls over gRPC (two legs, one audio line each), and
+//! sends 172-byte G.711-sized RTP packets at 50 packets/s per direction from two UDP sockets
+//! per call, receiving what the proxy relays. Each packet carries its send time, so the
+//! generator measures one-way latency through the proxy; loss and duplicates come from
+//! sequence bitmaps; the proxy's CPU time comes from `/proc/<pid>/stat`.
+//!
+//! Figures: packets relayed per proxy CPU-second (the efficiency figure), loss, latency
+//! percentiles, idle RSS per call, and gRPC allocate+update setup latency.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use proto::v1 as pb;
+use proto::v1::media_proxy_client::MediaProxyClient;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "Relay benchmark: paced RTP through a real mediaproxy"
+)]
+struct Args {
+    /// Call counts to sweep, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,500,1000")]
+    calls: Vec<usize>,
+    /// Measured seconds per point (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Relay worker threads of the proxy.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Packets per second per stream (two streams per call).
+    #[arg(long, default_value_t = 50)]
+    pps: u32,
+    /// The mediaproxy binary [default: next to this executable].
+    #[arg(long)]
+    mediaproxy: Option<PathBuf>,
+    /// CPU list the proxy is pinned to (taskset); "none" disables pinning.
+    #[arg(long, default_value = "1")]
+    proxy_cpus: String,
+    /// CPU list the generator pins itself to; "none" disables pinning.
+    #[arg(long, default_value = "0")]
+    generator_cpus: String,
+}
+
+const PACKET_LEN: usize = 172;
+const PROXY_PORTS: &str = "10000-32767";
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    if args.generator_cpus != "none" {
+        let pid = std::process::id().to_string();
+        let pinned = Command::new("taskset")
+            .args(["-a", "-p", "-c", &args.generator_cpus, &pid])
+            .stdout(Stdio::null())
+            .status()
+            .context("taskset (util-linux) is needed for pinning; pass --generator-cpus none")?;
+        if !pinned.success() {
+            bail!(
+                "taskset could not pin the generator to {}",
+                args.generator_cpus
+            );
+        }
+    }
+    let binary = match &args.mediaproxy {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable has a directory")?
+            .join("mediaproxy"),
+    };
+    if !binary.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release -p mediaproxy)",
+            binary.display()
+        );
+    }
+    let clock_ticks: f64 =
+        String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
+            .trim()
+            .parse()?;
+    println!(
+        "mediaproxy relay benchmark: {} workers, {} pps per stream, {} B packets, {} s per point, proxy on CPU {}, generator on CPU {}",
+        args.workers, args.pps, PACKET_LEN, args.seconds, args.proxy_cpus, args.generator_cpus
+    );
+    println!(
+        "{:>6} {:>9} {:>9} {:>8} {:>5} {:>8} {:>8} {:>9} {:>7} {:>12} {:>9} {:>9} {:>7}",
+        "calls",
+        "offered",
+        "relayed",
+        "loss%",
+        "dups",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "cpu%",
+        "pkt/cpu-s",
+        "KiB/call",
+        "setup99",
+        "gen%"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for &calls in &args.calls {
+        let row = runtime.block_on(run_point(&args, &binary, calls, clock_ticks))?;
+        println!(
+            "{:>6} {:>9.0} {:>9.0} {:>8.3} {:>5} {:>8} {:>8} {:>9} {:>7.1} {:>12.0} {:>9.2} {:>7.2}ms {:>7.1}",
+            calls,
+            row.offered_pps,
+            row.relayed_pps,
+            row.loss_percent,
+            row.duplicates,
+            row.p50_us,
+            row.p99_us,
+            row.p999_us,
+            row.proxy_cpu_percent,
+            row.packets_per_cpu_second,
+            row.rss_kib_per_call,
+            row.setup_p99_ms,
+            row.generator_cpu_percent,
+        );
+    }
+    Ok(())
+}
+
+struct Row {
+    offered_pps: f64,
+    relayed_pps: f64,
+    loss_percent: f64,
+    duplicates: u64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    proxy_cpu_percent: f64,
+    packets_per_cpu_second: f64,
+    rss_kib_per_call: f64,
+    setup_p99_ms: f64,
+    generator_cpu_percent: f64,
+}
+
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: &str, clock_ticks: f64) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields[11].parse()?;
+    let stime: f64 = fields[12].parse()?;
+    Ok((utime + stime) / clock_ticks)
+}
+
+fn rss_kib(pid: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    u64::from(sorted[index])
+}
+
+struct Stream {
+    socket: UdpSocket,
+    to: SocketAddr,
+    /// Send offset inside each interval; streams are staggered evenly and in index order.
+    offset: Duration,
+    due: Instant,
+    sequence: u16,
+    /// Bit per sequence number received from this stream (by its peer).
+    received: Vec<u64>,
+}
+
+async fn run_point(
+    args: &Args,
+    binary: &PathBuf,
+    calls: usize,
+    clock_ticks: f64,
+) -> anyhow::Result<Row> {
+    let grpc_port = free_tcp_port()?;
+    let metrics_port = free_tcp_port()?;
+    let mut command = if args.proxy_cpus == "none" {
+        Command::new(binary)
+    } else {
+        let mut c = Command::new("taskset");
+        c.args(["-c", &args.proxy_cpus]).arg(binary);
+        c
+    };
+    command
+        .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
+        .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--ports", PROXY_PORTS])
+        .args(["--workers", &args.workers.to_string()])
+        .args(["--media-timeout", "1h", "--lease-timeout", "1h"])
+        .args([
+            "--log",
+            "warn",
+            "--shutdown-grace",
+            "1s",
+            "--node-id",
+            "bench",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let proxy = Proxy(command.spawn().context("start mediaproxy")?);
+    let pid = proxy.0.id().to_string();
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok(c) = MediaProxyClient::connect(format!("http://127.0.0.1:{grpc_port}")).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = client.context("mediaproxy did not come up")?;
+    let rss_before = rss_kib(&pid)?;
+
+    let poll = Poll::new()?;
+    let mut streams: Vec<Stream> = Vec::with_capacity(calls * 2);
+    let mut setup = Vec::with_capacity(calls);
+    let start = Instant::now();
+    let interval = Duration::from_secs(1) / args.pps;
+    let total_streams = calls * 2;
+    let bits = (args.pps as usize * (args.seconds as usize + 3)) / 64 + 1;
+    for call in 0..calls {
+        let call_id = format!("bench-{call}");
+        let began = Instant::now();
+        let mut local = [SocketAddr::from(([0, 0, 0, 0], 0)); 2];
+        let mut phones = Vec::new();
+        for (i, leg) in [pb::Leg::Caller, pb::Leg::Callee].into_iter().enumerate() {
+            let phone = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            phone.set_nonblocking(true)?;
+            let allocation = client
+                .allocate(pb::AllocateRequest {
+                    call_id: call_id.clone(),
+                    leg: leg as i32,
+                    owner: "bench".into(),
+                    media: vec![pb::MediaKind::Audio as i32],
+                    lease_timeout_ms: 0,
+                })
+                .await?
+                .into_inner();
+            local[i] = SocketAddr::new(
+                allocation.advertised_address.parse()?,
+                allocation.media[0].rtp_port as u16,
+            );
+            client
+                .update(pb::UpdateRequest {
+                    call_id: call_id.clone(),
+                    leg: leg as i32,
+                    media: vec![pb::RemoteMedia {
+                        index: 0,
+                        address: "127.0.0.1".into(),
+                        rtp_port: u32::from(phone.local_addr()?.port()),
+                        rtcp_port: 0,
+                        codecs: vec![pb::Codec {
+                            payload_type: 0,
+                            encoding: "PCMU".into(),
+                            clock_rate: 8000,
+                            channels: 1,
+                        }],
+                        direction: pb::Direction::Sendrecv as i32,
+                    }],
+                })
+                .await?;
+            phones.push(phone);
+        }
+        setup.push(began.elapsed());
+        for (i, phone) in phones.into_iter().enumerate() {
+            let index = streams.len();
+            let mut socket = UdpSocket::from_std(phone);
+            poll.registry()
+                .register(&mut socket, Token(index), Interest::READABLE)?;
+            let offset = interval * index as u32 / total_streams as u32;
+            streams.push(Stream {
+                socket,
+                to: local[i],
+                offset,
+                due: start,
+                sequence: 0,
+                received: vec![0; bits],
+            });
+        }
+    }
+    setup.sort();
+    let setup_p99 = setup[((setup.len() - 1) as f64 * 0.99).round() as usize];
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_idle = rss_kib(&pid)?;
+
+    let traffic = generate(args, poll, &mut streams, &pid, clock_ticks)?;
+    let _ = client;
+    drop(proxy);
+
+    let measured = args.seconds as f64;
+    let offered = traffic.sent_in_window as f64 / measured;
+    let mut latencies = traffic.latencies_us;
+    latencies.sort_unstable();
+    Ok(Row {
+        offered_pps: offered,
+        relayed_pps: traffic.received_in_window as f64 / measured,
+        loss_percent: if traffic.sent_in_window == 0 {
+            0.0
+        } else {
+            100.0
+                * (traffic
+                    .sent_in_window
+                    .saturating_sub(traffic.received_in_window)) as f64
+                / traffic.sent_in_window as f64
+        },
+        duplicates: traffic.duplicates,
+        p50_us: percentile(&latencies, 0.50),
+        p99_us: percentile(&latencies, 0.99),
+        p999_us: percentile(&latencies, 0.999),
+        proxy_cpu_percent: 100.0 * traffic.proxy_cpu / measured,
+        packets_per_cpu_second: if traffic.proxy_cpu > 0.0 {
+            traffic.received_in_window as f64 / traffic.proxy_cpu
+        } else {
+            f64::INFINITY
+        },
+        rss_kib_per_call: (rss_idle - rss_before) / calls as f64,
+        setup_p99_ms: setup_p99.as_secs_f64() * 1000.0,
+        generator_cpu_percent: 100.0 * traffic.generator_cpu / measured,
+    })
+}
+
+struct Traffic {
+    sent_in_window: u64,
+    received_in_window: u64,
+    duplicates: u64,
+    latencies_us: Vec<u32>,
+    proxy_cpu: f64,
+    generator_cpu: f64,
+}
+
+/// Sends paced packets on every stream and receives the relayed ones: one second of
+/// warm-up, then the measured window, then a short drain.
+fn generate(
+    args: &Args,
+    mut poll: Poll,
+    streams: &mut [Stream],
+    pid: &str,
+    clock_ticks: f64,
+) -> anyhow::Result<Traffic> {
+    let epoch = Instant::now();
+    let interval = Duration::from_secs(1) / args.pps;
+    for stream in streams.iter_mut() {
+        stream.due = epoch + stream.offset;
+    }
+    let window_start = epoch + Duration::from_secs(1);
+    let window_end = window_start + Duration::from_secs(args.seconds);
+    let stop_sending = window_end;
+    let drain_until = window_end + Duration::from_millis(300);
+    let mut packet = [0u8; PACKET_LEN];
+    packet[0] = 0x80;
+    let mut buffer = [0u8; 2048];
+    let mut events = Events::with_capacity(4096);
+    let mut next = 0usize;
+    let mut traffic = Traffic {
+        sent_in_window: 0,
+        received_in_window: 0,
+        duplicates: 0,
+        latencies_us: Vec::with_capacity(
+            (args.seconds as usize) * streams.len() * args.pps as usize,
+        ),
+        proxy_cpu: 0.0,
+        generator_cpu: 0.0,
+    };
+    let mut proxy_cpu_start = None;
+    let mut generator_cpu_start = 0.0;
+    let self_pid = std::process::id().to_string();
+    // Streams are due in a fixed rotation (offsets staggered over one interval, in index
+    // order), so one cursor walks them in order.
+    let count = streams.len();
+    loop {
+        let now = Instant::now();
+        if proxy_cpu_start.is_none() && now >= window_start {
+            proxy_cpu_start = Some(cpu_seconds(pid, clock_ticks)?);
+            generator_cpu_start = cpu_seconds(&self_pid, clock_ticks)?;
+        }
+        if now >= drain_until {
+            break;
+        }
+        if now < stop_sending {
+            while streams[next].due <= now {
+                let stream = &mut streams[next];
+                let sent_at = stream.due.max(epoch);
+                let in_window = sent_at >= window_start && sent_at < window_end;
+                packet[2..4].copy_from_slice(&stream.sequence.to_be_bytes());
+                packet[4..8].copy_from_slice(&(u32::from(stream.sequence) * 160).to_be_bytes());
+                packet[8..12].copy_from_slice(&(next as u32).to_be_bytes());
+                let nanos = Instant::now().duration_since(epoch).as_nanos() as u64;
+                packet[12..20].copy_from_slice(&nanos.to_be_bytes());
+                packet[20] = u8::from(in_window);
+                if stream.socket.send_to(&packet, stream.to).is_ok() && in_window {
+                    traffic.sent_in_window += 1;
+                }
+                stream.sequence = stream.sequence.wrapping_add(1);
+                stream.due += interval;
+                next = (next + 1) % count;
+            }
+        }
+        let wait = if now < stop_sending {
+            streams[next].due.saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_millis(10)
+        };
+        poll.poll(&mut events, Some(wait.min(Duration::from_millis(5))))?;
+        let received_at = Instant::now().duration_since(epoch).as_nanos() as u64;
+        for event in &events {
+            let socket = &streams[event.token().0].socket;
+            while let Ok((len, _)) = socket.recv_from(&mut buffer) {
+                if len != PACKET_LEN {
+                    continue;
+                }
+                let sender = u32::from_be_bytes(buffer[8..12].try_into().unwrap()) as usize;
+                let sequence = usize::from(u16::from_be_bytes([buffer[2], buffer[3]]));
+                let sent_nanos = u64::from_be_bytes(buffer[12..20].try_into().unwrap());
+                if buffer[20] == 1 && sender < count {
+                    let bitmap = &mut streams[sender].received;
+                    let (word, bit) = (sequence / 64, 1u64 << (sequence % 64));
+                    if word < bitmap.len() {
+                        if bitmap[word] & bit != 0 {
+                            traffic.duplicates += 1;
+                        } else {
+                            bitmap[word] |= bit;
+                            traffic.received_in_window += 1;
+                            let latency = received_at.saturating_sub(sent_nanos) / 1000;
+                            traffic
+                                .latencies_us
+                                .push(latency.min(u64::from(u32::MAX)) as u32);
+                        }
+                    }
+                }
+            }
+        }
+        if now >= window_end && traffic.proxy_cpu == 0.0 {
+            traffic.proxy_cpu = cpu_seconds(pid, clock_ticks)? - proxy_cpu_start.unwrap_or(0.0);
+            traffic.generator_cpu = cpu_seconds(&self_pid, clock_ticks)? - generator_cpu_start;
+        }
+    }
+    Ok(traffic)
+}

@@ -1,0 +1,511 @@
+//! Configuration: command-line flags, `MEDIAPROXY_*` environment variables and a TOML file
+//! (`--config FILE`), in that order of precedence. Every option has the same name in all
+//! three (`--media-ip`, `MEDIAPROXY_MEDIA_IP`, `media-ip = "..."`).
+//!
+//! [`Options`] is the raw, all-optional layer; [`Config::resolve`] merges the layers, fills
+//! defaults and checks values, failing with a [`ConfigError`] that names the option.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use serde::Deserialize;
+
+use crate::ports::PortRange;
+use crate::session::Timing;
+
+/// A duration written as `250ms`, `3s`, `5m`, `1h` (a bare number means seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 3s, 5m, 1h)"))?;
+        let seconds = match unit.trim() {
+            "" | "s" => value,
+            "ms" => value / 1000.0,
+            "m" | "min" => value * 60.0,
+            "h" => value * 3600.0,
+            other => {
+                return Err(format!(
+                    "unknown duration unit {other:?} (use ms, s, m or h)"
+                ));
+            }
+        };
+        Duration::try_from_secs_f64(seconds)
+            .map(Self)
+            .map_err(|_| format!("{text:?} is out of range"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Seconds(seconds) => Ok(Self(Duration::from_secs(seconds))),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Options of the media relay itself; `signaling` reuses them for its embedded proxy.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MediaOptions {
+    /// Address the relay sockets bind to [default: 127.0.0.1].
+    #[arg(long, env = "MEDIAPROXY_MEDIA_IP", value_name = "IP")]
+    pub media_ip: Option<IpAddr>,
+    /// Address put in SDP when it differs from --media-ip (NAT, cloud) [default: --media-ip].
+    #[arg(long, env = "MEDIAPROXY_ADVERTISE_IP", value_name = "IP")]
+    pub advertise_ip: Option<IpAddr>,
+    /// Declare that --advertise-ip is not on a local interface on purpose (1:1 NAT, cloud).
+    #[arg(long, env = "MEDIAPROXY_ADVERTISE_EXTERNAL", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub advertise_external: Option<bool>,
+    /// RTP port range; RTP on even ports, RTCP on RTP + 1 [default: 30000-39999].
+    #[arg(long, env = "MEDIAPROXY_PORTS", value_name = "MIN-MAX")]
+    pub ports: Option<PortRange>,
+    /// Directory recordings are written to [default: recordings].
+    #[arg(long, env = "MEDIAPROXY_RECORDINGS", value_name = "DIR")]
+    pub recordings: Option<PathBuf>,
+    /// Relay worker threads [default: one per CPU].
+    #[arg(long, env = "MEDIAPROXY_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// Learning window for source latching after the first packet or an update [default: 3s].
+    #[arg(long, env = "MEDIAPROXY_LATCH_WINDOW", value_name = "DURATION")]
+    pub latch_window: Option<HumanDuration>,
+    /// Release a call after this long without a packet from either leg [default: 60s].
+    #[arg(long, env = "MEDIAPROXY_MEDIA_TIMEOUT", value_name = "DURATION")]
+    pub media_timeout: Option<HumanDuration>,
+    /// The media timeout while a leg is on hold or inactive [default: 1h].
+    #[arg(long, env = "MEDIAPROXY_HOLD_TIMEOUT", value_name = "DURATION")]
+    pub hold_timeout: Option<HumanDuration>,
+    /// Report one-way media when one leg has been silent this long while the other sent
+    /// [default: 10s].
+    #[arg(long, env = "MEDIAPROXY_ONE_WAY_AFTER", value_name = "DURATION")]
+    pub one_way_after: Option<HumanDuration>,
+    /// Release an owner's calls when it has not renewed its lease for this long [default: 30s].
+    #[arg(long, env = "MEDIAPROXY_LEASE_TIMEOUT", value_name = "DURATION")]
+    pub lease_timeout: Option<HumanDuration>,
+    /// Time a released port pair waits before reuse [default: 10s].
+    #[arg(long, env = "MEDIAPROXY_PORT_QUARANTINE", value_name = "DURATION")]
+    pub port_quarantine: Option<HumanDuration>,
+}
+
+/// Options of the `mediaproxy` service.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Options {
+    /// gRPC listen address (control, health, reflection) [default: 127.0.0.1:50051].
+    #[arg(long, env = "MEDIAPROXY_GRPC", value_name = "ADDR")]
+    pub grpc: Option<SocketAddr>,
+    /// HTTP listen address for /metrics and /healthz [default: 127.0.0.1:9466].
+    #[arg(long, env = "MEDIAPROXY_METRICS", value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Name reported to signaling and in metrics labels [default: the host name].
+    #[arg(long, env = "MEDIAPROXY_NODE_ID", value_name = "NAME")]
+    pub node_id: Option<String>,
+    /// On SIGTERM, keep relaying existing calls this long before exiting [default: 30s].
+    #[arg(long, env = "MEDIAPROXY_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<HumanDuration>,
+    /// Log filter, as RUST_LOG [default: info].
+    #[arg(long, env = "MEDIAPROXY_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub media: MediaOptions,
+}
+
+/// The `mediaproxy` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "mediaproxy",
+    version,
+    about = "RTP relay driven over gRPC (mediaproxy.v1)"
+)]
+pub struct Cli {
+    /// TOML file with any of the options below (flags and environment win over it).
+    #[arg(long, env = "MEDIAPROXY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// A configuration problem; the message names the option.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("--{option}: {message}")]
+    Invalid {
+        option: &'static str,
+        message: String,
+    },
+}
+
+/// The checked media relay settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaConfig {
+    pub media_ip: IpAddr,
+    pub advertise_ip: IpAddr,
+    pub advertise_external: bool,
+    pub ports: PortRange,
+    pub recordings: PathBuf,
+    pub workers: usize,
+    pub timing: Timing,
+    pub lease_timeout: Duration,
+    pub port_quarantine: Duration,
+}
+
+/// The checked configuration of the `mediaproxy` service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub node_id: String,
+    pub shutdown_grace: Duration,
+    pub log: String,
+    pub media: MediaConfig,
+}
+
+fn invalid(option: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        option,
+        message: message.into(),
+    }
+}
+
+/// Reads a TOML options file.
+pub fn read_file(path: &Path) -> Result<Options, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    Options::from_toml(&text).map_err(|message| ConfigError::File {
+        path: path.to_owned(),
+        message,
+    })
+}
+
+/// Splits a TOML table into the keys named in `keys` and the rest. Lets one flat file feed
+/// two option structs that each refuse unknown keys (serde cannot combine `flatten` with
+/// `deny_unknown_fields`).
+pub fn split_table(mut table: toml::Table, keys: &[&str]) -> (toml::Table, toml::Table) {
+    let mut own = toml::Table::new();
+    for key in keys {
+        if let Some(value) = table.remove(*key) {
+            own.insert((*key).to_owned(), value);
+        }
+    }
+    (own, table)
+}
+
+impl Options {
+    /// Keys of [`Options`] itself; every other key belongs to [`MediaOptions`].
+    const KEYS: [&str; 5] = ["grpc", "metrics", "node-id", "shutdown-grace", "log"];
+
+    /// Parses the TOML form; an unknown key is an error that names it.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        let (own, rest) = split_table(table, &Self::KEYS);
+        let mut options: Self = own
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())?;
+        options.media = rest
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string().trim_end().to_owned())?;
+        Ok(options)
+    }
+}
+
+impl MediaOptions {
+    /// Fills unset options from `lower` (a lower-precedence layer).
+    pub fn or(self, lower: Self) -> Self {
+        Self {
+            media_ip: self.media_ip.or(lower.media_ip),
+            advertise_ip: self.advertise_ip.or(lower.advertise_ip),
+            advertise_external: self.advertise_external.or(lower.advertise_external),
+            ports: self.ports.or(lower.ports),
+            recordings: self.recordings.or(lower.recordings),
+            workers: self.workers.or(lower.workers),
+            latch_window: self.latch_window.or(lower.latch_window),
+            media_timeout: self.media_timeout.or(lower.media_timeout),
+            hold_timeout: self.hold_timeout.or(lower.hold_timeout),
+            one_way_after: self.one_way_after.or(lower.one_way_after),
+            lease_timeout: self.lease_timeout.or(lower.lease_timeout),
+            port_quarantine: self.port_quarantine.or(lower.port_quarantine),
+        }
+    }
+
+    /// Defaults and checks.
+    pub fn resolve(self) -> Result<MediaConfig, ConfigError> {
+        let defaults = Timing::default();
+        let media_ip = self.media_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let advertise_ip = match self.advertise_ip {
+            Some(ip) if ip.is_unspecified() => {
+                return Err(invalid(
+                    "advertise-ip",
+                    format!("{ip} cannot be put in SDP"),
+                ));
+            }
+            Some(ip) => ip,
+            None if media_ip.is_unspecified() => {
+                return Err(invalid(
+                    "advertise-ip",
+                    format!(
+                        "required when --media-ip is {media_ip} (which address should phones send to?)"
+                    ),
+                ));
+            }
+            None => media_ip,
+        };
+        if advertise_ip.is_ipv4() != media_ip.is_ipv4() && !media_ip.is_unspecified() {
+            return Err(invalid(
+                "advertise-ip",
+                format!(
+                    "{advertise_ip} and --media-ip {media_ip} are of different address families"
+                ),
+            ));
+        }
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if workers == 0 || workers > 256 {
+            return Err(invalid(
+                "workers",
+                format!("{workers} is not between 1 and 256"),
+            ));
+        }
+        let positive = |option: &'static str, value: Option<HumanDuration>, default: Duration| {
+            let value = value.map_or(default, |d| d.0);
+            if value.is_zero() {
+                Err(invalid(option, "must be longer than 0"))
+            } else {
+                Ok(value)
+            }
+        };
+        let timing = Timing {
+            latch_window: positive("latch-window", self.latch_window, defaults.latch_window)?,
+            media_timeout: positive("media-timeout", self.media_timeout, defaults.media_timeout)?,
+            hold_timeout: positive("hold-timeout", self.hold_timeout, defaults.hold_timeout)?,
+            one_way_after: positive("one-way-after", self.one_way_after, defaults.one_way_after)?,
+        };
+        Ok(MediaConfig {
+            media_ip,
+            advertise_ip,
+            advertise_external: self.advertise_external.unwrap_or(false),
+            ports: self.ports.unwrap_or(PortRange {
+                min: 30000,
+                max: 39999,
+            }),
+            recordings: self
+                .recordings
+                .unwrap_or_else(|| PathBuf::from("recordings")),
+            workers,
+            timing,
+            lease_timeout: positive("lease-timeout", self.lease_timeout, Duration::from_secs(30))?,
+            port_quarantine: self
+                .port_quarantine
+                .map_or(Duration::from_secs(10), |d| d.0),
+        })
+    }
+}
+
+impl MediaConfig {
+    /// A warning when the advertised address is not on a local interface and was not declared
+    /// external: phones would send media to an address this host may never receive on.
+    pub fn advertise_warning(&self) -> Option<String> {
+        if self.advertise_external || self.advertise_ip == self.media_ip {
+            return None;
+        }
+        match UdpSocket::bind(SocketAddr::new(self.advertise_ip, 0)) {
+            Ok(_) => None,
+            Err(_) => Some(format!(
+                "--advertise-ip {} is not an address of this host and --advertise-external is not set: \
+                 phones will send RTP there; if that address does not forward to --media-ip {} \
+                 every relayed call will have no audio",
+                self.advertise_ip, self.media_ip
+            )),
+        }
+    }
+}
+
+impl Config {
+    /// Merges flags/env (`cli`) over the file named by `--config`, then checks.
+    pub fn load(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => Options::default(),
+        };
+        Self::resolve(cli.options, file)
+    }
+
+    /// Merges two layers (`upper` wins) and checks.
+    pub fn resolve(upper: Options, lower: Options) -> Result<Self, ConfigError> {
+        let media = upper.media.or(lower.media).resolve()?;
+        let node_id = upper
+            .node_id
+            .or(lower.node_id)
+            .unwrap_or_else(default_node_id);
+        if node_id.is_empty()
+            || node_id.len() > 64
+            || !node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "node-id",
+                format!("{node_id:?} must be 1 to 64 letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        Ok(Self {
+            grpc: upper
+                .grpc
+                .or(lower.grpc)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            metrics: upper
+                .metrics
+                .or(lower.metrics)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9466))),
+            node_id,
+            shutdown_grace: upper
+                .shutdown_grace
+                .or(lower.shutdown_grace)
+                .map_or(Duration::from_secs(30), |d| d.0),
+            log: upper.log.or(lower.log).unwrap_or_else(|| "info".to_owned()),
+            media,
+        })
+    }
+}
+
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "mediaproxy".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mediaproxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(
+            "3".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            "2m".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(120)
+        );
+        assert!("3 parsecs".parse::<HumanDuration>().is_err());
+        assert!("soon".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let cli = parse(&["--ports", "40000-40099", "--node-id", "edge-1"]).unwrap();
+        let file = Options::from_toml(
+            "ports = \"50000-50099\"\ngrpc = \"127.0.0.1:7000\"\nmedia-timeout = \"90s\"\n",
+        )
+        .unwrap();
+        let config = Config::resolve(cli.options, file).unwrap();
+        assert_eq!(
+            config.media.ports,
+            PortRange {
+                min: 40000,
+                max: 40099
+            }
+        );
+        assert_eq!(config.grpc, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(config.media.timing.media_timeout, Duration::from_secs(90));
+        assert_eq!(config.node_id, "edge-1");
+        assert_eq!(config.media.advertise_ip, config.media.media_ip);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused_by_name() {
+        let error = Options::from_toml("grpc = \"127.0.0.1:1\"\nmedia-port = 5\n").unwrap_err();
+        assert!(error.contains("media-port"), "{error}");
+        let error = Options::from_toml("grpc = 5\n").unwrap_err();
+        assert!(error.contains("grpc"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        let error = parse(&["--ports", "9-3"]).unwrap_err().to_string();
+        assert!(error.contains("--ports"), "{error}");
+        let cli = parse(&["--media-ip", "0.0.0.0"]).unwrap();
+        let error = Config::resolve(cli.options, Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("--advertise-ip"), "{error}");
+        let cli = parse(&["--workers", "0"]).unwrap();
+        let error = Config::resolve(cli.options, Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("--workers"), "{error}");
+        let cli = parse(&["--node-id", "a b"]).unwrap();
+        let error = Config::resolve(cli.options, Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("--node-id"), "{error}");
+    }
+
+    #[test]
+    fn a_foreign_advertise_ip_warns_unless_declared_external() {
+        let options = MediaOptions {
+            advertise_ip: Some("203.0.113.10".parse().unwrap()),
+            ..MediaOptions::default()
+        };
+        let media = options.clone().resolve().unwrap();
+        assert!(media.advertise_warning().unwrap().contains("203.0.113.10"));
+        let declared = MediaOptions {
+            advertise_external: Some(true),
+            ..options
+        };
+        assert_eq!(declared.resolve().unwrap().advertise_warning(), None);
+    }
+
+    #[test]
+    fn shipped_example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let path = dir.join("mediaproxy.toml");
+        let options = read_file(&path).unwrap();
+        Config::resolve(Options::default(), options).unwrap();
+    }
+}

@@ -1,0 +1,708 @@
+//! The control plane: which calls exist, who owns them, which ports they hold.
+//!
+//! Requests arrive here already validated into domain types (the gRPC edge does that). This
+//! module binds sockets, hands them to a relay worker, keeps owners' leases, and makes
+//! allocate and release idempotent:
+//!
+//! - allocate is keyed by (call id, leg): a retry returns the ports of the first attempt;
+//! - release moves the call to a *tombstone* holding its final statistics for
+//!   [`TOMBSTONE_TTL`]; a retried release (or a release after the proxy ended the call itself)
+//!   gets the same statistics with `already_released`.
+//!
+//! The state lock is held only for bookkeeping and socket binds, never across an await.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, watch};
+
+use crate::metrics::Metrics;
+use crate::ports::{PortPool, PortRange};
+use crate::relay::{NewMedia, Relay, WorkerGone};
+use crate::session::{CallSnapshot, Event, EventKind, MAX_MEDIA, UpdateError};
+use crate::types::{CallId, Leg, MediaKind, Owner, ReleaseReason, RemoteMedia, WallClock};
+
+/// How long final statistics of a released call stay available to a retried release.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// At most this many tombstones are kept (oldest dropped first).
+const TOMBSTONE_LIMIT: usize = 100_000;
+
+/// Settings of the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    pub node_id: String,
+    pub media_ip: IpAddr,
+    pub advertise_ip: IpAddr,
+    pub ports: PortRange,
+    pub port_quarantine: Duration,
+    pub lease_timeout: Duration,
+}
+
+/// Errors of control operations, each mapping to one gRPC status.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("no call {0} on this node")]
+    NotFound(CallId),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("no free RTP port pair left in {0}")]
+    PortsExhausted(PortRange),
+    #[error("node is draining and takes no new calls")]
+    Draining,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<WorkerGone> for ControlError {
+    fn from(error: WorkerGone) -> Self {
+        Self::Internal(error.to_string())
+    }
+}
+
+/// A media line's local port pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalMedia {
+    pub index: usize,
+    pub kind: MediaKind,
+    pub rtp_port: u16,
+}
+
+/// Answer to an allocate or update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub call_id: CallId,
+    pub leg: Leg,
+    pub advertised: IpAddr,
+    pub media: Vec<LocalMedia>,
+    pub existing: bool,
+}
+
+/// What an allocate asks for.
+#[derive(Debug, Clone)]
+pub struct AllocateRequest {
+    pub call_id: CallId,
+    pub leg: Leg,
+    pub owner: Owner,
+    pub media: Vec<MediaKind>,
+    pub lease_timeout: Option<Duration>,
+}
+
+/// Final statistics of a released call.
+#[derive(Debug, Clone)]
+pub struct Released {
+    pub snapshot: CallSnapshot,
+    pub reason: ReleaseReason,
+}
+
+/// Answer to a release.
+#[derive(Debug, Clone)]
+pub struct ReleaseOutcome {
+    pub released: Arc<Released>,
+    pub already_released: bool,
+}
+
+/// Node status.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub node_id: String,
+    pub instance_id: String,
+    pub advertised: IpAddr,
+    pub sessions: usize,
+    pub ports_free: usize,
+    pub ports_total: usize,
+    pub packets_per_second: f64,
+    pub draining: bool,
+    pub uptime: Duration,
+    pub owners: usize,
+}
+
+/// Answer to a lease renewal.
+#[derive(Debug, Clone)]
+pub struct LeaseState {
+    pub sessions: usize,
+    pub timeout: Duration,
+    pub instance_id: String,
+}
+
+struct CallEntry {
+    owner: Owner,
+    worker: usize,
+    legs: [Vec<LocalMedia>; 2],
+}
+
+struct Lease {
+    renewed: Instant,
+    timeout: Duration,
+    calls: usize,
+}
+
+enum Tombstone {
+    /// A release is under way; wait for it.
+    Pending(watch::Receiver<Option<Arc<Released>>>),
+    Done(Arc<Released>),
+}
+
+struct State {
+    calls: HashMap<CallId, CallEntry>,
+    pool: PortPool,
+    leases: HashMap<Owner, Lease>,
+    tombstones: HashMap<CallId, Tombstone>,
+    tombstone_order: VecDeque<(Instant, CallId)>,
+}
+
+/// The control plane of one media proxy.
+pub struct Control {
+    settings: ControlSettings,
+    relay: Relay,
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+    events: broadcast::Sender<Option<Arc<Event>>>,
+    draining: Arc<AtomicBool>,
+    instance_id: String,
+    started: Instant,
+    clock: WallClock,
+    /// Packets per second (f64 bits), refreshed by [`Control::sample_rate`].
+    packet_rate: AtomicU64,
+    rate_sample: Mutex<(Instant, u64)>,
+}
+
+impl Control {
+    pub fn new(
+        settings: ControlSettings,
+        relay: Relay,
+        metrics: Arc<Metrics>,
+        events: broadcast::Sender<Option<Arc<Event>>>,
+        clock: WallClock,
+    ) -> Self {
+        let pool = PortPool::new(settings.ports, settings.port_quarantine);
+        metrics.ports_total.set((pool.total_pairs() * 2) as i64);
+        metrics.ports_free.set((pool.total_pairs() * 2) as i64);
+        let now = Instant::now();
+        Self {
+            settings,
+            relay,
+            state: Mutex::new(State {
+                calls: HashMap::new(),
+                pool,
+                leases: HashMap::new(),
+                tombstones: HashMap::new(),
+                tombstone_order: VecDeque::new(),
+            }),
+            metrics,
+            events,
+            draining: Arc::new(AtomicBool::new(false)),
+            instance_id: instance_id(),
+            started: now,
+            clock,
+            packet_rate: AtomicU64::new(0),
+            rate_sample: Mutex::new((now, 0)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves bookkeeping that is still consistent enough
+        // to serve releases; keep going rather than poisoning every later request.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn settings(&self) -> &ControlSettings {
+        &self.settings
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn draining_flag(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
+    }
+
+    /// Media events as they happen; `None` marks the end (the proxy is stopping).
+    pub fn subscribe(&self) -> broadcast::Receiver<Option<Arc<Event>>> {
+        self.events.subscribe()
+    }
+
+    /// Ends every event stream after the events already queued.
+    pub fn close_event_streams(&self) {
+        let _ = self.events.send(None);
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Allocates port pairs for one leg (idempotent, see the module docs).
+    pub fn allocate(&self, request: AllocateRequest) -> Result<Allocation, ControlError> {
+        let AllocateRequest {
+            call_id,
+            leg,
+            owner,
+            media,
+            lease_timeout,
+        } = request;
+        if media.is_empty() || media.len() > MAX_MEDIA {
+            return Err(ControlError::InvalidArgument(format!(
+                "media must list 1 to {MAX_MEDIA} media lines, got {}",
+                media.len()
+            )));
+        }
+        let now = Instant::now();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let (worker, existing_media) = match state.calls.get(&call_id) {
+            Some(entry) if entry.owner != owner => {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "call {call_id} is owned by {}, not {owner}",
+                    entry.owner
+                )));
+            }
+            Some(entry) => (entry.worker, entry.legs[leg.index()].clone()),
+            None => {
+                if self.draining.load(Ordering::Relaxed) {
+                    self.metrics
+                        .allocation_failures
+                        .with_label_values(&["draining"])
+                        .inc();
+                    return Err(ControlError::Draining);
+                }
+                (self.relay.pick(), Vec::new())
+            }
+        };
+        let lease = state.leases.entry(owner.clone()).or_insert(Lease {
+            renewed: now,
+            timeout: self.settings.lease_timeout,
+            calls: 0,
+        });
+        lease.renewed = now;
+        if let Some(timeout) = lease_timeout {
+            lease.timeout = timeout;
+        }
+        if media.len() <= existing_media.len() {
+            return Ok(Allocation {
+                call_id,
+                leg,
+                advertised: self.settings.advertise_ip,
+                media: existing_media[..media.len()].to_vec(),
+                existing: true,
+            });
+        }
+        // Bind the missing lines; on exhaustion give back what this request took.
+        let mut bound = Vec::new();
+        for &kind in &media[existing_media.len()..] {
+            match self.bind_pair(&mut state.pool, now) {
+                Some((rtp_port, rtp, rtcp)) => bound.push(NewMedia {
+                    kind,
+                    rtp_port,
+                    rtp,
+                    rtcp,
+                }),
+                None => {
+                    for new in bound {
+                        state.pool.release(now, new.rtp_port);
+                    }
+                    self.metrics
+                        .allocation_failures
+                        .with_label_values(&["ports_exhausted"])
+                        .inc();
+                    self.refresh_port_gauge(&mut state.pool, now);
+                    tracing::warn!(%call_id, range = %self.settings.ports, "port range exhausted");
+                    return Err(ControlError::PortsExhausted(self.settings.ports));
+                }
+            }
+        }
+        let entry = state.calls.entry(call_id.clone()).or_insert_with(|| {
+            lease.calls += 1;
+            CallEntry {
+                owner: owner.clone(),
+                worker,
+                legs: [Vec::new(), Vec::new()],
+            }
+        });
+        let leg_media = &mut entry.legs[leg.index()];
+        for new in &bound {
+            leg_media.push(LocalMedia {
+                index: leg_media.len(),
+                kind: new.kind,
+                rtp_port: new.rtp_port,
+            });
+        }
+        let all = leg_media.clone();
+        let was_existing = !existing_media.is_empty();
+        state.tombstones.remove(&call_id);
+        self.metrics.sessions.set(state.calls.len() as i64);
+        self.refresh_port_gauge(&mut state.pool, now);
+        self.relay
+            .add_media(worker, call_id.clone(), owner, leg, bound)?;
+        tracing::debug!(%call_id, leg = leg.as_str(), ports = ?all, "allocated");
+        Ok(Allocation {
+            call_id,
+            leg,
+            advertised: self.settings.advertise_ip,
+            media: all,
+            existing: was_existing,
+        })
+    }
+
+    /// Takes pairs from the pool until both ports bind; a pair another process holds is
+    /// skipped (and retried after the quarantine), never leaked.
+    fn bind_pair(
+        &self,
+        pool: &mut PortPool,
+        now: Instant,
+    ) -> Option<(u16, std::net::UdpSocket, std::net::UdpSocket)> {
+        for _ in 0..pool.total_pairs() {
+            let port = pool.take(now)?;
+            let rtp = bind_udp(SocketAddr::new(self.settings.media_ip, port));
+            let rtcp = bind_udp(SocketAddr::new(self.settings.media_ip, port + 1));
+            match (rtp, rtcp) {
+                (Ok(rtp), Ok(rtcp)) => return Some((port, rtp, rtcp)),
+                (rtp, rtcp) => {
+                    let error = rtp.err().or(rtcp.err());
+                    tracing::info!(port, ?error, "RTP port pair unavailable, skipped");
+                    pool.skip(now, port);
+                }
+            }
+        }
+        None
+    }
+
+    fn refresh_port_gauge(&self, pool: &mut PortPool, now: Instant) {
+        self.metrics
+            .ports_free
+            .set((pool.free_pairs(now) * 2) as i64);
+    }
+
+    fn entry_worker(&self, call_id: &CallId) -> Result<usize, ControlError> {
+        self.lock()
+            .calls
+            .get(call_id)
+            .map(|entry| entry.worker)
+            .ok_or_else(|| ControlError::NotFound(call_id.clone()))
+    }
+
+    /// Applies a leg's SDP and starts relaying towards it.
+    pub async fn update(
+        &self,
+        call_id: CallId,
+        leg: Leg,
+        remotes: Vec<RemoteMedia>,
+    ) -> Result<Allocation, ControlError> {
+        let (worker, media) = {
+            let state = self.lock();
+            let entry = state
+                .calls
+                .get(&call_id)
+                .ok_or_else(|| ControlError::NotFound(call_id.clone()))?;
+            (entry.worker, entry.legs[leg.index()].clone())
+        };
+        if media.is_empty() {
+            return Err(ControlError::FailedPrecondition(format!(
+                "leg {} of call {call_id} has no ports allocated",
+                leg.as_str()
+            )));
+        }
+        self.relay
+            .update(worker, call_id.clone(), leg, remotes)
+            .await?
+            .map_err(|error| match error {
+                UpdateError::MediaNotAllocated { .. } => {
+                    ControlError::InvalidArgument(error.to_string())
+                }
+                UpdateError::LegNotAllocated(_) => {
+                    ControlError::FailedPrecondition(error.to_string())
+                }
+            })?;
+        Ok(Allocation {
+            call_id,
+            leg,
+            advertised: self.settings.advertise_ip,
+            media,
+            existing: true,
+        })
+    }
+
+    /// Live statistics of one call.
+    pub async fn query(&self, call_id: &CallId) -> Result<CallSnapshot, ControlError> {
+        let worker = self.entry_worker(call_id)?;
+        self.relay
+            .query(worker, call_id.clone())
+            .await?
+            .ok_or_else(|| ControlError::NotFound(call_id.clone()))
+    }
+
+    /// Live statistics of every call, optionally of one owner.
+    pub async fn list(&self, owner: Option<&Owner>) -> Result<Vec<CallSnapshot>, ControlError> {
+        let mut all = self.relay.list().await?;
+        if let Some(owner) = owner {
+            all.retain(|snapshot| &snapshot.owner == owner);
+        }
+        all.sort_by(|a, b| a.call_id.cmp(&b.call_id));
+        Ok(all)
+    }
+
+    /// Ends a call (idempotent, see the module docs).
+    pub async fn release(
+        &self,
+        call_id: &CallId,
+        reason: ReleaseReason,
+    ) -> Result<ReleaseOutcome, ControlError> {
+        enum Found {
+            Live(CallEntry, watch::Sender<Option<Arc<Released>>>),
+            Pending(watch::Receiver<Option<Arc<Released>>>),
+            Done(Arc<Released>),
+        }
+        let found = {
+            let mut state = self.lock();
+            match state.calls.remove(call_id) {
+                Some(entry) => {
+                    let (done, pending) = watch::channel(None);
+                    state
+                        .tombstones
+                        .insert(call_id.clone(), Tombstone::Pending(pending));
+                    if let Some(lease) = state.leases.get_mut(&entry.owner) {
+                        lease.calls = lease.calls.saturating_sub(1);
+                    }
+                    self.metrics.sessions.set(state.calls.len() as i64);
+                    Found::Live(entry, done)
+                }
+                None => match state.tombstones.get(call_id) {
+                    Some(Tombstone::Done(released)) => Found::Done(released.clone()),
+                    Some(Tombstone::Pending(pending)) => Found::Pending(pending.clone()),
+                    None => return Err(ControlError::NotFound(call_id.clone())),
+                },
+            }
+        };
+        let (entry, done) = match found {
+            Found::Live(entry, done) => (entry, done),
+            Found::Done(released) => {
+                return Ok(ReleaseOutcome {
+                    released,
+                    already_released: true,
+                });
+            }
+            Found::Pending(mut pending) => {
+                let released = pending
+                    .wait_for(Option::is_some)
+                    .await
+                    .map_err(|_| ControlError::Internal("release abandoned".into()))?
+                    .clone()
+                    .expect("waited for Some");
+                return Ok(ReleaseOutcome {
+                    released,
+                    already_released: true,
+                });
+            }
+        };
+        let result = self.relay.release(entry.worker, call_id.clone()).await;
+        let now = Instant::now();
+        let snapshot = match result {
+            Ok(Some(snapshot)) => snapshot,
+            // The worker had no such session (it could not have been created): report empty
+            // statistics rather than fail the release.
+            Ok(None) | Err(_) => CallSnapshot {
+                call_id: call_id.clone(),
+                owner: entry.owner.clone(),
+                created_unix_ms: 0,
+                released_unix_ms: self.clock.unix_ms(now),
+                legs: Vec::new(),
+            },
+        };
+        let released = Arc::new(Released { snapshot, reason });
+        {
+            let mut state = self.lock();
+            for leg in &entry.legs {
+                for media in leg {
+                    state.pool.release(now, media.rtp_port);
+                }
+            }
+            self.refresh_port_gauge(&mut state.pool, now);
+            state
+                .tombstones
+                .insert(call_id.clone(), Tombstone::Done(released.clone()));
+            state.tombstone_order.push_back((now, call_id.clone()));
+            while state.tombstone_order.len() > TOMBSTONE_LIMIT {
+                if let Some((_, old)) = state.tombstone_order.pop_front() {
+                    state.tombstones.remove(&old);
+                }
+            }
+        }
+        let _ = done.send(Some(released.clone()));
+        self.metrics
+            .released
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        self.metrics
+            .events
+            .with_label_values(&["session_released"])
+            .inc();
+        let _ = self.events.send(Some(Arc::new(Event {
+            call_id: call_id.clone(),
+            owner: entry.owner.clone(),
+            leg: Leg::Caller,
+            media: 0,
+            unix_ms: self.clock.unix_ms(now),
+            kind: EventKind::SessionReleased { reason },
+        })));
+        tracing::info!(%call_id, reason = reason.as_str(), "session released");
+        Ok(ReleaseOutcome {
+            released,
+            already_released: false,
+        })
+    }
+
+    /// Renews every call of an owner.
+    pub fn renew_lease(&self, owner: &Owner, timeout: Option<Duration>) -> LeaseState {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let lease = state.leases.entry(owner.clone()).or_insert(Lease {
+            renewed: now,
+            timeout: self.settings.lease_timeout,
+            calls: 0,
+        });
+        lease.renewed = now;
+        if let Some(timeout) = timeout {
+            lease.timeout = timeout;
+        }
+        LeaseState {
+            sessions: lease.calls,
+            timeout: lease.timeout,
+            instance_id: self.instance_id.clone(),
+        }
+    }
+
+    /// Releases the calls of owners whose lease ran out and forgets old tombstones. Run
+    /// periodically by the server.
+    pub async fn sweep(&self) {
+        let now = Instant::now();
+        let expired: Vec<CallId> = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let expired_owners: Vec<Owner> = state
+                .leases
+                .iter()
+                .filter(|(_, lease)| now.saturating_duration_since(lease.renewed) >= lease.timeout)
+                .map(|(owner, _)| owner.clone())
+                .collect();
+            for owner in &expired_owners {
+                if state.leases.get(owner).is_some_and(|l| l.calls > 0) {
+                    tracing::warn!(%owner, "lease expired; releasing the owner's calls");
+                }
+                state.leases.remove(owner);
+            }
+            while let Some((at, _)) = state.tombstone_order.front() {
+                if now.saturating_duration_since(*at) < TOMBSTONE_TTL {
+                    break;
+                }
+                if let Some((_, old)) = state.tombstone_order.pop_front()
+                    && matches!(state.tombstones.get(&old), Some(Tombstone::Done(_)))
+                {
+                    state.tombstones.remove(&old);
+                }
+            }
+            self.refresh_port_gauge(&mut state.pool, now);
+            state
+                .calls
+                .iter()
+                .filter(|(_, entry)| expired_owners.contains(&entry.owner))
+                .map(|(call_id, _)| call_id.clone())
+                .collect()
+        };
+        for call_id in expired {
+            let _ = self.release(&call_id, ReleaseReason::LeaseExpired).await;
+        }
+        self.sample_rate(now);
+    }
+
+    fn sample_rate(&self, now: Instant) {
+        let total: u64 = crate::metrics::DIRECTIONS
+            .iter()
+            .map(|d| self.metrics.packets.with_label_values(&[*d]).get())
+            .sum();
+        let mut sample = self
+            .rate_sample
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let elapsed = now.saturating_duration_since(sample.0).as_secs_f64();
+        if elapsed >= 1.0 {
+            let rate = total.saturating_sub(sample.1) as f64 / elapsed;
+            self.packet_rate.store(rate.to_bits(), Ordering::Relaxed);
+            *sample = (now, total);
+        }
+    }
+
+    /// Releases every call (shutdown).
+    pub async fn release_all(&self, reason: ReleaseReason) {
+        let calls: Vec<CallId> = self.lock().calls.keys().cloned().collect();
+        for call_id in calls {
+            let _ = self.release(&call_id, reason).await;
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.lock().calls.len()
+    }
+
+    pub fn status(&self) -> Status {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let owners = state
+            .leases
+            .values()
+            .filter(|lease| {
+                lease.calls > 0 || now.saturating_duration_since(lease.renewed) < lease.timeout
+            })
+            .count();
+        Status {
+            node_id: self.settings.node_id.clone(),
+            instance_id: self.instance_id.clone(),
+            advertised: self.settings.advertise_ip,
+            sessions: state.calls.len(),
+            ports_free: state.pool.free_pairs(now) * 2,
+            ports_total: state.pool.total_pairs() * 2,
+            packets_per_second: f64::from_bits(self.packet_rate.load(Ordering::Relaxed)),
+            draining: self.draining.load(Ordering::Relaxed),
+            uptime: now.saturating_duration_since(self.started),
+            owners,
+        }
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        if self.draining.swap(draining, Ordering::Relaxed) != draining {
+            tracing::info!(draining, "drain state changed");
+        }
+    }
+
+    /// Sessions per relay worker are balanced by [`Relay::pick`]; this is their number.
+    pub fn worker_count(&self) -> usize {
+        self.relay.worker_count()
+    }
+}
+
+/// Binds one non-blocking UDP socket, without `SO_REUSEADDR`/`SO_REUSEPORT`, so that no two
+/// sessions (or processes) can share a port.
+fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+/// A random-enough id for this process: time and pid, hex.
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{:x}", nanos as u64, std::process::id())
+}

@@ -1,0 +1,677 @@
+//! The `mediaproxy.v1.MediaProxy` gRPC service.
+//!
+//! Generated protobuf types stop here: requests are converted into domain types (with an
+//! `INVALID_ARGUMENT` naming the offending field when they do not convert), answers are built
+//! from domain snapshots. Every method's latency lands in
+//! `mediaproxy_grpc_request_duration_seconds{method}`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::v1 as pb;
+use proto::v1::media_proxy_server::MediaProxy;
+use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
+use tonic::{Request, Response, Status};
+
+use crate::control::{AllocateRequest, Allocation, Control, ControlError, LocalMedia};
+use crate::session::{CallSnapshot, CounterSnapshot, Event, EventKind, MediaSnapshot};
+use crate::types::{
+    CallId, Codec, Direction, DropReason, Leg, MediaKind, Owner, ReleaseReason, RemoteMedia,
+    RemoteTarget,
+};
+
+/// The gRPC service; cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    control: Arc<Control>,
+}
+
+impl Service {
+    pub fn new(control: Arc<Control>) -> Self {
+        Self { control }
+    }
+
+    fn timer(&self, method: &str) -> prometheus::HistogramTimer {
+        self.control
+            .metrics()
+            .grpc_duration
+            .with_label_values(&[method])
+            .start_timer()
+    }
+}
+
+impl From<ControlError> for Status {
+    fn from(error: ControlError) -> Self {
+        let message = error.to_string();
+        match error {
+            ControlError::InvalidArgument(_) => Self::invalid_argument(message),
+            ControlError::NotFound(_) => Self::not_found(message),
+            ControlError::FailedPrecondition(_) => Self::failed_precondition(message),
+            ControlError::PortsExhausted(_) => Self::resource_exhausted(message),
+            ControlError::Draining => Self::unavailable(message),
+            ControlError::Internal(_) => Self::internal(message),
+        }
+    }
+}
+
+fn call_id(text: &str) -> Result<CallId, Status> {
+    CallId::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn owner(text: &str) -> Result<Owner, Status> {
+    Owner::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn leg(value: i32) -> Result<Leg, Status> {
+    match pb::Leg::try_from(value) {
+        Ok(pb::Leg::Caller) => Ok(Leg::Caller),
+        Ok(pb::Leg::Callee) => Ok(Leg::Callee),
+        _ => Err(Status::invalid_argument(format!(
+            "leg must be LEG_CALLER or LEG_CALLEE, got {value}"
+        ))),
+    }
+}
+
+fn leg_to_wire(leg: Leg) -> i32 {
+    match leg {
+        Leg::Caller => pb::Leg::Caller as i32,
+        Leg::Callee => pb::Leg::Callee as i32,
+    }
+}
+
+fn kind_from_wire(value: i32, field: &str) -> Result<MediaKind, Status> {
+    match pb::MediaKind::try_from(value) {
+        Ok(pb::MediaKind::Audio) => Ok(MediaKind::Audio),
+        Ok(pb::MediaKind::Video) => Ok(MediaKind::Video),
+        Ok(pb::MediaKind::Other) => Ok(MediaKind::Other),
+        _ => Err(Status::invalid_argument(format!(
+            "{field} must be a MediaKind other than UNSPECIFIED, got {value}"
+        ))),
+    }
+}
+
+fn kind_to_wire(kind: MediaKind) -> i32 {
+    match kind {
+        MediaKind::Audio => pb::MediaKind::Audio as i32,
+        MediaKind::Video => pb::MediaKind::Video as i32,
+        MediaKind::Other => pb::MediaKind::Other as i32,
+    }
+}
+
+fn direction_from_wire(value: i32) -> Direction {
+    match pb::Direction::try_from(value) {
+        Ok(pb::Direction::Sendonly) => Direction::SendOnly,
+        Ok(pb::Direction::Recvonly) => Direction::RecvOnly,
+        Ok(pb::Direction::Inactive) => Direction::Inactive,
+        _ => Direction::SendRecv,
+    }
+}
+
+fn direction_to_wire(direction: Direction) -> i32 {
+    (match direction {
+        Direction::SendRecv => pb::Direction::Sendrecv,
+        Direction::SendOnly => pb::Direction::Sendonly,
+        Direction::RecvOnly => pb::Direction::Recvonly,
+        Direction::Inactive => pb::Direction::Inactive,
+    }) as i32
+}
+
+fn port(value: u32, field: &str) -> Result<u16, Status> {
+    u16::try_from(value)
+        .map_err(|_| Status::invalid_argument(format!("{field} {value} is not a UDP port")))
+}
+
+/// Converts one `RemoteMedia`, checking that the relay can reach the address family.
+fn remote_from_wire(
+    position: usize,
+    wire: &pb::RemoteMedia,
+    media_ip: IpAddr,
+) -> Result<RemoteMedia, Status> {
+    let field = |name: &str| format!("media[{position}].{name}");
+    let index = usize::try_from(wire.index)
+        .map_err(|_| Status::invalid_argument(format!("{} is too large", field("index"))))?;
+    let rtp_port = port(wire.rtp_port, &field("rtp_port"))?;
+    let target = if rtp_port == 0 {
+        RemoteTarget::Disabled
+    } else {
+        let ip: IpAddr = wire.address.trim().parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "{} {:?} is not an IPv4 or IPv6 address",
+                field("address"),
+                wire.address
+            ))
+        })?;
+        if ip.is_unspecified() {
+            RemoteTarget::Hold
+        } else {
+            if ip.is_ipv4() != media_ip.is_ipv4() && !media_ip.is_unspecified() {
+                return Err(Status::invalid_argument(format!(
+                    "{} {ip} is not of the relay's address family (--media-ip {media_ip})",
+                    field("address")
+                )));
+            }
+            let rtcp_port = match wire.rtcp_port {
+                0 => rtp_port.checked_add(1).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "{} 65535 leaves no room for RTCP on port + 1",
+                        field("rtp_port")
+                    ))
+                })?,
+                value => port(value, &field("rtcp_port"))?,
+            };
+            RemoteTarget::Address {
+                rtp: SocketAddr::new(ip, rtp_port),
+                rtcp: SocketAddr::new(ip, rtcp_port),
+            }
+        }
+    };
+    let codecs = wire
+        .codecs
+        .iter()
+        .enumerate()
+        .map(|(i, codec)| {
+            let payload_type = u8::try_from(codec.payload_type)
+                .ok()
+                .filter(|pt| *pt <= 127)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "{} {} is not an RTP payload type (0-127)",
+                        field(&format!("codecs[{i}].payload_type")),
+                        codec.payload_type
+                    ))
+                })?;
+            if codec.clock_rate == 0 {
+                return Err(Status::invalid_argument(format!(
+                    "{} must be positive",
+                    field(&format!("codecs[{i}].clock_rate"))
+                )));
+            }
+            Ok(Codec {
+                payload_type,
+                encoding: codec.encoding.clone(),
+                clock_rate: codec.clock_rate,
+                channels: u8::try_from(codec.channels.max(1)).unwrap_or(u8::MAX),
+            })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    Ok(RemoteMedia {
+        index,
+        target,
+        codecs,
+        direction: direction_from_wire(wire.direction),
+    })
+}
+
+fn local_to_wire(media: &[LocalMedia]) -> Vec<pb::LocalMedia> {
+    media
+        .iter()
+        .map(|m| pb::LocalMedia {
+            index: m.index as u32,
+            kind: kind_to_wire(m.kind),
+            rtp_port: u32::from(m.rtp_port),
+            rtcp_port: u32::from(m.rtp_port) + 1,
+        })
+        .collect()
+}
+
+fn address_text(address: Option<SocketAddr>) -> String {
+    address.map(|a| a.to_string()).unwrap_or_default()
+}
+
+fn counters_to_wire(c: &CounterSnapshot) -> pb::Counters {
+    pb::Counters {
+        packets: c.packets,
+        bytes: c.bytes,
+        first_unix_ms: c.first_unix_ms,
+        last_unix_ms: c.last_unix_ms,
+    }
+}
+
+fn media_to_wire(m: &MediaSnapshot) -> pb::MediaStats {
+    let drop = |reason: DropReason| m.drops[reason.index()];
+    pb::MediaStats {
+        index: m.index as u32,
+        kind: kind_to_wire(m.kind),
+        local_rtp_port: u32::from(m.local_rtp_port),
+        local_rtcp_port: u32::from(m.local_rtcp_port),
+        sdp_rtp_address: address_text(m.sdp_rtp),
+        sdp_rtcp_address: address_text(m.sdp_rtcp),
+        latched_rtp_source: address_text(m.latched_rtp),
+        latched_rtcp_source: address_text(m.latched_rtcp),
+        rtp_received: Some(counters_to_wire(&m.rtp_received)),
+        rtcp_received: Some(counters_to_wire(&m.rtcp_received)),
+        rtp_sent: Some(counters_to_wire(&m.rtp_sent)),
+        rtcp_sent: Some(counters_to_wire(&m.rtcp_sent)),
+        quality: Some(pb::RtpQuality {
+            ssrc: m.quality.ssrc,
+            expected: m.quality.expected,
+            lost: m.quality.lost,
+            duplicates: m.quality.duplicates,
+            out_of_order: m.quality.out_of_order,
+            jitter_ms: m.quality.jitter_ms,
+            max_jitter_ms: m.quality.max_jitter_ms,
+            ssrc_changes: m.quality.ssrc_changes,
+            last_payload_type: u32::from(m.quality.last_payload_type),
+        }),
+        drops: Some(pb::Drops {
+            unknown_source: drop(DropReason::UnknownSource),
+            before_latching: drop(DropReason::BeforeLatching),
+            too_short: drop(DropReason::TooShort),
+            not_rtp: drop(DropReason::NotRtp),
+            no_destination: drop(DropReason::NoDestination),
+            send_error: drop(DropReason::SendError),
+        }),
+        recorded_packets: m.recorded_packets,
+        source_changes: m.source_changes,
+        direction: direction_to_wire(m.direction),
+    }
+}
+
+fn stats_to_wire(snapshot: &CallSnapshot, node_id: &str) -> pb::CallStats {
+    pb::CallStats {
+        call_id: snapshot.call_id.to_string(),
+        owner: snapshot.owner.to_string(),
+        node_id: node_id.to_owned(),
+        created_unix_ms: snapshot.created_unix_ms,
+        released_unix_ms: snapshot.released_unix_ms,
+        legs: snapshot
+            .legs
+            .iter()
+            .map(|leg| pb::LegStats {
+                leg: leg_to_wire(leg.leg),
+                media: leg.media.iter().map(media_to_wire).collect(),
+            })
+            .collect(),
+        recording: Some(pb::RecordingState {
+            call_id: snapshot.call_id.to_string(),
+            state: pb::recording_state::State::Off as i32,
+            path: String::new(),
+            packets: 0,
+        }),
+    }
+}
+
+fn event_to_wire(event: &Event, node_id: &str) -> pb::Event {
+    use pb::event::Kind;
+    let kind = match &event.kind {
+        EventKind::FirstPacket { source, sdp, rtcp } => Kind::FirstPacket(pb::FirstPacket {
+            source: source.to_string(),
+            sdp_address: address_text(*sdp),
+            matches_sdp: Some(*source) == *sdp,
+            rtcp: *rtcp,
+        }),
+        EventKind::SourceChanged { from, to, rtcp } => Kind::SourceChanged(pb::SourceChanged {
+            from: from.to_string(),
+            to: to.to_string(),
+            rtcp: *rtcp,
+        }),
+        EventKind::MediaTimeout { idle } => Kind::MediaTimeout(pb::MediaTimeout {
+            idle_ms: idle.as_millis() as u64,
+        }),
+        EventKind::OneWayMedia { silent_for } => Kind::OneWayMedia(pb::OneWayMedia {
+            silent_ms: silent_for.as_millis() as u64,
+        }),
+        EventKind::RecordingFinished { path, packets } => {
+            Kind::RecordingFinished(pb::RecordingFinished {
+                path: path.clone(),
+                packets: *packets,
+            })
+        }
+        EventKind::SessionReleased { reason } => Kind::SessionReleased(pb::SessionReleased {
+            reason: reason.as_str().to_owned(),
+        }),
+    };
+    pb::Event {
+        call_id: event.call_id.to_string(),
+        leg: leg_to_wire(event.leg),
+        media_index: event.media as u32,
+        unix_ms: event.unix_ms,
+        node_id: node_id.to_owned(),
+        owner: event.owner.to_string(),
+        kind: Some(kind),
+    }
+}
+
+fn allocation_to_wire(allocation: Allocation, node_id: &str) -> pb::AllocateResponse {
+    pb::AllocateResponse {
+        call_id: allocation.call_id.to_string(),
+        leg: leg_to_wire(allocation.leg),
+        node_id: node_id.to_owned(),
+        advertised_address: allocation.advertised.to_string(),
+        media: local_to_wire(&allocation.media),
+        existing: allocation.existing,
+    }
+}
+
+fn lease_timeout(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
+type AudioStream = Pin<Box<dyn Stream<Item = Result<pb::AudioFrame, Status>> + Send>>;
+
+const RECORDING_LATER: &str =
+    "recording is not implemented in this build yet (planned; the contract is final)";
+
+#[tonic::async_trait]
+impl MediaProxy for Service {
+    async fn allocate(
+        &self,
+        request: Request<pb::AllocateRequest>,
+    ) -> Result<Response<pb::AllocateResponse>, Status> {
+        let _timer = self.timer("allocate");
+        let request = request.into_inner();
+        let media = request
+            .media
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| kind_from_wire(*kind, &format!("media[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let allocation = self.control.allocate(AllocateRequest {
+            call_id: call_id(&request.call_id)?,
+            leg: leg(request.leg)?,
+            owner: owner(&request.owner)?,
+            media,
+            lease_timeout: lease_timeout(request.lease_timeout_ms),
+        })?;
+        Ok(Response::new(allocation_to_wire(
+            allocation,
+            &self.control.settings().node_id,
+        )))
+    }
+
+    async fn update(
+        &self,
+        request: Request<pb::UpdateRequest>,
+    ) -> Result<Response<pb::UpdateResponse>, Status> {
+        let _timer = self.timer("update");
+        let request = request.into_inner();
+        let media_ip = self.control.settings().media_ip;
+        let remotes = request
+            .media
+            .iter()
+            .enumerate()
+            .map(|(i, m)| remote_from_wire(i, m, media_ip))
+            .collect::<Result<Vec<_>, _>>()?;
+        let allocation = self
+            .control
+            .update(call_id(&request.call_id)?, leg(request.leg)?, remotes)
+            .await?;
+        Ok(Response::new(pb::UpdateResponse {
+            call_id: allocation.call_id.to_string(),
+            leg: leg_to_wire(allocation.leg),
+            media: local_to_wire(&allocation.media),
+            advertised_address: allocation.advertised.to_string(),
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let _timer = self.timer("release");
+        let request = request.into_inner();
+        let id = call_id(&request.call_id)?;
+        let outcome = self.control.release(&id, ReleaseReason::Released).await?;
+        if !outcome.already_released {
+            tracing::debug!(call_id = %id, reason = %request.reason.chars().take(64).collect::<String>(), "released by owner");
+        }
+        Ok(Response::new(pb::ReleaseResponse {
+            stats: Some(stats_to_wire(
+                &outcome.released.snapshot,
+                &self.control.settings().node_id,
+            )),
+            already_released: outcome.already_released,
+            release_reason: outcome.released.reason.as_str().to_owned(),
+        }))
+    }
+
+    async fn query_stats(
+        &self,
+        request: Request<pb::QueryStatsRequest>,
+    ) -> Result<Response<pb::CallStats>, Status> {
+        let _timer = self.timer("query_stats");
+        let id = call_id(&request.into_inner().call_id)?;
+        let snapshot = self.control.query(&id).await?;
+        Ok(Response::new(stats_to_wire(
+            &snapshot,
+            &self.control.settings().node_id,
+        )))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let _timer = self.timer("list_sessions");
+        let request = request.into_inner();
+        let filter = if request.owner.is_empty() {
+            None
+        } else {
+            Some(owner(&request.owner)?)
+        };
+        let node = &self.control.settings().node_id;
+        let sessions = self
+            .control
+            .list(filter.as_ref())
+            .await?
+            .iter()
+            .map(|s| stats_to_wire(s, node))
+            .collect();
+        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+    }
+
+    async fn renew_lease(
+        &self,
+        request: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        let _timer = self.timer("renew_lease");
+        let request = request.into_inner();
+        let state = self.control.renew_lease(
+            &owner(&request.owner)?,
+            lease_timeout(request.lease_timeout_ms),
+        );
+        Ok(Response::new(pb::RenewLeaseResponse {
+            sessions: state.sessions as u32,
+            lease_timeout_ms: state.timeout.as_millis() as u64,
+            instance_id: state.instance_id,
+        }))
+    }
+
+    async fn start_recording(
+        &self,
+        _request: Request<pb::StartRecordingRequest>,
+    ) -> Result<Response<pb::RecordingState>, Status> {
+        let _timer = self.timer("start_recording");
+        Err(Status::unimplemented(RECORDING_LATER))
+    }
+
+    async fn pause_recording(
+        &self,
+        _request: Request<pb::RecordingControlRequest>,
+    ) -> Result<Response<pb::RecordingState>, Status> {
+        let _timer = self.timer("pause_recording");
+        Err(Status::unimplemented(RECORDING_LATER))
+    }
+
+    async fn stop_recording(
+        &self,
+        _request: Request<pb::RecordingControlRequest>,
+    ) -> Result<Response<pb::RecordingState>, Status> {
+        let _timer = self.timer("stop_recording");
+        Err(Status::unimplemented(RECORDING_LATER))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let _timer = self.timer("watch_events");
+        let request = request.into_inner();
+        let owner_filter = if request.owner.is_empty() {
+            None
+        } else {
+            Some(owner(&request.owner)?)
+        };
+        let call_filter = if request.call_id.is_empty() {
+            None
+        } else {
+            Some(call_id(&request.call_id)?)
+        };
+        let node_id = self.control.settings().node_id.clone();
+        let stream = BroadcastStream::new(self.control.subscribe())
+            .take_while(|item| !matches!(item, Ok(None)))
+            .filter_map(move |item| match item {
+                Ok(Some(event)) => {
+                    let wanted = owner_filter.as_ref().is_none_or(|o| *o == event.owner)
+                        && call_filter.as_ref().is_none_or(|c| *c == event.call_id);
+                    wanted.then(|| Ok(event_to_wire(&event, &node_id)))
+                }
+                Ok(None) => None,
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "event watcher too slow; events skipped");
+                    None
+                }
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type TapAudioStream = AudioStream;
+
+    async fn tap_audio(
+        &self,
+        _request: Request<pb::TapAudioRequest>,
+    ) -> Result<Response<Self::TapAudioStream>, Status> {
+        let _timer = self.timer("tap_audio");
+        Err(Status::unimplemented(
+            "the audio tap is not implemented in this build yet (planned; the contract is final)",
+        ))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let _timer = self.timer("status");
+        Ok(Response::new(status_to_wire(&self.control)))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let _timer = self.timer("drain");
+        self.control.set_draining(request.into_inner().drain);
+        Ok(Response::new(status_to_wire(&self.control)))
+    }
+}
+
+fn status_to_wire(control: &Control) -> pb::StatusResponse {
+    let status = control.status();
+    pb::StatusResponse {
+        node_id: status.node_id,
+        instance_id: status.instance_id,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        advertised_address: status.advertised.to_string(),
+        sessions: status.sessions as u32,
+        ports_free: status.ports_free as u32,
+        ports_total: status.ports_total as u32,
+        packets_per_second: status.packets_per_second,
+        draining: status.draining,
+        uptime_seconds: status.uptime.as_secs(),
+        owners: status.owners as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(address: &str, rtp: u32, rtcp: u32) -> pb::RemoteMedia {
+        pb::RemoteMedia {
+            index: 0,
+            address: address.into(),
+            rtp_port: rtp,
+            rtcp_port: rtcp,
+            codecs: vec![],
+            direction: 0,
+        }
+    }
+
+    const V4: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn remote_media_converts_hold_disabled_and_rtcp_defaults() {
+        let r = remote_from_wire(0, &wire("10.0.0.1", 4000, 0), V4).unwrap();
+        assert_eq!(
+            r.target,
+            RemoteTarget::Address {
+                rtp: "10.0.0.1:4000".parse().unwrap(),
+                rtcp: "10.0.0.1:4001".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            remote_from_wire(0, &wire("0.0.0.0", 4000, 0), V4)
+                .unwrap()
+                .target,
+            RemoteTarget::Hold
+        );
+        assert_eq!(
+            remote_from_wire(0, &wire("", 0, 0), V4).unwrap().target,
+            RemoteTarget::Disabled
+        );
+    }
+
+    #[test]
+    fn remote_media_errors_name_the_field() {
+        let error = remote_from_wire(2, &wire("not-an-ip", 4000, 0), V4).unwrap_err();
+        assert!(
+            error.message().contains("media[2].address"),
+            "{}",
+            error.message()
+        );
+        let error = remote_from_wire(0, &wire("10.0.0.1", 70000, 0), V4).unwrap_err();
+        assert!(
+            error.message().contains("media[0].rtp_port"),
+            "{}",
+            error.message()
+        );
+        let error = remote_from_wire(0, &wire("10.0.0.1", 65535, 0), V4).unwrap_err();
+        assert!(error.message().contains("RTCP"), "{}", error.message());
+        let error = remote_from_wire(0, &wire("::1", 4000, 0), V4).unwrap_err();
+        assert!(
+            error.message().contains("address family"),
+            "{}",
+            error.message()
+        );
+        let mut bad_codec = wire("10.0.0.1", 4000, 0);
+        bad_codec.codecs.push(pb::Codec {
+            payload_type: 200,
+            encoding: "x".into(),
+            clock_rate: 8000,
+            channels: 1,
+        });
+        let error = remote_from_wire(0, &bad_codec, V4).unwrap_err();
+        assert!(
+            error.message().contains("codecs[0].payload_type"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn legs_and_kinds_must_be_specified() {
+        assert!(leg(0).is_err());
+        assert_eq!(leg(2).unwrap(), Leg::Callee);
+        assert!(
+            kind_from_wire(0, "media[0]")
+                .unwrap_err()
+                .message()
+                .contains("media[0]")
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! `mediaproxy`: an rtpengine-style RTP relay driven over gRPC (`mediaproxy.v1`).
+//!
+//! Signaling allocates RTP/RTCP port pairs per call leg, tells the proxy where each leg's
+//! media should go (from SDP), and the proxy relays packets between the legs with symmetric
+//! latching, counting everything that happens to every packet.
+//!
+//! # Layout
+//!
+//! Protocol logic does no I/O; async and thread code only moves data.
+//!
+//! - [`types`]: domain types (call id, owner, leg, media kind, drop and release reasons).
+//! - [`rtp`]: RTP/RTCP recognition of a datagram.
+//! - [`quality`]: RFC 3550 loss, duplicates, reordering and jitter of one stream.
+//! - [`session`]: one call's relay state: latching, routing, counters, timers, events.
+//! - [`ports`]: the RTP port pool with quarantine.
+//! - [`relay`]: worker threads that own sockets and sessions and run the hot path.
+//! - [`control`]: the control plane: calls, leases, idempotent allocate/release.
+//! - [`grpc`]: the `mediaproxy.v1` gRPC service, converting wire types to domain types.
+//! - [`metrics`]: Prometheus registry and the `/metrics` and `/healthz` HTTP endpoints.
+//! - [`config`]: command line, environment and TOML configuration.
+//! - [`server`]: wires everything together; used by the binary, by tests and by `signaling`'s
+//!   embedded mode.
+
+pub mod config;
+pub mod control;
+pub mod grpc;
+pub mod metrics;
+pub mod ports;
+pub mod quality;
+pub mod relay;
+pub mod rtp;
+pub mod server;
+pub mod session;
+pub mod types;

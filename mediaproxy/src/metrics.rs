@@ -1,0 +1,203 @@
+//! Prometheus metrics of the media proxy (names fixed by DESIGN section 7; catalogue in
+//! `docs/metrics.md`) and the HTTP endpoints `/metrics` and `/healthz`.
+//!
+//! The registry belongs to one proxy instance, not to the process, so several proxies (tests,
+//! signaling's embedded proxy) live side by side. Relay workers do not touch these counters
+//! per packet: they count locally and add their totals every tick (see [`crate::relay`]).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::types::{DropReason, ReleaseReason};
+
+/// Relay direction label values: where the packet came from and where it went.
+pub const DIRECTIONS: [&str; 2] = ["caller_to_callee", "callee_to_caller"];
+
+/// Every metric of one media proxy.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Packets relayed (RTP and RTCP), by direction.
+    pub packets: IntCounterVec,
+    /// UDP payload bytes relayed, by direction.
+    pub bytes: IntCounterVec,
+    /// Packets received and not relayed, by reason.
+    pub dropped: IntCounterVec,
+    pub sessions: IntGauge,
+    pub ports_free: IntGauge,
+    pub ports_total: IntGauge,
+    pub recordings: IntGauge,
+    /// Sessions ended, by reason.
+    pub released: IntCounterVec,
+    /// Allocations refused, by reason.
+    pub allocation_failures: IntCounterVec,
+    /// Media events emitted, by kind.
+    pub events: IntCounterVec,
+    pub grpc_duration: HistogramVec,
+}
+
+/// Allocation failure label values.
+pub const ALLOCATION_FAILURES: [&str; 2] = ["ports_exhausted", "draining"];
+/// Event kind label values.
+pub const EVENT_KINDS: [&str; 6] = [
+    "first_packet",
+    "source_changed",
+    "media_timeout",
+    "one_way_media",
+    "recording_finished",
+    "session_released",
+];
+
+impl Metrics {
+    pub fn new(node_id: &str) -> Self {
+        let registry =
+            Registry::new_custom(None, Some([("node".to_owned(), node_id.to_owned())].into()))
+                .expect("static registry labels are valid");
+        let counter = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let vec = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            for value in values {
+                vec.with_label_values(&[*value]);
+            }
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("unique metric");
+            vec
+        };
+        let gauge = |name: &str, help: &str| {
+            let gauge = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(gauge.clone()))
+                .expect("unique metric");
+            gauge
+        };
+        let drop_reasons: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        let release_reasons: Vec<&str> = ReleaseReason::ALL.iter().map(|r| r.as_str()).collect();
+        let packets = counter(
+            "mediaproxy_packets_total",
+            "RTP and RTCP packets relayed.",
+            "direction",
+            &DIRECTIONS,
+        );
+        let bytes = counter(
+            "mediaproxy_bytes_total",
+            "UDP payload bytes relayed.",
+            "direction",
+            &DIRECTIONS,
+        );
+        let dropped = counter(
+            "mediaproxy_packets_dropped_total",
+            "Packets received and not relayed.",
+            "reason",
+            &drop_reasons,
+        );
+        let released = counter(
+            "mediaproxy_sessions_released_total",
+            "Sessions ended.",
+            "reason",
+            &release_reasons,
+        );
+        let allocation_failures = counter(
+            "mediaproxy_allocation_failures_total",
+            "Allocate requests refused.",
+            "reason",
+            &ALLOCATION_FAILURES,
+        );
+        let events = counter(
+            "mediaproxy_events_total",
+            "Media events emitted.",
+            "kind",
+            &EVENT_KINDS,
+        );
+        let grpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "mediaproxy_grpc_request_duration_seconds",
+                "Time to answer a gRPC request.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(grpc_duration.clone()))
+            .expect("unique metric");
+        Self {
+            packets,
+            bytes,
+            dropped,
+            sessions: gauge("mediaproxy_sessions", "Calls held."),
+            ports_free: gauge(
+                "mediaproxy_ports_free",
+                "RTP and RTCP ports free to allocate.",
+            ),
+            ports_total: gauge("mediaproxy_ports_total", "RTP and RTCP ports in the range."),
+            recordings: gauge("mediaproxy_recordings", "Recordings in progress."),
+            released,
+            allocation_failures,
+            events,
+            grpc_duration,
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    draining: Arc<AtomicBool>,
+}
+
+/// Serves `/metrics` and `/healthz` (200 "ok", or 503 "draining" once draining started, so a
+/// load balancer stops sending new work) until `shutdown` completes.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    draining: Arc<AtomicBool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/healthz", get(health))
+        .with_state(HttpState { metrics, draining });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn health(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}

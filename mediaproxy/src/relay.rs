@@ -1,0 +1,564 @@
+//! The data plane: worker threads that own relay sockets and sessions.
+//!
+//! Each worker is one OS thread running a `mio` poll loop over the sockets of the sessions it
+//! owns. A session lives on exactly one worker for its whole life, so the hot path touches
+//! only that worker's memory: no lock, no allocation per packet, no await. The control plane
+//! talks to a worker through a command channel plus a `mio::Waker`; answers come back on
+//! oneshot channels. Workers count relayed and dropped packets locally and add them to the
+//! Prometheus counters once per tick.
+//!
+//! The structure is ready for batched syscalls (one receive buffer per worker, the verdict
+//! computed by the pure [`Session`] core) and for more workers (sessions are spread by load).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::metrics::Metrics;
+use crate::session::{
+    CallSnapshot, Component, Event, SOCKETS_PER_SESSION, Session, SocketRef, Timing, UpdateError,
+    Verdict,
+};
+use crate::types::{CallId, DropReason, Leg, MediaKind, Owner, RemoteMedia, WallClock};
+
+const WAKER: Token = Token(usize::MAX);
+/// How often workers run session timers and publish their counters.
+const TICK: Duration = Duration::from_millis(100);
+/// Largest datagram a worker receives (the UDP maximum).
+const BUFFER_LEN: usize = 65_536;
+
+/// A newly bound media line handed to a worker.
+#[derive(Debug)]
+pub struct NewMedia {
+    pub kind: MediaKind,
+    pub rtp_port: u16,
+    pub rtp: std::net::UdpSocket,
+    pub rtcp: std::net::UdpSocket,
+}
+
+/// Something a worker tells the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// The call had no media for its timeout; the control plane releases it.
+    Expired { call_id: CallId },
+}
+
+enum Command {
+    AddMedia {
+        call_id: CallId,
+        owner: Owner,
+        leg: Leg,
+        media: Vec<NewMedia>,
+    },
+    Update {
+        call_id: CallId,
+        leg: Leg,
+        remotes: Vec<RemoteMedia>,
+        reply: oneshot::Sender<Result<(), UpdateError>>,
+    },
+    Query {
+        call_id: CallId,
+        reply: oneshot::Sender<Option<CallSnapshot>>,
+    },
+    List {
+        reply: oneshot::Sender<Vec<CallSnapshot>>,
+    },
+    Release {
+        call_id: CallId,
+        reply: oneshot::Sender<Option<CallSnapshot>>,
+    },
+    Stop,
+}
+
+/// What workers share with the control plane (all thread-safe, none taken per packet).
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    /// Media events; `None` marks the end of the stream (shutdown).
+    pub events: broadcast::Sender<Option<Arc<Event>>>,
+    pub notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+    pub clock: WallClock,
+    pub timing: Timing,
+}
+
+struct WorkerHandle {
+    commands: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+    sessions: Arc<AtomicUsize>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// The set of relay workers.
+pub struct Relay {
+    workers: Vec<WorkerHandle>,
+}
+
+/// The worker thread is gone (it panicked or was stopped).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("relay worker {0} is not running")]
+pub struct WorkerGone(pub usize);
+
+impl Relay {
+    /// Starts `count` worker threads.
+    pub fn start(count: usize, shared: &Shared) -> io::Result<Self> {
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count.max(1) {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let (commands, receiver) = mpsc::channel();
+            let sessions = Arc::new(AtomicUsize::new(0));
+            let worker = Worker::new(index, poll, receiver, shared.clone(), sessions.clone());
+            let thread = thread::Builder::new()
+                .name(format!("relay-{index}"))
+                .spawn(move || worker.run())?;
+            workers.push(WorkerHandle {
+                commands,
+                waker,
+                sessions,
+                thread: Some(thread),
+            });
+        }
+        Ok(Self { workers })
+    }
+
+    /// The worker with the fewest sessions, for a new call.
+    pub fn pick(&self) -> usize {
+        self.workers
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| w.sessions.load(Ordering::Relaxed))
+            .map_or(0, |(index, _)| index)
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    fn send(&self, worker: usize, command: Command) -> Result<(), WorkerGone> {
+        let handle = self.workers.get(worker).ok_or(WorkerGone(worker))?;
+        handle
+            .commands
+            .send(command)
+            .map_err(|_| WorkerGone(worker))?;
+        handle.waker.wake().map_err(|_| WorkerGone(worker))
+    }
+
+    /// Hands bound sockets for new media lines of a leg to a worker.
+    pub fn add_media(
+        &self,
+        worker: usize,
+        call_id: CallId,
+        owner: Owner,
+        leg: Leg,
+        media: Vec<NewMedia>,
+    ) -> Result<(), WorkerGone> {
+        self.send(
+            worker,
+            Command::AddMedia {
+                call_id,
+                owner,
+                leg,
+                media,
+            },
+        )
+    }
+
+    pub async fn update(
+        &self,
+        worker: usize,
+        call_id: CallId,
+        leg: Leg,
+        remotes: Vec<RemoteMedia>,
+    ) -> Result<Result<(), UpdateError>, WorkerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            worker,
+            Command::Update {
+                call_id,
+                leg,
+                remotes,
+                reply,
+            },
+        )?;
+        answer.await.map_err(|_| WorkerGone(worker))
+    }
+
+    pub async fn query(
+        &self,
+        worker: usize,
+        call_id: CallId,
+    ) -> Result<Option<CallSnapshot>, WorkerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(worker, Command::Query { call_id, reply })?;
+        answer.await.map_err(|_| WorkerGone(worker))
+    }
+
+    /// Snapshots of every session on every worker.
+    pub async fn list(&self) -> Result<Vec<CallSnapshot>, WorkerGone> {
+        let mut all = Vec::new();
+        for worker in 0..self.workers.len() {
+            let (reply, answer) = oneshot::channel();
+            self.send(worker, Command::List { reply })?;
+            all.extend(answer.await.map_err(|_| WorkerGone(worker))?);
+        }
+        Ok(all)
+    }
+
+    /// Removes a session, closing its sockets; returns its final statistics.
+    pub async fn release(
+        &self,
+        worker: usize,
+        call_id: CallId,
+    ) -> Result<Option<CallSnapshot>, WorkerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(worker, Command::Release { call_id, reply })?;
+        answer.await.map_err(|_| WorkerGone(worker))
+    }
+
+    /// Stops every worker and waits for the threads.
+    pub fn stop(&mut self) {
+        for index in 0..self.workers.len() {
+            let _ = self.send(index, Command::Stop);
+        }
+        for worker in &mut self.workers {
+            if let Some(thread) = worker.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Per-worker counters, published every tick.
+#[derive(Default)]
+struct LocalCounters {
+    packets: [u64; 2],
+    bytes: [u64; 2],
+    dropped: [u64; DropReason::ALL.len()],
+}
+
+struct Slot {
+    session: Session,
+    sockets: [Option<UdpSocket>; SOCKETS_PER_SESSION],
+}
+
+struct Worker {
+    index: usize,
+    poll: Poll,
+    commands: mpsc::Receiver<Command>,
+    shared: Shared,
+    session_count: Arc<AtomicUsize>,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<usize>,
+    by_call: HashMap<CallId, usize>,
+    counters: LocalCounters,
+    buffer: Box<[u8]>,
+}
+
+impl Worker {
+    fn new(
+        index: usize,
+        poll: Poll,
+        commands: mpsc::Receiver<Command>,
+        shared: Shared,
+        session_count: Arc<AtomicUsize>,
+    ) -> Self {
+        Self {
+            index,
+            poll,
+            commands,
+            shared,
+            session_count,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_call: HashMap::new(),
+            counters: LocalCounters::default(),
+            buffer: vec![0u8; BUFFER_LEN].into_boxed_slice(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            if let Err(error) = self.poll.poll(&mut events, Some(timeout))
+                && error.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(worker = self.index, %error, "relay poll failed; worker stops");
+                return;
+            }
+            let now = Instant::now();
+            for event in &events {
+                if event.token() == WAKER {
+                    if !self.handle_commands(now) {
+                        self.publish_counters();
+                        return;
+                    }
+                } else {
+                    self.drain_socket(event.token(), now);
+                }
+            }
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+        }
+    }
+
+    /// Receives every datagram waiting on one socket and relays or drops each.
+    fn drain_socket(&mut self, token: Token, now: Instant) {
+        let slot_index = token.0 / SOCKETS_PER_SESSION;
+        let socket_index = token.0 % SOCKETS_PER_SESSION;
+        let Some(at) = SocketRef::from_index(socket_index) else {
+            return;
+        };
+        let Self {
+            slots,
+            buffer,
+            counters,
+            ..
+        } = self;
+        let Some(Some(slot)) = slots.get_mut(slot_index) else {
+            return;
+        };
+        let direction = at.leg.index();
+        loop {
+            let Some(socket) = slot.sockets[socket_index].as_ref() else {
+                return;
+            };
+            let (len, source) = match socket.recv_from(buffer) {
+                Ok(received) => received,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    // ICMP errors queued on the socket surface here; the next read goes on.
+                    tracing::debug!(%error, "relay receive error");
+                    continue;
+                }
+            };
+            let data = &buffer[..len];
+            match slot.session.handle_packet(now, at, source, data) {
+                Verdict::Forward { via, to, rtcp } => {
+                    let sent = slot.sockets[via.index()]
+                        .as_ref()
+                        .map(|out| out.send_to(data, to));
+                    match sent {
+                        Some(Ok(_)) => {
+                            slot.session.record_sent(now, via, rtcp, len);
+                            counters.packets[direction] += 1;
+                            counters.bytes[direction] += len as u64;
+                        }
+                        _ => {
+                            slot.session.record_send_error(at);
+                            counters.dropped[DropReason::SendError.index()] += 1;
+                        }
+                    }
+                }
+                Verdict::Drop(reason) => counters.dropped[reason.index()] += 1,
+            }
+        }
+        Self::publish_events(&self.shared, &mut slot.session);
+    }
+
+    fn publish_events(shared: &Shared, session: &mut Session) {
+        while let Some(event) = session.poll_event() {
+            shared
+                .metrics
+                .events
+                .with_label_values(&[event_kind_label(&event)])
+                .inc();
+            // No subscriber is not an error: events are advisory.
+            let _ = shared.events.send(Some(Arc::new(event)));
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.session.poll_timers(now).is_some() {
+                let call_id = slot.session.call_id().clone();
+                let _ = self.shared.notices.send(Notice::Expired { call_id });
+            }
+            Self::publish_events(&self.shared, &mut slot.session);
+        }
+        self.publish_counters();
+    }
+
+    fn publish_counters(&mut self) {
+        let metrics = &self.shared.metrics;
+        let counters = std::mem::take(&mut self.counters);
+        for (direction, label) in crate::metrics::DIRECTIONS.iter().enumerate() {
+            if counters.packets[direction] > 0 {
+                metrics
+                    .packets
+                    .with_label_values(&[*label])
+                    .inc_by(counters.packets[direction]);
+                metrics
+                    .bytes
+                    .with_label_values(&[*label])
+                    .inc_by(counters.bytes[direction]);
+            }
+        }
+        for reason in DropReason::ALL {
+            let count = counters.dropped[reason.index()];
+            if count > 0 {
+                metrics
+                    .dropped
+                    .with_label_values(&[reason.as_str()])
+                    .inc_by(count);
+            }
+        }
+    }
+
+    /// Runs every queued command; false when told to stop.
+    fn handle_commands(&mut self, now: Instant) -> bool {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::AddMedia {
+                    call_id,
+                    owner,
+                    leg,
+                    media,
+                } => self.add_media(now, call_id, owner, leg, media),
+                Command::Update {
+                    call_id,
+                    leg,
+                    remotes,
+                    reply,
+                } => {
+                    let result = match self.slot_mut(&call_id) {
+                        Some(slot) => slot.session.update(now, leg, &remotes),
+                        None => Err(UpdateError::LegNotAllocated(leg.as_str())),
+                    };
+                    let _ = reply.send(result);
+                }
+                Command::Query { call_id, reply } => {
+                    let snapshot = self.slot_mut(&call_id).map(|slot| slot.session.snapshot());
+                    let _ = reply.send(snapshot);
+                }
+                Command::List { reply } => {
+                    let all = self
+                        .slots
+                        .iter()
+                        .flatten()
+                        .map(|slot| slot.session.snapshot())
+                        .collect();
+                    let _ = reply.send(all);
+                }
+                Command::Release { call_id, reply } => {
+                    let snapshot = self.remove(&call_id).map(|mut slot| {
+                        Self::publish_events(&self.shared, &mut slot.session);
+                        let mut snapshot = slot.session.snapshot();
+                        snapshot.released_unix_ms = self.shared.clock.unix_ms(now);
+                        snapshot
+                        // Dropping the slot closes its sockets, which leaves the poll set.
+                    });
+                    let _ = reply.send(snapshot);
+                }
+                Command::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn slot_mut(&mut self, call_id: &CallId) -> Option<&mut Slot> {
+        let index = *self.by_call.get(call_id)?;
+        self.slots.get_mut(index)?.as_mut()
+    }
+
+    fn add_media(
+        &mut self,
+        now: Instant,
+        call_id: CallId,
+        owner: Owner,
+        leg: Leg,
+        media: Vec<NewMedia>,
+    ) {
+        let slot_index = match self.by_call.get(&call_id) {
+            Some(&index) => index,
+            None => {
+                let session = Session::new(
+                    call_id.clone(),
+                    owner,
+                    self.shared.clock,
+                    self.shared.timing,
+                    now,
+                );
+                let slot = Slot {
+                    session,
+                    sockets: std::array::from_fn(|_| None),
+                };
+                let index = match self.free_slots.pop() {
+                    Some(index) => {
+                        self.slots[index] = Some(slot);
+                        index
+                    }
+                    None => {
+                        self.slots.push(Some(slot));
+                        self.slots.len() - 1
+                    }
+                };
+                self.by_call.insert(call_id.clone(), index);
+                self.session_count.fetch_add(1, Ordering::Relaxed);
+                index
+            }
+        };
+        let registry = self.poll.registry();
+        let Some(Some(slot)) = self.slots.get_mut(slot_index) else {
+            return;
+        };
+        for new in media {
+            let Some(media_index) = slot.session.add_media(leg, new.kind, new.rtp_port) else {
+                tracing::warn!(%call_id, "media line beyond the per-leg limit ignored");
+                continue;
+            };
+            for (component, socket) in [(Component::Rtp, new.rtp), (Component::Rtcp, new.rtcp)] {
+                let at = SocketRef {
+                    leg,
+                    media: media_index,
+                    component,
+                };
+                let mut socket = UdpSocket::from_std(socket);
+                let token = Token(slot_index * SOCKETS_PER_SESSION + at.index());
+                if let Err(error) = registry.register(&mut socket, token, Interest::READABLE) {
+                    tracing::error!(%call_id, %error, "cannot watch a relay socket");
+                    continue;
+                }
+                slot.sockets[at.index()] = Some(socket);
+            }
+        }
+    }
+
+    fn remove(&mut self, call_id: &CallId) -> Option<Slot> {
+        let index = self.by_call.remove(call_id)?;
+        let slot = self.slots.get_mut(index)?.take()?;
+        self.free_slots.push(index);
+        self.session_count.fetch_sub(1, Ordering::Relaxed);
+        Some(slot)
+    }
+}
+
+fn event_kind_label(event: &Event) -> &'static str {
+    use crate::session::EventKind;
+    match event.kind {
+        EventKind::FirstPacket { .. } => "first_packet",
+        EventKind::SourceChanged { .. } => "source_changed",
+        EventKind::MediaTimeout { .. } => "media_timeout",
+        EventKind::OneWayMedia { .. } => "one_way_media",
+        EventKind::RecordingFinished { .. } => "recording_finished",
+        EventKind::SessionReleased { .. } => "session_released",
+    }
+}

@@ -1,0 +1,213 @@
+//! Wires the media proxy together: relay workers, control plane, gRPC (service, health,
+//! reflection), the metrics endpoint and the background tasks (timeouts, leases).
+//!
+//! [`MediaProxy::bind`] binds every listener first, so callers (tests, `signaling`'s embedded
+//! proxy) can ask for port 0 and read the real addresses before serving.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::v1::media_proxy_server::MediaProxyServer;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, MediaConfig};
+use crate::control::{Control, ControlSettings};
+use crate::grpc::Service;
+use crate::metrics::{Metrics, serve_http};
+use crate::relay::{Notice, Relay, Shared};
+use crate::types::{ReleaseReason, WallClock};
+
+/// Why the proxy could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen for {what} on {address}: {source}")]
+    Listen {
+        what: &'static str,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start relay workers: {0}")]
+    Workers(std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("metrics server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// A bound, not yet serving, media proxy.
+pub struct MediaProxy {
+    control: Arc<Control>,
+    notices: mpsc::UnboundedReceiver<Notice>,
+    grpc: TcpListener,
+    metrics: TcpListener,
+    shutdown_grace: Duration,
+    lease_timeout: Duration,
+}
+
+async fn listen(what: &'static str, address: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServerError::Listen {
+            what,
+            address,
+            source,
+        })
+}
+
+impl MediaProxy {
+    /// Binds the gRPC and metrics listeners and starts the relay workers.
+    pub async fn bind(config: &Config) -> Result<Self, ServerError> {
+        let grpc = listen("gRPC", config.grpc).await?;
+        let metrics = listen("metrics", config.metrics).await?;
+        Self::with_listeners(
+            &config.node_id,
+            &config.media,
+            config.shutdown_grace,
+            grpc,
+            metrics,
+        )
+    }
+
+    /// Builds the proxy on listeners the caller bound.
+    pub fn with_listeners(
+        node_id: &str,
+        media: &MediaConfig,
+        shutdown_grace: Duration,
+        grpc: TcpListener,
+        metrics_listener: TcpListener,
+    ) -> Result<Self, ServerError> {
+        let metrics = Arc::new(Metrics::new(node_id));
+        let (events, _) = broadcast::channel(4096);
+        let (notice_tx, notices) = mpsc::unbounded_channel();
+        let clock = WallClock::now();
+        let shared = Shared {
+            metrics: metrics.clone(),
+            events: events.clone(),
+            notices: notice_tx,
+            clock,
+            timing: media.timing,
+        };
+        let relay = Relay::start(media.workers, &shared).map_err(ServerError::Workers)?;
+        let control = Control::new(
+            ControlSettings {
+                node_id: node_id.to_owned(),
+                media_ip: media.media_ip,
+                advertise_ip: media.advertise_ip,
+                ports: media.ports,
+                port_quarantine: media.port_quarantine,
+                lease_timeout: media.lease_timeout,
+            },
+            relay,
+            metrics,
+            events,
+            clock,
+        );
+        Ok(Self {
+            control: Arc::new(control),
+            notices,
+            grpc,
+            metrics: metrics_listener,
+            shutdown_grace,
+            lease_timeout: media.lease_timeout,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains: new allocations are refused, existing
+    /// calls keep relaying until they end or the shutdown grace runs out, and whatever is
+    /// left is released with reason `shutdown`.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let Self {
+            control,
+            mut notices,
+            grpc,
+            metrics,
+            shutdown_grace,
+            lease_timeout,
+        } = self;
+        let stop = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+
+        let timeouts = control.clone();
+        tasks.spawn(async move {
+            while let Some(Notice::Expired { call_id }) = notices.recv().await {
+                let _ = timeouts.release(&call_id, ReleaseReason::Timeout).await;
+            }
+        });
+        let sweeper = control.clone();
+        let sweep_stop = stop.clone();
+        let every = (lease_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tasks.spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => sweeper.sweep().await,
+                    () = sweep_stop.cancelled() => return,
+                }
+            }
+        });
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<MediaProxyServer<Service>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptor set is valid");
+        let grpc_stop = stop.clone();
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(MediaProxyServer::new(Service::new(control.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                grpc_stop.cancelled().await;
+            });
+        let http_stop = stop.clone();
+        let http_server = serve_http(
+            metrics,
+            control.metrics().clone(),
+            control.draining_flag(),
+            async move { http_stop.cancelled().await },
+        );
+        let drain = async {
+            shutdown.await;
+            tracing::info!(grace = ?shutdown_grace, sessions = control.session_count(), "shutting down: draining");
+            control.set_draining(true);
+            health.set_not_serving::<MediaProxyServer<Service>>().await;
+            let deadline = Instant::now() + shutdown_grace;
+            while control.session_count() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            control.release_all(ReleaseReason::Shutdown).await;
+            // Streaming RPCs would hold the gRPC server's graceful shutdown open forever.
+            control.close_event_streams();
+            stop.cancel();
+        };
+        let (grpc_result, http_result, ()) = tokio::join!(grpc_server, http_server, drain);
+        tasks.abort_all();
+        grpc_result?;
+        http_result.map_err(ServerError::Http)?;
+        tracing::info!("media proxy stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,1202 @@
+//! One call's relay state, without sockets or clocks.
+//!
+//! The worker that owns a session feeds it datagrams with [`Session::handle_packet`] and gets
+//! back a [`Verdict`]: where to send the datagram and through which local socket, or why to
+//! drop it. Timers run from [`Session::poll_timers`]; events (first packet, source changed,
+//! timeout, one-way media) queue up for [`Session::poll_event`]. Everything takes `now`, so
+//! tests drive it with made-up instants.
+//!
+//! # Latching policy
+//!
+//! Each local socket (RTP and RTCP of each media line of each leg) latches independently:
+//!
+//! 1. Before the leg's first update the proxy does not know the leg: packets are dropped as
+//!    `before_latching`.
+//! 2. Until a packet arrives, packets for the leg go to the SDP address.
+//! 3. The first packet latches its source at once (media flows without delay) and opens a
+//!    learning window (`latch_window`). Inside the window a source that matches the SDP
+//!    better (rank: exact address and port > same address > same port > anything) takes the
+//!    latch over; packets from other sources are dropped as `unknown_source`.
+//! 4. After the window the latch is fixed: a stranger spraying packets at a live port cannot
+//!    steal the stream.
+//! 5. An update with the same SDP address keeps the latch and lets the next packet open a new
+//!    window from any source (a phone that moved networks re-INVITEs); an update with a new
+//!    address drops the latch and sends to the new address until its first packet.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::quality::RtpQuality;
+use crate::rtp::{Datagram, Malformed, classify};
+use crate::types::{
+    CallId, Codec, Direction, DropReason, Leg, MediaKind, Owner, RemoteMedia, RemoteTarget,
+    WallClock,
+};
+
+/// Media lines per leg. Sockets per session are `2 legs x MAX_MEDIA x 2`.
+pub const MAX_MEDIA: usize = 8;
+/// Number of distinct [`SocketRef`] indexes in a session.
+pub const SOCKETS_PER_SESSION: usize = 2 * MAX_MEDIA * 2;
+
+/// Timing policy of sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub latch_window: Duration,
+    pub media_timeout: Duration,
+    pub hold_timeout: Duration,
+    pub one_way_after: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            latch_window: Duration::from_secs(3),
+            media_timeout: Duration::from_secs(60),
+            hold_timeout: Duration::from_secs(3600),
+            one_way_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The RTP or RTCP socket of a media line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    Rtp,
+    Rtcp,
+}
+
+/// Names one local socket of a session: leg, media line, component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketRef {
+    pub leg: Leg,
+    pub media: usize,
+    pub component: Component,
+}
+
+impl SocketRef {
+    /// Dense index below [`SOCKETS_PER_SESSION`], used in poll tokens.
+    pub fn index(self) -> usize {
+        let component = match self.component {
+            Component::Rtp => 0,
+            Component::Rtcp => 1,
+        };
+        self.leg.index() * MAX_MEDIA * 2 + self.media * 2 + component
+    }
+
+    pub fn from_index(index: usize) -> Option<Self> {
+        if index >= SOCKETS_PER_SESSION {
+            return None;
+        }
+        let leg = if index / (MAX_MEDIA * 2) == 0 {
+            Leg::Caller
+        } else {
+            Leg::Callee
+        };
+        let within = index % (MAX_MEDIA * 2);
+        let component = if within.is_multiple_of(2) {
+            Component::Rtp
+        } else {
+            Component::Rtcp
+        };
+        Some(Self {
+            leg,
+            media: within / 2,
+            component,
+        })
+    }
+}
+
+/// What to do with one received datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the datagram unchanged out of local socket `via` to `to`.
+    Forward {
+        via: SocketRef,
+        to: SocketAddr,
+        rtcp: bool,
+    },
+    Drop(DropReason),
+}
+
+/// Something worth telling the owner, produced by packets or timers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub call_id: CallId,
+    pub owner: Owner,
+    /// The leg concerned (for one-way media: the silent one).
+    pub leg: Leg,
+    pub media: usize,
+    pub unix_ms: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    FirstPacket {
+        source: SocketAddr,
+        sdp: Option<SocketAddr>,
+        rtcp: bool,
+    },
+    SourceChanged {
+        from: SocketAddr,
+        to: SocketAddr,
+        rtcp: bool,
+    },
+    MediaTimeout {
+        idle: Duration,
+    },
+    OneWayMedia {
+        silent_for: Duration,
+    },
+    RecordingFinished {
+        path: String,
+        packets: u64,
+    },
+    SessionReleased {
+        reason: crate::types::ReleaseReason,
+    },
+}
+
+/// Timer outcome: the session has had no media for its timeout and should be released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    pub idle: Duration,
+}
+
+/// Error from [`Session::update`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    #[error("leg {0} has no ports allocated")]
+    LegNotAllocated(&'static str),
+    #[error("media index {index} was not allocated for leg {leg} (it has {allocated})")]
+    MediaNotAllocated {
+        leg: &'static str,
+        index: usize,
+        allocated: usize,
+    },
+}
+
+/// Packets, bytes and first/last arrival of one flow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first: Option<Instant>,
+    pub last: Option<Instant>,
+}
+
+impl Counters {
+    fn count(&mut self, now: Instant, len: usize) {
+        self.packets += 1;
+        self.bytes += len as u64;
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+}
+
+/// Latch state of one local socket.
+#[derive(Debug, Clone, Default)]
+struct Latch {
+    /// Address from SDP (None before the first update, on hold, or disabled).
+    sdp: Option<SocketAddr>,
+    /// Current latched source.
+    source: Option<SocketAddr>,
+    rank: u8,
+    /// End of the learning window.
+    window_until: Option<Instant>,
+    /// Set by an update: the next packet opens a new window from any source.
+    relearn: bool,
+    /// Whether any packet was ever latched here (first-packet event sent).
+    ever_latched: bool,
+    /// The leg declared hold (`c=0.0.0.0`) or a disabled line: send nothing.
+    silenced: bool,
+}
+
+/// How a packet's source fared against the latch.
+enum Admission {
+    Accept,
+    First,
+    Changed { from: SocketAddr },
+    Reject,
+}
+
+fn rank(source: SocketAddr, sdp: Option<SocketAddr>) -> u8 {
+    match sdp {
+        Some(sdp) if sdp == source => 3,
+        Some(sdp) if sdp.ip() == source.ip() => 2,
+        Some(sdp) if sdp.port() == source.port() => 1,
+        _ => 0,
+    }
+}
+
+impl Latch {
+    fn admit(&mut self, now: Instant, source: SocketAddr, window: Duration) -> Admission {
+        let Some(current) = self.source else {
+            self.source = Some(source);
+            self.rank = rank(source, self.sdp);
+            self.window_until = Some(now + window);
+            self.relearn = false;
+            return if self.ever_latched {
+                Admission::Accept
+            } else {
+                self.ever_latched = true;
+                Admission::First
+            };
+        };
+        if current == source {
+            if self.relearn {
+                self.relearn = false;
+                self.rank = rank(source, self.sdp);
+                self.window_until = Some(now + window);
+            }
+            return Admission::Accept;
+        }
+        let new_rank = rank(source, self.sdp);
+        let switch = if self.relearn {
+            true
+        } else {
+            self.window_until.is_some_and(|until| now < until) && new_rank > self.rank
+        };
+        if !switch {
+            return Admission::Reject;
+        }
+        if self.relearn {
+            self.relearn = false;
+            self.window_until = Some(now + window);
+        }
+        self.source = Some(source);
+        self.rank = new_rank;
+        Admission::Changed { from: current }
+    }
+
+    fn destination(&self) -> Option<SocketAddr> {
+        if self.silenced {
+            None
+        } else {
+            self.source.or(self.sdp)
+        }
+    }
+
+    fn set_sdp(&mut self, sdp: Option<SocketAddr>, silenced: bool) {
+        if sdp.is_some() && sdp != self.sdp {
+            // A new address: send there until a packet shows where the leg really is.
+            self.source = None;
+        } else {
+            self.relearn = true;
+        }
+        if sdp.is_some() {
+            self.sdp = sdp;
+        }
+        self.silenced = silenced;
+    }
+}
+
+/// Per-media-line drop counters, indexed by [`DropReason::index`].
+pub type Drops = [u64; DropReason::ALL.len()];
+
+/// State of one media line of one leg.
+#[derive(Debug, Clone)]
+struct Media {
+    kind: MediaKind,
+    rtp_port: u16,
+    latches: [Latch; 2],
+    /// RTCP multiplexed on the RTP port (RFC 5761), as the leg's SDP said.
+    mux: bool,
+    updated: bool,
+    disabled: bool,
+    direction: Direction,
+    clocks: Vec<Codec>,
+    rtp_received: Counters,
+    rtcp_received: Counters,
+    rtp_sent: Counters,
+    rtcp_sent: Counters,
+    quality: RtpQuality,
+    drops: Drops,
+    recorded: u64,
+    source_changes: u32,
+}
+
+impl Media {
+    fn new(kind: MediaKind, rtp_port: u16) -> Self {
+        Self {
+            kind,
+            rtp_port,
+            latches: Default::default(),
+            mux: false,
+            updated: false,
+            disabled: false,
+            direction: Direction::SendRecv,
+            clocks: Vec::new(),
+            rtp_received: Counters::default(),
+            rtcp_received: Counters::default(),
+            rtp_sent: Counters::default(),
+            rtcp_sent: Counters::default(),
+            quality: RtpQuality::default(),
+            drops: [0; DropReason::ALL.len()],
+            recorded: 0,
+            source_changes: 0,
+        }
+    }
+
+    fn clock_for(&self, payload_type: u8) -> Option<u32> {
+        match self.clocks.iter().find(|c| c.payload_type == payload_type) {
+            Some(codec) if codec.encoding.eq_ignore_ascii_case("telephone-event") => None,
+            Some(codec) => Some(codec.clock_rate),
+            None => static_clock_rate(payload_type),
+        }
+    }
+}
+
+/// RFC 3551 static payload types' clock rates, for SDPs without `a=rtpmap`.
+fn static_clock_rate(payload_type: u8) -> Option<u32> {
+    match payload_type {
+        0 | 3..=5 | 7..=9 | 12 | 13 | 15 | 18 => Some(8000),
+        6 => Some(16000),
+        10 | 11 => Some(44100),
+        16 => Some(11025),
+        17 => Some(22050),
+        14 | 25 | 26 | 28 | 31..=34 => Some(90000),
+        _ => None,
+    }
+}
+
+/// One leg's media lines and activity.
+#[derive(Debug, Clone, Default)]
+struct LegState {
+    media: Vec<Media>,
+    updated_at: Option<Instant>,
+    last_packet: Option<Instant>,
+    last_rtp: Option<Instant>,
+    silence_reported: bool,
+}
+
+impl LegState {
+    fn sends(&self) -> bool {
+        self.media
+            .iter()
+            .any(|m| m.updated && !m.disabled && m.kind.is_rtp() && m.direction.sends())
+    }
+
+    fn on_hold(&self) -> bool {
+        self.media.iter().any(|m| {
+            m.updated
+                && !m.disabled
+                && (m.direction == Direction::Inactive || m.latches[0].silenced)
+        })
+    }
+}
+
+/// The relay state of one call.
+#[derive(Debug, Clone)]
+pub struct Session {
+    call_id: CallId,
+    owner: Owner,
+    clock: WallClock,
+    timing: Timing,
+    created: Instant,
+    legs: [Option<LegState>; 2],
+    /// When both legs had been updated (relaying in both directions possible).
+    started: Option<Instant>,
+    timed_out: bool,
+    events: std::collections::VecDeque<Event>,
+}
+
+impl Session {
+    pub fn new(
+        call_id: CallId,
+        owner: Owner,
+        clock: WallClock,
+        timing: Timing,
+        now: Instant,
+    ) -> Self {
+        Self {
+            call_id,
+            owner,
+            clock,
+            timing,
+            created: now,
+            legs: [None, None],
+            started: None,
+            timed_out: false,
+            events: std::collections::VecDeque::new(),
+        }
+    }
+
+    pub fn call_id(&self) -> &CallId {
+        &self.call_id
+    }
+
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// Appends a media line to a leg (creating the leg) and returns its index, or None when
+    /// the leg already has [`MAX_MEDIA`] lines.
+    pub fn add_media(&mut self, leg: Leg, kind: MediaKind, rtp_port: u16) -> Option<usize> {
+        let state = self.legs[leg.index()].get_or_insert_with(LegState::default);
+        if state.media.len() >= MAX_MEDIA {
+            return None;
+        }
+        state.media.push(Media::new(kind, rtp_port));
+        Some(state.media.len() - 1)
+    }
+
+    /// Media lines a leg has (0 if the leg does not exist).
+    pub fn media_count(&self, leg: Leg) -> usize {
+        self.legs[leg.index()].as_ref().map_or(0, |l| l.media.len())
+    }
+
+    /// Applies a leg's SDP. Opens a new latching window (see the module docs).
+    pub fn update(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        remotes: &[RemoteMedia],
+    ) -> Result<(), UpdateError> {
+        let state = self.legs[leg.index()]
+            .as_mut()
+            .ok_or(UpdateError::LegNotAllocated(leg.as_str()))?;
+        for remote in remotes {
+            let allocated = state.media.len();
+            let media =
+                state
+                    .media
+                    .get_mut(remote.index)
+                    .ok_or(UpdateError::MediaNotAllocated {
+                        leg: leg.as_str(),
+                        index: remote.index,
+                        allocated,
+                    })?;
+            match remote.target {
+                RemoteTarget::Address { rtp, rtcp } => {
+                    media.mux = rtcp == rtp;
+                    media.disabled = false;
+                    media.latches[0].set_sdp(Some(rtp), false);
+                    media.latches[1].set_sdp(Some(rtcp), false);
+                }
+                RemoteTarget::Hold => {
+                    media.disabled = false;
+                    media.latches[0].set_sdp(None, true);
+                    media.latches[1].set_sdp(None, true);
+                }
+                RemoteTarget::Disabled => {
+                    media.disabled = true;
+                    media.latches[0].set_sdp(None, true);
+                    media.latches[1].set_sdp(None, true);
+                }
+            }
+            media.updated = true;
+            media.direction = remote.direction;
+            media.clocks.clone_from(&remote.codecs);
+        }
+        state.updated_at = Some(now);
+        state.silence_reported = false;
+        let both = self
+            .legs
+            .iter()
+            .all(|l| l.as_ref().is_some_and(|l| l.updated_at.is_some()));
+        if both {
+            // Restart the timers: a re-INVITE is activity, and hold changes the timeout.
+            self.started = Some(now);
+            self.timed_out = false;
+        }
+        Ok(())
+    }
+
+    /// Decides what to do with one datagram received on local socket `at` from `source`.
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        at: SocketRef,
+        source: SocketAddr,
+        data: &[u8],
+    ) -> Verdict {
+        let window = self.timing.latch_window;
+        let Some(leg) = self.legs[at.leg.index()].as_mut() else {
+            return Verdict::Drop(DropReason::BeforeLatching);
+        };
+        let Some(media) = leg.media.get_mut(at.media) else {
+            return Verdict::Drop(DropReason::BeforeLatching);
+        };
+        let on_rtcp_port = at.component == Component::Rtcp;
+        let drop = |media: &mut Media, reason: DropReason| {
+            media.drops[reason.index()] += 1;
+            Verdict::Drop(reason)
+        };
+        if !media.updated {
+            return drop(media, DropReason::BeforeLatching);
+        }
+        if media.disabled {
+            return drop(media, DropReason::NoDestination);
+        }
+        let datagram = if media.kind.is_rtp() {
+            match classify(data, on_rtcp_port) {
+                Ok(datagram) => Some(datagram),
+                Err(Malformed::TooShort) => return drop(media, DropReason::TooShort),
+                Err(Malformed::NotRtp) => return drop(media, DropReason::NotRtp),
+            }
+        } else {
+            None
+        };
+        let rtcp = match datagram {
+            Some(Datagram::Rtcp) => true,
+            Some(Datagram::Rtp(_)) => false,
+            None => on_rtcp_port,
+        };
+        let latch_index = usize::from(on_rtcp_port);
+        match media.latches[latch_index].admit(now, source, window) {
+            Admission::Reject => return drop(media, DropReason::UnknownSource),
+            Admission::Accept => {}
+            Admission::First => {
+                let sdp = media.latches[latch_index].sdp;
+                self.events.push_back(Event {
+                    call_id: self.call_id.clone(),
+                    owner: self.owner.clone(),
+                    leg: at.leg,
+                    media: at.media,
+                    unix_ms: self.clock.unix_ms(now),
+                    kind: EventKind::FirstPacket {
+                        source,
+                        sdp,
+                        rtcp: on_rtcp_port,
+                    },
+                });
+            }
+            Admission::Changed { from } => {
+                media.source_changes += 1;
+                self.events.push_back(Event {
+                    call_id: self.call_id.clone(),
+                    owner: self.owner.clone(),
+                    leg: at.leg,
+                    media: at.media,
+                    unix_ms: self.clock.unix_ms(now),
+                    kind: EventKind::SourceChanged {
+                        from,
+                        to: source,
+                        rtcp: on_rtcp_port,
+                    },
+                });
+            }
+        }
+        leg.last_packet = Some(now);
+        if rtcp {
+            media.rtcp_received.count(now, data.len());
+        } else {
+            media.rtp_received.count(now, data.len());
+            leg.last_rtp = Some(now);
+            if let Some(Datagram::Rtp(header)) = datagram {
+                let arrival = media.clock_for(header.payload_type).map(|rate| {
+                    let elapsed = now.saturating_duration_since(self.created);
+                    let units = (elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as u32;
+                    (units, rate)
+                });
+                media.quality.record(
+                    header.ssrc,
+                    header.sequence,
+                    header.payload_type,
+                    header.timestamp,
+                    arrival,
+                );
+            }
+        }
+        if leg.silence_reported && !rtcp {
+            leg.silence_reported = false;
+        }
+        // Route to the same media line of the other leg.
+        let peer_leg = at.leg.other();
+        let Some(peer) = self.legs[peer_leg.index()]
+            .as_ref()
+            .and_then(|l| l.media.get(at.media))
+        else {
+            return self.drop_at(at, DropReason::NoDestination);
+        };
+        let component = if rtcp && !peer.mux {
+            Component::Rtcp
+        } else {
+            Component::Rtp
+        };
+        let latch = &peer.latches[usize::from(component == Component::Rtcp)];
+        match latch.destination() {
+            Some(to) if !peer.disabled => Verdict::Forward {
+                via: SocketRef {
+                    leg: peer_leg,
+                    media: at.media,
+                    component,
+                },
+                to,
+                rtcp,
+            },
+            _ => self.drop_at(at, DropReason::NoDestination),
+        }
+    }
+
+    fn drop_at(&mut self, at: SocketRef, reason: DropReason) -> Verdict {
+        if let Some(media) = self.media_mut(at) {
+            media.drops[reason.index()] += 1;
+        }
+        Verdict::Drop(reason)
+    }
+
+    fn media_mut(&mut self, at: SocketRef) -> Option<&mut Media> {
+        self.legs[at.leg.index()].as_mut()?.media.get_mut(at.media)
+    }
+
+    /// The driver sent a forwarded datagram of `len` bytes out of `via`.
+    pub fn record_sent(&mut self, now: Instant, via: SocketRef, rtcp: bool, len: usize) {
+        if let Some(media) = self.media_mut(via) {
+            if rtcp {
+                media.rtcp_sent.count(now, len);
+            } else {
+                media.rtp_sent.count(now, len);
+            }
+        }
+    }
+
+    /// The driver failed to send a datagram received on `from`.
+    pub fn record_send_error(&mut self, from: SocketRef) {
+        self.drop_at(from, DropReason::SendError);
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Runs the media timeout and one-way detection.
+    pub fn poll_timers(&mut self, now: Instant) -> Option<Expired> {
+        let started = self.started?;
+        if self.timed_out {
+            return None;
+        }
+        let [Some(caller), Some(callee)] = &self.legs else {
+            return None;
+        };
+        let last_activity = [caller.last_packet, callee.last_packet]
+            .into_iter()
+            .flatten()
+            .chain([started])
+            .max()
+            .unwrap_or(started);
+        let timeout = if caller.on_hold() || callee.on_hold() {
+            self.timing.hold_timeout
+        } else {
+            self.timing.media_timeout
+        };
+        let idle = now.saturating_duration_since(last_activity);
+        if idle >= timeout {
+            self.timed_out = true;
+            self.push_event(now, Leg::Caller, EventKind::MediaTimeout { idle });
+            return Some(Expired { idle });
+        }
+        let after = self.timing.one_way_after;
+        if now.saturating_duration_since(started) < after {
+            return None;
+        }
+        let recent =
+            |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < after);
+        for silent in Leg::BOTH {
+            let (Some(quiet), Some(talker)) = (
+                self.legs[silent.index()].as_ref(),
+                self.legs[silent.other().index()].as_ref(),
+            ) else {
+                continue;
+            };
+            if quiet.silence_reported
+                || !quiet.sends()
+                || recent(quiet.last_rtp)
+                || !recent(talker.last_rtp)
+            {
+                continue;
+            }
+            let silent_for =
+                now.saturating_duration_since(quiet.last_rtp.unwrap_or(started).max(started));
+            if let Some(state) = self.legs[silent.index()].as_mut() {
+                state.silence_reported = true;
+            }
+            self.push_event(now, silent, EventKind::OneWayMedia { silent_for });
+        }
+        None
+    }
+
+    fn push_event(&mut self, now: Instant, leg: Leg, kind: EventKind) {
+        self.events.push_back(Event {
+            call_id: self.call_id.clone(),
+            owner: self.owner.clone(),
+            leg,
+            media: 0,
+            unix_ms: self.clock.unix_ms(now),
+            kind,
+        });
+    }
+
+    /// Statistics as they stand.
+    pub fn snapshot(&self) -> CallSnapshot {
+        let clock = &self.clock;
+        let ms = |t: Option<Instant>| t.map_or(0, |t| clock.unix_ms(t));
+        let counters = |c: &Counters| CounterSnapshot {
+            packets: c.packets,
+            bytes: c.bytes,
+            first_unix_ms: ms(c.first),
+            last_unix_ms: ms(c.last),
+        };
+        let legs = Leg::BOTH
+            .iter()
+            .filter_map(|&leg| {
+                let state = self.legs[leg.index()].as_ref()?;
+                let media = state
+                    .media
+                    .iter()
+                    .enumerate()
+                    .map(|(index, m)| MediaSnapshot {
+                        index,
+                        kind: m.kind,
+                        local_rtp_port: m.rtp_port,
+                        local_rtcp_port: m.rtp_port + 1,
+                        sdp_rtp: m.latches[0].sdp,
+                        sdp_rtcp: m.latches[1].sdp,
+                        latched_rtp: m.latches[0].source,
+                        latched_rtcp: m.latches[1].source,
+                        rtp_received: counters(&m.rtp_received),
+                        rtcp_received: counters(&m.rtcp_received),
+                        rtp_sent: counters(&m.rtp_sent),
+                        rtcp_sent: counters(&m.rtcp_sent),
+                        quality: QualitySnapshot {
+                            ssrc: m.quality.ssrc(),
+                            expected: m.quality.expected(),
+                            lost: m.quality.lost(),
+                            duplicates: m.quality.duplicates,
+                            out_of_order: m.quality.out_of_order,
+                            jitter_ms: m.quality.jitter_ms(),
+                            max_jitter_ms: m.quality.max_jitter_ms(),
+                            ssrc_changes: m.quality.ssrc_changes,
+                            last_payload_type: m.quality.last_payload_type,
+                        },
+                        drops: m.drops,
+                        recorded_packets: m.recorded,
+                        source_changes: m.source_changes,
+                        direction: m.direction,
+                    })
+                    .collect();
+                Some(LegSnapshot { leg, media })
+            })
+            .collect();
+        CallSnapshot {
+            call_id: self.call_id.clone(),
+            owner: self.owner.clone(),
+            created_unix_ms: clock.unix_ms(self.created),
+            released_unix_ms: 0,
+            legs,
+        }
+    }
+}
+
+/// Statistics of a call (live or final).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallSnapshot {
+    pub call_id: CallId,
+    pub owner: Owner,
+    pub created_unix_ms: u64,
+    pub released_unix_ms: u64,
+    pub legs: Vec<LegSnapshot>,
+}
+
+impl CallSnapshot {
+    pub fn leg(&self, leg: Leg) -> Option<&LegSnapshot> {
+        self.legs.iter().find(|l| l.leg == leg)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LegSnapshot {
+    pub leg: Leg,
+    pub media: Vec<MediaSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaSnapshot {
+    pub index: usize,
+    pub kind: MediaKind,
+    pub local_rtp_port: u16,
+    pub local_rtcp_port: u16,
+    pub sdp_rtp: Option<SocketAddr>,
+    pub sdp_rtcp: Option<SocketAddr>,
+    pub latched_rtp: Option<SocketAddr>,
+    pub latched_rtcp: Option<SocketAddr>,
+    pub rtp_received: CounterSnapshot,
+    pub rtcp_received: CounterSnapshot,
+    pub rtp_sent: CounterSnapshot,
+    pub rtcp_sent: CounterSnapshot,
+    pub quality: QualitySnapshot,
+    pub drops: Drops,
+    pub recorded_packets: u64,
+    pub source_changes: u32,
+    pub direction: Direction,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_unix_ms: u64,
+    pub last_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QualitySnapshot {
+    pub ssrc: u32,
+    pub expected: u64,
+    pub lost: i64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub jitter_ms: f64,
+    pub max_jitter_ms: f64,
+    pub ssrc_changes: u32,
+    pub last_payload_type: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rtp::build_rtp;
+
+    const CALLER_SDP: &str = "10.0.0.7:17616";
+    const CALLEE_SDP: &str = "10.1.1.4:16004";
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    fn remote(text: &str) -> RemoteMedia {
+        let rtp = addr(text);
+        RemoteMedia {
+            index: 0,
+            target: RemoteTarget::Address {
+                rtp,
+                rtcp: SocketAddr::new(rtp.ip(), rtp.port() + 1),
+            },
+            codecs: Vec::new(),
+            direction: Direction::SendRecv,
+        }
+    }
+
+    fn rtp_at(leg: Leg) -> SocketRef {
+        SocketRef {
+            leg,
+            media: 0,
+            component: Component::Rtp,
+        }
+    }
+
+    fn session(now: Instant) -> Session {
+        let mut s = Session::new(
+            CallId::parse("call-1").unwrap(),
+            Owner::parse("sig-1").unwrap(),
+            WallClock::now(),
+            Timing::default(),
+            now,
+        );
+        s.add_media(Leg::Caller, MediaKind::Audio, 30000);
+        s.add_media(Leg::Callee, MediaKind::Audio, 30002);
+        s
+    }
+
+    fn started(now: Instant) -> Session {
+        let mut s = session(now);
+        s.update(now, Leg::Caller, &[remote(CALLER_SDP)]).unwrap();
+        s.update(now, Leg::Callee, &[remote(CALLEE_SDP)]).unwrap();
+        s
+    }
+
+    fn packet(seq: u16) -> Vec<u8> {
+        build_rtp(0, seq, u32::from(seq) * 160, 0x1234, &[0xff; 160])
+    }
+
+    #[test]
+    fn socket_refs_round_trip_through_their_index() {
+        for index in 0..SOCKETS_PER_SESSION {
+            assert_eq!(SocketRef::from_index(index).unwrap().index(), index);
+        }
+        assert!(SocketRef::from_index(SOCKETS_PER_SESSION).is_none());
+    }
+
+    #[test]
+    fn packets_before_the_update_are_dropped_and_counted() {
+        let now = Instant::now();
+        let mut s = session(now);
+        let verdict = s.handle_packet(now, rtp_at(Leg::Caller), addr(CALLER_SDP), &packet(1));
+        assert_eq!(verdict, Verdict::Drop(DropReason::BeforeLatching));
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.legs[0].media[0].drops[DropReason::BeforeLatching.index()],
+            1
+        );
+    }
+
+    #[test]
+    fn relays_to_the_other_legs_sdp_address_until_it_latches() {
+        let now = Instant::now();
+        let mut s = started(now);
+        let verdict = s.handle_packet(now, rtp_at(Leg::Caller), addr(CALLER_SDP), &packet(1));
+        assert_eq!(
+            verdict,
+            Verdict::Forward {
+                via: rtp_at(Leg::Callee),
+                to: addr(CALLEE_SDP),
+                rtcp: false
+            }
+        );
+        // The callee answers from a NAT-rewritten source: it latches there.
+        let nat = addr("198.51.100.9:4000");
+        let verdict = s.handle_packet(now, rtp_at(Leg::Callee), nat, &packet(1));
+        assert!(matches!(verdict, Verdict::Forward { to, .. } if to == addr(CALLER_SDP)));
+        let verdict = s.handle_packet(now, rtp_at(Leg::Caller), addr(CALLER_SDP), &packet(2));
+        assert!(matches!(verdict, Verdict::Forward { to, .. } if to == nat));
+        let kinds: Vec<_> = std::iter::from_fn(|| s.poll_event())
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                EventKind::FirstPacket {
+                    source: addr(CALLER_SDP),
+                    sdp: Some(addr(CALLER_SDP)),
+                    rtcp: false
+                },
+                EventKind::FirstPacket {
+                    source: nat,
+                    sdp: Some(addr(CALLEE_SDP)),
+                    rtcp: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_better_source_wins_inside_the_window_and_strangers_lose_after_it() {
+        let now = Instant::now();
+        let mut s = started(now);
+        let stranger = addr("203.0.113.66:9999");
+        // A stranger hits first: latched provisionally (rank 0).
+        assert!(matches!(
+            s.handle_packet(now, rtp_at(Leg::Caller), stranger, &packet(1)),
+            Verdict::Forward { .. }
+        ));
+        // The real phone (exact SDP match) takes over inside the window.
+        let t1 = now + Duration::from_millis(500);
+        assert!(matches!(
+            s.handle_packet(t1, rtp_at(Leg::Caller), addr(CALLER_SDP), &packet(2)),
+            Verdict::Forward { .. }
+        ));
+        // The stranger is now refused, in and after the window.
+        assert_eq!(
+            s.handle_packet(t1, rtp_at(Leg::Caller), stranger, &packet(3)),
+            Verdict::Drop(DropReason::UnknownSource)
+        );
+        let t2 = now + Duration::from_secs(5);
+        let other = addr("10.0.0.7:5555");
+        assert_eq!(
+            s.handle_packet(t2, rtp_at(Leg::Caller), other, &packet(4)),
+            Verdict::Drop(DropReason::UnknownSource)
+        );
+        let snap = s.snapshot();
+        let media = &snap.legs[0].media[0];
+        assert_eq!(media.latched_rtp, Some(addr(CALLER_SDP)));
+        assert_eq!(media.source_changes, 1);
+        assert_eq!(media.drops[DropReason::UnknownSource.index()], 2);
+        assert_eq!(media.rtp_received.packets, 2);
+    }
+
+    #[test]
+    fn a_worse_source_cannot_take_over_and_a_late_one_cannot_either() {
+        let now = Instant::now();
+        let mut s = started(now);
+        let nat = addr("10.0.0.7:40000"); // same IP as SDP, port rewritten: rank 2
+        s.handle_packet(now, rtp_at(Leg::Caller), nat, &packet(1));
+        let stranger = addr("192.0.2.1:17616"); // same port only: rank 1
+        assert_eq!(
+            s.handle_packet(now, rtp_at(Leg::Caller), stranger, &packet(2)),
+            Verdict::Drop(DropReason::UnknownSource)
+        );
+        // Exact match after the window: too late, refused.
+        let late = now + Duration::from_secs(4);
+        assert_eq!(
+            s.handle_packet(late, rtp_at(Leg::Caller), addr(CALLER_SDP), &packet(3)),
+            Verdict::Drop(DropReason::UnknownSource)
+        );
+    }
+
+    #[test]
+    fn an_update_reopens_the_window_for_a_moved_phone() {
+        let now = Instant::now();
+        let mut s = started(now);
+        s.handle_packet(now, rtp_at(Leg::Caller), addr(CALLER_SDP), &packet(1));
+        let later = now + Duration::from_secs(30);
+        let moved = addr("198.51.100.20:6000");
+        assert_eq!(
+            s.handle_packet(later, rtp_at(Leg::Caller), moved, &packet(2)),
+            Verdict::Drop(DropReason::UnknownSource)
+        );
+        s.update(later, Leg::Caller, &[remote(CALLER_SDP)]).unwrap();
+        assert!(matches!(
+            s.handle_packet(later, rtp_at(Leg::Caller), moved, &packet(3)),
+            Verdict::Forward { .. }
+        ));
+        assert_eq!(s.snapshot().legs[0].media[0].latched_rtp, Some(moved));
+    }
+
+    #[test]
+    fn hold_stops_sending_to_the_held_leg_and_malformed_input_is_counted() {
+        let now = Instant::now();
+        let mut s = started(now);
+        let mut hold = remote(CALLEE_SDP);
+        hold.target = RemoteTarget::Hold;
+        hold.direction = Direction::Inactive;
+        s.update(now, Leg::Callee, &[hold]).unwrap();
+        assert_eq!(
+            s.handle_packet(now, rtp_at(Leg::Caller), addr(CALLER_SDP), &packet(1)),
+            Verdict::Drop(DropReason::NoDestination)
+        );
+        assert_eq!(
+            s.handle_packet(now, rtp_at(Leg::Caller), addr(CALLER_SDP), &[0x80, 0]),
+            Verdict::Drop(DropReason::TooShort)
+        );
+        assert_eq!(
+            s.handle_packet(now, rtp_at(Leg::Caller), addr(CALLER_SDP), &[0u8; 20]),
+            Verdict::Drop(DropReason::NotRtp)
+        );
+        let drops = s.snapshot().legs[0].media[0].drops;
+        assert_eq!(drops[DropReason::NoDestination.index()], 1);
+        assert_eq!(drops[DropReason::TooShort.index()], 1);
+        assert_eq!(drops[DropReason::NotRtp.index()], 1);
+    }
+
+    #[test]
+    fn rtcp_follows_multiplexing_of_the_receiving_leg() {
+        let now = Instant::now();
+        let mut s = started(now);
+        let rr = [0x80, 201, 0, 1, 0, 0, 0, 1];
+        let rtcp_at = SocketRef {
+            leg: Leg::Caller,
+            media: 0,
+            component: Component::Rtcp,
+        };
+        let caller_rtcp = addr("10.0.0.7:17617");
+        let verdict = s.handle_packet(now, rtcp_at, caller_rtcp, &rr);
+        let callee_rtcp = addr("10.1.1.4:16005");
+        assert_eq!(
+            verdict,
+            Verdict::Forward {
+                via: SocketRef {
+                    leg: Leg::Callee,
+                    media: 0,
+                    component: Component::Rtcp
+                },
+                to: callee_rtcp,
+                rtcp: true
+            }
+        );
+        // The callee switches to rtcp-mux: RTCP now goes to its RTP port via the RTP socket.
+        let mut mux = remote(CALLEE_SDP);
+        mux.target = RemoteTarget::Address {
+            rtp: addr(CALLEE_SDP),
+            rtcp: addr(CALLEE_SDP),
+        };
+        s.update(now, Leg::Callee, &[mux]).unwrap();
+        let verdict = s.handle_packet(now, rtcp_at, caller_rtcp, &rr);
+        assert_eq!(
+            verdict,
+            Verdict::Forward {
+                via: rtp_at(Leg::Callee),
+                to: addr(CALLEE_SDP),
+                rtcp: true
+            }
+        );
+        assert_eq!(s.snapshot().legs[0].media[0].rtcp_received.packets, 2);
+    }
+
+    #[test]
+    fn media_timeout_and_one_way_detection() {
+        let now = Instant::now();
+        let mut s = started(now);
+        let timing = Timing::default();
+        for i in 0..20u16 {
+            let t = now + Duration::from_millis(u64::from(i) * 600);
+            s.handle_packet(t, rtp_at(Leg::Caller), addr(CALLER_SDP), &packet(i));
+            assert_eq!(s.poll_timers(t), None);
+        }
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        let one_way: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::OneWayMedia { .. }))
+            .collect();
+        assert_eq!(one_way.len(), 1, "{events:?}");
+        assert_eq!(one_way[0].leg, Leg::Callee);
+        let last = now + Duration::from_millis(19 * 600);
+        assert_eq!(
+            s.poll_timers(last + timing.media_timeout - Duration::from_millis(1)),
+            None
+        );
+        let expired = s.poll_timers(last + timing.media_timeout);
+        assert_eq!(
+            expired,
+            Some(Expired {
+                idle: timing.media_timeout
+            })
+        );
+        // Reported once.
+        assert_eq!(s.poll_timers(last + timing.media_timeout * 2), None);
+    }
+
+    #[test]
+    fn hold_uses_the_longer_timeout() {
+        let now = Instant::now();
+        let mut s = started(now);
+        let mut hold = remote(CALLEE_SDP);
+        hold.direction = Direction::Inactive;
+        s.update(now, Leg::Callee, &[hold]).unwrap();
+        let timing = Timing::default();
+        assert_eq!(s.poll_timers(now + timing.media_timeout), None);
+        assert!(s.poll_timers(now + timing.hold_timeout).is_some());
+    }
+
+    #[test]
+    fn sequence_quality_reaches_the_snapshot() {
+        let now = Instant::now();
+        let mut s = started(now);
+        for seq in [1u16, 2, 4, 3, 3, 7] {
+            s.handle_packet(now, rtp_at(Leg::Caller), addr(CALLER_SDP), &packet(seq));
+        }
+        let q = s.snapshot().legs[0].media[0].quality;
+        assert_eq!(
+            (q.expected, q.lost, q.duplicates, q.out_of_order),
+            (7, 2, 1, 1)
+        );
+    }
+
+    #[test]
+    fn update_errors_name_what_is_missing() {
+        let now = Instant::now();
+        let mut s = session(now);
+        let mut far = remote(CALLER_SDP);
+        far.index = 3;
+        assert_eq!(
+            s.update(now, Leg::Caller, &[far]),
+            Err(UpdateError::MediaNotAllocated {
+                leg: "caller",
+                index: 3,
+                allocated: 1
+            })
+        );
+        let mut lone = Session::new(
+            CallId::parse("c").unwrap(),
+            Owner::parse("o").unwrap(),
+            WallClock::now(),
+            Timing::default(),
+            now,
+        );
+        assert_eq!(
+            lone.update(now, Leg::Callee, &[]),
+            Err(UpdateError::LegNotAllocated("callee"))
+        );
+    }
+}

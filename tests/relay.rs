@@ -1,0 +1,727 @@
+//! The media proxy on loopback: real gRPC, real UDP sockets as phones.
+//!
+//! Each test runs its own proxy on its own port range (21000-21999 is reserved for this file,
+//! one block of 20 per test), so tests run in parallel.
+
+use std::time::Duration;
+
+use mediaproxy::config::MediaOptions;
+use proto::v1 as pb;
+use tests::{Phone, TestProxy, eventually, g711, local, media_of, metric_value};
+use tokio_stream::StreamExt;
+
+const WAIT: Duration = Duration::from_millis(500);
+const CALLER: pb::Leg = pb::Leg::Caller;
+const CALLEE: pb::Leg = pb::Leg::Callee;
+
+/// A call with both legs allocated and pointed at two phones.
+struct Call {
+    caller: Phone,
+    callee: Phone,
+    /// Proxy address the caller sends to (caller leg).
+    to_caller_leg: std::net::SocketAddr,
+    /// Proxy address the callee sends to (callee leg).
+    to_callee_leg: std::net::SocketAddr,
+}
+
+async fn call(proxy: &mut TestProxy, id: &str) -> Call {
+    let caller = Phone::new().await;
+    let callee = Phone::new().await;
+    let a = proxy.allocate(id, CALLER, 1).await;
+    let b = proxy.allocate(id, CALLEE, 1).await;
+    proxy.update(id, CALLER, caller.addr(), None).await;
+    proxy.update(id, CALLEE, callee.addr(), None).await;
+    Call {
+        caller,
+        callee,
+        to_caller_leg: local(&a, false),
+        to_callee_leg: local(&b, false),
+    }
+}
+
+#[tokio::test]
+async fn two_legs_relay_both_ways_with_exact_counts() {
+    let mut proxy = TestProxy::start("21000-21019", MediaOptions::default()).await;
+    let c = call(&mut proxy, "call-both-ways").await;
+    for seq in 0..50 {
+        c.caller.send(c.to_caller_leg, &g711(seq, 0xaaaa)).await;
+    }
+    for seq in 0..40 {
+        c.callee.send(c.to_callee_leg, &g711(seq, 0xbbbb)).await;
+    }
+    let at_callee = c.callee.receive(50, WAIT).await;
+    let at_caller = c.caller.receive(40, WAIT).await;
+    assert_eq!(at_callee.len(), 50);
+    assert_eq!(at_caller.len(), 40);
+    // Symmetric: each phone hears from the address it sends to, packets are unchanged.
+    assert!(at_callee.iter().all(|(_, from)| *from == c.to_callee_leg));
+    assert!(at_caller.iter().all(|(_, from)| *from == c.to_caller_leg));
+    assert_eq!(at_callee[7].0, g711(7, 0xaaaa));
+
+    let stats = proxy.stats("call-both-ways").await;
+    let caller = media_of(&stats, CALLER);
+    let callee = media_of(&stats, CALLEE);
+    let rx = caller.rtp_received.unwrap();
+    assert_eq!((rx.packets, rx.bytes), (50, 50 * 172));
+    assert_eq!(callee.rtp_received.unwrap().packets, 40);
+    assert_eq!(caller.rtp_sent.unwrap().packets, 40);
+    assert_eq!(callee.rtp_sent.unwrap().bytes, 50 * 172);
+    assert_eq!(caller.latched_rtp_source, c.caller.addr().to_string());
+    assert_eq!(caller.sdp_rtp_address, c.caller.addr().to_string());
+    assert!(rx.first_unix_ms > 0 && rx.last_unix_ms >= rx.first_unix_ms);
+    let quality = caller.quality.unwrap();
+    assert_eq!(
+        (quality.expected, quality.lost, quality.ssrc),
+        (50, 0, 0xaaaa)
+    );
+
+    let released = proxy.release("call-both-ways").await;
+    assert!(!released.already_released);
+    assert_eq!(released.release_reason, "released");
+    let final_stats = released.stats.unwrap();
+    assert!(final_stats.released_unix_ms > 0);
+    assert_eq!(
+        media_of(&final_stats, CALLER).rtp_received.unwrap().packets,
+        50
+    );
+    // A retried release (lost reply) answers the same final statistics.
+    let again = proxy.release("call-both-ways").await;
+    assert!(again.already_released);
+    assert_eq!(again.stats.unwrap(), final_stats);
+    // The ports are closed: nothing is relayed any more.
+    c.caller.send(c.to_caller_leg, &g711(99, 0xaaaa)).await;
+    c.callee.expect_silence(Duration::from_millis(200)).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn latches_a_nat_rewritten_source_in_the_window_and_refuses_a_late_stranger() {
+    let media = MediaOptions {
+        latch_window: Some("400ms".parse().unwrap()),
+        ..MediaOptions::default()
+    };
+    let mut proxy = TestProxy::start("21020-21039", media).await;
+    let mut events = proxy
+        .client
+        .watch_events(pb::WatchEventsRequest {
+            owner: String::new(),
+            call_id: "call-nat".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The caller's SDP names an address it never sends from (its private side of a NAT).
+    let sdp_only = Phone::new().await;
+    let nat = Phone::new().await;
+    let callee = Phone::new().await;
+    let a = proxy.allocate("call-nat", CALLER, 1).await;
+    let b = proxy.allocate("call-nat", CALLEE, 1).await;
+    proxy
+        .update("call-nat", CALLER, sdp_only.addr(), None)
+        .await;
+    proxy.update("call-nat", CALLEE, callee.addr(), None).await;
+
+    nat.send(local(&a, false), &g711(1, 1)).await;
+    assert_eq!(callee.receive(1, WAIT).await.len(), 1);
+    // Media for the caller now goes to the latched NAT address, not to the SDP address.
+    callee.send(local(&b, false), &g711(1, 2)).await;
+    assert_eq!(nat.receive(1, WAIT).await.len(), 1);
+    sdp_only.expect_silence(Duration::from_millis(100)).await;
+
+    let first = tokio::time::timeout(WAIT, events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(pb::event::Kind::FirstPacket(first_packet)) = first.kind else {
+        panic!("expected first packet, got {first:?}");
+    };
+    assert_eq!(first.leg, CALLER as i32);
+    assert_eq!(first_packet.source, nat.addr().to_string());
+    assert_eq!(first_packet.sdp_address, sdp_only.addr().to_string());
+    assert!(!first_packet.matches_sdp);
+
+    // After the window a stranger cannot take the stream over.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stranger = Phone::new().await;
+    for seq in 0..5 {
+        stranger.send(local(&a, false), &g711(seq, 666)).await;
+    }
+    callee.expect_silence(Duration::from_millis(200)).await;
+    nat.send(local(&a, false), &g711(2, 1)).await;
+    assert_eq!(callee.receive(1, WAIT).await.len(), 1);
+    let caller = media_of(&proxy.stats("call-nat").await, CALLER).clone();
+    assert_eq!(caller.latched_rtp_source, nat.addr().to_string());
+    assert_eq!(caller.drops.unwrap().unknown_source, 5);
+    assert_eq!(caller.rtp_received.unwrap().packets, 2);
+    let dropped = eventually(Duration::from_secs(2), || async {
+        proxy
+            .metric(
+                "mediaproxy_packets_dropped_total",
+                &[("reason", "unknown_source")],
+            )
+            .await
+            .filter(|v| *v == 5.0)
+    })
+    .await;
+    assert_eq!(dropped, Some(5.0));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn rtcp_is_relayed_between_the_rtcp_ports() {
+    let mut proxy = TestProxy::start("21040-21059", MediaOptions::default()).await;
+    let caller_rtp = Phone::new().await;
+    let caller_rtcp = Phone::new().await;
+    let callee_rtp = Phone::new().await;
+    let callee_rtcp = Phone::new().await;
+    let a = proxy.allocate("call-rtcp", CALLER, 1).await;
+    let b = proxy.allocate("call-rtcp", CALLEE, 1).await;
+    proxy
+        .update(
+            "call-rtcp",
+            CALLER,
+            caller_rtp.addr(),
+            Some(caller_rtcp.addr()),
+        )
+        .await;
+    proxy
+        .update(
+            "call-rtcp",
+            CALLEE,
+            callee_rtp.addr(),
+            Some(callee_rtcp.addr()),
+        )
+        .await;
+    let receiver_report = [
+        0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0,
+    ];
+    caller_rtcp.send(local(&a, true), &receiver_report).await;
+    let got = callee_rtcp.receive(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, receiver_report);
+    assert_eq!(got[0].1, local(&b, true));
+    callee_rtp.expect_silence(Duration::from_millis(100)).await;
+    let stats = proxy.stats("call-rtcp").await;
+    let caller = media_of(&stats, CALLER);
+    assert_eq!(caller.rtcp_received.unwrap().packets, 1);
+    assert_eq!(caller.rtp_received.unwrap().packets, 0);
+    assert_eq!(caller.latched_rtcp_source, caller_rtcp.addr().to_string());
+    assert_eq!(media_of(&stats, CALLEE).rtcp_sent.unwrap().packets, 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn loss_duplicates_reordering_and_jitter_from_crafted_sequences() {
+    let mut proxy = TestProxy::start("21060-21079", MediaOptions::default()).await;
+    let c = call(&mut proxy, "call-quality").await;
+    for seq in [1u16, 2, 4, 3, 3, 7, 8, 10] {
+        c.caller.send(c.to_caller_leg, &g711(seq, 42)).await;
+    }
+    assert_eq!(c.callee.receive(8, WAIT).await.len(), 8);
+    let quality = media_of(&proxy.stats("call-quality").await, CALLER)
+        .quality
+        .unwrap();
+    assert_eq!(quality.expected, 10);
+    assert_eq!(quality.lost, 3, "5, 6 and 9 never came");
+    assert_eq!(quality.duplicates, 1);
+    assert_eq!(quality.out_of_order, 1);
+
+    // 20 packets stamped 20 ms apart but sent back to back: each transit differs by 160
+    // units, so the A.8 estimate climbs towards 20 ms (about 14 ms after 19 steps).
+    for seq in 0..20u16 {
+        c.callee.send(c.to_callee_leg, &g711(seq, 43)).await;
+    }
+    assert_eq!(c.caller.receive(20, WAIT).await.len(), 20);
+    let quality = media_of(&proxy.stats("call-quality").await, CALLEE)
+        .quality
+        .unwrap();
+    assert!(
+        (8.0..20.0).contains(&quality.jitter_ms),
+        "jitter {} ms",
+        quality.jitter_ms
+    );
+    assert!(quality.max_jitter_ms >= quality.jitter_ms);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn media_timeout_releases_the_call_and_says_so() {
+    let media = MediaOptions {
+        media_timeout: Some("700ms".parse().unwrap()),
+        ..MediaOptions::default()
+    };
+    let mut proxy = TestProxy::start("21080-21099", media).await;
+    let mut events = proxy
+        .client
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let _c = call(&mut proxy, "call-silent").await;
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(3), events.next())
+            .await
+            .expect("events arrive")
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.call_id, "call-silent");
+        assert_eq!(event.owner, "owner-1");
+        assert_eq!(event.node_id, "test-node");
+        kinds.push(event.kind.unwrap());
+    }
+    assert!(matches!(kinds[0], pb::event::Kind::MediaTimeout(ref t) if t.idle_ms >= 700));
+    assert!(matches!(kinds[1], pb::event::Kind::SessionReleased(ref r) if r.reason == "timeout"));
+    // The owner's later release still gets the final statistics.
+    let released = proxy.release("call-silent").await;
+    assert!(released.already_released);
+    assert_eq!(released.release_reason, "timeout");
+    assert_eq!(
+        proxy
+            .metric(
+                "mediaproxy_sessions_released_total",
+                &[("reason", "timeout")]
+            )
+            .await,
+        Some(1.0)
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_owner_that_stops_renewing_loses_its_calls_and_one_that_renews_keeps_them() {
+    let media = MediaOptions {
+        lease_timeout: Some("800ms".parse().unwrap()),
+        ..MediaOptions::default()
+    };
+    let mut proxy = TestProxy::start("21100-21119", media).await;
+    proxy
+        .try_allocate("call-lost", CALLER, "crashed-sig", 1)
+        .await
+        .unwrap();
+    proxy
+        .try_allocate("call-kept", CALLER, "live-sig", 1)
+        .await
+        .unwrap();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let lease = proxy
+            .client
+            .renew_lease(pb::RenewLeaseRequest {
+                owner: "live-sig".into(),
+                lease_timeout_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(lease.sessions, 1);
+        assert_eq!(lease.lease_timeout_ms, 800);
+        assert!(!lease.instance_id.is_empty());
+    }
+    let lost = proxy.release("call-lost").await;
+    assert!(lost.already_released);
+    assert_eq!(lost.release_reason, "lease_expired");
+    let kept = proxy.stats("call-kept").await;
+    assert_eq!(kept.owner, "live-sig");
+    assert_eq!(
+        proxy
+            .metric(
+                "mediaproxy_sessions_released_total",
+                &[("reason", "lease_expired")]
+            )
+            .await,
+        Some(1.0)
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn exhaustion_is_refused_and_counted_and_ports_come_back_after_quarantine() {
+    // Two pairs: one call with two legs fills the range.
+    let media = MediaOptions {
+        port_quarantine: Some("300ms".parse().unwrap()),
+        ..MediaOptions::default()
+    };
+    let mut proxy = TestProxy::start("21120-21123", media).await;
+    let a = proxy.allocate("call-a", CALLER, 1).await;
+    proxy.allocate("call-a", CALLEE, 1).await;
+    let refused = proxy
+        .try_allocate("call-b", CALLER, "owner-1", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("21120-21123"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(
+        proxy
+            .metric(
+                "mediaproxy_allocation_failures_total",
+                &[("reason", "ports_exhausted")]
+            )
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(proxy.metric("mediaproxy_ports_free", &[]).await, Some(0.0));
+    proxy.release("call-a").await;
+    // Quarantined: not yet reusable.
+    let early = proxy
+        .try_allocate("call-b", CALLER, "owner-1", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), tonic::Code::ResourceExhausted);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let b = proxy.allocate("call-b", CALLER, 1).await;
+    assert_eq!(b.media[0].rtp_port, a.media[0].rtp_port);
+    assert_eq!(proxy.metric("mediaproxy_ports_total", &[]).await, Some(4.0));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_port_held_by_another_process_is_skipped_not_leaked() {
+    let squatter = std::net::UdpSocket::bind("127.0.0.1:21140").unwrap();
+    let mut proxy = TestProxy::start("21140-21143", MediaOptions::default()).await;
+    let first = proxy.allocate("call-skip", CALLER, 1).await;
+    assert_eq!(first.media[0].rtp_port, 21142);
+    // The skipped pair is not lost: once the other process lets go it is handed out again.
+    drop(squatter);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = proxy.allocate("call-skip-2", CALLER, 1).await;
+    assert_eq!(second.media[0].rtp_port, 21140);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn reused_ports_carry_no_crosstalk_from_the_old_call() {
+    let mut proxy = TestProxy::start("21160-21163", MediaOptions::default()).await;
+    let old = call(&mut proxy, "call-old").await;
+    proxy.release("call-old").await;
+    // Late packets of the old call during the quarantine reach nobody: the port is closed.
+    old.caller.send(old.to_caller_leg, &g711(50, 6)).await;
+    old.callee.expect_silence(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = call(&mut proxy, "call-new").await;
+    assert_eq!(new.to_caller_leg, old.to_caller_leg, "the pair was reused");
+    new.caller.send(new.to_caller_leg, &g711(1, 7)).await;
+    assert_eq!(new.callee.receive(1, WAIT).await.len(), 1);
+    old.callee.expect_silence(Duration::from_millis(100)).await;
+    let stats = proxy.stats("call-new").await;
+    assert_eq!(media_of(&stats, CALLER).rtp_received.unwrap().packets, 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn allocate_is_idempotent_and_extends_with_new_media_lines() {
+    let mut proxy = TestProxy::start("21180-21199", MediaOptions::default()).await;
+    let first = proxy.allocate("call-idem", CALLER, 1).await;
+    let retry = proxy.allocate("call-idem", CALLER, 1).await;
+    assert!(!first.existing);
+    assert!(retry.existing);
+    assert_eq!(first.media, retry.media);
+    let video = proxy
+        .client
+        .allocate(pb::AllocateRequest {
+            call_id: "call-idem".into(),
+            leg: CALLER as i32,
+            owner: "owner-1".into(),
+            media: vec![pb::MediaKind::Audio as i32, pb::MediaKind::Video as i32],
+            lease_timeout_ms: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(video.media.len(), 2);
+    assert_eq!(video.media[0], first.media[0]);
+    assert_eq!(video.media[1].kind, pb::MediaKind::Video as i32);
+    assert_eq!(video.media[1].rtcp_port, video.media[1].rtp_port + 1);
+    assert_eq!(video.media[1].rtp_port % 2, 0);
+    // Another owner cannot take the call.
+    let stolen = proxy
+        .try_allocate("call-idem", CALLEE, "other", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(stolen.code(), tonic::Code::FailedPrecondition);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_bad_packets_are_counted_drops() {
+    let mut proxy = TestProxy::start("21200-21219", MediaOptions::default()).await;
+    let c = call(&mut proxy, "call-good").await;
+    let bad_address = proxy
+        .client
+        .update(pb::UpdateRequest {
+            call_id: "call-good".into(),
+            leg: CALLER as i32,
+            media: vec![pb::RemoteMedia {
+                index: 0,
+                address: "300.1.1.1".into(),
+                rtp_port: 4000,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_address.code(), tonic::Code::InvalidArgument);
+    assert!(
+        bad_address.message().contains("media[0].address"),
+        "{}",
+        bad_address.message()
+    );
+    let bad_port = proxy
+        .client
+        .update(pb::UpdateRequest {
+            call_id: "call-good".into(),
+            leg: CALLER as i32,
+            media: vec![pb::RemoteMedia {
+                index: 0,
+                address: "127.0.0.1".into(),
+                rtp_port: 70000,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        bad_port.message().contains("rtp_port"),
+        "{}",
+        bad_port.message()
+    );
+    let missing_media = proxy
+        .client
+        .update(pb::UpdateRequest {
+            call_id: "call-good".into(),
+            leg: CALLER as i32,
+            media: vec![pb::RemoteMedia {
+                index: 5,
+                address: "127.0.0.1".into(),
+                rtp_port: 4000,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing_media.code(), tonic::Code::InvalidArgument);
+    let unknown = proxy
+        .client
+        .query_stats(pb::QueryStatsRequest {
+            call_id: "no-such-call".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    let no_leg = proxy
+        .try_allocate("call-x", pb::Leg::Unspecified, "owner-1", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(no_leg.code(), tonic::Code::InvalidArgument);
+    let no_id = proxy
+        .try_allocate("", CALLER, "owner-1", 1)
+        .await
+        .unwrap_err();
+    assert!(no_id.message().contains("call_id"), "{}", no_id.message());
+
+    // Garbage from the phone: counted, not relayed, and the call keeps working.
+    c.caller.send(c.to_caller_leg, &[0x80, 0x00, 0x01]).await;
+    c.caller
+        .send(c.to_caller_leg, b"\x00\x01\x00\x00STUN-ish")
+        .await;
+    c.caller.send(c.to_caller_leg, &g711(1, 5)).await;
+    let got = c.callee.receive(2, Duration::from_millis(300)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, g711(1, 5));
+    let drops = media_of(&proxy.stats("call-good").await, CALLER)
+        .drops
+        .unwrap();
+    assert_eq!((drops.too_short, drops.not_rtp), (1, 1));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_and_health_match_what_was_relayed() {
+    let mut proxy = TestProxy::start("21220-21239", MediaOptions::default()).await;
+    let c = call(&mut proxy, "call-metrics").await;
+    for seq in 0..30 {
+        c.caller.send(c.to_caller_leg, &g711(seq, 1)).await;
+    }
+    for seq in 0..20 {
+        c.callee.send(c.to_callee_leg, &g711(seq, 2)).await;
+    }
+    assert_eq!(c.callee.receive(30, WAIT).await.len(), 30);
+    assert_eq!(c.caller.receive(20, WAIT).await.len(), 20);
+    let body = eventually(Duration::from_secs(2), || async {
+        let (_, body) = proxy.http_get("/metrics").await;
+        (metric_value(
+            &body,
+            "mediaproxy_packets_total",
+            &[("direction", "callee_to_caller")],
+        ) == Some(20.0))
+        .then_some(body)
+    })
+    .await
+    .expect("counters published");
+    let value = |name: &str, labels: &[(&str, &str)]| metric_value(&body, name, labels);
+    assert_eq!(
+        value(
+            "mediaproxy_packets_total",
+            &[("direction", "caller_to_callee")]
+        ),
+        Some(30.0)
+    );
+    assert_eq!(
+        value(
+            "mediaproxy_bytes_total",
+            &[("direction", "caller_to_callee")]
+        ),
+        Some(30.0 * 172.0)
+    );
+    assert_eq!(
+        value(
+            "mediaproxy_bytes_total",
+            &[("direction", "callee_to_caller")]
+        ),
+        Some(20.0 * 172.0)
+    );
+    assert_eq!(value("mediaproxy_sessions", &[]), Some(1.0));
+    assert_eq!(value("mediaproxy_ports_total", &[]), Some(20.0));
+    assert_eq!(value("mediaproxy_ports_free", &[]), Some(16.0));
+    assert_eq!(value("mediaproxy_recordings", &[]), Some(0.0));
+    assert_eq!(
+        value(
+            "mediaproxy_packets_dropped_total",
+            &[("reason", "unknown_source")]
+        ),
+        Some(0.0)
+    );
+    assert!(body.contains("mediaproxy_grpc_request_duration_seconds_bucket{method=\"allocate\""));
+    assert!(body.contains("node=\"test-node\""));
+    assert_eq!(proxy.http_get("/healthz").await, (200, "ok\n".to_owned()));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn draining_refuses_new_calls_and_keeps_relaying_existing_ones() {
+    let mut proxy = TestProxy::start("21240-21259", MediaOptions::default()).await;
+    let c = call(&mut proxy, "call-before-drain").await;
+    let status = proxy
+        .client
+        .drain(pb::DrainRequest { drain: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.draining);
+    assert_eq!(status.sessions, 1);
+    assert_eq!(status.node_id, "test-node");
+    assert_eq!(status.ports_total, 20);
+    let refused = proxy
+        .try_allocate("call-after-drain", CALLER, "owner-1", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    // A retried allocate of an existing call is still answered.
+    proxy.allocate("call-before-drain", CALLER, 1).await;
+    c.caller.send(c.to_caller_leg, &g711(1, 1)).await;
+    assert_eq!(c.callee.receive(1, WAIT).await.len(), 1);
+    assert_eq!(proxy.http_get("/healthz").await.0, 503);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "mediaproxy.v1.MediaProxy".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let undrained = proxy
+        .client
+        .drain(pb::DrainRequest { drain: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!undrained.draining);
+    proxy.allocate("call-after-drain", CALLER, 1).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn many_calls_relay_at_once_without_crosstalk() {
+    let mut proxy = TestProxy::start("21300-21699", MediaOptions::default()).await;
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        calls.push(call(&mut proxy, &format!("call-many-{i}")).await);
+    }
+    for round in 0..10u16 {
+        for (i, c) in calls.iter().enumerate() {
+            c.caller.send(c.to_caller_leg, &g711(round, i as u32)).await;
+            c.callee
+                .send(c.to_callee_leg, &g711(round, 1000 + i as u32))
+                .await;
+        }
+    }
+    for (i, c) in calls.iter().enumerate() {
+        let at_callee = c.callee.receive(10, WAIT).await;
+        let at_caller = c.caller.receive(10, WAIT).await;
+        assert_eq!((at_callee.len(), at_caller.len()), (10, 10), "call {i}");
+        // Each packet carries its call's SSRC: nothing crossed between calls.
+        assert!(
+            at_callee
+                .iter()
+                .all(|(p, _)| p[8..12] == (i as u32).to_be_bytes())
+        );
+        assert!(
+            at_caller
+                .iter()
+                .all(|(p, _)| p[8..12] == (1000 + i as u32).to_be_bytes())
+        );
+    }
+    let sessions = proxy
+        .client
+        .list_sessions(pb::ListSessionsRequest {
+            owner: "owner-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(sessions.len(), 40);
+    assert!(
+        sessions
+            .iter()
+            .all(|s| media_of(s, CALLER).rtp_received.unwrap().packets == 10)
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_releases_what_is_left_after_the_grace() {
+    let mut proxy = TestProxy::start("21700-21719", MediaOptions::default()).await;
+    let mut client = proxy.client.clone();
+    let _c = call(&mut proxy, "call-at-shutdown").await;
+    let mut events = client
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    proxy.shutdown().await;
+    let mut released = None;
+    while let Ok(Some(Ok(event))) =
+        tokio::time::timeout(Duration::from_secs(3), events.next()).await
+    {
+        if let Some(pb::event::Kind::SessionReleased(r)) = event.kind {
+            released = Some(r.reason);
+        }
+    }
+    assert_eq!(released.as_deref(), Some("shutdown"));
+}

@@ -1,0 +1,312 @@
+//! Helpers for the workspace integration tests: a real media proxy on loopback ports, a real
+//! tonic client, UDP "phones", and a tiny HTTP client for `/metrics`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mediaproxy::config::{Config, MediaOptions, Options};
+use mediaproxy::server::MediaProxy;
+use proto::v1 as pb;
+use proto::v1::media_proxy_client::MediaProxyClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+use tonic::transport::Channel;
+
+pub use mediaproxy::rtp::build_rtp;
+
+/// A media proxy started in this process on ephemeral gRPC and metrics ports.
+pub struct TestProxy {
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+    pub client: MediaProxyClient<Channel>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestProxy {
+    /// Starts a proxy relaying on `ports` (each test uses its own range so tests can run in
+    /// parallel), with `media` overriding other media options.
+    pub async fn start(ports: &str, media: MediaOptions) -> Self {
+        let options = Options {
+            grpc: Some("127.0.0.1:0".parse().unwrap()),
+            metrics: Some("127.0.0.1:0".parse().unwrap()),
+            node_id: Some("test-node".into()),
+            shutdown_grace: Some("1s".parse().unwrap()),
+            media: MediaOptions {
+                ports: Some(ports.parse().unwrap()),
+                workers: media.workers.or(Some(2)),
+                port_quarantine: media.port_quarantine.or(Some("200ms".parse().unwrap())),
+                ..media
+            },
+            ..Options::default()
+        };
+        let config = Config::resolve(options, Options::default()).expect("valid test config");
+        let proxy = MediaProxy::bind(&config).await.expect("proxy binds");
+        let grpc = proxy.grpc_addr();
+        let metrics = proxy.metrics_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            proxy
+                .serve(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("proxy serves");
+        });
+        let client = MediaProxyClient::connect(format!("http://{grpc}"))
+            .await
+            .expect("gRPC connects");
+        Self {
+            grpc,
+            metrics,
+            client,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Triggers the graceful shutdown and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("proxy task ends cleanly");
+        }
+    }
+
+    pub async fn allocate(
+        &mut self,
+        call: &str,
+        leg: pb::Leg,
+        media: usize,
+    ) -> pb::AllocateResponse {
+        self.try_allocate(call, leg, "owner-1", media)
+            .await
+            .expect("allocate succeeds")
+    }
+
+    pub async fn try_allocate(
+        &mut self,
+        call: &str,
+        leg: pb::Leg,
+        owner: &str,
+        media: usize,
+    ) -> Result<pb::AllocateResponse, tonic::Status> {
+        self.client
+            .allocate(pb::AllocateRequest {
+                call_id: call.into(),
+                leg: leg as i32,
+                owner: owner.into(),
+                media: vec![pb::MediaKind::Audio as i32; media],
+                lease_timeout_ms: 0,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Points a leg's first media line at `rtp` (RTCP on `rtcp`, or rtp + 1 when None).
+    pub async fn update(
+        &mut self,
+        call: &str,
+        leg: pb::Leg,
+        rtp: SocketAddr,
+        rtcp: Option<SocketAddr>,
+    ) {
+        self.client
+            .update(pb::UpdateRequest {
+                call_id: call.into(),
+                leg: leg as i32,
+                media: vec![pb::RemoteMedia {
+                    index: 0,
+                    address: rtp.ip().to_string(),
+                    rtp_port: u32::from(rtp.port()),
+                    rtcp_port: rtcp.map_or(0, |a| u32::from(a.port())),
+                    codecs: vec![pb::Codec {
+                        payload_type: 0,
+                        encoding: "PCMU".into(),
+                        clock_rate: 8000,
+                        channels: 1,
+                    }],
+                    direction: pb::Direction::Sendrecv as i32,
+                }],
+            })
+            .await
+            .expect("update succeeds");
+    }
+
+    pub async fn stats(&mut self, call: &str) -> pb::CallStats {
+        self.client
+            .query_stats(pb::QueryStatsRequest {
+                call_id: call.into(),
+            })
+            .await
+            .expect("query succeeds")
+            .into_inner()
+    }
+
+    pub async fn release(&mut self, call: &str) -> pb::ReleaseResponse {
+        self.client
+            .release(pb::ReleaseRequest {
+                call_id: call.into(),
+                reason: "test".into(),
+            })
+            .await
+            .expect("release succeeds")
+            .into_inner()
+    }
+
+    /// GETs a path of the metrics endpoint; returns (status code, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics, path).await
+    }
+
+    /// The value of one sample line of `/metrics`, e.g.
+    /// `metric("mediaproxy_packets_total", &[("direction", "caller_to_callee")])`.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics").await;
+        metric_value(&body, name, labels)
+    }
+}
+
+impl Drop for TestProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Finds a sample in Prometheus text: the line of `name` whose labels include all `labels`.
+pub fn metric_value(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// A minimal HTTP/1.0 GET.
+pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("HTTP connects");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("HTTP request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("HTTP response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A UDP endpoint standing in for a phone's RTP (or RTCP) socket.
+pub struct Phone {
+    pub socket: UdpSocket,
+}
+
+impl Phone {
+    pub async fn new() -> Self {
+        Self {
+            socket: UdpSocket::bind("127.0.0.1:0").await.expect("phone binds"),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.socket.local_addr().unwrap()
+    }
+
+    pub async fn send(&self, to: SocketAddr, data: &[u8]) {
+        self.socket.send_to(data, to).await.expect("phone sends");
+    }
+
+    /// Receives until `count` datagrams arrived or `wait` passed with nothing new.
+    pub async fn receive(&self, count: usize, wait: Duration) -> Vec<(Vec<u8>, SocketAddr)> {
+        let mut got = Vec::new();
+        let mut buffer = vec![0u8; 2048];
+        while got.len() < count {
+            match tokio::time::timeout(wait, self.socket.recv_from(&mut buffer)).await {
+                Ok(Ok((len, from))) => got.push((buffer[..len].to_vec(), from)),
+                _ => break,
+            }
+        }
+        got
+    }
+
+    /// Asserts nothing arrives within `wait`.
+    pub async fn expect_silence(&self, wait: Duration) {
+        let got = self.receive(1, wait).await;
+        assert!(
+            got.is_empty(),
+            "expected no datagram, got {} from {}",
+            got.len(),
+            got[0].1
+        );
+    }
+}
+
+/// The proxy's address for one leg's first media line.
+pub fn local(allocation: &pb::AllocateResponse, rtcp: bool) -> SocketAddr {
+    let media = &allocation.media[0];
+    let port = if rtcp {
+        media.rtcp_port
+    } else {
+        media.rtp_port
+    };
+    SocketAddr::new(allocation.advertised_address.parse().unwrap(), port as u16)
+}
+
+/// A 172-byte G.711 packet (12 header + 160 payload).
+pub fn g711(sequence: u16, ssrc: u32) -> Vec<u8> {
+    build_rtp(0, sequence, u32::from(sequence) * 160, ssrc, &[0xd5; 160])
+}
+
+/// Polls `check` every 50 ms until it returns Some or `limit` passes.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// First media line of a leg in call statistics.
+pub fn media_of(stats: &pb::CallStats, leg: pb::Leg) -> &pb::MediaStats {
+    &stats
+        .legs
+        .iter()
+        .find(|l| l.leg == leg as i32)
+        .expect("leg present")
+        .media[0]
+}
