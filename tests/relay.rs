@@ -725,3 +725,78 @@ async fn shutdown_releases_what_is_left_after_the_grace() {
     }
     assert_eq!(released.as_deref(), Some("shutdown"));
 }
+
+#[tokio::test]
+async fn a_silent_leg_is_reported_as_one_way_media() {
+    let media = MediaOptions {
+        one_way_after: Some("400ms".parse().unwrap()),
+        ..MediaOptions::default()
+    };
+    let mut proxy = TestProxy::start("21720-21739", media).await;
+    let mut events = proxy
+        .client
+        .watch_events(pb::WatchEventsRequest {
+            owner: "owner-1".into(),
+            call_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let c = call(&mut proxy, "call-one-way").await;
+    // The caller talks for a second; the callee never sends.
+    for seq in 0..50 {
+        c.caller.send(c.to_caller_leg, &g711(seq, 9)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut one_way = Vec::new();
+    while let Ok(Some(Ok(event))) =
+        tokio::time::timeout(Duration::from_millis(300), events.next()).await
+    {
+        if let Some(pb::event::Kind::OneWayMedia(silence)) = event.kind {
+            one_way.push((event.leg, silence.silent_ms));
+        }
+    }
+    assert_eq!(one_way.len(), 1, "reported once: {one_way:?}");
+    assert_eq!(one_way[0].0, CALLEE as i32, "the silent leg is the callee");
+    assert!(one_way[0].1 >= 400);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let proxy = TestProxy::start("21740-21759", MediaOptions::default()).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"mediaproxy.v1.MediaProxy".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+    proxy.shutdown().await;
+}

@@ -34,6 +34,9 @@ const WAKER: Token = Token(usize::MAX);
 const TICK: Duration = Duration::from_millis(100);
 /// Largest datagram a worker receives (the UDP maximum).
 const BUFFER_LEN: usize = 65_536;
+/// Datagrams read from one socket before the worker serves the others: a flooded port
+/// (a stranger, a looping peer) must not starve the rest of the worker's calls.
+const READ_BUDGET: usize = 64;
 
 /// A newly bound media line handed to a worker.
 #[derive(Debug)]
@@ -266,6 +269,9 @@ struct Worker {
     by_call: HashMap<CallId, usize>,
     counters: LocalCounters,
     buffer: Box<[u8]>,
+    /// Sockets that still had datagrams when their read budget ran out (edge-triggered
+    /// polling will not report them again), served on the next loop turn.
+    unfinished: Vec<Token>,
 }
 
 impl Worker {
@@ -287,14 +293,21 @@ impl Worker {
             by_call: HashMap::new(),
             counters: LocalCounters::default(),
             buffer: vec![0u8; BUFFER_LEN].into_boxed_slice(),
+            unfinished: Vec::new(),
         }
     }
 
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
+        let mut revisit = Vec::new();
         loop {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let timeout = if self.unfinished.is_empty() {
+                next_tick.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            std::mem::swap(&mut revisit, &mut self.unfinished);
             if let Err(error) = self.poll.poll(&mut events, Some(timeout))
                 && error.kind() != io::ErrorKind::Interrupted
             {
@@ -312,6 +325,9 @@ impl Worker {
                     self.drain_socket(event.token(), now);
                 }
             }
+            for token in revisit.drain(..) {
+                self.drain_socket(token, now);
+            }
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
@@ -319,7 +335,8 @@ impl Worker {
         }
     }
 
-    /// Receives every datagram waiting on one socket and relays or drops each.
+    /// Receives the datagrams waiting on one socket (up to [`READ_BUDGET`]) and relays or
+    /// drops each.
     fn drain_socket(&mut self, token: Token, now: Instant) {
         let slot_index = token.0 / SOCKETS_PER_SESSION;
         let socket_index = token.0 % SOCKETS_PER_SESSION;
@@ -330,19 +347,24 @@ impl Worker {
             slots,
             buffer,
             counters,
+            unfinished,
             ..
         } = self;
         let Some(Some(slot)) = slots.get_mut(slot_index) else {
             return;
         };
         let direction = at.leg.index();
-        loop {
+        let mut drained = false;
+        for _ in 0..READ_BUDGET {
             let Some(socket) = slot.sockets[socket_index].as_ref() else {
                 return;
             };
             let (len, source) = match socket.recv_from(buffer) {
                 Ok(received) => received,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
                     // ICMP errors queued on the socket surface here; the next read goes on.
@@ -370,6 +392,9 @@ impl Worker {
                 }
                 Verdict::Drop(reason) => counters.dropped[reason.index()] += 1,
             }
+        }
+        if !drained {
+            unfinished.push(token);
         }
         Self::publish_events(&self.shared, &mut slot.session);
     }

@@ -172,6 +172,7 @@ impl MediaProxy {
         health.set_serving::<MediaProxyServer<Service>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .expect("the embedded descriptor set is valid");
         let grpc_stop = stop.clone();
