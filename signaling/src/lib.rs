@@ -1,5 +1,12 @@
 //! `signaling`: the SIP side of the product (registrar, B2BUA, routing, CDRs).
 //!
-//! Not built yet: this crate exists so the workspace has its final shape. The SIP service is
-//! the next piece of work (see `docs/architecture.md`); until it lands the binary refuses to
-//! start rather than pretend to serve.
+//! Under construction: the SIP message layer is in place; transport, registrar and the B2BUA
+//! follow. Until they land the binary refuses to start rather than pretend to serve.
+//!
+//! # Layout
+//!
+//! - [`sip`]: RFC 3261 messages, URIs and headers, parsed and written without I/O.
+//! - [`sdp`]: reading SDP for the relay and the line-based rewrite through the proxy.
+
+pub mod sdp;
+pub mod sip;

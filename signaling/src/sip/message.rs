@@ -1,0 +1,779 @@
+//! SIP messages (RFC 3261 section 7 and 25): parsing from bytes and writing back, no I/O.
+//!
+//! Built for real traffic: compact header names (`v: f: t: i: m: l:` ...), whitespace before
+//! the colon (`Via :`), folded header lines, several values in one header line, unknown
+//! headers kept in order, IPv6 in URIs and Vias, and leading CRLF keep-alives. A message that
+//! cannot be parsed yields a [`ParseError`] that keeps whatever headers were readable, so the
+//! caller can still answer `400` with a reason phrase that says what was wrong.
+//!
+//! On stream transports [`frame`] cuts one message out of a buffer using Content-Length
+//! (RFC 3261 section 18.3), so two messages sharing a TCP read are never merged.
+
+use std::fmt::Write as _;
+
+/// A request method. Unknown methods are kept by name (answered 501 by the core).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Register,
+    Options,
+    Info,
+    Update,
+    Prack,
+    Subscribe,
+    Notify,
+    Refer,
+    Message,
+    Publish,
+    Other(String),
+}
+
+impl Method {
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "INVITE" => Self::Invite,
+            "ACK" => Self::Ack,
+            "BYE" => Self::Bye,
+            "CANCEL" => Self::Cancel,
+            "REGISTER" => Self::Register,
+            "OPTIONS" => Self::Options,
+            "INFO" => Self::Info,
+            "UPDATE" => Self::Update,
+            "PRACK" => Self::Prack,
+            "SUBSCRIBE" => Self::Subscribe,
+            "NOTIFY" => Self::Notify,
+            "REFER" => Self::Refer,
+            "MESSAGE" => Self::Message,
+            "PUBLISH" => Self::Publish,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Invite => "INVITE",
+            Self::Ack => "ACK",
+            Self::Bye => "BYE",
+            Self::Cancel => "CANCEL",
+            Self::Register => "REGISTER",
+            Self::Options => "OPTIONS",
+            Self::Info => "INFO",
+            Self::Update => "UPDATE",
+            Self::Prack => "PRACK",
+            Self::Subscribe => "SUBSCRIBE",
+            Self::Notify => "NOTIFY",
+            Self::Refer => "REFER",
+            Self::Message => "MESSAGE",
+            Self::Publish => "PUBLISH",
+            Self::Other(name) => name,
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Expands a compact header name (RFC 3261 section 7.3.3 and later RFCs) and normalises the
+/// case of well-known names; unknown names keep their spelling.
+pub fn canonical_name(name: &str) -> String {
+    let full = match name.to_ascii_lowercase().as_str() {
+        "i" | "call-id" => "Call-ID",
+        "m" | "contact" => "Contact",
+        "e" | "content-encoding" => "Content-Encoding",
+        "l" | "content-length" => "Content-Length",
+        "c" | "content-type" => "Content-Type",
+        "f" | "from" => "From",
+        "s" | "subject" => "Subject",
+        "k" | "supported" => "Supported",
+        "t" | "to" => "To",
+        "v" | "via" => "Via",
+        "o" | "event" => "Event",
+        "r" | "refer-to" => "Refer-To",
+        "b" | "referred-by" => "Referred-By",
+        "u" | "allow-events" => "Allow-Events",
+        "x" | "session-expires" => "Session-Expires",
+        "cseq" => "CSeq",
+        "max-forwards" => "Max-Forwards",
+        "record-route" => "Record-Route",
+        "route" => "Route",
+        "expires" => "Expires",
+        "authorization" => "Authorization",
+        "www-authenticate" => "WWW-Authenticate",
+        "proxy-authorization" => "Proxy-Authorization",
+        "proxy-authenticate" => "Proxy-Authenticate",
+        "user-agent" => "User-Agent",
+        "server" => "Server",
+        "allow" => "Allow",
+        "require" => "Require",
+        "min-expires" => "Min-Expires",
+        "min-se" => "Min-SE",
+        "rseq" => "RSeq",
+        "rack" => "RAck",
+        _ => return name.to_owned(),
+    };
+    full.to_owned()
+}
+
+/// Headers in received order. Names are canonical; values are unfolded and trimmed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// The first value of a header (whole line).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every header line of a name, in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a comma-separable header (Via, Contact, Route, ...), split at top-level
+    /// commas (not inside quotes or angle brackets).
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.all(name).flat_map(split_values)
+    }
+
+    pub fn push(&mut self, name: &str, value: impl Into<String>) {
+        self.0.push((canonical_name(name), value.into()));
+    }
+
+    /// Replaces every line of `name` with one value (appending if absent).
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        let value = value.into();
+        match self
+            .0
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some(first) => {
+                self.0[first].1 = value;
+                let mut index = 0;
+                self.0.retain(|(n, _)| {
+                    let keep = index <= first || !n.eq_ignore_ascii_case(name);
+                    index += 1;
+                    keep
+                });
+            }
+            None => self.push(name, value),
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    /// Removes the first value of a multi-value header (e.g. the top Via), keeping the others.
+    pub fn remove_first_value(&mut self, name: &str) {
+        if let Some(index) = self
+            .0
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            let rest: Vec<String> = split_values(&self.0[index].1)
+                .skip(1)
+                .map(str::to_owned)
+                .collect();
+            if rest.is_empty() {
+                self.0.remove(index);
+            } else {
+                self.0[index].1 = rest.join(", ");
+            }
+        }
+    }
+
+    /// Inserts a header line before every other line (e.g. a new top Via).
+    pub fn prepend(&mut self, name: &str, value: impl Into<String>) {
+        self.0.insert(0, (canonical_name(name), value.into()));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+/// Splits a header value at commas outside quotes and angle brackets.
+pub fn split_values(value: &str) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let (mut quoted, mut angle, mut start) = (false, false, 0);
+    let bytes = value.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => angle = true,
+            b'>' if !quoted => angle = false,
+            b',' if !quoted && !angle => {
+                parts.push(value[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(value[start..].trim());
+    parts.into_iter().filter(|p| !p.is_empty())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    /// Request-URI as received (parse with [`crate::sip::uri::Uri::parse`]).
+    pub uri: String,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub reason: String,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Request(Request),
+    Response(Response),
+}
+
+impl Message {
+    pub fn headers(&self) -> &Headers {
+        match self {
+            Self::Request(r) => &r.headers,
+            Self::Response(r) => &r.headers,
+        }
+    }
+}
+
+/// A message that could not be parsed, with what is needed to answer it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct ParseError {
+    /// For the reason phrase of the 400, e.g. "Bad Content-Length".
+    pub reason: String,
+    /// Whether the start line was a request (only requests get a 400).
+    pub request: bool,
+    /// Headers that could be read (Via, From, To, Call-ID, CSeq are needed to answer).
+    pub headers: Headers,
+}
+
+fn fail(reason: impl Into<String>, request: bool, headers: Headers) -> ParseError {
+    ParseError {
+        reason: reason.into(),
+        request,
+        headers,
+    }
+}
+
+/// Where the header section ends: (index of the blank line, length of the separator).
+fn header_end(data: &[u8]) -> Option<(usize, usize)> {
+    let crlf = data.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = data.windows(2).position(|w| w == b"\n\n");
+    match (crlf, lf) {
+        (Some(a), Some(b)) if b < a => Some((b, 2)),
+        (Some(a), _) => Some((a, 4)),
+        (None, Some(b)) => Some((b, 2)),
+        (None, None) => None,
+    }
+}
+
+/// Parses one complete message (a UDP datagram, or a frame cut by [`frame`]).
+pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
+    let start = data
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(data.len());
+    let data = &data[start..];
+    let Some((end, separator)) = header_end(data) else {
+        return Err(fail("Incomplete header section", false, Headers::new()));
+    };
+    let head = std::str::from_utf8(&data[..end])
+        .map_err(|_| fail("Header section is not UTF-8", false, Headers::new()))?;
+    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let start_line = lines.next().unwrap_or("");
+    let request = !start_line.starts_with("SIP/");
+    // Unfold: a line starting with whitespace continues the previous header (section 7.3.1).
+    let mut headers = Headers::new();
+    let mut current: Option<(String, String)> = None;
+    for line in lines {
+        if line.starts_with(' ') || line.starts_with('\t') {
+            match current.as_mut() {
+                Some((_, value)) => {
+                    if !value.is_empty() {
+                        value.push(' ');
+                    }
+                    value.push_str(line.trim());
+                }
+                None => return Err(fail("Folded line before any header", request, headers)),
+            }
+            continue;
+        }
+        if let Some((name, value)) = current.take() {
+            headers.push(&name, value);
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(fail(
+                format!("Malformed header line {:?}", truncate(line)),
+                request,
+                headers,
+            ));
+        };
+        let name = name.trim();
+        if name.is_empty() || !name.bytes().all(is_token_char) {
+            return Err(fail(
+                format!("Malformed header name {:?}", truncate(name)),
+                request,
+                headers,
+            ));
+        }
+        current = Some((name.to_owned(), value.trim().to_owned()));
+    }
+    if let Some((name, value)) = current.take() {
+        headers.push(&name, value);
+    }
+    let rest = &data[end + separator..];
+    let body = match headers.get("Content-Length") {
+        Some(text) => {
+            let Ok(length) = text.trim().parse::<usize>() else {
+                return Err(fail("Bad Content-Length", request, headers));
+            };
+            if rest.len() < length {
+                return Err(fail("Body shorter than Content-Length", request, headers));
+            }
+            rest[..length].to_vec()
+        }
+        None => rest.to_vec(),
+    };
+    if request {
+        let mut parts = start_line.split(' ').filter(|p| !p.is_empty());
+        let (Some(method), Some(uri), Some(version), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(fail("Malformed request line", true, headers));
+        };
+        if !version.eq_ignore_ascii_case("SIP/2.0") {
+            return Err(fail(
+                format!("Unsupported version {}", truncate(version)),
+                true,
+                headers,
+            ));
+        }
+        if !method.bytes().all(is_token_char) {
+            return Err(fail("Malformed method", true, headers));
+        }
+        let method = Method::parse(method);
+        check_mandatory(&method, &headers).map_err(|reason| fail(reason, true, headers.clone()))?;
+        Ok(Message::Request(Request {
+            method,
+            uri: uri.to_owned(),
+            headers,
+            body,
+        }))
+    } else {
+        let mut parts = start_line.splitn(3, ' ');
+        let _version = parts.next();
+        let status = parts
+            .next()
+            .and_then(|code| code.parse::<u16>().ok())
+            .filter(|code| (100..=699).contains(code))
+            .ok_or_else(|| fail("Malformed status line", false, headers.clone()))?;
+        let reason = parts.next().unwrap_or("").to_owned();
+        for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+            if headers.get(name).is_none() {
+                return Err(fail(format!("Missing {name} header"), false, headers));
+            }
+        }
+        Ok(Message::Response(Response {
+            status,
+            reason,
+            headers,
+            body,
+        }))
+    }
+}
+
+/// RFC 3261 section 8.1.1: the headers every request needs, and a CSeq that agrees with the
+/// method.
+fn check_mandatory(method: &Method, headers: &Headers) -> Result<(), String> {
+    for name in ["Via", "From", "To", "Call-ID", "CSeq"] {
+        if headers.get(name).is_none_or(str::is_empty) {
+            return Err(format!("Missing {name} header"));
+        }
+    }
+    let cseq = CSeq::parse(headers.get("CSeq").unwrap_or("")).ok_or("Malformed CSeq")?;
+    if cseq.method != *method {
+        return Err("CSeq method does not match the request".into());
+    }
+    if let Some(forwards) = headers.get("Max-Forwards")
+        && forwards.trim().parse::<u8>().is_err()
+    {
+        return Err("Malformed Max-Forwards".into());
+    }
+    Ok(())
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}
+
+/// The CSeq header: sequence number and method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CSeq {
+    pub number: u32,
+    pub method: Method,
+}
+
+impl CSeq {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split_whitespace();
+        let number = parts.next()?.parse().ok()?;
+        let method = Method::parse(parts.next()?);
+        parts.next().is_none().then_some(Self { number, method })
+    }
+}
+
+/// Result of looking for one message in a stream buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A whole message occupies the first `len` bytes.
+    Complete(usize),
+    /// More bytes are needed.
+    Incomplete,
+    /// Only CRLF keep-alives (RFC 5626 section 3.5.1): drop this many bytes.
+    KeepAlive(usize),
+    /// The stream cannot be resynchronised (bad Content-Length): close it.
+    Invalid(&'static str),
+}
+
+/// Longest header section accepted on a stream before giving up on it.
+const MAX_HEADER: usize = 64 * 1024;
+
+/// Cuts the first message out of a stream buffer by its Content-Length.
+pub fn frame(buffer: &[u8]) -> Frame {
+    let skip = buffer
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buffer.len());
+    if skip == buffer.len() {
+        return if skip == 0 {
+            Frame::Incomplete
+        } else {
+            Frame::KeepAlive(skip)
+        };
+    }
+    let data = &buffer[skip..];
+    let Some((end, separator)) = header_end(data) else {
+        return if data.len() > MAX_HEADER {
+            Frame::Invalid("header section too long")
+        } else {
+            Frame::Incomplete
+        };
+    };
+    let head = String::from_utf8_lossy(&data[..end]);
+    let mut length = 0usize;
+    for line in head.split('\n') {
+        if let Some((name, value)) = line.split_once(':')
+            && canonical_name(name.trim()) == "Content-Length"
+        {
+            match value.trim().parse() {
+                Ok(n) => length = n,
+                Err(_) => return Frame::Invalid("bad Content-Length"),
+            }
+        }
+    }
+    let total = skip + end + separator + length;
+    if buffer.len() >= total {
+        Frame::Complete(total)
+    } else {
+        Frame::Incomplete
+    }
+}
+
+impl Request {
+    pub fn cseq(&self) -> Option<CSeq> {
+        CSeq::parse(self.headers.get("CSeq")?)
+    }
+
+    pub fn call_id(&self) -> &str {
+        self.headers.get("Call-ID").unwrap_or("")
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!("{} {} SIP/2.0\r\n", self.method, self.uri);
+        write_headers(&mut out, &self.headers, self.body.len());
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+}
+
+impl Response {
+    pub fn cseq(&self) -> Option<CSeq> {
+        CSeq::parse(self.headers.get("CSeq")?)
+    }
+
+    pub fn call_id(&self) -> &str {
+        self.headers.get("Call-ID").unwrap_or("")
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!("SIP/2.0 {} {}\r\n", self.status, self.reason);
+        write_headers(&mut out, &self.headers, self.body.len());
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+}
+
+/// Writes headers in order; Content-Length keeps its place (or goes last) and always states
+/// the real body length.
+fn write_headers(out: &mut String, headers: &Headers, body_len: usize) {
+    let mut length_written = false;
+    for (name, value) in headers.iter() {
+        if name == "Content-Length" {
+            if !length_written {
+                let _ = write!(out, "Content-Length: {body_len}\r\n");
+                length_written = true;
+            }
+            continue;
+        }
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    if !length_written {
+        let _ = write!(out, "Content-Length: {body_len}\r\n");
+    }
+    out.push_str("\r\n");
+}
+
+/// The standard reason phrase of a status code (RFC 3261 section 21).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        200 => "OK",
+        202 => "Accepted",
+        301 => "Moved Permanently",
+        302 => "Moved Temporarily",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        415 => "Unsupported Media Type",
+        420 => "Bad Extension",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        513 => "Message Too Large",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(text: &str) -> Request {
+        match parse(text.as_bytes()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    const INVITE: &str = "INVITE sip:bob@biloxi.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776asdhds\r\n\
+Max-Forwards: 70\r\n\
+To: Bob <sip:bob@biloxi.com>\r\n\
+From: Alice <sip:alice@atlanta.com>;tag=1928301774\r\n\
+Call-ID: a84b4c76e66710@pc33.atlanta.com\r\n\
+CSeq: 314159 INVITE\r\n\
+Contact: <sip:alice@pc33.atlanta.com>\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 4\r\n\r\nv=0\n";
+
+    #[test]
+    fn parses_the_rfc3261_example_invite_and_writes_it_back() {
+        let r = request(INVITE);
+        assert_eq!(r.method, Method::Invite);
+        assert_eq!(r.uri, "sip:bob@biloxi.com");
+        assert_eq!(r.call_id(), "a84b4c76e66710@pc33.atlanta.com");
+        assert_eq!(
+            r.cseq().unwrap(),
+            CSeq {
+                number: 314159,
+                method: Method::Invite
+            }
+        );
+        assert_eq!(r.body, b"v=0\n");
+        let again = request(std::str::from_utf8(&r.to_bytes()).unwrap());
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn compact_names_folding_space_before_colon_and_multi_values() {
+        let text = "\r\n\r\nOPTIONS sip:carol@chicago.com SIP/2.0\r\n\
+v: SIP/2.0/UDP a.example.com;branch=z9hG4bK1, SIP/2.0/TCP [2001:db8::9]:5061;branch=z9hG4bK2\r\n\
+Via : SIP/2.0/UDP c.example.com;branch=z9hG4bK3\r\n\
+f: <sip:x@y>;tag=a\r\nt: <sip:carol@chicago.com>\r\ni: folded-id\r\n\
+Subject: I know you're there,\r\n  pick up the phone\r\n\tand talk to me!\r\n\
+m: \"Joe, Smith\" <sip:joe@z>, <sip:joe@w>\r\nCSeq: 8 OPTIONS\r\nX-Unknown: kept\r\nl: 0\r\n\r\n";
+        let r = request(text);
+        let vias: Vec<&str> = r.headers.values("Via").collect();
+        assert_eq!(vias.len(), 3);
+        assert!(vias[1].contains("[2001:db8::9]:5061"));
+        assert_eq!(r.call_id(), "folded-id");
+        assert_eq!(
+            r.headers.get("Subject"),
+            Some("I know you're there, pick up the phone and talk to me!")
+        );
+        let contacts: Vec<&str> = r.headers.values("Contact").collect();
+        assert_eq!(contacts, vec!["\"Joe, Smith\" <sip:joe@z>", "<sip:joe@w>"]);
+        assert_eq!(r.headers.get("x-unknown"), Some("kept"));
+        let written = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(written.contains("Call-ID: folded-id\r\n"));
+        assert!(written.contains("X-Unknown: kept\r\n"));
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong_and_keep_headers_for_the_reply() {
+        let bad_length = INVITE.replace("Content-Length: 4", "Content-Length: four");
+        let error = parse(bad_length.as_bytes()).unwrap_err();
+        assert_eq!(error.reason, "Bad Content-Length");
+        assert!(error.request);
+        assert_eq!(
+            error.headers.get("Call-ID"),
+            Some("a84b4c76e66710@pc33.atlanta.com")
+        );
+        let short = INVITE.replace("Content-Length: 4", "Content-Length: 400");
+        assert_eq!(
+            parse(short.as_bytes()).unwrap_err().reason,
+            "Body shorter than Content-Length"
+        );
+        let no_call_id = INVITE.replace("Call-ID: a84b4c76e66710@pc33.atlanta.com\r\n", "");
+        assert_eq!(
+            parse(no_call_id.as_bytes()).unwrap_err().reason,
+            "Missing Call-ID header"
+        );
+        let mismatch = INVITE.replace("314159 INVITE", "314159 BYE");
+        assert_eq!(
+            parse(mismatch.as_bytes()).unwrap_err().reason,
+            "CSeq method does not match the request"
+        );
+        let bad_line = INVITE.replace("SIP/2.0\r\nVia", "SIP/3.0\r\nVia");
+        assert!(
+            parse(bad_line.as_bytes())
+                .unwrap_err()
+                .reason
+                .starts_with("Unsupported version")
+        );
+        assert_eq!(
+            parse(b"garbage").unwrap_err().reason,
+            "Incomplete header section"
+        );
+        let no_colon = INVITE.replace("Max-Forwards: 70", "Max-Forwards 70");
+        assert!(
+            parse(no_colon.as_bytes())
+                .unwrap_err()
+                .reason
+                .starts_with("Malformed header line")
+        );
+    }
+
+    #[test]
+    fn responses_keep_their_reason_phrase() {
+        let text = "SIP/2.0 486 Busy Here\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let Ok(Message::Response(r)) = parse(text.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!((r.status, r.reason.as_str()), (486, "Busy Here"));
+        assert!(
+            String::from_utf8(r.to_bytes())
+                .unwrap()
+                .starts_with("SIP/2.0 486 Busy Here\r\n")
+        );
+        assert_eq!(reason_phrase(486), "Busy Here");
+    }
+
+    #[test]
+    fn stream_framing_uses_content_length_rfc3261_18_3() {
+        let two = format!("{INVITE}{INVITE}");
+        let Frame::Complete(first) = frame(two.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(first, INVITE.len());
+        assert_eq!(
+            frame(&two.as_bytes()[first..]),
+            Frame::Complete(INVITE.len())
+        );
+        assert_eq!(
+            frame(&INVITE.as_bytes()[..INVITE.len() - 2]),
+            Frame::Incomplete
+        );
+        assert_eq!(frame(b"\r\n\r\n"), Frame::KeepAlive(4));
+        let bad = INVITE.replace("Content-Length: 4", "l: x");
+        assert_eq!(frame(bad.as_bytes()), Frame::Invalid("bad Content-Length"));
+    }
+
+    #[test]
+    fn header_editing_for_proxying() {
+        let mut r = request(INVITE);
+        r.headers
+            .prepend("Via", "SIP/2.0/UDP proxy;branch=z9hG4bKp");
+        assert_eq!(r.headers.values("Via").count(), 2);
+        r.headers.remove_first_value("Via");
+        assert_eq!(
+            r.headers.get("Via"),
+            Some("SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776asdhds")
+        );
+        r.headers.set("Max-Forwards", "69");
+        assert_eq!(r.headers.get("Max-Forwards"), Some("69"));
+    }
+}

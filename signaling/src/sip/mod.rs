@@ -1,0 +1,5 @@
+//! SIP protocol layers named after RFC 3261: messages and their parts. No I/O here.
+
+pub mod header;
+pub mod message;
+pub mod uri;
