@@ -101,15 +101,7 @@ async fn latches_a_nat_rewritten_source_in_the_window_and_refuses_a_late_strange
         ..MediaOptions::default()
     };
     let mut proxy = TestProxy::start("21020-21039", media).await;
-    let mut events = proxy
-        .client
-        .watch_events(pb::WatchEventsRequest {
-            owner: String::new(),
-            call_id: "call-nat".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = proxy.events("", "call-nat").await;
     // The caller's SDP names an address it never sends from (its private side of a NAT).
     let sdp_only = Phone::new().await;
     let nat = Phone::new().await;
@@ -253,12 +245,7 @@ async fn media_timeout_releases_the_call_and_says_so() {
         ..MediaOptions::default()
     };
     let mut proxy = TestProxy::start("21080-21099", media).await;
-    let mut events = proxy
-        .client
-        .watch_events(pb::WatchEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = proxy.events("", "").await;
     let _c = call(&mut proxy, "call-silent").await;
     let mut kinds = Vec::new();
     while kinds.len() < 2 {
@@ -707,13 +694,8 @@ async fn many_calls_relay_at_once_without_crosstalk() {
 #[tokio::test]
 async fn shutdown_releases_what_is_left_after_the_grace() {
     let mut proxy = TestProxy::start("21700-21719", MediaOptions::default()).await;
-    let mut client = proxy.client.clone();
     let _c = call(&mut proxy, "call-at-shutdown").await;
-    let mut events = client
-        .watch_events(pb::WatchEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = proxy.events("", "").await;
     proxy.shutdown().await;
     let mut released = None;
     while let Ok(Some(Ok(event))) =
@@ -733,15 +715,7 @@ async fn a_silent_leg_is_reported_as_one_way_media() {
         ..MediaOptions::default()
     };
     let mut proxy = TestProxy::start("21720-21739", media).await;
-    let mut events = proxy
-        .client
-        .watch_events(pb::WatchEventsRequest {
-            owner: "owner-1".into(),
-            call_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = proxy.events("owner-1", "").await;
     let c = call(&mut proxy, "call-one-way").await;
     // The caller talks for a second; the callee never sends.
     for seq in 0..50 {

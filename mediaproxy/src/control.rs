@@ -275,15 +275,13 @@ impl Control {
                 (self.relay.pick(), Vec::new())
             }
         };
-        let lease = state.leases.entry(owner.clone()).or_insert(Lease {
-            renewed: now,
-            timeout: self.settings.lease_timeout,
-            calls: 0,
-        });
-        lease.renewed = now;
-        if let Some(timeout) = lease_timeout {
-            lease.timeout = timeout;
-        }
+        let lease = renew(
+            &mut state.leases,
+            &owner,
+            now,
+            self.settings.lease_timeout,
+            lease_timeout,
+        );
         if media.len() <= existing_media.len() {
             return Ok(Allocation {
                 call_id,
@@ -561,15 +559,13 @@ impl Control {
     pub fn renew_lease(&self, owner: &Owner, timeout: Option<Duration>) -> LeaseState {
         let now = Instant::now();
         let mut state = self.lock();
-        let lease = state.leases.entry(owner.clone()).or_insert(Lease {
-            renewed: now,
-            timeout: self.settings.lease_timeout,
-            calls: 0,
-        });
-        lease.renewed = now;
-        if let Some(timeout) = timeout {
-            lease.timeout = timeout;
-        }
+        let lease = renew(
+            &mut state.leases,
+            owner,
+            now,
+            self.settings.lease_timeout,
+            timeout,
+        );
         LeaseState {
             sessions: lease.calls,
             timeout: lease.timeout,
@@ -683,6 +679,26 @@ impl Control {
     pub fn worker_count(&self) -> usize {
         self.relay.worker_count()
     }
+}
+
+/// Renews (creating if needed) an owner's lease; `timeout` replaces its timeout when given.
+fn renew<'a>(
+    leases: &'a mut HashMap<Owner, Lease>,
+    owner: &Owner,
+    now: Instant,
+    default_timeout: Duration,
+    timeout: Option<Duration>,
+) -> &'a mut Lease {
+    let lease = leases.entry(owner.clone()).or_insert(Lease {
+        renewed: now,
+        timeout: default_timeout,
+        calls: 0,
+    });
+    lease.renewed = now;
+    if let Some(timeout) = timeout {
+        lease.timeout = timeout;
+    }
+    lease
 }
 
 /// Binds one non-blocking UDP socket, without `SO_REUSEADDR`/`SO_REUSEPORT`, so that no two

@@ -23,6 +23,7 @@
 //!    window from any source (a phone that moved networks re-INVITEs); an update with a new
 //!    address drops the latch and sends to the new address until its first packet.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -398,7 +399,7 @@ pub struct Session {
     /// When both legs had been updated (relaying in both directions possible).
     started: Option<Instant>,
     timed_out: bool,
-    events: std::collections::VecDeque<Event>,
+    events: VecDeque<Event>,
 }
 
 impl Session {
@@ -418,7 +419,7 @@ impl Session {
             legs: [None, None],
             started: None,
             timed_out: false,
-            events: std::collections::VecDeque::new(),
+            events: VecDeque::new(),
         }
     }
 
@@ -549,33 +550,37 @@ impl Session {
             Admission::Accept => {}
             Admission::First => {
                 let sdp = media.latches[latch_index].sdp;
-                self.events.push_back(Event {
-                    call_id: self.call_id.clone(),
-                    owner: self.owner.clone(),
-                    leg: at.leg,
-                    media: at.media,
-                    unix_ms: self.clock.unix_ms(now),
-                    kind: EventKind::FirstPacket {
-                        source,
-                        sdp,
-                        rtcp: on_rtcp_port,
-                    },
-                });
+                let kind = EventKind::FirstPacket {
+                    source,
+                    sdp,
+                    rtcp: on_rtcp_port,
+                };
+                push_event(
+                    &mut self.events,
+                    &self.call_id,
+                    &self.owner,
+                    &self.clock,
+                    now,
+                    at,
+                    kind,
+                );
             }
             Admission::Changed { from } => {
                 media.source_changes += 1;
-                self.events.push_back(Event {
-                    call_id: self.call_id.clone(),
-                    owner: self.owner.clone(),
-                    leg: at.leg,
-                    media: at.media,
-                    unix_ms: self.clock.unix_ms(now),
-                    kind: EventKind::SourceChanged {
-                        from,
-                        to: source,
-                        rtcp: on_rtcp_port,
-                    },
-                });
+                let kind = EventKind::SourceChanged {
+                    from,
+                    to: source,
+                    rtcp: on_rtcp_port,
+                };
+                push_event(
+                    &mut self.events,
+                    &self.call_id,
+                    &self.owner,
+                    &self.clock,
+                    now,
+                    at,
+                    kind,
+                );
             }
         }
         leg.last_packet = Some(now);
@@ -719,14 +724,20 @@ impl Session {
     }
 
     fn push_event(&mut self, now: Instant, leg: Leg, kind: EventKind) {
-        self.events.push_back(Event {
-            call_id: self.call_id.clone(),
-            owner: self.owner.clone(),
+        let at = SocketRef {
             leg,
             media: 0,
-            unix_ms: self.clock.unix_ms(now),
+            component: Component::Rtp,
+        };
+        push_event(
+            &mut self.events,
+            &self.call_id,
+            &self.owner,
+            &self.clock,
+            now,
+            at,
             kind,
-        });
+        );
     }
 
     /// Statistics as they stand.
@@ -788,6 +799,27 @@ impl Session {
             legs,
         }
     }
+}
+
+/// Queues an event about the media line of `at`. A free function so that the packet path can
+/// call it while it holds a leg of the session borrowed.
+fn push_event(
+    events: &mut VecDeque<Event>,
+    call_id: &CallId,
+    owner: &Owner,
+    clock: &WallClock,
+    now: Instant,
+    at: SocketRef,
+    kind: EventKind,
+) {
+    events.push_back(Event {
+        call_id: call_id.clone(),
+        owner: owner.clone(),
+        leg: at.leg,
+        media: at.media,
+        unix_ms: clock.unix_ms(now),
+        kind,
+    });
 }
 
 /// Statistics of a call (live or final).

@@ -136,6 +136,18 @@ impl TestProxy {
             .expect("update succeeds");
     }
 
+    /// Opens a `WatchEvents` stream (empty filters: everything).
+    pub async fn events(&mut self, owner: &str, call: &str) -> tonic::Streaming<pb::Event> {
+        self.client
+            .watch_events(pb::WatchEventsRequest {
+                owner: owner.into(),
+                call_id: call.into(),
+            })
+            .await
+            .expect("event stream opens")
+            .into_inner()
+    }
+
     pub async fn stats(&mut self, call: &str) -> pb::CallStats {
         self.client
             .query_stats(pb::QueryStatsRequest {
