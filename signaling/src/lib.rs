@@ -12,6 +12,11 @@
 //! - [`registrar`]: REGISTER bindings with expiry (RFC 3261 section 10.3).
 
 pub mod auth;
+pub mod b2bua;
+pub mod cdr;
+pub mod config;
+pub mod media;
 pub mod registrar;
 pub mod sdp;
+pub mod server;
 pub mod sip;

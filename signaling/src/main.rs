@@ -1,8 +1,72 @@
-//! The `signaling` binary. Not implemented yet; it says so and exits non-zero.
+//! The `signaling` binary: parses the configuration and runs [`signaling::server`].
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "signaling: the SIP service is not implemented in this build yet; run `mediaproxy` for the media relay"
+use std::process::ExitCode;
+
+use clap::Parser;
+use signaling::config::{Cli, Config};
+use signaling::server::Signaling;
+
+fn main() -> ExitCode {
+    let config = match Config::load(Cli::parse()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("signaling: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!("signaling: --log: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(%error, "cannot raise the open file limit");
+    }
+    if config.mediaproxies.is_empty()
+        && let Some(warning) = config.media.advertise_warning()
+    {
+        tracing::warn!("{warning}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("signaling: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("signaling: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let mode = config.media_mode.as_str();
+    let service = Signaling::bind(config).await?;
+    tracing::info!(
+        sip = %service.sip_addr(),
+        mediaproxy = %service.mediaproxy_url(),
+        media_mode = mode,
+        "signaling listening"
     );
-    std::process::ExitCode::from(2)
+    service.serve(shutdown_signal()).await
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
 }

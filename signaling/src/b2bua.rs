@@ -1,0 +1,1409 @@
+//! The B2BUA and registrar core, without sockets or clocks (STYLE habit 1).
+//!
+//! The driver feeds [`Input`]s (parsed SIP messages, media proxy answers, timers) with `now`
+//! into [`Core::handle`] and performs the [`Output`]s it returns (send bytes, ask the media
+//! proxy, arm timers, finish a call). Every call has two SIP dialogs with different Call-IDs;
+//! both map to one [`Call`] keyed by the caller's Call-ID, which is also the media session id
+//! and the CDR's `call_id` (DESIGN section 5): a BYE on either leg releases the same session.
+//!
+//! Transactions follow RFC 3261 section 17 where it matters for a B2BUA over UDP: the INVITE
+//! to the callee is retransmitted (Timer A) until a response and abandoned after Timer B; the
+//! 2xx to the caller is retransmitted (Timer G) until the ACK, up to Timer H; BYEs are
+//! retransmitted (Timer E) up to Timer F; retransmitted requests are answered from the last
+//! response. Over TCP nothing is retransmitted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mediaproxy::types::Leg;
+
+use crate::auth::{Credentials, DigestAuth, Verdict};
+use crate::config::{Cidr, MediaMode, Route, User};
+use crate::registrar::{RegisterRequest, Registrar};
+use crate::sdp::{self, Rewrite, SessionDescription};
+use crate::sip::header::{NameAddr, Via};
+use crate::sip::message::{Headers, Message, Method, ParseError, Request, Response, reason_phrase};
+use crate::sip::uri::{Uri, host_text};
+
+/// RFC 3261 timer T1 (round-trip estimate).
+pub const T1: Duration = Duration::from_millis(500);
+/// RFC 3261 timer T2 (longest retransmit interval for non-INVITE and 2xx).
+pub const T2: Duration = Duration::from_secs(4);
+/// 64 x T1: Timers B, F, H.
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(32);
+
+const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER";
+
+/// The transport a message came over or must leave by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+        }
+    }
+
+    fn reliable(self) -> bool {
+        self == Self::Tcp
+    }
+}
+
+/// The remote end of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+/// Driver-chosen handle of a call.
+pub type CallRef = u64;
+
+/// What the media proxy gave a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaPlan {
+    pub node: String,
+    pub advertised: IpAddr,
+    /// RTP ports per media line on the caller leg (go into the SDP sent to the caller).
+    pub caller_ports: Vec<u16>,
+    /// RTP ports per media line on the callee leg (go into the SDP sent to the callee).
+    pub callee_ports: Vec<u16>,
+}
+
+/// Named RFC 3261 timers plus the call-level ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimerKind {
+    /// Retransmit the INVITE to the callee.
+    TimerA,
+    /// Give up on the callee's INVITE transaction.
+    TimerB,
+    /// Retransmit the 2xx to the caller.
+    TimerG,
+    /// Give up waiting for the caller's ACK.
+    TimerH,
+    /// Retransmit a BYE we sent on a leg.
+    TimerE(Side),
+    /// Give up on a BYE.
+    TimerF(Side),
+    /// The callee rang too long.
+    RingTimeout,
+    /// The answered call reached the maximum duration.
+    MaxDuration,
+    /// Forget a finished call (after retransmissions can no longer arrive).
+    Cleanup,
+}
+
+/// Which dialog of a call: the caller's (A) or the callee's (B).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    A,
+    B,
+}
+
+/// Inputs to the core.
+#[derive(Debug)]
+pub enum Input {
+    Message {
+        from: Peer,
+        message: Message,
+    },
+    Malformed {
+        from: Peer,
+        error: ParseError,
+    },
+    MediaReady {
+        call: CallRef,
+        result: Result<MediaPlan, String>,
+    },
+    Timer {
+        call: CallRef,
+        kind: TimerKind,
+    },
+}
+
+/// Outputs the driver performs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Send {
+        to: Peer,
+        data: Vec<u8>,
+    },
+    /// Allocate both legs for `media_lines` lines, update the caller leg with `offer`, and
+    /// answer with [`Input::MediaReady`].
+    Allocate {
+        call: CallRef,
+        call_id: String,
+        offer: SessionDescription,
+    },
+    /// Update a leg with its latest SDP (no answer needed).
+    UpdateMedia {
+        call_id: String,
+        leg: Leg,
+        sdp: SessionDescription,
+    },
+    Timer {
+        call: CallRef,
+        kind: TimerKind,
+        after: Duration,
+    },
+    /// The call ended: release its media (if relayed) and write its CDR.
+    Finish(CallRecord),
+}
+
+/// How a call ended (DESIGN section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Answered,
+    Busy,
+    NoAnswer,
+    Cancelled,
+    Failed,
+}
+
+impl Disposition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Busy => "busy",
+            Self::NoAnswer => "no_answer",
+            Self::Cancelled => "cancelled",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Who ended the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HangupSide {
+    Caller,
+    Callee,
+    System,
+}
+
+impl HangupSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Caller => "caller",
+            Self::Callee => "callee",
+            Self::System => "system",
+        }
+    }
+}
+
+/// The signaling half of a CDR; the driver adds the media statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallRecord {
+    pub call_id: String,
+    pub b_call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub start: Instant,
+    pub answer: Option<Instant>,
+    pub end: Instant,
+    pub disposition: Disposition,
+    pub sip_status: u16,
+    pub hangup_side: HangupSide,
+    pub media_mode: MediaMode,
+    pub media_node: Option<String>,
+    /// Whether a media session exists to release.
+    pub relayed: bool,
+}
+
+/// Static settings of the core.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Our SIP address (Via, Contact).
+    pub local: SocketAddr,
+    pub routes: Vec<Route>,
+    pub trusted: Vec<Cidr>,
+    pub users: BTreeMap<String, User>,
+    pub media_mode: MediaMode,
+    pub ring_timeout: Duration,
+    pub max_call_duration: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the media proxy.
+    MediaPending,
+    /// INVITE sent to the callee, no response yet.
+    Calling,
+    /// The callee sent a provisional response.
+    Proceeding,
+    /// 2xx sent to the caller, waiting for its ACK.
+    Answered,
+    Confirmed,
+    /// Final non-2xx sent to the caller, or CANCEL handled.
+    Failed,
+    /// BYE seen; the call is over.
+    Ended,
+}
+
+#[derive(Debug, Clone)]
+struct Retransmit {
+    to: Peer,
+    data: Vec<u8>,
+    interval: Duration,
+}
+
+/// The caller's dialog.
+#[derive(Debug, Clone)]
+struct LegA {
+    peer: Peer,
+    call_id: String,
+    invite: Request,
+    /// Our tag in the caller's dialog (To tag of our responses).
+    local_tag: String,
+    remote_target: String,
+    cseq: u32,
+    last_response: Option<Vec<u8>>,
+}
+
+/// The callee's dialog.
+#[derive(Debug, Clone)]
+struct LegB {
+    peer: Peer,
+    call_id: String,
+    request_uri: String,
+    remote_tag: Option<String>,
+    remote_target: Option<String>,
+    invite_branch: String,
+    invite_cseq: u32,
+    cseq: u32,
+    from_value: String,
+    to_value: String,
+}
+
+#[derive(Debug)]
+struct Call {
+    state: State,
+    a: LegA,
+    b: LegB,
+    mode: MediaMode,
+    media: Option<MediaPlan>,
+    offer: Option<SessionDescription>,
+    caller: String,
+    callee: String,
+    start: Instant,
+    answer: Option<Instant>,
+    finished: bool,
+    invite_retransmit: Option<Retransmit>,
+    ok_retransmit: Option<Retransmit>,
+    bye_retransmit: [Option<Retransmit>; 2],
+}
+
+/// The core: calls, dialogs, registrations.
+pub struct Core {
+    settings: Settings,
+    auth: DigestAuth,
+    registrar: Registrar,
+    calls: HashMap<CallRef, Call>,
+    by_call_id: HashMap<String, (CallRef, Side)>,
+    next_call: CallRef,
+    counter: u64,
+    draining: bool,
+    out: Vec<Output>,
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::A => 0,
+        Side::B => 1,
+    }
+}
+
+impl Core {
+    pub fn new(settings: Settings, auth: DigestAuth, registrar: Registrar) -> Self {
+        Self {
+            settings,
+            auth,
+            registrar,
+            calls: HashMap::new(),
+            by_call_id: HashMap::new(),
+            next_call: 1,
+            counter: 0,
+            draining: false,
+            out: Vec::new(),
+        }
+    }
+
+    /// Calls in progress (not yet finished).
+    pub fn active_calls(&self) -> usize {
+        self.calls.values().filter(|c| !c.finished).count()
+    }
+
+    /// While draining, new INVITEs are answered 503.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// Handles one input; `unix` is the wall clock in seconds (for digest nonces).
+    pub fn handle(&mut self, now: Instant, unix: u64, input: Input) -> Vec<Output> {
+        match input {
+            Input::Message {
+                from,
+                message: Message::Request(request),
+            } => self.on_request(now, unix, from, request),
+            Input::Message {
+                from,
+                message: Message::Response(response),
+            } => self.on_response(now, from, response),
+            Input::Malformed { from, error } => self.on_malformed(from, error),
+            Input::MediaReady { call, result } => self.on_media(now, call, result),
+            Input::Timer { call, kind } => self.on_timer(now, call, kind),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    fn unique(&mut self, what: &str) -> String {
+        self.counter += 1;
+        format!("{what}{:x}{:x}", self.counter, std::process::id())
+    }
+
+    fn send(&mut self, to: Peer, data: Vec<u8>) {
+        self.out.push(Output::Send { to, data });
+    }
+
+    fn timer(&mut self, call: CallRef, kind: TimerKind, after: Duration) {
+        self.out.push(Output::Timer { call, kind, after });
+    }
+
+    fn via(&self, transport: Transport, branch: &str) -> String {
+        format!(
+            "SIP/2.0/{} {}:{};branch={branch};rport",
+            transport.as_str(),
+            host_text(&self.settings.local.ip().to_string()),
+            self.settings.local.port()
+        )
+    }
+
+    fn contact(&self) -> String {
+        format!(
+            "<sip:{}:{}>",
+            host_text(&self.settings.local.ip().to_string()),
+            self.settings.local.port()
+        )
+    }
+
+    // ---- responses we generate -------------------------------------------------------
+
+    /// A response to `request` (RFC 3261 section 8.2.6): Via, From, To, Call-ID, CSeq copied.
+    fn response(request: &Request, status: u16, reason: &str, to_tag: Option<&str>) -> Response {
+        let mut headers = Headers::new();
+        for via in request.headers.all("Via") {
+            headers.push("Via", via);
+        }
+        headers.push("From", request.headers.get("From").unwrap_or(""));
+        let to = request.headers.get("To").unwrap_or("");
+        match (to_tag, NameAddr::parse(to)) {
+            (Some(tag), Some(mut to)) if to.tag().is_none() => {
+                to.set_tag(tag);
+                headers.push("To", to.to_string());
+            }
+            _ => headers.push("To", to),
+        }
+        headers.push("Call-ID", request.call_id());
+        headers.push("CSeq", request.headers.get("CSeq").unwrap_or(""));
+        headers.push("Server", concat!("signaling/", env!("CARGO_PKG_VERSION")));
+        Response {
+            status,
+            reason: reason.to_owned(),
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    fn reply(&mut self, to: Peer, request: &Request, status: u16) {
+        let tag = self.unique("t");
+        let response = Self::response(request, status, reason_phrase(status), Some(&tag));
+        self.send(to, response.to_bytes());
+    }
+
+    fn on_malformed(&mut self, from: Peer, error: ParseError) {
+        tracing::info!(peer = %from.addr, reason = %error.reason, "malformed SIP message");
+        // Only requests with the headers a response needs get one; the rest are dropped.
+        if !error.request {
+            return;
+        }
+        let needed = ["Via", "From", "To", "Call-ID", "CSeq"];
+        if needed.iter().any(|h| error.headers.get(h).is_none()) {
+            return;
+        }
+        let mut headers = Headers::new();
+        for name in needed {
+            for value in error.headers.all(name) {
+                headers.push(name, value);
+            }
+        }
+        let response = Response {
+            status: 400,
+            reason: error.reason.replace(['\r', '\n'], " "),
+            headers,
+            body: Vec::new(),
+        };
+        self.send(from, response.to_bytes());
+    }
+
+    // ---- requests --------------------------------------------------------------------
+
+    fn on_request(&mut self, now: Instant, unix: u64, from: Peer, request: Request) {
+        if let Some(&(call, side)) = self.by_call_id.get(request.call_id()) {
+            self.in_dialog(now, call, side, from, request);
+            return;
+        }
+        if let Some(forwards) = request.headers.get("Max-Forwards")
+            && forwards.trim().parse::<u8>() == Ok(0)
+            && request.method != Method::Ack
+        {
+            self.reply(from, &request, 483);
+            return;
+        }
+        match request.method {
+            Method::Register => self.on_register(now, unix, from, &request),
+            Method::Options => {
+                let mut response = Self::response(&request, 200, "OK", Some(&self.unique("t")));
+                response.headers.push("Allow", ALLOW);
+                response.headers.push("Accept", "application/sdp");
+                self.send(from, response.to_bytes());
+            }
+            Method::Invite => self.on_invite(now, unix, from, request),
+            Method::Ack => {}
+            Method::Bye | Method::Cancel => self.reply(from, &request, 481),
+            Method::Other(_) => self.reply(from, &request, 501),
+            _ => {
+                let mut response =
+                    Self::response(&request, 405, "Method Not Allowed", Some(&self.unique("t")));
+                response.headers.push("Allow", ALLOW);
+                self.send(from, response.to_bytes());
+            }
+        }
+    }
+
+    fn challenge(&mut self, from: Peer, request: &Request, unix: u64, stale: bool, proxy: bool) {
+        let (status, header) = if proxy {
+            (407, "Proxy-Authenticate")
+        } else {
+            (401, "WWW-Authenticate")
+        };
+        let mut response = Self::response(
+            request,
+            status,
+            reason_phrase(status),
+            Some(&self.unique("t")),
+        );
+        for challenge in self.auth.challenges(unix, stale) {
+            response.headers.push(header, challenge);
+        }
+        self.send(from, response.to_bytes());
+    }
+
+    /// Checks digest credentials; None when a challenge was sent instead.
+    fn authenticate(
+        &mut self,
+        from: Peer,
+        request: &Request,
+        unix: u64,
+        proxy: bool,
+    ) -> Option<String> {
+        let header = if proxy {
+            "Proxy-Authorization"
+        } else {
+            "Authorization"
+        };
+        let credentials = request
+            .headers
+            .all(header)
+            .filter_map(Credentials::parse)
+            .find(|c| c.realm == self.auth.realm());
+        let Some(credentials) = credentials else {
+            self.challenge(from, request, unix, false, proxy);
+            return None;
+        };
+        let password = self
+            .settings
+            .users
+            .get(&credentials.username)
+            .map(|u| u.password.clone());
+        match self.auth.verify(
+            unix,
+            request.method.as_str(),
+            &credentials,
+            password.as_deref(),
+        ) {
+            Verdict::Authenticated(user) => Some(user),
+            Verdict::Stale => {
+                self.challenge(from, request, unix, true, proxy);
+                None
+            }
+            Verdict::Rejected(why) => {
+                tracing::info!(peer = %from.addr, user = %credentials.username, why, "authentication failed");
+                self.challenge(from, request, unix, false, proxy);
+                None
+            }
+        }
+    }
+
+    fn on_register(&mut self, now: Instant, unix: u64, from: Peer, request: &Request) {
+        let Some(user) = self.authenticate(from, request, unix, false) else {
+            return;
+        };
+        let to_user = request
+            .headers
+            .get("To")
+            .and_then(NameAddr::parse)
+            .and_then(|to| to.uri.user);
+        if to_user.as_deref() != Some(user.as_str()) {
+            self.reply(from, request, 403);
+            return;
+        }
+        let cseq = request.cseq().map_or(0, |c| c.number);
+        let transport = match from.transport {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        };
+        let outcome = self.registrar.register(
+            now,
+            &RegisterRequest {
+                aor: user.clone(),
+                headers: &request.headers,
+                call_id: request.call_id(),
+                cseq,
+                source: from.addr,
+                transport,
+            },
+        );
+        match outcome {
+            Ok(bindings) => {
+                let mut response = Self::response(request, 200, "OK", Some(&self.unique("t")));
+                for binding in &bindings {
+                    let mut contact = binding.contact.clone();
+                    contact.params.retain(|(n, _)| n != "expires");
+                    response.headers.push(
+                        "Contact",
+                        format!("{contact};expires={}", binding.remaining(now)),
+                    );
+                }
+                tracing::info!(%user, contacts = bindings.len(), source = %from.addr, "registered");
+                self.send(from, response.to_bytes());
+            }
+            Err(error) => {
+                let mut response = Self::response(
+                    request,
+                    error.status(),
+                    &error.to_string(),
+                    Some(&self.unique("t")),
+                );
+                if let crate::registrar::RegisterError::TooBrief { min_expires } = error {
+                    response
+                        .headers
+                        .push("Min-Expires", min_expires.to_string());
+                }
+                self.send(from, response.to_bytes());
+            }
+        }
+    }
+
+    /// Where a call to `user` goes: a registered contact first, then the longest static
+    /// route prefix. Returns (Request-URI, peer).
+    fn route(&self, now: Instant, user: &str) -> Option<(String, Peer)> {
+        if let Some(binding) = self.registrar.lookup(now, user).into_iter().next() {
+            let transport = if binding.transport == "tcp" {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            };
+            return Some((
+                binding.contact.uri.to_string(),
+                Peer {
+                    transport,
+                    addr: binding.source,
+                },
+            ));
+        }
+        let route = self
+            .settings
+            .routes
+            .iter()
+            .filter(|r| user.starts_with(&r.prefix))
+            .max_by_key(|r| r.prefix.len())?;
+        let ip = route.target.ip()?;
+        let transport = if route.target.transport() == "tcp" {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        };
+        let mut uri = route.target.clone();
+        if uri.user.is_none() {
+            uri.user = Some(user.to_owned());
+        }
+        Some((
+            uri.to_string(),
+            Peer {
+                transport,
+                addr: SocketAddr::new(ip, route.target.port.unwrap_or(5060)),
+            },
+        ))
+    }
+
+    fn on_invite(&mut self, now: Instant, unix: u64, from: Peer, request: Request) {
+        if self.draining {
+            self.reply(from, &request, 503);
+            return;
+        }
+        let from_header = request.headers.get("From").and_then(NameAddr::parse);
+        let Some(from_header) = from_header.filter(|f| f.tag().is_some()) else {
+            let mut response = Self::response(&request, 400, "Missing From tag", None);
+            response
+                .headers
+                .set("To", request.headers.get("To").unwrap_or(""));
+            self.send(from, response.to_bytes());
+            return;
+        };
+        let trusted = self
+            .settings
+            .trusted
+            .iter()
+            .any(|c| c.contains(from.addr.ip()));
+        let caller = if trusted {
+            from_header.uri.user.clone().unwrap_or_default()
+        } else {
+            match self.authenticate(from, &request, unix, true) {
+                Some(user) => user,
+                None => return,
+            }
+        };
+        let Ok(uri) = Uri::parse(&request.uri) else {
+            let response = Self::response(
+                &request,
+                416,
+                "Unsupported URI Scheme",
+                Some(&self.unique("t")),
+            );
+            self.send(from, response.to_bytes());
+            return;
+        };
+        let callee = uri.user.clone().unwrap_or_default();
+        let Some((request_uri, target)) = self.route(now, &callee) else {
+            self.reply(from, &request, 404);
+            return;
+        };
+        let mode = self
+            .settings
+            .users
+            .get(&caller)
+            .and_then(|u| u.media_mode)
+            .unwrap_or(self.settings.media_mode);
+        let offer = if request.body.is_empty() {
+            None
+        } else {
+            match std::str::from_utf8(&request.body)
+                .map_err(|_| ())
+                .and_then(|t| sdp::parse(t).map_err(|_| ()))
+            {
+                Ok(offer) => Some(offer),
+                Err(()) => {
+                    self.reply(from, &request, 488);
+                    return;
+                }
+            }
+        };
+        let call = self.next_call;
+        self.next_call += 1;
+        let a_tag = self.unique("a");
+        let b_tag = self.unique("b");
+        let b_call_id = format!(
+            "{}@{}",
+            self.unique("b2b"),
+            host_text(&self.settings.local.ip().to_string())
+        );
+        let trying = Self::response(&request, 100, "Trying", None);
+        self.send(from, trying.to_bytes());
+        let mut b_from = from_header.clone();
+        b_from.params.retain(|(n, _)| n != "tag");
+        b_from.set_tag(&b_tag);
+        b_from.uri.host = self.settings.local.ip().to_string();
+        b_from.uri.port = Some(self.settings.local.port());
+        b_from.uri.params.clear();
+        let to_value = request
+            .headers
+            .get("To")
+            .and_then(NameAddr::parse)
+            .map(|to| {
+                let mut to = to;
+                to.params.retain(|(n, _)| n != "tag");
+                to.to_string()
+            })
+            .unwrap_or_else(|| format!("<{request_uri}>"));
+        let remote_target = request
+            .headers
+            .get("Contact")
+            .and_then(NameAddr::parse)
+            .map_or_else(|| from_header.uri.to_string(), |c| c.uri.to_string());
+        let call_id = request.call_id().to_owned();
+        let relayed = mode != MediaMode::Direct && offer.is_some();
+        if mode != MediaMode::Direct && offer.is_none() {
+            tracing::warn!(%call_id, "INVITE without SDP (late offer): media is not relayed for this call");
+        }
+        let record = Call {
+            state: State::MediaPending,
+            a: LegA {
+                peer: from,
+                call_id: call_id.clone(),
+                invite: request,
+                local_tag: a_tag,
+                remote_target,
+                cseq: 0,
+                last_response: None,
+            },
+            b: LegB {
+                peer: target,
+                call_id: b_call_id.clone(),
+                request_uri,
+                remote_tag: None,
+                remote_target: None,
+                invite_branch: format!("z9hG4bK{}", self.unique("i")),
+                invite_cseq: 1,
+                cseq: 1,
+                from_value: b_from.to_string(),
+                to_value,
+            },
+            mode: if relayed { mode } else { MediaMode::Direct },
+            media: None,
+            offer: offer.clone(),
+            caller,
+            callee,
+            start: now,
+            answer: None,
+            finished: false,
+            invite_retransmit: None,
+            ok_retransmit: None,
+            bye_retransmit: [None, None],
+        };
+        self.by_call_id.insert(call_id.clone(), (call, Side::A));
+        self.by_call_id.insert(b_call_id, (call, Side::B));
+        self.calls.insert(call, record);
+        tracing::info!(%call_id, mode = if relayed { mode.as_str() } else { "direct" }, "new call");
+        match offer {
+            Some(offer) if relayed => self.out.push(Output::Allocate {
+                call,
+                call_id,
+                offer,
+            }),
+            _ => self.send_invite(call),
+        }
+    }
+
+    fn on_media(&mut self, now: Instant, call: CallRef, result: Result<MediaPlan, String>) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if record.state != State::MediaPending {
+            return;
+        }
+        match result {
+            Ok(plan) => {
+                record.media = Some(plan);
+                self.send_invite(call);
+            }
+            Err(error) => {
+                tracing::warn!(call_id = %record.a.call_id, %error, "media proxy unavailable");
+                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System);
+            }
+        }
+    }
+
+    /// Sends the INVITE to the callee (SDP rewritten to the callee leg's ports).
+    fn send_invite(&mut self, call: CallRef) {
+        let via = {
+            let record = &self.calls[&call];
+            self.via(record.b.peer.transport, &record.b.invite_branch)
+        };
+        let contact = self.contact();
+        let record = self.calls.get_mut(&call).expect("call exists");
+        record.state = State::Calling;
+        let body = match &record.media {
+            Some(plan) => {
+                let text = String::from_utf8_lossy(&record.a.invite.body).into_owned();
+                rewrite_for(&text, plan.advertised, &plan.callee_ports)
+                    .unwrap_or(text)
+                    .into_bytes()
+            }
+            None => record.a.invite.body.clone(),
+        };
+        let mut headers = Headers::new();
+        headers.push("Via", via);
+        let forwards = record
+            .a
+            .invite
+            .headers
+            .get("Max-Forwards")
+            .and_then(|v| v.trim().parse::<u8>().ok())
+            .unwrap_or(70)
+            .saturating_sub(1);
+        headers.push("Max-Forwards", forwards.to_string());
+        headers.push("From", record.b.from_value.clone());
+        headers.push("To", record.b.to_value.clone());
+        headers.push("Call-ID", record.b.call_id.clone());
+        headers.push("CSeq", format!("{} INVITE", record.b.invite_cseq));
+        headers.push("Contact", contact);
+        headers.push("Allow", ALLOW);
+        if !body.is_empty() {
+            headers.push(
+                "Content-Type",
+                record
+                    .a
+                    .invite
+                    .headers
+                    .get("Content-Type")
+                    .unwrap_or("application/sdp"),
+            );
+        }
+        let invite = Request {
+            method: Method::Invite,
+            uri: record.b.request_uri.clone(),
+            headers,
+            body,
+        };
+        let data = invite.to_bytes();
+        let peer = record.b.peer;
+        if !peer.transport.reliable() {
+            record.invite_retransmit = Some(Retransmit {
+                to: peer,
+                data: data.clone(),
+                interval: T1,
+            });
+            self.timer(call, TimerKind::TimerA, T1);
+        }
+        self.timer(call, TimerKind::TimerB, TRANSACTION_TIMEOUT);
+        self.send(peer, data);
+    }
+
+    fn in_dialog(&mut self, now: Instant, call: CallRef, side: Side, from: Peer, request: Request) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        match (side, &request.method) {
+            (Side::A, Method::Invite) => {
+                let same_transaction = request
+                    .headers
+                    .get("Via")
+                    .and_then(Via::parse)
+                    .and_then(|v| v.branch().map(str::to_owned))
+                    == record
+                        .a
+                        .invite
+                        .headers
+                        .get("Via")
+                        .and_then(Via::parse)
+                        .and_then(|v| v.branch().map(str::to_owned));
+                if same_transaction {
+                    // A retransmitted INVITE: repeat the last response (or 100).
+                    let data = record.a.last_response.clone().unwrap_or_else(|| {
+                        Self::response(&record.a.invite, 100, "Trying", None).to_bytes()
+                    });
+                    self.send(from, data);
+                } else {
+                    // Re-INVITE (hold, codec change): not relayed yet; keep the call as it is.
+                    self.reply(from, &request, 488);
+                }
+            }
+            (_, Method::Ack) => {
+                if side == Side::A && record.state == State::Answered {
+                    record.state = State::Confirmed;
+                    record.ok_retransmit = None;
+                }
+            }
+            (_, Method::Bye) => {
+                let finished = record.finished;
+                let answered = record.answer.is_some();
+                let ok = Self::response(&request, 200, "OK", None);
+                self.send(from, ok.to_bytes());
+                if !finished {
+                    let hangup = if side == Side::A {
+                        HangupSide::Caller
+                    } else {
+                        HangupSide::Callee
+                    };
+                    let other = if side == Side::A { Side::B } else { Side::A };
+                    if let Some(record) = self.calls.get_mut(&call) {
+                        record.state = State::Ended;
+                        record.ok_retransmit = None;
+                    }
+                    if answered || side == Side::B {
+                        self.send_bye(call, other);
+                    }
+                    self.finish(now, call, Disposition::Answered, 200, hangup);
+                }
+            }
+            (Side::A, Method::Cancel) => {
+                let state = record.state;
+                let ok = Self::response(&request, 200, "OK", None);
+                self.send(from, ok.to_bytes());
+                if matches!(
+                    state,
+                    State::MediaPending | State::Calling | State::Proceeding
+                ) {
+                    if state != State::MediaPending {
+                        self.send_cancel(call);
+                    }
+                    self.fail_a(now, call, 487, Disposition::Cancelled, HangupSide::Caller);
+                }
+            }
+            (_, Method::Options) => {
+                let ok = Self::response(&request, 200, "OK", None);
+                self.send(from, ok.to_bytes());
+            }
+            _ => self.reply(from, &request, 501),
+        }
+    }
+
+    /// Answers the caller with a final error and ends the call.
+    fn fail_a(
+        &mut self,
+        now: Instant,
+        call: CallRef,
+        status: u16,
+        disposition: Disposition,
+        hangup: HangupSide,
+    ) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        record.state = State::Failed;
+        record.invite_retransmit = None;
+        let response = Self::response(
+            &record.a.invite,
+            status,
+            reason_phrase(status),
+            Some(&record.a.local_tag),
+        );
+        let data = response.to_bytes();
+        record.a.last_response = Some(data.clone());
+        let peer = record.a.peer;
+        self.send(peer, data);
+        self.finish(now, call, disposition, status, hangup);
+    }
+
+    fn send_cancel(&mut self, call: CallRef) {
+        let record = &self.calls[&call];
+        let mut headers = Headers::new();
+        headers.push(
+            "Via",
+            self.via(record.b.peer.transport, &record.b.invite_branch),
+        );
+        headers.push("Max-Forwards", "70");
+        headers.push("From", record.b.from_value.clone());
+        headers.push("To", record.b.to_value.clone());
+        headers.push("Call-ID", record.b.call_id.clone());
+        headers.push("CSeq", format!("{} CANCEL", record.b.invite_cseq));
+        let cancel = Request {
+            method: Method::Cancel,
+            uri: record.b.request_uri.clone(),
+            headers,
+            body: Vec::new(),
+        };
+        let peer = record.b.peer;
+        self.send(peer, cancel.to_bytes());
+    }
+
+    /// Sends a BYE within the dialog of `side`.
+    fn send_bye(&mut self, call: CallRef, side: Side) {
+        let branch = format!("z9hG4bK{}", self.unique("y"));
+        let record = self.calls.get_mut(&call).expect("call exists");
+        let (peer, uri, from, to, call_id, cseq) = match side {
+            Side::A => {
+                record.a.cseq += 1;
+                let mut from = NameAddr::parse(record.a.invite.headers.get("To").unwrap_or(""))
+                    .map(|n| n.to_string())
+                    .unwrap_or_default();
+                if !from.contains("tag=") {
+                    let _ = write!(from, ";tag={}", record.a.local_tag);
+                }
+                (
+                    record.a.peer,
+                    record.a.remote_target.clone(),
+                    from,
+                    record.a.invite.headers.get("From").unwrap_or("").to_owned(),
+                    record.a.call_id.clone(),
+                    record.a.cseq,
+                )
+            }
+            Side::B => {
+                record.b.cseq += 1;
+                let mut to = record.b.to_value.clone();
+                if let Some(tag) = &record.b.remote_tag {
+                    let _ = write!(to, ";tag={tag}");
+                }
+                (
+                    record.b.peer,
+                    record
+                        .b
+                        .remote_target
+                        .clone()
+                        .unwrap_or_else(|| record.b.request_uri.clone()),
+                    record.b.from_value.clone(),
+                    to,
+                    record.b.call_id.clone(),
+                    record.b.cseq,
+                )
+            }
+        };
+        let mut headers = Headers::new();
+        headers.push("Via", self.via(peer.transport, &branch));
+        headers.push("Max-Forwards", "70");
+        headers.push("From", from);
+        headers.push("To", to);
+        headers.push("Call-ID", call_id);
+        headers.push("CSeq", format!("{cseq} BYE"));
+        let bye = Request {
+            method: Method::Bye,
+            uri,
+            headers,
+            body: Vec::new(),
+        };
+        let data = bye.to_bytes();
+        if !peer.transport.reliable() {
+            if let Some(record) = self.calls.get_mut(&call) {
+                record.bye_retransmit[side_index(side)] = Some(Retransmit {
+                    to: peer,
+                    data: data.clone(),
+                    interval: T1,
+                });
+            }
+            self.timer(call, TimerKind::TimerE(side), T1);
+            self.timer(call, TimerKind::TimerF(side), TRANSACTION_TIMEOUT);
+        }
+        self.send(peer, data);
+    }
+
+    // ---- responses -------------------------------------------------------------------
+
+    fn on_response(&mut self, now: Instant, from: Peer, response: Response) {
+        let Some(&(call, side)) = self.by_call_id.get(response.call_id()) else {
+            tracing::debug!(call_id = response.call_id(), "response to no known call");
+            return;
+        };
+        let Some(cseq) = response.cseq() else { return };
+        match (side, cseq.method) {
+            (Side::B, Method::Invite) => self.on_invite_response(now, call, from, response),
+            (side, Method::Bye) if response.status >= 200 => {
+                if let Some(record) = self.calls.get_mut(&call) {
+                    record.bye_retransmit[side_index(side)] = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_invite_response(&mut self, now: Instant, call: CallRef, _from: Peer, response: Response) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        record.invite_retransmit = None;
+        let status = response.status;
+        if status < 200 {
+            if status == 100 || !matches!(record.state, State::Calling | State::Proceeding) {
+                if record.state == State::Calling {
+                    record.state = State::Proceeding;
+                }
+                return;
+            }
+            let first = record.state == State::Calling;
+            record.state = State::Proceeding;
+            if let Some(tag) = NameAddr::parse(response.headers.get("To").unwrap_or(""))
+                .and_then(|t| t.tag().map(str::to_owned))
+            {
+                record.b.remote_tag = Some(tag);
+            }
+            if first {
+                let ring = self.settings.ring_timeout;
+                self.timer(call, TimerKind::RingTimeout, ring);
+            }
+            self.relay_to_a(call, &response);
+            return;
+        }
+        if !matches!(record.state, State::Calling | State::Proceeding) {
+            // A retransmitted 2xx (our ACK was lost), or the final answer to a CANCEL we
+            // sent: every final response to our INVITE is acknowledged.
+            self.ack_b(call, &response);
+            return;
+        }
+        if (200..300).contains(&status) {
+            let record = self.calls.get_mut(&call).expect("call exists");
+            record.b.remote_tag = NameAddr::parse(response.headers.get("To").unwrap_or(""))
+                .and_then(|t| t.tag().map(str::to_owned));
+            record.b.remote_target = response
+                .headers
+                .get("Contact")
+                .and_then(NameAddr::parse)
+                .map(|c| c.uri.to_string());
+            record.state = State::Answered;
+            record.answer = Some(now);
+            self.ack_b(call, &response);
+            self.relay_to_a(call, &response);
+            let max = self.settings.max_call_duration;
+            self.timer(call, TimerKind::MaxDuration, max);
+            return;
+        }
+        // A final error from the callee: ACK it (same transaction), pass it on.
+        self.ack_b(call, &response);
+        let disposition = match status {
+            486 | 600 => Disposition::Busy,
+            408 | 480 => Disposition::NoAnswer,
+            487 => Disposition::Cancelled,
+            _ => Disposition::Failed,
+        };
+        let record = self.calls.get_mut(&call).expect("call exists");
+        record.state = State::Failed;
+        let mut relayed = Self::response(
+            &record.a.invite,
+            status,
+            &response.reason,
+            Some(&record.a.local_tag),
+        );
+        for name in ["Retry-After", "Warning", "Reason"] {
+            if let Some(value) = response.headers.get(name) {
+                relayed.headers.push(name, value);
+            }
+        }
+        let data = relayed.to_bytes();
+        record.a.last_response = Some(data.clone());
+        let peer = record.a.peer;
+        self.send(peer, data);
+        self.finish(now, call, disposition, status, HangupSide::Callee);
+    }
+
+    /// ACK for a final response to our INVITE: for 2xx a new request to the remote target
+    /// (RFC 3261 section 13.2.2.4), for errors within the INVITE transaction (17.1.1.3).
+    fn ack_b(&mut self, call: CallRef, response: &Response) {
+        let record = &self.calls[&call];
+        let success = (200..300).contains(&response.status);
+        let branch = if success {
+            format!("z9hG4bK{}", self.counter.wrapping_add(1))
+        } else {
+            record.b.invite_branch.clone()
+        };
+        let uri = if success {
+            record
+                .b
+                .remote_target
+                .clone()
+                .unwrap_or_else(|| record.b.request_uri.clone())
+        } else {
+            record.b.request_uri.clone()
+        };
+        let mut headers = Headers::new();
+        headers.push("Via", self.via(record.b.peer.transport, &branch));
+        headers.push("Max-Forwards", "70");
+        headers.push("From", record.b.from_value.clone());
+        headers.push("To", response.headers.get("To").unwrap_or(""));
+        headers.push("Call-ID", record.b.call_id.clone());
+        headers.push("CSeq", format!("{} ACK", record.b.invite_cseq));
+        let ack = Request {
+            method: Method::Ack,
+            uri,
+            headers,
+            body: Vec::new(),
+        };
+        let peer = record.b.peer;
+        self.counter += 1;
+        self.send(peer, ack.to_bytes());
+    }
+
+    /// Passes a provisional or 2xx response from the callee to the caller, with the SDP
+    /// rewritten to the caller leg's ports, and updates the callee leg of the media session.
+    fn relay_to_a(&mut self, call: CallRef, response: &Response) {
+        let contact = self.contact();
+        let record = self.calls.get_mut(&call).expect("call exists");
+        let mut body = response.body.clone();
+        if !body.is_empty() {
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if let (Some(plan), Ok(answer)) = (&record.media, sdp::parse(&text)) {
+                if let Some(rewritten) = rewrite_for(&text, plan.advertised, &plan.caller_ports) {
+                    body = rewritten.into_bytes();
+                }
+                self.out.push(Output::UpdateMedia {
+                    call_id: record.a.call_id.clone(),
+                    leg: Leg::Callee,
+                    sdp: answer,
+                });
+            }
+        }
+        let mut relayed = Self::response(
+            &record.a.invite,
+            response.status,
+            &response.reason,
+            Some(&record.a.local_tag),
+        );
+        relayed.headers.push("Contact", contact);
+        if !body.is_empty() {
+            relayed.headers.push(
+                "Content-Type",
+                response
+                    .headers
+                    .get("Content-Type")
+                    .unwrap_or("application/sdp"),
+            );
+        }
+        relayed.body = body;
+        let data = relayed.to_bytes();
+        record.a.last_response = Some(data.clone());
+        let peer = record.a.peer;
+        if (200..300).contains(&response.status) && !peer.transport.reliable() {
+            record.ok_retransmit = Some(Retransmit {
+                to: peer,
+                data: data.clone(),
+                interval: T1,
+            });
+            self.timer(call, TimerKind::TimerG, T1);
+            self.timer(call, TimerKind::TimerH, TRANSACTION_TIMEOUT);
+        }
+        self.send(peer, data);
+    }
+
+    // ---- timers ----------------------------------------------------------------------
+
+    fn on_timer(&mut self, now: Instant, call: CallRef, kind: TimerKind) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        match kind {
+            TimerKind::TimerA => {
+                if let Some(retransmit) = record.invite_retransmit.as_mut() {
+                    retransmit.interval *= 2;
+                    let (to, data, next) =
+                        (retransmit.to, retransmit.data.clone(), retransmit.interval);
+                    self.send(to, data);
+                    self.timer(call, TimerKind::TimerA, next);
+                }
+            }
+            TimerKind::TimerB => {
+                if record.state == State::Calling {
+                    tracing::info!(call_id = %record.a.call_id, "callee never answered the INVITE (Timer B)");
+                    self.fail_a(now, call, 408, Disposition::Failed, HangupSide::System);
+                }
+            }
+            TimerKind::TimerG => {
+                if record.state == State::Answered
+                    && let Some(retransmit) = record.ok_retransmit.as_mut()
+                {
+                    retransmit.interval = (retransmit.interval * 2).min(T2);
+                    let (to, data, next) =
+                        (retransmit.to, retransmit.data.clone(), retransmit.interval);
+                    self.send(to, data);
+                    self.timer(call, TimerKind::TimerG, next);
+                }
+            }
+            TimerKind::TimerH => {
+                if record.state == State::Answered {
+                    tracing::info!(call_id = %record.a.call_id, "caller never acknowledged the 200 (Timer H)");
+                    record.state = State::Ended;
+                    record.ok_retransmit = None;
+                    self.send_bye(call, Side::A);
+                    self.send_bye(call, Side::B);
+                    self.finish(now, call, Disposition::Answered, 200, HangupSide::System);
+                }
+            }
+            TimerKind::TimerE(side) => {
+                if let Some(retransmit) = record.bye_retransmit[side_index(side)].as_mut() {
+                    retransmit.interval = (retransmit.interval * 2).min(T2);
+                    let (to, data, next) =
+                        (retransmit.to, retransmit.data.clone(), retransmit.interval);
+                    self.send(to, data);
+                    self.timer(call, TimerKind::TimerE(side), next);
+                }
+            }
+            TimerKind::TimerF(side) => record.bye_retransmit[side_index(side)] = None,
+            TimerKind::RingTimeout => {
+                if record.state == State::Proceeding {
+                    tracing::info!(call_id = %record.a.call_id, "no answer before the ring timeout");
+                    self.send_cancel(call);
+                    self.fail_a(now, call, 408, Disposition::NoAnswer, HangupSide::System);
+                }
+            }
+            TimerKind::MaxDuration => {
+                if matches!(record.state, State::Answered | State::Confirmed) {
+                    record.state = State::Ended;
+                    self.send_bye(call, Side::A);
+                    self.send_bye(call, Side::B);
+                    self.finish(now, call, Disposition::Answered, 200, HangupSide::System);
+                }
+            }
+            TimerKind::Cleanup => {
+                if let Some(record) = self.calls.remove(&call) {
+                    self.by_call_id.remove(&record.a.call_id);
+                    self.by_call_id.remove(&record.b.call_id);
+                }
+            }
+        }
+    }
+
+    /// Emits the call's record once and schedules forgetting it.
+    fn finish(
+        &mut self,
+        now: Instant,
+        call: CallRef,
+        disposition: Disposition,
+        status: u16,
+        hangup: HangupSide,
+    ) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if record.finished {
+            return;
+        }
+        record.finished = true;
+        let disposition = if record.answer.is_some() {
+            Disposition::Answered
+        } else {
+            disposition
+        };
+        let out = CallRecord {
+            call_id: record.a.call_id.clone(),
+            b_call_id: record.b.call_id.clone(),
+            caller: record.caller.clone(),
+            callee: record.callee.clone(),
+            start: record.start,
+            answer: record.answer,
+            end: now,
+            disposition,
+            sip_status: if record.answer.is_some() { 200 } else { status },
+            hangup_side: hangup,
+            media_mode: record.mode,
+            media_node: record.media.as_ref().map(|m| m.node.clone()),
+            relayed: record.mode != MediaMode::Direct && record.offer.is_some(),
+        };
+        tracing::info!(
+            call_id = %out.call_id,
+            disposition = disposition.as_str(),
+            hangup = hangup.as_str(),
+            "call ended"
+        );
+        self.out.push(Output::Finish(out));
+        self.timer(call, TimerKind::Cleanup, TRANSACTION_TIMEOUT);
+    }
+}
+
+/// Rewrites an SDP for one leg; None (and the original kept) when it cannot be parsed.
+fn rewrite_for(text: &str, address: IpAddr, ports: &[u16]) -> Option<String> {
+    let parsed = sdp::parse(text).ok()?;
+    let plan = Rewrite {
+        address,
+        ports: parsed
+            .media
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.port != 0).then(|| ports.get(i).copied()).flatten())
+            .collect(),
+        origin_version: None,
+    };
+    sdp::rewrite(text, &plan).ok()
+}

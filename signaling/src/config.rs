@@ -1,0 +1,505 @@
+//! Configuration of `signaling`: flags > `SIGNALING_*` environment > TOML file (`--config`),
+//! like the media proxy's. The embedded media proxy (no `--mediaproxy` given) takes the media
+//! options (`--media-ip`, `--advertise-ip`, `--ports`, ...) from this command line.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use mediaproxy::config::{HumanDuration, MediaConfig, MediaOptions, split_table};
+use serde::Deserialize;
+
+use crate::sip::uri::Uri;
+
+/// Per-call media handling (DESIGN section 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaMode {
+    /// SDP untouched, no relay.
+    Direct,
+    /// Through the media proxy.
+    #[serde(alias = "bypass")]
+    Relay,
+    /// Relay plus a live audio tap.
+    #[serde(alias = "reflecting")]
+    Reflect,
+}
+
+impl MediaMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Relay => "relay",
+            Self::Reflect => "reflect",
+        }
+    }
+}
+
+impl FromStr for MediaMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_ascii_lowercase().as_str() {
+            "direct" => Ok(Self::Direct),
+            "relay" | "bypass" => Ok(Self::Relay),
+            "reflect" | "reflecting" => Ok(Self::Reflect),
+            _ => Err(format!("{text:?} is not direct, relay or reflect")),
+        }
+    }
+}
+
+/// `PREFIX=SIP-URI`: requests whose Request-URI user starts with PREFIX go to the URI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: String,
+    pub target: Uri,
+}
+
+impl FromStr for Route {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (prefix, target) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?} is not PREFIX=SIP-URI"))?;
+        let target = Uri::parse(target).map_err(|e| e.to_string())?;
+        Ok(Self {
+            prefix: prefix.trim().to_owned(),
+            target,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Route {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// An IPv4 or IPv6 network, `10.0.0.0/8` (a bare address means a single host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub network: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, address: IpAddr) -> bool {
+        let address = match address {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, address) {
+            (IpAddr::V4(net), IpAddr::V4(addr)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(addr) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(addr)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(addr) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr = address
+            .trim()
+            .parse()
+            .map_err(|_| format!("{address:?} is not an IP address"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("/{p} is not a prefix length up to {max}"))?,
+            None => max,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Options of the `signaling` service.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Options {
+    /// SIP listen address, UDP and TCP on the same port [default: 127.0.0.1:5060].
+    #[arg(long, env = "SIGNALING_SIP", value_name = "ADDR")]
+    pub sip: Option<SocketAddr>,
+    /// gRPC URL of a media proxy; repeatable. None: start an embedded proxy.
+    #[arg(
+        long = "mediaproxy",
+        env = "SIGNALING_MEDIAPROXY",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub mediaproxy: Vec<String>,
+    /// Default media mode: direct, relay (alias bypass) or reflect (alias reflecting)
+    /// [default: relay].
+    #[arg(long, env = "SIGNALING_MEDIA_MODE", value_name = "MODE")]
+    pub media_mode: Option<MediaMode>,
+    /// Record relayed calls by default.
+    #[arg(long, env = "SIGNALING_RECORD", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub record: Option<bool>,
+    /// Users and passwords (TOML) for digest authentication of REGISTER and INVITE.
+    #[arg(long, env = "SIGNALING_USERS", value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// Static route PREFIX=SIP-URI by Request-URI user prefix; repeatable; longest prefix
+    /// wins; an empty prefix is the default route. Registered users are tried first.
+    #[arg(
+        long = "route",
+        env = "SIGNALING_ROUTE",
+        value_name = "PREFIX=URI",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub route: Vec<Route>,
+    /// Sources allowed to send INVITEs without authentication; repeatable.
+    #[arg(
+        long = "trusted",
+        env = "SIGNALING_TRUSTED",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub trusted: Vec<Cidr>,
+    /// CDR store: sqlite://PATH or postgres://... [default: sqlite://cdr.db].
+    #[arg(long, env = "SIGNALING_CDR", value_name = "URL")]
+    pub cdr: Option<String>,
+    /// HTTP listen address for /metrics [default: 127.0.0.1:9465].
+    #[arg(long, env = "SIGNALING_METRICS", value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Digest realm [default: the --sip host].
+    #[arg(long, env = "SIGNALING_REALM", value_name = "REALM")]
+    pub realm: Option<String>,
+    /// Answer 408 to the caller when the callee does not answer in this time [default: 60s].
+    #[arg(long, env = "SIGNALING_RING_TIMEOUT", value_name = "DURATION")]
+    pub ring_timeout: Option<HumanDuration>,
+    /// End answered calls after this long [default: 4h].
+    #[arg(long, env = "SIGNALING_MAX_CALL_DURATION", value_name = "DURATION")]
+    pub max_call_duration: Option<HumanDuration>,
+    /// Log filter, as RUST_LOG [default: info].
+    #[arg(long, env = "SIGNALING_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Media options of the embedded media proxy.
+    #[command(flatten)]
+    #[serde(skip)]
+    pub media: MediaOptions,
+}
+
+/// The `signaling` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "signaling",
+    version,
+    about = "SIP B2BUA and registrar driving media proxies over gRPC"
+)]
+pub struct Cli {
+    /// TOML file with any of the options below (flags and environment win over it).
+    #[arg(long, env = "SIGNALING_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// One user of the users file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct User {
+    pub password: String,
+    /// Media mode for calls from this user (overrides --media-mode).
+    pub media_mode: Option<MediaMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    users: BTreeMap<String, User>,
+}
+
+/// A configuration problem; the message names the option.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("--{option}: {message}")]
+    Invalid {
+        option: &'static str,
+        message: String,
+    },
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub sip: SocketAddr,
+    pub mediaproxies: Vec<String>,
+    pub media_mode: MediaMode,
+    pub record: bool,
+    pub users: BTreeMap<String, User>,
+    pub routes: Vec<Route>,
+    pub trusted: Vec<Cidr>,
+    pub cdr: String,
+    pub metrics: SocketAddr,
+    pub realm: String,
+    pub ring_timeout: Duration,
+    pub max_call_duration: Duration,
+    pub log: String,
+    /// Settings of the embedded media proxy (used when `mediaproxies` is empty).
+    pub media: MediaConfig,
+}
+
+const KEYS: [&str; 13] = [
+    "sip",
+    "mediaproxy",
+    "media-mode",
+    "record",
+    "users",
+    "route",
+    "trusted",
+    "cdr",
+    "metrics",
+    "realm",
+    "ring-timeout",
+    "max-call-duration",
+    "log",
+];
+
+fn file_error(path: &Path, message: impl ToString) -> ConfigError {
+    ConfigError::File {
+        path: path.to_owned(),
+        message: message.to_string().trim_end().to_owned(),
+    }
+}
+
+/// A list option: the upper layer's when it gave any, else the lower one's.
+fn pick<T>(upper: Vec<T>, lower: Vec<T>) -> Vec<T> {
+    if upper.is_empty() { lower } else { upper }
+}
+
+/// Reads the users file.
+pub fn read_users(path: &Path) -> Result<BTreeMap<String, User>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+    let file: UsersFile = toml::from_str(&text).map_err(|e| file_error(path, e))?;
+    Ok(file.users)
+}
+
+impl Options {
+    /// Parses the TOML form; an unknown key is an error that names it.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let (own, rest) = split_table(table, &KEYS);
+        let mut options: Self = own.try_into().map_err(|e: toml::de::Error| e.to_string())?;
+        options.media = rest
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        Ok(options)
+    }
+}
+
+impl Config {
+    pub fn load(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+                Options::from_toml(&text).map_err(|e| file_error(path, e))?
+            }
+            None => Options::default(),
+        };
+        Self::resolve(cli.options, file)
+    }
+
+    pub fn resolve(upper: Options, lower: Options) -> Result<Self, ConfigError> {
+        let invalid = |option, message: String| ConfigError::Invalid { option, message };
+        let sip = upper
+            .sip
+            .or(lower.sip)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let mediaproxies: Vec<String> = pick(upper.mediaproxy, lower.mediaproxy);
+        for url in &mediaproxies {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "mediaproxy",
+                    format!("{url:?} must be an http:// or https:// URL"),
+                ));
+            }
+        }
+        let users = match upper.users.or(lower.users) {
+            Some(path) => read_users(&path)?,
+            None => BTreeMap::new(),
+        };
+        let cdr = upper
+            .cdr
+            .or(lower.cdr)
+            .unwrap_or_else(|| "sqlite://cdr.db".to_owned());
+        if !cdr.starts_with("sqlite://")
+            && !cdr.starts_with("postgres://")
+            && !cdr.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "cdr",
+                format!("{cdr:?} must start with sqlite:// or postgres://"),
+            ));
+        }
+        let media = upper.media.or(lower.media).resolve().map_err(|e| match e {
+            mediaproxy::config::ConfigError::Invalid { option, message } => {
+                ConfigError::Invalid { option, message }
+            }
+            mediaproxy::config::ConfigError::File { path, message } => {
+                ConfigError::File { path, message }
+            }
+        })?;
+        if mediaproxies.is_empty() && media.ports.contains(sip.port()) && media.media_ip == sip.ip()
+        {
+            return Err(invalid(
+                "ports",
+                format!("{} contains the SIP port {}", media.ports, sip.port()),
+            ));
+        }
+        Ok(Self {
+            sip,
+            mediaproxies,
+            media_mode: upper
+                .media_mode
+                .or(lower.media_mode)
+                .unwrap_or(MediaMode::Relay),
+            record: upper.record.or(lower.record).unwrap_or(false),
+            users,
+            routes: pick(upper.route, lower.route),
+            trusted: pick(upper.trusted, lower.trusted),
+            cdr,
+            metrics: upper
+                .metrics
+                .or(lower.metrics)
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9465))),
+            realm: upper
+                .realm
+                .or(lower.realm)
+                .unwrap_or_else(|| sip.ip().to_string()),
+            ring_timeout: upper
+                .ring_timeout
+                .or(lower.ring_timeout)
+                .map_or(Duration::from_secs(60), |d| d.0),
+            max_call_duration: upper
+                .max_call_duration
+                .or(lower.max_call_duration)
+                .map_or(Duration::from_secs(4 * 3600), |d| d.0),
+            log: upper.log.or(lower.log).unwrap_or_else(|| "info".to_owned()),
+            media,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("signaling").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn media_mode_aliases_of_the_earlier_system() {
+        assert_eq!("bypass".parse::<MediaMode>().unwrap(), MediaMode::Relay);
+        assert_eq!(
+            "reflecting".parse::<MediaMode>().unwrap(),
+            MediaMode::Reflect
+        );
+        assert!("loud".parse::<MediaMode>().is_err());
+    }
+
+    #[test]
+    fn routes_trusted_and_defaults() {
+        let cli = parse(&[
+            "--route",
+            "44=sip:uk-gw@192.0.2.1:5060",
+            "--route",
+            "=sip:default@192.0.2.2",
+            "--trusted",
+            "127.0.0.0/8",
+        ])
+        .unwrap();
+        let config = Config::resolve(cli.options, Options::default()).unwrap();
+        assert_eq!(config.routes.len(), 2);
+        assert_eq!(config.routes[0].prefix, "44");
+        assert!(config.trusted[0].contains("127.0.0.9".parse().unwrap()));
+        assert!(!config.trusted[0].contains("10.0.0.1".parse().unwrap()));
+        assert_eq!(config.media_mode, MediaMode::Relay);
+        assert_eq!(config.cdr, "sqlite://cdr.db");
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        assert!(
+            parse(&["--route", "nope"])
+                .unwrap_err()
+                .to_string()
+                .contains("--route")
+        );
+        assert!(
+            parse(&["--trusted", "10.0.0.0/40"])
+                .unwrap_err()
+                .to_string()
+                .contains("--trusted")
+        );
+        let cli = parse(&["--cdr", "mysql://x"]).unwrap();
+        assert!(
+            Config::resolve(cli.options, Options::default())
+                .unwrap_err()
+                .to_string()
+                .starts_with("--cdr")
+        );
+        let cli = parse(&["--mediaproxy", "10.0.0.1:50051"]).unwrap();
+        assert!(
+            Config::resolve(cli.options, Options::default())
+                .unwrap_err()
+                .to_string()
+                .starts_with("--mediaproxy")
+        );
+        assert!(
+            Options::from_toml("sip = \"127.0.0.1:5060\"\nsipp = 1\n")
+                .unwrap_err()
+                .contains("sipp")
+        );
+    }
+
+    #[test]
+    fn shipped_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let users = read_users(&dir.join("users.toml")).unwrap();
+        assert_eq!(users.len(), 2);
+        let text = std::fs::read_to_string(dir.join("signaling.toml")).unwrap();
+        let mut options = Options::from_toml(&text).unwrap();
+        options.users = Some(dir.join("users.toml"));
+        Config::resolve(Options::default(), options).unwrap();
+    }
+}

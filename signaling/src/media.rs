@@ -1,0 +1,232 @@
+//! The media proxy client: allocate, update and release over gRPC (`mediaproxy.v1`), with a
+//! deadline on every call so a slow proxy never holds SIP processing, and a lease heartbeat.
+//! Wire types stay in this module.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use mediaproxy::types::{Direction, Leg, MediaKind};
+use proto::v1 as pb;
+use proto::v1::media_proxy_client::MediaProxyClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::b2bua::MediaPlan;
+use crate::sdp::SessionDescription;
+
+/// Deadline of one media proxy request.
+const DEADLINE: Duration = Duration::from_secs(2);
+
+/// Final per-leg figures of a released call, for the CDR.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LegFigures {
+    pub rtp_packets: u64,
+    pub rtp_bytes: u64,
+    pub relayed_bytes: u64,
+    pub recorded_packets: u64,
+    pub sdp_address: String,
+    pub latched_source: String,
+}
+
+/// What Release returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinalStats {
+    pub caller: LegFigures,
+    pub callee: LegFigures,
+    pub release_reason: String,
+}
+
+/// A client of one media proxy node.
+#[derive(Clone)]
+pub struct MediaClient {
+    client: MediaProxyClient<Channel>,
+    owner: String,
+    pub url: String,
+}
+
+fn leg_to_wire(leg: Leg) -> i32 {
+    match leg {
+        Leg::Caller => pb::Leg::Caller as i32,
+        Leg::Callee => pb::Leg::Callee as i32,
+    }
+}
+
+fn kind_to_wire(kind: MediaKind) -> i32 {
+    match kind {
+        MediaKind::Audio => pb::MediaKind::Audio as i32,
+        MediaKind::Video => pb::MediaKind::Video as i32,
+        MediaKind::Other => pb::MediaKind::Other as i32,
+    }
+}
+
+fn direction_to_wire(direction: Direction) -> i32 {
+    (match direction {
+        Direction::SendRecv => pb::Direction::Sendrecv,
+        Direction::SendOnly => pb::Direction::Sendonly,
+        Direction::RecvOnly => pb::Direction::Recvonly,
+        Direction::Inactive => pb::Direction::Inactive,
+    }) as i32
+}
+
+fn status_text(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+impl MediaClient {
+    /// A lazily connecting client: an unreachable proxy fails requests, not start-up.
+    pub fn new(url: &str, owner: &str) -> Result<Self, String> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| format!("{url}: {e}"))?
+            .connect_timeout(DEADLINE)
+            .timeout(DEADLINE);
+        Ok(Self {
+            client: MediaProxyClient::new(endpoint.connect_lazy()),
+            owner: owner.to_owned(),
+            url: url.to_owned(),
+        })
+    }
+
+    /// Allocates both legs for the offer's media lines and points the caller leg at the
+    /// offer.
+    pub async fn prepare(
+        &self,
+        call_id: &str,
+        offer: &SessionDescription,
+    ) -> Result<MediaPlan, String> {
+        let mut client = self.client.clone();
+        let media: Vec<i32> = offer.media.iter().map(|m| kind_to_wire(m.kind)).collect();
+        let mut ports = Vec::new();
+        let mut node = String::new();
+        let mut advertised = String::new();
+        for leg in [Leg::Caller, Leg::Callee] {
+            let answer = client
+                .allocate(pb::AllocateRequest {
+                    call_id: call_id.to_owned(),
+                    leg: leg_to_wire(leg),
+                    owner: self.owner.clone(),
+                    media: media.clone(),
+                    lease_timeout_ms: 0,
+                })
+                .await
+                .map_err(|s| status_text(&s))?
+                .into_inner();
+            node = answer.node_id;
+            advertised = answer.advertised_address;
+            ports.push(
+                answer
+                    .media
+                    .iter()
+                    .map(|m| m.rtp_port as u16)
+                    .collect::<Vec<_>>(),
+            );
+        }
+        self.update(call_id, Leg::Caller, offer).await?;
+        let advertised: IpAddr = advertised
+            .parse()
+            .map_err(|_| format!("media proxy advertised {advertised:?}"))?;
+        let callee_ports = ports.pop().unwrap_or_default();
+        let caller_ports = ports.pop().unwrap_or_default();
+        Ok(MediaPlan {
+            node,
+            advertised,
+            caller_ports,
+            callee_ports,
+        })
+    }
+
+    /// Points a leg at the media of its latest SDP.
+    pub async fn update(
+        &self,
+        call_id: &str,
+        leg: Leg,
+        sdp: &SessionDescription,
+    ) -> Result<(), String> {
+        let media = sdp
+            .media
+            .iter()
+            .enumerate()
+            .map(|(index, m)| pb::RemoteMedia {
+                index: index as u32,
+                address: m.address.map(|a| a.to_string()).unwrap_or_default(),
+                rtp_port: u32::from(m.port),
+                rtcp_port: u32::from(m.rtcp_port),
+                codecs: m
+                    .codecs
+                    .iter()
+                    .map(|c| pb::Codec {
+                        payload_type: u32::from(c.payload_type),
+                        encoding: c.encoding.clone(),
+                        clock_rate: c.clock_rate,
+                        channels: u32::from(c.channels),
+                    })
+                    .collect(),
+                direction: direction_to_wire(m.direction),
+            })
+            .collect();
+        self.client
+            .clone()
+            .update(pb::UpdateRequest {
+                call_id: call_id.to_owned(),
+                leg: leg_to_wire(leg),
+                media,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| status_text(&s))
+    }
+
+    /// Releases a call and returns its final figures.
+    pub async fn release(&self, call_id: &str, reason: &str) -> Result<FinalStats, String> {
+        let answer = self
+            .client
+            .clone()
+            .release(pb::ReleaseRequest {
+                call_id: call_id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await
+            .map_err(|s| status_text(&s))?
+            .into_inner();
+        let stats = answer.stats.unwrap_or_default();
+        let figures = |leg: pb::Leg| {
+            let mut out = LegFigures::default();
+            for l in stats.legs.iter().filter(|l| l.leg == leg as i32) {
+                for m in &l.media {
+                    let rtp = m.rtp_received.unwrap_or_default();
+                    let rtcp = m.rtcp_received.unwrap_or_default();
+                    if m.kind == pb::MediaKind::Audio as i32 {
+                        out.rtp_packets += rtp.packets;
+                        out.rtp_bytes += rtp.bytes;
+                    }
+                    let sent_rtp = m.rtp_sent.unwrap_or_default();
+                    let sent_rtcp = m.rtcp_sent.unwrap_or_default();
+                    out.relayed_bytes += sent_rtp.bytes + sent_rtcp.bytes;
+                    let _ = rtcp;
+                    out.recorded_packets += m.recorded_packets;
+                    if out.sdp_address.is_empty() {
+                        out.sdp_address = m.sdp_rtp_address.clone();
+                        out.latched_source = m.latched_rtp_source.clone();
+                    }
+                }
+            }
+            out
+        };
+        Ok(FinalStats {
+            caller: figures(pb::Leg::Caller),
+            callee: figures(pb::Leg::Callee),
+            release_reason: answer.release_reason,
+        })
+    }
+
+    /// Renews this signaling instance's lease on the node.
+    pub async fn renew(&self) -> Result<u32, String> {
+        self.client
+            .clone()
+            .renew_lease(pb::RenewLeaseRequest {
+                owner: self.owner.clone(),
+                lease_timeout_ms: 0,
+            })
+            .await
+            .map(|r| r.into_inner().sessions)
+            .map_err(|s| status_text(&s))
+    }
+}

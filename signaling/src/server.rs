@@ -1,0 +1,540 @@
+//! The driver around [`crate::b2bua::Core`]: SIP over UDP and TCP on one port, timers, the
+//! media proxy client, the CDR writer, and (without `--mediaproxy`) an embedded media proxy
+//! reached over real gRPC on a loopback port.
+//!
+//! One task owns the core and performs its outputs. Anything slow (gRPC, the database) runs in
+//! spawned tasks that report back through the input channel, so SIP handling never waits.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mediaproxy::server::MediaProxy;
+use mediaproxy::types::Leg;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::DigestAuth;
+use crate::b2bua::{CallRecord, Core, Input, Output, Peer, Settings, TimerKind, Transport};
+use crate::cdr::{self, Cdr, CdrWriter};
+use crate::config::Config;
+use crate::media::MediaClient;
+use crate::registrar::{Policy, Registrar};
+use crate::sip::message::{Frame, frame, parse};
+
+/// Why signaling could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen for SIP on {address}: {source}")]
+    Sip {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--cdr {url}: {message}")]
+    Cdr { url: String, message: String },
+    #[error("embedded media proxy: {0}")]
+    Embedded(String),
+    #[error("--mediaproxy: {0}")]
+    MediaProxy(String),
+}
+
+type Connections = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
+
+/// A bound, not yet serving, signaling service.
+pub struct Signaling {
+    config: Config,
+    udp: Arc<UdpSocket>,
+    tcp: TcpListener,
+    embedded: Option<MediaProxy>,
+    media: MediaClient,
+    cdr: CdrWriter,
+}
+
+fn unix_ms(clock: (Instant, u64), at: Instant) -> i64 {
+    let (anchor, anchor_ms) = clock;
+    match at.checked_duration_since(anchor) {
+        Some(after) => (anchor_ms + after.as_millis() as u64) as i64,
+        None => anchor_ms.saturating_sub(anchor.duration_since(at).as_millis() as u64) as i64,
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Signaling {
+    pub async fn bind(config: Config) -> Result<Self, StartError> {
+        let sip_error = |source| StartError::Sip {
+            address: config.sip,
+            source,
+        };
+        let udp = UdpSocket::bind(config.sip).await.map_err(sip_error)?;
+        // TCP on the very port UDP got (matters when --sip asks for port 0).
+        let address = udp.local_addr().map_err(sip_error)?;
+        let tcp = TcpListener::bind(address).await.map_err(sip_error)?;
+        let path = config
+            .cdr
+            .strip_prefix("sqlite://")
+            .ok_or_else(|| StartError::Cdr {
+                url: config.cdr.clone(),
+                message: "only sqlite:// is supported in this build".into(),
+            })?;
+        let cdr = CdrWriter::start(std::path::Path::new(path)).map_err(|e| StartError::Cdr {
+            url: config.cdr.clone(),
+            message: e.to_string(),
+        })?;
+        let owner = format!("signaling-{}-{}", address.port(), std::process::id());
+        let (embedded, url) = match config.mediaproxies.first() {
+            Some(url) => (None, url.clone()),
+            None => {
+                let grpc = TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(|e| StartError::Embedded(e.to_string()))?;
+                let metrics = TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(|e| StartError::Embedded(e.to_string()))?;
+                let proxy = MediaProxy::with_listeners(
+                    "embedded",
+                    &config.media,
+                    Duration::from_secs(5),
+                    grpc,
+                    metrics,
+                )
+                .map_err(|e| StartError::Embedded(e.to_string()))?;
+                let url = format!("http://{}", proxy.grpc_addr());
+                (Some(proxy), url)
+            }
+        };
+        let media = MediaClient::new(&url, &owner).map_err(StartError::MediaProxy)?;
+        Ok(Self {
+            config,
+            udp: Arc::new(udp),
+            tcp,
+            embedded,
+            media,
+            cdr,
+        })
+    }
+
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.udp.local_addr().expect("bound socket has an address")
+    }
+
+    /// The media proxy URL in use (the embedded one's loopback URL when embedded).
+    pub fn mediaproxy_url(&self) -> &str {
+        &self.media.url
+    }
+
+    /// Serves until `shutdown`, then answers new INVITEs 503 while calls finish (up to 10 s),
+    /// writes the remaining CDRs and stops.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Self {
+            config,
+            udp,
+            tcp,
+            embedded,
+            media,
+            cdr,
+        } = self;
+        let stop = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(proxy) = embedded {
+            let proxy_stop = stop.clone();
+            tasks.spawn(async move {
+                if let Err(error) = proxy.serve(proxy_stop.cancelled_owned()).await {
+                    tracing::error!(%error, "embedded media proxy failed");
+                }
+            });
+        }
+        let local = udp.local_addr()?;
+        let (inputs, mut input_rx) = mpsc::channel::<Input>(8192);
+        let connections: Connections = Arc::default();
+        tasks.spawn(receive_udp(udp.clone(), inputs.clone(), stop.clone()));
+        tasks.spawn(accept_tcp(
+            tcp,
+            inputs.clone(),
+            connections.clone(),
+            stop.clone(),
+        ));
+        let heartbeat_media = media.clone();
+        let heartbeat_stop = stop.clone();
+        tasks.spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {
+                        if let Err(error) = heartbeat_media.renew().await {
+                            tracing::warn!(%error, "media proxy lease renewal failed");
+                        }
+                    }
+                    () = heartbeat_stop.cancelled() => return,
+                }
+            }
+        });
+
+        let realm = config.realm.clone();
+        let auth = DigestAuth::new(&realm, 300)
+            .map_err(|e| anyhow::anyhow!("random nonce secret: {e}"))?;
+        let mut core = Core::new(
+            Settings {
+                local,
+                routes: config.routes.clone(),
+                trusted: config.trusted.clone(),
+                users: config.users.clone(),
+                media_mode: config.media_mode,
+                ring_timeout: config.ring_timeout,
+                max_call_duration: config.max_call_duration,
+            },
+            auth,
+            Registrar::new(Policy::default()),
+        );
+        let clock = (Instant::now(), now_unix_ms());
+        let mut timers: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+        let mut timer_kinds: HashMap<u64, (u64, TimerKind)> = HashMap::new();
+        let mut timer_seq = 0u64;
+        let mut finishing = tokio::task::JoinSet::new();
+        let cdr = Arc::new(cdr);
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut draining_until: Option<Instant> = None;
+
+        loop {
+            let next_timer = timers.peek().map(|Reverse((at, _))| *at);
+            let sleep_until = next_timer
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+                .min(
+                    draining_until.map_or(Instant::now() + Duration::from_secs(3600), |d| {
+                        d.min(Instant::now() + Duration::from_millis(100))
+                    }),
+                );
+            let input = tokio::select! {
+                input = input_rx.recv() => input,
+                () = tokio::time::sleep_until(sleep_until.into()) => None,
+                () = &mut shutdown, if draining_until.is_none() => {
+                    tracing::info!(calls = core.active_calls(), "shutting down: draining");
+                    core.set_draining(true);
+                    draining_until = Some(Instant::now() + Duration::from_secs(10));
+                    None
+                }
+            };
+            let now = Instant::now();
+            let unix = now_unix_ms() / 1000;
+            let mut batch = Vec::new();
+            if let Some(input) = input {
+                batch.push(input);
+            }
+            while let Some(Reverse((at, seq))) = timers.peek().copied() {
+                if at > now {
+                    break;
+                }
+                timers.pop();
+                if let Some((call, kind)) = timer_kinds.remove(&seq) {
+                    batch.push(Input::Timer { call, kind });
+                }
+            }
+            for input in batch {
+                for output in core.handle(now, unix, input) {
+                    match output {
+                        Output::Send { to, data } => {
+                            send(&udp, &connections, &inputs, to, data).await
+                        }
+                        Output::Timer { call, kind, after } => {
+                            timer_seq += 1;
+                            timers.push(Reverse((now + after, timer_seq)));
+                            timer_kinds.insert(timer_seq, (call, kind));
+                        }
+                        Output::Allocate {
+                            call,
+                            call_id,
+                            offer,
+                        } => {
+                            let media = media.clone();
+                            let inputs = inputs.clone();
+                            tokio::spawn(async move {
+                                let result = media.prepare(&call_id, &offer).await;
+                                let _ = inputs.send(Input::MediaReady { call, result }).await;
+                            });
+                        }
+                        Output::UpdateMedia { call_id, leg, sdp } => {
+                            let media = media.clone();
+                            tokio::spawn(async move {
+                                if let Err(error) = media.update(&call_id, leg, &sdp).await {
+                                    tracing::warn!(%call_id, leg = leg_name(leg), %error, "media update failed");
+                                }
+                            });
+                        }
+                        Output::Finish(record) => {
+                            let media = media.clone();
+                            let cdr = cdr.clone();
+                            finishing.spawn(async move {
+                                let row = complete_record(&media, clock, record).await;
+                                cdr.write(row);
+                            });
+                        }
+                    }
+                }
+            }
+            while finishing.try_join_next().is_some() {}
+            if let Some(deadline) = draining_until
+                && (core.active_calls() == 0 || now >= deadline)
+            {
+                break;
+            }
+        }
+        while finishing.join_next().await.is_some() {}
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+        if let Ok(cdr) = Arc::try_unwrap(cdr) {
+            cdr.close();
+        }
+        tracing::info!("signaling stopped");
+        Ok(())
+    }
+}
+
+fn leg_name(leg: Leg) -> &'static str {
+    leg.as_str()
+}
+
+/// Releases the call's media (if relayed) and builds its CDR row.
+async fn complete_record(media: &MediaClient, clock: (Instant, u64), record: CallRecord) -> Cdr {
+    let mut row = Cdr {
+        call_id: record.call_id.clone(),
+        b_call_id: record.b_call_id.clone(),
+        caller: record.caller.clone(),
+        callee: record.callee.clone(),
+        start_time_ms: unix_ms(clock, record.start),
+        answer_time_ms: record.answer.map(|a| unix_ms(clock, a)),
+        end_time_ms: unix_ms(clock, record.end),
+        duration_ms: record.answer.map_or(0, |a| {
+            record.end.saturating_duration_since(a).as_millis() as i64
+        }),
+        disposition: record.disposition.as_str().to_owned(),
+        sip_status: i64::from(record.sip_status),
+        hangup_side: record.hangup_side.as_str().to_owned(),
+        media_mode: record.media_mode.as_str().to_owned(),
+        media_node: record.media_node.clone(),
+        ..Cdr::default()
+    };
+    let answered = record.answer.is_some();
+    if !record.relayed {
+        row.media_verdict = cdr::verdict(false, answered, 0, 0).to_owned();
+        row.media_diagnosis = "media went end to end (direct mode); not measured".to_owned();
+        return row;
+    }
+    match media
+        .release(&record.call_id, record.hangup_side.as_str())
+        .await
+    {
+        Ok(stats) => {
+            row.caller_audio_packets = stats.caller.rtp_packets as i64;
+            row.callee_audio_packets = stats.callee.rtp_packets as i64;
+            row.caller_audio_bytes = stats.caller.rtp_bytes as i64;
+            row.callee_audio_bytes = stats.callee.rtp_bytes as i64;
+            row.total_bytes_relayed =
+                (stats.caller.relayed_bytes + stats.callee.relayed_bytes) as i64;
+            row.recording_packets =
+                (stats.caller.recorded_packets + stats.callee.recorded_packets) as i64;
+            row.media_verdict = cdr::verdict(
+                true,
+                answered,
+                stats.caller.rtp_packets,
+                stats.callee.rtp_packets,
+            )
+            .to_owned();
+            row.media_diagnosis = format!(
+                "caller sent {} RTP packets (SDP {}, latched {}); callee sent {} (SDP {}, latched {})",
+                stats.caller.rtp_packets,
+                or_none(&stats.caller.sdp_address),
+                or_none(&stats.caller.latched_source),
+                stats.callee.rtp_packets,
+                or_none(&stats.callee.sdp_address),
+                or_none(&stats.callee.latched_source),
+            );
+        }
+        Err(error) => {
+            tracing::error!(call_id = %record.call_id, %error, "media release failed; CDR without counts");
+            row.media_verdict = "no_media".to_owned();
+            row.media_diagnosis = format!("media proxy release failed: {error}");
+        }
+    }
+    row
+}
+
+fn or_none(text: &str) -> &str {
+    if text.is_empty() { "none" } else { text }
+}
+
+async fn send(
+    udp: &UdpSocket,
+    connections: &Connections,
+    inputs: &mpsc::Sender<Input>,
+    to: Peer,
+    data: Vec<u8>,
+) {
+    match to.transport {
+        Transport::Udp => {
+            if let Err(error) = udp.send_to(&data, to.addr).await {
+                tracing::warn!(peer = %to.addr, %error, "SIP send failed");
+            }
+        }
+        Transport::Tcp => {
+            let existing = connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&to.addr)
+                .cloned();
+            match existing {
+                Some(sender) => {
+                    if sender.try_send(data).is_err() {
+                        tracing::warn!(peer = %to.addr, "TCP connection congested or closed; message dropped");
+                    }
+                }
+                None => {
+                    let connections = connections.clone();
+                    let inputs = inputs.clone();
+                    tokio::spawn(async move {
+                        match TcpStream::connect(to.addr).await {
+                            Ok(stream) => {
+                                let sender = run_connection(
+                                    stream,
+                                    to.addr,
+                                    inputs,
+                                    connections,
+                                    CancellationToken::new(),
+                                );
+                                let _ = sender.send(data).await;
+                            }
+                            Err(error) => {
+                                tracing::warn!(peer = %to.addr, %error, "TCP connect failed")
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn receive_udp(udp: Arc<UdpSocket>, inputs: mpsc::Sender<Input>, stop: CancellationToken) {
+    let mut buffer = vec![0u8; 65_536];
+    loop {
+        let received = tokio::select! {
+            received = udp.recv_from(&mut buffer) => received,
+            () = stop.cancelled() => return,
+        };
+        let Ok((len, addr)) = received else { continue };
+        let data = &buffer[..len];
+        if data.iter().all(|b| b.is_ascii_whitespace()) {
+            continue; // keep-alive
+        }
+        let from = Peer {
+            transport: Transport::Udp,
+            addr,
+        };
+        let input = match parse(data) {
+            Ok(message) => Input::Message { from, message },
+            Err(error) => Input::Malformed { from, error },
+        };
+        if inputs.send(input).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    inputs: mpsc::Sender<Input>,
+    connections: Connections,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => return,
+        };
+        if let Ok((stream, addr)) = accepted {
+            run_connection(
+                stream,
+                addr,
+                inputs.clone(),
+                connections.clone(),
+                stop.clone(),
+            );
+        }
+    }
+}
+
+/// Starts the reader and writer of one TCP connection; returns its send queue.
+fn run_connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    inputs: mpsc::Sender<Input>,
+    connections: Connections,
+    stop: CancellationToken,
+) -> mpsc::Sender<Vec<u8>> {
+    let (mut reader, mut writer) = stream.into_split();
+    let (sender, mut queue) = mpsc::channel::<Vec<u8>>(256);
+    connections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(addr, sender.clone());
+    tokio::spawn(async move {
+        while let Some(data) = queue.recv().await {
+            if writer.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let from = Peer {
+            transport: Transport::Tcp,
+            addr,
+        };
+        let mut buffer = Vec::with_capacity(8192);
+        let mut chunk = vec![0u8; 16_384];
+        'read: loop {
+            let read = tokio::select! {
+                read = reader.read(&mut chunk) => read,
+                () = stop.cancelled() => break,
+            };
+            match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+            loop {
+                match frame(&buffer) {
+                    Frame::Complete(len) => {
+                        let input = match parse(&buffer[..len]) {
+                            Ok(message) => Input::Message { from, message },
+                            Err(error) => Input::Malformed { from, error },
+                        };
+                        buffer.drain(..len);
+                        if inputs.send(input).await.is_err() {
+                            break 'read;
+                        }
+                    }
+                    Frame::KeepAlive(len) => {
+                        buffer.drain(..len);
+                    }
+                    Frame::Incomplete => break,
+                    Frame::Invalid(why) => {
+                        tracing::info!(peer = %addr, why, "closing TCP connection: cannot frame");
+                        break 'read;
+                    }
+                }
+            }
+        }
+        connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&addr);
+    });
+    sender
+}

@@ -1,0 +1,453 @@
+//! End-to-end calls: the real `signaling` binary (with its embedded media proxy, over real
+//! gRPC) between two SIPp instances, RTP included. SIPp comes from Debian's `sip-tester`
+//! (`.ci/run` installs it). Scenarios and pcaps live in `tests/sipp/`.
+//!
+//! Port plan (one block per test, so tests run in parallel): SIP 25000 + 10 x n (signaling),
+//! +1 (SIPp UAC), +2 (SIPp UAS); SIPp media 26000 + 100 x n (UAC), 27000 + 100 x n (UAS);
+//! relay ports 28000 + 100 x n.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_signaling");
+
+fn scenarios() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
+}
+
+struct Ports {
+    sip: u16,
+    uac: u16,
+    uas: u16,
+    uac_media: u16,
+    uas_media: u16,
+    relay: String,
+}
+
+fn ports(n: u16) -> Ports {
+    Ports {
+        sip: 25000 + 10 * n,
+        uac: 25001 + 10 * n,
+        uas: 25002 + 10 * n,
+        uac_media: 26000 + 100 * n,
+        uas_media: 27000 + 100 * n,
+        relay: format!("{}-{}", 28000 + 100 * n, 28099 + 100 * n),
+    }
+}
+
+/// The signaling binary, running.
+struct Service {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Service {
+    fn start(name: &str, ports: &Ports, extra: &[&str]) -> Self {
+        let dir = std::env::temp_dir().join(format!("sig-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("signaling.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["--sip", &format!("127.0.0.1:{}", ports.sip)])
+            .args([
+                "--cdr",
+                &format!("sqlite://{}", dir.join("cdr.db").display()),
+            ])
+            .args(["--ports", &ports.relay])
+            .args(["--route", &format!("=sip:127.0.0.1:{}", ports.uas)])
+            .args(["--log", "info"])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("signaling starts");
+        let service = Self { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !service.log().contains("signaling listening") {
+            assert!(
+                Instant::now() < deadline,
+                "signaling did not start:\n{}",
+                service.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        service
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("signaling.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, wait for the exit (which flushes the CDRs), return the CDR rows.
+    fn stop(mut self) -> Vec<HashMap<String, String>> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "signaling exited with {status}:\n{}",
+                    self.log()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "signaling did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let connection = rusqlite::Connection::open(self.dir.join("cdr.db")).unwrap();
+        let mut statement = connection.prepare("SELECT * FROM cdr ORDER BY id").unwrap();
+        let names: Vec<String> = statement.column_names().map(str::to_owned).collect();
+        statement
+            .query_map([], |row| {
+                let mut map = HashMap::new();
+                for (i, name) in names.iter().enumerate() {
+                    let value: rusqlite::types::Value = row.get(i)?;
+                    let text = match value {
+                        rusqlite::types::Value::Null => String::new(),
+                        rusqlite::types::Value::Integer(i) => i.to_string(),
+                        rusqlite::types::Value::Real(f) => f.to_string(),
+                        rusqlite::types::Value::Text(t) => t,
+                        rusqlite::types::Value::Blob(_) => "<blob>".into(),
+                    };
+                    map.insert(name.clone(), text);
+                }
+                Ok(map)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A SIPp process, killed if a test ends before it does (so a failed test cannot leave a
+/// SIPp holding the ports of the next run).
+struct Sipp(Child);
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts SIPp in the scenarios directory (pcap paths are relative to it).
+fn sipp(args: &[String]) -> Sipp {
+    let child = Command::new("sipp")
+        .current_dir(scenarios())
+        .args(args)
+        .args(["-nostdin", "-timeout", "40s", "-timeout_error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sipp is installed (apt-get install sip-tester)");
+    Sipp(child)
+}
+
+fn uas(ports: &Ports, scenario: &str, echo: bool) -> Sipp {
+    let mut args: Vec<String> = vec![
+        "-sf".into(),
+        scenario.into(),
+        "-i".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        ports.uas.to_string(),
+        "-mi".into(),
+        "127.0.0.1".into(),
+        "-mp".into(),
+        ports.uas_media.to_string(),
+        "-m".into(),
+        "1".into(),
+    ];
+    if echo {
+        args.push("-rtp_echo".into());
+    }
+    sipp(&args)
+}
+
+fn uac(ports: &Ports, scenario: &str, extra: &[&str]) -> Sipp {
+    let mut args: Vec<String> = vec![
+        "-sf".into(),
+        scenario.into(),
+        format!("127.0.0.1:{}", ports.sip),
+        "-i".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        ports.uac.to_string(),
+        "-mi".into(),
+        "127.0.0.1".into(),
+        "-mp".into(),
+        ports.uac_media.to_string(),
+        "-s".into(),
+        "1000".into(),
+        "-m".into(),
+        "1".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    sipp(&args)
+}
+
+/// Waits for a SIPp process; panics with its stderr unless it exited 0.
+fn expect_success(mut sipp: Sipp, what: &str, service: &Service) {
+    let child = &mut sipp.0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            assert!(
+                status.success(),
+                "{what} failed ({status}): {stderr}\nsignaling log:\n{}",
+                service.log()
+            );
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("{what} did not finish\nsignaling log:\n{}", service.log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn number(row: &HashMap<String, String>, column: &str) -> i64 {
+    row[column]
+        .parse()
+        .unwrap_or_else(|_| panic!("{column} = {:?}", row[column]))
+}
+
+/// 5 s of 20 ms packets (250) plus the DTMF event of the pcap: at least 240 must arrive.
+const MIN_PACKETS: i64 = 240;
+
+#[test]
+fn caller_hangs_up_and_the_cdr_has_real_packet_counts() {
+    let ports = ports(0);
+    let service = Service::start("caller-bye", &ports, &["--trusted", "127.0.0.0/8"]);
+    let callee = uas(&ports, "uas_pcmu_echo.xml", true);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cdr = &rows[0];
+    assert_eq!(cdr["disposition"], "answered");
+    assert_eq!(cdr["hangup_side"], "caller");
+    assert_eq!(cdr["media_mode"], "relay");
+    assert_eq!(cdr["media_node"], "embedded");
+    assert_ne!(cdr["call_id"], cdr["b_call_id"]);
+    assert!(
+        number(cdr, "caller_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+    assert!(
+        number(cdr, "callee_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+    assert_eq!(
+        number(cdr, "caller_audio_bytes"),
+        172 * number(cdr, "caller_audio_packets") - extra_dtmf_bytes(cdr)
+    );
+    assert_eq!(cdr["media_verdict"], "ok");
+    assert!(number(cdr, "duration_ms") >= 5000, "{cdr:?}");
+}
+
+/// The pcap's DTMF packets are 16 bytes (12 + 4), not 172: the byte count must reflect that.
+fn extra_dtmf_bytes(cdr: &HashMap<String, String>) -> i64 {
+    let packets = number(cdr, "caller_audio_packets");
+    let bytes = number(cdr, "caller_audio_bytes");
+    // Every packet is either 172 (audio) or 16 (DTMF); solve for the DTMF count.
+    let dtmf = (172 * packets - bytes) / 156;
+    assert!((0..=20).contains(&dtmf), "{packets} packets, {bytes} bytes");
+    156 * dtmf
+}
+
+#[test]
+fn callee_hangs_up_and_the_relay_is_still_counted_and_released() {
+    // DESIGN section 5: a BYE on the callee's Call-ID must end the same media session.
+    let ports = ports(1);
+    let service = Service::start("callee-bye", &ports, &["--trusted", "127.0.0.0/8"]);
+    let callee = uas(&ports, "uas_echo_then_bye.xml", true);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcap_until_bye.xml", &[]);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let log = service.log();
+    let rows = service.stop();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cdr = &rows[0];
+    assert_eq!(cdr["hangup_side"], "callee");
+    assert_eq!(cdr["disposition"], "answered");
+    assert!(
+        number(cdr, "caller_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+    assert!(
+        number(cdr, "callee_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+    assert_eq!(cdr["media_verdict"], "ok");
+    assert!(
+        log.contains("session released"),
+        "the relay was released:\n{log}"
+    );
+}
+
+#[test]
+fn busy_callee_gives_a_busy_cdr() {
+    let ports = ports(2);
+    let service = Service::start("busy", &ports, &["--trusted", "127.0.0.0/8"]);
+    let callee = uas(&ports, "uas_busy.xml", false);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_expect_busy.xml", &[]);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    let cdr = &rows[0];
+    assert_eq!(cdr["disposition"], "busy");
+    assert_eq!(cdr["sip_status"], "486");
+    assert_eq!(cdr["hangup_side"], "callee");
+    assert_eq!(cdr["media_verdict"], "not_answered");
+    assert_eq!(cdr["answer_time"], "");
+}
+
+#[test]
+fn cancel_before_answer_cancels_both_legs() {
+    let ports = ports(3);
+    let service = Service::start("cancel", &ports, &["--trusted", "127.0.0.0/8"]);
+    let callee = uas(&ports, "uas_ring_until_cancel.xml", false);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_cancel.xml", &[]);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    let cdr = &rows[0];
+    assert_eq!(cdr["disposition"], "cancelled");
+    assert_eq!(cdr["sip_status"], "487");
+    assert_eq!(cdr["hangup_side"], "caller");
+}
+
+#[test]
+fn register_with_digest_then_call() {
+    let ports = ports(4);
+    let dir = std::env::temp_dir().join(format!("sig-e2e-users-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let users = dir.join("users.toml");
+    std::fs::write(
+        &users,
+        "[users.alice]\npassword = \"secret\"\n[users.bob]\npassword = \"secret\"\n",
+    )
+    .unwrap();
+    // No --trusted: the INVITE is challenged (407) like the REGISTER (401).
+    let service = Service::start("register", &ports, &["--users", users.to_str().unwrap()]);
+    let callee = uas(&ports, "uas_pcmu_echo.xml", true);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_register_auth_call.xml", &["-inf", "users.csv"]);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let log = service.log();
+    let rows = service.stop();
+    assert!(log.contains("registered"), "{log}");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cdr = &rows[0];
+    assert_eq!(cdr["caller"], "alice");
+    assert_eq!(cdr["callee"], "1000");
+    assert_eq!(cdr["disposition"], "answered");
+    assert!(
+        number(cdr, "caller_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+}
+
+#[test]
+fn direct_mode_leaves_media_end_to_end() {
+    let ports = ports(5);
+    let service = Service::start(
+        "direct",
+        &ports,
+        &["--trusted", "127.0.0.0/8", "--media-mode", "direct"],
+    );
+    let callee = uas(&ports, "uas_pcmu_echo.xml", true);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let log = service.log();
+    let rows = service.stop();
+    let cdr = &rows[0];
+    assert_eq!(cdr["media_mode"], "direct");
+    assert_eq!(cdr["media_verdict"], "direct");
+    assert_eq!(cdr["caller_audio_packets"], "0");
+    assert!(
+        !log.contains("session released"),
+        "no relay session in direct mode:\n{log}"
+    );
+}
+
+#[test]
+fn malformed_requests_get_a_400_with_the_reason_and_service_goes_on() {
+    let ports = ports(6);
+    let service = Service::start("malformed", &ports, &["--trusted", "127.0.0.0/8"]);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let target = format!("127.0.0.1:{}", ports.sip);
+    let base = "OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKm1\r\nFrom: <sip:t@127.0.0.1>;tag=1\r\nTo: <sip:x@127.0.0.1>\r\nCall-ID: malformed-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n";
+    let mut buffer = [0u8; 4096];
+    let mut ask = |message: String| {
+        socket.send_to(message.as_bytes(), &target).unwrap();
+        let (len, _) = socket.recv_from(&mut buffer).expect("an answer");
+        String::from_utf8_lossy(&buffer[..len]).into_owned()
+    };
+    let answer = ask(format!("{base}Content-Length: nine\r\n\r\n"));
+    assert!(
+        answer.starts_with("SIP/2.0 400 Bad Content-Length\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("Call-ID: malformed-1"), "{answer}");
+    let answer = ask(format!(
+        "{}Content-Length: 0\r\n\r\n",
+        base.replace("1 OPTIONS", "1 INVITE")
+    ));
+    assert!(
+        answer.starts_with("SIP/2.0 400 CSeq method does not match the request\r\n"),
+        "{answer}"
+    );
+    let answer = ask(format!(
+        "{}Content-Length: 0\r\n\r\n",
+        base.replace("OPTIONS sip", "FROBNICATE sip")
+            .replace("1 OPTIONS", "1 FROBNICATE")
+    ));
+    assert!(answer.starts_with("SIP/2.0 501 "), "{answer}");
+    let answer = ask(format!(
+        "{}Content-Length: 0\r\n\r\n",
+        base.replace("Max-Forwards: 70", "Max-Forwards: 0")
+    ));
+    assert!(answer.starts_with("SIP/2.0 483 "), "{answer}");
+    // Garbage without the headers a reply needs is dropped; the service keeps answering.
+    socket
+        .send_to(b"\x16\x03\x01 not SIP at all\r\n\r\n", &target)
+        .unwrap();
+    let answer = ask(format!("{base}Content-Length: 0\r\n\r\n"));
+    assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("Allow: INVITE"), "{answer}");
+    service.stop();
+}
