@@ -23,7 +23,7 @@ use crate::auth::{Credentials, DigestAuth, Verdict};
 use crate::config::{Cidr, MediaMode, Route, User};
 use crate::registrar::{RegisterRequest, Registrar};
 use crate::sdp::{self, Rewrite, SessionDescription};
-use crate::sip::header::{NameAddr, Via};
+use crate::sip::header::NameAddr;
 use crate::sip::message::{Headers, Message, Method, ParseError, Request, Response, reason_phrase};
 use crate::sip::uri::{Uri, host_text};
 
@@ -281,6 +281,18 @@ struct LegB {
     to_value: String,
 }
 
+/// A re-INVITE relayed from one leg to the other, waiting for the answer.
+#[derive(Debug, Clone)]
+struct ReInvite {
+    from: Side,
+    requester: Peer,
+    request: Request,
+    /// CSeq and branch of the INVITE we sent to the other leg.
+    cseq: u32,
+    branch: String,
+    last_response: Option<Vec<u8>>,
+}
+
 #[derive(Debug)]
 struct Call {
     state: State,
@@ -297,6 +309,7 @@ struct Call {
     invite_retransmit: Option<Retransmit>,
     ok_retransmit: Option<Retransmit>,
     bye_retransmit: [Option<Retransmit>; 2],
+    reinvite: Option<ReInvite>,
 }
 
 /// The core: calls, dialogs, registrations.
@@ -785,6 +798,7 @@ impl Core {
             invite_retransmit: None,
             ok_retransmit: None,
             bye_retransmit: [None, None],
+            reinvite: None,
         };
         self.by_call_id.insert(call_id.clone(), (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
@@ -890,30 +904,16 @@ impl Core {
             return;
         };
         match (side, &request.method) {
-            (Side::A, Method::Invite) => {
-                let same_transaction = request
-                    .headers
-                    .get("Via")
-                    .and_then(Via::parse)
-                    .and_then(|v| v.branch().map(str::to_owned))
-                    == record
-                        .a
-                        .invite
-                        .headers
-                        .get("Via")
-                        .and_then(Via::parse)
-                        .and_then(|v| v.branch().map(str::to_owned));
-                if same_transaction {
-                    // A retransmitted INVITE: repeat the last response (or 100).
-                    let data = record.a.last_response.clone().unwrap_or_else(|| {
-                        Self::response(&record.a.invite, 100, "Trying", None).to_bytes()
-                    });
-                    self.send(from, data);
-                } else {
-                    // Re-INVITE (hold, codec change): not relayed yet; keep the call as it is.
-                    self.reply(from, &request, 488);
-                }
+            (Side::A, Method::Invite)
+                if request.headers.get("Via") == record.a.invite.headers.get("Via") =>
+            {
+                // A retransmitted initial INVITE: repeat the last response (or 100).
+                let data = record.a.last_response.clone().unwrap_or_else(|| {
+                    Self::response(&record.a.invite, 100, "Trying", None).to_bytes()
+                });
+                self.send(from, data);
             }
+            (_, Method::Invite) => self.on_reinvite(call, side, from, request),
             (_, Method::Ack) => {
                 if side == Side::A && record.state == State::Answered {
                     record.state = State::Confirmed;
@@ -1013,13 +1013,24 @@ impl Core {
         self.send(peer, cancel.to_bytes());
     }
 
-    /// Sends a BYE within the dialog of `side`.
-    fn send_bye(&mut self, call: CallRef, side: Side) {
-        let branch = format!("z9hG4bK{}", self.unique("y"));
+    /// Builds a request inside the dialog of `side`. `cseq` None takes the dialog's next
+    /// CSeq; `branch` None makes a new transaction.
+    fn dialog_request(
+        &mut self,
+        call: CallRef,
+        side: Side,
+        method: Method,
+        cseq: Option<u32>,
+        branch: Option<String>,
+    ) -> (Peer, Request) {
+        let branch = branch.unwrap_or_else(|| format!("z9hG4bK{}", self.unique("d")));
         let record = self.calls.get_mut(&call).expect("call exists");
         let (peer, uri, from, to, call_id, cseq) = match side {
             Side::A => {
-                record.a.cseq += 1;
+                let cseq = cseq.unwrap_or_else(|| {
+                    record.a.cseq += 1;
+                    record.a.cseq
+                });
                 let mut from = NameAddr::parse(record.a.invite.headers.get("To").unwrap_or(""))
                     .map(|n| n.to_string())
                     .unwrap_or_default();
@@ -1032,11 +1043,14 @@ impl Core {
                     from,
                     record.a.invite.headers.get("From").unwrap_or("").to_owned(),
                     record.a.call_id.clone(),
-                    record.a.cseq,
+                    cseq,
                 )
             }
             Side::B => {
-                record.b.cseq += 1;
+                let cseq = cseq.unwrap_or_else(|| {
+                    record.b.cseq += 1;
+                    record.b.cseq
+                });
                 let mut to = record.b.to_value.clone();
                 if let Some(tag) = &record.b.remote_tag {
                     let _ = write!(to, ";tag={tag}");
@@ -1051,7 +1065,7 @@ impl Core {
                     record.b.from_value.clone(),
                     to,
                     record.b.call_id.clone(),
-                    record.b.cseq,
+                    cseq,
                 )
             }
         };
@@ -1061,13 +1075,19 @@ impl Core {
         headers.push("From", from);
         headers.push("To", to);
         headers.push("Call-ID", call_id);
-        headers.push("CSeq", format!("{cseq} BYE"));
-        let bye = Request {
-            method: Method::Bye,
+        headers.push("CSeq", format!("{cseq} {method}"));
+        let request = Request {
+            method,
             uri,
             headers,
             body: Vec::new(),
         };
+        (peer, request)
+    }
+
+    /// Sends a BYE within the dialog of `side`.
+    fn send_bye(&mut self, call: CallRef, side: Side) {
+        let (peer, bye) = self.dialog_request(call, side, Method::Bye, None, None);
         let data = bye.to_bytes();
         if !peer.transport.reliable() {
             if let Some(record) = self.calls.get_mut(&call) {
@@ -1083,6 +1103,147 @@ impl Core {
         self.send(peer, data);
     }
 
+    /// Relays a re-INVITE (hold, resume, codec change) to the other leg. The relay ports stay
+    /// the same; the requesting leg's media is updated now, the answering leg's on its 2xx.
+    fn on_reinvite(&mut self, call: CallRef, side: Side, from: Peer, request: Request) {
+        let record = self.calls.get_mut(&call).expect("call exists");
+        if let Some(pending) = &record.reinvite {
+            if pending.request.headers.get("Via") == request.headers.get("Via") {
+                // Retransmission of the pending re-INVITE.
+                let data = pending
+                    .last_response
+                    .clone()
+                    .unwrap_or_else(|| Self::response(&request, 100, "Trying", None).to_bytes());
+                self.send(from, data);
+            } else {
+                self.reply(from, &request, 491);
+            }
+            return;
+        }
+        if !matches!(record.state, State::Answered | State::Confirmed) {
+            self.reply(from, &request, 491);
+            return;
+        }
+        let offer = if request.body.is_empty() {
+            None
+        } else {
+            match std::str::from_utf8(&request.body)
+                .map_err(|_| ())
+                .and_then(|t| sdp::parse(t).map_err(|_| ()))
+            {
+                Ok(offer) => Some(offer),
+                Err(()) => {
+                    self.reply(from, &request, 488);
+                    return;
+                }
+            }
+        };
+        let other = match side {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        };
+        let plan = record.media.clone();
+        let call_id = record.a.call_id.clone();
+        let trying = Self::response(&request, 100, "Trying", None);
+        self.send(from, trying.to_bytes());
+        let mut body = request.body.clone();
+        if let (Some(plan), Some(offer)) = (plan, offer) {
+            let (leg, ports) = match side {
+                Side::A => (Leg::Caller, &plan.callee_ports),
+                Side::B => (Leg::Callee, &plan.caller_ports),
+            };
+            let text = String::from_utf8_lossy(&request.body).into_owned();
+            if let Some(rewritten) = rewrite_for(&text, plan.advertised, ports) {
+                body = rewritten.into_bytes();
+            }
+            self.out.push(Output::UpdateMedia {
+                call_id,
+                leg,
+                sdp: offer,
+            });
+        }
+        let branch = format!("z9hG4bK{}", self.unique("r"));
+        let contact = self.contact();
+        let (peer, mut invite) =
+            self.dialog_request(call, other, Method::Invite, None, Some(branch.clone()));
+        invite.headers.push("Contact", contact);
+        if !body.is_empty() {
+            invite.headers.push(
+                "Content-Type",
+                request
+                    .headers
+                    .get("Content-Type")
+                    .unwrap_or("application/sdp"),
+            );
+        }
+        invite.body = body;
+        let cseq = invite.cseq().map_or(0, |c| c.number);
+        if let Some(record) = self.calls.get_mut(&call) {
+            record.reinvite = Some(ReInvite {
+                from: side,
+                requester: from,
+                request,
+                cseq,
+                branch,
+                last_response: None,
+            });
+        }
+        self.send(peer, invite.to_bytes());
+    }
+
+    /// The other leg answered a relayed re-INVITE.
+    fn on_reinvite_response(&mut self, call: CallRef, responder: Side, response: Response) {
+        if response.status < 200 {
+            return;
+        }
+        let Some(pending) = self.calls.get_mut(&call).and_then(|r| r.reinvite.take()) else {
+            return;
+        };
+        let success = (200..300).contains(&response.status);
+        let ack_branch = (!success).then(|| pending.branch.clone());
+        let (peer, mut ack) =
+            self.dialog_request(call, responder, Method::Ack, Some(pending.cseq), ack_branch);
+        if !success {
+            ack.headers
+                .set("To", response.headers.get("To").unwrap_or(""));
+        }
+        self.send(peer, ack.to_bytes());
+        let contact = self.contact();
+        let record = self.calls.get_mut(&call).expect("call exists");
+        let mut body = response.body.clone();
+        if success && !body.is_empty() {
+            let text = String::from_utf8_lossy(&body).into_owned();
+            if let (Some(plan), Ok(answer)) = (&record.media, sdp::parse(&text)) {
+                let (leg, ports) = match responder {
+                    Side::A => (Leg::Caller, &plan.callee_ports),
+                    Side::B => (Leg::Callee, &plan.caller_ports),
+                };
+                if let Some(rewritten) = rewrite_for(&text, plan.advertised, ports) {
+                    body = rewritten.into_bytes();
+                }
+                self.out.push(Output::UpdateMedia {
+                    call_id: record.a.call_id.clone(),
+                    leg,
+                    sdp: answer,
+                });
+            }
+        }
+        let mut relayed = Self::response(&pending.request, response.status, &response.reason, None);
+        relayed.headers.push("Contact", contact);
+        if !body.is_empty() {
+            relayed.headers.push(
+                "Content-Type",
+                response
+                    .headers
+                    .get("Content-Type")
+                    .unwrap_or("application/sdp"),
+            );
+        }
+        relayed.body = body;
+        let _ = pending.from;
+        self.send(pending.requester, relayed.to_bytes());
+    }
+
     // ---- responses -------------------------------------------------------------------
 
     fn on_response(&mut self, now: Instant, from: Peer, response: Response) {
@@ -1091,6 +1252,15 @@ impl Core {
             return;
         };
         let Some(cseq) = response.cseq() else { return };
+        let reinvite = self
+            .calls
+            .get(&call)
+            .and_then(|r| r.reinvite.as_ref())
+            .is_some_and(|p| p.from != side && p.cseq == cseq.number);
+        if reinvite && cseq.method == Method::Invite {
+            self.on_reinvite_response(call, side, response);
+            return;
+        }
         match (side, cseq.method) {
             (Side::B, Method::Invite) => self.on_invite_response(now, call, from, response),
             (side, Method::Bye) if response.status >= 200 => {

@@ -451,3 +451,193 @@ fn malformed_requests_get_a_400_with_the_reason_and_service_goes_on() {
     assert!(answer.contains("Allow: INVITE"), "{answer}");
     service.stop();
 }
+
+/// Every `m=audio` port in a SIPp message trace.
+fn sdp_ports(trace: &str) -> Vec<u16> {
+    trace
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("m=audio "))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn hold_and_resume_keep_the_same_relay_ports() {
+    let ports = ports(7);
+    let service = Service::start("hold", &ports, &["--trusted", "127.0.0.0/8"]);
+    let dir = std::env::temp_dir().join(format!("sig-e2e-hold-traces-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let uas_trace = dir.join("uas.msg");
+    let uac_trace = dir.join("uac.msg");
+    let mut uas_args: Vec<String> = [
+        "-sf",
+        "uas_hold_resume.xml",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &ports.uas.to_string(),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        &ports.uas_media.to_string(),
+        "-m",
+        "1",
+        "-trace_msg",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    uas_args.extend(["-message_file".into(), uas_trace.display().to_string()]);
+    let callee = sipp(&uas_args);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(
+        &ports,
+        "uac_hold_resume.xml",
+        &["-trace_msg", "-message_file", uac_trace.to_str().unwrap()],
+    );
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    assert_eq!(rows[0]["disposition"], "answered");
+    let relay = 28000 + 100 * 7..28100 + 100 * 7;
+    let uac_seen: Vec<u16> = sdp_ports(&std::fs::read_to_string(&uac_trace).unwrap())
+        .into_iter()
+        .filter(|p| relay.contains(p))
+        .collect();
+    let uas_text = std::fs::read_to_string(&uas_trace).unwrap();
+    let uas_seen: Vec<u16> = sdp_ports(&uas_text)
+        .into_iter()
+        .filter(|p| relay.contains(p))
+        .collect();
+    assert_eq!(
+        uac_seen.len(),
+        3,
+        "three answers reached the caller: {uac_seen:?}"
+    );
+    assert_eq!(
+        uas_seen.len(),
+        3,
+        "three offers reached the callee: {uas_seen:?}"
+    );
+    assert!(
+        uac_seen.iter().all(|p| *p == uac_seen[0]),
+        "caller-side relay port changed: {uac_seen:?}"
+    );
+    assert!(
+        uas_seen.iter().all(|p| *p == uas_seen[0]),
+        "callee-side relay port changed: {uas_seen:?}"
+    );
+    assert_ne!(uac_seen[0], uas_seen[0]);
+    assert!(
+        uas_text.contains("a=sendonly"),
+        "the hold reached the callee"
+    );
+}
+
+#[test]
+fn an_unreachable_media_proxy_turns_into_503_not_a_hang() {
+    let ports = ports(8);
+    // Nothing listens on port 9 (discard) on loopback here: connections are refused.
+    let service = Service::start(
+        "no-proxy",
+        &ports,
+        &[
+            "--trusted",
+            "127.0.0.0/8",
+            "--mediaproxy",
+            "http://127.0.0.1:9",
+        ],
+    );
+    let started = Instant::now();
+    let caller = uac(&ports, "uac_expect_503.xml", &[]);
+    expect_success(caller, "UAC", &service);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "503 took {:?}",
+        started.elapsed()
+    );
+    let rows = service.stop();
+    assert_eq!(rows[0]["disposition"], "failed");
+    assert_eq!(rows[0]["sip_status"], "503");
+    assert_eq!(rows[0]["hangup_side"], "system");
+}
+
+#[test]
+fn a_callee_that_never_answers_times_out_as_no_answer() {
+    let ports = ports(9);
+    let service = Service::start(
+        "ring-timeout",
+        &ports,
+        &["--trusted", "127.0.0.0/8", "--ring-timeout", "1s"],
+    );
+    let callee = uas(&ports, "uas_ring_until_cancel.xml", false);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_expect_408.xml", &[]);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    assert_eq!(rows[0]["disposition"], "no_answer");
+    assert_eq!(rows[0]["sip_status"], "408");
+    assert_eq!(rows[0]["hangup_side"], "system");
+}
+
+#[test]
+fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
+    let ports = ports(10);
+    let binary = PathBuf::from(BIN).with_file_name("mediaproxy");
+    assert!(
+        binary.exists(),
+        "{} is built by the workspace test command",
+        binary.display()
+    );
+    let grpc_port = 25600;
+    let mut proxy = Command::new(&binary)
+        .args([
+            "--grpc",
+            &format!("127.0.0.1:{grpc_port}"),
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--ports",
+            &ports.relay,
+            "--node-id",
+            "media-7",
+            "--log",
+            "warn",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
+        assert!(Instant::now() < deadline, "mediaproxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{grpc_port}");
+    let service = Service::start(
+        "separate-proxy",
+        &ports,
+        &["--trusted", "127.0.0.0/8", "--mediaproxy", &url],
+    );
+    let callee = uas(&ports, "uas_pcmu_echo.xml", true);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    let cdr = &rows[0];
+    assert_eq!(cdr["media_node"], "media-7");
+    assert_eq!(cdr["media_verdict"], "ok");
+    assert!(
+        number(cdr, "caller_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+    assert!(
+        number(cdr, "callee_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+}
