@@ -153,32 +153,41 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding into a Vec cannot fail");
-        String::from_utf8(out).expect("the text format is UTF-8")
+        render(std::slice::from_ref(&self.registry))
     }
+}
+
+/// The Prometheus text exposition of several registries (names must not clash).
+pub fn render(registries: &[Registry]) -> String {
+    let families: Vec<_> = registries.iter().flat_map(Registry::gather).collect();
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .expect("text encoding into a Vec cannot fail");
+    String::from_utf8(out).expect("the text format is UTF-8")
 }
 
 #[derive(Clone)]
 struct HttpState {
-    metrics: Arc<Metrics>,
+    registries: Arc<Vec<Registry>>,
     draining: Arc<AtomicBool>,
 }
 
-/// Serves `/metrics` and `/healthz` (200 "ok", or 503 "draining" once draining started, so a
-/// load balancer stops sending new work) until `shutdown` completes.
+/// Serves `/metrics` (every registry given) and `/healthz` (200 "ok", or 503 "draining" once
+/// draining started, so a load balancer stops sending new work) until `shutdown` completes.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
+    registries: Vec<Registry>,
     draining: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(health))
-        .with_state(HttpState { metrics, draining });
+        .with_state(HttpState {
+            registries: Arc::new(registries),
+            draining,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -190,7 +199,7 @@ async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        render(&state.registries),
     )
 }
 

@@ -186,7 +186,7 @@ impl MediaProxy {
         let http_stop = stop.clone();
         let http_server = serve_http(
             metrics,
-            control.metrics().clone(),
+            vec![control.metrics().registry.clone()],
             control.draining_flag(),
             async move { http_stop.cancelled().await },
         );

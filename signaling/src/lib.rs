@@ -16,6 +16,7 @@ pub mod b2bua;
 pub mod cdr;
 pub mod config;
 pub mod media;
+pub mod metrics;
 pub mod registrar;
 pub mod sdp;
 pub mod server;

@@ -54,6 +54,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let service = Signaling::bind(config).await?;
     tracing::info!(
         sip = %service.sip_addr(),
+        metrics = %service.metrics_addr(),
         mediaproxy = %service.mediaproxy_url(),
         media_mode = mode,
         "signaling listening"

@@ -41,6 +41,7 @@ pub struct MediaClient {
     client: MediaProxyClient<Channel>,
     owner: String,
     pub url: String,
+    durations: Option<prometheus::HistogramVec>,
 }
 
 fn leg_to_wire(leg: Leg) -> i32 {
@@ -82,7 +83,31 @@ impl MediaClient {
             client: MediaProxyClient::new(endpoint.connect_lazy()),
             owner: owner.to_owned(),
             url: url.to_owned(),
+            durations: None,
         })
+    }
+
+    /// Times every request into `durations{method}`.
+    pub fn with_durations(mut self, durations: prometheus::HistogramVec) -> Self {
+        self.durations = Some(durations);
+        self
+    }
+
+    fn timer(&self, method: &str) -> Option<prometheus::HistogramTimer> {
+        self.durations
+            .as_ref()
+            .map(|h| h.with_label_values(&[method]).start_timer())
+    }
+
+    /// The node id of the proxy (its `--node-id`).
+    pub async fn node_id(&self) -> Result<String, String> {
+        let _timer = self.timer("status");
+        self.client
+            .clone()
+            .status(pb::StatusRequest {})
+            .await
+            .map(|r| r.into_inner().node_id)
+            .map_err(|s| status_text(&s))
     }
 
     /// Allocates both legs for the offer's media lines and points the caller leg at the
@@ -98,6 +123,7 @@ impl MediaClient {
         let mut node = String::new();
         let mut advertised = String::new();
         for leg in [Leg::Caller, Leg::Callee] {
+            let _timer = self.timer("allocate");
             let answer = client
                 .allocate(pb::AllocateRequest {
                     call_id: call_id.to_owned(),
@@ -140,6 +166,7 @@ impl MediaClient {
         leg: Leg,
         sdp: &SessionDescription,
     ) -> Result<(), String> {
+        let _timer = self.timer("update");
         let media = sdp
             .media
             .iter()
@@ -176,6 +203,7 @@ impl MediaClient {
 
     /// Releases a call and returns its final figures.
     pub async fn release(&self, call_id: &str, reason: &str) -> Result<FinalStats, String> {
+        let _timer = self.timer("release");
         let answer = self
             .client
             .clone()
@@ -219,6 +247,7 @@ impl MediaClient {
 
     /// Renews this signaling instance's lease on the node.
     pub async fn renew(&self) -> Result<u32, String> {
+        let _timer = self.timer("renew_lease");
         self.client
             .clone()
             .renew_lease(pb::RenewLeaseRequest {

@@ -9,6 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,8 +25,9 @@ use crate::b2bua::{CallRecord, Core, Input, Output, Peer, Settings, TimerKind, T
 use crate::cdr::{self, Cdr, CdrWriter};
 use crate::config::Config;
 use crate::media::MediaClient;
+use crate::metrics::Metrics;
 use crate::registrar::{Policy, Registrar};
-use crate::sip::message::{Frame, frame, parse};
+use crate::sip::message::{Frame, Message, frame, parse};
 
 /// Why signaling could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,11 @@ pub enum StartError {
     Embedded(String),
     #[error("--mediaproxy: {0}")]
     MediaProxy(String),
+    #[error("cannot listen for metrics on {address}: {source}")]
+    Metrics {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 type Connections = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
@@ -50,6 +57,8 @@ pub struct Signaling {
     config: Config,
     udp: Arc<UdpSocket>,
     tcp: TcpListener,
+    http: TcpListener,
+    metrics: Arc<Metrics>,
     embedded: Option<MediaProxy>,
     media: MediaClient,
     cdr: CdrWriter,
@@ -112,11 +121,23 @@ impl Signaling {
                 (Some(proxy), url)
             }
         };
-        let media = MediaClient::new(&url, &owner).map_err(StartError::MediaProxy)?;
+        let metrics = Arc::new(Metrics::new());
+        let media = MediaClient::new(&url, &owner)
+            .map_err(StartError::MediaProxy)?
+            .with_durations(metrics.mediaproxy_duration.clone());
+        let http =
+            TcpListener::bind(config.metrics)
+                .await
+                .map_err(|source| StartError::Metrics {
+                    address: config.metrics,
+                    source,
+                })?;
         Ok(Self {
             config,
             udp: Arc::new(udp),
             tcp,
+            http,
+            metrics,
             embedded,
             media,
             cdr,
@@ -125,6 +146,13 @@ impl Signaling {
 
     pub fn sip_addr(&self) -> SocketAddr {
         self.udp.local_addr().expect("bound socket has an address")
+    }
+
+    /// Where `/metrics` is served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// The media proxy URL in use (the embedded one's loopback URL when embedded).
@@ -139,12 +167,33 @@ impl Signaling {
             config,
             udp,
             tcp,
+            http,
+            metrics,
             embedded,
             media,
             cdr,
         } = self;
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut registries = vec![metrics.registry.clone()];
+        if let Some(proxy) = &embedded {
+            registries.push(proxy.control().metrics().registry.clone());
+        }
+        let draining = Arc::new(AtomicBool::new(false));
+        let http_stop = stop.clone();
+        let http_draining = draining.clone();
+        tasks.spawn(async move {
+            if let Err(error) = mediaproxy::metrics::serve_http(
+                http,
+                registries,
+                http_draining,
+                http_stop.cancelled_owned(),
+            )
+            .await
+            {
+                tracing::error!(%error, "metrics server failed");
+            }
+        });
         if let Some(proxy) = embedded {
             let proxy_stop = stop.clone();
             tasks.spawn(async move {
@@ -165,13 +214,25 @@ impl Signaling {
         ));
         let heartbeat_media = media.clone();
         let heartbeat_stop = stop.clone();
+        let heartbeat_metrics = metrics.clone();
         tasks.spawn(async move {
             let mut interval = tokio::time::interval(Duration::from_secs(10));
+            let mut node = String::from("unknown");
             loop {
                 tokio::select! {
                     _ = interval.tick() => {
-                        if let Err(error) = heartbeat_media.renew().await {
-                            tracing::warn!(%error, "media proxy lease renewal failed");
+                        if let Ok(id) = heartbeat_media.node_id().await {
+                            if id != node {
+                                let _ = heartbeat_metrics.mediaproxy_up.remove_label_values(&[&node]);
+                            }
+                            node = id;
+                        }
+                        match heartbeat_media.renew().await {
+                            Ok(_) => heartbeat_metrics.mediaproxy_up.with_label_values(&[&node]).set(1),
+                            Err(error) => {
+                                heartbeat_metrics.mediaproxy_up.with_label_values(&[&node]).set(0);
+                                tracing::warn!(%error, "media proxy lease renewal failed");
+                            }
                         }
                     }
                     () = heartbeat_stop.cancelled() => return,
@@ -219,6 +280,7 @@ impl Signaling {
                 () = &mut shutdown, if draining_until.is_none() => {
                     tracing::info!(calls = core.active_calls(), "shutting down: draining");
                     core.set_draining(true);
+                    draining.store(true, Ordering::Relaxed);
                     draining_until = Some(Instant::now() + Duration::from_secs(10));
                     None
                 }
@@ -239,10 +301,18 @@ impl Signaling {
                 }
             }
             for input in batch {
+                if let Input::Message {
+                    message: Message::Request(request),
+                    ..
+                } = &input
+                {
+                    metrics.request(request.method.as_str());
+                }
                 for output in core.handle(now, unix, input) {
                     match output {
                         Output::Send { to, data } => {
-                            send(&udp, &connections, &inputs, to, data).await
+                            metrics.response(&data);
+                            send(&udp, &connections, &inputs, to, data).await;
                         }
                         Output::Timer { call, kind, after } => {
                             timer_seq += 1;
@@ -272,14 +342,27 @@ impl Signaling {
                         Output::Finish(record) => {
                             let media = media.clone();
                             let cdr = cdr.clone();
+                            let metrics = metrics.clone();
                             finishing.spawn(async move {
                                 let row = complete_record(&media, clock, record).await;
+                                metrics.calls.with_label_values(&[&row.disposition]).inc();
+                                metrics
+                                    .verdicts
+                                    .with_label_values(&[&row.media_verdict])
+                                    .inc();
+                                tracing::info!(
+                                    call_id = %row.call_id,
+                                    verdict = %row.media_verdict,
+                                    diagnosis = %row.media_diagnosis,
+                                    "media verdict"
+                                );
                                 cdr.write(row);
                             });
                         }
                     }
                 }
             }
+            metrics.active_calls.set(core.active_calls() as i64);
             while finishing.try_join_next().is_some() {}
             if let Some(deadline) = draining_until
                 && (core.active_calls() == 0 || now >= deadline)

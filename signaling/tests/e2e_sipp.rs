@@ -59,7 +59,7 @@ impl Service {
             ])
             .args(["--ports", &ports.relay])
             .args(["--route", &format!("=sip:127.0.0.1:{}", ports.uas)])
-            .args(["--log", "info"])
+            .args(["--log", "info", "--metrics", "127.0.0.1:0"])
             .args(extra)
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
@@ -77,6 +77,25 @@ impl Service {
             std::thread::sleep(Duration::from_millis(50));
         }
         service
+    }
+
+    /// GETs `/metrics` of the running service.
+    fn metrics(&self) -> String {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("signaling listening"))
+            .expect("start line");
+        let address = line
+            .split("metrics=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("metrics address");
+        let mut stream = std::net::TcpStream::connect(address).expect("metrics endpoint");
+        std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body
     }
 
     fn log(&self) -> String {
@@ -245,6 +264,36 @@ fn caller_hangs_up_and_the_cdr_has_real_packet_counts() {
     let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
     expect_success(caller, "UAC", &service);
     expect_success(callee, "UAS", &service);
+    // The call's counters land once its media is released (asynchronously): poll briefly.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let body = service.metrics();
+        if body.contains("signaling_calls_total{disposition=\"answered\"} 1")
+            || Instant::now() > deadline
+        {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for expected in [
+        "signaling_calls_total{disposition=\"answered\"} 1",
+        "signaling_media_verdicts_total{verdict=\"ok\"} 1",
+        "signaling_sip_requests_total{method=\"INVITE\"} 1",
+        "signaling_sip_requests_total{method=\"BYE\"} 1",
+        "signaling_active_calls 0",
+        "signaling_mediaproxy_request_duration_seconds_count{method=\"allocate\"} 2",
+        "mediaproxy_sessions{node=\"embedded\"} 0",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected:?} in:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .contains("mediaproxy_packets_total{direction=\"caller_to_callee\",node=\"embedded\"}"),
+        "{metrics}"
+    );
     let rows = service.stop();
     assert_eq!(rows.len(), 1, "{rows:?}");
     let cdr = &rows[0];

@@ -1,0 +1,168 @@
+//! Prometheus metrics of signaling (names fixed by DESIGN section 7; catalogue in
+//! `docs/metrics.md`). Served on `--metrics` together with the embedded media proxy's.
+
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Request method label values; anything else counts as `other`.
+pub const METHODS: [&str; 15] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "REGISTER",
+    "OPTIONS",
+    "INFO",
+    "UPDATE",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "REFER",
+    "MESSAGE",
+    "PUBLISH",
+    "other",
+];
+/// Response code classes.
+pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+const DISPOSITIONS: [&str; 5] = ["answered", "busy", "no_answer", "cancelled", "failed"];
+const VERDICTS: [&str; 5] = ["ok", "one_way", "no_media", "direct", "not_answered"];
+
+/// Every metric of one signaling instance.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub calls: IntCounterVec,
+    pub active_calls: IntGauge,
+    pub requests: IntCounterVec,
+    pub responses: IntCounterVec,
+    pub verdicts: IntCounterVec,
+    pub mediaproxy_up: IntGaugeVec,
+    pub mediaproxy_duration: HistogramVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, label: &str, values: &[&str]| {
+            let vec = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            for value in values {
+                vec.with_label_values(&[*value]);
+            }
+            registry
+                .register(Box::new(vec.clone()))
+                .expect("unique metric");
+            vec
+        };
+        let calls = counter(
+            "signaling_calls_total",
+            "Calls ended, by disposition.",
+            "disposition",
+            &DISPOSITIONS,
+        );
+        let requests = counter(
+            "signaling_sip_requests_total",
+            "SIP requests received, by method.",
+            "method",
+            &METHODS,
+        );
+        let responses = counter(
+            "signaling_sip_responses_total",
+            "SIP responses sent by signaling, by class.",
+            "code_class",
+            &CODE_CLASSES,
+        );
+        let verdicts = counter(
+            "signaling_media_verdicts_total",
+            "Media verdicts of ended calls.",
+            "verdict",
+            &VERDICTS,
+        );
+        let active_calls =
+            IntGauge::new("signaling_active_calls", "Calls in progress.").expect("valid metric");
+        registry
+            .register(Box::new(active_calls.clone()))
+            .expect("unique metric");
+        let mediaproxy_up = IntGaugeVec::new(
+            Opts::new(
+                "signaling_mediaproxy_up",
+                "1 when the media proxy answers its lease renewal.",
+            ),
+            &["node"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(mediaproxy_up.clone()))
+            .expect("unique metric");
+        let mediaproxy_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "signaling_mediaproxy_request_duration_seconds",
+                "Time of gRPC requests to the media proxy.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(mediaproxy_duration.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            calls,
+            active_calls,
+            requests,
+            responses,
+            verdicts,
+            mediaproxy_up,
+            mediaproxy_duration,
+        }
+    }
+
+    /// Counts a received request by method (unknown methods as `other`).
+    pub fn request(&self, method: &str) {
+        let label = METHODS
+            .iter()
+            .find(|m| **m == method)
+            .copied()
+            .unwrap_or("other");
+        self.requests.with_label_values(&[label]).inc();
+    }
+
+    /// Counts a response about to be sent, from its first bytes.
+    pub fn response(&self, data: &[u8]) {
+        if let Some(&digit) = data.strip_prefix(b"SIP/2.0 ").and_then(|rest| rest.first())
+            && (b'1'..=b'6').contains(&digit)
+        {
+            self.responses
+                .with_label_values(&[CODE_CLASSES[usize::from(digit - b'1')]])
+                .inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_stay_bounded() {
+        let metrics = Metrics::new();
+        metrics.request("INVITE");
+        metrics.request("FROBNICATE");
+        metrics.response(b"SIP/2.0 486 Busy Here\r\n");
+        metrics.response(b"INVITE sip:x SIP/2.0\r\n");
+        assert_eq!(metrics.requests.with_label_values(&["INVITE"]).get(), 1);
+        assert_eq!(metrics.requests.with_label_values(&["other"]).get(), 1);
+        assert_eq!(metrics.responses.with_label_values(&["4xx"]).get(), 1);
+        let text = mediaproxy::metrics::render(std::slice::from_ref(&metrics.registry));
+        assert!(!text.contains("FROBNICATE"));
+    }
+}
