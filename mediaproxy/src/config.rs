@@ -110,7 +110,7 @@ pub struct MediaOptions {
     /// Release an owner's calls when it has not renewed its lease for this long [default: 30s].
     #[arg(long, env = "MEDIAPROXY_LEASE_TIMEOUT", value_name = "DURATION")]
     pub lease_timeout: Option<HumanDuration>,
-    /// Time a released port pair waits before reuse [default: 10s].
+    /// Time a released port pair waits before reuse [default: 2s].
     #[arg(long, env = "MEDIAPROXY_PORT_QUARANTINE", value_name = "DURATION")]
     pub port_quarantine: Option<HumanDuration>,
 }
@@ -330,7 +330,7 @@ impl MediaOptions {
             lease_timeout: positive("lease-timeout", self.lease_timeout, Duration::from_secs(30))?,
             port_quarantine: self
                 .port_quarantine
-                .map_or(Duration::from_secs(10), |d| d.0),
+                .map_or(Duration::from_secs(2), |d| d.0),
         })
     }
 }
