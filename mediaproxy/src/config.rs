@@ -328,9 +328,7 @@ impl MediaOptions {
             workers,
             timing,
             lease_timeout: positive("lease-timeout", self.lease_timeout, Duration::from_secs(30))?,
-            port_quarantine: self
-                .port_quarantine
-                .map_or(Duration::from_secs(2), |d| d.0),
+            port_quarantine: self.port_quarantine.map_or(Duration::from_secs(2), |d| d.0),
         })
     }
 }
