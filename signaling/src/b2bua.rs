@@ -110,6 +110,12 @@ pub enum Side {
 /// Inputs to the core.
 #[derive(Debug)]
 pub enum Input {
+    /// The media proxy ended a call's session itself (media timeout, lease expiry,
+    /// shutdown): end the call on both legs.
+    MediaEnded {
+        call_id: String,
+        reason: String,
+    },
     Message {
         from: Peer,
         message: Message,
@@ -370,6 +376,7 @@ impl Core {
             } => self.on_response(now, from, response),
             Input::Malformed { from, error } => self.on_malformed(from, error),
             Input::MediaReady { call, result } => self.on_media(now, call, result),
+            Input::MediaEnded { call_id, reason } => self.on_media_ended(now, &call_id, &reason),
             Input::Timer { call, kind } => self.on_timer(now, call, kind),
         }
         std::mem::take(&mut self.out)
@@ -466,7 +473,11 @@ impl Core {
 
     // ---- requests --------------------------------------------------------------------
 
-    fn on_request(&mut self, now: Instant, unix: u64, from: Peer, request: Request) {
+    fn on_request(&mut self, now: Instant, unix: u64, from: Peer, mut request: Request) {
+        if !crate::sip::header::stamp_via(&mut request.headers, from.addr) {
+            tracing::info!(peer = %from.addr, "request with an unreadable Via dropped");
+            return;
+        }
         if let Some(&(call, side)) = self.by_call_id.get(request.call_id()) {
             self.in_dialog(now, call, side, from, request);
             return;
@@ -830,6 +841,36 @@ impl Core {
                 tracing::warn!(call_id = %record.a.call_id, %error, "media proxy unavailable");
                 self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System);
             }
+        }
+    }
+
+    fn on_media_ended(&mut self, now: Instant, call_id: &str, reason: &str) {
+        let Some(&(call, Side::A)) = self.by_call_id.get(call_id) else {
+            return;
+        };
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        if record.finished {
+            return;
+        }
+        tracing::info!(%call_id, reason, "media proxy ended the session; ending the call");
+        match record.state {
+            State::Answered | State::Confirmed => {
+                record.state = State::Ended;
+                record.ok_retransmit = None;
+                self.send_bye(call, Side::A);
+                self.send_bye(call, Side::B);
+                self.finish(now, call, Disposition::Answered, 200, HangupSide::System);
+            }
+            State::Calling | State::Proceeding => {
+                self.send_cancel(call);
+                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System);
+            }
+            State::MediaPending => {
+                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System)
+            }
+            State::Failed | State::Ended => {}
         }
     }
 

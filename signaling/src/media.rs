@@ -245,6 +245,33 @@ impl MediaClient {
         })
     }
 
+    /// Follows this instance's media events; returns when the stream ends or breaks. Sessions
+    /// the proxy released by itself (timeout, lease expiry, shutdown) are passed to `ended`
+    /// as (call id, reason).
+    pub async fn watch_releases(
+        &self,
+        mut ended: impl FnMut(String, String),
+    ) -> Result<(), String> {
+        let mut stream = self
+            .client
+            .clone()
+            .watch_events(pb::WatchEventsRequest {
+                owner: self.owner.clone(),
+                call_id: String::new(),
+            })
+            .await
+            .map_err(|s| status_text(&s))?
+            .into_inner();
+        while let Some(event) = stream.message().await.map_err(|s| status_text(&s))? {
+            if let Some(pb::event::Kind::SessionReleased(released)) = event.kind
+                && released.reason != "released"
+            {
+                ended(event.call_id, released.reason);
+            }
+        }
+        Ok(())
+    }
+
     /// Renews this signaling instance's lease on the node.
     pub async fn renew(&self) -> Result<u32, String> {
         let _timer = self.timer("renew_lease");

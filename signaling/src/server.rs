@@ -240,6 +240,30 @@ impl Signaling {
             }
         });
 
+        // Sessions the proxy ends by itself (media timeout, lease expiry) end their calls.
+        let watch_media = media.clone();
+        let watch_inputs = inputs.clone();
+        let watch_stop = stop.clone();
+        tasks.spawn(async move {
+            loop {
+                let inputs = watch_inputs.clone();
+                let watch = watch_media.watch_releases(move |call_id, reason| {
+                    let _ = inputs.try_send(Input::MediaEnded { call_id, reason });
+                });
+                tokio::select! {
+                    result = watch => {
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "media event stream ended; reconnecting");
+                        }
+                    }
+                    () = watch_stop.cancelled() => return,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = watch_stop.cancelled() => return,
+                }
+            }
+        });
         let realm = config.realm.clone();
         let auth = DigestAuth::new(&realm, 300)
             .map_err(|e| anyhow::anyhow!("random nonce secret: {e}"))?;

@@ -498,6 +498,16 @@ fn malformed_requests_get_a_400_with_the_reason_and_service_goes_on() {
     let answer = ask(format!("{base}Content-Length: 0\r\n\r\n"));
     assert!(answer.starts_with("SIP/2.0 200 OK\r\n"), "{answer}");
     assert!(answer.contains("Allow: INVITE"), "{answer}");
+    // RFC 3581: a client asking for rport learns the port it was seen from.
+    let local_port = socket.local_addr().unwrap().port();
+    let answer = ask(format!(
+        "{}Content-Length: 0\r\n\r\n",
+        base.replace("branch=z9hG4bKm1", "branch=z9hG4bKm2;rport")
+    ));
+    assert!(
+        answer.contains(&format!(";rport={local_port};received=127.0.0.1")),
+        "{answer}"
+    );
     service.stop();
 }
 
@@ -689,4 +699,33 @@ fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
         number(cdr, "callee_audio_packets") >= MIN_PACKETS,
         "{cdr:?}"
     );
+}
+
+#[test]
+fn a_call_without_media_is_ended_by_the_media_timeout_on_both_legs() {
+    let ports = ports(11);
+    let service = Service::start(
+        "media-timeout",
+        &ports,
+        &["--trusted", "127.0.0.0/8", "--media-timeout", "2s"],
+    );
+    // The callee waits for a BYE (from us, since the caller never hangs up); no RTP anywhere.
+    let callee = uas(&ports, "uas_pcmu_echo.xml", false);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let caller = uac(&ports, "uac_silent_until_bye.xml", &[]);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "ended after {:?}",
+        started.elapsed()
+    );
+    let rows = service.stop();
+    let cdr = &rows[0];
+    assert_eq!(cdr["hangup_side"], "system");
+    assert_eq!(cdr["disposition"], "answered");
+    assert_eq!(cdr["media_verdict"], "no_media");
+    assert_eq!(cdr["caller_audio_packets"], "0");
+    assert!(number(cdr, "duration_ms") >= 2000, "{cdr:?}");
 }

@@ -103,6 +103,26 @@ impl fmt::Display for Via {
     }
 }
 
+/// Records where a request really came from on its top Via: `received` when the address
+/// differs from the sent-by host (RFC 3261 section 18.2.1) and `rport` filled in when the
+/// client asked for it (RFC 3581 section 4), so responses reach phones behind NAT and tell
+/// them their public address. Returns false when the top Via does not parse.
+pub fn stamp_via(headers: &mut super::message::Headers, source: std::net::SocketAddr) -> bool {
+    let Some(mut via) = headers.values("Via").next().and_then(Via::parse) else {
+        return false;
+    };
+    let source_ip = source.ip().to_string();
+    let asked_rport = via.param("rport").is_some();
+    if asked_rport {
+        via.set_param("rport", Some(source.port().to_string()));
+    }
+    if asked_rport || via.host != source_ip {
+        via.set_param("received", Some(source_ip));
+    }
+    headers.replace_first_value("Via", &via.to_string());
+    true
+}
+
 /// `"Display" <uri>;params` or `uri;params` (From, To, Contact, Route, Record-Route).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameAddr {
@@ -185,6 +205,34 @@ mod tests {
         );
         assert!(Via::parse("SIP/3.0/UDP h").is_none());
         assert!(Via::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn stamping_rfc3581_rport_and_received() {
+        use crate::sip::message::Headers;
+        let mut headers = Headers::new();
+        headers.push(
+            "Via",
+            "SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKa;rport, SIP/2.0/UDP p;branch=z9hG4bKb",
+        );
+        assert!(stamp_via(
+            &mut headers,
+            "198.51.100.7:40123".parse().unwrap()
+        ));
+        assert_eq!(
+            headers.get("Via"),
+            Some(
+                "SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bKa;rport=40123;received=198.51.100.7, SIP/2.0/UDP p;branch=z9hG4bKb"
+            )
+        );
+        let mut plain = Headers::new();
+        plain.push("Via", "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKc");
+        stamp_via(&mut plain, "192.0.2.1:5060".parse().unwrap());
+        assert_eq!(
+            plain.get("Via"),
+            Some("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKc"),
+            "nothing to add"
+        );
     }
 
     #[test]

@@ -199,6 +199,23 @@ impl Headers {
         }
     }
 
+    /// Replaces the first value of a multi-value header (e.g. the top Via), keeping the others.
+    pub fn replace_first_value(&mut self, name: &str, value: &str) {
+        if let Some(index) = self
+            .0
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            let mut values: Vec<String> =
+                split_values(&self.0[index].1).map(str::to_owned).collect();
+            match values.first_mut() {
+                Some(first) => *first = value.to_owned(),
+                None => values.push(value.to_owned()),
+            }
+            self.0[index].1 = values.join(", ");
+        }
+    }
+
     /// Inserts a header line before every other line (e.g. a new top Via).
     pub fn prepend(&mut self, name: &str, value: impl Into<String>) {
         self.0.insert(0, (canonical_name(name), value.into()));
