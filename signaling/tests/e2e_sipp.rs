@@ -2,9 +2,9 @@
 //! gRPC) between two SIPp instances, RTP included. SIPp comes from Debian's `sip-tester`
 //! (`.ci/run` installs it). Scenarios and pcaps live in `tests/sipp/`.
 //!
-//! Port plan (one block per test, so tests run in parallel): SIP 25000 + 10 x n (signaling),
-//! +1 (SIPp UAC), +2 (SIPp UAS); SIPp media 26000 + 100 x n (UAC), 27000 + 100 x n (UAS);
-//! relay ports 28000 + 100 x n.
+//! Port plan (one block per test n < 25, so tests run in parallel): SIP 25000 + 10 x n
+//! (signaling), +1 (SIPp UAC), +2 (SIPp UAS); SIPp media 26000 + 40 x n (UAC, +20 for a second
+//! UAC), 27000 + 40 x n (UAS); relay ports 28000 + 100 x n.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -33,8 +33,8 @@ fn ports(n: u16) -> Ports {
         sip: 25000 + 10 * n,
         uac: 25001 + 10 * n,
         uas: 25002 + 10 * n,
-        uac_media: 26000 + 100 * n,
-        uas_media: 27000 + 100 * n,
+        uac_media: 26000 + 40 * n,
+        uas_media: 27000 + 40 * n,
         relay: format!("{}-{}", 28000 + 100 * n, 28099 + 100 * n),
     }
 }
@@ -102,10 +102,20 @@ impl Service {
         std::fs::read_to_string(self.dir.join("signaling.log")).unwrap_or_default()
     }
 
-    /// SIGTERM, wait for the exit (which flushes the CDRs), return the CDR rows.
-    fn stop(mut self) -> Vec<HashMap<String, String>> {
+    /// Sends SIGTERM (the service drains: new INVITEs get 503, calls finish).
+    fn terminate(&self) {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    }
+
+    /// SIGTERM, wait for the exit (which flushes the CDRs), return the CDR rows.
+    fn stop(self) -> Vec<HashMap<String, String>> {
+        self.terminate();
+        self.wait_rows()
+    }
+
+    /// Waits for the exit, returns the CDR rows.
+    fn wait_rows(mut self) -> Vec<HashMap<String, String>> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -728,4 +738,94 @@ fn a_call_without_media_is_ended_by_the_media_timeout_on_both_legs() {
     assert_eq!(cdr["media_verdict"], "no_media");
     assert_eq!(cdr["caller_audio_packets"], "0");
     assert!(number(cdr, "duration_ms") >= 2000, "{cdr:?}");
+}
+
+#[test]
+fn a_call_over_tcp_on_both_legs() {
+    let ports = ports(12);
+    // The default route is replaced by a TCP one; SIPp speaks TCP on both sides (-t t1).
+    let route = format!("=sip:127.0.0.1:{};transport=tcp", ports.uas);
+    let service = Service::start(
+        "tcp",
+        &ports,
+        &["--trusted", "127.0.0.0/8", "--route", &route],
+    );
+    let uas_args: Vec<String> = [
+        "-sf",
+        "uas_pcmu_echo.xml",
+        "-t",
+        "t1",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &ports.uas.to_string(),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        &ports.uas_media.to_string(),
+        "-m",
+        "1",
+        "-rtp_echo",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let callee = sipp(&uas_args);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcmu_pcap.xml", &["-t", "t1"]);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    let cdr = &rows[0];
+    assert_eq!(cdr["disposition"], "answered");
+    assert_eq!(cdr["media_verdict"], "ok");
+    assert!(
+        number(cdr, "caller_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+}
+
+#[test]
+fn sigterm_drains_new_calls_get_503_and_the_live_call_keeps_its_cdr() {
+    let ports = ports(13);
+    let service = Service::start("drain", &ports, &["--trusted", "127.0.0.0/8"]);
+    let callee = uas(&ports, "uas_pcmu_echo.xml", true);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    std::thread::sleep(Duration::from_millis(2000));
+    service.terminate();
+    std::thread::sleep(Duration::from_millis(200));
+    // A second caller on its own SIP and media ports while draining.
+    let late_args: Vec<String> = [
+        "-sf",
+        "uac_expect_503.xml",
+        &format!("127.0.0.1:{}", ports.sip),
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &(ports.uac + 5).to_string(),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        &(ports.uac_media + 20).to_string(),
+        "-s",
+        "1000",
+        "-m",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    expect_success(sipp(&late_args), "late UAC (503)", &service);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.wait_rows();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["disposition"], "answered");
+    assert_eq!(rows[0]["hangup_side"], "caller");
+    assert!(
+        number(&rows[0], "caller_audio_packets") >= MIN_PACKETS,
+        "{:?}",
+        rows[0]
+    );
 }
