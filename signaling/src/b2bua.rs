@@ -635,8 +635,8 @@ impl Core {
     }
 
     /// Where a call to `user` goes: a registered contact first, then the longest static
-    /// route prefix. Returns (Request-URI, peer).
-    fn route(&self, now: Instant, user: &str) -> Option<(String, Peer)> {
+    /// route prefix. Returns (Request-URI, peer, the route's media mode).
+    fn route(&self, now: Instant, user: &str) -> Option<(String, Peer, Option<MediaMode>)> {
         if let Some(binding) = self.registrar.lookup(now, user).into_iter().next() {
             let transport = if binding.transport == "tcp" {
                 Transport::Tcp
@@ -649,6 +649,7 @@ impl Core {
                     transport,
                     addr: binding.source,
                 },
+                None,
             ));
         }
         let route = self
@@ -673,6 +674,7 @@ impl Core {
                 transport,
                 addr: SocketAddr::new(ip, route.target.port.unwrap_or(5060)),
             },
+            route.media_mode,
         ))
     }
 
@@ -714,7 +716,7 @@ impl Core {
             return;
         };
         let callee = uri.user.clone().unwrap_or_default();
-        let Some((request_uri, target)) = self.route(now, &callee) else {
+        let Some((request_uri, target, route_mode)) = self.route(now, &callee) else {
             self.reply(from, &request, 404);
             return;
         };
@@ -723,6 +725,7 @@ impl Core {
             .users
             .get(&caller)
             .and_then(|u| u.media_mode)
+            .or(route_mode)
             .unwrap_or(self.settings.media_mode);
         let offer = if request.body.is_empty() {
             None

@@ -51,11 +51,14 @@ impl FromStr for MediaMode {
     }
 }
 
-/// `PREFIX=SIP-URI`: requests whose Request-URI user starts with PREFIX go to the URI.
+/// `PREFIX=SIP-URI`: requests whose Request-URI user starts with PREFIX go to the URI. A
+/// `;media=direct|relay|reflect` parameter on the URI sets the media mode of calls on this
+/// route (it is removed from the URI that is sent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub prefix: String,
     pub target: Uri,
+    pub media_mode: Option<MediaMode>,
 }
 
 impl FromStr for Route {
@@ -65,10 +68,17 @@ impl FromStr for Route {
         let (prefix, target) = text
             .split_once('=')
             .ok_or_else(|| format!("{text:?} is not PREFIX=SIP-URI"))?;
-        let target = Uri::parse(target).map_err(|e| e.to_string())?;
+        let mut target = Uri::parse(target).map_err(|e| e.to_string())?;
+        let media_mode = match target.param("media") {
+            Some(Some(mode)) => Some(mode.parse::<MediaMode>()?),
+            Some(None) => return Err("media= needs direct, relay or reflect".into()),
+            None => None,
+        };
+        target.params.retain(|(name, _)| name != "media");
         Ok(Self {
             prefix: prefix.trim().to_owned(),
             target,
+            media_mode,
         })
     }
 }
@@ -451,6 +461,13 @@ mod tests {
         let config = Config::resolve(cli.options, Options::default()).unwrap();
         assert_eq!(config.routes.len(), 2);
         assert_eq!(config.routes[0].prefix, "44");
+        assert_eq!(config.routes[0].media_mode, None);
+        let direct: Route = "9=sip:10.0.0.5:5060;transport=tcp;media=direct"
+            .parse()
+            .unwrap();
+        assert_eq!(direct.media_mode, Some(MediaMode::Direct));
+        assert_eq!(direct.target.to_string(), "sip:10.0.0.5:5060;transport=tcp");
+        assert!("9=sip:10.0.0.5;media=loud".parse::<Route>().is_err());
         assert!(config.trusted[0].contains("127.0.0.9".parse().unwrap()));
         assert!(!config.trusted[0].contains("10.0.0.1".parse().unwrap()));
         assert_eq!(config.media_mode, MediaMode::Relay);
