@@ -51,8 +51,11 @@ impl Service {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(dir.join("signaling.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["--sip", &format!("127.0.0.1:{}", ports.sip)])
+        let mut command = Command::new(BIN);
+        if !extra.contains(&"--sip") {
+            command.args(["--sip", &format!("127.0.0.1:{}", ports.sip)]);
+        }
+        let child = command
             .args([
                 "--cdr",
                 &format!("sqlite://{}", dir.join("cdr.db").display()),
@@ -66,9 +69,11 @@ impl Service {
             .stderr(log)
             .spawn()
             .expect("signaling starts");
-        let service = Self { child, dir };
+        let mut service = Self { child, dir };
         let deadline = Instant::now() + Duration::from_secs(15);
         while !service.log().contains("signaling listening") {
+            let exited = service.child.try_wait().unwrap().is_some();
+            assert!(!exited, "signaling exited at start:\n{}", service.log());
             assert!(
                 Instant::now() < deadline,
                 "signaling did not start:\n{}",
@@ -827,5 +832,78 @@ fn sigterm_drains_new_calls_get_503_and_the_live_call_keeps_its_cdr() {
         number(&rows[0], "caller_audio_packets") >= MIN_PACKETS,
         "{:?}",
         rows[0]
+    );
+}
+
+#[test]
+fn an_ipv6_call_is_routed_with_its_sdp_rewritten_to_the_ipv6_relay() {
+    let ports = ports(14);
+    let route = format!("=sip:[::1]:{}", ports.uas);
+    // The harness's own options use IPv4; these later ones win.
+    let service = Service::start(
+        "ipv6",
+        &ports,
+        &[
+            "--trusted",
+            "::1/128",
+            "--route",
+            &route,
+            "--sip",
+            &format!("[::1]:{}", ports.sip),
+            "--media-ip",
+            "::1",
+        ],
+    );
+    let dir = std::env::temp_dir().join(format!("sig-e2e-ipv6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("uas.msg");
+    let uas_args: Vec<String> = [
+        "-sf",
+        "uas_busy.xml",
+        "-i",
+        "::1",
+        "-p",
+        &ports.uas.to_string(),
+        "-m",
+        "1",
+        "-trace_msg",
+        "-message_file",
+        trace.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let callee = sipp(&uas_args);
+    std::thread::sleep(Duration::from_millis(300));
+    let uac_args: Vec<String> = [
+        "-sf",
+        "uac_expect_busy.xml",
+        &format!("[::1]:{}", ports.sip),
+        "-i",
+        "::1",
+        "-p",
+        &ports.uac.to_string(),
+        "-mi",
+        "::1",
+        "-mp",
+        &ports.uac_media.to_string(),
+        "-s",
+        "1000",
+        "-m",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    expect_success(sipp(&uac_args), "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    assert_eq!(rows[0]["disposition"], "busy");
+    let seen = std::fs::read_to_string(&trace).unwrap();
+    assert!(seen.contains("c=IN IP6 ::1"), "{seen}");
+    let relay = (28000 + 100 * 14)..(28100 + 100 * 14);
+    assert!(
+        sdp_ports(&seen).iter().any(|p| relay.contains(p)),
+        "the callee got a relay port: {seen}"
     );
 }
