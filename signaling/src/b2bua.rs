@@ -141,12 +141,14 @@ pub enum Output {
         to: Peer,
         data: Vec<u8>,
     },
-    /// Allocate both legs for `media_lines` lines, update the caller leg with `offer`, and
-    /// answer with [`Input::MediaReady`].
+    /// Allocate both legs for the offer's media lines, update `offer_leg` (the leg the offer
+    /// came from: the caller, or the callee for a late offer) and answer with
+    /// [`Input::MediaReady`].
     Allocate {
         call: CallRef,
         call_id: String,
         offer: SessionDescription,
+        offer_leg: Leg,
     },
     /// Update a leg with its latest SDP (no answer needed).
     UpdateMedia {
@@ -239,6 +241,9 @@ pub struct Settings {
 enum State {
     /// Waiting for the media proxy.
     MediaPending,
+    /// Late offer (INVITE without SDP): the callee's 2xx carries the offer; waiting for the
+    /// media proxy before passing it on.
+    LateOfferPending,
     /// INVITE sent to the callee, no response yet.
     Calling,
     /// The callee sent a provisional response.
@@ -306,7 +311,6 @@ struct Call {
     b: LegB,
     mode: MediaMode,
     media: Option<MediaPlan>,
-    offer: Option<SessionDescription>,
     caller: String,
     callee: String,
     start: Instant,
@@ -316,6 +320,11 @@ struct Call {
     ok_retransmit: Option<Retransmit>,
     bye_retransmit: [Option<Retransmit>; 2],
     reinvite: Option<ReInvite>,
+    /// A media session was asked for (it must be released whatever happened next).
+    allocation_requested: bool,
+    /// Late offer: the callee's 2xx, held until the media proxy answered, then kept until
+    /// the caller's ACK brings the SDP answer for the callee's ACK.
+    held_answer: Option<Response>,
 }
 
 /// The core: calls, dialogs, registrations.
@@ -774,10 +783,7 @@ impl Core {
             .and_then(NameAddr::parse)
             .map_or_else(|| from_header.uri.to_string(), |c| c.uri.to_string());
         let call_id = request.call_id().to_owned();
-        let relayed = mode != MediaMode::Direct && offer.is_some();
-        if mode != MediaMode::Direct && offer.is_none() {
-            tracing::warn!(%call_id, "INVITE without SDP (late offer): media is not relayed for this call");
-        }
+        let relayed = mode != MediaMode::Direct;
         let record = Call {
             state: State::MediaPending,
             a: LegA {
@@ -803,7 +809,6 @@ impl Core {
             },
             mode: if relayed { mode } else { MediaMode::Direct },
             media: None,
-            offer: offer.clone(),
             caller,
             callee,
             start: now,
@@ -813,17 +818,25 @@ impl Core {
             ok_retransmit: None,
             bye_retransmit: [None, None],
             reinvite: None,
+            allocation_requested: false,
+            held_answer: None,
         };
         self.by_call_id.insert(call_id.clone(), (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
         self.calls.insert(call, record);
         tracing::info!(%call_id, mode = if relayed { mode.as_str() } else { "direct" }, "new call");
         match offer {
-            Some(offer) if relayed => self.out.push(Output::Allocate {
-                call,
-                call_id,
-                offer,
-            }),
+            Some(offer) if relayed => {
+                if let Some(record) = self.calls.get_mut(&call) {
+                    record.allocation_requested = true;
+                }
+                self.out.push(Output::Allocate {
+                    call,
+                    call_id,
+                    offer,
+                    offer_leg: Leg::Caller,
+                });
+            }
             _ => self.send_invite(call),
         }
     }
@@ -832,18 +845,37 @@ impl Core {
         let Some(record) = self.calls.get_mut(&call) else {
             return;
         };
-        if record.state != State::MediaPending {
-            return;
-        }
-        match result {
-            Ok(plan) => {
+        match (record.state, result) {
+            (State::MediaPending, Ok(plan)) => {
                 record.media = Some(plan);
                 self.send_invite(call);
             }
-            Err(error) => {
+            (State::MediaPending, Err(error)) => {
                 tracing::warn!(call_id = %record.a.call_id, %error, "media proxy unavailable");
                 self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System);
             }
+            (State::LateOfferPending, Ok(plan)) => {
+                record.media = Some(plan);
+                record.state = State::Answered;
+                record.answer = Some(now);
+                let Some(answer) = record.held_answer.clone() else {
+                    return;
+                };
+                self.relay_to_a(call, &answer);
+                let max = self.settings.max_call_duration;
+                self.timer(call, TimerKind::MaxDuration, max);
+            }
+            (State::LateOfferPending, Err(error)) => {
+                tracing::warn!(call_id = %record.a.call_id, %error, "media proxy unavailable (late offer)");
+                let held = record.held_answer.take();
+                record.state = State::Ended;
+                if let Some(answer) = held {
+                    self.ack_b(call, &answer, Vec::new());
+                    self.send_bye(call, Side::B);
+                }
+                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System);
+            }
+            _ => {}
         }
     }
 
@@ -872,6 +904,15 @@ impl Core {
             }
             State::MediaPending => {
                 self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System)
+            }
+            State::LateOfferPending => {
+                let held = record.held_answer.take();
+                record.state = State::Ended;
+                if let Some(answer) = held {
+                    self.ack_b(call, &answer, Vec::new());
+                    self.send_bye(call, Side::B);
+                }
+                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System);
             }
             State::Failed | State::Ended => {}
         }
@@ -962,6 +1003,11 @@ impl Core {
                 if side == Side::A && record.state == State::Answered {
                     record.state = State::Confirmed;
                     record.ok_retransmit = None;
+                    if let Some(answer) = record.held_answer.take() {
+                        // Late offer: the caller's ACK carries the SDP answer for the callee.
+                        let body = self.late_answer(call, &request);
+                        self.ack_b(call, &answer, body);
+                    }
                 }
             }
             (_, Method::Bye) => {
@@ -1344,9 +1390,13 @@ impl Core {
             return;
         }
         if !matches!(record.state, State::Calling | State::Proceeding) {
+            if record.held_answer.is_some() {
+                // Late offer in progress: the ACK waits for the caller's answer.
+                return;
+            }
             // A retransmitted 2xx (our ACK was lost), or the final answer to a CANCEL we
             // sent: every final response to our INVITE is acknowledged.
-            self.ack_b(call, &response);
+            self.ack_b(call, &response, Vec::new());
             return;
         }
         if (200..300).contains(&status) {
@@ -1358,16 +1408,36 @@ impl Core {
                 .get("Contact")
                 .and_then(NameAddr::parse)
                 .map(|c| c.uri.to_string());
+            let late_offer = (record.mode != MediaMode::Direct && !record.allocation_requested)
+                .then(|| {
+                    std::str::from_utf8(&response.body)
+                        .ok()
+                        .and_then(|t| sdp::parse(t).ok())
+                })
+                .flatten();
+            if let Some(offer) = late_offer {
+                record.state = State::LateOfferPending;
+                record.held_answer = Some(response);
+                record.allocation_requested = true;
+                let call_id = record.a.call_id.clone();
+                self.out.push(Output::Allocate {
+                    call,
+                    call_id,
+                    offer,
+                    offer_leg: Leg::Callee,
+                });
+                return;
+            }
             record.state = State::Answered;
             record.answer = Some(now);
-            self.ack_b(call, &response);
+            self.ack_b(call, &response, Vec::new());
             self.relay_to_a(call, &response);
             let max = self.settings.max_call_duration;
             self.timer(call, TimerKind::MaxDuration, max);
             return;
         }
         // A final error from the callee: ACK it (same transaction), pass it on.
-        self.ack_b(call, &response);
+        self.ack_b(call, &response, Vec::new());
         let disposition = match status {
             486 | 600 => Disposition::Busy,
             408 | 480 => Disposition::NoAnswer,
@@ -1396,7 +1466,7 @@ impl Core {
 
     /// ACK for a final response to our INVITE: for 2xx a new request to the remote target
     /// (RFC 3261 section 13.2.2.4), for errors within the INVITE transaction (17.1.1.3).
-    fn ack_b(&mut self, call: CallRef, response: &Response) {
+    fn ack_b(&mut self, call: CallRef, response: &Response, body: Vec<u8>) {
         let record = &self.calls[&call];
         let success = (200..300).contains(&response.status);
         let branch = if success {
@@ -1420,15 +1490,37 @@ impl Core {
         headers.push("To", response.headers.get("To").unwrap_or(""));
         headers.push("Call-ID", record.b.call_id.clone());
         headers.push("CSeq", format!("{} ACK", record.b.invite_cseq));
+        if !body.is_empty() {
+            headers.push("Content-Type", "application/sdp");
+        }
         let ack = Request {
             method: Method::Ack,
             uri,
             headers,
-            body: Vec::new(),
+            body,
         };
         let peer = record.b.peer;
         self.counter += 1;
         self.send(peer, ack.to_bytes());
+    }
+
+    /// The caller's SDP answer of a late offer, rewritten for the callee (and the caller leg
+    /// of the media session updated with it). Empty when the ACK carries none.
+    fn late_answer(&mut self, call: CallRef, ack: &Request) -> Vec<u8> {
+        let Some(record) = self.calls.get(&call) else {
+            return Vec::new();
+        };
+        let text = String::from_utf8_lossy(&ack.body).into_owned();
+        let (Some(plan), Ok(answer)) = (&record.media, sdp::parse(&text)) else {
+            return ack.body.clone();
+        };
+        let body = rewrite_for(&text, plan.advertised, &plan.callee_ports).unwrap_or(text);
+        self.out.push(Output::UpdateMedia {
+            call_id: record.a.call_id.clone(),
+            leg: Leg::Caller,
+            sdp: answer,
+        });
+        body.into_bytes()
     }
 
     /// Passes a provisional or 2xx response from the callee to the caller, with the SDP
@@ -1593,7 +1685,7 @@ impl Core {
             hangup_side: hangup,
             media_mode: record.mode,
             media_node: record.media.as_ref().map(|m| m.node.clone()),
-            relayed: record.mode != MediaMode::Direct && record.offer.is_some(),
+            relayed: record.allocation_requested,
         };
         tracing::info!(
             call_id = %out.call_id,

@@ -110,12 +110,13 @@ impl MediaClient {
             .map_err(|s| status_text(&s))
     }
 
-    /// Allocates both legs for the offer's media lines and points the caller leg at the
-    /// offer.
+    /// Allocates both legs for the offer's media lines and points `offer_leg` (where the
+    /// offer came from) at it.
     pub async fn prepare(
         &self,
         call_id: &str,
         offer: &SessionDescription,
+        offer_leg: Leg,
     ) -> Result<MediaPlan, String> {
         let mut client = self.client.clone();
         let media: Vec<i32> = offer.media.iter().map(|m| kind_to_wire(m.kind)).collect();
@@ -145,7 +146,7 @@ impl MediaClient {
                     .collect::<Vec<_>>(),
             );
         }
-        self.update(call_id, Leg::Caller, offer).await?;
+        self.update(call_id, offer_leg, offer).await?;
         let advertised: IpAddr = advertised
             .parse()
             .map_err(|_| format!("media proxy advertised {advertised:?}"))?;

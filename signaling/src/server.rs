@@ -347,11 +347,12 @@ impl Signaling {
                             call,
                             call_id,
                             offer,
+                            offer_leg,
                         } => {
                             let media = media.clone();
                             let inputs = inputs.clone();
                             tokio::spawn(async move {
-                                let result = media.prepare(&call_id, &offer).await;
+                                let result = media.prepare(&call_id, &offer, offer_leg).await;
                                 let _ = inputs.send(Input::MediaReady { call, result }).await;
                             });
                         }

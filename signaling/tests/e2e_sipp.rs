@@ -907,3 +907,55 @@ fn an_ipv6_call_is_routed_with_its_sdp_rewritten_to_the_ipv6_relay() {
         "the callee got a relay port: {seen}"
     );
 }
+
+#[test]
+fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
+    let ports = ports(15);
+    let service = Service::start("late-offer", &ports, &["--trusted", "127.0.0.0/8"]);
+    let dir = std::env::temp_dir().join(format!("sig-e2e-late-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (uas_trace, uac_trace) = (dir.join("uas.msg"), dir.join("uac.msg"));
+    let uas_args: Vec<String> = [
+        "-sf",
+        "uas_late_offer.xml",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &ports.uas.to_string(),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        &ports.uas_media.to_string(),
+        "-m",
+        "1",
+        "-trace_msg",
+        "-message_file",
+        uas_trace.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let callee = sipp(&uas_args);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(
+        &ports,
+        "uac_late_offer.xml",
+        &["-trace_msg", "-message_file", uac_trace.to_str().unwrap()],
+    );
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    assert_eq!(rows[0]["disposition"], "answered");
+    assert_eq!(rows[0]["media_mode"], "relay");
+    let relay = (28000 + 100 * 15)..(28100 + 100 * 15);
+    let uac_seen: Vec<u16> = sdp_ports(&std::fs::read_to_string(&uac_trace).unwrap());
+    let uas_seen: Vec<u16> = sdp_ports(&std::fs::read_to_string(&uas_trace).unwrap());
+    assert!(
+        uac_seen.iter().any(|p| relay.contains(p)),
+        "the offer reached the caller through the relay: {uac_seen:?}"
+    );
+    assert!(
+        uas_seen.iter().any(|p| relay.contains(p)),
+        "the answer reached the callee through the relay: {uas_seen:?}"
+    );
+}
