@@ -72,6 +72,36 @@ fn status_text(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
 
+/// Pause before the one retry of a request.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Runs a request, retrying once when the proxy was unreachable or too slow
+/// (`UNAVAILABLE`, `DEADLINE_EXCEEDED`). Safe because the proxy's allocate, update and release
+/// are idempotent: a retry after a lost reply neither leaks nor double-frees ports.
+async fn retried<T, F, Fut>(mut attempt: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    match attempt().await {
+        Ok(response) => Ok(response.into_inner()),
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ) =>
+        {
+            tracing::debug!(error = %status_text(&status), "media proxy request retried");
+            tokio::time::sleep(RETRY_PAUSE).await;
+            attempt()
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| status_text(&s))
+        }
+        Err(status) => Err(status_text(&status)),
+    }
+}
+
 impl MediaClient {
     /// A lazily connecting client: an unreachable proxy fails requests, not start-up.
     pub fn new(url: &str, owner: &str) -> Result<Self, String> {
@@ -118,24 +148,24 @@ impl MediaClient {
         offer: &SessionDescription,
         offer_leg: Leg,
     ) -> Result<MediaPlan, String> {
-        let mut client = self.client.clone();
         let media: Vec<i32> = offer.media.iter().map(|m| kind_to_wire(m.kind)).collect();
         let mut ports = Vec::new();
         let mut node = String::new();
         let mut advertised = String::new();
         for leg in [Leg::Caller, Leg::Callee] {
             let _timer = self.timer("allocate");
-            let answer = client
-                .allocate(pb::AllocateRequest {
+            let answer = retried(|| {
+                let mut client = self.client.clone();
+                let request = pb::AllocateRequest {
                     call_id: call_id.to_owned(),
                     leg: leg_to_wire(leg),
                     owner: self.owner.clone(),
                     media: media.clone(),
                     lease_timeout_ms: 0,
-                })
-                .await
-                .map_err(|s| status_text(&s))?
-                .into_inner();
+                };
+                async move { client.allocate(request).await }
+            })
+            .await?;
             node = answer.node_id;
             advertised = answer.advertised_address;
             ports.push(
@@ -168,7 +198,7 @@ impl MediaClient {
         sdp: &SessionDescription,
     ) -> Result<(), String> {
         let _timer = self.timer("update");
-        let media = sdp
+        let media: Vec<pb::RemoteMedia> = sdp
             .media
             .iter()
             .enumerate()
@@ -190,31 +220,31 @@ impl MediaClient {
                 direction: direction_to_wire(m.direction),
             })
             .collect();
-        self.client
-            .clone()
-            .update(pb::UpdateRequest {
+        retried(|| {
+            let mut client = self.client.clone();
+            let request = pb::UpdateRequest {
                 call_id: call_id.to_owned(),
                 leg: leg_to_wire(leg),
-                media,
-            })
-            .await
-            .map(|_| ())
-            .map_err(|s| status_text(&s))
+                media: media.clone(),
+            };
+            async move { client.update(request).await }
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Releases a call and returns its final figures.
     pub async fn release(&self, call_id: &str, reason: &str) -> Result<FinalStats, String> {
         let _timer = self.timer("release");
-        let answer = self
-            .client
-            .clone()
-            .release(pb::ReleaseRequest {
+        let answer = retried(|| {
+            let mut client = self.client.clone();
+            let request = pb::ReleaseRequest {
                 call_id: call_id.to_owned(),
                 reason: reason.to_owned(),
-            })
-            .await
-            .map_err(|s| status_text(&s))?
-            .into_inner();
+            };
+            async move { client.release(request).await }
+        })
+        .await?;
         let stats = answer.stats.unwrap_or_default();
         let figures = |leg: pb::Leg| {
             let mut out = LegFigures::default();
