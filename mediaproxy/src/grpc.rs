@@ -74,7 +74,8 @@ fn leg(value: i32) -> Result<Leg, Status> {
     }
 }
 
-fn leg_to_wire(leg: Leg) -> i32 {
+/// A domain leg as its wire value.
+pub fn leg_to_wire(leg: Leg) -> i32 {
     match leg {
         Leg::Caller => pb::Leg::Caller as i32,
         Leg::Callee => pb::Leg::Callee as i32,
@@ -92,7 +93,8 @@ fn kind_from_wire(value: i32, field: &str) -> Result<MediaKind, Status> {
     }
 }
 
-fn kind_to_wire(kind: MediaKind) -> i32 {
+/// A domain media kind as its wire value.
+pub fn kind_to_wire(kind: MediaKind) -> i32 {
     match kind {
         MediaKind::Audio => pb::MediaKind::Audio as i32,
         MediaKind::Video => pb::MediaKind::Video as i32,
@@ -109,7 +111,8 @@ fn direction_from_wire(value: i32) -> Direction {
     }
 }
 
-fn direction_to_wire(direction: Direction) -> i32 {
+/// A domain direction as its wire value.
+pub fn direction_to_wire(direction: Direction) -> i32 {
     (match direction {
         Direction::SendRecv => pb::Direction::Sendrecv,
         Direction::SendOnly => pb::Direction::Sendonly,

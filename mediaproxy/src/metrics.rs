@@ -64,14 +64,7 @@ impl Metrics {
             Registry::new_custom(None, Some([("node".to_owned(), node_id.to_owned())].into()))
                 .expect("static registry labels are valid");
         let counter = |name: &str, help: &str, label: &str, values: &[&str]| {
-            let vec = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-            for value in values {
-                vec.with_label_values(&[*value]);
-            }
-            registry
-                .register(Box::new(vec.clone()))
-                .expect("unique metric");
-            vec
+            counter_vec(&registry, name, help, label, values)
         };
         let gauge = |name: &str, help: &str| {
             let gauge = IntGauge::new(name, help).expect("valid metric");
@@ -155,6 +148,25 @@ impl Metrics {
     pub fn render(&self) -> String {
         render(std::slice::from_ref(&self.registry))
     }
+}
+
+/// Registers a counter family with one label, every expected label value present from the
+/// start (at 0), so dashboards see the series before the first event.
+pub fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    for value in values {
+        vec.with_label_values(&[*value]);
+    }
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("unique metric");
+    vec
 }
 
 /// The Prometheus text exposition of several registries (names must not clash).

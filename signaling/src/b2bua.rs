@@ -736,18 +736,12 @@ impl Core {
             .and_then(|u| u.media_mode)
             .or(route_mode)
             .unwrap_or(self.settings.media_mode);
-        let offer = if request.body.is_empty() {
-            None
-        } else {
-            match std::str::from_utf8(&request.body)
-                .map_err(|_| ())
-                .and_then(|t| sdp::parse(t).map_err(|_| ()))
-            {
-                Ok(offer) => Some(offer),
-                Err(()) => {
-                    self.reply(from, &request, 488);
-                    return;
-                }
+        let offer = match body_sdp(&request.body) {
+            Ok(offer) => offer,
+            Err(error) => {
+                tracing::info!(call_id = request.call_id(), %error, "unusable SDP answered 488");
+                self.reply(from, &request, 488);
+                return;
             }
         };
         let call = self.next_call;
@@ -1214,18 +1208,12 @@ impl Core {
             self.reply(from, &request, 491);
             return;
         }
-        let offer = if request.body.is_empty() {
-            None
-        } else {
-            match std::str::from_utf8(&request.body)
-                .map_err(|_| ())
-                .and_then(|t| sdp::parse(t).map_err(|_| ()))
-            {
-                Ok(offer) => Some(offer),
-                Err(()) => {
-                    self.reply(from, &request, 488);
-                    return;
-                }
+        let offer = match body_sdp(&request.body) {
+            Ok(offer) => offer,
+            Err(error) => {
+                tracing::info!(call_id = request.call_id(), %error, "unusable SDP answered 488");
+                self.reply(from, &request, 488);
+                return;
             }
         };
         let other = match side {
@@ -1696,6 +1684,15 @@ impl Core {
         self.out.push(Output::Finish(out));
         self.timer(call, TimerKind::Cleanup, TRANSACTION_TIMEOUT);
     }
+}
+
+/// The SDP of a message body: None when there is no body, an error when it is not usable.
+fn body_sdp(body: &[u8]) -> Result<Option<SessionDescription>, sdp::SdpError> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(body).map_err(|_| sdp::SdpError("body is not UTF-8".into()))?;
+    sdp::parse(text).map(Some)
 }
 
 /// Rewrites an SDP for one leg; None (and the original kept) when it cannot be parsed.

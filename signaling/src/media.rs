@@ -5,7 +5,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use mediaproxy::types::{Direction, Leg, MediaKind};
+use mediaproxy::grpc::{direction_to_wire, kind_to_wire, leg_to_wire};
+use mediaproxy::types::Leg;
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
 use tonic::transport::{Channel, Endpoint};
@@ -42,30 +43,6 @@ pub struct MediaClient {
     owner: String,
     pub url: String,
     durations: Option<prometheus::HistogramVec>,
-}
-
-fn leg_to_wire(leg: Leg) -> i32 {
-    match leg {
-        Leg::Caller => pb::Leg::Caller as i32,
-        Leg::Callee => pb::Leg::Callee as i32,
-    }
-}
-
-fn kind_to_wire(kind: MediaKind) -> i32 {
-    match kind {
-        MediaKind::Audio => pb::MediaKind::Audio as i32,
-        MediaKind::Video => pb::MediaKind::Video as i32,
-        MediaKind::Other => pb::MediaKind::Other as i32,
-    }
-}
-
-fn direction_to_wire(direction: Direction) -> i32 {
-    (match direction {
-        Direction::SendRecv => pb::Direction::Sendrecv,
-        Direction::SendOnly => pb::Direction::Sendonly,
-        Direction::RecvOnly => pb::Direction::Recvonly,
-        Direction::Inactive => pb::Direction::Inactive,
-    }) as i32
 }
 
 fn status_text(status: &tonic::Status) -> String {

@@ -51,14 +51,7 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, label: &str, values: &[&str]| {
-            let vec = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-            for value in values {
-                vec.with_label_values(&[*value]);
-            }
-            registry
-                .register(Box::new(vec.clone()))
-                .expect("unique metric");
-            vec
+            mediaproxy::metrics::counter_vec(&registry, name, help, label, values)
         };
         let calls = counter(
             "signaling_calls_total",

@@ -170,6 +170,11 @@ impl Drop for Service {
     }
 }
 
+/// Owned copies of argument strings.
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
 /// A SIPp process, killed if a test ends before it does (so a failed test cannot leave a
 /// SIPp holding the ports of the next run).
 struct Sipp(Child);
@@ -543,7 +548,7 @@ fn hold_and_resume_keep_the_same_relay_ports() {
     std::fs::create_dir_all(&dir).unwrap();
     let uas_trace = dir.join("uas.msg");
     let uac_trace = dir.join("uac.msg");
-    let mut uas_args: Vec<String> = [
+    let mut uas_args = strings(&[
         "-sf",
         "uas_hold_resume.xml",
         "-i",
@@ -557,10 +562,7 @@ fn hold_and_resume_keep_the_same_relay_ports() {
         "-m",
         "1",
         "-trace_msg",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     uas_args.extend(["-message_file".into(), uas_trace.display().to_string()]);
     let callee = sipp(&uas_args);
     std::thread::sleep(Duration::from_millis(300));
@@ -755,7 +757,7 @@ fn a_call_over_tcp_on_both_legs() {
         &ports,
         &["--trusted", "127.0.0.0/8", "--route", &route],
     );
-    let uas_args: Vec<String> = [
+    let uas_args = strings(&[
         "-sf",
         "uas_pcmu_echo.xml",
         "-t",
@@ -771,10 +773,7 @@ fn a_call_over_tcp_on_both_legs() {
         "-m",
         "1",
         "-rtp_echo",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let callee = sipp(&uas_args);
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(&ports, "uac_pcmu_pcap.xml", &["-t", "t1"]);
@@ -801,7 +800,7 @@ fn sigterm_drains_new_calls_get_503_and_the_live_call_keeps_its_cdr() {
     service.terminate();
     std::thread::sleep(Duration::from_millis(200));
     // A second caller on its own SIP and media ports while draining.
-    let late_args: Vec<String> = [
+    let late_args = strings(&[
         "-sf",
         "uac_expect_503.xml",
         &format!("127.0.0.1:{}", ports.sip),
@@ -817,10 +816,7 @@ fn sigterm_drains_new_calls_get_503_and_the_live_call_keeps_its_cdr() {
         "1000",
         "-m",
         "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     expect_success(sipp(&late_args), "late UAC (503)", &service);
     expect_success(caller, "UAC", &service);
     expect_success(callee, "UAS", &service);
@@ -857,7 +853,7 @@ fn an_ipv6_call_is_routed_with_its_sdp_rewritten_to_the_ipv6_relay() {
     let dir = std::env::temp_dir().join(format!("sig-e2e-ipv6-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let trace = dir.join("uas.msg");
-    let uas_args: Vec<String> = [
+    let uas_args = strings(&[
         "-sf",
         "uas_busy.xml",
         "-i",
@@ -869,13 +865,10 @@ fn an_ipv6_call_is_routed_with_its_sdp_rewritten_to_the_ipv6_relay() {
         "-trace_msg",
         "-message_file",
         trace.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let callee = sipp(&uas_args);
     std::thread::sleep(Duration::from_millis(300));
-    let uac_args: Vec<String> = [
+    let uac_args = strings(&[
         "-sf",
         "uac_expect_busy.xml",
         &format!("[::1]:{}", ports.sip),
@@ -891,10 +884,7 @@ fn an_ipv6_call_is_routed_with_its_sdp_rewritten_to_the_ipv6_relay() {
         "1000",
         "-m",
         "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     expect_success(sipp(&uac_args), "UAC", &service);
     expect_success(callee, "UAS", &service);
     let rows = service.stop();
@@ -915,7 +905,7 @@ fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
     let dir = std::env::temp_dir().join(format!("sig-e2e-late-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (uas_trace, uac_trace) = (dir.join("uas.msg"), dir.join("uac.msg"));
-    let uas_args: Vec<String> = [
+    let uas_args = strings(&[
         "-sf",
         "uas_late_offer.xml",
         "-i",
@@ -931,10 +921,7 @@ fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
         "-trace_msg",
         "-message_file",
         uas_trace.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let callee = sipp(&uas_args);
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(
