@@ -273,6 +273,8 @@ struct LegA {
     /// Our tag in the caller's dialog (To tag of our responses).
     local_tag: String,
     remote_target: String,
+    /// Route set (RFC 3261 section 12.1.1): the INVITE's Record-Route values, in order.
+    route_set: Vec<String>,
     cseq: u32,
     last_response: Option<Vec<u8>>,
 }
@@ -290,6 +292,8 @@ struct LegB {
     cseq: u32,
     from_value: String,
     to_value: String,
+    /// Route set (RFC 3261 section 12.1.2): the 2xx's Record-Route values, reversed.
+    route_set: Vec<String>,
 }
 
 /// A re-INVITE relayed from one leg to the other, waiting for the answer.
@@ -440,6 +444,12 @@ impl Core {
         }
         headers.push("Call-ID", request.call_id());
         headers.push("CSeq", request.headers.get("CSeq").unwrap_or(""));
+        if (101..300).contains(&status) {
+            // A UAS echoes Record-Route in dialog-creating responses (RFC 3261 12.1.1).
+            for route in request.headers.all("Record-Route") {
+                headers.push("Record-Route", route);
+            }
+        }
         headers.push("Server", concat!("signaling/", env!("CARGO_PKG_VERSION")));
         Response {
             status,
@@ -777,6 +787,11 @@ impl Core {
             .and_then(NameAddr::parse)
             .map_or_else(|| from_header.uri.to_string(), |c| c.uri.to_string());
         let call_id = request.call_id().to_owned();
+        let route_set: Vec<String> = request
+            .headers
+            .values("Record-Route")
+            .map(str::to_owned)
+            .collect();
         let relayed = mode != MediaMode::Direct;
         let record = Call {
             state: State::MediaPending,
@@ -786,6 +801,7 @@ impl Core {
                 invite: request,
                 local_tag: a_tag,
                 remote_target,
+                route_set,
                 cseq: 0,
                 last_response: None,
             },
@@ -800,6 +816,7 @@ impl Core {
                 cseq: 1,
                 from_value: b_from.to_string(),
                 to_value,
+                route_set: Vec::new(),
             },
             mode: if relayed { mode } else { MediaMode::Direct },
             media: None,
@@ -1109,6 +1126,10 @@ impl Core {
     ) -> (Peer, Request) {
         let branch = branch.unwrap_or_else(|| format!("z9hG4bK{}", self.unique("d")));
         let record = self.calls.get_mut(&call).expect("call exists");
+        let route_set = match side {
+            Side::A => record.a.route_set.clone(),
+            Side::B => record.b.route_set.clone(),
+        };
         let (peer, uri, from, to, call_id, cseq) = match side {
             Side::A => {
                 let cseq = cseq.unwrap_or_else(|| {
@@ -1153,9 +1174,13 @@ impl Core {
                 )
             }
         };
+        let peer = next_hop(&route_set, peer);
         let mut headers = Headers::new();
         headers.push("Via", self.via(peer.transport, &branch));
         headers.push("Max-Forwards", "70");
+        for route in &route_set {
+            headers.push("Route", route.as_str());
+        }
         headers.push("From", from);
         headers.push("To", to);
         headers.push("Call-ID", call_id);
@@ -1396,6 +1421,13 @@ impl Core {
                 .get("Contact")
                 .and_then(NameAddr::parse)
                 .map(|c| c.uri.to_string());
+            let mut route_set: Vec<String> = response
+                .headers
+                .values("Record-Route")
+                .map(str::to_owned)
+                .collect();
+            route_set.reverse();
+            record.b.route_set = route_set;
             let late_offer = (record.mode != MediaMode::Direct && !record.allocation_requested)
                 .then(|| {
                     std::str::from_utf8(&response.body)
@@ -1471,9 +1503,16 @@ impl Core {
         } else {
             record.b.request_uri.clone()
         };
+        // The 2xx ACK is a request of the dialog and follows its route set; an error's ACK
+        // belongs to the INVITE transaction and goes where the INVITE went.
+        let routes: &[String] = if success { &record.b.route_set } else { &[] };
+        let peer = next_hop(routes, record.b.peer);
         let mut headers = Headers::new();
-        headers.push("Via", self.via(record.b.peer.transport, &branch));
+        headers.push("Via", self.via(peer.transport, &branch));
         headers.push("Max-Forwards", "70");
+        for route in routes {
+            headers.push("Route", route.as_str());
+        }
         headers.push("From", record.b.from_value.clone());
         headers.push("To", response.headers.get("To").unwrap_or(""));
         headers.push("Call-ID", record.b.call_id.clone());
@@ -1487,7 +1526,6 @@ impl Core {
             headers,
             body,
         };
-        let peer = record.b.peer;
         self.counter += 1;
         self.send(peer, ack.to_bytes());
     }
@@ -1683,6 +1721,30 @@ impl Core {
         );
         self.out.push(Output::Finish(out));
         self.timer(call, TimerKind::Cleanup, TRANSACTION_TIMEOUT);
+    }
+}
+
+/// Where an in-dialog request goes: the first hop of the route set when it is a loose router
+/// with an IP address (RFC 3261 section 12.2.1.1), else the dialog's peer. (Strict routers and
+/// host names are not supported: the request then goes to the peer.)
+fn next_hop(route_set: &[String], peer: Peer) -> Peer {
+    let Some(first) = route_set.first().and_then(|r| NameAddr::parse(r)) else {
+        return peer;
+    };
+    if first.uri.param("lr").is_none() {
+        return peer;
+    }
+    let Some(ip) = first.uri.ip() else {
+        return peer;
+    };
+    let transport = if first.uri.transport() == "tcp" {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    };
+    Peer {
+        transport,
+        addr: SocketAddr::new(ip, first.uri.port.unwrap_or(5060)),
     }
 }
 

@@ -119,6 +119,14 @@ impl Service {
         self.wait_rows()
     }
 
+    /// Like [`Service::stop`], also returning the whole log (written until the exit: media
+    /// releases happen asynchronously after the last SIP message).
+    fn stop_with_log(self) -> (Vec<HashMap<String, String>>, String) {
+        let path = self.dir.join("signaling.log");
+        let rows = self.stop();
+        (rows, std::fs::read_to_string(path).unwrap_or_default())
+    }
+
     /// Waits for the exit, returns the CDR rows.
     fn wait_rows(mut self) -> Vec<HashMap<String, String>> {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -358,8 +366,7 @@ fn callee_hangs_up_and_the_relay_is_still_counted_and_released() {
     let caller = uac(&ports, "uac_pcap_until_bye.xml", &[]);
     expect_success(caller, "UAC", &service);
     expect_success(callee, "UAS", &service);
-    let log = service.log();
-    let rows = service.stop();
+    let (rows, log) = service.stop_with_log();
     assert_eq!(rows.len(), 1, "{rows:?}");
     let cdr = &rows[0];
     assert_eq!(cdr["hangup_side"], "callee");
@@ -458,8 +465,7 @@ fn direct_mode_leaves_media_end_to_end() {
     let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
     expect_success(caller, "UAC", &service);
     expect_success(callee, "UAS", &service);
-    let log = service.log();
-    let rows = service.stop();
+    let (rows, log) = service.stop_with_log();
     let cdr = &rows[0];
     assert_eq!(cdr["media_mode"], "direct");
     assert_eq!(cdr["media_verdict"], "direct");
@@ -944,5 +950,68 @@ fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
     assert!(
         uas_seen.iter().any(|p| relay.contains(p)),
         "the answer reached the callee through the relay: {uas_seen:?}"
+    );
+}
+
+#[test]
+fn record_route_is_echoed_and_route_sets_are_followed_on_both_legs() {
+    let ports = ports(16);
+    let service = Service::start("record-route", &ports, &["--trusted", "127.0.0.0/8"]);
+    let dir = std::env::temp_dir().join(format!("sig-e2e-rr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (uas_trace, uac_trace) = (dir.join("uas.msg"), dir.join("uac.msg"));
+    let uas_args = strings(&[
+        "-sf",
+        "uas_record_routed.xml",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &ports.uas.to_string(),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        &ports.uas_media.to_string(),
+        "-m",
+        "1",
+        "-rtp_echo",
+        "-trace_msg",
+        "-message_file",
+        uas_trace.to_str().unwrap(),
+    ]);
+    let callee = sipp(&uas_args);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(
+        &ports,
+        "uac_record_routed.xml",
+        &["-trace_msg", "-message_file", uac_trace.to_str().unwrap()],
+    );
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    service.stop();
+    let uac_text = std::fs::read_to_string(&uac_trace).unwrap();
+    let uas_text = std::fs::read_to_string(&uas_trace).unwrap();
+    let caller_route = format!("<sip:127.0.0.1:{};lr>", ports.uac);
+    let callee_route = format!("<sip:127.0.0.1:{};lr>", ports.uas);
+    // Our 200 to the caller echoes its Record-Route; our BYE to the caller follows it.
+    assert!(
+        uac_text.contains(&format!("Record-Route: {caller_route}")),
+        "{uac_text}"
+    );
+    let bye_to_caller = uac_text
+        .split("BYE sip:")
+        .nth(1)
+        .expect("the caller received our BYE");
+    assert!(
+        bye_to_caller.contains(&format!("Route: {caller_route}")),
+        "{bye_to_caller}"
+    );
+    // Our ACK to the callee follows the route set from its 200.
+    let ack_to_callee = uas_text
+        .split("ACK sip:")
+        .nth(1)
+        .expect("the callee received our ACK");
+    assert!(
+        ack_to_callee.contains(&format!("Route: {callee_route}")),
+        "{ack_to_callee}"
     );
 }
