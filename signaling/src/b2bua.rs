@@ -96,6 +96,10 @@ pub enum TimerKind {
     RingTimeout,
     /// The answered call reached the maximum duration.
     MaxDuration,
+    /// Time to ping both legs with an in-dialog OPTIONS.
+    Keepalive,
+    /// The keepalive OPTIONS with this CSeq was not answered within the interval.
+    KeepaliveTimeout(Side, u32),
     /// Forget a finished call (after retransmissions can no longer arrive).
     Cleanup,
 }
@@ -235,6 +239,8 @@ pub struct Settings {
     pub media_mode: MediaMode,
     pub ring_timeout: Duration,
     pub max_call_duration: Duration,
+    /// In-dialog OPTIONS keepalive interval of answered calls; zero disables.
+    pub keepalive: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,6 +335,11 @@ struct Call {
     /// Late offer: the callee's 2xx, held until the media proxy answered, then kept until
     /// the caller's ACK brings the SDP answer for the callee's ACK.
     held_answer: Option<Response>,
+    /// CSeq of the keepalive OPTIONS awaiting an answer, per side.
+    keepalive_pending: [Option<u32>; 2],
+    /// Consecutive unanswered keepalives, per side (two end the call: one lost datagram
+    /// must not).
+    keepalive_missed: [u8; 2],
 }
 
 /// The core: calls, dialogs, registrations.
@@ -831,6 +842,8 @@ impl Core {
             reinvite: None,
             allocation_requested: false,
             held_answer: None,
+            keepalive_pending: [None, None],
+            keepalive_missed: [0, 0],
         };
         self.by_call_id.insert(call_id.clone(), (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
@@ -875,6 +888,8 @@ impl Core {
                 self.relay_to_a(call, &answer);
                 let max = self.settings.max_call_duration;
                 self.timer(call, TimerKind::MaxDuration, max);
+                self.schedule_keepalive(call);
+                self.schedule_keepalive(call);
             }
             (State::LateOfferPending, Err(error)) => {
                 tracing::warn!(call_id = %record.a.call_id, %error, "media proxy unavailable (late offer)");
@@ -1371,6 +1386,21 @@ impl Core {
                     record.bye_retransmit[side_index(side)] = None;
                 }
             }
+            (side, Method::Options) if response.status >= 200 => {
+                let Some(record) = self.calls.get_mut(&call) else {
+                    return;
+                };
+                if record.keepalive_pending[side_index(side)] != Some(cseq.number) {
+                    return;
+                }
+                record.keepalive_pending[side_index(side)] = None;
+                record.keepalive_missed[side_index(side)] = 0;
+                // RFC 5057: 481 (and a timeout) mean the dialog is gone on that side; any
+                // other answer means the peer is alive.
+                if matches!(response.status, 408 | 481) {
+                    self.peer_gone(now, call, side);
+                }
+            }
             _ => {}
         }
     }
@@ -1454,6 +1484,7 @@ impl Core {
             self.relay_to_a(call, &response);
             let max = self.settings.max_call_duration;
             self.timer(call, TimerKind::MaxDuration, max);
+            self.schedule_keepalive(call);
             return;
         }
         // A final error from the callee: ACK it (same transaction), pass it on.
@@ -1668,6 +1699,35 @@ impl Core {
                     self.finish(now, call, Disposition::Answered, 200, HangupSide::System);
                 }
             }
+            TimerKind::Keepalive => {
+                if !matches!(record.state, State::Answered | State::Confirmed) {
+                    return;
+                }
+                for side in [Side::A, Side::B] {
+                    let (peer, options) =
+                        self.dialog_request(call, side, Method::Options, None, None);
+                    let cseq = options.cseq().map_or(0, |c| c.number);
+                    if let Some(record) = self.calls.get_mut(&call) {
+                        record.keepalive_pending[side_index(side)] = Some(cseq);
+                    }
+                    self.send(peer, options.to_bytes());
+                    let wait = self.settings.keepalive;
+                    self.timer(call, TimerKind::KeepaliveTimeout(side, cseq), wait);
+                }
+                self.schedule_keepalive(call);
+            }
+            TimerKind::KeepaliveTimeout(side, cseq) => {
+                let index = side_index(side);
+                if record.keepalive_pending[index] != Some(cseq)
+                    || !matches!(record.state, State::Answered | State::Confirmed)
+                {
+                    return;
+                }
+                record.keepalive_missed[index] += 1;
+                if record.keepalive_missed[index] >= 2 {
+                    self.peer_gone(now, call, side);
+                }
+            }
             TimerKind::Cleanup => {
                 if let Some(record) = self.calls.remove(&call) {
                     self.by_call_id.remove(&record.a.call_id);
@@ -1675,6 +1735,29 @@ impl Core {
                 }
             }
         }
+    }
+
+    fn schedule_keepalive(&mut self, call: CallRef) {
+        let every = self.settings.keepalive;
+        if !every.is_zero() {
+            self.timer(call, TimerKind::Keepalive, every);
+        }
+    }
+
+    /// A leg stopped answering (keepalive): hang up the other leg and end the call.
+    fn peer_gone(&mut self, now: Instant, call: CallRef, side: Side) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        tracing::info!(call_id = %record.a.call_id, side = ?side, "leg stopped answering keepalives; ending the call");
+        record.state = State::Ended;
+        record.ok_retransmit = None;
+        let other = match side {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        };
+        self.send_bye(call, other);
+        self.finish(now, call, Disposition::Answered, 200, HangupSide::System);
     }
 
     /// Emits the call's record once and schedules forgetting it.

@@ -216,6 +216,10 @@ pub struct Options {
     /// End answered calls after this long [default: 4h].
     #[arg(long, env = "SIGNALING_MAX_CALL_DURATION", value_name = "DURATION")]
     pub max_call_duration: Option<HumanDuration>,
+    /// Ping both legs of answered calls with in-dialog OPTIONS this often; a leg that answers
+    /// 408/481 or not at all within the interval ends the call. 0 disables [default: 30s].
+    #[arg(long, env = "SIGNALING_KEEPALIVE", value_name = "DURATION")]
+    pub keepalive: Option<HumanDuration>,
     /// Log filter, as RUST_LOG [default: info].
     #[arg(long, env = "SIGNALING_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -283,12 +287,14 @@ pub struct Config {
     pub realm: String,
     pub ring_timeout: Duration,
     pub max_call_duration: Duration,
+    pub keepalive: Duration,
     pub log: String,
     /// Settings of the embedded media proxy (used when `mediaproxies` is empty).
     pub media: MediaConfig,
 }
 
-const KEYS: [&str; 13] = [
+const KEYS: [&str; 14] = [
+    "keepalive",
     "sip",
     "mediaproxy",
     "media-mode",
@@ -423,6 +429,10 @@ impl Config {
                 .max_call_duration
                 .or(lower.max_call_duration)
                 .map_or(Duration::from_secs(4 * 3600), |d| d.0),
+            keepalive: upper
+                .keepalive
+                .or(lower.keepalive)
+                .map_or(Duration::from_secs(30), |d| d.0),
             log: upper.log.or(lower.log).unwrap_or_else(|| "info".to_owned()),
             media,
         })

@@ -276,6 +276,7 @@ impl Signaling {
                 media_mode: config.media_mode,
                 ring_timeout: config.ring_timeout,
                 max_call_duration: config.max_call_duration,
+                keepalive: config.keepalive,
             },
             auth,
             Registrar::new(Policy::default()),

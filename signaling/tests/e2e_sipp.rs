@@ -1015,3 +1015,76 @@ fn record_route_is_echoed_and_route_sets_are_followed_on_both_legs() {
         "{ack_to_callee}"
     );
 }
+
+#[test]
+fn keepalives_end_a_call_whose_callee_vanished() {
+    let ports = ports(17);
+    // Direct media: no media timeout can notice; only the in-dialog OPTIONS keepalive does.
+    let service = Service::start(
+        "keepalive-gone",
+        &ports,
+        &[
+            "--trusted",
+            "127.0.0.0/8",
+            "--media-mode",
+            "direct",
+            "--keepalive",
+            "1s",
+        ],
+    );
+    let callee = uas(&ports, "uas_answer_then_vanish.xml", false);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    // -aa: SIPp answers our keepalive OPTIONS on the caller side.
+    let caller = uac(&ports, "uac_silent_until_bye.xml", &["-aa"]);
+    expect_success(callee, "UAS", &service);
+    expect_success(caller, "UAC", &service);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "ended after {:?}",
+        started.elapsed()
+    );
+    let rows = service.stop();
+    assert_eq!(rows[0]["hangup_side"], "system");
+    assert_eq!(rows[0]["disposition"], "answered");
+    assert!(
+        number(&rows[0], "duration_ms") >= 2000,
+        "two missed keepalives: {:?}",
+        rows[0]
+    );
+}
+
+#[test]
+fn answered_keepalives_do_not_disturb_a_healthy_call() {
+    let ports = ports(18);
+    let service = Service::start(
+        "keepalive-ok",
+        &ports,
+        &["--trusted", "127.0.0.0/8", "--keepalive", "1s"],
+    );
+    let mut uas_args = strings(&[
+        "-sf",
+        "uas_pcmu_echo.xml",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        &ports.uas.to_string(),
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        &ports.uas_media.to_string(),
+        "-m",
+        "1",
+        "-rtp_echo",
+    ]);
+    uas_args.push("-aa".into());
+    let callee = sipp(&uas_args);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcmu_pcap.xml", &["-aa"]);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let (rows, log) = service.stop_with_log();
+    assert_eq!(rows[0]["hangup_side"], "caller", "{log}");
+    assert_eq!(rows[0]["media_verdict"], "ok");
+    assert!(number(&rows[0], "duration_ms") >= 5000);
+}
