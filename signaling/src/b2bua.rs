@@ -100,6 +100,14 @@ pub enum TimerKind {
     Keepalive,
     /// The keepalive OPTIONS with this CSeq was not answered within the interval.
     KeepaliveTimeout(Side, u32),
+    /// Retransmit a relayed re-INVITE (Timer A of that transaction).
+    ReInviteRetransmit,
+    /// Give up on the relayed re-INVITE with this CSeq (Timer B): 408 to the requester.
+    ReInviteTimeout(u32),
+    /// Retransmit the 2xx relayed to the re-INVITE's requester (Timer G).
+    ReInviteOkRetransmit,
+    /// Stop waiting for the requester's ACK of that 2xx (Timer H).
+    ReInviteOkTimeout,
     /// Forget a finished call (after retransmissions can no longer arrive).
     Cleanup,
 }
@@ -312,6 +320,8 @@ struct ReInvite {
     cseq: u32,
     branch: String,
     last_response: Option<Vec<u8>>,
+    /// The INVITE sent to the other leg, resent until a response (UDP only).
+    retransmit: Option<Retransmit>,
 }
 
 #[derive(Debug)]
@@ -340,6 +350,8 @@ struct Call {
     /// Consecutive unanswered keepalives, per side (two end the call: one lost datagram
     /// must not).
     keepalive_missed: [u8; 2],
+    /// The 2xx relayed to a re-INVITE's requester (the side), resent until its ACK (UDP).
+    reinvite_ok: Option<(Side, Retransmit)>,
 }
 
 /// The core: calls, dialogs, registrations.
@@ -844,6 +856,7 @@ impl Core {
             held_answer: None,
             keepalive_pending: [None, None],
             keepalive_missed: [0, 0],
+            reinvite_ok: None,
         };
         self.by_call_id.insert(call_id.clone(), (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
@@ -1026,6 +1039,9 @@ impl Core {
             }
             (_, Method::Invite) => self.on_reinvite(call, side, from, request),
             (_, Method::Ack) => {
+                if record.reinvite_ok.as_ref().is_some_and(|(s, _)| *s == side) {
+                    record.reinvite_ok = None;
+                }
                 if side == Side::A && record.state == State::Answered {
                     record.state = State::Confirmed;
                     record.ok_retransmit = None;
@@ -1296,6 +1312,16 @@ impl Core {
         }
         invite.body = body;
         let cseq = invite.cseq().map_or(0, |c| c.number);
+        let data = invite.to_bytes();
+        let retransmit = (!peer.transport.reliable()).then(|| Retransmit {
+            to: peer,
+            data: data.clone(),
+            interval: T1,
+        });
+        if retransmit.is_some() {
+            self.timer(call, TimerKind::ReInviteRetransmit, T1);
+        }
+        self.timer(call, TimerKind::ReInviteTimeout(cseq), TRANSACTION_TIMEOUT);
         if let Some(record) = self.calls.get_mut(&call) {
             record.reinvite = Some(ReInvite {
                 from: side,
@@ -1304,14 +1330,18 @@ impl Core {
                 cseq,
                 branch,
                 last_response: None,
+                retransmit,
             });
         }
-        self.send(peer, invite.to_bytes());
+        self.send(peer, data);
     }
 
     /// The other leg answered a relayed re-INVITE.
     fn on_reinvite_response(&mut self, call: CallRef, responder: Side, response: Response) {
         if response.status < 200 {
+            if let Some(pending) = self.calls.get_mut(&call).and_then(|r| r.reinvite.as_mut()) {
+                pending.retransmit = None;
+            }
             return;
         }
         let Some(pending) = self.calls.get_mut(&call).and_then(|r| r.reinvite.take()) else {
@@ -1358,8 +1388,22 @@ impl Core {
             );
         }
         relayed.body = body;
-        let _ = pending.from;
-        self.send(pending.requester, relayed.to_bytes());
+        let data = relayed.to_bytes();
+        if success && !pending.requester.transport.reliable() {
+            if let Some(record) = self.calls.get_mut(&call) {
+                record.reinvite_ok = Some((
+                    pending.from,
+                    Retransmit {
+                        to: pending.requester,
+                        data: data.clone(),
+                        interval: T1,
+                    },
+                ));
+            }
+            self.timer(call, TimerKind::ReInviteOkRetransmit, T1);
+            self.timer(call, TimerKind::ReInviteOkTimeout, TRANSACTION_TIMEOUT);
+        }
+        self.send(pending.requester, data);
     }
 
     // ---- responses -------------------------------------------------------------------
@@ -1728,6 +1772,36 @@ impl Core {
                     self.peer_gone(now, call, side);
                 }
             }
+            TimerKind::ReInviteRetransmit => {
+                if let Some(retransmit) =
+                    record.reinvite.as_mut().and_then(|p| p.retransmit.as_mut())
+                {
+                    retransmit.interval *= 2;
+                    let (to, data, next) =
+                        (retransmit.to, retransmit.data.clone(), retransmit.interval);
+                    self.send(to, data);
+                    self.timer(call, TimerKind::ReInviteRetransmit, next);
+                }
+            }
+            TimerKind::ReInviteTimeout(cseq) => {
+                if record.reinvite.as_ref().is_some_and(|p| p.cseq == cseq)
+                    && let Some(pending) = record.reinvite.take()
+                {
+                    tracing::info!(call_id = %record.a.call_id, "re-INVITE not answered by the other leg (Timer B)");
+                    let timeout = Self::response(&pending.request, 408, reason_phrase(408), None);
+                    self.send(pending.requester, timeout.to_bytes());
+                }
+            }
+            TimerKind::ReInviteOkRetransmit => {
+                if let Some((_, retransmit)) = record.reinvite_ok.as_mut() {
+                    retransmit.interval = (retransmit.interval * 2).min(T2);
+                    let (to, data, next) =
+                        (retransmit.to, retransmit.data.clone(), retransmit.interval);
+                    self.send(to, data);
+                    self.timer(call, TimerKind::ReInviteOkRetransmit, next);
+                }
+            }
+            TimerKind::ReInviteOkTimeout => record.reinvite_ok = None,
             TimerKind::Cleanup => {
                 if let Some(record) = self.calls.remove(&call) {
                     self.by_call_id.remove(&record.a.call_id);
@@ -1854,4 +1928,416 @@ fn rewrite_for(text: &str, address: IpAddr, ports: &[u16]) -> Option<String> {
         origin_version: None,
     };
     sdp::rewrite(text, &plan).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::DigestAuth;
+    use crate::registrar::Policy;
+    use crate::sip::message::parse;
+
+    const A: Peer = Peer {
+        transport: Transport::Udp,
+        addr: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5061),
+    };
+    const B: Peer = Peer {
+        transport: Transport::Udp,
+        addr: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5062),
+    };
+    const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+
+    fn core() -> Core {
+        Core::new(
+            Settings {
+                local: "127.0.0.1:5060".parse().unwrap(),
+                routes: vec!["=sip:127.0.0.1:5062".parse().unwrap()],
+                trusted: vec!["127.0.0.0/8".parse().unwrap()],
+                users: BTreeMap::new(),
+                media_mode: MediaMode::Direct,
+                ring_timeout: Duration::from_secs(60),
+                max_call_duration: Duration::from_secs(3600),
+                keepalive: Duration::ZERO,
+            },
+            DigestAuth::with_secret("test", [1; 32], 300),
+            Registrar::new(Policy::default()),
+        )
+    }
+
+    fn message(text: &str) -> Message {
+        parse(
+            text.replace('\n', "\r\n")
+                .replace("\r\r\n", "\r\n")
+                .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn with_body(head: &str, body: &str) -> Message {
+        let text = format!(
+            "{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+            head.replace('\n', "\r\n"),
+            body.len()
+        );
+        parse(text.as_bytes()).unwrap()
+    }
+
+    /// The messages sent to `to`, parsed.
+    fn sent(outputs: &[Output], to: Peer) -> Vec<Message> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Send { to: peer, data } if *peer == to => Some(parse(data).unwrap()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn request(m: &Message) -> &Request {
+        match m {
+            Message::Request(r) => r,
+            Message::Response(r) => panic!("expected a request, got {}", r.status),
+        }
+    }
+
+    fn response(m: &Message) -> &Response {
+        match m {
+            Message::Response(r) => r,
+            Message::Request(r) => panic!("expected a response, got {}", r.method),
+        }
+    }
+
+    /// A direct-mode call, answered and acknowledged. Returns the core, the callee-side
+    /// INVITE and the caller's To header (with our tag).
+    fn established() -> (Core, Request, String) {
+        let mut core = core();
+        let now = Instant::now();
+        let invite = with_body(
+            "INVITE sip:bob@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa1\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: <sip:bob@127.0.0.1>\nCall-ID: a-leg\nCSeq: 1 INVITE\nContact: <sip:alice@127.0.0.1:5061>\nMax-Forwards: 70\n",
+            SDP,
+        );
+        let out = core.handle(
+            now,
+            0,
+            Input::Message {
+                from: A,
+                message: invite,
+            },
+        );
+        let to_b = request(&sent(&out, B)[0]).clone();
+        assert_eq!(to_b.method, Method::Invite);
+        assert_ne!(
+            to_b.call_id(),
+            "a-leg",
+            "the callee leg has its own Call-ID"
+        );
+        let ok = with_body(
+            &format!(
+                "SIP/2.0 200 OK\nVia: {}\nFrom: {}\nTo: {};tag=bt\nCall-ID: {}\nCSeq: 1 INVITE\nContact: <sip:bob@127.0.0.1:5062>\n",
+                to_b.headers.get("Via").unwrap(),
+                to_b.headers.get("From").unwrap(),
+                to_b.headers.get("To").unwrap(),
+                to_b.call_id()
+            ),
+            SDP,
+        );
+        let out = core.handle(
+            now,
+            0,
+            Input::Message {
+                from: B,
+                message: ok,
+            },
+        );
+        assert_eq!(request(&sent(&out, B)[0]).method, Method::Ack);
+        let ok_to_a = response(&sent(&out, A)[0]).clone();
+        assert_eq!(ok_to_a.status, 200);
+        let a_to = ok_to_a.headers.get("To").unwrap().to_owned();
+        let ack = message(&format!(
+            "ACK sip:127.0.0.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa2\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: {a_to}\nCall-ID: a-leg\nCSeq: 1 ACK\nContent-Length: 0\n\n"
+        ));
+        core.handle(
+            now,
+            0,
+            Input::Message {
+                from: A,
+                message: ack,
+            },
+        );
+        (core, to_b, a_to)
+    }
+
+    #[test]
+    fn a_relayed_reinvite_and_its_2xx_are_retransmitted_over_udp_rfc3261_17() {
+        let (mut core, to_b, a_to) = established();
+        let now = Instant::now();
+        let reinvite = with_body(
+            &format!(
+                "INVITE sip:127.0.0.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa3\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: {a_to}\nCall-ID: a-leg\nCSeq: 2 INVITE\nContact: <sip:alice@127.0.0.1:5061>\n"
+            ),
+            &SDP.replace("m=audio", "a=sendonly\r\nm=audio"),
+        );
+        let out = core.handle(
+            now,
+            0,
+            Input::Message {
+                from: A,
+                message: reinvite,
+            },
+        );
+        assert_eq!(response(&sent(&out, A)[0]).status, 100);
+        let relayed = sent(&out, B);
+        let relayed = request(&relayed[0]).clone();
+        assert_eq!(relayed.method, Method::Invite);
+        assert_eq!(relayed.call_id(), to_b.call_id());
+        assert!(out.contains(&Output::Timer {
+            call: 1,
+            kind: TimerKind::ReInviteRetransmit,
+            after: T1
+        }));
+        // Timer A: the same INVITE again, with a doubled interval.
+        let out = core.handle(
+            now,
+            0,
+            Input::Timer {
+                call: 1,
+                kind: TimerKind::ReInviteRetransmit,
+            },
+        );
+        assert_eq!(request(&sent(&out, B)[0]), &relayed);
+        assert!(out.contains(&Output::Timer {
+            call: 1,
+            kind: TimerKind::ReInviteRetransmit,
+            after: T1 * 2
+        }));
+        // The callee answers: ACK to it, 2xx to the caller, retransmitted until the ACK.
+        let ok = with_body(
+            &format!(
+                "SIP/2.0 200 OK\nVia: {}\nFrom: {}\nTo: {}\nCall-ID: {}\nCSeq: {}\nContact: <sip:bob@127.0.0.1:5062>\n",
+                relayed.headers.get("Via").unwrap(),
+                relayed.headers.get("From").unwrap(),
+                relayed.headers.get("To").unwrap(),
+                relayed.call_id(),
+                relayed.headers.get("CSeq").unwrap()
+            ),
+            SDP,
+        );
+        let out = core.handle(
+            now,
+            0,
+            Input::Message {
+                from: B,
+                message: ok,
+            },
+        );
+        assert_eq!(request(&sent(&out, B)[0]).method, Method::Ack);
+        let ok_to_a = response(&sent(&out, A)[0]).clone();
+        assert_eq!((ok_to_a.status, ok_to_a.cseq().unwrap().number), (200, 2));
+        // No more INVITE retransmissions once answered.
+        let out = core.handle(
+            now,
+            0,
+            Input::Timer {
+                call: 1,
+                kind: TimerKind::ReInviteRetransmit,
+            },
+        );
+        assert!(sent(&out, B).is_empty());
+        // Timer G: the 2xx again until the caller's ACK.
+        let out = core.handle(
+            now,
+            0,
+            Input::Timer {
+                call: 1,
+                kind: TimerKind::ReInviteOkRetransmit,
+            },
+        );
+        assert_eq!(response(&sent(&out, A)[0]), &ok_to_a);
+        let ack = message(&format!(
+            "ACK sip:127.0.0.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa4\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: {a_to}\nCall-ID: a-leg\nCSeq: 2 ACK\nContent-Length: 0\n\n"
+        ));
+        core.handle(
+            now,
+            0,
+            Input::Message {
+                from: A,
+                message: ack,
+            },
+        );
+        let out = core.handle(
+            now,
+            0,
+            Input::Timer {
+                call: 1,
+                kind: TimerKind::ReInviteOkRetransmit,
+            },
+        );
+        assert!(
+            sent(&out, A).is_empty(),
+            "acknowledged: no more retransmissions"
+        );
+    }
+
+    #[test]
+    fn an_unanswered_relayed_reinvite_gets_408_after_timer_b() {
+        let (mut core, _, a_to) = established();
+        let now = Instant::now();
+        let reinvite = with_body(
+            &format!(
+                "INVITE sip:127.0.0.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa5\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: {a_to}\nCall-ID: a-leg\nCSeq: 2 INVITE\n"
+            ),
+            SDP,
+        );
+        let out = core.handle(
+            now,
+            0,
+            Input::Message {
+                from: A,
+                message: reinvite,
+            },
+        );
+        let timeout = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Timer {
+                    kind: kind @ TimerKind::ReInviteTimeout(_),
+                    after,
+                    ..
+                } => Some((*kind, *after)),
+                _ => None,
+            })
+            .expect("Timer B armed");
+        assert_eq!(timeout.1, TRANSACTION_TIMEOUT);
+        let out = core.handle(
+            now,
+            0,
+            Input::Timer {
+                call: 1,
+                kind: timeout.0,
+            },
+        );
+        let answer = response(&sent(&out, A)[0]).clone();
+        assert_eq!((answer.status, answer.cseq().unwrap().number), (408, 2));
+        // The call itself goes on: a new re-INVITE is accepted (not 491).
+        let again = with_body(
+            &format!(
+                "INVITE sip:127.0.0.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa6\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: {a_to}\nCall-ID: a-leg\nCSeq: 3 INVITE\n"
+            ),
+            SDP,
+        );
+        let out = core.handle(
+            now,
+            0,
+            Input::Message {
+                from: A,
+                message: again,
+            },
+        );
+        assert_eq!(response(&sent(&out, A)[0]).status, 100);
+        assert_eq!(request(&sent(&out, B)[0]).method, Method::Invite);
+    }
+
+    #[test]
+    fn a_caller_that_never_acks_is_hung_up_after_timer_h() {
+        let mut core = core();
+        let now = Instant::now();
+        let invite = with_body(
+            "INVITE sip:bob@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKh1\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: <sip:bob@127.0.0.1>\nCall-ID: no-ack\nCSeq: 1 INVITE\nContact: <sip:alice@127.0.0.1:5061>\n",
+            SDP,
+        );
+        let out = core.handle(
+            now,
+            0,
+            Input::Message {
+                from: A,
+                message: invite,
+            },
+        );
+        let to_b = request(&sent(&out, B)[0]).clone();
+        // Early media first: a 183 with SDP reaches the caller with its SDP and our Contact.
+        let early = with_body(
+            &format!(
+                "SIP/2.0 183 Session Progress\nVia: {}\nFrom: {}\nTo: {};tag=bt\nCall-ID: {}\nCSeq: 1 INVITE\n",
+                to_b.headers.get("Via").unwrap(),
+                to_b.headers.get("From").unwrap(),
+                to_b.headers.get("To").unwrap(),
+                to_b.call_id()
+            ),
+            SDP,
+        );
+        let out = core.handle(
+            now,
+            0,
+            Input::Message {
+                from: B,
+                message: early,
+            },
+        );
+        let progress = response(&sent(&out, A)[0]).clone();
+        assert_eq!(progress.status, 183);
+        assert_eq!(progress.body, SDP.as_bytes());
+        assert_eq!(
+            progress.headers.get("Contact"),
+            Some("<sip:127.0.0.1:5060>")
+        );
+        let ok = with_body(
+            &format!(
+                "SIP/2.0 200 OK\nVia: {}\nFrom: {}\nTo: {};tag=bt\nCall-ID: {}\nCSeq: 1 INVITE\nContact: <sip:bob@127.0.0.1:5062>\n",
+                to_b.headers.get("Via").unwrap(),
+                to_b.headers.get("From").unwrap(),
+                to_b.headers.get("To").unwrap(),
+                to_b.call_id()
+            ),
+            SDP,
+        );
+        let out = core.handle(
+            now,
+            0,
+            Input::Message {
+                from: B,
+                message: ok,
+            },
+        );
+        let ok_to_a = response(&sent(&out, A)[0]).clone();
+        assert!(out.contains(&Output::Timer {
+            call: 1,
+            kind: TimerKind::TimerH,
+            after: TRANSACTION_TIMEOUT
+        }));
+        let out = core.handle(
+            now,
+            0,
+            Input::Timer {
+                call: 1,
+                kind: TimerKind::TimerG,
+            },
+        );
+        assert_eq!(
+            response(&sent(&out, A)[0]),
+            &ok_to_a,
+            "Timer G resends the 2xx"
+        );
+        let later = now + TRANSACTION_TIMEOUT;
+        let out = core.handle(
+            later,
+            0,
+            Input::Timer {
+                call: 1,
+                kind: TimerKind::TimerH,
+            },
+        );
+        assert_eq!(request(&sent(&out, A)[0]).method, Method::Bye);
+        assert_eq!(request(&sent(&out, B)[0]).method, Method::Bye);
+        let record = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Finish(record) => Some(record.clone()),
+                _ => None,
+            })
+            .expect("the call ends with a record");
+        assert_eq!(record.hangup_side, HangupSide::System);
+        assert_eq!(record.disposition, Disposition::Answered);
+        assert_eq!(record.call_id, "no-ack");
+        assert!(!record.relayed, "direct mode: nothing to release");
+    }
 }
