@@ -700,7 +700,7 @@ impl Core {
             .iter()
             .filter(|r| user.starts_with(&r.prefix))
             .max_by_key(|r| r.prefix.len())?;
-        let ip = route.target.ip()?;
+        let address = route.address?;
         let transport = if route.target.transport() == "tcp" {
             Transport::Tcp
         } else {
@@ -714,7 +714,7 @@ impl Core {
             uri.to_string(),
             Peer {
                 transport,
-                addr: SocketAddr::new(ip, route.target.port.unwrap_or(5060)),
+                addr: address,
             },
             route.media_mode,
         ))
@@ -1951,7 +1951,11 @@ mod tests {
         Core::new(
             Settings {
                 local: "127.0.0.1:5060".parse().unwrap(),
-                routes: vec!["=sip:127.0.0.1:5062".parse().unwrap()],
+                routes: vec![{
+                    let mut route: Route = "=sip:127.0.0.1:5062".parse().unwrap();
+                    route.resolve().unwrap();
+                    route
+                }],
                 trusted: vec!["127.0.0.0/8".parse().unwrap()],
                 users: BTreeMap::new(),
                 media_mode: MediaMode::Direct,

@@ -59,6 +59,28 @@ pub struct Route {
     pub prefix: String,
     pub target: Uri,
     pub media_mode: Option<MediaMode>,
+    /// Where requests on this route are sent: the target's IP address, or its host name
+    /// resolved (A/AAAA) when the configuration is loaded.
+    pub address: Option<SocketAddr>,
+}
+
+impl Route {
+    /// Resolves the target host (a no-op for IP addresses). SRV/NAPTR are not used.
+    pub fn resolve(&mut self) -> Result<(), String> {
+        let port = self.target.port.unwrap_or(5060);
+        if let Some(ip) = self.target.ip() {
+            self.address = Some(SocketAddr::new(ip, port));
+            return Ok(());
+        }
+        use std::net::ToSocketAddrs;
+        let found = (self.target.host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {}: {e}", self.target.host))?
+            .next()
+            .ok_or_else(|| format!("{} has no address", self.target.host))?;
+        self.address = Some(found);
+        Ok(())
+    }
 }
 
 impl FromStr for Route {
@@ -79,6 +101,7 @@ impl FromStr for Route {
             prefix: prefix.trim().to_owned(),
             target,
             media_mode,
+            address: None,
         })
     }
 }
@@ -369,6 +392,12 @@ impl Config {
                 ));
             }
         }
+        let mut routes = pick(upper.route, lower.route);
+        for route in &mut routes {
+            route
+                .resolve()
+                .map_err(|message| invalid("route", format!("{}: {message}", route.target)))?;
+        }
         let users = match upper.users.or(lower.users) {
             Some(path) => read_users(&path)?,
             None => BTreeMap::new(),
@@ -410,7 +439,7 @@ impl Config {
                 .unwrap_or(MediaMode::Relay),
             record: upper.record.or(lower.record).unwrap_or(false),
             users,
-            routes: pick(upper.route, lower.route),
+            routes,
             trusted: pick(upper.trusted, lower.trusted),
             cdr,
             metrics: upper
@@ -478,6 +507,19 @@ mod tests {
         assert_eq!(direct.media_mode, Some(MediaMode::Direct));
         assert_eq!(direct.target.to_string(), "sip:10.0.0.5:5060;transport=tcp");
         assert!("9=sip:10.0.0.5;media=loud".parse::<Route>().is_err());
+        assert_eq!(
+            config.routes[0].address,
+            Some("192.0.2.1:5060".parse().unwrap())
+        );
+        let mut named: Route = "=sip:localhost:5070".parse().unwrap();
+        named.resolve().unwrap();
+        assert!(named.address.unwrap().ip().is_loopback());
+        assert_eq!(named.address.unwrap().port(), 5070);
+        let cli = parse(&["--route", "=sip:no-such-host.invalid"]).unwrap();
+        let error = Config::resolve(cli.options, Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("--route"), "{error}");
         assert!(config.trusted[0].contains("127.0.0.9".parse().unwrap()));
         assert!(!config.trusted[0].contains("10.0.0.1".parse().unwrap()));
         assert_eq!(config.media_mode, MediaMode::Relay);
