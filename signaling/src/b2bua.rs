@@ -1986,6 +1986,24 @@ mod tests {
         parse(text.as_bytes()).unwrap()
     }
 
+    /// The callee's answer to a request we sent it, with an SDP body; `tag` is added to To.
+    fn answer(to: &Request, status_line: &str, tag: Option<&str>, extra: &str) -> Message {
+        let to_header = match tag {
+            Some(tag) => format!("{};tag={tag}", to.headers.get("To").unwrap()),
+            None => to.headers.get("To").unwrap().to_owned(),
+        };
+        with_body(
+            &format!(
+                "SIP/2.0 {status_line}\nVia: {}\nFrom: {}\nTo: {to_header}\nCall-ID: {}\nCSeq: {}\n{extra}",
+                to.headers.get("Via").unwrap(),
+                to.headers.get("From").unwrap(),
+                to.call_id(),
+                to.headers.get("CSeq").unwrap(),
+            ),
+            SDP,
+        )
+    }
+
     /// The messages sent to `to`, parsed.
     fn sent(outputs: &[Output], to: Peer) -> Vec<Message> {
         outputs
@@ -2035,15 +2053,11 @@ mod tests {
             "a-leg",
             "the callee leg has its own Call-ID"
         );
-        let ok = with_body(
-            &format!(
-                "SIP/2.0 200 OK\nVia: {}\nFrom: {}\nTo: {};tag=bt\nCall-ID: {}\nCSeq: 1 INVITE\nContact: <sip:bob@127.0.0.1:5062>\n",
-                to_b.headers.get("Via").unwrap(),
-                to_b.headers.get("From").unwrap(),
-                to_b.headers.get("To").unwrap(),
-                to_b.call_id()
-            ),
-            SDP,
+        let ok = answer(
+            &to_b,
+            "200 OK",
+            Some("bt"),
+            "Contact: <sip:bob@127.0.0.1:5062>\n",
         );
         let out = core.handle(
             now,
@@ -2115,16 +2129,11 @@ mod tests {
             after: T1 * 2
         }));
         // The callee answers: ACK to it, 2xx to the caller, retransmitted until the ACK.
-        let ok = with_body(
-            &format!(
-                "SIP/2.0 200 OK\nVia: {}\nFrom: {}\nTo: {}\nCall-ID: {}\nCSeq: {}\nContact: <sip:bob@127.0.0.1:5062>\n",
-                relayed.headers.get("Via").unwrap(),
-                relayed.headers.get("From").unwrap(),
-                relayed.headers.get("To").unwrap(),
-                relayed.call_id(),
-                relayed.headers.get("CSeq").unwrap()
-            ),
-            SDP,
+        let ok = answer(
+            &relayed,
+            "200 OK",
+            None,
+            "Contact: <sip:bob@127.0.0.1:5062>\n",
         );
         let out = core.handle(
             now,
@@ -2259,16 +2268,7 @@ mod tests {
         );
         let to_b = request(&sent(&out, B)[0]).clone();
         // Early media first: a 183 with SDP reaches the caller with its SDP and our Contact.
-        let early = with_body(
-            &format!(
-                "SIP/2.0 183 Session Progress\nVia: {}\nFrom: {}\nTo: {};tag=bt\nCall-ID: {}\nCSeq: 1 INVITE\n",
-                to_b.headers.get("Via").unwrap(),
-                to_b.headers.get("From").unwrap(),
-                to_b.headers.get("To").unwrap(),
-                to_b.call_id()
-            ),
-            SDP,
-        );
+        let early = answer(&to_b, "183 Session Progress", Some("bt"), "");
         let out = core.handle(
             now,
             0,
@@ -2284,15 +2284,11 @@ mod tests {
             progress.headers.get("Contact"),
             Some("<sip:127.0.0.1:5060>")
         );
-        let ok = with_body(
-            &format!(
-                "SIP/2.0 200 OK\nVia: {}\nFrom: {}\nTo: {};tag=bt\nCall-ID: {}\nCSeq: 1 INVITE\nContact: <sip:bob@127.0.0.1:5062>\n",
-                to_b.headers.get("Via").unwrap(),
-                to_b.headers.get("From").unwrap(),
-                to_b.headers.get("To").unwrap(),
-                to_b.call_id()
-            ),
-            SDP,
+        let ok = answer(
+            &to_b,
+            "200 OK",
+            Some("bt"),
+            "Contact: <sip:bob@127.0.0.1:5062>\n",
         );
         let out = core.handle(
             now,

@@ -274,6 +274,23 @@ fn expect_success(mut sipp: Sipp, what: &str, service: &Service) {
     }
 }
 
+/// Starts a SIPp UAS with `uas_scenario` (echoing RTP when `echo`), then a SIPp UAC with
+/// `uac_scenario` against signaling, and waits until both succeeded.
+fn call_between(
+    ports: &Ports,
+    service: &Service,
+    uas_scenario: &str,
+    echo: bool,
+    uac_scenario: &str,
+    uac_extra: &[&str],
+) {
+    let callee = uas(ports, uas_scenario, echo);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(ports, uac_scenario, uac_extra);
+    expect_success(caller, "UAC", service);
+    expect_success(callee, "UAS", service);
+}
+
 fn number(row: &HashMap<String, String>, column: &str) -> i64 {
     row[column]
         .parse()
@@ -287,11 +304,14 @@ const MIN_PACKETS: i64 = 240;
 fn caller_hangs_up_and_the_cdr_has_real_packet_counts() {
     let ports = ports(0);
     let service = Service::start("caller-bye", &ports, &["--trusted", "127.0.0.0/8"]);
-    let callee = uas(&ports, "uas_pcmu_echo.xml", true);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
+    call_between(
+        &ports,
+        &service,
+        "uas_pcmu_echo.xml",
+        true,
+        "uac_pcmu_pcap.xml",
+        &[],
+    );
     // The call's counters land once its media is released (asynchronously): poll briefly.
     let deadline = Instant::now() + Duration::from_secs(5);
     let metrics = loop {
@@ -361,11 +381,14 @@ fn callee_hangs_up_and_the_relay_is_still_counted_and_released() {
     // DESIGN section 5: a BYE on the callee's Call-ID must end the same media session.
     let ports = ports(1);
     let service = Service::start("callee-bye", &ports, &["--trusted", "127.0.0.0/8"]);
-    let callee = uas(&ports, "uas_echo_then_bye.xml", true);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(&ports, "uac_pcap_until_bye.xml", &[]);
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
+    call_between(
+        &ports,
+        &service,
+        "uas_echo_then_bye.xml",
+        true,
+        "uac_pcap_until_bye.xml",
+        &[],
+    );
     let (rows, log) = service.stop_with_log();
     assert_eq!(rows.len(), 1, "{rows:?}");
     let cdr = &rows[0];
@@ -390,11 +413,14 @@ fn callee_hangs_up_and_the_relay_is_still_counted_and_released() {
 fn busy_callee_gives_a_busy_cdr() {
     let ports = ports(2);
     let service = Service::start("busy", &ports, &["--trusted", "127.0.0.0/8"]);
-    let callee = uas(&ports, "uas_busy.xml", false);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(&ports, "uac_expect_busy.xml", &[]);
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
+    call_between(
+        &ports,
+        &service,
+        "uas_busy.xml",
+        false,
+        "uac_expect_busy.xml",
+        &[],
+    );
     let rows = service.stop();
     let cdr = &rows[0];
     assert_eq!(cdr["disposition"], "busy");
@@ -408,11 +434,14 @@ fn busy_callee_gives_a_busy_cdr() {
 fn cancel_before_answer_cancels_both_legs() {
     let ports = ports(3);
     let service = Service::start("cancel", &ports, &["--trusted", "127.0.0.0/8"]);
-    let callee = uas(&ports, "uas_ring_until_cancel.xml", false);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(&ports, "uac_cancel.xml", &[]);
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
+    call_between(
+        &ports,
+        &service,
+        "uas_ring_until_cancel.xml",
+        false,
+        "uac_cancel.xml",
+        &[],
+    );
     let rows = service.stop();
     let cdr = &rows[0];
     assert_eq!(cdr["disposition"], "cancelled");
@@ -433,11 +462,14 @@ fn register_with_digest_then_call() {
     .unwrap();
     // No --trusted: the INVITE is challenged (407) like the REGISTER (401).
     let service = Service::start("register", &ports, &["--users", users.to_str().unwrap()]);
-    let callee = uas(&ports, "uas_pcmu_echo.xml", true);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(&ports, "uac_register_auth_call.xml", &["-inf", "users.csv"]);
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
+    call_between(
+        &ports,
+        &service,
+        "uas_pcmu_echo.xml",
+        true,
+        "uac_register_auth_call.xml",
+        &["-inf", "users.csv"],
+    );
     let log = service.log();
     let rows = service.stop();
     assert!(log.contains("registered"), "{log}");
@@ -460,11 +492,14 @@ fn direct_mode_leaves_media_end_to_end() {
         &ports,
         &["--trusted", "127.0.0.0/8", "--media-mode", "direct"],
     );
-    let callee = uas(&ports, "uas_pcmu_echo.xml", true);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
+    call_between(
+        &ports,
+        &service,
+        "uas_pcmu_echo.xml",
+        true,
+        "uac_pcmu_pcap.xml",
+        &[],
+    );
     let (rows, log) = service.stop_with_log();
     let cdr = &rows[0];
     assert_eq!(cdr["media_mode"], "direct");
@@ -652,11 +687,14 @@ fn a_callee_that_never_answers_times_out_as_no_answer() {
         &ports,
         &["--trusted", "127.0.0.0/8", "--ring-timeout", "1s"],
     );
-    let callee = uas(&ports, "uas_ring_until_cancel.xml", false);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(&ports, "uac_expect_408.xml", &[]);
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
+    call_between(
+        &ports,
+        &service,
+        "uas_ring_until_cancel.xml",
+        false,
+        "uac_expect_408.xml",
+        &[],
+    );
     let rows = service.stop();
     assert_eq!(rows[0]["disposition"], "no_answer");
     assert_eq!(rows[0]["sip_status"], "408");
@@ -703,11 +741,14 @@ fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
         &ports,
         &["--trusted", "127.0.0.0/8", "--mediaproxy", &url],
     );
-    let callee = uas(&ports, "uas_pcmu_echo.xml", true);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
+    call_between(
+        &ports,
+        &service,
+        "uas_pcmu_echo.xml",
+        true,
+        "uac_pcmu_pcap.xml",
+        &[],
+    );
     let rows = service.stop();
     let _ = proxy.kill();
     let _ = proxy.wait();
