@@ -674,11 +674,6 @@ impl Control {
             tracing::info!(draining, "drain state changed");
         }
     }
-
-    /// Sessions per relay worker are balanced by [`Relay::pick`]; this is their number.
-    pub fn worker_count(&self) -> usize {
-        self.relay.worker_count()
-    }
 }
 
 /// Renews (creating if needed) an owner's lease; `timeout` replaces its timeout when given.

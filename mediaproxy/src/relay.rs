@@ -141,10 +141,6 @@ impl Relay {
             .map_or(0, |(index, _)| index)
     }
 
-    pub fn worker_count(&self) -> usize {
-        self.workers.len()
-    }
-
     fn send(&self, worker: usize, command: Command) -> Result<(), WorkerGone> {
         let handle = self.workers.get(worker).ok_or(WorkerGone(worker))?;
         handle

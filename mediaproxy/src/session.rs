@@ -545,43 +545,33 @@ impl Session {
             None => on_rtcp_port,
         };
         let latch_index = usize::from(on_rtcp_port);
-        match media.latches[latch_index].admit(now, source, window) {
+        let event = match media.latches[latch_index].admit(now, source, window) {
             Admission::Reject => return drop(media, DropReason::UnknownSource),
-            Admission::Accept => {}
-            Admission::First => {
-                let sdp = media.latches[latch_index].sdp;
-                let kind = EventKind::FirstPacket {
-                    source,
-                    sdp,
-                    rtcp: on_rtcp_port,
-                };
-                push_event(
-                    &mut self.events,
-                    &self.call_id,
-                    &self.owner,
-                    &self.clock,
-                    now,
-                    at,
-                    kind,
-                );
-            }
+            Admission::Accept => None,
+            Admission::First => Some(EventKind::FirstPacket {
+                source,
+                sdp: media.latches[latch_index].sdp,
+                rtcp: on_rtcp_port,
+            }),
             Admission::Changed { from } => {
                 media.source_changes += 1;
-                let kind = EventKind::SourceChanged {
+                Some(EventKind::SourceChanged {
                     from,
                     to: source,
                     rtcp: on_rtcp_port,
-                };
-                push_event(
-                    &mut self.events,
-                    &self.call_id,
-                    &self.owner,
-                    &self.clock,
-                    now,
-                    at,
-                    kind,
-                );
+                })
             }
+        };
+        if let Some(kind) = event {
+            push_event(
+                &mut self.events,
+                &self.call_id,
+                &self.owner,
+                &self.clock,
+                now,
+                at,
+                kind,
+            );
         }
         leg.last_packet = Some(now);
         if rtcp {

@@ -1986,6 +1986,24 @@ mod tests {
         parse(text.as_bytes()).unwrap()
     }
 
+    /// Feeds one parsed message from `from` into the core.
+    fn deliver(core: &mut Core, now: Instant, from: Peer, message: Message) -> Vec<Output> {
+        core.handle(now, 0, Input::Message { from, message })
+    }
+
+    /// Sends the caller's INVITE (Call-ID `call_id`) into the core; returns the INVITE the
+    /// core sent to the callee.
+    fn start_call(core: &mut Core, now: Instant, call_id: &str) -> Request {
+        let invite = with_body(
+            &format!(
+                "INVITE sip:bob@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK{call_id}\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: <sip:bob@127.0.0.1>\nCall-ID: {call_id}\nCSeq: 1 INVITE\nContact: <sip:alice@127.0.0.1:5061>\nMax-Forwards: 70\n"
+            ),
+            SDP,
+        );
+        let out = deliver(core, now, A, invite);
+        request(&sent(&out, B)[0]).clone()
+    }
+
     /// The callee's answer to a request we sent it, with an SDP body; `tag` is added to To.
     fn answer(to: &Request, status_line: &str, tag: Option<&str>, extra: &str) -> Message {
         let to_header = match tag {
@@ -2034,19 +2052,7 @@ mod tests {
     fn established() -> (Core, Request, String) {
         let mut core = core();
         let now = Instant::now();
-        let invite = with_body(
-            "INVITE sip:bob@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa1\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: <sip:bob@127.0.0.1>\nCall-ID: a-leg\nCSeq: 1 INVITE\nContact: <sip:alice@127.0.0.1:5061>\nMax-Forwards: 70\n",
-            SDP,
-        );
-        let out = core.handle(
-            now,
-            0,
-            Input::Message {
-                from: A,
-                message: invite,
-            },
-        );
-        let to_b = request(&sent(&out, B)[0]).clone();
+        let to_b = start_call(&mut core, now, "a-leg");
         assert_eq!(to_b.method, Method::Invite);
         assert_ne!(
             to_b.call_id(),
@@ -2059,14 +2065,7 @@ mod tests {
             Some("bt"),
             "Contact: <sip:bob@127.0.0.1:5062>\n",
         );
-        let out = core.handle(
-            now,
-            0,
-            Input::Message {
-                from: B,
-                message: ok,
-            },
-        );
+        let out = deliver(&mut core, now, B, ok);
         assert_eq!(request(&sent(&out, B)[0]).method, Method::Ack);
         let ok_to_a = response(&sent(&out, A)[0]).clone();
         assert_eq!(ok_to_a.status, 200);
@@ -2074,14 +2073,7 @@ mod tests {
         let ack = message(&format!(
             "ACK sip:127.0.0.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa2\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: {a_to}\nCall-ID: a-leg\nCSeq: 1 ACK\nContent-Length: 0\n\n"
         ));
-        core.handle(
-            now,
-            0,
-            Input::Message {
-                from: A,
-                message: ack,
-            },
-        );
+        deliver(&mut core, now, A, ack);
         (core, to_b, a_to)
     }
 
@@ -2095,14 +2087,7 @@ mod tests {
             ),
             &SDP.replace("m=audio", "a=sendonly\r\nm=audio"),
         );
-        let out = core.handle(
-            now,
-            0,
-            Input::Message {
-                from: A,
-                message: reinvite,
-            },
-        );
+        let out = deliver(&mut core, now, A, reinvite);
         assert_eq!(response(&sent(&out, A)[0]).status, 100);
         let relayed = sent(&out, B);
         let relayed = request(&relayed[0]).clone();
@@ -2135,14 +2120,7 @@ mod tests {
             None,
             "Contact: <sip:bob@127.0.0.1:5062>\n",
         );
-        let out = core.handle(
-            now,
-            0,
-            Input::Message {
-                from: B,
-                message: ok,
-            },
-        );
+        let out = deliver(&mut core, now, B, ok);
         assert_eq!(request(&sent(&out, B)[0]).method, Method::Ack);
         let ok_to_a = response(&sent(&out, A)[0]).clone();
         assert_eq!((ok_to_a.status, ok_to_a.cseq().unwrap().number), (200, 2));
@@ -2169,14 +2147,7 @@ mod tests {
         let ack = message(&format!(
             "ACK sip:127.0.0.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa4\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: {a_to}\nCall-ID: a-leg\nCSeq: 2 ACK\nContent-Length: 0\n\n"
         ));
-        core.handle(
-            now,
-            0,
-            Input::Message {
-                from: A,
-                message: ack,
-            },
-        );
+        deliver(&mut core, now, A, ack);
         let out = core.handle(
             now,
             0,
@@ -2201,14 +2172,7 @@ mod tests {
             ),
             SDP,
         );
-        let out = core.handle(
-            now,
-            0,
-            Input::Message {
-                from: A,
-                message: reinvite,
-            },
-        );
+        let out = deliver(&mut core, now, A, reinvite);
         let timeout = out
             .iter()
             .find_map(|o| match o {
@@ -2238,14 +2202,7 @@ mod tests {
             ),
             SDP,
         );
-        let out = core.handle(
-            now,
-            0,
-            Input::Message {
-                from: A,
-                message: again,
-            },
-        );
+        let out = deliver(&mut core, now, A, again);
         assert_eq!(response(&sent(&out, A)[0]).status, 100);
         assert_eq!(request(&sent(&out, B)[0]).method, Method::Invite);
     }
@@ -2254,29 +2211,10 @@ mod tests {
     fn a_caller_that_never_acks_is_hung_up_after_timer_h() {
         let mut core = core();
         let now = Instant::now();
-        let invite = with_body(
-            "INVITE sip:bob@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKh1\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: <sip:bob@127.0.0.1>\nCall-ID: no-ack\nCSeq: 1 INVITE\nContact: <sip:alice@127.0.0.1:5061>\n",
-            SDP,
-        );
-        let out = core.handle(
-            now,
-            0,
-            Input::Message {
-                from: A,
-                message: invite,
-            },
-        );
-        let to_b = request(&sent(&out, B)[0]).clone();
+        let to_b = start_call(&mut core, now, "no-ack");
         // Early media first: a 183 with SDP reaches the caller with its SDP and our Contact.
         let early = answer(&to_b, "183 Session Progress", Some("bt"), "");
-        let out = core.handle(
-            now,
-            0,
-            Input::Message {
-                from: B,
-                message: early,
-            },
-        );
+        let out = deliver(&mut core, now, B, early);
         let progress = response(&sent(&out, A)[0]).clone();
         assert_eq!(progress.status, 183);
         assert_eq!(progress.body, SDP.as_bytes());
@@ -2290,14 +2228,7 @@ mod tests {
             Some("bt"),
             "Contact: <sip:bob@127.0.0.1:5062>\n",
         );
-        let out = core.handle(
-            now,
-            0,
-            Input::Message {
-                from: B,
-                message: ok,
-            },
-        );
+        let out = deliver(&mut core, now, B, ok);
         let ok_to_a = response(&sent(&out, A)[0]).clone();
         assert!(out.contains(&Output::Timer {
             call: 1,

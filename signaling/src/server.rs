@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mediaproxy::server::MediaProxy;
-use mediaproxy::types::Leg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -361,7 +360,7 @@ impl Signaling {
                             let media = media.clone();
                             tokio::spawn(async move {
                                 if let Err(error) = media.update(&call_id, leg, &sdp).await {
-                                    tracing::warn!(%call_id, leg = leg_name(leg), %error, "media update failed");
+                                    tracing::warn!(%call_id, leg = leg.as_str(), %error, "media update failed");
                                 }
                             });
                         }
@@ -405,10 +404,6 @@ impl Signaling {
         tracing::info!("signaling stopped");
         Ok(())
     }
-}
-
-fn leg_name(leg: Leg) -> &'static str {
-    leg.as_str()
 }
 
 /// Releases the call's media (if relayed) and builds its CDR row.

@@ -207,7 +207,7 @@ fn sipp(args: &[String]) -> Sipp {
     Sipp(child)
 }
 
-fn uas(ports: &Ports, scenario: &str, echo: bool) -> Sipp {
+fn uas(ports: &Ports, scenario: &str, echo: bool, extra: &[&str]) -> Sipp {
     let mut args: Vec<String> = vec![
         "-sf".into(),
         scenario.into(),
@@ -225,6 +225,7 @@ fn uas(ports: &Ports, scenario: &str, echo: bool) -> Sipp {
     if echo {
         args.push("-rtp_echo".into());
     }
+    args.extend(extra.iter().map(|s| s.to_string()));
     sipp(&args)
 }
 
@@ -281,14 +282,22 @@ fn call_between(
     service: &Service,
     uas_scenario: &str,
     echo: bool,
+    uas_extra: &[&str],
     uac_scenario: &str,
     uac_extra: &[&str],
 ) {
-    let callee = uas(ports, uas_scenario, echo);
+    let callee = uas(ports, uas_scenario, echo, uas_extra);
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(ports, uac_scenario, uac_extra);
     expect_success(caller, "UAC", service);
     expect_success(callee, "UAS", service);
+}
+
+/// Paths for the SIPp message traces (`-trace_msg -message_file`) of one test's UAS and UAC.
+fn traces(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("sig-e2e-{name}-traces-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    (dir.join("uas.msg"), dir.join("uac.msg"))
 }
 
 fn number(row: &HashMap<String, String>, column: &str) -> i64 {
@@ -309,6 +318,7 @@ fn caller_hangs_up_and_the_cdr_has_real_packet_counts() {
         &service,
         "uas_pcmu_echo.xml",
         true,
+        &[],
         "uac_pcmu_pcap.xml",
         &[],
     );
@@ -386,6 +396,7 @@ fn callee_hangs_up_and_the_relay_is_still_counted_and_released() {
         &service,
         "uas_echo_then_bye.xml",
         true,
+        &[],
         "uac_pcap_until_bye.xml",
         &[],
     );
@@ -418,6 +429,7 @@ fn busy_callee_gives_a_busy_cdr() {
         &service,
         "uas_busy.xml",
         false,
+        &[],
         "uac_expect_busy.xml",
         &[],
     );
@@ -439,6 +451,7 @@ fn cancel_before_answer_cancels_both_legs() {
         &service,
         "uas_ring_until_cancel.xml",
         false,
+        &[],
         "uac_cancel.xml",
         &[],
     );
@@ -467,6 +480,7 @@ fn register_with_digest_then_call() {
         &service,
         "uas_pcmu_echo.xml",
         true,
+        &[],
         "uac_register_auth_call.xml",
         &["-inf", "users.csv"],
     );
@@ -497,6 +511,7 @@ fn direct_mode_leaves_media_end_to_end() {
         &service,
         "uas_pcmu_echo.xml",
         true,
+        &[],
         "uac_pcmu_pcap.xml",
         &[],
     );
@@ -585,35 +600,16 @@ fn sdp_ports(trace: &str) -> Vec<u16> {
 fn hold_and_resume_keep_the_same_relay_ports() {
     let ports = ports(7);
     let service = Service::start("hold", &ports, &["--trusted", "127.0.0.0/8"]);
-    let dir = std::env::temp_dir().join(format!("sig-e2e-hold-traces-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let uas_trace = dir.join("uas.msg");
-    let uac_trace = dir.join("uac.msg");
-    let mut uas_args = strings(&[
-        "-sf",
-        "uas_hold_resume.xml",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &ports.uas.to_string(),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        &ports.uas_media.to_string(),
-        "-m",
-        "1",
-        "-trace_msg",
-    ]);
-    uas_args.extend(["-message_file".into(), uas_trace.display().to_string()]);
-    let callee = sipp(&uas_args);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(
+    let (uas_trace, uac_trace) = traces("hold");
+    call_between(
         &ports,
+        &service,
+        "uas_hold_resume.xml",
+        false,
+        &["-trace_msg", "-message_file", uas_trace.to_str().unwrap()],
         "uac_hold_resume.xml",
         &["-trace_msg", "-message_file", uac_trace.to_str().unwrap()],
     );
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
     let rows = service.stop();
     assert_eq!(rows[0]["disposition"], "answered");
     let relay = 28000 + 100 * 7..28100 + 100 * 7;
@@ -692,6 +688,7 @@ fn a_callee_that_never_answers_times_out_as_no_answer() {
         &service,
         "uas_ring_until_cancel.xml",
         false,
+        &[],
         "uac_expect_408.xml",
         &[],
     );
@@ -746,6 +743,7 @@ fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
         &service,
         "uas_pcmu_echo.xml",
         true,
+        &[],
         "uac_pcmu_pcap.xml",
         &[],
     );
@@ -774,7 +772,7 @@ fn a_call_without_media_is_ended_by_the_media_timeout_on_both_legs() {
         &["--trusted", "127.0.0.0/8", "--media-timeout", "2s"],
     );
     // The callee waits for a BYE (from us, since the caller never hangs up); no RTP anywhere.
-    let callee = uas(&ports, "uas_pcmu_echo.xml", false);
+    let callee = uas(&ports, "uas_pcmu_echo.xml", false, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     let caller = uac(&ports, "uac_silent_until_bye.xml", &[]);
@@ -840,7 +838,7 @@ fn a_call_over_tcp_on_both_legs() {
 fn sigterm_drains_new_calls_get_503_and_the_live_call_keeps_its_cdr() {
     let ports = ports(13);
     let service = Service::start("drain", &ports, &["--trusted", "127.0.0.0/8"]);
-    let callee = uas(&ports, "uas_pcmu_echo.xml", true);
+    let callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
     std::thread::sleep(Duration::from_millis(2000));
@@ -949,35 +947,16 @@ fn an_ipv6_call_is_routed_with_its_sdp_rewritten_to_the_ipv6_relay() {
 fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
     let ports = ports(15);
     let service = Service::start("late-offer", &ports, &["--trusted", "127.0.0.0/8"]);
-    let dir = std::env::temp_dir().join(format!("sig-e2e-late-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (uas_trace, uac_trace) = (dir.join("uas.msg"), dir.join("uac.msg"));
-    let uas_args = strings(&[
-        "-sf",
-        "uas_late_offer.xml",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &ports.uas.to_string(),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        &ports.uas_media.to_string(),
-        "-m",
-        "1",
-        "-trace_msg",
-        "-message_file",
-        uas_trace.to_str().unwrap(),
-    ]);
-    let callee = sipp(&uas_args);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(
+    let (uas_trace, uac_trace) = traces("late-offer");
+    call_between(
         &ports,
+        &service,
+        "uas_late_offer.xml",
+        false,
+        &["-trace_msg", "-message_file", uas_trace.to_str().unwrap()],
         "uac_late_offer.xml",
         &["-trace_msg", "-message_file", uac_trace.to_str().unwrap()],
     );
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
     let rows = service.stop();
     assert_eq!(rows[0]["disposition"], "answered");
     assert_eq!(rows[0]["media_mode"], "relay");
@@ -998,36 +977,16 @@ fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
 fn record_route_is_echoed_and_route_sets_are_followed_on_both_legs() {
     let ports = ports(16);
     let service = Service::start("record-route", &ports, &["--trusted", "127.0.0.0/8"]);
-    let dir = std::env::temp_dir().join(format!("sig-e2e-rr-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (uas_trace, uac_trace) = (dir.join("uas.msg"), dir.join("uac.msg"));
-    let uas_args = strings(&[
-        "-sf",
-        "uas_record_routed.xml",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &ports.uas.to_string(),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        &ports.uas_media.to_string(),
-        "-m",
-        "1",
-        "-rtp_echo",
-        "-trace_msg",
-        "-message_file",
-        uas_trace.to_str().unwrap(),
-    ]);
-    let callee = sipp(&uas_args);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(
+    let (uas_trace, uac_trace) = traces("record-route");
+    call_between(
         &ports,
+        &service,
+        "uas_record_routed.xml",
+        true,
+        &["-trace_msg", "-message_file", uas_trace.to_str().unwrap()],
         "uac_record_routed.xml",
         &["-trace_msg", "-message_file", uac_trace.to_str().unwrap()],
     );
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
     service.stop();
     let uac_text = std::fs::read_to_string(&uac_trace).unwrap();
     let uas_text = std::fs::read_to_string(&uas_trace).unwrap();
@@ -1073,7 +1032,7 @@ fn keepalives_end_a_call_whose_callee_vanished() {
             "1s",
         ],
     );
-    let callee = uas(&ports, "uas_answer_then_vanish.xml", false);
+    let callee = uas(&ports, "uas_answer_then_vanish.xml", false, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     // -aa: SIPp answers our keepalive OPTIONS on the caller side.
@@ -1103,27 +1062,16 @@ fn answered_keepalives_do_not_disturb_a_healthy_call() {
         &ports,
         &["--trusted", "127.0.0.0/8", "--keepalive", "1s"],
     );
-    let mut uas_args = strings(&[
-        "-sf",
+    // -aa: SIPp answers our keepalive OPTIONS on both sides.
+    call_between(
+        &ports,
+        &service,
         "uas_pcmu_echo.xml",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &ports.uas.to_string(),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        &ports.uas_media.to_string(),
-        "-m",
-        "1",
-        "-rtp_echo",
-    ]);
-    uas_args.push("-aa".into());
-    let callee = sipp(&uas_args);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(&ports, "uac_pcmu_pcap.xml", &["-aa"]);
-    expect_success(caller, "UAC", &service);
-    expect_success(callee, "UAS", &service);
+        true,
+        &["-aa"],
+        "uac_pcmu_pcap.xml",
+        &["-aa"],
+    );
     let (rows, log) = service.stop_with_log();
     assert_eq!(rows[0]["hangup_side"], "caller", "{log}");
     assert_eq!(rows[0]["media_verdict"], "ok");

@@ -221,6 +221,16 @@ impl Headers {
         self.0.insert(0, (canonical_name(name), value.into()));
     }
 
+    /// The CSeq header, parsed.
+    pub fn cseq(&self) -> Option<CSeq> {
+        CSeq::parse(self.get("CSeq")?)
+    }
+
+    /// The Call-ID, or "" when absent (parsing guarantees it on complete messages).
+    pub fn call_id(&self) -> &str {
+        self.get("Call-ID").unwrap_or("")
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
@@ -535,38 +545,46 @@ pub fn frame(buffer: &[u8]) -> Frame {
 
 impl Request {
     pub fn cseq(&self) -> Option<CSeq> {
-        CSeq::parse(self.headers.get("CSeq")?)
+        self.headers.cseq()
     }
 
     pub fn call_id(&self) -> &str {
-        self.headers.get("Call-ID").unwrap_or("")
+        self.headers.call_id()
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = format!("{} {} SIP/2.0\r\n", self.method, self.uri);
-        write_headers(&mut out, &self.headers, self.body.len());
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
-        bytes
+        encode(
+            format!("{} {} SIP/2.0\r\n", self.method, self.uri),
+            &self.headers,
+            &self.body,
+        )
     }
 }
 
 impl Response {
     pub fn cseq(&self) -> Option<CSeq> {
-        CSeq::parse(self.headers.get("CSeq")?)
+        self.headers.cseq()
     }
 
     pub fn call_id(&self) -> &str {
-        self.headers.get("Call-ID").unwrap_or("")
+        self.headers.call_id()
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = format!("SIP/2.0 {} {}\r\n", self.status, self.reason);
-        write_headers(&mut out, &self.headers, self.body.len());
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
-        bytes
+        encode(
+            format!("SIP/2.0 {} {}\r\n", self.status, self.reason),
+            &self.headers,
+            &self.body,
+        )
     }
+}
+
+/// Start line, headers, body: the wire form of a message.
+fn encode(mut out: String, headers: &Headers, body: &[u8]) -> Vec<u8> {
+    write_headers(&mut out, headers, body.len());
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
 }
 
 /// Writes headers in order; Content-Length keeps its place (or goes last) and always states
