@@ -352,6 +352,24 @@ impl MediaConfig {
     }
 }
 
+impl MediaConfig {
+    /// Why recordings could not be written to `--recordings`, if they could not: the
+    /// directory is created when missing and a probe file is written and removed.
+    pub fn recordings_problem(&self) -> Option<String> {
+        let dir = &self.recordings;
+        let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+        let result = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&probe, b"probe"))
+            .and_then(|()| std::fs::remove_file(&probe));
+        result.err().map(|error| {
+            format!(
+                "--recordings {}: not writable ({error}); recordings of calls would fail",
+                dir.display()
+            )
+        })
+    }
+}
+
 impl Config {
     /// Merges flags/env (`cli`) over the file named by `--config`, then checks.
     pub fn load(cli: Cli) -> Result<Self, ConfigError> {

@@ -31,6 +31,9 @@ fn main() -> ExitCode {
     if let Some(warning) = config.media.advertise_warning() {
         tracing::warn!("{warning}");
     }
+    if let Some(problem) = config.media.recordings_problem() {
+        tracing::warn!("{problem}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

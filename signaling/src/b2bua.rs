@@ -234,6 +234,10 @@ pub struct CallRecord {
     pub media_node: Option<String>,
     /// Whether a media session exists to release.
     pub relayed: bool,
+    /// The media address the proxy advertised in SDP.
+    pub media_address: Option<IpAddr>,
+    /// Why the call ended, in words ("BYE from the callee", "ring timeout after 60 s").
+    pub end_reason: String,
 }
 
 /// Static settings of the core.
@@ -249,6 +253,8 @@ pub struct Settings {
     pub max_call_duration: Duration,
     /// In-dialog OPTIONS keepalive interval of answered calls; zero disables.
     pub keepalive: Duration,
+    /// Most calls at once; more INVITEs are answered 503.
+    pub max_calls: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,6 +370,11 @@ pub struct Core {
     next_call: CallRef,
     counter: u64,
     draining: bool,
+    /// Calls not yet finished.
+    active: usize,
+    /// INVITEs rejected before a call existed, by (Call-ID, CSeq), so a retransmission gets
+    /// the same answer without a second CDR.
+    rejected: HashMap<(String, u32), Instant>,
     out: Vec<Output>,
 }
 
@@ -385,13 +396,15 @@ impl Core {
             next_call: 1,
             counter: 0,
             draining: false,
+            active: 0,
+            rejected: HashMap::new(),
             out: Vec::new(),
         }
     }
 
     /// Calls in progress (not yet finished).
     pub fn active_calls(&self) -> usize {
-        self.calls.values().filter(|c| !c.finished).count()
+        self.active
     }
 
     /// While draining, new INVITEs are answered 503.
@@ -720,9 +733,72 @@ impl Core {
         ))
     }
 
+    /// Answers an INVITE that never became a call and records it: a CDR per rejected call
+    /// (not per retransmission of its INVITE).
+    fn reject_call(
+        &mut self,
+        now: Instant,
+        from: Peer,
+        request: &Request,
+        status: u16,
+        reason: &str,
+    ) {
+        self.reply(from, request, status);
+        let key = (
+            request.call_id().to_owned(),
+            request.cseq().map_or(0, |c| c.number),
+        );
+        if self.rejected.contains_key(&key) {
+            return;
+        }
+        if self.rejected.len() >= 4096 {
+            self.rejected
+                .retain(|_, at| now.saturating_duration_since(*at) < TRANSACTION_TIMEOUT);
+        }
+        self.rejected.insert(key, now);
+        let user = |value: Option<&str>| {
+            value
+                .and_then(NameAddr::parse)
+                .and_then(|n| n.uri.user)
+                .unwrap_or_default()
+        };
+        let callee = Uri::parse(&request.uri)
+            .ok()
+            .and_then(|u| u.user)
+            .unwrap_or_else(|| user(request.headers.get("To")));
+        let record = CallRecord {
+            call_id: request.call_id().to_owned(),
+            b_call_id: String::new(),
+            caller: user(request.headers.get("From")),
+            callee,
+            start: now,
+            answer: None,
+            end: now,
+            disposition: Disposition::Failed,
+            sip_status: status,
+            hangup_side: HangupSide::System,
+            media_mode: self.settings.media_mode,
+            media_node: None,
+            relayed: false,
+            media_address: None,
+            end_reason: reason.to_owned(),
+        };
+        tracing::info!(call_id = %record.call_id, status, reason, "call rejected");
+        self.out.push(Output::Finish(record));
+    }
+
     fn on_invite(&mut self, now: Instant, unix: u64, from: Peer, request: Request) {
         if self.draining {
-            self.reply(from, &request, 503);
+            let reason = "signaling is shutting down (draining); INVITE refused";
+            self.reject_call(now, from, &request, 503, reason);
+            return;
+        }
+        if self.active >= self.settings.max_calls {
+            let reason = format!(
+                "call limit reached ({} calls, --max-calls)",
+                self.settings.max_calls
+            );
+            self.reject_call(now, from, &request, 503, &reason);
             return;
         }
         let from_header = request.headers.get("From").and_then(NameAddr::parse);
@@ -759,7 +835,8 @@ impl Core {
         };
         let callee = uri.user.clone().unwrap_or_default();
         let Some((request_uri, target, route_mode)) = self.route(now, &callee) else {
-            self.reply(from, &request, 404);
+            let reason = format!("no registered user and no route for {callee:?}");
+            self.reject_call(now, from, &request, 404, &reason);
             return;
         };
         let mode = self
@@ -772,8 +849,8 @@ impl Core {
         let offer = match body_sdp(&request.body) {
             Ok(offer) => offer,
             Err(error) => {
-                tracing::info!(call_id = request.call_id(), %error, "unusable SDP answered 488");
-                self.reply(from, &request, 488);
+                let reason = format!("unusable SDP offer: {error}");
+                self.reject_call(now, from, &request, 488, &reason);
                 return;
             }
         };
@@ -861,6 +938,7 @@ impl Core {
         self.by_call_id.insert(call_id.clone(), (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
         self.calls.insert(call, record);
+        self.active += 1;
         tracing::info!(%call_id, mode = if relayed { mode.as_str() } else { "direct" }, "new call");
         match offer {
             Some(offer) if relayed => {
@@ -889,7 +967,8 @@ impl Core {
             }
             (State::MediaPending, Err(error)) => {
                 tracing::warn!(call_id = %record.a.call_id, %error, "media proxy unavailable");
-                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System);
+                let reason = format!("media proxy unavailable: {error}");
+                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System, reason);
             }
             (State::LateOfferPending, Ok(plan)) => {
                 record.media = Some(plan);
@@ -906,13 +985,14 @@ impl Core {
             }
             (State::LateOfferPending, Err(error)) => {
                 tracing::warn!(call_id = %record.a.call_id, %error, "media proxy unavailable (late offer)");
+                let reason = format!("media proxy unavailable (late offer): {error}");
                 let held = record.held_answer.take();
                 record.state = State::Ended;
                 if let Some(answer) = held {
                     self.ack_b(call, &answer, Vec::new());
                     self.send_bye(call, Side::B);
                 }
-                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System);
+                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System, reason);
             }
             _ => {}
         }
@@ -929,20 +1009,21 @@ impl Core {
             return;
         }
         tracing::info!(%call_id, reason, "media proxy ended the session; ending the call");
+        let why = format!("media proxy ended the session ({reason})");
         match record.state {
             State::Answered | State::Confirmed => {
                 record.state = State::Ended;
                 record.ok_retransmit = None;
                 self.send_bye(call, Side::A);
                 self.send_bye(call, Side::B);
-                self.finish(now, call, Disposition::Answered, 200, HangupSide::System);
+                self.finish(now, call, Disposition::Answered, 200, HangupSide::System, why);
             }
             State::Calling | State::Proceeding => {
                 self.send_cancel(call);
-                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System);
+                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System, why);
             }
             State::MediaPending => {
-                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System)
+                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System, why)
             }
             State::LateOfferPending => {
                 let held = record.held_answer.take();
@@ -951,7 +1032,7 @@ impl Core {
                     self.ack_b(call, &answer, Vec::new());
                     self.send_bye(call, Side::B);
                 }
-                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System);
+                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System, why);
             }
             State::Failed | State::Ended => {}
         }
@@ -1071,7 +1152,8 @@ impl Core {
                     if answered || side == Side::B {
                         self.send_bye(call, other);
                     }
-                    self.finish(now, call, Disposition::Answered, 200, hangup);
+                    let reason = format!("BYE from the {}", hangup.as_str());
+                    self.finish(now, call, Disposition::Answered, 200, hangup, reason);
                 }
             }
             (Side::A, Method::Cancel) => {
@@ -1085,7 +1167,14 @@ impl Core {
                     if state != State::MediaPending {
                         self.send_cancel(call);
                     }
-                    self.fail_a(now, call, 487, Disposition::Cancelled, HangupSide::Caller);
+                    self.fail_a(
+                        now,
+                        call,
+                        487,
+                        Disposition::Cancelled,
+                        HangupSide::Caller,
+                        "CANCEL from the caller".to_owned(),
+                    );
                 }
             }
             (_, Method::Options) => {
@@ -1104,6 +1193,7 @@ impl Core {
         status: u16,
         disposition: Disposition,
         hangup: HangupSide,
+        reason: String,
     ) {
         let Some(record) = self.calls.get_mut(&call) else {
             return;
@@ -1120,7 +1210,7 @@ impl Core {
         record.a.last_response = Some(data.clone());
         let peer = record.a.peer;
         self.send(peer, data);
-        self.finish(now, call, disposition, status, hangup);
+        self.finish(now, call, disposition, status, hangup, reason);
     }
 
     fn send_cancel(&mut self, call: CallRef) {
@@ -1556,7 +1646,8 @@ impl Core {
         record.a.last_response = Some(data.clone());
         let peer = record.a.peer;
         self.send(peer, data);
-        self.finish(now, call, disposition, status, HangupSide::Callee);
+        let reason = format!("callee answered {status} {}", response.reason);
+        self.finish(now, call, disposition, status, HangupSide::Callee, reason);
     }
 
     /// ACK for a final response to our INVITE: for 2xx a new request to the remote target
@@ -1694,7 +1785,8 @@ impl Core {
             TimerKind::TimerB => {
                 if record.state == State::Calling {
                     tracing::info!(call_id = %record.a.call_id, "callee never answered the INVITE (Timer B)");
-                    self.fail_a(now, call, 408, Disposition::Failed, HangupSide::System);
+                    let reason = "callee never answered the INVITE (Timer B)".to_owned();
+                    self.fail_a(now, call, 408, Disposition::Failed, HangupSide::System, reason);
                 }
             }
             TimerKind::TimerG => {
@@ -1715,7 +1807,8 @@ impl Core {
                     record.ok_retransmit = None;
                     self.send_bye(call, Side::A);
                     self.send_bye(call, Side::B);
-                    self.finish(now, call, Disposition::Answered, 200, HangupSide::System);
+                    let reason = "caller never acknowledged the 200 (Timer H)".to_owned();
+                    self.finish(now, call, Disposition::Answered, 200, HangupSide::System, reason);
                 }
             }
             TimerKind::TimerE(side) => {
@@ -1732,7 +1825,11 @@ impl Core {
                 if record.state == State::Proceeding {
                     tracing::info!(call_id = %record.a.call_id, "no answer before the ring timeout");
                     self.send_cancel(call);
-                    self.fail_a(now, call, 408, Disposition::NoAnswer, HangupSide::System);
+                    let reason = format!(
+                        "no answer within the ring timeout ({} s)",
+                        self.settings.ring_timeout.as_secs()
+                    );
+                    self.fail_a(now, call, 408, Disposition::NoAnswer, HangupSide::System, reason);
                 }
             }
             TimerKind::MaxDuration => {
@@ -1740,7 +1837,11 @@ impl Core {
                     record.state = State::Ended;
                     self.send_bye(call, Side::A);
                     self.send_bye(call, Side::B);
-                    self.finish(now, call, Disposition::Answered, 200, HangupSide::System);
+                    let reason = format!(
+                        "maximum call duration ({} s) reached",
+                        self.settings.max_call_duration.as_secs()
+                    );
+                    self.finish(now, call, Disposition::Answered, 200, HangupSide::System, reason);
                 }
             }
             TimerKind::Keepalive => {
@@ -1831,7 +1932,11 @@ impl Core {
             Side::B => Side::A,
         };
         self.send_bye(call, other);
-        self.finish(now, call, Disposition::Answered, 200, HangupSide::System);
+        let reason = format!(
+            "the {} stopped answering in-dialog OPTIONS keepalives",
+            if side == Side::A { "caller" } else { "callee" }
+        );
+        self.finish(now, call, Disposition::Answered, 200, HangupSide::System, reason);
     }
 
     /// Emits the call's record once and schedules forgetting it.
@@ -1842,6 +1947,7 @@ impl Core {
         disposition: Disposition,
         status: u16,
         hangup: HangupSide,
+        reason: String,
     ) {
         let Some(record) = self.calls.get_mut(&call) else {
             return;
@@ -1850,6 +1956,7 @@ impl Core {
             return;
         }
         record.finished = true;
+        self.active -= 1;
         let disposition = if record.answer.is_some() {
             Disposition::Answered
         } else {
@@ -1869,11 +1976,14 @@ impl Core {
             media_mode: record.mode,
             media_node: record.media.as_ref().map(|m| m.node.clone()),
             relayed: record.allocation_requested,
+            media_address: record.media.as_ref().map(|m| m.advertised),
+            end_reason: reason,
         };
         tracing::info!(
             call_id = %out.call_id,
             disposition = disposition.as_str(),
             hangup = hangup.as_str(),
+            reason = %out.end_reason,
             "call ended"
         );
         self.out.push(Output::Finish(out));
@@ -1962,6 +2072,7 @@ mod tests {
                 ring_timeout: Duration::from_secs(60),
                 max_call_duration: Duration::from_secs(3600),
                 keepalive: Duration::ZERO,
+                max_calls: 100,
             },
             DigestAuth::with_secret("test", [1; 32], 300),
             Registrar::new(Policy::default()),

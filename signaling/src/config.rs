@@ -227,7 +227,18 @@ pub struct Options {
     /// CDR store: sqlite://PATH or postgres://... [default: sqlite://cdr.db].
     #[arg(long, env = "SIGNALING_CDR", value_name = "URL")]
     pub cdr: Option<String>,
-    /// HTTP listen address for /metrics [default: 127.0.0.1:9465].
+    /// File where CDRs go that the database did not take (outage at shutdown, queue full);
+    /// replayed at the next start [default: the SQLite path + ".spool", or cdr-spool.jsonl].
+    #[arg(long, env = "SIGNALING_CDR_SPOOL", value_name = "FILE")]
+    pub cdr_spool: Option<PathBuf>,
+    /// CDRs kept in memory while the database is unreachable; more go to the spool file
+    /// [default: 100000].
+    #[arg(long, env = "SIGNALING_CDR_QUEUE", value_name = "N")]
+    pub cdr_queue: Option<usize>,
+    /// Most calls at once; more INVITEs are answered 503 [default: 2000].
+    #[arg(long, env = "SIGNALING_MAX_CALLS", value_name = "N")]
+    pub max_calls: Option<usize>,
+    /// HTTP listen address for /metrics and the admin endpoints [default: 127.0.0.1:9465].
     #[arg(long, env = "SIGNALING_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Digest realm [default: the --sip host].
@@ -305,7 +316,10 @@ pub struct Config {
     pub users: BTreeMap<String, User>,
     pub routes: Vec<Route>,
     pub trusted: Vec<Cidr>,
-    pub cdr: String,
+    pub cdr: crate::cdr::Target,
+    pub cdr_spool: PathBuf,
+    pub cdr_queue: usize,
+    pub max_calls: usize,
     pub metrics: SocketAddr,
     pub realm: String,
     pub ring_timeout: Duration,
@@ -316,8 +330,11 @@ pub struct Config {
     pub media: MediaConfig,
 }
 
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 17] = [
     "keepalive",
+    "cdr-spool",
+    "cdr-queue",
+    "max-calls",
     "sip",
     "mediaproxy",
     "media-mode",
@@ -406,14 +423,19 @@ impl Config {
             .cdr
             .or(lower.cdr)
             .unwrap_or_else(|| "sqlite://cdr.db".to_owned());
-        if !cdr.starts_with("sqlite://")
-            && !cdr.starts_with("postgres://")
-            && !cdr.starts_with("postgresql://")
-        {
-            return Err(invalid(
-                "cdr",
-                format!("{cdr:?} must start with sqlite:// or postgres://"),
-            ));
+        let cdr = crate::cdr::Target::parse(&cdr)
+            .map_err(|message| invalid("cdr", format!("{cdr:?}: {message}")))?;
+        let cdr_spool = upper
+            .cdr_spool
+            .or(lower.cdr_spool)
+            .unwrap_or_else(|| crate::cdr::default_spool(&cdr));
+        let cdr_queue = upper.cdr_queue.or(lower.cdr_queue).unwrap_or(100_000);
+        if cdr_queue == 0 {
+            return Err(invalid("cdr-queue", "must be at least 1".into()));
+        }
+        let max_calls = upper.max_calls.or(lower.max_calls).unwrap_or(2000);
+        if max_calls == 0 {
+            return Err(invalid("max-calls", "must be at least 1".into()));
         }
         let media = upper.media.or(lower.media).resolve().map_err(|e| match e {
             mediaproxy::config::ConfigError::Invalid { option, message } => {
@@ -430,6 +452,20 @@ impl Config {
                 format!("{} contains the SIP port {}", media.ports, sip.port()),
             ));
         }
+        // Every relayed call holds one pair per leg and media line: the embedded proxy's range
+        // must at least hold --max-calls audio calls.
+        if mediaproxies.is_empty() && media.ports.pair_count() < 2 * max_calls {
+            return Err(invalid(
+                "ports",
+                format!(
+                    "{} holds {} RTP/RTCP pairs, too few for --max-calls {max_calls} \
+                     (each relayed audio call takes 2 pairs, one per leg): widen the range or \
+                     lower --max-calls",
+                    media.ports,
+                    media.ports.pair_count()
+                ),
+            ));
+        }
         Ok(Self {
             sip,
             mediaproxies,
@@ -442,6 +478,9 @@ impl Config {
             routes,
             trusted: pick(upper.trusted, lower.trusted),
             cdr,
+            cdr_spool,
+            cdr_queue,
+            max_calls,
             metrics: upper
                 .metrics
                 .or(lower.metrics)
@@ -523,7 +562,9 @@ mod tests {
         assert!(config.trusted[0].contains("127.0.0.9".parse().unwrap()));
         assert!(!config.trusted[0].contains("10.0.0.1".parse().unwrap()));
         assert_eq!(config.media_mode, MediaMode::Relay);
-        assert_eq!(config.cdr, "sqlite://cdr.db");
+        assert_eq!(config.cdr, crate::cdr::Target::Sqlite("cdr.db".into()));
+        assert_eq!(config.cdr_spool, PathBuf::from("cdr.db.spool"));
+        assert_eq!(config.max_calls, 2000);
     }
 
     #[test]

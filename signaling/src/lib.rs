@@ -15,6 +15,7 @@ pub mod auth;
 pub mod b2bua;
 pub mod cdr;
 pub mod config;
+pub mod diagnosis;
 pub mod media;
 pub mod metrics;
 pub mod registrar;

@@ -32,10 +32,18 @@ fn main() -> ExitCode {
             "several --mediaproxy given: this build uses only the first (no pool yet)"
         );
     }
-    if config.mediaproxies.is_empty()
-        && let Some(warning) = config.media.advertise_warning()
-    {
-        tracing::warn!("{warning}");
+    if config.mediaproxies.is_empty() {
+        if let Some(warning) = config.media.advertise_warning() {
+            tracing::warn!("{warning}");
+        }
+        if let Some(problem) = config.media.recordings_problem() {
+            if config.record {
+                // Recording every call was asked for and cannot work: refuse to start.
+                eprintln!("signaling: {problem}");
+                return ExitCode::from(2);
+            }
+            tracing::warn!("{problem}");
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,34 +6,106 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use mediaproxy::grpc::{direction_to_wire, kind_to_wire, leg_to_wire};
-use mediaproxy::types::Leg;
+use mediaproxy::types::{Direction, Leg, MediaKind};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::b2bua::MediaPlan;
+use crate::diagnosis::{Drops, Flow, MediaFigures};
 use crate::sdp::SessionDescription;
 
 /// Deadline of one media proxy request.
 const DEADLINE: Duration = Duration::from_secs(2);
 
-/// Final per-leg figures of a released call, for the CDR.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LegFigures {
-    pub rtp_packets: u64,
-    pub rtp_bytes: u64,
-    pub relayed_bytes: u64,
-    pub recorded_packets: u64,
-    pub sdp_address: String,
-    pub latched_source: String,
+/// What Release returned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FinalStats {
+    pub media: Vec<MediaFigures>,
+    pub release_reason: String,
+    /// False when the proxy had already released the call by itself (the figures are its
+    /// tombstone's).
+    pub released_now: bool,
 }
 
-/// What Release returned.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FinalStats {
-    pub caller: LegFigures,
-    pub callee: LegFigures,
-    pub release_reason: String,
+fn flow(counters: Option<pb::Counters>) -> Flow {
+    let c = counters.unwrap_or_default();
+    Flow {
+        packets: c.packets,
+        bytes: c.bytes,
+        first_unix_ms: c.first_unix_ms,
+        last_unix_ms: c.last_unix_ms,
+    }
+}
+
+/// Every media line of every leg of a call, from the wire.
+pub fn figures_from_wire(stats: &pb::CallStats) -> Vec<MediaFigures> {
+    let mut out = Vec::new();
+    for leg_stats in &stats.legs {
+        let leg = if leg_stats.leg == pb::Leg::Callee as i32 {
+            Leg::Callee
+        } else {
+            Leg::Caller
+        };
+        for m in &leg_stats.media {
+            let kind = match pb::MediaKind::try_from(m.kind) {
+                Ok(pb::MediaKind::Audio) => MediaKind::Audio,
+                Ok(pb::MediaKind::Video) => MediaKind::Video,
+                _ => MediaKind::Other,
+            };
+            let mut f = MediaFigures::new(leg, m.index, kind);
+            f.local_rtp_port = m.local_rtp_port as u16;
+            f.local_rtcp_port = m.local_rtcp_port as u16;
+            f.sdp_rtp.clone_from(&m.sdp_rtp_address);
+            f.sdp_rtcp.clone_from(&m.sdp_rtcp_address);
+            f.latched_rtp.clone_from(&m.latched_rtp_source);
+            f.latched_rtcp.clone_from(&m.latched_rtcp_source);
+            f.rtp_in = flow(m.rtp_received);
+            f.rtcp_in = flow(m.rtcp_received);
+            f.rtp_out = flow(m.rtp_sent);
+            f.rtcp_out = flow(m.rtcp_sent);
+            let q = m.quality.unwrap_or_default();
+            f.expected = q.expected;
+            f.lost = q.lost;
+            f.duplicates = q.duplicates;
+            f.out_of_order = q.out_of_order;
+            f.jitter_ms = q.jitter_ms;
+            f.max_jitter_ms = q.max_jitter_ms;
+            f.ssrc = q.ssrc;
+            let d = m.drops.unwrap_or_default();
+            f.drops = Drops {
+                unknown_source: d.unknown_source,
+                before_latching: d.before_latching,
+                too_short: d.too_short,
+                not_rtp: d.not_rtp,
+                no_destination: d.no_destination,
+                send_error: d.send_error,
+            };
+            f.recorded_packets = m.recorded_packets;
+            f.source_changes = m.source_changes;
+            f.direction = match pb::Direction::try_from(m.direction) {
+                Ok(pb::Direction::Sendonly) => Direction::SendOnly,
+                Ok(pb::Direction::Recvonly) => Direction::RecvOnly,
+                Ok(pb::Direction::Inactive) => Direction::Inactive,
+                _ => Direction::SendRecv,
+            };
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// A media event signaling acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// The proxy released a session (by itself when `reason` is not `released`).
+    Released { call_id: String, reason: String },
+    /// The first RTP packet of a leg arrived from `source`.
+    FirstPacket {
+        call_id: String,
+        leg: Leg,
+        source: String,
+    },
 }
 
 /// A client of one media proxy node.
@@ -223,43 +295,15 @@ impl MediaClient {
         })
         .await?;
         let stats = answer.stats.unwrap_or_default();
-        let figures = |leg: pb::Leg| {
-            let mut out = LegFigures::default();
-            for l in stats.legs.iter().filter(|l| l.leg == leg as i32) {
-                for m in &l.media {
-                    let rtp = m.rtp_received.unwrap_or_default();
-                    let rtcp = m.rtcp_received.unwrap_or_default();
-                    if m.kind == pb::MediaKind::Audio as i32 {
-                        out.rtp_packets += rtp.packets;
-                        out.rtp_bytes += rtp.bytes;
-                    }
-                    let sent_rtp = m.rtp_sent.unwrap_or_default();
-                    let sent_rtcp = m.rtcp_sent.unwrap_or_default();
-                    out.relayed_bytes += sent_rtp.bytes + sent_rtcp.bytes;
-                    let _ = rtcp;
-                    out.recorded_packets += m.recorded_packets;
-                    if out.sdp_address.is_empty() {
-                        out.sdp_address = m.sdp_rtp_address.clone();
-                        out.latched_source = m.latched_rtp_source.clone();
-                    }
-                }
-            }
-            out
-        };
         Ok(FinalStats {
-            caller: figures(pb::Leg::Caller),
-            callee: figures(pb::Leg::Callee),
+            media: figures_from_wire(&stats),
             release_reason: answer.release_reason,
+            released_now: !answer.already_released,
         })
     }
 
-    /// Follows this instance's media events; returns when the stream ends or breaks. Sessions
-    /// the proxy released by itself (timeout, lease expiry, shutdown) are passed to `ended`
-    /// as (call id, reason).
-    pub async fn watch_releases(
-        &self,
-        mut ended: impl FnMut(String, String),
-    ) -> Result<(), String> {
+    /// Follows this instance's media events; returns when the stream ends or breaks.
+    pub async fn watch_events(&self, mut seen: impl FnMut(MediaEvent)) -> Result<(), String> {
         let mut stream = self
             .client
             .clone()
@@ -271,13 +315,51 @@ impl MediaClient {
             .map_err(|s| status_text(&s))?
             .into_inner();
         while let Some(event) = stream.message().await.map_err(|s| status_text(&s))? {
-            if let Some(pb::event::Kind::SessionReleased(released)) = event.kind
-                && released.reason != "released"
-            {
-                ended(event.call_id, released.reason);
+            let leg = if event.leg == pb::Leg::Callee as i32 {
+                Leg::Callee
+            } else {
+                Leg::Caller
+            };
+            match event.kind {
+                Some(pb::event::Kind::SessionReleased(released)) => seen(MediaEvent::Released {
+                    call_id: event.call_id,
+                    reason: released.reason,
+                }),
+                Some(pb::event::Kind::FirstPacket(first)) if !first.rtcp => {
+                    seen(MediaEvent::FirstPacket {
+                        call_id: event.call_id,
+                        leg,
+                        source: first.source,
+                    });
+                }
+                _ => {}
             }
         }
         Ok(())
+    }
+
+    /// Live statistics of one call.
+    pub async fn query(&self, call_id: &str) -> Result<Vec<MediaFigures>, String> {
+        let _timer = self.timer("query_stats");
+        self.client
+            .clone()
+            .query_stats(pb::QueryStatsRequest {
+                call_id: call_id.to_owned(),
+            })
+            .await
+            .map(|r| figures_from_wire(&r.into_inner()))
+            .map_err(|s| status_text(&s))
+    }
+
+    /// The node's status (id, sessions, ports).
+    pub async fn status(&self) -> Result<pb::StatusResponse, String> {
+        let _timer = self.timer("status");
+        self.client
+            .clone()
+            .status(pb::StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| status_text(&s))
     }
 
     /// Renews this signaling instance's lease on the node.

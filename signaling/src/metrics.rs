@@ -2,7 +2,7 @@
 //! `docs/metrics.md`). Served on `--metrics` together with the embedded media proxy's.
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Request method label values; anything else counts as `other`.
@@ -39,6 +39,7 @@ pub struct Metrics {
     pub verdicts: IntCounterVec,
     pub mediaproxy_up: IntGaugeVec,
     pub mediaproxy_duration: HistogramVec,
+    pub cdr: crate::cdr::WriterMetrics,
 }
 
 impl Default for Metrics {
@@ -107,8 +108,38 @@ impl Metrics {
         registry
             .register(Box::new(mediaproxy_duration.clone()))
             .expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let gauge = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(gauge.clone()))
+                .expect("unique metric");
+            gauge
+        };
+        let plain_counter = |name: &str, help: &str| {
+            let counter = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(counter.clone()))
+                .expect("unique metric");
+            counter
+        };
+        let cdr = crate::cdr::WriterMetrics {
+            queued: gauge(
+                "signaling_cdr_queue",
+                "CDRs waiting to be written (grows while the database is unreachable).",
+            ),
+            written: plain_counter("signaling_cdr_written_total", "CDRs stored in the database."),
+            errors: plain_counter(
+                "signaling_cdr_write_errors_total",
+                "Failed CDR database operations (connects and inserts).",
+            ),
+            spooled: plain_counter(
+                "signaling_cdr_spooled_total",
+                "CDRs written to the spool file instead of the database.",
+            ),
+        };
         Self {
             registry,
+            cdr,
             calls,
             active_calls,
             requests,

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mediaproxy::server::MediaProxy;
+use mediaproxy::types::Leg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -21,9 +22,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::DigestAuth;
 use crate::b2bua::{CallRecord, Core, Input, Output, Peer, Settings, TimerKind, Transport};
-use crate::cdr::{self, Cdr, CdrWriter};
+use crate::cdr::{Cdr, CdrMedia, CdrWriter, WriterOptions};
+use crate::diagnosis::{self, Evidence, MediaReport, Verdict};
 use crate::config::Config;
-use crate::media::MediaClient;
+use crate::media::{MediaClient, MediaEvent};
 use crate::metrics::Metrics;
 use crate::registrar::{Policy, Registrar};
 use crate::sip::message::{Frame, Message, frame, parse};
@@ -87,15 +89,18 @@ impl Signaling {
         // TCP on the very port UDP got (matters when --sip asks for port 0).
         let address = udp.local_addr().map_err(sip_error)?;
         let tcp = TcpListener::bind(address).await.map_err(sip_error)?;
-        let path = config
-            .cdr
-            .strip_prefix("sqlite://")
-            .ok_or_else(|| StartError::Cdr {
-                url: config.cdr.clone(),
-                message: "only sqlite:// is supported in this build".into(),
-            })?;
-        let cdr = CdrWriter::start(std::path::Path::new(path)).map_err(|e| StartError::Cdr {
-            url: config.cdr.clone(),
+        let metrics = Arc::new(Metrics::new());
+        let cdr = CdrWriter::start(
+            config.cdr.clone(),
+            WriterOptions {
+                queue_limit: config.cdr_queue,
+                spool: config.cdr_spool.clone(),
+                close_grace: Duration::from_secs(5),
+            },
+            metrics.cdr.clone(),
+        )
+        .map_err(|e| StartError::Cdr {
+            url: config.cdr.display(),
             message: e.to_string(),
         })?;
         let owner = format!("signaling-{}-{}", address.port(), std::process::id());
@@ -120,7 +125,6 @@ impl Signaling {
                 (Some(proxy), url)
             }
         };
-        let metrics = Arc::new(Metrics::new());
         let media = MediaClient::new(&url, &owner)
             .map_err(StartError::MediaProxy)?
             .with_durations(metrics.mediaproxy_duration.clone());
@@ -239,15 +243,37 @@ impl Signaling {
             }
         });
 
-        // Sessions the proxy ends by itself (media timeout, lease expiry) end their calls.
+        // Sessions the proxy ends by itself (media timeout, lease expiry) end their calls; first
+        // packets are kept as evidence in case the proxy is lost before the call ends.
+        let evidence: EvidenceMap = Arc::default();
         let watch_media = media.clone();
         let watch_inputs = inputs.clone();
         let watch_stop = stop.clone();
+        let watch_evidence = evidence.clone();
         tasks.spawn(async move {
             loop {
                 let inputs = watch_inputs.clone();
-                let watch = watch_media.watch_releases(move |call_id, reason| {
-                    let _ = inputs.try_send(Input::MediaEnded { call_id, reason });
+                let evidence = watch_evidence.clone();
+                let watch = watch_media.watch_events(move |event| match event {
+                    MediaEvent::Released { call_id, reason } => {
+                        if reason != "released" {
+                            let _ = inputs.try_send(Input::MediaEnded { call_id, reason });
+                        }
+                    }
+                    MediaEvent::FirstPacket {
+                        call_id,
+                        leg,
+                        source,
+                    } => {
+                        let mut map = evidence.lock().unwrap_or_else(|p| p.into_inner());
+                        let entry = map.entry(call_id).or_default();
+                        let slot = if leg == Leg::Caller {
+                            &mut entry.caller_first_source
+                        } else {
+                            &mut entry.callee_first_source
+                        };
+                        slot.get_or_insert(source);
+                    }
                 });
                 tokio::select! {
                     result = watch => {
@@ -276,6 +302,7 @@ impl Signaling {
                 ring_timeout: config.ring_timeout,
                 max_call_duration: config.max_call_duration,
                 keepalive: config.keepalive,
+                max_calls: config.max_calls,
             },
             auth,
             Registrar::new(Policy::default()),
@@ -368,8 +395,9 @@ impl Signaling {
                             let media = media.clone();
                             let cdr = cdr.clone();
                             let metrics = metrics.clone();
+                            let evidence = evidence.clone();
                             finishing.spawn(async move {
-                                let row = complete_record(&media, clock, record).await;
+                                let row = complete_record(&media, &evidence, clock, record).await;
                                 metrics.calls.with_label_values(&[&row.disposition]).inc();
                                 metrics
                                     .verdicts
@@ -377,7 +405,10 @@ impl Signaling {
                                     .inc();
                                 tracing::info!(
                                     call_id = %row.call_id,
+                                    disposition = %row.disposition,
                                     verdict = %row.media_verdict,
+                                    caller_packets = row.caller_audio_packets,
+                                    callee_packets = row.callee_audio_packets,
                                     diagnosis = %row.media_diagnosis,
                                     "media verdict"
                                 );
@@ -406,8 +437,22 @@ impl Signaling {
     }
 }
 
-/// Releases the call's media (if relayed) and builds its CDR row.
-async fn complete_record(media: &MediaClient, clock: (Instant, u64), record: CallRecord) -> Cdr {
+/// First-packet sources per call, from the proxy's events.
+type EvidenceMap = Arc<Mutex<HashMap<String, Evidence>>>;
+
+/// Releases the call's media (if relayed) and builds its CDR row with the verdict and the
+/// diagnosis.
+async fn complete_record(
+    media: &MediaClient,
+    evidence: &EvidenceMap,
+    clock: (Instant, u64),
+    record: CallRecord,
+) -> Cdr {
+    let seen = evidence
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&record.call_id)
+        .unwrap_or_default();
     let mut row = Cdr {
         call_id: record.call_id.clone(),
         b_call_id: record.b_call_id.clone(),
@@ -424,55 +469,80 @@ async fn complete_record(media: &MediaClient, clock: (Instant, u64), record: Cal
         hangup_side: record.hangup_side.as_str().to_owned(),
         media_mode: record.media_mode.as_str().to_owned(),
         media_node: record.media_node.clone(),
+        end_reason: record.end_reason.clone(),
+        media_address: record.media_address.map(|a| a.to_string()),
         ..Cdr::default()
     };
     let answered = record.answer.is_some();
-    if !record.relayed {
-        row.media_verdict = cdr::verdict(false, answered, 0, 0).to_owned();
-        row.media_diagnosis = "media went end to end (direct mode); not measured".to_owned();
-        return row;
-    }
-    match media
-        .release(&record.call_id, record.hangup_side.as_str())
-        .await
-    {
-        Ok(stats) => {
-            row.caller_audio_packets = stats.caller.rtp_packets as i64;
-            row.callee_audio_packets = stats.callee.rtp_packets as i64;
-            row.caller_audio_bytes = stats.caller.rtp_bytes as i64;
-            row.callee_audio_bytes = stats.callee.rtp_bytes as i64;
-            row.total_bytes_relayed =
-                (stats.caller.relayed_bytes + stats.callee.relayed_bytes) as i64;
-            row.recording_packets =
-                (stats.caller.recorded_packets + stats.callee.recorded_packets) as i64;
-            row.media_verdict = cdr::verdict(
-                true,
-                answered,
-                stats.caller.rtp_packets,
-                stats.callee.rtp_packets,
-            )
-            .to_owned();
-            row.media_diagnosis = format!(
-                "caller sent {} RTP packets (SDP {}, latched {}); callee sent {} (SDP {}, latched {})",
-                stats.caller.rtp_packets,
-                or_none(&stats.caller.sdp_address),
-                or_none(&stats.caller.latched_source),
-                stats.callee.rtp_packets,
-                or_none(&stats.callee.sdp_address),
-                or_none(&stats.callee.latched_source),
-            );
+    let released = if record.relayed {
+        Some(
+            media
+                .release(&record.call_id, record.hangup_side.as_str())
+                .await,
+        )
+    } else {
+        None
+    };
+    let (verdict, diagnosis) = match released {
+        None if answered => (
+            Verdict::Direct,
+            "direct mode: media went end to end, not through a proxy; not measured".to_owned(),
+        ),
+        None => (Verdict::NotAnswered, format!("not answered: {}", record.end_reason)),
+        Some(Ok(stats)) => {
+            let report = MediaReport {
+                advertised: record.media_address,
+                media: stats.media,
+            };
+            row.caller_audio_packets = report.audio_in(Leg::Caller).packets as i64;
+            row.callee_audio_packets = report.audio_in(Leg::Callee).packets as i64;
+            row.caller_audio_bytes = report.audio_in(Leg::Caller).bytes as i64;
+            row.callee_audio_bytes = report.audio_in(Leg::Callee).bytes as i64;
+            row.total_bytes_relayed = report
+                .media
+                .iter()
+                .map(|m| m.rtp_out.bytes + m.rtcp_out.bytes)
+                .sum::<u64>() as i64;
+            row.recording_packets = report.media.iter().map(|m| m.recorded_packets).sum::<u64>() as i64;
+            row.media = report.media.iter().map(CdrMedia::from_figures).collect();
+            if answered {
+                let (verdict, mut text) = diagnosis::diagnose(&report);
+                if !stats.released_now {
+                    text = format!(
+                        "{text}; the proxy had already ended the session ({})",
+                        stats.release_reason
+                    );
+                }
+                (verdict, text)
+            } else {
+                (
+                    Verdict::NotAnswered,
+                    format!(
+                        "not answered: {}; early media: caller sent {} RTP packets, callee {}",
+                        record.end_reason, row.caller_audio_packets, row.callee_audio_packets
+                    ),
+                )
+            }
         }
-        Err(error) => {
-            tracing::error!(call_id = %record.call_id, %error, "media release failed; CDR without counts");
-            row.media_verdict = "no_media".to_owned();
-            row.media_diagnosis = format!("media proxy release failed: {error}");
+        Some(Err(error)) => {
+            tracing::error!(call_id = %record.call_id, %error, "media release failed; CDR without final counts");
+            let node = record.media_node.as_deref().unwrap_or("(unknown)");
+            if answered {
+                diagnosis::diagnose_lost(node, &error, &seen)
+            } else {
+                (
+                    Verdict::NotAnswered,
+                    format!(
+                        "not answered: {}; media proxy {node} could not release the call ({error})",
+                        record.end_reason
+                    ),
+                )
+            }
         }
-    }
+    };
+    row.media_verdict = verdict.as_str().to_owned();
+    row.media_diagnosis = diagnosis;
     row
-}
-
-fn or_none(text: &str) -> &str {
-    if text.is_empty() { "none" } else { text }
 }
 
 async fn send(

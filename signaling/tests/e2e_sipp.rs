@@ -13,6 +13,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use signaling::cdr::{Store, Target, Value};
+
 const BIN: &str = env!("CARGO_BIN_EXE_signaling");
 
 fn scenarios() -> PathBuf {
@@ -43,6 +47,7 @@ fn ports(n: u16) -> Ports {
 struct Service {
     child: Child,
     dir: PathBuf,
+    cdr: Target,
 }
 
 impl Service {
@@ -55,12 +60,22 @@ impl Service {
         if !extra.contains(&"--sip") {
             command.args(["--sip", &format!("127.0.0.1:{}", ports.sip)]);
         }
+        let cdr = match extra.iter().position(|a| *a == "--cdr") {
+            Some(i) => Target::parse(extra[i + 1]).unwrap(),
+            None => {
+                let target = Target::Sqlite(dir.join("cdr.db"));
+                command.args(["--cdr", &format!("sqlite://{}", dir.join("cdr.db").display())]);
+                target
+            }
+        };
         let child = command
-            .args([
-                "--cdr",
-                &format!("sqlite://{}", dir.join("cdr.db").display()),
-            ])
+            .args(["--cdr-spool", &dir.join("cdr.spool").display().to_string()])
             .args(["--ports", &ports.relay])
+            .args(if extra.contains(&"--max-calls") {
+                &[][..]
+            } else {
+                &["--max-calls", "20"][..]
+            })
             .args(["--route", &format!("=sip:127.0.0.1:{}", ports.uas)])
             .args(["--log", "info", "--metrics", "127.0.0.1:0"])
             .args(extra)
@@ -69,7 +84,7 @@ impl Service {
             .stderr(log)
             .spawn()
             .expect("signaling starts");
-        let mut service = Self { child, dir };
+        let mut service = Self { child, dir, cdr };
         let deadline = Instant::now() + Duration::from_secs(15);
         while !service.log().contains("signaling listening") {
             let exited = service.child.try_wait().unwrap().is_some();
@@ -146,28 +161,29 @@ impl Service {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let connection = rusqlite::Connection::open(self.dir.join("cdr.db")).unwrap();
-        let mut statement = connection.prepare("SELECT * FROM cdr ORDER BY id").unwrap();
-        let names: Vec<String> = statement.column_names().map(str::to_owned).collect();
-        statement
-            .query_map([], |row| {
-                let mut map = HashMap::new();
-                for (i, name) in names.iter().enumerate() {
-                    let value: rusqlite::types::Value = row.get(i)?;
-                    let text = match value {
-                        rusqlite::types::Value::Null => String::new(),
-                        rusqlite::types::Value::Integer(i) => i.to_string(),
-                        rusqlite::types::Value::Real(f) => f.to_string(),
-                        rusqlite::types::Value::Text(t) => t,
-                        rusqlite::types::Value::Blob(_) => "<blob>".into(),
-                    };
-                    map.insert(name.clone(), text);
-                }
-                Ok(map)
+        self.table("cdr")
+    }
+
+    /// Rows of a CDR table (`cdr`, `cdr_media`) as column -> text, read with the product's own
+    /// store code (SQLite or PostgreSQL alike).
+    fn table(&self, table: &str) -> Vec<HashMap<String, String>> {
+        let mut store = Store::open(&self.cdr).unwrap();
+        let (names, rows) = store.rows(table, 0, i64::MAX).unwrap();
+        rows.into_iter()
+            .map(|row| {
+                names
+                    .iter()
+                    .cloned()
+                    .zip(row.into_iter().map(|value| match value {
+                        Value::Null => String::new(),
+                        Value::Int(i) => i.to_string(),
+                        Value::Real(f) => f.to_string(),
+                        Value::Text(t) => t,
+                        Value::Bool(b) => i64::from(b).to_string(),
+                    }))
+                    .collect()
             })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+            .collect()
     }
 }
 
@@ -866,13 +882,22 @@ fn sigterm_drains_new_calls_get_503_and_the_live_call_keeps_its_cdr() {
     expect_success(caller, "UAC", &service);
     expect_success(callee, "UAS", &service);
     let rows = service.wait_rows();
-    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows.len(), 2, "the live call and the refused one: {rows:?}");
     assert_eq!(rows[0]["disposition"], "answered");
     assert_eq!(rows[0]["hangup_side"], "caller");
     assert!(
         number(&rows[0], "caller_audio_packets") >= MIN_PACKETS,
         "{:?}",
         rows[0]
+    );
+    // The refused INVITE is a call too: one row, saying why.
+    assert_eq!(rows[1]["disposition"], "failed");
+    assert_eq!(rows[1]["sip_status"], "503");
+    assert_eq!(rows[1]["media_verdict"], "not_answered");
+    assert!(
+        rows[1]["media_diagnosis"].contains("shutting down"),
+        "{:?}",
+        rows[1]
     );
 }
 

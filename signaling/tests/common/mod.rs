@@ -1,0 +1,143 @@
+//! Helpers shared by the signaling integration tests: a fresh PostgreSQL database per test
+//! (on the server `.ci/postgres` starts) and a TCP gate that can cut a database off.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The URL of the test PostgreSQL server: `TEST_POSTGRES_URL`, or the private server
+/// `.ci/postgres start` runs (started on first use).
+pub fn postgres_server() -> String {
+    if let Ok(url) = std::env::var("TEST_POSTGRES_URL") {
+        return url;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.ci/postgres");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("start")
+        .output()
+        .expect("run .ci/postgres");
+    assert!(
+        output.status.success(),
+        "PostgreSQL for the tests could not start (install the `postgresql` package; .ci/run does): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Creates an empty database for one test and returns its URL (same server, own database,
+/// so tests run in parallel without seeing each other's rows).
+pub fn postgres_database(name: &str) -> String {
+    let server = postgres_server();
+    let database = format!("t_{}_{}", name, std::process::id());
+    let mut client = postgres::Client::connect(&server, postgres::NoTls).expect("connect");
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database}"))
+        .unwrap();
+    client
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .unwrap();
+    let (base, _) = server.rsplit_once('/').unwrap();
+    format!("{base}/{database}")
+}
+
+/// A TCP forwarder in front of a server; `close()` cuts every connection and refuses new
+/// ones (the way a database outage looks to a client), `open()` lets them through again.
+pub struct Gate {
+    pub address: SocketAddr,
+    open: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Gate {
+    pub fn new(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicBool::new(true));
+        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (open2, streams2) = (open.clone(), streams.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !open2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                {
+                    let mut list = streams2.lock().unwrap();
+                    list.push(client.try_clone().unwrap());
+                    list.push(server.try_clone().unwrap());
+                }
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        Self {
+            address,
+            open,
+            streams,
+        }
+    }
+
+    /// The URL of `url`'s database through this gate.
+    pub fn url(&self, url: &str) -> String {
+        let (scheme_user, rest) = url.split_once('@').unwrap();
+        let (_, path) = rest.split_once('/').unwrap();
+        format!("{scheme_user}@{}/{path}", self.address)
+    }
+
+    pub fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for stream in self.streams.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 16384];
+        loop {
+            match from.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+/// The socket address of a postgres:// URL's host:port.
+pub fn postgres_address(url: &str) -> SocketAddr {
+    let rest = url.split_once('@').unwrap().1;
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
