@@ -968,7 +968,14 @@ impl Core {
             (State::MediaPending, Err(error)) => {
                 tracing::warn!(call_id = %record.a.call_id, %error, "media proxy unavailable");
                 let reason = format!("media proxy unavailable: {error}");
-                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System, reason);
+                self.fail_a(
+                    now,
+                    call,
+                    503,
+                    Disposition::Failed,
+                    HangupSide::System,
+                    reason,
+                );
             }
             (State::LateOfferPending, Ok(plan)) => {
                 record.media = Some(plan);
@@ -992,7 +999,14 @@ impl Core {
                     self.ack_b(call, &answer, Vec::new());
                     self.send_bye(call, Side::B);
                 }
-                self.fail_a(now, call, 503, Disposition::Failed, HangupSide::System, reason);
+                self.fail_a(
+                    now,
+                    call,
+                    503,
+                    Disposition::Failed,
+                    HangupSide::System,
+                    reason,
+                );
             }
             _ => {}
         }
@@ -1016,7 +1030,14 @@ impl Core {
                 record.ok_retransmit = None;
                 self.send_bye(call, Side::A);
                 self.send_bye(call, Side::B);
-                self.finish(now, call, Disposition::Answered, 200, HangupSide::System, why);
+                self.finish(
+                    now,
+                    call,
+                    Disposition::Answered,
+                    200,
+                    HangupSide::System,
+                    why,
+                );
             }
             State::Calling | State::Proceeding => {
                 self.send_cancel(call);
@@ -1786,7 +1807,14 @@ impl Core {
                 if record.state == State::Calling {
                     tracing::info!(call_id = %record.a.call_id, "callee never answered the INVITE (Timer B)");
                     let reason = "callee never answered the INVITE (Timer B)".to_owned();
-                    self.fail_a(now, call, 408, Disposition::Failed, HangupSide::System, reason);
+                    self.fail_a(
+                        now,
+                        call,
+                        408,
+                        Disposition::Failed,
+                        HangupSide::System,
+                        reason,
+                    );
                 }
             }
             TimerKind::TimerG => {
@@ -1808,7 +1836,14 @@ impl Core {
                     self.send_bye(call, Side::A);
                     self.send_bye(call, Side::B);
                     let reason = "caller never acknowledged the 200 (Timer H)".to_owned();
-                    self.finish(now, call, Disposition::Answered, 200, HangupSide::System, reason);
+                    self.finish(
+                        now,
+                        call,
+                        Disposition::Answered,
+                        200,
+                        HangupSide::System,
+                        reason,
+                    );
                 }
             }
             TimerKind::TimerE(side) => {
@@ -1829,7 +1864,14 @@ impl Core {
                         "no answer within the ring timeout ({} s)",
                         self.settings.ring_timeout.as_secs()
                     );
-                    self.fail_a(now, call, 408, Disposition::NoAnswer, HangupSide::System, reason);
+                    self.fail_a(
+                        now,
+                        call,
+                        408,
+                        Disposition::NoAnswer,
+                        HangupSide::System,
+                        reason,
+                    );
                 }
             }
             TimerKind::MaxDuration => {
@@ -1841,7 +1883,14 @@ impl Core {
                         "maximum call duration ({} s) reached",
                         self.settings.max_call_duration.as_secs()
                     );
-                    self.finish(now, call, Disposition::Answered, 200, HangupSide::System, reason);
+                    self.finish(
+                        now,
+                        call,
+                        Disposition::Answered,
+                        200,
+                        HangupSide::System,
+                        reason,
+                    );
                 }
             }
             TimerKind::Keepalive => {
@@ -1936,7 +1985,14 @@ impl Core {
             "the {} stopped answering in-dialog OPTIONS keepalives",
             if side == Side::A { "caller" } else { "callee" }
         );
-        self.finish(now, call, Disposition::Answered, 200, HangupSide::System, reason);
+        self.finish(
+            now,
+            call,
+            Disposition::Answered,
+            200,
+            HangupSide::System,
+            reason,
+        );
     }
 
     /// Emits the call's record once and schedules forgetting it.

@@ -826,22 +826,29 @@ impl CdrWriter {
         options: WriterOptions,
         metrics: WriterMetrics,
     ) -> Result<Self, StoreError> {
-        let store = match Store::open(&target) {
-            Ok(store) => Some(store),
-            Err(error) if error.transient => {
-                tracing::warn!(
-                    cdr = %target.display(),
-                    %error,
-                    "CDR database unreachable at start; CDRs will be queued until it answers"
-                );
-                None
-            }
-            Err(error) => return Err(error),
-        };
+        // The first connection is made on the writer thread (the PostgreSQL client runs its
+        // own runtime, which cannot start inside the caller's), and its outcome reported back.
         let (sender, receiver) = mpsc::channel::<Message>();
+        let (opened_tx, opened_rx) = mpsc::channel::<Result<(), StoreError>>();
         let thread = thread::Builder::new()
             .name("cdr-writer".into())
             .spawn(move || {
+                let store = match Store::open(&target) {
+                    Ok(store) => Some(store),
+                    Err(error) if error.transient => {
+                        tracing::warn!(
+                            cdr = %target.display(),
+                            %error,
+                            "CDR database unreachable at start; CDRs will be queued until it answers"
+                        );
+                        None
+                    }
+                    Err(error) => {
+                        let _ = opened_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = opened_tx.send(Ok(()));
                 Worker {
                     target,
                     options,
@@ -859,6 +866,20 @@ impl CdrWriter {
                 message: format!("cannot start the CDR writer thread: {e}"),
                 transient: false,
             })?;
+        match opened_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                let _ = thread.join();
+                return Err(error);
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(StoreError {
+                    message: "the CDR writer thread stopped at start".into(),
+                    transient: false,
+                });
+            }
+        }
         Ok(Self {
             sender: Some(sender),
             thread: Some(thread),

@@ -219,9 +219,10 @@ pub fn diagnose(report: &MediaReport) -> (Verdict, String) {
 /// What the proxy saw of one leg's audio line, in words.
 fn leg_notes(report: &MediaReport, m: &MediaFigures, notes: &mut Vec<String>) {
     let leg = m.leg.as_str();
-    let proxy = report
-        .advertised
-        .map_or_else(|| "the proxy".to_owned(), |a| proxy_address(a, m.local_rtp_port));
+    let proxy = report.advertised.map_or_else(
+        || "the proxy".to_owned(),
+        |a| proxy_address(a, m.local_rtp_port),
+    );
     if m.rtp_in.packets == 0 {
         let sdp_ip = m.sdp_rtp.rsplit_once(':').map(|(ip, _)| ip);
         if m.sdp_rtp.is_empty() {
@@ -427,7 +428,9 @@ mod tests {
         ]));
         assert_eq!(verdict, Verdict::Ok);
         assert!(
-            text.contains("callee sent from 198.51.100.9:4000 while SDP said 10.1.1.4:16004 (NAT); latched"),
+            text.contains(
+                "callee sent from 198.51.100.9:4000 while SDP said 10.1.1.4:16004 (NAT); latched"
+            ),
             "{text}"
         );
         let (_, text) = diagnose(&report(vec![
@@ -447,7 +450,10 @@ mod tests {
             line(Leg::Callee, 0, "10.1.1.4:16004", ""),
         ]));
         assert_eq!(verdict, Verdict::NoMedia);
-        assert!(text.starts_with("no media: neither leg sent audio"), "{text}");
+        assert!(
+            text.starts_with("no media: neither leg sent audio"),
+            "{text}"
+        );
         assert!(text.contains("from the caller (SDP said 10.0.0.7:17616)"));
         assert!(text.contains("from the callee (SDP said 10.1.1.4:16004)"));
         assert!(text.contains("advertised media address 203.0.113.5"));
@@ -476,7 +482,10 @@ mod tests {
             line(Leg::Caller, 500, "10.0.0.7:17616", "10.0.0.7:17616"),
             line(Leg::Callee, 0, "", ""),
         ]));
-        assert!(text.contains("the callee never gave an SDP address"), "{text}");
+        assert!(
+            text.contains("the callee never gave an SDP address"),
+            "{text}"
+        );
     }
 
     #[test]

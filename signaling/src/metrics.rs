@@ -127,7 +127,10 @@ impl Metrics {
                 "signaling_cdr_queue",
                 "CDRs waiting to be written (grows while the database is unreachable).",
             ),
-            written: plain_counter("signaling_cdr_written_total", "CDRs stored in the database."),
+            written: plain_counter(
+                "signaling_cdr_written_total",
+                "CDRs stored in the database.",
+            ),
             errors: plain_counter(
                 "signaling_cdr_write_errors_total",
                 "Failed CDR database operations (connects and inserts).",

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::DigestAuth;
 use crate::b2bua::{CallRecord, Core, Input, Output, Peer, Settings, TimerKind, Transport};
 use crate::cdr::{Cdr, CdrMedia, CdrWriter, WriterOptions};
-use crate::diagnosis::{self, Evidence, MediaReport, Verdict};
 use crate::config::Config;
+use crate::diagnosis::{self, Evidence, MediaReport, Verdict};
 use crate::media::{MediaClient, MediaEvent};
 use crate::metrics::Metrics;
 use crate::registrar::{Policy, Registrar};
@@ -488,7 +488,10 @@ async fn complete_record(
             Verdict::Direct,
             "direct mode: media went end to end, not through a proxy; not measured".to_owned(),
         ),
-        None => (Verdict::NotAnswered, format!("not answered: {}", record.end_reason)),
+        None => (
+            Verdict::NotAnswered,
+            format!("not answered: {}", record.end_reason),
+        ),
         Some(Ok(stats)) => {
             let report = MediaReport {
                 advertised: record.media_address,
@@ -503,7 +506,8 @@ async fn complete_record(
                 .iter()
                 .map(|m| m.rtp_out.bytes + m.rtcp_out.bytes)
                 .sum::<u64>() as i64;
-            row.recording_packets = report.media.iter().map(|m| m.recorded_packets).sum::<u64>() as i64;
+            row.recording_packets =
+                report.media.iter().map(|m| m.recorded_packets).sum::<u64>() as i64;
             row.media = report.media.iter().map(CdrMedia::from_figures).collect();
             if answered {
                 let (verdict, mut text) = diagnosis::diagnose(&report);

@@ -110,9 +110,9 @@ fn migrates_from_the_previous_version(target: Target) {
     // A database as the first release left it, with one row.
     let mut store = match &target {
         Target::Sqlite(path) => Store::Sqlite(rusqlite::Connection::open(path).unwrap()),
-        Target::Postgres(url) => {
-            Store::Postgres(Box::new(postgres::Client::connect(url, postgres::NoTls).unwrap()))
-        }
+        Target::Postgres(url) => Store::Postgres(Box::new(
+            postgres::Client::connect(url, postgres::NoTls).unwrap(),
+        )),
     };
     store.migrate_to(1).unwrap();
     assert_eq!(store.version().unwrap(), 1);
@@ -136,7 +136,10 @@ fn migrates_from_the_previous_version(target: Target) {
     let (names, rows) = store.rows("cdr", 0, i64::MAX).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(column(&names, &rows[0], "call_id"), &Value::from("old"));
-    assert_eq!(column(&names, &rows[0], "caller_audio_packets"), &Value::Int(10));
+    assert_eq!(
+        column(&names, &rows[0], "caller_audio_packets"),
+        &Value::Int(10)
+    );
     assert_eq!(column(&names, &rows[0], "end_reason"), &Value::from(""));
     assert_eq!(column(&names, &rows[0], "media_address"), &Value::Null);
     // And the new tables take rows.
@@ -159,7 +162,10 @@ fn rows_round_trip_and_inserts_are_idempotent(target: Target) {
     let first = &rows[0];
     assert_eq!(column(&names, first, "call_id"), &Value::from("c1@example"));
     assert_eq!(column(&names, first, "sip_status"), &Value::Int(200));
-    assert_eq!(column(&names, first, "has_recording"), &bool_value(&target, false));
+    assert_eq!(
+        column(&names, first, "has_recording"),
+        &bool_value(&target, false)
+    );
     assert_eq!(
         column(&names, first, "answer_time"),
         &Value::Int(1_700_000_001_000)

@@ -43,6 +43,9 @@ fn ports(n: u16) -> Ports {
     }
 }
 
+/// Table rows as column -> text.
+type Rows = Vec<HashMap<String, String>>;
+
 /// The signaling binary, running.
 struct Service {
     child: Child,
@@ -64,7 +67,10 @@ impl Service {
             Some(i) => Target::parse(extra[i + 1]).unwrap(),
             None => {
                 let target = Target::Sqlite(dir.join("cdr.db"));
-                command.args(["--cdr", &format!("sqlite://{}", dir.join("cdr.db").display())]);
+                command.args([
+                    "--cdr",
+                    &format!("sqlite://{}", dir.join("cdr.db").display()),
+                ]);
                 target
             }
         };
@@ -142,8 +148,20 @@ impl Service {
         (rows, std::fs::read_to_string(path).unwrap_or_default())
     }
 
+    /// SIGTERM, wait for the exit; the `cdr` rows, the `cdr_media` rows and the whole log.
+    fn stop_all(mut self) -> (Rows, Rows, String) {
+        self.terminate();
+        self.wait_exit();
+        (self.table("cdr"), self.table("cdr_media"), self.log())
+    }
+
     /// Waits for the exit, returns the CDR rows.
     fn wait_rows(mut self) -> Vec<HashMap<String, String>> {
+        self.wait_exit();
+        self.table("cdr")
+    }
+
+    fn wait_exit(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -161,7 +179,6 @@ impl Service {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.table("cdr")
     }
 
     /// Rows of a CDR table (`cdr`, `cdr_media`) as column -> text, read with the product's own
@@ -389,6 +406,11 @@ fn caller_hangs_up_and_the_cdr_has_real_packet_counts() {
         172 * number(cdr, "caller_audio_packets") - extra_dtmf_bytes(cdr)
     );
     assert_eq!(cdr["media_verdict"], "ok");
+    assert!(
+        cdr["media_diagnosis"].starts_with("both legs sent audio"),
+        "{cdr:?}"
+    );
+    assert_eq!(cdr["end_reason"], "BYE from the caller");
     assert!(number(cdr, "duration_ms") >= 5000, "{cdr:?}");
 }
 
@@ -472,10 +494,17 @@ fn cancel_before_answer_cancels_both_legs() {
         &[],
     );
     let rows = service.stop();
+    assert_eq!(rows.len(), 1, "{rows:?}");
     let cdr = &rows[0];
     assert_eq!(cdr["disposition"], "cancelled");
     assert_eq!(cdr["sip_status"], "487");
     assert_eq!(cdr["hangup_side"], "caller");
+    assert_eq!(cdr["media_verdict"], "not_answered");
+    assert_eq!(cdr["end_reason"], "CANCEL from the caller");
+    assert!(
+        cdr["media_diagnosis"].starts_with("not answered: CANCEL from the caller"),
+        "{cdr:?}"
+    );
 }
 
 #[test]
@@ -1101,4 +1130,253 @@ fn answered_keepalives_do_not_disturb_a_healthy_call() {
     assert_eq!(rows[0]["hangup_side"], "caller", "{log}");
     assert_eq!(rows[0]["media_verdict"], "ok");
     assert!(number(&rows[0], "duration_ms") >= 5000);
+}
+
+#[test]
+fn only_the_caller_sends_one_way_names_the_silent_callee() {
+    let ports = ports(19);
+    let service = Service::start("one-way", &ports, &["--trusted", "127.0.0.0/8"]);
+    // The callee answers but sends nothing (no echo).
+    call_between(
+        &ports,
+        &service,
+        "uas_pcmu_echo.xml",
+        false,
+        &[],
+        "uac_pcmu_pcap.xml",
+        &[],
+    );
+    let (rows, log) = service.stop_with_log();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cdr = &rows[0];
+    assert_eq!(cdr["media_verdict"], "one_way", "{cdr:?}");
+    assert!(number(cdr, "caller_audio_packets") >= MIN_PACKETS);
+    assert_eq!(number(cdr, "callee_audio_packets"), 0);
+    let diagnosis = &cdr["media_diagnosis"];
+    assert!(
+        diagnosis.starts_with("one way: only the caller sent audio"),
+        "{diagnosis}"
+    );
+    // The callee leg's relay port, as the callee's SDP got it, and what it had announced.
+    let callee_port = 28000 + 100 * 19 + 2;
+    assert!(
+        diagnosis.contains(&format!(
+            "no packet reached 127.0.0.1:{callee_port} from the callee (SDP said 127.0.0.1:{})",
+            ports.uas_media
+        )),
+        "{diagnosis}"
+    );
+    assert!(
+        diagnosis.contains(&format!("UDP {callee_port}-{} is open", callee_port + 1)),
+        "{diagnosis}"
+    );
+    assert!(
+        log.contains("media verdict") && log.contains("verdict=one_way"),
+        "the verdict is logged:\n{log}"
+    );
+}
+
+#[test]
+fn neither_side_sends_no_media_with_both_legs_explained() {
+    let ports = ports(20);
+    let service = Service::start("no-media", &ports, &["--trusted", "127.0.0.0/8"]);
+    call_between(
+        &ports,
+        &service,
+        "uas_echo_then_bye.xml",
+        false,
+        &[],
+        "uac_silent_until_bye.xml",
+        &[],
+    );
+    let (rows, media, log) = service.stop_all();
+    let cdr = &rows[0];
+    assert_eq!(cdr["media_verdict"], "no_media", "{cdr:?}");
+    assert_eq!(cdr["hangup_side"], "callee");
+    let diagnosis = &cdr["media_diagnosis"];
+    assert!(
+        diagnosis.starts_with("no media: neither leg sent audio"),
+        "{diagnosis}"
+    );
+    assert!(
+        diagnosis.contains("from the caller (SDP said 127.0.0.1:"),
+        "{diagnosis}"
+    );
+    assert!(
+        diagnosis.contains("from the callee (SDP said 127.0.0.1:"),
+        "{diagnosis}"
+    );
+    assert!(
+        diagnosis.contains("advertised media address 127.0.0.1"),
+        "{diagnosis}"
+    );
+    assert!(log.contains("verdict=no_media"), "{log}");
+    assert_eq!(media.len(), 2, "{media:?}");
+    assert!(
+        media.iter().all(|m| m["rtp_packets_in"] == "0"),
+        "{media:?}"
+    );
+}
+
+/// Sends `count` PCMU RTP packets (172 bytes, 20 ms apart) from `from` to `to`.
+fn send_rtp(from: UdpSocket, to: std::net::SocketAddr, count: u16) {
+    for seq in 0..count {
+        let mut packet = vec![0u8; 172];
+        packet[0] = 0x80;
+        packet[2..4].copy_from_slice(&seq.to_be_bytes());
+        packet[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        packet[8..12].copy_from_slice(&0x5eed_cafe_u32.to_be_bytes());
+        let _ = from.send_to(&packet, to);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_callee_sending_from_another_port_than_its_sdp_is_latched_and_named() {
+    let ports = ports(21);
+    let service = Service::start("latched", &ports, &["--trusted", "127.0.0.0/8"]);
+    // The callee (SIPp, not echoing) announces its -mp port; its RTP comes from 10 ports
+    // higher, the way a phone behind a port-translating NAT looks to the proxy.
+    let callee = uas(&ports, "uas_pcmu_echo.xml", false, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    let natted = UdpSocket::bind(("127.0.0.1", ports.uas_media + 10)).unwrap();
+    let callee_relay_port = 28000 + 100 * 21 + 2;
+    std::thread::sleep(Duration::from_millis(800));
+    send_rtp(natted, ([127, 0, 0, 1], callee_relay_port).into(), 150);
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let (rows, media, _) = service.stop_all();
+    let cdr = &rows[0];
+    // The relay latched on the real source, so audio flowed both ways.
+    assert_eq!(cdr["media_verdict"], "ok", "{cdr:?}");
+    assert_eq!(number(cdr, "callee_audio_packets"), 150, "{cdr:?}");
+    let row = media
+        .iter()
+        .find(|m| m["leg"] == "callee")
+        .expect("callee row");
+    let announced = format!("127.0.0.1:{}", ports.uas_media);
+    let real = format!("127.0.0.1:{}", ports.uas_media + 10);
+    assert_eq!(row["sdp_rtp_address"], announced);
+    assert_eq!(row["latched_rtp_source"], real);
+    assert_eq!(row["rtp_packets_in"], "150");
+    assert!(
+        cdr["media_diagnosis"].contains(&format!(
+            "callee sent from {real} while SDP said {announced} (same address, other port: a NAT \
+             or a phone sending from another port); latched"
+        )),
+        "{cdr:?}"
+    );
+}
+
+#[test]
+fn every_disposition_makes_exactly_one_postgres_row() {
+    let ports = ports(22);
+    let url = common::postgres_database("e2e_dispositions");
+    let service = Service::start(
+        "postgres",
+        &ports,
+        &["--trusted", "127.0.0.0/8", "--cdr", &url],
+    );
+    // answered (callee hangs up), busy, cancelled, and one nobody routes (404).
+    call_between(
+        &ports,
+        &service,
+        "uas_echo_then_bye.xml",
+        true,
+        &[],
+        "uac_pcap_until_bye.xml",
+        &[],
+    );
+    call_between(
+        &ports,
+        &service,
+        "uas_busy.xml",
+        false,
+        &[],
+        "uac_expect_busy.xml",
+        &[],
+    );
+    call_between(
+        &ports,
+        &service,
+        "uas_ring_until_cancel.xml",
+        false,
+        &[],
+        "uac_cancel.xml",
+        &[],
+    );
+    let rows = service.stop();
+    let dispositions: Vec<&str> = rows.iter().map(|r| r["disposition"].as_str()).collect();
+    assert_eq!(dispositions, ["answered", "busy", "cancelled"], "{rows:?}");
+    let verdicts: Vec<&str> = rows.iter().map(|r| r["media_verdict"].as_str()).collect();
+    assert_eq!(verdicts, ["ok", "not_answered", "not_answered"], "{rows:?}");
+    // The callee hung up: real counts on both legs (the Call-ID mapping bug stays dead).
+    assert_eq!(rows[0]["hangup_side"], "callee");
+    assert!(
+        number(&rows[0], "caller_audio_packets") >= MIN_PACKETS,
+        "{:?}",
+        rows[0]
+    );
+    assert!(
+        number(&rows[0], "callee_audio_packets") >= MIN_PACKETS,
+        "{:?}",
+        rows[0]
+    );
+    let mut store = Store::open(&Target::parse(&url).unwrap()).unwrap();
+    let (_, media) = store.rows("cdr_media", 0, i64::MAX).unwrap();
+    assert_eq!(media.len(), 2 * 3, "two legs per relayed call: {media:?}");
+}
+
+#[test]
+fn a_database_outage_during_calls_loses_no_cdr() {
+    let ports = ports(23);
+    let url = common::postgres_database("e2e_outage");
+    let gate = common::Gate::new(common::postgres_address(&url));
+    let through_gate = gate.url(&url);
+    let service = Service::start(
+        "outage",
+        &ports,
+        &["--trusted", "127.0.0.0/8", "--cdr", &through_gate],
+    );
+    gate.close();
+    call_between(
+        &ports,
+        &service,
+        "uas_busy.xml",
+        false,
+        &[],
+        "uac_expect_busy.xml",
+        &[],
+    );
+    call_between(
+        &ports,
+        &service,
+        "uas_pcmu_echo.xml",
+        true,
+        &[],
+        "uac_pcmu_pcap.xml",
+        &[],
+    );
+    // Both CDRs wait in the queue while the database is cut off.
+    assert!(
+        common::eventually(Duration::from_secs(5), || service
+            .metrics()
+            .contains("signaling_cdr_queue 2")),
+        "{}",
+        service.metrics()
+    );
+    assert!(service.log().contains("CDR database unavailable"));
+    gate.open();
+    assert!(
+        common::eventually(Duration::from_secs(20), || service
+            .metrics()
+            .contains("signaling_cdr_written_total 2")),
+        "{}",
+        service.metrics()
+    );
+    let rows = service.stop();
+    let dispositions: Vec<&str> = rows.iter().map(|r| r["disposition"].as_str()).collect();
+    assert_eq!(dispositions, ["busy", "answered"], "{rows:?}");
+    assert!(number(&rows[1], "caller_audio_packets") >= MIN_PACKETS);
 }
