@@ -435,6 +435,20 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(call_id.clone()))
     }
 
+    /// Turns per-packet debug logging of one call on or off.
+    pub async fn set_debug(&self, call_id: &CallId, enabled: bool) -> Result<(), ControlError> {
+        let worker = self.entry_worker(call_id)?;
+        if self
+            .relay
+            .set_debug(worker, call_id.clone(), enabled)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(ControlError::NotFound(call_id.clone()))
+        }
+    }
+
     /// Live statistics of every call, optionally of one owner.
     pub async fn list(&self, owner: Option<&Owner>) -> Result<Vec<CallSnapshot>, ControlError> {
         let mut all = self.relay.list().await?;

@@ -444,6 +444,20 @@ impl MediaProxy for Service {
         )))
     }
 
+    async fn set_debug(
+        &self,
+        request: Request<pb::SetDebugRequest>,
+    ) -> Result<Response<pb::SetDebugResponse>, Status> {
+        let _timer = self.timer("set_debug");
+        let request = request.into_inner();
+        let id = call_id(&request.call_id)?;
+        self.control.set_debug(&id, request.enabled).await?;
+        Ok(Response::new(pb::SetDebugResponse {
+            call_id: request.call_id,
+            enabled: request.enabled,
+        }))
+    }
+
     async fn list_sessions(
         &self,
         request: Request<pb::ListSessionsRequest>,

@@ -193,13 +193,25 @@ pub async fn serve_http(
     draining: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_http_with(listener, registries, draining, Router::new(), shutdown).await
+}
+
+/// Like [`serve_http`], with more routes (signaling's admin endpoints) beside the two.
+pub async fn serve_http_with(
+    listener: tokio::net::TcpListener,
+    registries: Vec<Registry>,
+    draining: Arc<AtomicBool>,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(health))
         .with_state(HttpState {
             registries: Arc::new(registries),
             draining,
-        });
+        })
+        .merge(extra);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -73,6 +74,11 @@ enum Command {
     },
     List {
         reply: oneshot::Sender<Vec<CallSnapshot>>,
+    },
+    Debug {
+        call_id: CallId,
+        enabled: bool,
+        reply: oneshot::Sender<bool>,
     },
     Release {
         call_id: CallId,
@@ -200,6 +206,25 @@ impl Relay {
         answer.await.map_err(|_| WorkerGone(worker))
     }
 
+    /// Turns per-packet logging of one call on or off; false if the worker has no such call.
+    pub async fn set_debug(
+        &self,
+        worker: usize,
+        call_id: CallId,
+        enabled: bool,
+    ) -> Result<bool, WorkerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            worker,
+            Command::Debug {
+                call_id,
+                enabled,
+                reply,
+            },
+        )?;
+        answer.await.map_err(|_| WorkerGone(worker))
+    }
+
     /// Snapshots of every session on every worker.
     pub async fn list(&self) -> Result<Vec<CallSnapshot>, WorkerGone> {
         let mut all = Vec::new();
@@ -252,6 +277,8 @@ struct LocalCounters {
 struct Slot {
     session: Session,
     sockets: [Option<UdpSocket>; SOCKETS_PER_SESSION],
+    /// Log every packet of this call (operator debugging, `SetDebug`).
+    debug: bool,
 }
 
 struct Worker {
@@ -369,7 +396,11 @@ impl Worker {
                 }
             };
             let data = &buffer[..len];
-            match slot.session.handle_packet(now, at, source, data) {
+            let verdict = slot.session.handle_packet(now, at, source, data);
+            if slot.debug {
+                log_packet(slot.session.call_id(), at, source, data, &verdict);
+            }
+            match verdict {
                 Verdict::Forward { via, to, rtcp } => {
                     let sent = slot.sockets[via.index()]
                         .as_ref()
@@ -466,6 +497,23 @@ impl Worker {
                     };
                     let _ = reply.send(result);
                 }
+                Command::Debug {
+                    call_id,
+                    enabled,
+                    reply,
+                } => {
+                    let found = match self.slot_mut(&call_id) {
+                        Some(slot) => {
+                            slot.debug = enabled;
+                            true
+                        }
+                        None => false,
+                    };
+                    if found {
+                        tracing::info!(call_id = %call_id.as_str(), enabled, "per-packet debug logging");
+                    }
+                    let _ = reply.send(found);
+                }
                 Command::Query { call_id, reply } => {
                     let snapshot = self.slot_mut(&call_id).map(|slot| slot.session.snapshot());
                     let _ = reply.send(snapshot);
@@ -521,6 +569,7 @@ impl Worker {
                 let slot = Slot {
                     session,
                     sockets: std::array::from_fn(|_| None),
+                    debug: false,
                 };
                 let index = match self.free_slots.pop() {
                     Some(index) => {
@@ -570,6 +619,35 @@ impl Worker {
         self.session_count.fetch_sub(1, Ordering::Relaxed);
         Some(slot)
     }
+}
+
+/// One line per packet of a call under debug: where it came from, what it looked like, what
+/// the relay did with it.
+fn log_packet(call_id: &CallId, at: SocketRef, source: SocketAddr, data: &[u8], verdict: &Verdict) {
+    let (seq, pt) = if data.len() >= 12 && data[0] >> 6 == 2 {
+        (
+            Some(u16::from_be_bytes([data[2], data[3]])),
+            Some(data[1] & 0x7f),
+        )
+    } else {
+        (None, None)
+    };
+    let outcome = match verdict {
+        Verdict::Forward { to, .. } => format!("relayed to {to}"),
+        Verdict::Drop(reason) => format!("dropped ({})", reason.as_str()),
+    };
+    tracing::info!(
+        call_id = %call_id.as_str(),
+        leg = at.leg.as_str(),
+        media = at.media,
+        rtcp = matches!(at.component, crate::session::Component::Rtcp),
+        from = %source,
+        bytes = data.len(),
+        seq = ?seq,
+        pt = ?pt,
+        outcome,
+        "packet"
+    );
 }
 
 fn event_kind_label(event: &Event) -> &'static str {

@@ -149,3 +149,151 @@ async fn starts_serves_health_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+const MPCTL: &str = env!("CARGO_BIN_EXE_mpctl");
+
+fn mpctl(grpc: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(MPCTL)
+        .args(["--grpc", &format!("http://{grpc}")])
+        .args(args)
+        .output()
+        .expect("mpctl runs");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpctl_lists_shows_debugs_and_drains_a_running_proxy() {
+    use proto::v1 as pb;
+    let dir = std::env::temp_dir().join(format!("mpctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("mediaproxy.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(BIN)
+        .args(["--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .args(["--ports", "22040-22059", "--node-id", "ctl-test"])
+        .env("MEDIAPROXY_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(log_file)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let _child = Running(child);
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        if let Some(line) = log().lines().find(|l| l.contains("media proxy listening")) {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no start line:\n{}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let grpc = field(&line, "grpc").to_owned();
+    let mut client = pb::media_proxy_client::MediaProxyClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    // One call, both legs pointed at local sockets.
+    let caller = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let callee = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut ports = Vec::new();
+    for (leg, phone) in [(pb::Leg::Caller, &caller), (pb::Leg::Callee, &callee)] {
+        let answer = client
+            .allocate(pb::AllocateRequest {
+                call_id: "ctl-call".into(),
+                leg: leg as i32,
+                owner: "ctl-owner".into(),
+                media: vec![pb::MediaKind::Audio as i32],
+                lease_timeout_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ports.push(answer.media[0].rtp_port as u16);
+        let address = phone.local_addr().unwrap();
+        client
+            .update(pb::UpdateRequest {
+                call_id: "ctl-call".into(),
+                leg: leg as i32,
+                media: vec![pb::RemoteMedia {
+                    index: 0,
+                    address: address.ip().to_string(),
+                    rtp_port: u32::from(address.port()),
+                    rtcp_port: u32::from(address.port()) + 1,
+                    codecs: vec![],
+                    direction: pb::Direction::Sendrecv as i32,
+                }],
+            })
+            .await
+            .unwrap();
+    }
+    let rtp = |seq: u16| {
+        let mut packet = vec![0u8; 172];
+        packet[0] = 0x80;
+        packet[2..4].copy_from_slice(&seq.to_be_bytes());
+        packet
+    };
+    for seq in 0..5 {
+        caller.send_to(&rtp(seq), ("127.0.0.1", ports[0])).unwrap();
+    }
+    callee
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buffer = [0u8; 512];
+    for _ in 0..5 {
+        callee.recv_from(&mut buffer).expect("relayed");
+    }
+
+    let (ok, sessions) = mpctl(&grpc, &["sessions"]);
+    assert!(ok, "{sessions}");
+    let caller_line = sessions
+        .lines()
+        .find(|l| l.contains("ctl-call") && l.contains("caller"))
+        .unwrap_or_else(|| panic!("{sessions}"));
+    assert!(
+        caller_line.contains(&format!("{}/{}", ports[0], ports[0] + 1)),
+        "{caller_line}"
+    );
+    assert!(
+        caller_line.contains(&caller.local_addr().unwrap().to_string()),
+        "{caller_line}"
+    );
+    assert!(sessions.contains("1 sessions"), "{sessions}");
+
+    let (ok, shown) = mpctl(&grpc, &["show", "ctl-call"]);
+    assert!(ok, "{shown}");
+    assert!(shown.contains("rtp in   5 pkts 860 bytes"), "{shown}");
+    let (ok, missing) = mpctl(&grpc, &["show", "no-such-call"]);
+    assert!(!ok);
+    assert!(missing.contains("NotFound"), "{missing}");
+
+    // Per-packet debug: off by default, on for this call.
+    assert!(!log().contains("outcome=\"relayed"), "{}", log());
+    let (ok, text) = mpctl(&grpc, &["debug", "ctl-call", "on"]);
+    assert!(ok && text.contains("per-packet logging on"), "{text}");
+    caller.send_to(&rtp(5), ("127.0.0.1", ports[0])).unwrap();
+    callee.recv_from(&mut buffer).expect("relayed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log().contains("seq=Some(5)") {
+        assert!(Instant::now() < deadline, "no packet line:\n{}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let packet_line = log()
+        .lines()
+        .find(|l| l.contains("seq=Some(5)"))
+        .unwrap()
+        .to_owned();
+    assert!(packet_line.contains("call_id=ctl-call"), "{packet_line}");
+    assert!(
+        packet_line.contains("leg=\"caller\"") || packet_line.contains("leg=caller"),
+        "{packet_line}"
+    );
+    assert!(packet_line.contains("relayed to"), "{packet_line}");
+
+    let (ok, status) = mpctl(&grpc, &["drain"]);
+    assert!(ok, "{status}");
+    assert!(status.contains("draining    yes"), "{status}");
+    assert!(status.contains("node        ctl-test"), "{status}");
+    let (ok, status) = mpctl(&grpc, &["undrain"]);
+    assert!(ok && status.contains("draining    no"), "{status}");
+}

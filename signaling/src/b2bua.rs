@@ -240,6 +240,29 @@ pub struct CallRecord {
     pub end_reason: String,
 }
 
+/// One call in progress, as the admin endpoint shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CallSummary {
+    pub call_id: String,
+    pub b_call_id: String,
+    pub caller: String,
+    pub callee: String,
+    /// mediapending, lateofferpending, calling, proceeding, answered, confirmed.
+    pub state: String,
+    pub media_mode: &'static str,
+    pub media_node: Option<String>,
+    pub media_address: Option<String>,
+    /// Relay RTP ports per media line, as given to each side in SDP.
+    pub caller_ports: Vec<u16>,
+    pub callee_ports: Vec<u16>,
+    /// Where each side's SIP comes from / goes to.
+    pub caller_address: String,
+    pub callee_address: String,
+    pub age_s: u64,
+    /// Seconds since the answer, if answered.
+    pub answered_s: Option<u64>,
+}
+
 /// Static settings of the core.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -403,6 +426,45 @@ impl Core {
     }
 
     /// Calls in progress (not yet finished).
+    /// The calls not yet finished, oldest first (admin endpoint).
+    pub fn calls_summary(&self, now: Instant) -> Vec<CallSummary> {
+        let mut calls: Vec<(&CallRef, &Call)> =
+            self.calls.iter().filter(|(_, c)| !c.finished).collect();
+        calls.sort_by_key(|(r, _)| **r);
+        calls
+            .into_iter()
+            .map(|(_, c)| CallSummary {
+                call_id: c.a.call_id.clone(),
+                b_call_id: c.b.call_id.clone(),
+                caller: c.caller.clone(),
+                callee: c.callee.clone(),
+                state: format!("{:?}", c.state).to_lowercase(),
+                media_mode: c.mode.as_str(),
+                media_node: c.media.as_ref().map(|m| m.node.clone()),
+                media_address: c.media.as_ref().map(|m| m.advertised.to_string()),
+                caller_ports: c
+                    .media
+                    .as_ref()
+                    .map(|m| m.caller_ports.clone())
+                    .unwrap_or_default(),
+                callee_ports: c
+                    .media
+                    .as_ref()
+                    .map(|m| m.callee_ports.clone())
+                    .unwrap_or_default(),
+                caller_address: c.a.peer.addr.to_string(),
+                callee_address: c.b.peer.addr.to_string(),
+                age_s: now.saturating_duration_since(c.start).as_secs(),
+                answered_s: c.answer.map(|a| now.saturating_duration_since(a).as_secs()),
+            })
+            .collect()
+    }
+
+    /// Live registrations (admin endpoint).
+    pub fn registrations(&self, now: Instant) -> Vec<crate::registrar::RegistrationSummary> {
+        self.registrar.summary(now)
+    }
+
     pub fn active_calls(&self) -> usize {
         self.active
     }

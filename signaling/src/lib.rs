@@ -11,6 +11,7 @@
 //! - [`auth`]: digest authentication (MD5, SHA-256, qop=auth, expiring stateless nonces).
 //! - [`registrar`]: REGISTER bindings with expiry (RFC 3261 section 10.3).
 
+pub mod admin;
 pub mod auth;
 pub mod b2bua;
 pub mod cdr;

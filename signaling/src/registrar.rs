@@ -90,7 +90,39 @@ pub struct Registrar {
     bindings: HashMap<String, Vec<Binding>>,
 }
 
+/// One live registration, as the admin endpoint shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RegistrationSummary {
+    pub user: String,
+    pub contact: String,
+    pub source: String,
+    pub transport: &'static str,
+    pub expires_in_s: u32,
+}
+
 impl Registrar {
+    /// Every live binding, by user.
+    pub fn summary(&self, now: Instant) -> Vec<RegistrationSummary> {
+        let mut out: Vec<RegistrationSummary> = self
+            .bindings
+            .iter()
+            .flat_map(|(user, bindings)| {
+                bindings
+                    .iter()
+                    .filter(|b| b.expires_at > now)
+                    .map(|b| RegistrationSummary {
+                        user: user.clone(),
+                        contact: b.contact.to_string(),
+                        source: b.source.to_string(),
+                        transport: b.transport,
+                        expires_in_s: b.remaining(now),
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.user, &a.contact).cmp(&(&b.user, &b.contact)));
+        out
+    }
+
     pub fn new(policy: Policy) -> Self {
         Self {
             policy,

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::AdminQuery;
 use crate::auth::DigestAuth;
 use crate::b2bua::{CallRecord, Core, Input, Output, Peer, Settings, TimerKind, Transport};
 use crate::cdr::{Cdr, CdrMedia, CdrWriter, WriterOptions};
@@ -185,11 +186,14 @@ impl Signaling {
         let draining = Arc::new(AtomicBool::new(false));
         let http_stop = stop.clone();
         let http_draining = draining.clone();
+        let (admin_tx, mut admin_rx) = mpsc::channel::<AdminQuery>(64);
+        let admin = crate::admin::router(admin_tx, media.clone());
         tasks.spawn(async move {
-            if let Err(error) = mediaproxy::metrics::serve_http(
+            if let Err(error) = mediaproxy::metrics::serve_http_with(
                 http,
                 registries,
                 http_draining,
+                admin,
                 http_stop.cancelled_owned(),
             )
             .await
@@ -327,6 +331,18 @@ impl Signaling {
                 );
             let input = tokio::select! {
                 input = input_rx.recv() => input,
+                Some(query) = admin_rx.recv() => {
+                    let now = Instant::now();
+                    match query {
+                        AdminQuery::Calls(reply) => {
+                            let _ = reply.send(core.calls_summary(now));
+                        }
+                        AdminQuery::Registrations(reply) => {
+                            let _ = reply.send(core.registrations(now));
+                        }
+                    }
+                    None
+                }
                 () = tokio::time::sleep_until(sleep_until.into()) => None,
                 () = &mut shutdown, if draining_until.is_none() => {
                     tracing::info!(calls = core.active_calls(), "shutting down: draining");

@@ -107,6 +107,11 @@ impl Service {
 
     /// GETs `/metrics` of the running service.
     fn metrics(&self) -> String {
+        self.get("/metrics")
+    }
+
+    /// GETs a path of the HTTP endpoint (`--metrics`); returns the whole response.
+    fn get(&self, path: &str) -> String {
         let log = self.log();
         let line = log
             .lines()
@@ -118,7 +123,11 @@ impl Service {
             .and_then(|r| r.split_whitespace().next())
             .expect("metrics address");
         let mut stream = std::net::TcpStream::connect(address).expect("metrics endpoint");
-        std::io::Write::write_all(&mut stream, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        std::io::Write::write_all(
+            &mut stream,
+            format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
         let mut body = String::new();
         stream.read_to_string(&mut body).unwrap();
         body
@@ -530,6 +539,15 @@ fn register_with_digest_then_call() {
         &["-inf", "users.csv"],
     );
     let log = service.log();
+    let registrations = service.get("/admin/registrations");
+    assert!(
+        registrations.contains("\"user\": \"alice\""),
+        "{registrations}"
+    );
+    assert!(
+        registrations.contains(&format!("\"source\": \"127.0.0.1:{}\"", ports.uac)),
+        "{registrations}"
+    );
     let rows = service.stop();
     assert!(log.contains("registered"), "{log}");
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -1379,4 +1397,43 @@ fn a_database_outage_during_calls_loses_no_cdr() {
     let dispositions: Vec<&str> = rows.iter().map(|r| r["disposition"].as_str()).collect();
     assert_eq!(dispositions, ["busy", "answered"], "{rows:?}");
     assert!(number(&rows[1], "caller_audio_packets") >= MIN_PACKETS);
+}
+
+#[test]
+fn the_admin_endpoint_shows_live_calls_with_their_media() {
+    let ports = ports(24);
+    let service = Service::start("admin", &ports, &["--trusted", "127.0.0.0/8"]);
+    let callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let calls = service.get("/admin/calls");
+    assert!(
+        calls.starts_with("HTTP/1.0 200") || calls.starts_with("HTTP/1.1 200"),
+        "{calls}"
+    );
+    assert!(calls.contains("\"state\": \"confirmed\""), "{calls}");
+    assert!(calls.contains("\"media_node\": \"embedded\""), "{calls}");
+    let call_id = calls
+        .split("\"call_id\": \"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a call id")
+        .to_owned();
+    let detail = service.get(&format!("/admin/calls/{call_id}"));
+    assert!(detail.contains("\"verdict_now\": \"ok\""), "{detail}");
+    assert!(detail.contains("\"leg\": \"caller\""), "{detail}");
+    let packets: Vec<i64> = detail
+        .split("\"rtp_packets_in\": ")
+        .skip(1)
+        .map(|rest| rest.split(',').next().unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(packets.len(), 2, "{detail}");
+    assert!(packets.iter().all(|&p| p > 0), "live counters: {detail}");
+    let missing = service.get("/admin/calls/nope");
+    assert!(missing.contains(" 404 "), "{missing}");
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let calls = service.get("/admin/calls");
+    assert!(calls.trim_end().ends_with("[]"), "no call left: {calls}");
 }

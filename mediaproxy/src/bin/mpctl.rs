@@ -1,0 +1,398 @@
+//! `mpctl`: the operator's command line for a media proxy, over the same gRPC contract
+//! signaling uses (`mediaproxy.v1`). See `mpctl --help` and the README's operations section.
+
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use proto::v1 as pb;
+use proto::v1::media_proxy_client::MediaProxyClient;
+use tonic::transport::Channel;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mpctl",
+    version,
+    about = "Inspect and steer a running media proxy"
+)]
+struct Cli {
+    /// gRPC URL of the media proxy.
+    #[arg(
+        long,
+        env = "MPCTL_GRPC",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    grpc: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Node id, sessions, free ports, packet rate, draining flag.
+    Status,
+    /// Every live session: one line per leg and media line with ports, SDP and latched
+    /// addresses and live counters.
+    Sessions {
+        /// Only the sessions of this owner (a signaling instance).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Everything the proxy knows about one call.
+    Show { call_id: String },
+    /// Stop taking new calls (existing calls go on).
+    Drain,
+    /// Take new calls again.
+    Undrain,
+    /// Log every packet of one call in the proxy's log (on), or stop (off).
+    Debug {
+        call_id: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Follow media events (first packets, source changes, timeouts, one-way media, releases)
+    /// as they happen.
+    Watch {
+        /// Only this call's events.
+        #[arg(long)]
+        call: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("mpctl: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mpctl: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let channel = tonic::transport::Endpoint::from_shared(cli.grpc.clone())
+        .map_err(|e| format!("--grpc {}: {e}", cli.grpc))?
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach the media proxy at {}: {e}", cli.grpc))?;
+    let mut client = MediaProxyClient::new(channel);
+    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    match cli.command {
+        Command::Status => {
+            let reply = client
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_status(&reply);
+        }
+        Command::Drain | Command::Undrain => {
+            let drain = matches!(cli.command, Command::Drain);
+            let reply = client
+                .drain(pb::DrainRequest { drain })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print_status(&reply);
+        }
+        Command::Sessions { owner } => {
+            let reply = client
+                .list_sessions(pb::ListSessionsRequest {
+                    owner: owner.unwrap_or_default(),
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print!("{}", sessions_table(&reply.sessions, now_ms()));
+        }
+        Command::Show { call_id } => {
+            let reply = client
+                .query_stats(pb::QueryStatsRequest { call_id })
+                .await
+                .map_err(status)?
+                .into_inner();
+            print!("{}", show(&reply, now_ms()));
+        }
+        Command::Debug { call_id, state } => {
+            let reply = client
+                .set_debug(pb::SetDebugRequest {
+                    call_id,
+                    enabled: state == "on",
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "per-packet logging {} for {} (see the media proxy's log)",
+                if reply.enabled { "on" } else { "off" },
+                reply.call_id
+            );
+        }
+        Command::Watch { call } => watch(&mut client, call.unwrap_or_default()).await?,
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn print_status(s: &pb::StatusResponse) {
+    println!("node        {}", s.node_id);
+    println!("instance    {}", s.instance_id);
+    println!("version     {}", s.version);
+    println!("advertised  {}", s.advertised_address);
+    println!("uptime      {} s", s.uptime_seconds);
+    println!("sessions    {}", s.sessions);
+    println!("owners      {}", s.owners);
+    println!("ports       {} free of {}", s.ports_free, s.ports_total);
+    println!("packets/s   {:.0}", s.packets_per_second);
+    println!("draining    {}", if s.draining { "yes" } else { "no" });
+}
+
+fn leg_name(leg: i32) -> &'static str {
+    match pb::Leg::try_from(leg) {
+        Ok(pb::Leg::Caller) => "caller",
+        Ok(pb::Leg::Callee) => "callee",
+        _ => "?",
+    }
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match pb::MediaKind::try_from(kind) {
+        Ok(pb::MediaKind::Audio) => "audio",
+        Ok(pb::MediaKind::Video) => "video",
+        Ok(pb::MediaKind::Other) => "other",
+        _ => "?",
+    }
+}
+
+fn or_dash(text: &str) -> &str {
+    if text.is_empty() { "-" } else { text }
+}
+
+/// Seconds since a unix-ms time, or "-" when it never happened.
+fn ago(now: u64, at: u64) -> String {
+    if at == 0 {
+        "-".to_owned()
+    } else {
+        format!("{:.1}s", now.saturating_sub(at) as f64 / 1000.0)
+    }
+}
+
+/// The `sessions` table: one line per leg and media line.
+fn sessions_table(sessions: &[pb::CallStats], now: u64) -> String {
+    let mut out = format!(
+        "{:<36} {:<6} {:<7} {:>11} {:<22} {:<22} {:>8} {:>8} {:>6} {:>8}\n",
+        "CALL-ID", "LEG", "MEDIA", "LOCAL", "SDP", "LATCHED", "IN", "OUT", "LOST", "LAST-IN"
+    );
+    for call in sessions {
+        for leg in &call.legs {
+            for m in &leg.media {
+                let received = m.rtp_received.unwrap_or_default();
+                let sent = m.rtp_sent.unwrap_or_default();
+                let quality = m.quality.unwrap_or_default();
+                out.push_str(&format!(
+                    "{:<36} {:<6} {:<7} {:>11} {:<22} {:<22} {:>8} {:>8} {:>6} {:>8}\n",
+                    call.call_id,
+                    leg_name(leg.leg),
+                    format!("{}:{}", m.index, kind_name(m.kind)),
+                    format!("{}/{}", m.local_rtp_port, m.local_rtcp_port),
+                    or_dash(&m.sdp_rtp_address),
+                    or_dash(&m.latched_rtp_source),
+                    received.packets,
+                    sent.packets,
+                    quality.lost,
+                    ago(now, received.last_unix_ms),
+                ));
+            }
+        }
+    }
+    out.push_str(&format!("{} sessions\n", sessions.len()));
+    out
+}
+
+/// The `show` report of one call.
+fn show(call: &pb::CallStats, now: u64) -> String {
+    let mut out = format!(
+        "call {}\n  owner {}  node {}  age {}\n",
+        call.call_id,
+        call.owner,
+        call.node_id,
+        ago(now, call.created_unix_ms)
+    );
+    for leg in &call.legs {
+        for m in &leg.media {
+            let counters = |c: Option<pb::Counters>| {
+                let c = c.unwrap_or_default();
+                format!(
+                    "{} pkts {} bytes (last {})",
+                    c.packets,
+                    c.bytes,
+                    ago(now, c.last_unix_ms)
+                )
+            };
+            let q = m.quality.unwrap_or_default();
+            let d = m.drops.unwrap_or_default();
+            out.push_str(&format!(
+                "  {} media {} ({}) local {}/{}\n    sdp      rtp {}  rtcp {}\n    latched  rtp {}  rtcp {}  (source changes {})\n    rtp in   {}\n    rtp out  {}\n    rtcp in  {}\n    rtcp out {}\n    quality  ssrc {:08x} expected {} lost {} dup {} reordered {} jitter {:.1} ms (max {:.1}) pt {}\n    dropped  unknown-source {} before-latching {} too-short {} not-rtp {} no-destination {} send-error {}\n",
+                leg_name(leg.leg),
+                m.index,
+                kind_name(m.kind),
+                m.local_rtp_port,
+                m.local_rtcp_port,
+                or_dash(&m.sdp_rtp_address),
+                or_dash(&m.sdp_rtcp_address),
+                or_dash(&m.latched_rtp_source),
+                or_dash(&m.latched_rtcp_source),
+                m.source_changes,
+                counters(m.rtp_received),
+                counters(m.rtp_sent),
+                counters(m.rtcp_received),
+                counters(m.rtcp_sent),
+                q.ssrc,
+                q.expected,
+                q.lost,
+                q.duplicates,
+                q.out_of_order,
+                q.jitter_ms,
+                q.max_jitter_ms,
+                q.last_payload_type,
+                d.unknown_source,
+                d.before_latching,
+                d.too_short,
+                d.not_rtp,
+                d.no_destination,
+                d.send_error,
+            ));
+        }
+    }
+    out
+}
+
+async fn watch(client: &mut MediaProxyClient<Channel>, call_id: String) -> Result<(), String> {
+    let mut stream = client
+        .watch_events(pb::WatchEventsRequest {
+            owner: String::new(),
+            call_id,
+        })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    while let Some(event) = stream
+        .message()
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+    {
+        let what = match &event.kind {
+            Some(pb::event::Kind::FirstPacket(f)) => format!(
+                "first {} packet from {} (SDP said {}{})",
+                if f.rtcp { "RTCP" } else { "RTP" },
+                f.source,
+                or_dash(&f.sdp_address),
+                if f.matches_sdp { "" } else { ": differs" }
+            ),
+            Some(pb::event::Kind::SourceChanged(c)) => {
+                format!("source changed from {} to {}", c.from, c.to)
+            }
+            Some(pb::event::Kind::MediaTimeout(t)) => {
+                format!("media timeout after {} ms without packets", t.idle_ms)
+            }
+            Some(pb::event::Kind::OneWayMedia(o)) => {
+                format!("one-way media: silent for {} ms", o.silent_ms)
+            }
+            Some(pb::event::Kind::RecordingFinished(r)) => {
+                format!("recording finished: {} ({} packets)", r.path, r.packets)
+            }
+            Some(pb::event::Kind::SessionReleased(r)) => format!("released ({})", r.reason),
+            None => "unknown event".to_owned(),
+        };
+        println!(
+            "{} {} {} media {}: {what}",
+            event.unix_ms,
+            event.call_id,
+            leg_name(event.leg),
+            event.media_index
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> pb::CallStats {
+        pb::CallStats {
+            call_id: "abc@host".into(),
+            owner: "sig-1".into(),
+            node_id: "mp-1".into(),
+            created_unix_ms: 1_000,
+            legs: vec![pb::LegStats {
+                leg: pb::Leg::Caller as i32,
+                media: vec![pb::MediaStats {
+                    index: 0,
+                    kind: pb::MediaKind::Audio as i32,
+                    local_rtp_port: 30000,
+                    local_rtcp_port: 30001,
+                    sdp_rtp_address: "10.0.0.7:17616".into(),
+                    latched_rtp_source: "198.51.100.9:4000".into(),
+                    rtp_received: Some(pb::Counters {
+                        packets: 250,
+                        bytes: 43_000,
+                        first_unix_ms: 1_500,
+                        last_unix_ms: 6_000,
+                    }),
+                    ..pb::MediaStats::default()
+                }],
+            }],
+            ..pb::CallStats::default()
+        }
+    }
+
+    #[test]
+    fn sessions_table_has_one_line_per_leg_and_media() {
+        let table = sessions_table(&[call()], 7_000);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].starts_with("CALL-ID"));
+        for expected in [
+            "abc@host",
+            "caller",
+            "0:audio",
+            "30000/30001",
+            "10.0.0.7:17616",
+            "198.51.100.9:4000",
+            "250",
+            "1.0s",
+        ] {
+            assert!(lines[1].contains(expected), "{expected} in {}", lines[1]);
+        }
+        assert_eq!(lines[2], "1 sessions");
+    }
+
+    #[test]
+    fn show_names_addresses_counters_and_drops() {
+        let text = show(&call(), 7_000);
+        assert!(text.contains("call abc@host"));
+        assert!(text.contains("owner sig-1  node mp-1  age 6.0s"));
+        assert!(text.contains("sdp      rtp 10.0.0.7:17616  rtcp -"));
+        assert!(text.contains("latched  rtp 198.51.100.9:4000"));
+        assert!(text.contains("rtp in   250 pkts 43000 bytes (last 1.0s)"));
+        assert!(text.contains("dropped  unknown-source 0"));
+    }
+}

@@ -1,0 +1,138 @@
+//! Signaling's admin endpoints, served beside `/metrics` (JSON, read-only):
+//!
+//! - `GET /admin/calls`: calls in progress (ids of both legs, parties, state, media node,
+//!   relay ports, age);
+//! - `GET /admin/calls/{call_id}`: one call (by either leg's Call-ID) with the media proxy's
+//!   live per-leg figures and the verdict and diagnosis the call would get if it ended now;
+//! - `GET /admin/registrations`: live registrations.
+//!
+//! The SIP core is owned by one task; handlers ask it through a channel ([`AdminQuery`]),
+//! so reading state never takes a lock the SIP path could wait on.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::b2bua::CallSummary;
+use crate::cdr::CdrMedia;
+use crate::diagnosis::{self, MediaReport};
+use crate::media::MediaClient;
+use crate::registrar::RegistrationSummary;
+
+/// A question for the task that owns the SIP core.
+#[derive(Debug)]
+pub enum AdminQuery {
+    Calls(oneshot::Sender<Vec<CallSummary>>),
+    Registrations(oneshot::Sender<Vec<RegistrationSummary>>),
+}
+
+#[derive(Clone)]
+struct AdminState {
+    queries: mpsc::Sender<AdminQuery>,
+    media: MediaClient,
+}
+
+/// The admin routes.
+pub fn router(queries: mpsc::Sender<AdminQuery>, media: MediaClient) -> Router {
+    Router::new()
+        .route("/admin/calls", get(calls))
+        .route("/admin/calls/{call_id}", get(call))
+        .route("/admin/registrations", get(registrations))
+        .with_state(AdminState { queries, media })
+}
+
+fn json(value: &impl Serialize) -> Response {
+    match serde_json::to_string_pretty(value) {
+        Ok(mut text) => {
+            text.push('\n');
+            ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+        }
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "signaling is stopping\n").into_response()
+}
+
+async fn ask<T>(
+    state: &AdminState,
+    query: impl FnOnce(oneshot::Sender<T>) -> AdminQuery,
+) -> Option<T> {
+    let (reply, answer) = oneshot::channel();
+    state.queries.send(query(reply)).await.ok()?;
+    answer.await.ok()
+}
+
+async fn calls(State(state): State<AdminState>) -> Response {
+    match ask(&state, AdminQuery::Calls).await {
+        Some(calls) => json(&calls),
+        None => unavailable(),
+    }
+}
+
+async fn registrations(State(state): State<AdminState>) -> Response {
+    match ask(&state, AdminQuery::Registrations).await {
+        Some(list) => json(&list),
+        None => unavailable(),
+    }
+}
+
+/// One call with its live media figures.
+#[derive(Serialize)]
+struct CallDetail {
+    #[serde(flatten)]
+    call: CallSummary,
+    /// The verdict and diagnosis if the call ended now (answered, relayed calls).
+    verdict_now: Option<&'static str>,
+    diagnosis_now: Option<String>,
+    /// Per leg and media line, live from the media proxy (same fields as `cdr_media`).
+    media: Vec<CdrMedia>,
+    /// Why `media` is empty when the proxy could not be asked.
+    media_error: Option<String>,
+}
+
+async fn call(State(state): State<AdminState>, Path(call_id): Path<String>) -> Response {
+    let Some(calls) = ask(&state, AdminQuery::Calls).await else {
+        return unavailable();
+    };
+    let Some(call) = calls
+        .into_iter()
+        .find(|c| c.call_id == call_id || c.b_call_id == call_id)
+    else {
+        return (StatusCode::NOT_FOUND, format!("no call {call_id:?}\n")).into_response();
+    };
+    let mut detail = CallDetail {
+        verdict_now: None,
+        diagnosis_now: None,
+        media: Vec::new(),
+        media_error: None,
+        call,
+    };
+    if detail.call.media_node.is_some() {
+        match state.media.query(&detail.call.call_id).await {
+            Ok(figures) => {
+                detail.media = figures.iter().map(CdrMedia::from_figures).collect();
+                if detail.call.answered_s.is_some() {
+                    let report = MediaReport {
+                        advertised: detail
+                            .call
+                            .media_address
+                            .as_deref()
+                            .and_then(|a| a.parse().ok()),
+                        media: figures,
+                    };
+                    let (verdict, text) = diagnosis::diagnose(&report);
+                    detail.verdict_now = Some(verdict.as_str());
+                    detail.diagnosis_now = Some(text);
+                }
+            }
+            Err(error) => detail.media_error = Some(error),
+        }
+    }
+    json(&detail)
+}
