@@ -435,6 +435,22 @@ mod tests {
     }
 
     #[test]
+    fn recordings_directory_is_probed() {
+        let dir = std::env::temp_dir().join(format!("mp-rec-{}", std::process::id()));
+        let cli = parse(&["--recordings", dir.to_str().unwrap()]).unwrap();
+        let config = Config::resolve(cli.options, Options::default()).unwrap();
+        assert_eq!(config.media.recordings_problem(), None);
+        assert!(dir.is_dir(), "created when missing");
+        let cli = parse(&["--recordings", "/dev/null/recordings"]).unwrap();
+        let config = Config::resolve(cli.options, Options::default()).unwrap();
+        let problem = config.media.recordings_problem().expect("not writable");
+        assert!(
+            problem.starts_with("--recordings /dev/null/recordings: not writable"),
+            "{problem}"
+        );
+    }
+
+    #[test]
     fn durations_parse_with_units() {
         assert_eq!(
             "250ms".parse::<HumanDuration>().unwrap().0,

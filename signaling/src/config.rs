@@ -276,6 +276,15 @@ pub struct Cli {
     pub config: Option<PathBuf>,
     #[command(flatten)]
     pub options: Options,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands other than running the service.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Write CDRs of a date range as CSV or JSON lines to standard output.
+    Export(crate::export::ExportArgs),
 }
 
 /// One user of the users file.
@@ -580,6 +589,25 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("--trusted")
+        );
+        let cli = parse(&["--ports", "30000-30099", "--max-calls", "100"]).unwrap();
+        let error = Config::resolve(cli.options, Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with(
+                "--ports: 30000-30099 holds 50 RTP/RTCP pairs, too few for --max-calls 100"
+            ),
+            "{error}"
+        );
+        let cli = parse(&["--ports", "30000-30099", "--max-calls", "25"]).unwrap();
+        assert!(Config::resolve(cli.options, Options::default()).is_ok());
+        let cli = parse(&["--max-calls", "0"]).unwrap();
+        assert!(
+            Config::resolve(cli.options, Options::default())
+                .unwrap_err()
+                .to_string()
+                .starts_with("--max-calls")
         );
         let cli = parse(&["--cdr", "mysql://x"]).unwrap();
         assert!(

@@ -17,6 +17,7 @@ pub mod b2bua;
 pub mod cdr;
 pub mod config;
 pub mod diagnosis;
+pub mod export;
 pub mod media;
 pub mod metrics;
 pub mod registrar;

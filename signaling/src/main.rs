@@ -3,11 +3,26 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use signaling::config::{Cli, Config};
+use signaling::config::{Cli, Command, Config};
 use signaling::server::Signaling;
 
 fn main() -> ExitCode {
-    let config = match Config::load(Cli::parse()) {
+    let cli = Cli::parse();
+    if let Some(Command::Export(args)) = &cli.command {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        return match signaling::export::run(args, &mut out) {
+            Ok(rows) => {
+                eprintln!("signaling: exported {rows} rows");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("signaling export: {error}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match Config::load(cli) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("signaling: {error}");

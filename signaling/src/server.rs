@@ -247,6 +247,36 @@ impl Signaling {
             }
         });
 
+        // Start-up check of the media proxy: reachable, and with ports for --max-calls.
+        let check_media = media.clone();
+        let max_calls = config.max_calls;
+        tokio::spawn(async move {
+            match check_media.status().await {
+                Ok(status) => {
+                    let pairs = status.ports_total / 2;
+                    if (pairs as usize) < 2 * max_calls {
+                        tracing::warn!(
+                            node = %status.node_id,
+                            pairs,
+                            max_calls,
+                            "the media proxy has fewer RTP port pairs than --max-calls needs \
+                             (2 per relayed audio call): calls beyond {} will fail with 503",
+                            pairs / 2
+                        );
+                    }
+                    if status.draining {
+                        tracing::warn!(node = %status.node_id, "the media proxy is draining: relayed calls will fail with 503");
+                    }
+                    tracing::info!(node = %status.node_id, advertised = %status.advertised_address, "media proxy reachable");
+                }
+                Err(error) => tracing::error!(
+                    url = %check_media.url,
+                    %error,
+                    "media proxy unreachable at start: relayed calls get 503 until it answers"
+                ),
+            }
+        });
+
         // Sessions the proxy ends by itself (media timeout, lease expiry) end their calls; first
         // packets are kept as evidence in case the proxy is lost before the call ends.
         let evidence: EvidenceMap = Arc::default();

@@ -732,10 +732,19 @@ fn an_unreachable_media_proxy_turns_into_503_not_a_hang() {
         "503 took {:?}",
         started.elapsed()
     );
-    let rows = service.stop();
+    let (rows, log) = service.stop_with_log();
     assert_eq!(rows[0]["disposition"], "failed");
     assert_eq!(rows[0]["sip_status"], "503");
     assert_eq!(rows[0]["hangup_side"], "system");
+    assert!(
+        rows[0]["media_diagnosis"].contains("media proxy unavailable"),
+        "{:?}",
+        rows[0]
+    );
+    assert!(
+        log.contains("media proxy unreachable at start"),
+        "the start-up check says so:\n{log}"
+    );
 }
 
 #[test]
@@ -1344,6 +1353,57 @@ fn every_disposition_makes_exactly_one_postgres_row() {
     let mut store = Store::open(&Target::parse(&url).unwrap()).unwrap();
     let (_, media) = store.rows("cdr_media", 0, i64::MAX).unwrap();
     assert_eq!(media.len(), 2 * 3, "two legs per relayed call: {media:?}");
+    // The export command reads the same rows back, as CSV.
+    let (ok, csv, stderr) = export(&["--cdr", &url, "--from", "2020-01-01"]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(
+        lines[0].starts_with("call_id,b_call_id,caller,callee,start_time,"),
+        "{csv}"
+    );
+    assert!(lines[2].contains(",busy,486,callee,"), "{csv}");
+    let (ok, jsonl, stderr) = export(&["--cdr", &url, "--format", "jsonl", "--table", "cdr_media"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(jsonl.lines().count(), 6, "{jsonl}");
+    let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert_eq!(first["leg"], "caller");
+    assert!(
+        first["rtp_packets_in"].as_i64().unwrap() >= MIN_PACKETS,
+        "{first}"
+    );
+    // A range with no call exports only the header.
+    let (ok, csv, _) = export(&["--cdr", &url, "--to", "2020-01-01"]);
+    assert!(ok);
+    assert_eq!(csv.lines().count(), 1, "{csv}");
+}
+
+/// Runs `signaling export ARGS`; (success, stdout, stderr).
+fn export(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(BIN)
+        .arg("export")
+        .args(args)
+        .env_remove("SIGNALING_CDR")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn export_refuses_what_it_cannot_read() {
+    let (ok, _, stderr) = export(&["--cdr", "sqlite:///nonexistent/cdr.db"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--cdr") && stderr.contains("no such file"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = export(&["--cdr", "sqlite://x.db", "--from", "yesterday"]);
+    assert!(!ok);
+    assert!(stderr.contains("--from \"yesterday\""), "{stderr}");
 }
 
 #[test]
