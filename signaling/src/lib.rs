@@ -1,15 +1,17 @@
 //! `signaling`: the SIP side of the product (registrar, B2BUA, routing, CDRs).
 //!
-//! Under construction: the SIP message layer, SDP handling, digest authentication and the
-//! registrar's binding store are in place (pure, tested); the transports, transactions and
-//! the B2BUA follow. Until they land the binary refuses to start rather than pretend to serve.
-//!
 //! # Layout
 //!
 //! - [`sip`]: RFC 3261 messages, URIs and headers, parsed and written without I/O.
 //! - [`sdp`]: reading SDP for the relay and the line-based rewrite through the proxy.
 //! - [`auth`]: digest authentication (MD5, SHA-256, qop=auth, expiring stateless nonces).
 //! - [`registrar`]: REGISTER bindings with expiry (RFC 3261 section 10.3).
+//! - [`b2bua`]: the sans-IO call core (both legs of every call, transactions, timers).
+//! - [`media`]: the gRPC client of the media proxy.
+//! - [`diagnosis`]: the media verdict and its plain-words diagnosis (pure).
+//! - [`cdr`]: the CDR store (SQLite, PostgreSQL) and its writer thread; [`export`] reads it.
+//! - [`server`]: the driver (sockets, timers, tasks); [`admin`]: its read-only HTTP endpoints.
+//! - [`config`], [`metrics`].
 
 pub mod admin;
 pub mod auth;
