@@ -4,7 +4,9 @@
 //!
 //! Port plan (one block per test n < 25, so tests run in parallel): SIP 25000 + 10 x n
 //! (signaling), +1 (SIPp UAC), +2 (SIPp UAS); SIPp media 26000 + 40 x n (UAC, +20 for a second
-//! UAC), 27000 + 40 x n (UAS); relay ports 28000 + 100 x n.
+//! UAC), 27000 + 40 x n (UAS); relay ports 28000 + 100 x n. Tests with a separate media
+//! proxy use gRPC ports 25600 and 25610; the lost-proxy test has its own block (SIP 25710,
+//! media 30600 / 30700, relay 31000-31099).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -1496,4 +1498,64 @@ fn the_admin_endpoint_shows_live_calls_with_their_media() {
     expect_success(callee, "UAS", &service);
     let calls = service.get("/admin/calls");
     assert!(calls.trim_end().ends_with("[]"), "no call left: {calls}");
+}
+
+#[test]
+fn a_media_proxy_lost_mid_call_still_gives_an_explained_cdr() {
+    // Outside the numbered blocks: SIP 25710.., media 30600/30700, relay 31000-31099.
+    let ports = Ports {
+        sip: 25710,
+        uac: 25711,
+        uas: 25712,
+        uac_media: 30600,
+        uas_media: 30700,
+        relay: "31000-31099".into(),
+    };
+    let binary = PathBuf::from(BIN).with_file_name("mediaproxy");
+    let grpc_port = 25610;
+    let mut proxy = Command::new(&binary)
+        .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
+        .args(["--metrics", "127.0.0.1:0", "--ports", &ports.relay])
+        .args(["--node-id", "media-lost", "--log", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
+        assert!(Instant::now() < deadline, "mediaproxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("http://127.0.0.1:{grpc_port}");
+    let service = Service::start(
+        "lost-proxy",
+        &ports,
+        &["--trusted", "127.0.0.0/8", "--mediaproxy", &url],
+    );
+    let callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    // Media flows for a while, then the proxy host dies.
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cdr = &rows[0];
+    assert_eq!(cdr["disposition"], "answered");
+    assert_eq!(cdr["media_node"], "media-lost");
+    // Judged from the first-packet events seen while the proxy lived.
+    assert_eq!(cdr["media_verdict"], "ok", "{cdr:?}");
+    let diagnosis = &cdr["media_diagnosis"];
+    assert!(
+        diagnosis.starts_with("media proxy media-lost could not give final figures"),
+        "{diagnosis}"
+    );
+    assert!(diagnosis.contains("packet counts unknown"), "{diagnosis}");
+    assert!(
+        diagnosis.contains(&format!("caller sent from 127.0.0.1:{}", ports.uac_media)),
+        "{diagnosis}"
+    );
 }
