@@ -67,11 +67,7 @@ impl Metrics {
             counter_vec(&registry, name, help, label, values)
         };
         let gauge = |name: &str, help: &str| {
-            let gauge = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(gauge.clone()))
-                .expect("unique metric");
-            gauge
+            registered(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
         let drop_reasons: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
         let release_reasons: Vec<&str> = ReleaseReason::ALL.iter().map(|r| r.as_str()).collect();
@@ -122,9 +118,7 @@ impl Metrics {
             &["method"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(grpc_duration.clone()))
-            .expect("unique metric");
+        let grpc_duration = registered(&registry, grpc_duration);
         Self {
             packets,
             bytes,
@@ -150,6 +144,18 @@ impl Metrics {
     }
 }
 
+/// Registers a metric and hands it back (every metric here is registered exactly once, so a
+/// clash is a programming error).
+pub fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
 /// Registers a counter family with one label, every expected label value present from the
 /// start (at 0), so dashboards see the series before the first event.
 pub fn counter_vec(
@@ -163,10 +169,7 @@ pub fn counter_vec(
     for value in values {
         vec.with_label_values(&[*value]);
     }
-    registry
-        .register(Box::new(vec.clone()))
-        .expect("unique metric");
-    vec
+    registered(registry, vec)
 }
 
 /// The Prometheus text exposition of several registries (names must not clash).

@@ -1,6 +1,7 @@
 //! Prometheus metrics of signaling (names fixed by DESIGN section 7; catalogue in
 //! `docs/metrics.md`). Served on `--metrics` together with the embedded media proxy's.
 
+use mediaproxy::metrics::registered;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -78,11 +79,10 @@ impl Metrics {
             "verdict",
             &VERDICTS,
         );
-        let active_calls =
-            IntGauge::new("signaling_active_calls", "Calls in progress.").expect("valid metric");
-        registry
-            .register(Box::new(active_calls.clone()))
-            .expect("unique metric");
+        let active_calls = registered(
+            &registry,
+            IntGauge::new("signaling_active_calls", "Calls in progress.").expect("valid metric"),
+        );
         let mediaproxy_up = IntGaugeVec::new(
             Opts::new(
                 "signaling_mediaproxy_up",
@@ -91,9 +91,7 @@ impl Metrics {
             &["node"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(mediaproxy_up.clone()))
-            .expect("unique metric");
+        let mediaproxy_up = registered(&registry, mediaproxy_up);
         let mediaproxy_duration = HistogramVec::new(
             HistogramOpts::new(
                 "signaling_mediaproxy_request_duration_seconds",
@@ -105,22 +103,15 @@ impl Metrics {
             &["method"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(mediaproxy_duration.clone()))
-            .expect("unique metric");
+        let mediaproxy_duration = registered(&registry, mediaproxy_duration);
         let gauge = |name: &str, help: &str| {
-            let gauge = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(gauge.clone()))
-                .expect("unique metric");
-            gauge
+            registered(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
         let plain_counter = |name: &str, help: &str| {
-            let counter = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(counter.clone()))
-                .expect("unique metric");
-            counter
+            registered(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
         };
         let cdr = crate::cdr::WriterMetrics {
             queued: gauge(
