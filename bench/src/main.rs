@@ -1,5 +1,8 @@
-//! `bench`: relays paced RTP for N simultaneous calls through a real `mediaproxy` process and
-//! prints what it cost.
+//! `bench`: relays paced RTP for N simultaneous calls through a real relay process and prints
+//! what it cost. The relay is ours (`mediaproxy`, set up over its gRPC contract), rtpengine
+//! in userspace mode (`--table=-1`, set up over its ng protocol) or the bare forwarder of
+//! [`forward`] (the practical ceiling), each pinned the same way and fed by the same
+//! generator, so their figures can be read side by side.
 //!
 //! For each call count of the sweep it starts a fresh proxy pinned to one CPU (`taskset`),
 //! pins itself to another, creates the calls over gRPC (two legs, one audio line each), and
@@ -23,12 +26,45 @@ use mio::{Events, Interest, Poll, Token};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
 
+mod forward;
+mod ng;
+
+/// Which relay a point measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Target {
+    /// Our mediaproxy.
+    Ours,
+    /// rtpengine in userspace mode (Debian package rtpengine-daemon).
+    Rtpengine,
+    /// The bare one-thread forwarder with a fixed port map.
+    Bare,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ours => "ours",
+            Self::Rtpengine => "rtpengine",
+            Self::Bare => "bare",
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "bench",
     about = "Relay benchmark: paced RTP through a real mediaproxy"
 )]
 struct Args {
+    /// Relays to measure, comma separated, each over the whole sweep.
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "ours")]
+    targets: Vec<Target>,
+    /// The rtpengine binary.
+    #[arg(long, default_value = "rtpengine")]
+    rtpengine: String,
+    /// Internal: run as the bare forwarder with this many sockets.
+    #[arg(long, hide = true)]
+    forward_sockets: Option<usize>,
     /// Call counts to sweep, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "100,500,1000")]
     calls: Vec<usize>,
@@ -58,6 +94,9 @@ const PROXY_PORTS: &str = "10000-32767";
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+    if let Some(sockets) = args.forward_sockets {
+        return forward::run(sockets);
+    }
     if args.generator_cpus != "none" {
         let pid = std::process::id().to_string();
         let pinned = Command::new("taskset")
@@ -90,11 +129,12 @@ fn main() -> anyhow::Result<()> {
             .trim()
             .parse()?;
     println!(
-        "mediaproxy relay benchmark: {} workers, {} pps per stream, {} B packets, {} s per point, proxy on CPU {}, generator on CPU {}",
+        "relay benchmark: {} workers (ours and rtpengine), {} pps per stream, {} B packets, {} s per point, proxy on CPU {}, generator on CPU {}",
         args.workers, args.pps, PACKET_LEN, args.seconds, args.proxy_cpus, args.generator_cpus
     );
     println!(
-        "{:>6} {:>9} {:>9} {:>8} {:>5} {:>8} {:>8} {:>9} {:>7} {:>12} {:>9} {:>9} {:>7}",
+        "{:<9} {:>6} {:>9} {:>9} {:>8} {:>5} {:>8} {:>8} {:>9} {:>7} {:>12} {:>9} {:>9} {:>7}",
+        "relay",
         "calls",
         "offered",
         "relayed",
@@ -113,23 +153,31 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     for &calls in &args.calls {
-        let row = runtime.block_on(run_point(&args, &binary, calls, clock_ticks))?;
-        println!(
-            "{:>6} {:>9.0} {:>9.0} {:>8.3} {:>5} {:>8} {:>8} {:>9} {:>7.1} {:>12.0} {:>9.2} {:>7.2}ms {:>7.1}",
-            calls,
-            row.offered_pps,
-            row.relayed_pps,
-            row.loss_percent,
-            row.duplicates,
-            row.p50_us,
-            row.p99_us,
-            row.p999_us,
-            row.proxy_cpu_percent,
-            row.packets_per_cpu_second,
-            row.rss_kib_per_call,
-            row.setup_p99_ms,
-            row.generator_cpu_percent,
-        );
+        for &target in &args.targets {
+            let row = runtime.block_on(run_point(&args, target, &binary, calls, clock_ticks))?;
+            println!(
+                "{:<9} {:>6} {:>9.0} {:>9.0} {:>8.3} {:>5} {:>8} {:>8} {:>9} {:>7.1} {:>12.0} {:>9.2} {:>7.2}ms {:>7.1}",
+                target.name(),
+                calls,
+                row.offered_pps,
+                row.relayed_pps,
+                row.loss_percent,
+                row.duplicates,
+                row.p50_us,
+                row.p99_us,
+                row.p999_us,
+                row.proxy_cpu_percent,
+                row.packets_per_cpu_second,
+                row.rss_kib_per_call,
+                row.setup_p99_ms,
+                row.generator_cpu_percent,
+            );
+            if row.generator_cpu_percent > 90.0 {
+                println!(
+                    "          ^ the generator used over 90 % of its CPU: this row measures the generator, not the relay"
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -166,6 +214,12 @@ impl Drop for Proxy {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn free_tcp_port() -> anyhow::Result<u16> {
@@ -216,102 +270,261 @@ struct Stream {
     received: Vec<u64>,
 }
 
+/// How the benchmark sets calls up on the relay under test.
+enum Control {
+    Grpc(MediaProxyClient<tonic::transport::Channel>),
+    Ng(ng::NgClient),
+    Bare(
+        std::process::ChildStdin,
+        std::io::BufReader<std::process::ChildStdout>,
+    ),
+}
+
+fn pinned(args: &Args, program: &std::path::Path) -> Command {
+    if args.proxy_cpus == "none" {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("taskset");
+        c.args(["-c", &args.proxy_cpus]).arg(program);
+        c
+    }
+}
+
+/// Starts the relay under test and connects its control channel.
+async fn start(
+    args: &Args,
+    target: Target,
+    binary: &std::path::Path,
+    calls: usize,
+) -> anyhow::Result<(Proxy, Control)> {
+    match target {
+        Target::Ours => {
+            let grpc_port = free_tcp_port()?;
+            let metrics_port = free_tcp_port()?;
+            let mut command = pinned(args, binary);
+            command
+                .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
+                .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
+                .args(["--ports", PROXY_PORTS])
+                .args(["--workers", &args.workers.to_string()])
+                .args(["--media-timeout", "1h", "--lease-timeout", "1h"])
+                .args([
+                    "--log",
+                    "warn",
+                    "--shutdown-grace",
+                    "1s",
+                    "--node-id",
+                    "bench",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            let proxy = Proxy(command.spawn().context("start mediaproxy")?);
+            for _ in 0..100 {
+                if let Ok(c) =
+                    MediaProxyClient::connect(format!("http://127.0.0.1:{grpc_port}")).await
+                {
+                    return Ok((proxy, Control::Grpc(c)));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            bail!("mediaproxy did not come up")
+        }
+        Target::Rtpengine => {
+            let ng_port = free_udp_port()?;
+            let (min, max) = PROXY_PORTS.split_once('-').context("port range")?;
+            let mut command = pinned(args, std::path::Path::new(&args.rtpengine));
+            command
+                .args([
+                    "--config-file=none",
+                    "--table=-1",
+                    "--foreground",
+                    "--log-stderr",
+                ])
+                .arg("--interface=127.0.0.1")
+                .arg(format!("--listen-ng=127.0.0.1:{ng_port}"))
+                .arg(format!("--port-min={min}"))
+                .arg(format!("--port-max={max}"))
+                .arg(format!("--num-threads={}", args.workers))
+                .args(["--timeout=3600", "--silent-timeout=3600", "--log-level=3"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let proxy = Proxy(command.spawn().context(
+                "start rtpengine (apt-get install rtpengine-daemon, or pass --rtpengine PATH)",
+            )?);
+            let mut client = ng::NgClient::connect(&format!("127.0.0.1:{ng_port}"))?;
+            client.wait_ready(50)?;
+            Ok((proxy, Control::Ng(client)))
+        }
+        Target::Bare => {
+            let me = std::env::current_exe()?;
+            let mut command = pinned(args, &me);
+            command
+                .args(["--forward-sockets", &(calls * 2).to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit());
+            let mut child = command.spawn().context("start the bare forwarder")?;
+            let stdin = child.stdin.take().context("stdin")?;
+            let stdout = std::io::BufReader::new(child.stdout.take().context("stdout")?);
+            Ok((Proxy(child), Control::Bare(stdin, stdout)))
+        }
+    }
+}
+
+/// Creates the calls: per call, the caller's and the callee's phone sockets and the relay
+/// address each sends to. Returns them with each call's setup time.
+async fn allocate(
+    control: &mut Control,
+    calls: usize,
+) -> anyhow::Result<(Vec<[(std::net::UdpSocket, SocketAddr); 2]>, Vec<Duration>)> {
+    let mut out = Vec::with_capacity(calls);
+    let mut setup = Vec::with_capacity(calls);
+    let phone = || -> anyhow::Result<std::net::UdpSocket> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    };
+    match control {
+        Control::Grpc(client) => {
+            for call in 0..calls {
+                let call_id = format!("bench-{call}");
+                let began = Instant::now();
+                let mut legs = Vec::new();
+                for leg in [pb::Leg::Caller, pb::Leg::Callee] {
+                    let phone = phone()?;
+                    let allocation = client
+                        .allocate(pb::AllocateRequest {
+                            call_id: call_id.clone(),
+                            leg: leg as i32,
+                            owner: "bench".into(),
+                            media: vec![pb::MediaKind::Audio as i32],
+                            lease_timeout_ms: 0,
+                        })
+                        .await?
+                        .into_inner();
+                    let local = SocketAddr::new(
+                        allocation.advertised_address.parse()?,
+                        allocation.media[0].rtp_port as u16,
+                    );
+                    client
+                        .update(pb::UpdateRequest {
+                            call_id: call_id.clone(),
+                            leg: leg as i32,
+                            media: vec![pb::RemoteMedia {
+                                index: 0,
+                                address: "127.0.0.1".into(),
+                                rtp_port: u32::from(phone.local_addr()?.port()),
+                                rtcp_port: 0,
+                                codecs: vec![pb::Codec {
+                                    payload_type: 0,
+                                    encoding: "PCMU".into(),
+                                    clock_rate: 8000,
+                                    channels: 1,
+                                }],
+                                direction: pb::Direction::Sendrecv as i32,
+                            }],
+                        })
+                        .await?;
+                    legs.push((phone, local));
+                }
+                setup.push(began.elapsed());
+                let callee = legs.pop().context("callee")?;
+                let caller = legs.pop().context("caller")?;
+                out.push([caller, callee]);
+            }
+        }
+        Control::Ng(client) => {
+            for call in 0..calls {
+                let call_id = format!("bench-{call}");
+                let began = Instant::now();
+                let caller = phone()?;
+                let callee = phone()?;
+                let offered = client.request(&[
+                    ("command", "offer"),
+                    ("call-id", &call_id),
+                    ("from-tag", "caller"),
+                    ("sdp", &ng::sdp(caller.local_addr()?.port())),
+                ])?;
+                let answered = client.request(&[
+                    ("command", "answer"),
+                    ("call-id", &call_id),
+                    ("from-tag", "caller"),
+                    ("to-tag", "callee"),
+                    ("sdp", &ng::sdp(callee.local_addr()?.port())),
+                ])?;
+                setup.push(began.elapsed());
+                let port = |reply: &ng::Bencode| {
+                    reply
+                        .get_text("sdp")
+                        .and_then(|sdp| ng::audio_port(&sdp))
+                        .context("rtpengine's SDP has no audio port")
+                };
+                // The offer's SDP goes to the callee (it sends there); the answer's to the
+                // caller.
+                let to_callee_side = SocketAddr::from(([127, 0, 0, 1], port(&offered)?));
+                let to_caller_side = SocketAddr::from(([127, 0, 0, 1], port(&answered)?));
+                out.push([(caller, to_caller_side), (callee, to_callee_side)]);
+            }
+        }
+        Control::Bare(stdin, stdout) => {
+            use std::io::{BufRead, Write};
+            let began = Instant::now();
+            let mut line = String::new();
+            stdout.read_line(&mut line)?;
+            let ports: Vec<u16> = line
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()?;
+            anyhow::ensure!(ports.len() == calls * 2, "forwarder sockets");
+            let mut destinations = Vec::with_capacity(calls * 2);
+            for call in 0..calls {
+                let caller = phone()?;
+                let callee = phone()?;
+                // Socket 2c takes the caller's packets to the callee, 2c+1 the reverse.
+                destinations.push(callee.local_addr()?.port().to_string());
+                destinations.push(caller.local_addr()?.port().to_string());
+                out.push([
+                    (caller, SocketAddr::from(([127, 0, 0, 1], ports[2 * call]))),
+                    (
+                        callee,
+                        SocketAddr::from(([127, 0, 0, 1], ports[2 * call + 1])),
+                    ),
+                ]);
+            }
+            writeln!(stdin, "{}", destinations.join(" "))?;
+            stdin.flush()?;
+            line.clear();
+            stdout.read_line(&mut line)?;
+            anyhow::ensure!(line.trim() == "ready", "forwarder said {line:?}");
+            let each = began.elapsed() / calls.max(1) as u32;
+            setup = vec![each; calls];
+        }
+    }
+    Ok((out, setup))
+}
+
 async fn run_point(
     args: &Args,
-    binary: &PathBuf,
+    target: Target,
+    binary: &std::path::Path,
     calls: usize,
     clock_ticks: f64,
 ) -> anyhow::Result<Row> {
-    let grpc_port = free_tcp_port()?;
-    let metrics_port = free_tcp_port()?;
-    let mut command = if args.proxy_cpus == "none" {
-        Command::new(binary)
-    } else {
-        let mut c = Command::new("taskset");
-        c.args(["-c", &args.proxy_cpus]).arg(binary);
-        c
-    };
-    command
-        .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
-        .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
-        .args(["--ports", PROXY_PORTS])
-        .args(["--workers", &args.workers.to_string()])
-        .args(["--media-timeout", "1h", "--lease-timeout", "1h"])
-        .args([
-            "--log",
-            "warn",
-            "--shutdown-grace",
-            "1s",
-            "--node-id",
-            "bench",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let proxy = Proxy(command.spawn().context("start mediaproxy")?);
+    let (proxy, mut control) = start(args, target, binary, calls).await?;
     let pid = proxy.0.id().to_string();
-    let mut client = None;
-    for _ in 0..100 {
-        if let Ok(c) = MediaProxyClient::connect(format!("http://127.0.0.1:{grpc_port}")).await {
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut client = client.context("mediaproxy did not come up")?;
+    // taskset execs the relay, so the pid is the relay's own.
+    std::thread::sleep(Duration::from_millis(200));
     let rss_before = rss_kib(&pid)?;
 
     let poll = Poll::new()?;
     let mut streams: Vec<Stream> = Vec::with_capacity(calls * 2);
-    let mut setup = Vec::with_capacity(calls);
     let start = Instant::now();
     let interval = Duration::from_secs(1) / args.pps;
     let total_streams = calls * 2;
     let bits = (args.pps as usize * (args.seconds as usize + 3)) / 64 + 1;
-    for call in 0..calls {
-        let call_id = format!("bench-{call}");
-        let began = Instant::now();
-        let mut local = [SocketAddr::from(([0, 0, 0, 0], 0)); 2];
-        let mut phones = Vec::new();
-        for (i, leg) in [pb::Leg::Caller, pb::Leg::Callee].into_iter().enumerate() {
-            let phone = std::net::UdpSocket::bind("127.0.0.1:0")?;
-            phone.set_nonblocking(true)?;
-            let allocation = client
-                .allocate(pb::AllocateRequest {
-                    call_id: call_id.clone(),
-                    leg: leg as i32,
-                    owner: "bench".into(),
-                    media: vec![pb::MediaKind::Audio as i32],
-                    lease_timeout_ms: 0,
-                })
-                .await?
-                .into_inner();
-            local[i] = SocketAddr::new(
-                allocation.advertised_address.parse()?,
-                allocation.media[0].rtp_port as u16,
-            );
-            client
-                .update(pb::UpdateRequest {
-                    call_id: call_id.clone(),
-                    leg: leg as i32,
-                    media: vec![pb::RemoteMedia {
-                        index: 0,
-                        address: "127.0.0.1".into(),
-                        rtp_port: u32::from(phone.local_addr()?.port()),
-                        rtcp_port: 0,
-                        codecs: vec![pb::Codec {
-                            payload_type: 0,
-                            encoding: "PCMU".into(),
-                            clock_rate: 8000,
-                            channels: 1,
-                        }],
-                        direction: pb::Direction::Sendrecv as i32,
-                    }],
-                })
-                .await?;
-            phones.push(phone);
-        }
-        setup.push(began.elapsed());
-        for (i, phone) in phones.into_iter().enumerate() {
+    let (legs, mut setup) = allocate(&mut control, calls).await?;
+    for call in legs {
+        for (phone, to) in call {
             let index = streams.len();
             let mut socket = UdpSocket::from_std(phone);
             poll.registry()
@@ -319,7 +532,7 @@ async fn run_point(
             let offset = interval * index as u32 / total_streams as u32;
             streams.push(Stream {
                 socket,
-                to: local[i],
+                to,
                 offset,
                 due: start,
                 sequence: 0,
@@ -333,7 +546,7 @@ async fn run_point(
     let rss_idle = rss_kib(&pid)?;
 
     let traffic = generate(args, poll, &mut streams, &pid, clock_ticks)?;
-    let _ = client;
+    drop(control);
     drop(proxy);
 
     let measured = args.seconds as f64;
@@ -422,6 +635,10 @@ fn generate(
             proxy_cpu_start = Some(cpu_seconds(pid, clock_ticks)?);
             generator_cpu_start = cpu_seconds(&self_pid, clock_ticks)?;
         }
+        if now >= window_end && traffic.proxy_cpu == 0.0 {
+            traffic.proxy_cpu = cpu_seconds(pid, clock_ticks)? - proxy_cpu_start.unwrap_or(0.0);
+            traffic.generator_cpu = cpu_seconds(&self_pid, clock_ticks)? - generator_cpu_start;
+        }
         if now >= drain_until {
             break;
         }
@@ -477,10 +694,6 @@ fn generate(
                     }
                 }
             }
-        }
-        if now >= window_end && traffic.proxy_cpu == 0.0 {
-            traffic.proxy_cpu = cpu_seconds(pid, clock_ticks)? - proxy_cpu_start.unwrap_or(0.0);
-            traffic.generator_cpu = cpu_seconds(&self_pid, clock_ticks)? - generator_cpu_start;
         }
     }
     Ok(traffic)

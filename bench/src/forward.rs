@@ -1,0 +1,54 @@
+//! The bare forwarder: the practical ceiling of a userspace relay on this machine. One thread,
+//! one mio poll, two sockets per call and a fixed port map: a packet received on socket `i`
+//! goes out of socket `i ^ 1` to destination `i`. No latching, no parsing, no counters.
+//!
+//! Protocol with the benchmark (stdin/stdout): it binds `sockets` UDP sockets on 127.0.0.1,
+//! prints their ports on one line, reads one line with a destination port per socket, prints
+//! `ready` and forwards until killed.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+
+pub(crate) fn run(sockets: usize) -> anyhow::Result<()> {
+    let mut poll = Poll::new()?;
+    let mut bound = Vec::with_capacity(sockets);
+    for index in 0..sockets {
+        let mut socket = UdpSocket::bind("127.0.0.1:0".parse()?)?;
+        poll.registry()
+            .register(&mut socket, Token(index), Interest::READABLE)?;
+        bound.push(socket);
+    }
+    let ports: Vec<String> = bound
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port().to_string()))
+        .collect::<Result<_, _>>()?;
+    let stdout = std::io::stdout();
+    writeln!(stdout.lock(), "{}", ports.join(" "))?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let destinations: Vec<SocketAddr> = line
+        .split_whitespace()
+        .map(|p| {
+            p.parse::<u16>()
+                .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+        })
+        .collect::<Result<_, _>>()
+        .context("destination ports")?;
+    anyhow::ensure!(destinations.len() == sockets, "one destination per socket");
+    writeln!(stdout.lock(), "ready")?;
+    let mut events = Events::with_capacity(1024);
+    let mut buffer = [0u8; 2048];
+    loop {
+        poll.poll(&mut events, None)?;
+        for event in &events {
+            let index = event.token().0;
+            while let Ok((len, _)) = bound[index].recv_from(&mut buffer) {
+                let _ = bound[index ^ 1].send_to(&buffer[..len], destinations[index]);
+            }
+        }
+    }
+}
