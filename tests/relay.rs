@@ -95,6 +95,26 @@ async fn two_legs_relay_both_ways_with_exact_counts() {
 }
 
 #[tokio::test]
+async fn a_burst_larger_than_a_batch_and_the_read_budget_arrives_whole_and_in_order() {
+    let mut proxy = TestProxy::start("21980-21999", MediaOptions::default()).await;
+    let c = call(&mut proxy, "call-burst").await;
+    // Back to back, so the proxy finds many datagrams queued on one socket: several
+    // recvmmsg batches and a revisit after the per-socket read budget.
+    for seq in 0..120 {
+        c.caller.send(c.to_caller_leg, &g711(seq, 0xcccc)).await;
+    }
+    let at_callee = c.callee.receive(120, WAIT).await;
+    assert_eq!(at_callee.len(), 120);
+    for (seq, (packet, _)) in at_callee.iter().enumerate() {
+        assert_eq!(packet, &g711(seq as u16, 0xcccc), "packet {seq}");
+    }
+    let stats = proxy.stats("call-burst").await;
+    assert_eq!(media_of(&stats, CALLER).rtp_received.unwrap().packets, 120);
+    assert_eq!(media_of(&stats, CALLEE).rtp_sent.unwrap().packets, 120);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn latches_a_nat_rewritten_source_in_the_window_and_refuses_a_late_stranger() {
     let media = MediaOptions {
         latch_window: Some("400ms".parse().unwrap()),

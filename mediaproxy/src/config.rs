@@ -113,6 +113,14 @@ pub struct MediaOptions {
     /// Time a released port pair waits before reuse [default: 2s].
     #[arg(long, env = "MEDIAPROXY_PORT_QUARANTINE", value_name = "DURATION")]
     pub port_quarantine: Option<HumanDuration>,
+    /// DSCP value marked on relayed packets (IPv4 TOS / IPv6 traffic class); 46 = EF
+    /// (expedited forwarding, RFC 3246), 0 = unmarked [default: 46].
+    #[arg(long, env = "MEDIAPROXY_DSCP", value_name = "0-63")]
+    pub dscp: Option<u8>,
+    /// Receive and send buffer size of each relay socket in bytes; 0 keeps the kernel's
+    /// default (net.core.rmem_default) [default: 0].
+    #[arg(long, env = "MEDIAPROXY_SOCKET_BUFFER", value_name = "BYTES")]
+    pub socket_buffer: Option<usize>,
 }
 
 /// Options of the `mediaproxy` service.
@@ -178,6 +186,10 @@ pub struct MediaConfig {
     pub timing: Timing,
     pub lease_timeout: Duration,
     pub port_quarantine: Duration,
+    /// DSCP of relayed packets (0 = unmarked).
+    pub dscp: u8,
+    /// Socket buffer size in bytes (0 = kernel default).
+    pub socket_buffer: usize,
 }
 
 /// The checked configuration of the `mediaproxy` service.
@@ -258,6 +270,8 @@ impl MediaOptions {
             one_way_after: self.one_way_after.or(lower.one_way_after),
             lease_timeout: self.lease_timeout.or(lower.lease_timeout),
             port_quarantine: self.port_quarantine.or(lower.port_quarantine),
+            dscp: self.dscp.or(lower.dscp),
+            socket_buffer: self.socket_buffer.or(lower.socket_buffer),
         }
     }
 
@@ -329,6 +343,11 @@ impl MediaOptions {
             timing,
             lease_timeout: positive("lease-timeout", self.lease_timeout, Duration::from_secs(30))?,
             port_quarantine: self.port_quarantine.map_or(Duration::from_secs(2), |d| d.0),
+            dscp: match self.dscp.unwrap_or(46) {
+                dscp @ 0..=63 => dscp,
+                other => return Err(invalid("dscp", format!("{other} is not between 0 and 63"))),
+            },
+            socket_buffer: self.socket_buffer.unwrap_or(0),
         })
     }
 }
@@ -432,6 +451,16 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("mediaproxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn dscp_defaults_to_ef_and_is_checked() {
+        let cli = parse(&[]).unwrap();
+        let config = Config::resolve(cli.options, Options::default()).unwrap();
+        assert_eq!((config.media.dscp, config.media.socket_buffer), (46, 0));
+        let cli = parse(&["--dscp", "64"]).unwrap();
+        let error = Config::resolve(cli.options, Options::default()).unwrap_err();
+        assert!(error.to_string().starts_with("--dscp"), "{error}");
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct ControlSettings {
     pub ports: PortRange,
     pub port_quarantine: Duration,
     pub lease_timeout: Duration,
+    /// DSCP marked on relayed packets (0 = unmarked).
+    pub dscp: u8,
+    /// Socket buffer size in bytes (0 = kernel default).
+    pub socket_buffer: usize,
 }
 
 /// Errors of control operations, each mapping to one gRPC status.
@@ -357,8 +361,14 @@ impl Control {
     ) -> Option<(u16, std::net::UdpSocket, std::net::UdpSocket)> {
         for _ in 0..pool.total_pairs() {
             let port = pool.take(now)?;
-            let rtp = bind_udp(SocketAddr::new(self.settings.media_ip, port));
-            let rtcp = bind_udp(SocketAddr::new(self.settings.media_ip, port + 1));
+            let rtp = bind_udp(
+                SocketAddr::new(self.settings.media_ip, port),
+                &self.settings,
+            );
+            let rtcp = bind_udp(
+                SocketAddr::new(self.settings.media_ip, port + 1),
+                &self.settings,
+            );
             match (rtp, rtcp) {
                 (Ok(rtp), Ok(rtcp)) => return Some((port, rtp, rtcp)),
                 (rtp, rtcp) => {
@@ -711,8 +721,12 @@ fn renew<'a>(
 }
 
 /// Binds one non-blocking UDP socket, without `SO_REUSEADDR`/`SO_REUSEPORT`, so that no two
-/// sessions (or processes) can share a port.
-fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// sessions (or processes) can share a port; marks what it sends with the DSCP and sizes its
+/// buffers as configured.
+fn bind_udp(
+    address: SocketAddr,
+    settings: &ControlSettings,
+) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(address),
@@ -720,6 +734,18 @@ fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         Some(Protocol::UDP),
     )?;
     socket.set_nonblocking(true)?;
+    let tos = u32::from(settings.dscp) << 2;
+    if tos != 0 {
+        if address.is_ipv4() {
+            socket.set_tos_v4(tos)?;
+        } else {
+            socket.set_tclass_v6(tos)?;
+        }
+    }
+    if settings.socket_buffer > 0 {
+        socket.set_recv_buffer_size(settings.socket_buffer)?;
+        socket.set_send_buffer_size(settings.socket_buffer)?;
+    }
     socket.bind(&address.into())?;
     Ok(socket.into())
 }
@@ -730,4 +756,45 @@ fn instance_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("{:x}-{:x}", nanos as u64, std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dscp: u8, socket_buffer: usize) -> ControlSettings {
+        ControlSettings {
+            node_id: "t".into(),
+            media_ip: IpAddr::from([127, 0, 0, 1]),
+            advertise_ip: IpAddr::from([127, 0, 0, 1]),
+            ports: PortRange { min: 0, max: 0 },
+            port_quarantine: Duration::ZERO,
+            lease_timeout: Duration::ZERO,
+            dscp,
+            socket_buffer,
+        }
+    }
+
+    #[test]
+    fn relay_sockets_carry_the_dscp_and_the_buffer_size() {
+        let socket = bind_udp("127.0.0.1:0".parse().unwrap(), &settings(46, 1 << 20)).unwrap();
+        let socket = socket2::SockRef::from(&socket);
+        assert_eq!(socket.tos_v4().unwrap(), 46 << 2, "EF");
+        // Linux doubles the requested size for its bookkeeping (capped by rmem_max).
+        assert!(socket.recv_buffer_size().unwrap() >= (1 << 20).min(212_992));
+        let plain = bind_udp("127.0.0.1:0".parse().unwrap(), &settings(0, 0)).unwrap();
+        assert_eq!(socket2::SockRef::from(&plain).tos_v4().unwrap(), 0);
+        let v6 = bind_udp("[::1]:0".parse().unwrap(), &settings(46, 0)).unwrap();
+        assert_eq!(socket2::SockRef::from(&v6).tclass_v6().unwrap(), 46 << 2);
+    }
+
+    #[test]
+    fn a_bound_port_cannot_be_bound_again() {
+        let first = bind_udp("127.0.0.1:0".parse().unwrap(), &settings(46, 0)).unwrap();
+        let taken = first.local_addr().unwrap();
+        assert!(
+            bind_udp(taken, &settings(46, 0)).is_err(),
+            "no SO_REUSEADDR/PORT sharing"
+        );
+    }
 }

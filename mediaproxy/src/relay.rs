@@ -7,12 +7,15 @@
 //! oneshot channels. Workers count relayed and dropped packets locally and add them to the
 //! Prometheus counters once per tick.
 //!
-//! The structure is ready for batched syscalls (one receive buffer per worker, the verdict
-//! computed by the pure [`Session`] core) and for more workers (sessions are spread by load).
+//! Datagrams are received in batches with `recvmmsg` (see [`Worker::drain_socket`]); the
+//! verdict per packet is computed by the pure [`Session`] core. Sessions are spread over the
+//! workers by load.
 
 use std::collections::HashMap;
 use std::io;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -21,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::metrics::Metrics;
@@ -35,6 +40,17 @@ const WAKER: Token = Token(usize::MAX);
 const TICK: Duration = Duration::from_millis(100);
 /// Largest datagram a worker receives (the UDP maximum).
 const BUFFER_LEN: usize = 65_536;
+/// Datagrams received per `recvmmsg` call.
+const BATCH: usize = 8;
+
+fn to_std(address: SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = address.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    address
+        .as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
+}
 /// Datagrams read from one socket before the worker serves the others: a flooded port
 /// (a stranger, a looping peer) must not starve the rest of the worker's calls.
 const READ_BUDGET: usize = 64;
@@ -291,7 +307,8 @@ struct Worker {
     free_slots: Vec<usize>,
     by_call: HashMap<CallId, usize>,
     counters: LocalCounters,
-    buffer: Box<[u8]>,
+    /// One receive buffer per datagram of a batch.
+    buffers: Box<[[u8; BUFFER_LEN]; BATCH]>,
     /// Sockets that still had datagrams when their read budget ran out (edge-triggered
     /// polling will not report them again), served on the next loop turn.
     unfinished: Vec<Token>,
@@ -315,13 +332,18 @@ impl Worker {
             free_slots: Vec::new(),
             by_call: HashMap::new(),
             counters: LocalCounters::default(),
-            buffer: vec![0u8; BUFFER_LEN].into_boxed_slice(),
+            buffers: vec![[0u8; BUFFER_LEN]; BATCH]
+                .into_boxed_slice()
+                .try_into()
+                .expect("BATCH buffers"),
             unfinished: Vec::new(),
         }
     }
 
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
+        // recvmmsg message headers (raw pointers inside, so made on this thread).
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
         let mut next_tick = Instant::now() + TICK;
         let mut revisit = Vec::new();
         loop {
@@ -345,11 +367,11 @@ impl Worker {
                         return;
                     }
                 } else {
-                    self.drain_socket(event.token(), now);
+                    self.drain_socket(&mut headers, event.token(), now);
                 }
             }
             for token in revisit.drain(..) {
-                self.drain_socket(token, now);
+                self.drain_socket(&mut headers, token, now);
             }
             if now >= next_tick {
                 self.tick(now);
@@ -359,8 +381,16 @@ impl Worker {
     }
 
     /// Receives the datagrams waiting on one socket (up to [`READ_BUDGET`]) and relays or
-    /// drops each.
-    fn drain_socket(&mut self, token: Token, now: Instant) {
+    /// drops each. Datagrams come in batches of up to [`BATCH`] per `recvmmsg`; a batch that
+    /// is not full means the queue was empty, so the usual extra read that only returns
+    /// `EAGAIN` is saved (on Linux every new datagram raises a new edge, so nothing is
+    /// missed).
+    fn drain_socket(
+        &mut self,
+        headers: &mut MultiHeaders<SockaddrStorage>,
+        token: Token,
+        now: Instant,
+    ) {
         let slot_index = token.0 / SOCKETS_PER_SESSION;
         let socket_index = token.0 % SOCKETS_PER_SESSION;
         let Some(at) = SocketRef::from_index(socket_index) else {
@@ -368,7 +398,7 @@ impl Worker {
         };
         let Self {
             slots,
-            buffer,
+            buffers,
             counters,
             unfinished,
             ..
@@ -378,46 +408,74 @@ impl Worker {
         };
         let direction = at.leg.index();
         let mut drained = false;
-        for _ in 0..READ_BUDGET {
+        let mut read = 0;
+        while read < READ_BUDGET {
             let Some(socket) = slot.sockets[socket_index].as_ref() else {
                 return;
             };
-            let (len, source) = match socket.recv_from(buffer) {
-                Ok(received) => received,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    drained = true;
-                    break;
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => {
-                    // ICMP errors queued on the socket surface here; the next read goes on.
-                    tracing::debug!(%error, "relay receive error");
-                    continue;
-                }
-            };
-            let data = &buffer[..len];
-            let verdict = slot.session.handle_packet(now, at, source, data);
-            if slot.debug {
-                log_packet(slot.session.call_id(), at, source, data, &verdict);
-            }
-            match verdict {
-                Verdict::Forward { via, to, rtcp } => {
-                    let sent = slot.sockets[via.index()]
-                        .as_ref()
-                        .map(|out| out.send_to(data, to));
-                    match sent {
-                        Some(Ok(_)) => {
-                            slot.session.record_sent(now, via, rtcp, len);
-                            counters.packets[direction] += 1;
-                            counters.bytes[direction] += len as u64;
+            let mut received = [(0usize, None::<SocketAddr>); BATCH];
+            let count = {
+                let mut slices: [[IoSliceMut<'_>; 1]; BATCH] =
+                    buffers.each_mut().map(|b| [IoSliceMut::new(b)]);
+                match recvmmsg(
+                    socket.as_raw_fd(),
+                    headers,
+                    slices.iter_mut(),
+                    MsgFlags::MSG_DONTWAIT,
+                    None,
+                ) {
+                    Ok(results) => {
+                        let mut count = 0;
+                        for (entry, message) in received.iter_mut().zip(results) {
+                            *entry = (message.bytes, message.address.and_then(to_std));
+                            count += 1;
                         }
-                        _ => {
-                            slot.session.record_send_error(at);
-                            counters.dropped[DropReason::SendError.index()] += 1;
-                        }
+                        count
+                    }
+                    Err(Errno::EAGAIN) => {
+                        drained = true;
+                        break;
+                    }
+                    Err(Errno::EINTR) => continue,
+                    Err(error) => {
+                        // ICMP errors queued on the socket surface here; the next read goes on.
+                        tracing::debug!(%error, "relay receive error");
+                        read += 1;
+                        continue;
                     }
                 }
-                Verdict::Drop(reason) => counters.dropped[reason.index()] += 1,
+            };
+            read += count;
+            for (index, &(len, source)) in received[..count].iter().enumerate() {
+                let Some(source) = source else { continue };
+                let data = &buffers[index][..len];
+                let verdict = slot.session.handle_packet(now, at, source, data);
+                if slot.debug {
+                    log_packet(slot.session.call_id(), at, source, data, &verdict);
+                }
+                match verdict {
+                    Verdict::Forward { via, to, rtcp } => {
+                        let sent = slot.sockets[via.index()]
+                            .as_ref()
+                            .map(|out| out.send_to(data, to));
+                        match sent {
+                            Some(Ok(_)) => {
+                                slot.session.record_sent(now, via, rtcp, len);
+                                counters.packets[direction] += 1;
+                                counters.bytes[direction] += len as u64;
+                            }
+                            _ => {
+                                slot.session.record_send_error(at);
+                                counters.dropped[DropReason::SendError.index()] += 1;
+                            }
+                        }
+                    }
+                    Verdict::Drop(reason) => counters.dropped[reason.index()] += 1,
+                }
+            }
+            if count < BATCH {
+                drained = true;
+                break;
             }
         }
         if !drained {

@@ -101,6 +101,8 @@ impl MediaProxy {
                 ports: media.ports,
                 port_quarantine: media.port_quarantine,
                 lease_timeout: media.lease_timeout,
+                dscp: media.dscp,
+                socket_buffer: media.socket_buffer,
             },
             relay,
             metrics,
