@@ -786,7 +786,10 @@ mod tests {
             .trim()
             .parse()
             .unwrap();
-        assert_eq!(socket.recv_buffer_size().unwrap(), 2 * rmem_max.min(1 << 20));
+        assert_eq!(
+            socket.recv_buffer_size().unwrap(),
+            2 * rmem_max.min(1 << 20)
+        );
         let plain = bind_udp("127.0.0.1:0".parse().unwrap(), &settings(0, 0)).unwrap();
         assert_eq!(socket2::SockRef::from(&plain).tos_v4().unwrap(), 0);
         let v6 = bind_udp("[::1]:0".parse().unwrap(), &settings(46, 0)).unwrap();
