@@ -569,7 +569,7 @@ async fn run_point(
         p50_us: percentile(&latencies, 0.50),
         p99_us: percentile(&latencies, 0.99),
         p999_us: percentile(&latencies, 0.999),
-        proxy_cpu_percent: 100.0 * traffic.proxy_cpu / measured,
+        proxy_cpu_percent: 100.0 * traffic.proxy_cpu / traffic.cpu_span,
         packets_per_cpu_second: if traffic.proxy_cpu > 0.0 {
             traffic.received_in_window as f64 / traffic.proxy_cpu
         } else {
@@ -577,7 +577,7 @@ async fn run_point(
         },
         rss_kib_per_call: (rss_idle - rss_before) / calls as f64,
         setup_p99_ms: setup_p99.as_secs_f64() * 1000.0,
-        generator_cpu_percent: 100.0 * traffic.generator_cpu / measured,
+        generator_cpu_percent: 100.0 * traffic.generator_cpu / traffic.cpu_span,
     })
 }
 
@@ -588,6 +588,8 @@ struct Traffic {
     latencies_us: Vec<u32>,
     proxy_cpu: f64,
     generator_cpu: f64,
+    /// Wall seconds over which the CPU times were taken.
+    cpu_span: f64,
 }
 
 /// Sends paced packets on every stream and receives the relayed ones: one second of
@@ -621,9 +623,11 @@ fn generate(
             (args.seconds as usize) * streams.len() * args.pps as usize,
         ),
         proxy_cpu: 0.0,
+        cpu_span: args.seconds as f64,
         generator_cpu: 0.0,
     };
     let mut proxy_cpu_start = None;
+    let mut measured_from = window_start;
     let mut generator_cpu_start = 0.0;
     let self_pid = std::process::id().to_string();
     // Streams are due in a fixed rotation (offsets staggered over one interval, in index
@@ -632,12 +636,15 @@ fn generate(
     loop {
         let now = Instant::now();
         if proxy_cpu_start.is_none() && now >= window_start {
+            measured_from = now;
             proxy_cpu_start = Some(cpu_seconds(pid, clock_ticks)?);
             generator_cpu_start = cpu_seconds(&self_pid, clock_ticks)?;
         }
         if now >= window_end && traffic.proxy_cpu == 0.0 {
             traffic.proxy_cpu = cpu_seconds(pid, clock_ticks)? - proxy_cpu_start.unwrap_or(0.0);
             traffic.generator_cpu = cpu_seconds(&self_pid, clock_ticks)? - generator_cpu_start;
+            // A saturated generator reaches these points late: divide by the real span.
+            traffic.cpu_span = now.duration_since(measured_from).as_secs_f64();
         }
         if now >= drain_until {
             break;
