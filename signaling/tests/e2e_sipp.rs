@@ -772,31 +772,18 @@ fn a_callee_that_never_answers_times_out_as_no_answer() {
     assert_eq!(rows[0]["hangup_side"], "system");
 }
 
-#[test]
-fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
-    let ports = ports(10);
+/// Starts the `mediaproxy` binary on a gRPC port; returns it and its URL once it listens.
+fn start_mediaproxy(grpc_port: u16, relay: &str, node_id: &str) -> (Child, String) {
     let binary = PathBuf::from(BIN).with_file_name("mediaproxy");
     assert!(
         binary.exists(),
         "{} is built by the workspace test command",
         binary.display()
     );
-    let grpc_port = 25600;
-    let mut proxy = Command::new(&binary)
-        .args([
-            "--grpc",
-            &format!("127.0.0.1:{grpc_port}"),
-            "--metrics",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--ports",
-            &ports.relay,
-            "--node-id",
-            "media-7",
-            "--log",
-            "warn",
-        ])
+    let proxy = Command::new(&binary)
+        .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
+        .args(["--metrics", "127.0.0.1:0", "--ports", relay])
+        .args(["--node-id", node_id, "--log", "warn"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -806,7 +793,13 @@ fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
         assert!(Instant::now() < deadline, "mediaproxy did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let url = format!("http://127.0.0.1:{grpc_port}");
+    (proxy, format!("http://127.0.0.1:{grpc_port}"))
+}
+
+#[test]
+fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
+    let ports = ports(10);
+    let (mut proxy, url) = start_mediaproxy(25600, &ports.relay, "media-7");
     let service = Service::start(
         "separate-proxy",
         &ports,
@@ -1511,22 +1504,7 @@ fn a_media_proxy_lost_mid_call_still_gives_an_explained_cdr() {
         uas_media: 30700,
         relay: "31000-31099".into(),
     };
-    let binary = PathBuf::from(BIN).with_file_name("mediaproxy");
-    let grpc_port = 25610;
-    let mut proxy = Command::new(&binary)
-        .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
-        .args(["--metrics", "127.0.0.1:0", "--ports", &ports.relay])
-        .args(["--node-id", "media-lost", "--log", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
-        assert!(Instant::now() < deadline, "mediaproxy did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let url = format!("http://127.0.0.1:{grpc_port}");
+    let (mut proxy, url) = start_mediaproxy(25610, &ports.relay, "media-lost");
     let service = Service::start(
         "lost-proxy",
         &ports,
