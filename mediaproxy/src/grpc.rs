@@ -64,7 +64,8 @@ fn owner(text: &str) -> Result<Owner, Status> {
     Owner::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-fn leg(value: i32) -> Result<Leg, Status> {
+/// A wire leg as the domain one; UNSPECIFIED and unknown values are refused.
+pub fn leg_from_wire(value: i32) -> Result<Leg, Status> {
     match pb::Leg::try_from(value) {
         Ok(pb::Leg::Caller) => Ok(Leg::Caller),
         Ok(pb::Leg::Callee) => Ok(Leg::Callee),
@@ -82,7 +83,8 @@ pub fn leg_to_wire(leg: Leg) -> i32 {
     }
 }
 
-fn kind_from_wire(value: i32, field: &str) -> Result<MediaKind, Status> {
+/// A wire media kind as the domain one; UNSPECIFIED is refused naming `field`.
+pub fn kind_from_wire(value: i32, field: &str) -> Result<MediaKind, Status> {
     match pb::MediaKind::try_from(value) {
         Ok(pb::MediaKind::Audio) => Ok(MediaKind::Audio),
         Ok(pb::MediaKind::Video) => Ok(MediaKind::Video),
@@ -102,7 +104,8 @@ pub fn kind_to_wire(kind: MediaKind) -> i32 {
     }
 }
 
-fn direction_from_wire(value: i32) -> Direction {
+/// A wire direction as the domain one (UNSPECIFIED is SENDRECV).
+pub fn direction_from_wire(value: i32) -> Direction {
     match pb::Direction::try_from(value) {
         Ok(pb::Direction::Sendonly) => Direction::SendOnly,
         Ok(pb::Direction::Recvonly) => Direction::RecvOnly,
@@ -374,7 +377,7 @@ impl MediaProxy for Service {
             .collect::<Result<Vec<_>, _>>()?;
         let allocation = self.control.allocate(AllocateRequest {
             call_id: call_id(&request.call_id)?,
-            leg: leg(request.leg)?,
+            leg: leg_from_wire(request.leg)?,
             owner: owner(&request.owner)?,
             media,
             lease_timeout: lease_timeout(request.lease_timeout_ms),
@@ -400,7 +403,11 @@ impl MediaProxy for Service {
             .collect::<Result<Vec<_>, _>>()?;
         let allocation = self
             .control
-            .update(call_id(&request.call_id)?, leg(request.leg)?, remotes)
+            .update(
+                call_id(&request.call_id)?,
+                leg_from_wire(request.leg)?,
+                remotes,
+            )
             .await?;
         Ok(Response::new(pb::UpdateResponse {
             call_id: allocation.call_id.to_string(),
@@ -682,8 +689,8 @@ mod tests {
 
     #[test]
     fn legs_and_kinds_must_be_specified() {
-        assert!(leg(0).is_err());
-        assert_eq!(leg(2).unwrap(), Leg::Callee);
+        assert!(leg_from_wire(0).is_err());
+        assert_eq!(leg_from_wire(2).unwrap(), Leg::Callee);
         assert!(
             kind_from_wire(0, "media[0]")
                 .unwrap_err()

@@ -102,6 +102,15 @@ pub enum MediaKind {
 }
 
 impl MediaKind {
+    /// The SDP media name: `audio`, `video`, or `other` for anything else.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Audio => "audio",
+            Self::Video => "video",
+            Self::Other => "other",
+        }
+    }
+
     /// Audio and video carry RTP that the relay parses for statistics.
     pub fn is_rtp(self) -> bool {
         matches!(self, Self::Audio | Self::Video)
@@ -119,6 +128,16 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The SDP attribute name: `sendrecv`, `sendonly`, `recvonly`, `inactive`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SendRecv => "sendrecv",
+            Self::SendOnly => "sendonly",
+            Self::RecvOnly => "recvonly",
+            Self::Inactive => "inactive",
+        }
+    }
+
     /// Whether the leg declaring this direction intends to send media.
     pub fn sends(self) -> bool {
         matches!(self, Self::SendRecv | Self::SendOnly)

@@ -557,6 +557,30 @@ impl Core {
         }
     }
 
+    /// Our response to `request` carrying the other leg's `response` on: its status and
+    /// reason, our Contact, and `body` (the SDP already rewritten) with its Content-Type.
+    fn relayed_response(
+        request: &Request,
+        response: &Response,
+        to_tag: Option<&str>,
+        contact: &str,
+        body: Vec<u8>,
+    ) -> Response {
+        let mut relayed = Self::response(request, response.status, &response.reason, to_tag);
+        relayed.headers.push("Contact", contact);
+        if !body.is_empty() {
+            relayed.headers.push(
+                "Content-Type",
+                response
+                    .headers
+                    .get("Content-Type")
+                    .unwrap_or("application/sdp"),
+            );
+        }
+        relayed.body = body;
+        relayed
+    }
+
     fn reply(&mut self, to: Peer, request: &Request, status: u16) {
         let tag = self.unique("t");
         let response = Self::response(request, status, reason_phrase(status), Some(&tag));
@@ -1549,19 +1573,8 @@ impl Core {
                 });
             }
         }
-        let mut relayed = Self::response(&pending.request, response.status, &response.reason, None);
-        relayed.headers.push("Contact", contact);
-        if !body.is_empty() {
-            relayed.headers.push(
-                "Content-Type",
-                response
-                    .headers
-                    .get("Content-Type")
-                    .unwrap_or("application/sdp"),
-            );
-        }
-        relayed.body = body;
-        let data = relayed.to_bytes();
+        let data =
+            Self::relayed_response(&pending.request, &response, None, &contact, body).to_bytes();
         if success && !pending.requester.transport.reliable() {
             if let Some(record) = self.calls.get_mut(&call) {
                 record.reinvite_ok = Some((
@@ -1817,24 +1830,14 @@ impl Core {
                 });
             }
         }
-        let mut relayed = Self::response(
+        let data = Self::relayed_response(
             &record.a.invite,
-            response.status,
-            &response.reason,
+            response,
             Some(&record.a.local_tag),
-        );
-        relayed.headers.push("Contact", contact);
-        if !body.is_empty() {
-            relayed.headers.push(
-                "Content-Type",
-                response
-                    .headers
-                    .get("Content-Type")
-                    .unwrap_or("application/sdp"),
-            );
-        }
-        relayed.body = body;
-        let data = relayed.to_bytes();
+            &contact,
+            body,
+        )
+        .to_bytes();
         record.a.last_response = Some(data.clone());
         let peer = record.a.peer;
         if (200..300).contains(&response.status) && !peer.transport.reliable() {

@@ -14,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::mpsc;
+use std::sync::{LazyLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -108,19 +108,8 @@ impl CdrMedia {
         Self {
             leg: m.leg.as_str().to_owned(),
             media_index: i64::from(m.index),
-            kind: match m.kind {
-                mediaproxy::types::MediaKind::Audio => "audio",
-                mediaproxy::types::MediaKind::Video => "video",
-                mediaproxy::types::MediaKind::Other => "other",
-            }
-            .to_owned(),
-            direction: match m.direction {
-                mediaproxy::types::Direction::SendRecv => "sendrecv",
-                mediaproxy::types::Direction::SendOnly => "sendonly",
-                mediaproxy::types::Direction::RecvOnly => "recvonly",
-                mediaproxy::types::Direction::Inactive => "inactive",
-            }
-            .to_owned(),
+            kind: m.kind.as_str().to_owned(),
+            direction: m.direction.as_str().to_owned(),
             local_rtp_port: i64::from(m.local_rtp_port),
             local_rtcp_port: i64::from(m.local_rtcp_port),
             sdp_rtp_address: m.sdp_rtp.clone(),
@@ -512,6 +501,16 @@ impl postgres::types::ToSql for Value {
     postgres::types::to_sql_checked!();
 }
 
+/// The idempotent insert of one row of `table` (`$1..$n` works on both databases).
+fn insert_sql(table: &str, columns: &[&str]) -> String {
+    let marks: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
+        columns.join(", "),
+        marks.join(", ")
+    )
+}
+
 /// Where CDRs live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -666,22 +665,16 @@ impl Store {
     /// when the call was already stored (same `call_id` and `start_time`): nothing is written
     /// twice.
     pub fn insert(&mut self, cdr: &Cdr) -> Result<bool, StoreError> {
-        let insert = |table: &str, columns: &[&str]| {
-            let marks: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
-            format!(
-                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
-                columns.join(", "),
-                marks.join(", ")
-            )
-        };
-        let cdr_sql = insert("cdr", CDR_COLUMNS);
-        let media_sql = insert("cdr_media", CDR_MEDIA_COLUMNS);
+        static CDR_SQL: LazyLock<String> = LazyLock::new(|| insert_sql("cdr", CDR_COLUMNS));
+        static MEDIA_SQL: LazyLock<String> =
+            LazyLock::new(|| insert_sql("cdr_media", CDR_MEDIA_COLUMNS));
+        let (cdr_sql, media_sql) = (CDR_SQL.as_str(), MEDIA_SQL.as_str());
         match self {
             Self::Sqlite(c) => {
                 let transaction = c.transaction()?;
                 let values = cdr_values(cdr);
                 let inserted = transaction
-                    .prepare_cached(&cdr_sql)?
+                    .prepare_cached(cdr_sql)?
                     .execute(rusqlite::params_from_iter(values.iter()))?;
                 if inserted == 0 {
                     return Ok(false);
@@ -689,7 +682,7 @@ impl Store {
                 for m in &cdr.media {
                     let values = media_values(cdr, m);
                     transaction
-                        .prepare_cached(&media_sql)?
+                        .prepare_cached(media_sql)?
                         .execute(rusqlite::params_from_iter(values.iter()))?;
                 }
                 transaction.commit()?;
@@ -699,14 +692,14 @@ impl Store {
                 let values = cdr_values(cdr);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     values.iter().map(|v| v as _).collect();
-                if transaction.execute(cdr_sql.as_str(), &refs)? == 0 {
+                if transaction.execute(cdr_sql, &refs)? == 0 {
                     return Ok(false);
                 }
                 for m in &cdr.media {
                     let values = media_values(cdr, m);
                     let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                         values.iter().map(|v| v as _).collect();
-                    transaction.execute(media_sql.as_str(), &refs)?;
+                    transaction.execute(media_sql, &refs)?;
                 }
                 transaction.commit()?;
             }
@@ -998,7 +991,7 @@ impl Worker {
 
     /// Writes pending CDRs in order until the queue is empty or the database fails.
     fn write_pending(&mut self) {
-        while let Some(cdr) = self.pending.front().cloned() {
+        while let Some(cdr) = self.pending.pop_front() {
             if self.store.is_none() {
                 match Store::open(&self.target) {
                     Ok(store) => {
@@ -1012,12 +1005,14 @@ impl Worker {
                         self.store = Some(store);
                     }
                     Err(error) => {
+                        self.pending.push_front(cdr);
                         self.failed(&error);
                         return;
                     }
                 }
             }
             let Some(store) = self.store.as_mut() else {
+                self.pending.push_front(cdr);
                 return;
             };
             match store.insert(&cdr) {
@@ -1026,7 +1021,6 @@ impl Worker {
                         tracing::info!(call_id = %cdr.call_id, "CDR already stored; skipped");
                     }
                     self.metrics.written.inc();
-                    self.pending.pop_front();
                     self.backoff = MIN_BACKOFF;
                     self.outage_logged = false;
                     self.replayed_one();
@@ -1041,12 +1035,11 @@ impl Worker {
                             "CDR rejected by the database; moved to the spool file"
                         );
                         self.metrics.errors.inc();
-                        if let Some(cdr) = self.pending.pop_front() {
-                            self.spool(&[cdr]);
-                            self.replayed_one();
-                        }
+                        self.spool(&[cdr]);
+                        self.replayed_one();
                         continue;
                     }
+                    self.pending.push_front(cdr);
                     self.store = None;
                     self.failed(&error);
                     return;

@@ -236,8 +236,8 @@ fn leg_notes(report: &MediaReport, m: &MediaFigures, notes: &mut Vec<String>) {
             ));
         } else if !m.direction.sends() {
             notes.push(format!(
-                "the {leg}'s SDP said {} (on hold), so it was not expected to send",
-                direction_word(m.direction)
+                "the {leg}'s SDP said a={} (on hold), so it was not expected to send",
+                m.direction.as_str()
             ));
         } else {
             let mut text = format!(
@@ -323,15 +323,6 @@ fn proxy_address(ip: IpAddr, port: u16) -> String {
     match ip {
         IpAddr::V4(v4) => format!("{v4}:{port}"),
         IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-    }
-}
-
-fn direction_word(direction: Direction) -> &'static str {
-    match direction {
-        Direction::SendRecv => "a=sendrecv",
-        Direction::SendOnly => "a=sendonly",
-        Direction::RecvOnly => "a=recvonly",
-        Direction::Inactive => "a=inactive",
     }
 }
 

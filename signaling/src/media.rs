@@ -5,8 +5,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use mediaproxy::grpc::{direction_to_wire, kind_to_wire, leg_to_wire};
-use mediaproxy::types::{Direction, Leg, MediaKind};
+use mediaproxy::grpc::{
+    direction_from_wire, direction_to_wire, kind_from_wire, kind_to_wire, leg_from_wire,
+    leg_to_wire,
+};
+use mediaproxy::types::{Leg, MediaKind};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
 use tonic::transport::{Channel, Endpoint};
@@ -42,17 +45,9 @@ fn flow(counters: Option<pb::Counters>) -> Flow {
 pub fn figures_from_wire(stats: &pb::CallStats) -> Vec<MediaFigures> {
     let mut out = Vec::new();
     for leg_stats in &stats.legs {
-        let leg = if leg_stats.leg == pb::Leg::Callee as i32 {
-            Leg::Callee
-        } else {
-            Leg::Caller
-        };
+        let leg = leg_from_wire(leg_stats.leg).unwrap_or(Leg::Caller);
         for m in &leg_stats.media {
-            let kind = match pb::MediaKind::try_from(m.kind) {
-                Ok(pb::MediaKind::Audio) => MediaKind::Audio,
-                Ok(pb::MediaKind::Video) => MediaKind::Video,
-                _ => MediaKind::Other,
-            };
+            let kind = kind_from_wire(m.kind, "kind").unwrap_or(MediaKind::Other);
             let mut f = MediaFigures::new(leg, m.index, kind);
             f.local_rtp_port = m.local_rtp_port as u16;
             f.local_rtcp_port = m.local_rtcp_port as u16;
@@ -83,12 +78,7 @@ pub fn figures_from_wire(stats: &pb::CallStats) -> Vec<MediaFigures> {
             };
             f.recorded_packets = m.recorded_packets;
             f.source_changes = m.source_changes;
-            f.direction = match pb::Direction::try_from(m.direction) {
-                Ok(pb::Direction::Sendonly) => Direction::SendOnly,
-                Ok(pb::Direction::Recvonly) => Direction::RecvOnly,
-                Ok(pb::Direction::Inactive) => Direction::Inactive,
-                _ => Direction::SendRecv,
-            };
+            f.direction = direction_from_wire(m.direction);
             out.push(f);
         }
     }
@@ -180,13 +170,7 @@ impl MediaClient {
 
     /// The node id of the proxy (its `--node-id`).
     pub async fn node_id(&self) -> Result<String, String> {
-        let _timer = self.timer("status");
-        self.client
-            .clone()
-            .status(pb::StatusRequest {})
-            .await
-            .map(|r| r.into_inner().node_id)
-            .map_err(|s| status_text(&s))
+        self.status().await.map(|status| status.node_id)
     }
 
     /// Allocates both legs for the offer's media lines and points `offer_leg` (where the
@@ -315,11 +299,7 @@ impl MediaClient {
             .map_err(|s| status_text(&s))?
             .into_inner();
         while let Some(event) = stream.message().await.map_err(|s| status_text(&s))? {
-            let leg = if event.leg == pb::Leg::Callee as i32 {
-                Leg::Callee
-            } else {
-                Leg::Caller
-            };
+            let leg = leg_from_wire(event.leg).unwrap_or(Leg::Caller);
             match event.kind {
                 Some(pb::event::Kind::SessionReleased(released)) => seen(MediaEvent::Released {
                     call_id: event.call_id,

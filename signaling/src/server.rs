@@ -543,10 +543,11 @@ async fn complete_record(
                 advertised: record.media_address,
                 media: stats.media,
             };
-            row.caller_audio_packets = report.audio_in(Leg::Caller).packets as i64;
-            row.callee_audio_packets = report.audio_in(Leg::Callee).packets as i64;
-            row.caller_audio_bytes = report.audio_in(Leg::Caller).bytes as i64;
-            row.callee_audio_bytes = report.audio_in(Leg::Callee).bytes as i64;
+            let (caller, callee) = (report.audio_in(Leg::Caller), report.audio_in(Leg::Callee));
+            row.caller_audio_packets = caller.packets as i64;
+            row.callee_audio_packets = callee.packets as i64;
+            row.caller_audio_bytes = caller.bytes as i64;
+            row.callee_audio_bytes = callee.bytes as i64;
             row.total_bytes_relayed = report
                 .media
                 .iter()

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use mediaproxy::grpc::{kind_from_wire, leg_from_wire};
+use mediaproxy::types::{Leg, MediaKind};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
 use tonic::transport::Channel;
@@ -165,20 +167,11 @@ fn print_status(s: &pb::StatusResponse) {
 }
 
 fn leg_name(leg: i32) -> &'static str {
-    match pb::Leg::try_from(leg) {
-        Ok(pb::Leg::Caller) => "caller",
-        Ok(pb::Leg::Callee) => "callee",
-        _ => "?",
-    }
+    leg_from_wire(leg).map_or("?", Leg::as_str)
 }
 
 fn kind_name(kind: i32) -> &'static str {
-    match pb::MediaKind::try_from(kind) {
-        Ok(pb::MediaKind::Audio) => "audio",
-        Ok(pb::MediaKind::Video) => "video",
-        Ok(pb::MediaKind::Other) => "other",
-        _ => "?",
-    }
+    kind_from_wire(kind, "kind").map_or("?", MediaKind::as_str)
 }
 
 fn or_dash(text: &str) -> &str {
