@@ -16,7 +16,8 @@
 //! bitmaps; the proxy's CPU time comes from `/proc/<pid>/stat`.
 //!
 //! Figures: packets relayed per proxy CPU-second (the efficiency figure), loss, latency
-//! percentiles, idle RSS per call, and gRPC allocate+update setup latency.
+//! percentiles, idle RSS per call, the relay's CPU with every call set up and no traffic,
+//! and gRPC allocate+update setup latency.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -100,6 +101,8 @@ struct Args {
 }
 
 const PACKET_LEN: usize = 172;
+/// How long the idle cost of the calls is measured before traffic starts.
+const IDLE_SPAN: Duration = Duration::from_secs(2);
 const PROXY_PORTS: &str = "10000-32767";
 
 fn main() -> anyhow::Result<()> {
@@ -144,7 +147,7 @@ fn main() -> anyhow::Result<()> {
         args.workers, args.pps, PACKET_LEN, args.seconds, args.proxy_cpus, args.generator_cpus
     );
     println!(
-        "{:<9} {:>6} {:>9} {:>9} {:>8} {:>5} {:>8} {:>8} {:>9} {:>7} {:>12} {:>9} {:>9} {:>8}",
+        "{:<9} {:>6} {:>9} {:>9} {:>8} {:>5} {:>8} {:>8} {:>9} {:>7} {:>12} {:>9} {:>6} {:>9} {:>8}",
         "relay",
         "calls",
         "offered",
@@ -157,6 +160,7 @@ fn main() -> anyhow::Result<()> {
         "cpu%",
         "pkt/cpu-s",
         "KiB/call",
+        "idle%",
         "setup99",
         "lag99"
     );
@@ -167,7 +171,7 @@ fn main() -> anyhow::Result<()> {
         for &target in &args.targets {
             let row = runtime.block_on(run_point(&args, target, &binary, calls, clock_ticks))?;
             println!(
-                "{:<9} {:>6} {:>9.0} {:>9.0} {:>8.3} {:>5} {:>8} {:>8} {:>9} {:>7.1} {:>12.0} {:>9.2} {:>7.2}ms {:>6}us",
+                "{:<9} {:>6} {:>9.0} {:>9.0} {:>8.3} {:>5} {:>8} {:>8} {:>9} {:>7.1} {:>12.0} {:>9.2} {:>6.1} {:>7.2}ms {:>6}us",
                 target.name(),
                 calls,
                 row.offered_pps,
@@ -180,6 +184,7 @@ fn main() -> anyhow::Result<()> {
                 row.proxy_cpu_percent,
                 row.packets_per_cpu_second,
                 row.rss_kib_per_call,
+                row.idle_cpu_percent,
                 row.setup_p99_ms,
                 row.lag99_us,
             );
@@ -205,6 +210,8 @@ struct Row {
     proxy_cpu_percent: f64,
     packets_per_cpu_second: f64,
     rss_kib_per_call: f64,
+    /// The relay's CPU with every call set up and no packets (timers, statistics).
+    idle_cpu_percent: f64,
     setup_p99_ms: f64,
     /// 99th percentile of how late the generator sent against its schedule.
     lag99_us: u64,
@@ -557,6 +564,11 @@ async fn run_point(
     let setup_p99 = setup[((setup.len() - 1) as f64 * 0.99).round() as usize];
     std::thread::sleep(Duration::from_millis(300));
     let rss_idle = rss_kib(&pid)?;
+    // What the calls cost with no traffic at all: timers, statistics, keep-alive work.
+    let idle_from = (Instant::now(), cpu_seconds(&pid, clock_ticks)?);
+    std::thread::sleep(IDLE_SPAN);
+    let idle_cpu_percent = 100.0 * (cpu_seconds(&pid, clock_ticks)? - idle_from.1)
+        / idle_from.0.elapsed().as_secs_f64();
 
     let traffic = generate(args, &phones, &mut streams, &pid, clock_ticks)?;
     drop(control);
@@ -591,6 +603,7 @@ async fn run_point(
             f64::INFINITY
         },
         rss_kib_per_call: (rss_idle - rss_before) / calls as f64,
+        idle_cpu_percent,
         setup_p99_ms: setup_p99.as_secs_f64() * 1000.0,
         lag99_us: percentile(&lags, 0.99),
         intended_pps: (calls * 2) as f64 * f64::from(args.pps),

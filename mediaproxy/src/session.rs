@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 use crate::quality::RtpQuality;
 use crate::rtp::{Datagram, Malformed, classify};
 use crate::types::{
-    CallId, Codec, Direction, DropReason, Leg, MediaKind, Owner, RemoteMedia, RemoteTarget,
-    WallClock,
+    CallId, Direction, DropReason, Leg, MediaKind, Owner, RemoteMedia, RemoteTarget, WallClock,
 };
 
 /// Media lines per leg. Sockets per session are `2 legs x MAX_MEDIA x 2`.
@@ -306,7 +305,9 @@ struct Media {
     updated: bool,
     disabled: bool,
     direction: Direction,
-    clocks: Vec<Codec>,
+    /// Payload type to RTP clock rate from the leg's SDP (`None` for telephone-event, which
+    /// is not judged for jitter), resolved once per update rather than per packet.
+    clocks: Vec<(u8, Option<u32>)>,
     rtp_received: Counters,
     rtcp_received: Counters,
     rtp_sent: Counters,
@@ -340,9 +341,8 @@ impl Media {
     }
 
     fn clock_for(&self, payload_type: u8) -> Option<u32> {
-        match self.clocks.iter().find(|c| c.payload_type == payload_type) {
-            Some(codec) if codec.encoding.eq_ignore_ascii_case("telephone-event") => None,
-            Some(codec) => Some(codec.clock_rate),
+        match self.clocks.iter().find(|(pt, _)| *pt == payload_type) {
+            Some(&(_, rate)) => rate,
             None => static_clock_rate(payload_type),
         }
     }
@@ -488,7 +488,12 @@ impl Session {
             }
             media.updated = true;
             media.direction = remote.direction;
-            media.clocks.clone_from(&remote.codecs);
+            media.clocks.clear();
+            media.clocks.extend(remote.codecs.iter().map(|codec| {
+                let rate = (!codec.encoding.eq_ignore_ascii_case("telephone-event"))
+                    .then_some(codec.clock_rate);
+                (codec.payload_type, rate)
+            }));
         }
         state.updated_at = Some(now);
         state.silence_reported = false;
@@ -582,7 +587,11 @@ impl Session {
             if let Some(Datagram::Rtp(header)) = datagram {
                 let arrival = media.clock_for(header.payload_type).map(|rate| {
                     let elapsed = now.saturating_duration_since(self.created);
-                    let units = (elapsed.as_nanos() * u128::from(rate) / 1_000_000_000) as u32;
+                    // Whole seconds and the fraction apart: no 128-bit division per packet.
+                    let rate_64 = u64::from(rate);
+                    let units = (elapsed.as_secs() * rate_64
+                        + u64::from(elapsed.subsec_nanos()) * rate_64 / 1_000_000_000)
+                        as u32;
                     (units, rate)
                 });
                 media.quality.record(
@@ -880,6 +889,7 @@ pub struct QualitySnapshot {
 mod tests {
     use super::*;
     use crate::rtp::build_rtp;
+    use crate::types::Codec;
 
     const CALLER_SDP: &str = "10.0.0.7:17616";
     const CALLEE_SDP: &str = "10.1.1.4:16004";
@@ -1193,6 +1203,44 @@ mod tests {
             (q.expected, q.lost, q.duplicates, q.out_of_order),
             (7, 2, 1, 1)
         );
+    }
+
+    #[test]
+    fn jitter_uses_the_sdp_clock_rate_and_ignores_telephone_events() {
+        let start = Instant::now();
+        let mut s = session(start);
+        let mut caller = remote(CALLER_SDP);
+        caller.codecs = vec![
+            Codec {
+                payload_type: 96,
+                encoding: "opus".into(),
+                clock_rate: 48000,
+                channels: 2,
+            },
+            Codec {
+                payload_type: 101,
+                encoding: "telephone-event".into(),
+                clock_rate: 8000,
+                channels: 1,
+            },
+        ];
+        s.update(start, Leg::Caller, &[caller]).unwrap();
+        s.update(start, Leg::Callee, &[remote(CALLEE_SDP)]).unwrap();
+        let jitter = |s: &Session| s.snapshot().legs[0].media[0].quality.jitter_ms;
+        // Opus every 20 ms (960 units at 48 kHz), one packet 10 ms late: A.8 gives 10/16 ms.
+        for (seq, late_ms) in [(1u16, 0u64), (2, 0), (3, 10)] {
+            let at = start + Duration::from_millis(20 * u64::from(seq) + late_ms);
+            let rtp = build_rtp(96, seq, u32::from(seq) * 960, 0x1234, &[0; 80]);
+            s.handle_packet(at, rtp_at(Leg::Caller), addr(CALLER_SDP), &rtp);
+        }
+        assert!((jitter(&s) - 0.625).abs() < 1e-6, "{}", jitter(&s));
+        // DTMF events repeat one timestamp for the whole key press: no jitter from them.
+        for seq in 4u16..10 {
+            let at = start + Duration::from_millis(20 * u64::from(seq));
+            let rtp = build_rtp(101, seq, 7777, 0x1234, &[0; 4]);
+            s.handle_packet(at, rtp_at(Leg::Caller), addr(CALLER_SDP), &rtp);
+        }
+        assert!((jitter(&s) - 0.625).abs() < 1e-6, "{}", jitter(&s));
     }
 
     #[test]
