@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side relay benchmark: our mediaproxy, rtpengine 10.5 in userspace mode
-# (`--table=-1`) and a bare one-thread forwarder with a fixed port map (the ceiling), each
-# pinned to the same CPU and fed by the same generator (`bench`, pinned to the other CPU),
-# over a sweep of call counts. Prints one table (see docs/performance.md for how to read it).
+# (`--table=-1`) and a bare one-thread forwarder with a fixed port map (the ceiling; on
+# epoll and on io_uring), each pinned to the same CPU and fed by the same generator (`bench`,
+# pinned to the other CPU), over a sweep of call counts. Prints one table (see docs/performance.md for how to read it).
 #
 #   bench/compare.sh                          # 100,500,1000,2000 calls, 10 s per point
-#   CALLS=100,1000,5000 SECONDS_PER_POINT=20 WORKERS=1 bench/compare.sh
+#   CALLS=100,1000,2000 SECONDS_PER_POINT=20 WORKERS=1 bench/compare.sh
 #
 # rtpengine comes from Debian (`apt-get install rtpengine-daemon`, done here when missing);
 # the benchmark starts and stops every relay itself, by PID.
@@ -23,5 +23,5 @@ systemctl stop rtpengine-daemon 2>/dev/null || true
 cargo build --release -q -p mediaproxy -p bench
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
 echo "rtpengine: $(rtpengine --version 2>&1 | head -n 1)"
-./target/release/bench --targets ours,rtpengine,bare --calls "$CALLS" \
+./target/release/bench --targets ours,rtpengine,bare,bare-uring --calls "$CALLS" \
   --seconds "$SECONDS_PER_POINT" --workers "$WORKERS"

@@ -1,6 +1,9 @@
-//! The bare forwarder: the practical ceiling of a userspace relay on this machine. One thread,
-//! one mio poll, two sockets per call and a fixed port map: a packet received on socket `i`
-//! goes out of socket `i ^ 1` to destination `i`. No latching, no parsing, no counters.
+//! The bare forwarders: the practical ceiling of a userspace relay on this machine. One
+//! thread, two sockets per call and a fixed port map: a packet received on socket `i` goes out
+//! of socket `i ^ 1` to destination `i`. No latching, no parsing, no counters. Two flavours:
+//! [`run`] waits with one mio poll and uses `recvfrom`/`sendto` (two system calls per packet
+//! plus the empty read), [`crate::forward_uring::run`] keeps one receive per socket queued in
+//! io_uring and submits the sends in batches (system calls per wake-up, not per packet).
 //!
 //! Protocol with the benchmark (stdin/stdout): it binds `sockets` UDP sockets on 127.0.0.1,
 //! prints their ports on one line, reads one line with a destination port per socket, prints
@@ -13,13 +16,15 @@ use anyhow::Context;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
-pub(crate) fn run(sockets: usize) -> anyhow::Result<()> {
-    let mut poll = Poll::new()?;
+/// Binds the sockets, tells the benchmark their ports and reads back one destination per
+/// socket.
+pub(crate) fn handshake(
+    sockets: usize,
+) -> anyhow::Result<(Vec<std::net::UdpSocket>, Vec<SocketAddr>)> {
     let mut bound = Vec::with_capacity(sockets);
-    for index in 0..sockets {
-        let mut socket = UdpSocket::bind("127.0.0.1:0".parse()?)?;
-        poll.registry()
-            .register(&mut socket, Token(index), Interest::READABLE)?;
+    for _ in 0..sockets {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_nonblocking(true)?;
         bound.push(socket);
     }
     let ports: Vec<String> = bound
@@ -40,6 +45,18 @@ pub(crate) fn run(sockets: usize) -> anyhow::Result<()> {
         .context("destination ports")?;
     anyhow::ensure!(destinations.len() == sockets, "one destination per socket");
     writeln!(stdout.lock(), "ready")?;
+    Ok((bound, destinations))
+}
+
+/// The epoll flavour.
+pub(crate) fn run(sockets: usize) -> anyhow::Result<()> {
+    let (bound, destinations) = handshake(sockets)?;
+    let mut poll = Poll::new()?;
+    let mut bound: Vec<UdpSocket> = bound.into_iter().map(UdpSocket::from_std).collect();
+    for (index, socket) in bound.iter_mut().enumerate() {
+        poll.registry()
+            .register(socket, Token(index), Interest::READABLE)?;
+    }
     let mut events = Events::with_capacity(1024);
     let mut buffer = [0u8; 2048];
     loop {

@@ -36,6 +36,7 @@ use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
 
 mod forward;
+mod forward_uring;
 mod ng;
 
 /// Which relay a point measures.
@@ -47,6 +48,8 @@ enum Target {
     Rtpengine,
     /// The bare one-thread forwarder with a fixed port map.
     Bare,
+    /// The same bare forwarder on io_uring instead of epoll + recvfrom/sendto.
+    BareUring,
 }
 
 impl Target {
@@ -55,6 +58,7 @@ impl Target {
             Self::Ours => "ours",
             Self::Rtpengine => "rtpengine",
             Self::Bare => "bare",
+            Self::BareUring => "bare-uring",
         }
     }
 }
@@ -74,6 +78,9 @@ struct Args {
     /// Internal: run as the bare forwarder with this many sockets.
     #[arg(long, hide = true)]
     forward_sockets: Option<usize>,
+    /// Internal: the bare forwarder uses io_uring.
+    #[arg(long, hide = true)]
+    forward_uring: bool,
     /// Call counts to sweep, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "100,500,1000")]
     calls: Vec<usize>,
@@ -109,7 +116,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     if let Some(sockets) = args.forward_sockets {
-        return forward::run(sockets);
+        return if args.forward_uring {
+            forward_uring::run(sockets)
+        } else {
+            forward::run(sockets)
+        };
     }
     if args.generator_cpus != "none" {
         let pid = std::process::id().to_string();
@@ -377,9 +388,12 @@ async fn start(
             client.wait_ready(50)?;
             Ok((proxy, Control::Ng(client)))
         }
-        Target::Bare => {
+        Target::Bare | Target::BareUring => {
             let me = std::env::current_exe()?;
             let mut command = pinned(args, &me);
+            if target == Target::BareUring {
+                command.arg("--forward-uring");
+            }
             command
                 .args(["--forward-sockets", &(calls * 2).to_string()])
                 .stdin(Stdio::piped())

@@ -20,6 +20,7 @@
 //! - [`config`]: command line, environment and TOML configuration.
 //! - [`server`]: wires everything together; used by the binary, by tests and by `signaling`'s
 //!   embedded mode.
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod control;

@@ -1,4 +1,5 @@
 //! The `mediaproxy` binary: parses the configuration and runs [`mediaproxy::server`].
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

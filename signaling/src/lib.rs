@@ -12,6 +12,7 @@
 //! - [`cdr`]: the CDR store (SQLite, PostgreSQL) and its writer thread; [`export`] reads it.
 //! - [`server`]: the driver (sockets, timers, tasks); [`admin`]: its read-only HTTP endpoints.
 //! - [`config`], [`metrics`].
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod auth;

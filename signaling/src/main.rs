@@ -1,4 +1,5 @@
 //! The `signaling` binary: parses the configuration and runs [`signaling::server`].
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

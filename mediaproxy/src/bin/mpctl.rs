@@ -1,5 +1,6 @@
 //! `mpctl`: the operator's command line for a media proxy, over the same gRPC contract
 //! signaling uses (`mediaproxy.v1`). See `mpctl --help` and the README's operations section.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
