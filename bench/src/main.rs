@@ -102,6 +102,9 @@ struct Args {
     /// CPU list the generator pins itself to; "none" disables pinning.
     #[arg(long, default_value = "0")]
     generator_cpus: String,
+    /// UDP port range the relay under test allocates from (ours and rtpengine).
+    #[arg(long, default_value = "10000-32767")]
+    proxy_ports: String,
     /// The generator sends what is due every this many microseconds, in batches.
     #[arg(long, default_value_t = 100)]
     tick_us: u64,
@@ -110,7 +113,6 @@ struct Args {
 const PACKET_LEN: usize = 172;
 /// How long the idle cost of the calls is measured before traffic starts.
 const IDLE_SPAN: Duration = Duration::from_secs(2);
-const PROXY_PORTS: &str = "10000-32767";
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -338,7 +340,7 @@ async fn start(
             command
                 .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
                 .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
-                .args(["--ports", PROXY_PORTS])
+                .args(["--ports", &args.proxy_ports])
                 .args(["--workers", &args.workers.to_string()])
                 .args(["--media-timeout", "1h", "--lease-timeout", "1h"])
                 .args([
@@ -364,7 +366,7 @@ async fn start(
         }
         Target::Rtpengine => {
             let ng_port = free_udp_port()?;
-            let (min, max) = PROXY_PORTS.split_once('-').context("port range")?;
+            let (min, max) = args.proxy_ports.split_once('-').context("--proxy-ports")?;
             let mut command = pinned(args, std::path::Path::new(&args.rtpengine));
             command
                 .args([

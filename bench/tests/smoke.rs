@@ -1,0 +1,55 @@
+//! The benchmark binary end to end, small: our relay and both bare forwarders (epoll and
+//! io_uring) relay every packet of 20 calls, each to the right stream (the generator checks
+//! stream and sequence of every packet it receives), with no loss and no duplicates. Speed is
+//! not asserted here; figures live in `bench` runs (docs/performance.md).
+
+use std::process::Command;
+
+/// One row of the table: (relay, offered packets/s, relayed packets/s, loss %, duplicates).
+fn rows(output: &str) -> Vec<(String, f64, f64, f64, u64)> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 6 || fields[1].parse::<usize>().is_err() {
+                return None;
+            }
+            Some((
+                fields[0].to_string(),
+                fields[2].parse().ok()?,
+                fields[3].parse().ok()?,
+                fields[4].parse().ok()?,
+                fields[5].parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn every_relay_delivers_every_packet_of_every_stream() {
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--targets", "ours,bare,bare-uring", "--calls", "20"])
+        .args([
+            "--seconds",
+            "1",
+            "--proxy-cpus",
+            "none",
+            "--generator-cpus",
+            "none",
+        ])
+        .args(["--proxy-ports", "23000-23199"])
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let rows = rows(&stdout);
+    let names: Vec<&str> = rows.iter().map(|row| row.0.as_str()).collect();
+    assert_eq!(names, ["ours", "bare", "bare-uring"], "{stdout}");
+    for (relay, offered, relayed, loss, duplicates) in rows {
+        // 20 calls, two streams each, 50 packets/s, over one second.
+        assert!(offered >= 1990.0, "{relay} offered {offered}:\n{stdout}");
+        assert_eq!(relayed, offered, "{relay} lost packets:\n{stdout}");
+        assert_eq!((loss, duplicates), (0.0, 0), "{relay}:\n{stdout}");
+    }
+}
