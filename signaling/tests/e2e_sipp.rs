@@ -31,7 +31,21 @@ struct Ports {
     uas: u16,
     uac_media: u16,
     uas_media: u16,
-    relay: String,
+    /// The media proxy's port range for this test.
+    relay: std::ops::Range<u16>,
+}
+
+impl Ports {
+    /// The relay range as `--ports` takes it.
+    fn relay_arg(&self) -> String {
+        format!("{}-{}", self.relay.start, self.relay.end - 1)
+    }
+
+    /// The callee leg's RTP port: the second pair allocated in the range (the caller's
+    /// leg is allocated first).
+    fn callee_relay_port(&self) -> u16 {
+        self.relay.start + 2
+    }
 }
 
 fn ports(n: u16) -> Ports {
@@ -41,7 +55,7 @@ fn ports(n: u16) -> Ports {
         uas: 25002 + 10 * n,
         uac_media: 26000 + 40 * n,
         uas_media: 27000 + 40 * n,
-        relay: format!("{}-{}", 28000 + 100 * n, 28099 + 100 * n),
+        relay: 28000 + 100 * n..28100 + 100 * n,
     }
 }
 
@@ -78,7 +92,7 @@ impl Service {
         };
         let child = command
             .args(["--cdr-spool", &dir.join("cdr.spool").display().to_string()])
-            .args(["--ports", &ports.relay])
+            .args(["--ports", &ports.relay_arg()])
             .args(if extra.contains(&"--max-calls") {
                 &[][..]
             } else {
@@ -677,7 +691,7 @@ fn hold_and_resume_keep_the_same_relay_ports() {
     );
     let rows = service.stop();
     assert_eq!(rows[0]["disposition"], "answered");
-    let relay = 28000 + 100 * 7..28100 + 100 * 7;
+    let relay = &ports.relay;
     let uac_seen: Vec<u16> = sdp_ports(&std::fs::read_to_string(&uac_trace).unwrap())
         .into_iter()
         .filter(|p| relay.contains(p))
@@ -799,7 +813,7 @@ fn start_mediaproxy(grpc_port: u16, relay: &str, node_id: &str) -> (Child, Strin
 #[test]
 fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
     let ports = ports(10);
-    let (mut proxy, url) = start_mediaproxy(25600, &ports.relay, "media-7");
+    let (mut proxy, url) = start_mediaproxy(25600, &ports.relay_arg(), "media-7");
     let service = Service::start(
         "separate-proxy",
         &ports,
@@ -1012,7 +1026,7 @@ fn an_ipv6_call_is_routed_with_its_sdp_rewritten_to_the_ipv6_relay() {
     assert_eq!(rows[0]["disposition"], "busy");
     let seen = std::fs::read_to_string(&trace).unwrap();
     assert!(seen.contains("c=IN IP6 ::1"), "{seen}");
-    let relay = (28000 + 100 * 14)..(28100 + 100 * 14);
+    let relay = &ports.relay;
     assert!(
         sdp_ports(&seen).iter().any(|p| relay.contains(p)),
         "the callee got a relay port: {seen}"
@@ -1036,7 +1050,7 @@ fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
     let rows = service.stop();
     assert_eq!(rows[0]["disposition"], "answered");
     assert_eq!(rows[0]["media_mode"], "relay");
-    let relay = (28000 + 100 * 15)..(28100 + 100 * 15);
+    let relay = &ports.relay;
     let uac_seen: Vec<u16> = sdp_ports(&std::fs::read_to_string(&uac_trace).unwrap());
     let uas_seen: Vec<u16> = sdp_ports(&std::fs::read_to_string(&uas_trace).unwrap());
     assert!(
@@ -1180,7 +1194,7 @@ fn only_the_caller_sends_one_way_names_the_silent_callee() {
         "{diagnosis}"
     );
     // The callee leg's relay port, as the callee's SDP got it, and what it had announced.
-    let callee_port = 28000 + 100 * 19 + 2;
+    let callee_port = ports.callee_relay_port();
     assert!(
         diagnosis.contains(&format!(
             "no packet reached 127.0.0.1:{callee_port} from the callee (SDP said 127.0.0.1:{})",
@@ -1263,7 +1277,7 @@ fn a_callee_sending_from_another_port_than_its_sdp_is_latched_and_named() {
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
     let natted = UdpSocket::bind(("127.0.0.1", ports.uas_media + 10)).unwrap();
-    let callee_relay_port = 28000 + 100 * 21 + 2;
+    let callee_relay_port = ports.callee_relay_port();
     std::thread::sleep(Duration::from_millis(800));
     send_rtp(natted, ([127, 0, 0, 1], callee_relay_port).into(), 150);
     expect_success(caller, "UAC", &service);
@@ -1502,9 +1516,9 @@ fn a_media_proxy_lost_mid_call_still_gives_an_explained_cdr() {
         uas: 25712,
         uac_media: 30600,
         uas_media: 30700,
-        relay: "31000-31099".into(),
+        relay: 31000..31100,
     };
-    let (mut proxy, url) = start_mediaproxy(25610, &ports.relay, "media-lost");
+    let (mut proxy, url) = start_mediaproxy(25610, &ports.relay_arg(), "media-lost");
     let service = Service::start(
         "lost-proxy",
         &ports,
