@@ -2223,6 +2223,11 @@ mod tests {
         core.handle(now, 0, Input::Message { from, message })
     }
 
+    /// Fires one timer of call 1 (the only call these tests make).
+    fn fire(core: &mut Core, now: Instant, kind: TimerKind) -> Vec<Output> {
+        core.handle(now, 0, Input::Timer { call: 1, kind })
+    }
+
     /// Sends the caller's INVITE (Call-ID `call_id`) into the core; returns the INVITE the
     /// core sent to the callee.
     fn start_call(core: &mut Core, now: Instant, call_id: &str) -> Request {
@@ -2331,14 +2336,7 @@ mod tests {
             after: T1
         }));
         // Timer A: the same INVITE again, with a doubled interval.
-        let out = core.handle(
-            now,
-            0,
-            Input::Timer {
-                call: 1,
-                kind: TimerKind::ReInviteRetransmit,
-            },
-        );
+        let out = fire(&mut core, now, TimerKind::ReInviteRetransmit);
         assert_eq!(request(&sent(&out, B)[0]), &relayed);
         assert!(out.contains(&Output::Timer {
             call: 1,
@@ -2357,37 +2355,16 @@ mod tests {
         let ok_to_a = response(&sent(&out, A)[0]).clone();
         assert_eq!((ok_to_a.status, ok_to_a.cseq().unwrap().number), (200, 2));
         // No more INVITE retransmissions once answered.
-        let out = core.handle(
-            now,
-            0,
-            Input::Timer {
-                call: 1,
-                kind: TimerKind::ReInviteRetransmit,
-            },
-        );
+        let out = fire(&mut core, now, TimerKind::ReInviteRetransmit);
         assert!(sent(&out, B).is_empty());
         // Timer G: the 2xx again until the caller's ACK.
-        let out = core.handle(
-            now,
-            0,
-            Input::Timer {
-                call: 1,
-                kind: TimerKind::ReInviteOkRetransmit,
-            },
-        );
+        let out = fire(&mut core, now, TimerKind::ReInviteOkRetransmit);
         assert_eq!(response(&sent(&out, A)[0]), &ok_to_a);
         let ack = message(&format!(
             "ACK sip:127.0.0.1:5060 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKa4\nFrom: <sip:alice@127.0.0.1>;tag=af\nTo: {a_to}\nCall-ID: a-leg\nCSeq: 2 ACK\nContent-Length: 0\n\n"
         ));
         deliver(&mut core, now, A, ack);
-        let out = core.handle(
-            now,
-            0,
-            Input::Timer {
-                call: 1,
-                kind: TimerKind::ReInviteOkRetransmit,
-            },
-        );
+        let out = fire(&mut core, now, TimerKind::ReInviteOkRetransmit);
         assert!(
             sent(&out, A).is_empty(),
             "acknowledged: no more retransmissions"
@@ -2417,14 +2394,7 @@ mod tests {
             })
             .expect("Timer B armed");
         assert_eq!(timeout.1, TRANSACTION_TIMEOUT);
-        let out = core.handle(
-            now,
-            0,
-            Input::Timer {
-                call: 1,
-                kind: timeout.0,
-            },
-        );
+        let out = fire(&mut core, now, timeout.0);
         let answer = response(&sent(&out, A)[0]).clone();
         assert_eq!((answer.status, answer.cseq().unwrap().number), (408, 2));
         // The call itself goes on: a new re-INVITE is accepted (not 491).
@@ -2467,28 +2437,14 @@ mod tests {
             kind: TimerKind::TimerH,
             after: TRANSACTION_TIMEOUT
         }));
-        let out = core.handle(
-            now,
-            0,
-            Input::Timer {
-                call: 1,
-                kind: TimerKind::TimerG,
-            },
-        );
+        let out = fire(&mut core, now, TimerKind::TimerG);
         assert_eq!(
             response(&sent(&out, A)[0]),
             &ok_to_a,
             "Timer G resends the 2xx"
         );
         let later = now + TRANSACTION_TIMEOUT;
-        let out = core.handle(
-            later,
-            0,
-            Input::Timer {
-                call: 1,
-                kind: TimerKind::TimerH,
-            },
-        );
+        let out = fire(&mut core, later, TimerKind::TimerH);
         assert_eq!(request(&sent(&out, A)[0]).method, Method::Bye);
         assert_eq!(request(&sent(&out, B)[0]).method, Method::Bye);
         let record = out
