@@ -640,6 +640,8 @@ struct Traffic {
 
 /// Datagrams per `sendmmsg` / `recvmmsg` of the generator.
 const GENERATOR_BATCH: usize = 64;
+/// Receive buffer per datagram: more than a generated packet, so a longer one shows as such.
+const RECEIVE_LEN: usize = 512;
 
 /// Packets built for one phone socket, waiting for the next `sendmmsg`.
 struct Outgoing {
@@ -679,7 +681,10 @@ impl Outgoing {
                 no_control,
                 MsgFlags::MSG_DONTWAIT,
             ) {
-                Ok(results) => sent += results.count().max(1),
+                Ok(results) => match results.count() {
+                    0 => break,
+                    count => sent += count,
+                },
                 Err(Errno::EINTR) => {}
                 Err(_) => break,
             }
@@ -725,7 +730,7 @@ fn generate(
     let mut outgoing = [Outgoing::new(), Outgoing::new()];
     let mut send_headers = MultiHeaders::<SockaddrIn>::preallocate(GENERATOR_BATCH, None);
     let mut receive_headers = MultiHeaders::<SockaddrIn>::preallocate(GENERATOR_BATCH, None);
-    let mut buffers = vec![[0u8; 512]; GENERATOR_BATCH];
+    let mut buffers = Box::new([[0u8; RECEIVE_LEN]; GENERATOR_BATCH]);
     let mut next = 0usize;
     let mut next_tick = epoch;
     let mut traffic = Traffic {
@@ -808,7 +813,7 @@ fn generate(
 fn receive(
     phone: &std::net::UdpSocket,
     headers: &mut MultiHeaders<SockaddrIn>,
-    buffers: &mut [[u8; 512]],
+    buffers: &mut [[u8; RECEIVE_LEN]; GENERATOR_BATCH],
     epoch: Instant,
     streams: &mut [Stream],
     traffic: &mut Traffic,
@@ -816,10 +821,8 @@ fn receive(
     loop {
         let mut lengths = [0usize; GENERATOR_BATCH];
         let count = {
-            let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
-                .iter_mut()
-                .map(|buffer| [IoSliceMut::new(buffer)])
-                .collect();
+            // Made per call on the stack: the busy loop polls continuously, so no allocation.
+            let mut slices = buffers.each_mut().map(|buffer| [IoSliceMut::new(buffer)]);
             match recvmmsg(
                 phone.as_raw_fd(),
                 headers,
