@@ -477,6 +477,7 @@ mod tests {
             problem.starts_with("--recordings /dev/null/recordings: not writable"),
             "{problem}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

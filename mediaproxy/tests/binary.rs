@@ -27,6 +27,7 @@ fn unknown_config_key_exits_naming_it() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("media-ipp"), "{stderr}");
     assert!(stderr.contains("bad.toml"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -296,4 +297,5 @@ async fn mpctl_lists_shows_debugs_and_drains_a_running_proxy() {
     assert!(status.contains("node        ctl-test"), "{status}");
     let (ok, status) = mpctl(&grpc, &["undrain"]);
     assert!(ok && status.contains("draining    no"), "{status}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::Scratch;
 use std::time::Duration;
 
 use signaling::cdr::{
@@ -11,22 +11,12 @@ use signaling::cdr::{
     WriterMetrics, WriterOptions,
 };
 
-fn sqlite(name: &str) -> Target {
-    let dir = std::env::temp_dir().join(format!("cdr-store-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+fn sqlite(dir: &Scratch) -> Target {
     Target::Sqlite(dir.join("cdr.db"))
 }
 
 fn postgres(name: &str) -> Target {
     Target::Postgres(common::postgres_database(name))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cdr-spool-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn metrics() -> WriterMetrics {
@@ -200,7 +190,8 @@ fn bool_value(target: &Target, value: bool) -> Value {
 }
 
 fn spool_is_replayed_at_start(target: Target, name: &str) {
-    let spool = scratch(name).join("cdr.spool");
+    let dir = Scratch::new(&format!("cdr-spool-{name}"));
+    let spool = dir.join("cdr.spool");
     let lines: Vec<String> = ["s1", "s2"]
         .iter()
         .enumerate()
@@ -233,7 +224,8 @@ fn spool_is_replayed_at_start(target: Target, name: &str) {
 
 #[test]
 fn sqlite_schema_from_empty() {
-    schema_from_empty(sqlite("empty"));
+    let dir = Scratch::new("cdr-store-empty");
+    schema_from_empty(sqlite(&dir));
 }
 
 #[test]
@@ -243,7 +235,8 @@ fn postgres_schema_from_empty() {
 
 #[test]
 fn sqlite_migrates_from_the_previous_version() {
-    migrates_from_the_previous_version(sqlite("previous"));
+    let dir = Scratch::new("cdr-store-previous");
+    migrates_from_the_previous_version(sqlite(&dir));
 }
 
 #[test]
@@ -253,7 +246,8 @@ fn postgres_migrates_from_the_previous_version() {
 
 #[test]
 fn sqlite_rows_round_trip_and_inserts_are_idempotent() {
-    rows_round_trip_and_inserts_are_idempotent(sqlite("roundtrip"));
+    let dir = Scratch::new("cdr-store-roundtrip");
+    rows_round_trip_and_inserts_are_idempotent(sqlite(&dir));
 }
 
 #[test]
@@ -263,7 +257,8 @@ fn postgres_rows_round_trip_and_inserts_are_idempotent() {
 
 #[test]
 fn sqlite_spool_is_replayed_at_start() {
-    spool_is_replayed_at_start(sqlite("spool"), "sqlite");
+    let dir = Scratch::new("cdr-store-spool");
+    spool_is_replayed_at_start(sqlite(&dir), "sqlite");
 }
 
 #[test]
@@ -276,7 +271,8 @@ fn a_database_outage_queues_cdrs_and_loses_none() {
     let url = common::postgres_database("outage");
     let gate = common::Gate::new(common::postgres_address(&url));
     let target = Target::Postgres(gate.url(&url));
-    let spool = scratch("outage").join("cdr.spool");
+    let dir = Scratch::new("cdr-spool-outage");
+    let spool = dir.join("cdr.spool");
     let metrics = metrics();
     let writer = CdrWriter::start(
         target.clone(),
@@ -354,7 +350,8 @@ fn a_database_outage_queues_cdrs_and_loses_none() {
 fn a_full_queue_overflows_to_the_spool_not_to_nowhere() {
     let url = common::postgres_database("overflow");
     let gate = common::Gate::new(common::postgres_address(&url));
-    let spool = scratch("overflow").join("cdr.spool");
+    let dir = Scratch::new("cdr-spool-overflow");
+    let spool = dir.join("cdr.spool");
     gate.close();
     let metrics = metrics();
     // Unreachable at start: the writer starts anyway and queues.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::Scratch;
 use signaling::cdr::{Store, Target, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_signaling");
@@ -65,15 +66,13 @@ type Rows = Vec<HashMap<String, String>>;
 /// The signaling binary, running.
 struct Service {
     child: Child,
-    dir: PathBuf,
+    dir: Scratch,
     cdr: Target,
 }
 
 impl Service {
     fn start(name: &str, ports: &Ports, extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!("sig-e2e-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = Scratch::new(&format!("sig-e2e-{name}"));
         let log = std::fs::File::create(dir.join("signaling.log")).unwrap();
         let mut command = Command::new(BIN);
         if !extra.contains(&"--sip") {
@@ -167,10 +166,11 @@ impl Service {
 
     /// Like [`Service::stop`], also returning the whole log (written until the exit: media
     /// releases happen asynchronously after the last SIP message).
-    fn stop_with_log(self) -> (Vec<HashMap<String, String>>, String) {
-        let path = self.dir.join("signaling.log");
-        let rows = self.stop();
-        (rows, std::fs::read_to_string(path).unwrap_or_default())
+    fn stop_with_log(mut self) -> (Vec<HashMap<String, String>>, String) {
+        self.terminate();
+        self.wait_exit();
+        // Read before `self` (and its scratch directory) goes.
+        (self.table("cdr"), self.log())
     }
 
     /// SIGTERM, wait for the exit; the `cdr` rows, the `cdr_media` rows and the whole log.
@@ -351,11 +351,12 @@ fn call_between(
     expect_success(callee, "UAS", service);
 }
 
-/// Paths for the SIPp message traces (`-trace_msg -message_file`) of one test's UAS and UAC.
-fn traces(name: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("sig-e2e-{name}-traces-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    (dir.join("uas.msg"), dir.join("uac.msg"))
+/// A directory and paths in it for the SIPp message traces (`-trace_msg -message_file`) of one
+/// test's UAS and UAC.
+fn traces(name: &str) -> (Scratch, PathBuf, PathBuf) {
+    let dir = Scratch::new(&format!("sig-e2e-{name}-traces"));
+    let (uas, uac) = (dir.join("uas.msg"), dir.join("uac.msg"));
+    (dir, uas, uac)
 }
 
 fn number(row: &HashMap<String, String>, column: &str) -> i64 {
@@ -535,8 +536,7 @@ fn cancel_before_answer_cancels_both_legs() {
 #[test]
 fn register_with_digest_then_call() {
     let ports = ports(4);
-    let dir = std::env::temp_dir().join(format!("sig-e2e-users-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("sig-e2e-users");
     let users = dir.join("users.toml");
     std::fs::write(
         &users,
@@ -679,7 +679,7 @@ fn sdp_ports(trace: &str) -> Vec<u16> {
 fn hold_and_resume_keep_the_same_relay_ports() {
     let ports = ports(7);
     let service = Service::start("hold", &ports, &["--trusted", "127.0.0.0/8"]);
-    let (uas_trace, uac_trace) = traces("hold");
+    let (_traces, uas_trace, uac_trace) = traces("hold");
     call_between(
         &ports,
         &service,
@@ -787,27 +787,53 @@ fn a_callee_that_never_answers_times_out_as_no_answer() {
 }
 
 /// Starts the `mediaproxy` binary on a gRPC port; returns it and its URL once it listens.
-fn start_mediaproxy(grpc_port: u16, relay: &str, node_id: &str) -> (Child, String) {
+fn start_mediaproxy(grpc_port: u16, relay: &str, node_id: &str) -> (MediaProxy, String) {
     let binary = PathBuf::from(BIN).with_file_name("mediaproxy");
     assert!(
         binary.exists(),
         "{} is built by the workspace test command",
         binary.display()
     );
-    let proxy = Command::new(&binary)
-        .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
-        .args(["--metrics", "127.0.0.1:0", "--ports", relay])
-        .args(["--node-id", node_id, "--log", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut proxy = MediaProxy(
+        Command::new(&binary)
+            .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--metrics", "127.0.0.1:0", "--ports", relay])
+            .args(["--node-id", node_id, "--log", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
         assert!(Instant::now() < deadline, "mediaproxy did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A listener that is not ours (a stray proxy on the port) would make the test judge the
+    // wrong process: ours must still be running once the port answers.
+    assert!(
+        proxy.0.try_wait().unwrap().is_none(),
+        "mediaproxy exited at start (is 127.0.0.1:{grpc_port} taken?)"
+    );
     (proxy, format!("http://127.0.0.1:{grpc_port}"))
+}
+
+/// A separately started mediaproxy, killed when dropped so a failed test cannot leave it
+/// holding its ports for the next run.
+struct MediaProxy(Child);
+
+impl MediaProxy {
+    /// Kills it now (a proxy host that dies).
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for MediaProxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 #[test]
@@ -829,8 +855,7 @@ fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
         &[],
     );
     let rows = service.stop();
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+    proxy.kill();
     let cdr = &rows[0];
     assert_eq!(cdr["media_node"], "media-7");
     assert_eq!(cdr["media_verdict"], "ok");
@@ -985,9 +1010,7 @@ fn an_ipv6_call_is_routed_with_its_sdp_rewritten_to_the_ipv6_relay() {
             "::1",
         ],
     );
-    let dir = std::env::temp_dir().join(format!("sig-e2e-ipv6-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let trace = dir.join("uas.msg");
+    let (_traces, trace, _) = traces("ipv6");
     let uas_args = strings(&[
         "-sf",
         "uas_busy.xml",
@@ -1037,7 +1060,7 @@ fn an_ipv6_call_is_routed_with_its_sdp_rewritten_to_the_ipv6_relay() {
 fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
     let ports = ports(15);
     let service = Service::start("late-offer", &ports, &["--trusted", "127.0.0.0/8"]);
-    let (uas_trace, uac_trace) = traces("late-offer");
+    let (_traces, uas_trace, uac_trace) = traces("late-offer");
     call_between(
         &ports,
         &service,
@@ -1067,7 +1090,7 @@ fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
 fn record_route_is_echoed_and_route_sets_are_followed_on_both_legs() {
     let ports = ports(16);
     let service = Service::start("record-route", &ports, &["--trusted", "127.0.0.0/8"]);
-    let (uas_trace, uac_trace) = traces("record-route");
+    let (_traces, uas_trace, uac_trace) = traces("record-route");
     call_between(
         &ports,
         &service,
@@ -1529,8 +1552,7 @@ fn a_media_proxy_lost_mid_call_still_gives_an_explained_cdr() {
     let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
     // Media flows for a while, then the proxy host dies.
     std::thread::sleep(Duration::from_millis(2500));
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+    proxy.kill();
     expect_success(caller, "UAC", &service);
     expect_success(callee, "UAS", &service);
     let rows = service.stop();
