@@ -794,3 +794,150 @@ async fn reflection_lists_the_services() {
     );
     proxy.shutdown().await;
 }
+
+/// Every media line of a call is its own relay: three lines per leg (audio, video, audio),
+/// RTP and RTCP on each, each line's packets reach only the same line of the other leg, out
+/// of that line's own ports, and each line counts only its own.
+#[tokio::test]
+async fn each_media_line_relays_to_the_same_line_of_the_other_leg() {
+    const LINES: usize = 3;
+    let mut proxy = TestProxy::start("21760-21779", MediaOptions::default()).await;
+    let kinds = vec![
+        pb::MediaKind::Audio as i32,
+        pb::MediaKind::Video as i32,
+        pb::MediaKind::Audio as i32,
+    ];
+    let mut allocations = Vec::new();
+    let mut phones = Vec::new();
+    for leg in [CALLER, CALLEE] {
+        let allocation = proxy
+            .client
+            .allocate(pb::AllocateRequest {
+                call_id: "call-lines".into(),
+                leg: leg as i32,
+                owner: "owner-1".into(),
+                media: kinds.clone(),
+                lease_timeout_ms: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(allocation.media.len(), LINES);
+        // One phone per line and component: [line] -> (rtp, rtcp).
+        let mut leg_phones = Vec::new();
+        for _ in 0..LINES {
+            leg_phones.push((Phone::new().await, Phone::new().await));
+        }
+        let media = leg_phones
+            .iter()
+            .enumerate()
+            .map(|(index, (rtp, rtcp))| pb::RemoteMedia {
+                index: index as u32,
+                address: rtp.addr().ip().to_string(),
+                rtp_port: u32::from(rtp.addr().port()),
+                rtcp_port: u32::from(rtcp.addr().port()),
+                codecs: vec![pb::Codec {
+                    payload_type: 0,
+                    encoding: "PCMU".into(),
+                    clock_rate: 8000,
+                    channels: 1,
+                }],
+                direction: pb::Direction::Sendrecv as i32,
+            })
+            .collect();
+        proxy
+            .client
+            .update(pb::UpdateRequest {
+                call_id: "call-lines".into(),
+                leg: leg as i32,
+                media,
+            })
+            .await
+            .unwrap();
+        allocations.push(allocation);
+        phones.push(leg_phones);
+    }
+    let port = |leg: usize, line: usize, rtcp: bool| {
+        let media = &allocations[leg].media[line];
+        let port = if rtcp {
+            media.rtcp_port
+        } else {
+            media.rtp_port
+        };
+        std::net::SocketAddr::new(
+            allocations[leg].advertised_address.parse().unwrap(),
+            port as u16,
+        )
+    };
+    let receiver_report = [
+        0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0,
+    ];
+    // Line i: the caller sends 5 + i RTP packets with SSRC 0x100 + i and one RTCP report; the
+    // callee answers 2 RTP packets with SSRC 0x200 + i.
+    for (line, ((rtp, rtcp), (callee_rtp, _))) in phones[0].iter().zip(&phones[1]).enumerate() {
+        for seq in 0..(5 + line as u16) {
+            rtp.send(port(0, line, false), &g711(seq, 0x100 + line as u32))
+                .await;
+        }
+        rtcp.send(port(0, line, true), &receiver_report).await;
+        for seq in 0..2 {
+            callee_rtp
+                .send(port(1, line, false), &g711(seq, 0x200 + line as u32))
+                .await;
+        }
+    }
+    for (line, ((caller_rtp, caller_rtcp), (callee_rtp, callee_rtcp))) in
+        phones[0].iter().zip(&phones[1]).enumerate()
+    {
+        let got = callee_rtp.receive(5 + line, WAIT).await;
+        assert_eq!(got.len(), 5 + line, "line {line}");
+        for (packet, from) in &got {
+            assert_eq!(
+                *from,
+                port(1, line, false),
+                "line {line} leaves by its own port"
+            );
+            assert_eq!(
+                packet[8..12],
+                (0x100 + line as u32).to_be_bytes(),
+                "line {line}"
+            );
+        }
+        let reports = callee_rtcp.receive(1, WAIT).await;
+        assert_eq!(reports.len(), 1, "line {line}");
+        assert_eq!(reports[0].1, port(1, line, true));
+        let back = caller_rtp.receive(2, WAIT).await;
+        assert_eq!(back.len(), 2, "line {line}");
+        assert!(
+            back.iter()
+                .all(|(packet, from)| *from == port(0, line, false)
+                    && packet[8..12] == (0x200 + line as u32).to_be_bytes())
+        );
+        caller_rtcp.expect_silence(Duration::from_millis(50)).await;
+    }
+    for (callee_rtp, _) in &phones[1] {
+        callee_rtp.expect_silence(Duration::from_millis(50)).await;
+    }
+    let stats = proxy.stats("call-lines").await;
+    let leg = |leg: pb::Leg| {
+        &stats
+            .legs
+            .iter()
+            .find(|l| l.leg == leg as i32)
+            .expect("leg present")
+            .media
+    };
+    for line in 0..LINES {
+        let caller = &leg(CALLER)[line];
+        let callee = &leg(CALLEE)[line];
+        assert_eq!(caller.rtp_received.unwrap().packets, 5 + line as u64);
+        assert_eq!(caller.rtcp_received.unwrap().packets, 1);
+        assert_eq!(caller.rtp_sent.unwrap().packets, 2);
+        assert_eq!(callee.rtp_sent.unwrap().packets, 5 + line as u64);
+        assert_eq!(callee.rtcp_sent.unwrap().packets, 1);
+        assert_eq!(callee.rtp_received.unwrap().packets, 2);
+        assert_eq!(caller.quality.unwrap().ssrc, 0x100 + line as u32);
+    }
+    proxy.shutdown().await;
+}

@@ -290,6 +290,8 @@ struct LocalCounters {
     dropped: [u64; DropReason::ALL.len()],
 }
 
+/// One call on a worker. A media line's four sockets are adjacent in `sockets` (see
+/// [`SocketRef::index`]).
 struct Slot {
     session: Session,
     sockets: [Option<UdpSocket>; SOCKETS_PER_SESSION],
