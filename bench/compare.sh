@@ -6,6 +6,11 @@
 #
 #   bench/compare.sh                          # 100,500,1000,2000 calls, 10 s per point
 #   CALLS=100,1000,2000 SECONDS_PER_POINT=20 WORKERS=1 bench/compare.sh
+#   TARGETS=ours,rtpengine,bare ROUNDS=5 bench/compare.sh   # each point 5 times, medians
+#
+# One run of one point swings by 15 % or more on a shared machine; with ROUNDS > 1 every
+# point is measured that many times (targets in a rotated order) and a summary per call
+# count gives each relay's median and its median paired ratio to rtpengine.
 #
 # rtpengine comes from Debian (`apt-get install rtpengine-daemon`, done here when missing);
 # the benchmark starts and stops every relay itself, by PID.
@@ -14,7 +19,10 @@ cd "$(dirname "$0")/.."
 CALLS=${CALLS:-100,500,1000,2000}
 SECONDS_PER_POINT=${SECONDS_PER_POINT:-10}
 WORKERS=${WORKERS:-1}
+ROUNDS=${ROUNDS:-1}
+TARGETS=${TARGETS:-ours,rtpengine,bare,bare-uring}
 if ! command -v rtpengine >/dev/null; then
+  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rtpengine-daemon >/dev/null
 fi
 command -v taskset >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux >/dev/null
@@ -23,5 +31,5 @@ systemctl stop rtpengine-daemon 2>/dev/null || true
 cargo build --release -q -p mediaproxy -p bench
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
 echo "rtpengine: $(rtpengine --version 2>&1 | head -n 1)"
-./target/release/bench --targets ours,rtpengine,bare,bare-uring --calls "$CALLS" \
-  --seconds "$SECONDS_PER_POINT" --workers "$WORKERS"
+./target/release/bench --targets "$TARGETS" --calls "$CALLS" \
+  --seconds "$SECONDS_PER_POINT" --workers "$WORKERS" --rounds "$ROUNDS"

@@ -50,6 +50,8 @@ enum Target {
     Bare,
     /// The same bare forwarder on io_uring instead of epoll + recvfrom/sendto.
     BareUring,
+    /// A second mediaproxy build (`--baseline PATH`), to compare two builds of ours.
+    Baseline,
 }
 
 impl Target {
@@ -59,6 +61,7 @@ impl Target {
             Self::Rtpengine => "rtpengine",
             Self::Bare => "bare",
             Self::BareUring => "bare-uring",
+            Self::Baseline => "baseline",
         }
     }
 }
@@ -108,6 +111,14 @@ struct Args {
     /// The generator sends what is due every this many microseconds, in batches.
     #[arg(long, default_value_t = 100)]
     tick_us: u64,
+    /// Measure every point this many times, the targets in a rotated order each round, and
+    /// print the median of each with its paired ratio to the reference relay (the machine's
+    /// other tenants make single runs swing by 15 % or more).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// The mediaproxy binary measured as target `baseline`.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 const PACKET_LEN: usize = 172;
@@ -180,36 +191,113 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let baseline = match (&args.baseline, args.targets.contains(&Target::Baseline)) {
+        (Some(path), _) => path.clone(),
+        (None, true) => bail!("target baseline needs --baseline PATH (a mediaproxy binary)"),
+        (None, false) => binary.clone(),
+    };
+    let rounds = args.rounds.max(1);
     for &calls in &args.calls {
-        for &target in &args.targets {
-            let row = runtime.block_on(run_point(&args, target, &binary, calls, clock_ticks))?;
-            println!(
-                "{:<9} {:>6} {:>9.0} {:>9.0} {:>8.3} {:>5} {:>8} {:>8} {:>9} {:>7.1} {:>12.0} {:>9.2} {:>6.1} {:>7.2}ms {:>6}us",
-                target.name(),
-                calls,
-                row.offered_pps,
-                row.relayed_pps,
-                row.loss_percent,
-                row.duplicates,
-                row.p50_us,
-                row.p99_us,
-                row.p999_us,
-                row.proxy_cpu_percent,
-                row.packets_per_cpu_second,
-                row.rss_kib_per_call,
-                row.idle_cpu_percent,
-                row.setup_p99_ms,
-                row.lag99_us,
-            );
-            if row.offered_pps < 0.99 * row.intended_pps {
-                println!(
-                    "          ^ the generator offered under 99 % of {:.0} packets/s: this row measures the generator, not the relay",
-                    row.intended_pps
-                );
+        let mut rows: Vec<Vec<Row>> = args.targets.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            for turn in 0..args.targets.len() {
+                // Rotated each round, so no relay always runs right after the same other one.
+                let slot = (turn + round) % args.targets.len();
+                let target = args.targets[slot];
+                let program = if target == Target::Baseline {
+                    &baseline
+                } else {
+                    &binary
+                };
+                let row =
+                    runtime.block_on(run_point(&args, target, program, calls, clock_ticks))?;
+                print_row(target, calls, &row);
+                rows[slot].push(row);
             }
+        }
+        if rounds > 1 {
+            print_summary(&args.targets, calls, &rows);
         }
     }
     Ok(())
+}
+
+fn print_row(target: Target, calls: usize, row: &Row) {
+    println!(
+        "{:<9} {:>6} {:>9.0} {:>9.0} {:>8.3} {:>5} {:>8} {:>8} {:>9} {:>7.1} {:>12.0} {:>9.2} {:>6.1} {:>7.2}ms {:>6}us",
+        target.name(),
+        calls,
+        row.offered_pps,
+        row.relayed_pps,
+        row.loss_percent,
+        row.duplicates,
+        row.p50_us,
+        row.p99_us,
+        row.p999_us,
+        row.proxy_cpu_percent,
+        row.packets_per_cpu_second,
+        row.rss_kib_per_call,
+        row.idle_cpu_percent,
+        row.setup_p99_ms,
+        row.lag99_us,
+    );
+    if row.offered_pps < 0.99 * row.intended_pps {
+        println!(
+            "          ^ the generator offered under 99 % of {:.0} packets/s: this row measures the generator, not the relay",
+            row.intended_pps
+        );
+    }
+}
+
+/// The median of a few figures (the upper one of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// After several rounds of one call count: each target's median efficiency with its range,
+/// and its ratio to the reference relay (rtpengine when measured, else the last target)
+/// taken round by round, so that both relays of a ratio ran minutes apart at most.
+fn print_summary(targets: &[Target], calls: usize, rows: &[Vec<Row>]) {
+    let reference = targets
+        .iter()
+        .position(|&t| t == Target::Rtpengine)
+        .unwrap_or(targets.len() - 1);
+    println!(
+        "summary   {calls} calls, {} rounds: median pkt/cpu-s (min-max), worst loss%, ratio to {} per round: median (min-max)",
+        rows[0].len(),
+        targets[reference].name()
+    );
+    for (index, target) in targets.iter().enumerate() {
+        let efficiency: Vec<f64> = rows[index]
+            .iter()
+            .map(|r| r.packets_per_cpu_second)
+            .collect();
+        let lowest = efficiency.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = efficiency.iter().copied().fold(0.0, f64::max);
+        let loss = rows[index]
+            .iter()
+            .map(|r| r.loss_percent)
+            .fold(0.0, f64::max);
+        let ratios: Vec<f64> = rows[index]
+            .iter()
+            .zip(&rows[reference])
+            .map(|(row, reference)| row.packets_per_cpu_second / reference.packets_per_cpu_second)
+            .collect();
+        let ratio_low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+        let ratio_high = ratios.iter().copied().fold(0.0, f64::max);
+        println!(
+            "  {:<10} {:>9.0} ({:.0}-{:.0})  loss {:.3}  x{:.2} ({:.2}-{:.2})",
+            target.name(),
+            median(efficiency),
+            lowest,
+            highest,
+            loss,
+            median(ratios),
+            ratio_low,
+            ratio_high
+        );
+    }
 }
 
 struct Row {
@@ -333,7 +421,7 @@ async fn start(
     calls: usize,
 ) -> anyhow::Result<(Proxy, Control)> {
     match target {
-        Target::Ours => {
+        Target::Ours | Target::Baseline => {
             let grpc_port = free_tcp_port()?;
             let metrics_port = free_tcp_port()?;
             let mut command = pinned(args, binary);

@@ -53,3 +53,65 @@ fn every_relay_delivers_every_packet_of_every_stream() {
         assert_eq!((loss, duplicates), (0.0, 0), "{relay}:\n{stdout}");
     }
 }
+
+/// `--rounds` measures every target that many times and prints a summary per call count: the
+/// reference relay (here the last target) has a ratio of exactly 1 to itself, and target
+/// `baseline` runs the binary named by `--baseline` through the same gRPC contract as ours.
+#[test]
+fn rounds_print_a_summary_with_paired_ratios() {
+    let bench = std::path::PathBuf::from(env!("CARGO_BIN_EXE_bench"));
+    let mediaproxy = bench.with_file_name("mediaproxy");
+    let output = Command::new(&bench)
+        .args([
+            "--targets",
+            "ours,baseline",
+            "--calls",
+            "10",
+            "--rounds",
+            "2",
+        ])
+        .arg("--baseline")
+        .arg(&mediaproxy)
+        .args([
+            "--seconds",
+            "1",
+            "--proxy-cpus",
+            "none",
+            "--generator-cpus",
+            "none",
+        ])
+        .args(["--proxy-ports", "23200-23399"])
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let names: Vec<String> = rows(&stdout).into_iter().map(|row| row.0).collect();
+    // Round two starts with the other target.
+    assert_eq!(names, ["ours", "baseline", "baseline", "ours"], "{stdout}");
+    assert!(
+        stdout.contains("summary   10 calls, 2 rounds") && stdout.contains("ratio to baseline"),
+        "{stdout}"
+    );
+    let baseline = stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with("baseline ") && line.contains(" x"))
+        .unwrap_or_else(|| panic!("no summary line for baseline:\n{stdout}"));
+    assert!(baseline.ends_with("x1.00 (1.00-1.00)"), "{baseline}");
+    let ours = stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with("ours ") && line.contains(" x"))
+        .unwrap_or_else(|| panic!("no summary line for ours:\n{stdout}"));
+    assert!(ours.contains("loss 0.000"), "{ours}");
+}
+
+#[test]
+fn target_baseline_without_a_path_is_refused() {
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--targets", "baseline", "--calls", "1", "--seconds", "1"])
+        .output()
+        .expect("run bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--baseline PATH"), "{stderr}");
+}
