@@ -250,9 +250,15 @@ fn print_row(target: Target, calls: usize, row: &Row) {
 }
 
 /// The median of a few figures (the upper one of the middle two for an even count).
+/// The middle value (the mean of the two middle ones for an even count); NaN for none.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[middle],
+        _ => (values[middle - 1] + values[middle]) / 2.0,
+    }
 }
 
 /// After several rounds of one call count: each target's median efficiency with its range,
@@ -264,7 +270,7 @@ fn print_summary(targets: &[Target], calls: usize, rows: &[Vec<Row>]) {
         .position(|&t| t == Target::Rtpengine)
         .unwrap_or(targets.len() - 1);
     println!(
-        "summary   {calls} calls, {} rounds: median pkt/cpu-s (min-max), worst loss%, ratio to {} per round: median (min-max)",
+        "summary   {calls} calls, {} rounds: median pkt/cpu-s (min-max), worst loss%, ratio to {} per round: median (min-max), median p50/p99 us",
         rows[0].len(),
         targets[reference].name()
     );
@@ -286,8 +292,10 @@ fn print_summary(targets: &[Target], calls: usize, rows: &[Vec<Row>]) {
             .collect();
         let ratio_low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
         let ratio_high = ratios.iter().copied().fold(0.0, f64::max);
+        let p50 = median(rows[index].iter().map(|r| r.p50_us as f64).collect());
+        let p99 = median(rows[index].iter().map(|r| r.p99_us as f64).collect());
         println!(
-            "  {:<10} {:>9.0} ({:.0}-{:.0})  loss {:.3}  x{:.2} ({:.2}-{:.2})",
+            "  {:<10} {:>9.0} ({:.0}-{:.0})  loss {:.3}  x{:.2} ({:.2}-{:.2})  p50 {:.0}  p99 {:.0}",
             target.name(),
             median(efficiency),
             lowest,
@@ -295,7 +303,9 @@ fn print_summary(targets: &[Target], calls: usize, rows: &[Vec<Row>]) {
             loss,
             median(ratios),
             ratio_low,
-            ratio_high
+            ratio_high,
+            p50,
+            p99
         );
     }
 }
@@ -960,5 +970,17 @@ fn receive(
         if count < GENERATOR_BATCH {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts_and_of_nothing() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
     }
 }
