@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mediaproxy::config::MediaOptions;
 use proto::v1 as pb;
-use tests::{Phone, TestProxy, eventually, g711, local, media_of, metric_value};
+use tests::{Phone, TestProxy, eventually, g711, local, media_of, metric_value, pcmu_media};
 use tokio_stream::StreamExt;
 
 const WAIT: Duration = Duration::from_millis(500);
@@ -430,17 +430,12 @@ async fn allocate_is_idempotent_and_extends_with_new_media_lines() {
     assert!(retry.existing);
     assert_eq!(first.media, retry.media);
     let video = proxy
-        .client
-        .allocate(pb::AllocateRequest {
-            call_id: "call-idem".into(),
-            leg: CALLER as i32,
-            owner: "owner-1".into(),
-            media: vec![pb::MediaKind::Audio as i32, pb::MediaKind::Video as i32],
-            lease_timeout_ms: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .allocate_kinds(
+            "call-idem",
+            CALLER,
+            &[pb::MediaKind::Audio, pb::MediaKind::Video],
+        )
+        .await;
     assert_eq!(video.media.len(), 2);
     assert_eq!(video.media[0], first.media[0]);
     assert_eq!(video.media[1].kind, pb::MediaKind::Video as i32);
@@ -802,26 +797,15 @@ async fn reflection_lists_the_services() {
 async fn each_media_line_relays_to_the_same_line_of_the_other_leg() {
     const LINES: usize = 3;
     let mut proxy = TestProxy::start("21760-21779", MediaOptions::default()).await;
-    let kinds = vec![
-        pb::MediaKind::Audio as i32,
-        pb::MediaKind::Video as i32,
-        pb::MediaKind::Audio as i32,
+    let kinds = [
+        pb::MediaKind::Audio,
+        pb::MediaKind::Video,
+        pb::MediaKind::Audio,
     ];
     let mut allocations = Vec::new();
     let mut phones = Vec::new();
     for leg in [CALLER, CALLEE] {
-        let allocation = proxy
-            .client
-            .allocate(pb::AllocateRequest {
-                call_id: "call-lines".into(),
-                leg: leg as i32,
-                owner: "owner-1".into(),
-                media: kinds.clone(),
-                lease_timeout_ms: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let allocation = proxy.allocate_kinds("call-lines", leg, &kinds).await;
         assert_eq!(allocation.media.len(), LINES);
         // One phone per line and component: [line] -> (rtp, rtcp).
         let mut leg_phones = Vec::new();
@@ -831,19 +815,7 @@ async fn each_media_line_relays_to_the_same_line_of_the_other_leg() {
         let media = leg_phones
             .iter()
             .enumerate()
-            .map(|(index, (rtp, rtcp))| pb::RemoteMedia {
-                index: index as u32,
-                address: rtp.addr().ip().to_string(),
-                rtp_port: u32::from(rtp.addr().port()),
-                rtcp_port: u32::from(rtcp.addr().port()),
-                codecs: vec![pb::Codec {
-                    payload_type: 0,
-                    encoding: "PCMU".into(),
-                    clock_rate: 8000,
-                    channels: 1,
-                }],
-                direction: pb::Direction::Sendrecv as i32,
-            })
+            .map(|(index, (rtp, rtcp))| pcmu_media(index as u32, rtp.addr(), Some(rtcp.addr())))
             .collect();
         proxy
             .client

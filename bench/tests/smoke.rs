@@ -5,6 +5,21 @@
 
 use std::process::Command;
 
+/// Runs `bench ARGS` for one second per point, unpinned (tests share the machine), on the
+/// proxy port range `ports`; returns its stdout, panicking with both outputs if it failed.
+fn run_bench(args: &[&str], ports: &str) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(args)
+        .args(["--seconds", "1", "--proxy-cpus", "none"])
+        .args(["--generator-cpus", "none", "--proxy-ports", ports])
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
 /// One row of the table: (relay, offered packets/s, relayed packets/s, loss %, duplicates).
 fn rows(output: &str) -> Vec<(String, f64, f64, f64, u64)> {
     output
@@ -27,22 +42,10 @@ fn rows(output: &str) -> Vec<(String, f64, f64, f64, u64)> {
 
 #[test]
 fn every_relay_delivers_every_packet_of_every_stream() {
-    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--targets", "ours,bare,bare-uring", "--calls", "20"])
-        .args([
-            "--seconds",
-            "1",
-            "--proxy-cpus",
-            "none",
-            "--generator-cpus",
-            "none",
-        ])
-        .args(["--proxy-ports", "23000-23199"])
-        .output()
-        .expect("run bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let stdout = run_bench(
+        &["--targets", "ours,bare,bare-uring", "--calls", "20"],
+        "23000-23199",
+    );
     let rows = rows(&stdout);
     let names: Vec<&str> = rows.iter().map(|row| row.0.as_str()).collect();
     assert_eq!(names, ["ours", "bare", "bare-uring"], "{stdout}");
@@ -59,33 +62,21 @@ fn every_relay_delivers_every_packet_of_every_stream() {
 /// `baseline` runs the binary named by `--baseline` through the same gRPC contract as ours.
 #[test]
 fn rounds_print_a_summary_with_paired_ratios() {
-    let bench = std::path::PathBuf::from(env!("CARGO_BIN_EXE_bench"));
-    let mediaproxy = bench.with_file_name("mediaproxy");
-    let output = Command::new(&bench)
-        .args([
+    let mediaproxy =
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_bench")).with_file_name("mediaproxy");
+    let stdout = run_bench(
+        &[
             "--targets",
             "ours,baseline",
             "--calls",
             "10",
             "--rounds",
             "2",
-        ])
-        .arg("--baseline")
-        .arg(&mediaproxy)
-        .args([
-            "--seconds",
-            "1",
-            "--proxy-cpus",
-            "none",
-            "--generator-cpus",
-            "none",
-        ])
-        .args(["--proxy-ports", "23200-23399"])
-        .output()
-        .expect("run bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "bench failed:\n{stdout}\n{stderr}");
+            "--baseline",
+            mediaproxy.to_str().unwrap(),
+        ],
+        "23200-23399",
+    );
     let names: Vec<String> = rows(&stdout).into_iter().map(|row| row.0).collect();
     // Round two starts with the other target.
     assert_eq!(names, ["ours", "baseline", "baseline", "ours"], "{stdout}");

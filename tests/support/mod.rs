@@ -94,12 +94,35 @@ impl TestProxy {
         owner: &str,
         media: usize,
     ) -> Result<pb::AllocateResponse, tonic::Status> {
+        let kinds = vec![pb::MediaKind::Audio; media];
+        self.allocate_request(call, leg, owner, &kinds).await
+    }
+
+    /// Allocates a leg (owner `owner-1`) with one media line per kind, in order.
+    pub async fn allocate_kinds(
+        &mut self,
+        call: &str,
+        leg: pb::Leg,
+        kinds: &[pb::MediaKind],
+    ) -> pb::AllocateResponse {
+        self.allocate_request(call, leg, "owner-1", kinds)
+            .await
+            .expect("allocate succeeds")
+    }
+
+    async fn allocate_request(
+        &mut self,
+        call: &str,
+        leg: pb::Leg,
+        owner: &str,
+        kinds: &[pb::MediaKind],
+    ) -> Result<pb::AllocateResponse, tonic::Status> {
         self.client
             .allocate(pb::AllocateRequest {
                 call_id: call.into(),
                 leg: leg as i32,
                 owner: owner.into(),
-                media: vec![pb::MediaKind::Audio as i32; media],
+                media: kinds.iter().map(|&kind| kind as i32).collect(),
                 lease_timeout_ms: 0,
             })
             .await
@@ -118,19 +141,7 @@ impl TestProxy {
             .update(pb::UpdateRequest {
                 call_id: call.into(),
                 leg: leg as i32,
-                media: vec![pb::RemoteMedia {
-                    index: 0,
-                    address: rtp.ip().to_string(),
-                    rtp_port: u32::from(rtp.port()),
-                    rtcp_port: rtcp.map_or(0, |a| u32::from(a.port())),
-                    codecs: vec![pb::Codec {
-                        payload_type: 0,
-                        encoding: "PCMU".into(),
-                        clock_rate: 8000,
-                        channels: 1,
-                    }],
-                    direction: pb::Direction::Sendrecv as i32,
-                }],
+                media: vec![pcmu_media(0, rtp, rtcp)],
             })
             .await
             .expect("update succeeds");
@@ -191,6 +202,24 @@ impl Drop for TestProxy {
 }
 
 /// Finds a sample in Prometheus text: the line of `name` whose labels include all `labels`.
+/// A phone's media line `index` in an `Update`: PCMU, send and receive, RTP at `rtp`, RTCP at
+/// `rtcp` (none: RTP port + 1).
+pub fn pcmu_media(index: u32, rtp: SocketAddr, rtcp: Option<SocketAddr>) -> pb::RemoteMedia {
+    pb::RemoteMedia {
+        index,
+        address: rtp.ip().to_string(),
+        rtp_port: u32::from(rtp.port()),
+        rtcp_port: rtcp.map_or(0, |a| u32::from(a.port())),
+        codecs: vec![pb::Codec {
+            payload_type: 0,
+            encoding: "PCMU".into(),
+            clock_rate: 8000,
+            channels: 1,
+        }],
+        direction: pb::Direction::Sendrecv as i32,
+    }
+}
+
 pub fn metric_value(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     body.lines()
         .filter(|line| !line.starts_with('#'))
