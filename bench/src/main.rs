@@ -35,6 +35,7 @@ use nix::sys::socket::{
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
 
+mod churn;
 mod forward;
 mod forward_uring;
 mod ng;
@@ -119,6 +120,12 @@ struct Args {
     /// The mediaproxy binary measured as target `baseline`.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Further calls per second set up and released (each lives one second) over the relay's
+    /// control protocol while the measured calls carry traffic: does call setup disturb live
+    /// media? Adds the churned calls, their setup p99 and failures to each row. Ours,
+    /// baseline and rtpengine only (the bare forwarders have a fixed port map).
+    #[arg(long, default_value_t = 0)]
+    churn: u32,
 }
 
 const PACKET_LEN: usize = 172;
@@ -170,7 +177,7 @@ fn main() -> anyhow::Result<()> {
         "relay benchmark: {} workers (ours and rtpengine), {} pps per stream, {} B packets, {} s per point, proxy on CPU {}, generator on CPU {}",
         args.workers, args.pps, PACKET_LEN, args.seconds, args.proxy_cpus, args.generator_cpus
     );
-    println!(
+    let mut header = format!(
         "{:<9} {:>6} {:>9} {:>9} {:>8} {:>5} {:>8} {:>8} {:>9} {:>7} {:>12} {:>9} {:>6} {:>9} {:>8}",
         "relay",
         "calls",
@@ -188,6 +195,14 @@ fn main() -> anyhow::Result<()> {
         "setup99",
         "lag99"
     );
+    if args.churn > 0 {
+        println!(
+            "churn: {} further calls per second set up and released during each point (churned calls, churn99 = their setup p99, cfail = failed setups and releases)",
+            args.churn
+        );
+        header += &format!(" {:>8} {:>9} {:>5}", "churned", "churn99", "cfail");
+    }
+    println!("{header}");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -196,6 +211,17 @@ fn main() -> anyhow::Result<()> {
         (None, true) => bail!("target baseline needs --baseline PATH (a mediaproxy binary)"),
         (None, false) => binary.clone(),
     };
+    if args.churn > 0
+        && let Some(bare) = args
+            .targets
+            .iter()
+            .find(|t| matches!(t, Target::Bare | Target::BareUring))
+    {
+        bail!(
+            "--churn needs a relay with a control protocol (ours, baseline, rtpengine), not {}",
+            bare.name()
+        );
+    }
     let rounds = args.rounds.max(1);
     for &calls in &args.calls {
         let mut rows: Vec<Vec<Row>> = args.targets.iter().map(|_| Vec::new()).collect();
@@ -223,7 +249,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn print_row(target: Target, calls: usize, row: &Row) {
-    println!(
+    let mut line = format!(
         "{:<9} {:>6} {:>9.0} {:>9.0} {:>8.3} {:>5} {:>8} {:>8} {:>9} {:>7.1} {:>12.0} {:>9.2} {:>6.1} {:>7.2}ms {:>6}us",
         target.name(),
         calls,
@@ -241,6 +267,13 @@ fn print_row(target: Target, calls: usize, row: &Row) {
         row.setup_p99_ms,
         row.lag99_us,
     );
+    if let Some(churn) = &row.churn {
+        line += &format!(
+            " {:>8} {:>7.2}ms {:>5}",
+            churn.calls, churn.setup_p99_ms, churn.failures
+        );
+    }
+    println!("{line}");
     if row.offered_pps < 0.99 * row.intended_pps {
         println!(
             "          ^ the generator offered under 99 % of {:.0} packets/s: this row measures the generator, not the relay",
@@ -249,7 +282,6 @@ fn print_row(target: Target, calls: usize, row: &Row) {
     }
 }
 
-/// The median of a few figures (the upper one of the middle two for an even count).
 /// The middle value (the mean of the two middle ones for an even count); NaN for none.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -327,6 +359,8 @@ struct Row {
     /// 99th percentile of how late the generator sent against its schedule.
     lag99_us: u64,
     intended_pps: f64,
+    /// With `--churn`: what the churn did.
+    churn: Option<ChurnRow>,
 }
 
 struct Proxy(Child);
@@ -405,8 +439,10 @@ struct Stream {
 
 /// How the benchmark sets calls up on the relay under test.
 enum Control {
-    Grpc(MediaProxyClient<tonic::transport::Channel>),
-    Ng(ng::NgClient),
+    /// Our gRPC contract, with the URL it was reached at.
+    Grpc(MediaProxyClient<tonic::transport::Channel>, String),
+    /// rtpengine's ng protocol, with the address of its ng port.
+    Ng(ng::NgClient, String),
     Bare(
         std::process::ChildStdin,
         std::io::BufReader<std::process::ChildStdout>,
@@ -453,10 +489,9 @@ async fn start(
                 .stderr(Stdio::inherit());
             let proxy = Proxy(command.spawn().context("start mediaproxy")?);
             for _ in 0..100 {
-                if let Ok(c) =
-                    MediaProxyClient::connect(format!("http://127.0.0.1:{grpc_port}")).await
-                {
-                    return Ok((proxy, Control::Grpc(c)));
+                let url = format!("http://127.0.0.1:{grpc_port}");
+                if let Ok(c) = MediaProxyClient::connect(url.clone()).await {
+                    return Ok((proxy, Control::Grpc(c, url)));
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -484,9 +519,10 @@ async fn start(
             let proxy = Proxy(command.spawn().context(
                 "start rtpengine (apt-get install rtpengine-daemon, or pass --rtpengine PATH)",
             )?);
-            let mut client = ng::NgClient::connect(&format!("127.0.0.1:{ng_port}"))?;
+            let address = format!("127.0.0.1:{ng_port}");
+            let mut client = ng::NgClient::connect(&address)?;
             client.wait_ready(50)?;
-            Ok((proxy, Control::Ng(client)))
+            Ok((proxy, Control::Ng(client, address)))
         }
         Target::Bare | Target::BareUring => {
             let me = std::env::current_exe()?;
@@ -519,77 +555,18 @@ async fn allocate(
     let mut setup = Vec::with_capacity(calls);
     let relay = |port: u16| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     match control {
-        Control::Grpc(client) => {
+        Control::Grpc(client, _) => {
             for call in 0..calls {
-                let call_id = format!("bench-{call}");
                 let began = Instant::now();
-                let mut to = [relay(0); 2];
-                for (side, leg) in [pb::Leg::Caller, pb::Leg::Callee].into_iter().enumerate() {
-                    let allocation = client
-                        .allocate(pb::AllocateRequest {
-                            call_id: call_id.clone(),
-                            leg: leg as i32,
-                            owner: "bench".into(),
-                            media: vec![pb::MediaKind::Audio as i32],
-                            lease_timeout_ms: 0,
-                        })
-                        .await?
-                        .into_inner();
-                    to[side] = SocketAddrV4::new(
-                        allocation.advertised_address.parse()?,
-                        allocation.media[0].rtp_port as u16,
-                    );
-                    client
-                        .update(pb::UpdateRequest {
-                            call_id: call_id.clone(),
-                            leg: leg as i32,
-                            media: vec![pb::RemoteMedia {
-                                index: 0,
-                                address: "127.0.0.1".into(),
-                                rtp_port: u32::from(phones[side]),
-                                rtcp_port: 0,
-                                codecs: vec![pb::Codec {
-                                    payload_type: 0,
-                                    encoding: "PCMU".into(),
-                                    clock_rate: 8000,
-                                    channels: 1,
-                                }],
-                                direction: pb::Direction::Sendrecv as i32,
-                            }],
-                        })
-                        .await?;
-                }
+                out.push(grpc_call(client, &format!("bench-{call}"), phones).await?);
                 setup.push(began.elapsed());
-                out.push(to);
             }
         }
-        Control::Ng(client) => {
+        Control::Ng(client, _) => {
             for call in 0..calls {
-                let call_id = format!("bench-{call}");
                 let began = Instant::now();
-                let offered = client.request(&[
-                    ("command", "offer"),
-                    ("call-id", &call_id),
-                    ("from-tag", "caller"),
-                    ("sdp", &ng::sdp(phones[0])),
-                ])?;
-                let answered = client.request(&[
-                    ("command", "answer"),
-                    ("call-id", &call_id),
-                    ("from-tag", "caller"),
-                    ("to-tag", "callee"),
-                    ("sdp", &ng::sdp(phones[1])),
-                ])?;
+                out.push(ng_call(client, &format!("bench-{call}"), phones)?);
                 setup.push(began.elapsed());
-                let port = |reply: &ng::Bencode| {
-                    reply
-                        .get_text("sdp")
-                        .and_then(|sdp| ng::audio_port(&sdp))
-                        .context("rtpengine's SDP has no audio port")
-                };
-                // The offer's SDP goes to the callee (it sends there); the answer's to the
-                // caller.
-                out.push([relay(port(&answered)?), relay(port(&offered)?)]);
             }
         }
         Control::Bare(stdin, stdout) => {
@@ -619,6 +596,83 @@ async fn allocate(
         }
     }
     Ok((out, setup))
+}
+
+/// Sets up one call through our gRPC contract: both legs allocated and pointed at the phone
+/// ports. Returns the relay address each side sends to (caller side first).
+async fn grpc_call(
+    client: &mut MediaProxyClient<tonic::transport::Channel>,
+    call_id: &str,
+    phones: [u16; 2],
+) -> anyhow::Result<[SocketAddrV4; 2]> {
+    let mut to = [SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0); 2];
+    for (side, leg) in [pb::Leg::Caller, pb::Leg::Callee].into_iter().enumerate() {
+        let allocation = client
+            .allocate(pb::AllocateRequest {
+                call_id: call_id.into(),
+                leg: leg as i32,
+                owner: "bench".into(),
+                media: vec![pb::MediaKind::Audio as i32],
+                lease_timeout_ms: 0,
+            })
+            .await?
+            .into_inner();
+        to[side] = SocketAddrV4::new(
+            allocation.advertised_address.parse()?,
+            allocation.media[0].rtp_port as u16,
+        );
+        client
+            .update(pb::UpdateRequest {
+                call_id: call_id.into(),
+                leg: leg as i32,
+                media: vec![pb::RemoteMedia {
+                    index: 0,
+                    address: "127.0.0.1".into(),
+                    rtp_port: u32::from(phones[side]),
+                    rtcp_port: 0,
+                    codecs: vec![pb::Codec {
+                        payload_type: 0,
+                        encoding: "PCMU".into(),
+                        clock_rate: 8000,
+                        channels: 1,
+                    }],
+                    direction: pb::Direction::Sendrecv as i32,
+                }],
+            })
+            .await?;
+    }
+    Ok(to)
+}
+
+/// Sets up one call through rtpengine's ng protocol (offer, answer). Returns the relay
+/// address each side sends to (caller side first).
+fn ng_call(
+    client: &mut ng::NgClient,
+    call_id: &str,
+    phones: [u16; 2],
+) -> anyhow::Result<[SocketAddrV4; 2]> {
+    let offered = client.request(&[
+        ("command", "offer"),
+        ("call-id", call_id),
+        ("from-tag", "caller"),
+        ("sdp", &ng::sdp(phones[0])),
+    ])?;
+    let answered = client.request(&[
+        ("command", "answer"),
+        ("call-id", call_id),
+        ("from-tag", "caller"),
+        ("to-tag", "callee"),
+        ("sdp", &ng::sdp(phones[1])),
+    ])?;
+    let port = |reply: &ng::Bencode| {
+        reply
+            .get_text("sdp")
+            .and_then(|sdp| ng::audio_port(&sdp))
+            .context("rtpengine's SDP has no audio port")
+    };
+    // The offer's SDP goes to the callee (it sends there); the answer's to the caller.
+    let relay = |port: u16| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    Ok([relay(port(&answered)?), relay(port(&offered)?)])
 }
 
 /// One phone socket of the generator: nonblocking, with buffers big enough for a burst of
@@ -684,7 +738,19 @@ async fn run_point(
     let idle_cpu_percent = 100.0 * (cpu_seconds(&pid, clock_ticks)? - idle_from.1)
         / idle_from.0.elapsed().as_secs_f64();
 
-    let traffic = generate(args, &phones, &mut streams, &pid, clock_ticks)?;
+    let churn = if args.churn > 0 {
+        let endpoint = match &control {
+            Control::Grpc(_, url) => churn::Endpoint::Grpc(url.clone()),
+            Control::Ng(_, address) => churn::Endpoint::Ng(address.clone()),
+            Control::Bare(..) => bail!("--churn needs a relay with a control protocol"),
+        };
+        Some(churn::Churn::start(endpoint, args.churn, phone_ports))
+    } else {
+        None
+    };
+    let traffic = generate(args, &phones, &mut streams, &pid, clock_ticks);
+    let churn = churn.map(churn::Churn::finish).transpose()?;
+    let traffic = traffic?;
     drop(control);
     drop(proxy);
 
@@ -721,7 +787,29 @@ async fn run_point(
         setup_p99_ms: setup_p99.as_secs_f64() * 1000.0,
         lag99_us: percentile(&lags, 0.99),
         intended_pps: (calls * 2) as f64 * f64::from(args.pps),
+        churn: churn.map(|figures| {
+            let mut setups = figures.setups;
+            setups.sort();
+            let p99 = setups
+                .get(((setups.len().max(1) - 1) as f64 * 0.99).round() as usize)
+                .copied()
+                .unwrap_or_default();
+            ChurnRow {
+                calls: setups.len(),
+                setup_p99_ms: p99.as_secs_f64() * 1000.0,
+                failures: figures.failures,
+            }
+        }),
     })
+}
+
+/// What `--churn` did during one point.
+struct ChurnRow {
+    /// Calls set up.
+    calls: usize,
+    setup_p99_ms: f64,
+    /// Setups and releases that failed.
+    failures: u64,
 }
 
 struct Traffic {

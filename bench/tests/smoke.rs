@@ -107,3 +107,46 @@ fn target_baseline_without_a_path_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--baseline PATH"), "{stderr}");
 }
+
+/// `--churn` sets up and releases further calls through the gRPC contract while the measured
+/// calls carry traffic; the measured calls still lose nothing, and the row says how many
+/// calls were churned (about 20 per second over one second of warm-up and one measured) and
+/// that none failed. The port range has room for the churned calls' ports in the proxy's
+/// 2 s quarantine after release.
+#[test]
+fn churned_calls_come_and_go_while_the_measured_calls_relay_everything() {
+    let stdout = run_bench(
+        &["--targets", "ours", "--calls", "10", "--churn", "20"],
+        "23400-23999",
+    );
+    let rows = rows(&stdout);
+    assert_eq!(rows.len(), 1, "{stdout}");
+    let (_, offered, relayed, loss, duplicates) = rows[0].clone();
+    assert!(offered >= 990.0, "{stdout}");
+    assert_eq!((relayed, loss, duplicates), (offered, 0.0, 0), "{stdout}");
+    let row = stdout
+        .lines()
+        .find(|line| line.starts_with("ours "))
+        .expect("row");
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    let (churned, failures): (usize, u64) = (
+        fields[fields.len() - 3].parse().expect("churned"),
+        fields[fields.len() - 1].parse().expect("cfail"),
+    );
+    assert!((30..=50).contains(&churned), "churned {churned}:\n{stdout}");
+    assert_eq!(failures, 0, "{stdout}");
+}
+
+#[test]
+fn churn_is_refused_for_the_bare_forwarder() {
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--targets", "ours,bare", "--churn", "5", "--calls", "1"])
+        .output()
+        .expect("run bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--churn needs a relay with a control protocol") && stderr.contains("bare"),
+        "{stderr}"
+    );
+}
