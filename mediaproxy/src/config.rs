@@ -121,6 +121,11 @@ pub struct MediaOptions {
     /// default (net.core.rmem_default) [default: 0].
     #[arg(long, env = "MEDIAPROXY_SOCKET_BUFFER", value_name = "BYTES")]
     pub socket_buffer: Option<usize>,
+    /// Nice value added to the control threads (gRPC, metrics, and SIP in signaling with an
+    /// embedded proxy) so that a relay worker sharing a core with them runs first when packets
+    /// arrive; relay workers keep the process's priority. 0 = same priority [default: 10].
+    #[arg(long, env = "MEDIAPROXY_CONTROL_NICE", value_name = "0-19")]
+    pub control_nice: Option<u8>,
 }
 
 /// Options of the `mediaproxy` service.
@@ -190,6 +195,8 @@ pub struct MediaConfig {
     pub dscp: u8,
     /// Socket buffer size in bytes (0 = kernel default).
     pub socket_buffer: usize,
+    /// Nice value added to the control threads (0 = none).
+    pub control_nice: u8,
 }
 
 /// The checked configuration of the `mediaproxy` service.
@@ -272,6 +279,7 @@ impl MediaOptions {
             port_quarantine: self.port_quarantine.or(lower.port_quarantine),
             dscp: self.dscp.or(lower.dscp),
             socket_buffer: self.socket_buffer.or(lower.socket_buffer),
+            control_nice: self.control_nice.or(lower.control_nice),
         }
     }
 
@@ -348,6 +356,15 @@ impl MediaOptions {
                 other => return Err(invalid("dscp", format!("{other} is not between 0 and 63"))),
             },
             socket_buffer: self.socket_buffer.unwrap_or(0),
+            control_nice: match self.control_nice.unwrap_or(10) {
+                nice @ 0..=19 => nice,
+                other => {
+                    return Err(invalid(
+                        "control-nice",
+                        format!("{other} is not between 0 and 19"),
+                    ));
+                }
+            },
         })
     }
 }
@@ -461,6 +478,19 @@ mod tests {
         let cli = parse(&["--dscp", "64"]).unwrap();
         let error = Config::resolve(cli.options, Options::default()).unwrap_err();
         assert!(error.to_string().starts_with("--dscp"), "{error}");
+    }
+
+    #[test]
+    fn control_nice_defaults_to_ten_and_is_checked() {
+        let cli = parse(&[]).unwrap();
+        let config = Config::resolve(cli.options, Options::default()).unwrap();
+        assert_eq!(config.media.control_nice, 10);
+        let cli = parse(&["--control-nice", "0"]).unwrap();
+        let config = Config::resolve(cli.options, Options::default()).unwrap();
+        assert_eq!(config.media.control_nice, 0);
+        let cli = parse(&["--control-nice", "20"]).unwrap();
+        let error = Config::resolve(cli.options, Options::default()).unwrap_err();
+        assert!(error.to_string().starts_with("--control-nice"), "{error}");
     }
 
     #[test]

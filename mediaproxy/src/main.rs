@@ -37,6 +37,11 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .on_thread_start({
+            // The relay workers are spawned later from this (main) thread and keep its priority.
+            let nice = config.media.control_nice;
+            move || mediaproxy::relay::lower_control_thread(nice)
+        })
         .enable_all()
         .build()
     {

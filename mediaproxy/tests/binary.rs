@@ -104,6 +104,20 @@ async fn starts_serves_health_and_stops_on_sigterm() {
     let grpc = field(&line, "grpc").to_owned();
     let metrics: std::net::SocketAddr = field(&line, "metrics").parse().unwrap();
 
+    // Control threads yield to the relay workers (--control-nice, default 10).
+    let threads = thread_nices(child.0.id());
+    let nices = |prefix: &str| -> Vec<i64> {
+        threads
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|&(_, nice)| nice)
+            .collect()
+    };
+    let (control, relay) = (nices("tokio-rt"), nices("relay-"));
+    assert!(!control.is_empty() && !relay.is_empty(), "{threads:?}");
+    assert!(control.iter().all(|&n| n == 10), "{threads:?}");
+    assert!(relay.iter().all(|&n| n == 0), "{threads:?}");
+
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
         .unwrap()
         .connect()
@@ -149,6 +163,22 @@ async fn starts_serves_health_and_stops_on_sigterm() {
         assert!(Instant::now() < deadline, "did not stop after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every thread of a process with its nice value, from `/proc/PID/task/*/stat`.
+fn thread_nices(pid: u32) -> Vec<(String, i64)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+            // "tid (name) state ppid ...": the name may hold spaces, so split at the last ')';
+            // nice is the 19th field, the 17th after the name.
+            let (head, rest) = stat.rsplit_once(')').unwrap();
+            let name = head.split_once('(').unwrap().1.to_owned();
+            let nice = rest.split_whitespace().nth(16).unwrap().parse().unwrap();
+            (name, nice)
+        })
+        .collect()
 }
 
 const MPCTL: &str = env!("CARGO_BIN_EXE_mpctl");

@@ -61,7 +61,15 @@ fn main() -> ExitCode {
             tracing::warn!("{problem}");
         }
     }
+    // With an embedded proxy, SIP and the proxy's control share the host with its relay
+    // workers (spawned later from this main thread): the workers come first.
+    let control_nice = if config.mediaproxies.is_empty() {
+        config.media.control_nice
+    } else {
+        0
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .on_thread_start(move || mediaproxy::relay::lower_control_thread(control_nice))
         .enable_all()
         .build()
     {

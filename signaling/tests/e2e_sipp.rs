@@ -120,6 +120,21 @@ impl Service {
         service
     }
 
+    /// Nice values of the service's threads whose name starts with `prefix`.
+    fn nices(&self, prefix: &str) -> Vec<i64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+        tasks
+            .filter_map(|task| {
+                let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+                // "tid (name) state ...": nice is the 17th field after the name.
+                let (head, rest) = stat.rsplit_once(')')?;
+                let name = head.split_once('(')?.1;
+                name.starts_with(prefix)
+                    .then(|| rest.split_whitespace().nth(16)?.parse().ok())?
+            })
+            .collect()
+    }
+
     /// GETs `/metrics` of the running service.
     fn metrics(&self) -> String {
         self.get("/metrics")
@@ -372,6 +387,16 @@ const MIN_PACKETS: i64 = 240;
 fn caller_hangs_up_and_the_cdr_has_real_packet_counts() {
     let ports = ports(0);
     let service = Service::start("caller-bye", &ports, &["--trusted", "127.0.0.0/8"]);
+    // With the embedded proxy, SIP and control threads yield to the relay workers.
+    let (control, relay) = (service.nices("tokio-rt"), service.nices("relay-"));
+    assert!(
+        !control.is_empty() && control.iter().all(|&n| n == 10),
+        "{control:?}"
+    );
+    assert!(
+        !relay.is_empty() && relay.iter().all(|&n| n == 0),
+        "{relay:?}"
+    );
     call_between(
         &ports,
         &service,
@@ -844,6 +869,12 @@ fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
         "separate-proxy",
         &ports,
         &["--trusted", "127.0.0.0/8", "--mediaproxy", &url],
+    );
+    // No relay in this process: nothing to yield to.
+    let control = service.nices("tokio-rt");
+    assert!(
+        !control.is_empty() && control.iter().all(|&n| n == 0),
+        "{control:?}"
     );
     call_between(
         &ports,
