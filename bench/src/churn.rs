@@ -38,6 +38,16 @@ pub(crate) struct Figures {
     pub(crate) setups: Vec<Duration>,
     /// Setups and releases that failed.
     pub(crate) failures: u64,
+    /// What the first failure said.
+    pub(crate) first_error: Option<String>,
+}
+
+impl Figures {
+    fn failed(&mut self, what: &str, call_id: &str, error: &anyhow::Error) {
+        self.failures += 1;
+        self.first_error
+            .get_or_insert_with(|| format!("{what} of {call_id}: {error:#}"));
+    }
 }
 
 /// A running churn thread.
@@ -136,6 +146,7 @@ fn run(
     let mut figures = Figures {
         setups: Vec::new(),
         failures: 0,
+        first_error: None,
     };
     let mut live: VecDeque<(Instant, String)> = VecDeque::new();
     let mut next = Instant::now();
@@ -152,8 +163,8 @@ fn run(
             && now.duration_since(*since) >= LIFETIME
         {
             let (_, call_id) = live.pop_front().expect("front exists");
-            if client.release(&call_id).is_err() {
-                figures.failures += 1;
+            if let Err(error) = client.release(&call_id) {
+                figures.failed("release", &call_id, &error);
             }
         }
         let call_id = format!("churn-{count}");
@@ -164,12 +175,12 @@ fn run(
                 figures.setups.push(began.elapsed());
                 live.push_back((now, call_id));
             }
-            Err(_) => figures.failures += 1,
+            Err(error) => figures.failed("setup", &call_id, &error),
         }
     }
     for (_, call_id) in live {
-        if client.release(&call_id).is_err() {
-            figures.failures += 1;
+        if let Err(error) = client.release(&call_id) {
+            figures.failed("release", &call_id, &error);
         }
     }
     Ok(figures)

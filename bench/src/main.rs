@@ -274,6 +274,9 @@ fn print_row(target: Target, calls: usize, row: &Row) {
         );
     }
     println!("{line}");
+    if let Some(error) = row.churn.as_ref().and_then(|c| c.first_error.as_ref()) {
+        println!("          ^ churn: the first of the failed operations: {error}");
+    }
     if row.offered_pps < 0.99 * row.intended_pps {
         println!(
             "          ^ the generator offered under 99 % of {:.0} packets/s: this row measures the generator, not the relay",
@@ -798,6 +801,7 @@ async fn run_point(
                 calls: setups.len(),
                 setup_p99_ms: p99.as_secs_f64() * 1000.0,
                 failures: figures.failures,
+                first_error: figures.first_error,
             }
         }),
     })
@@ -810,6 +814,7 @@ struct ChurnRow {
     setup_p99_ms: f64,
     /// Setups and releases that failed.
     failures: u64,
+    first_error: Option<String>,
 }
 
 struct Traffic {

@@ -109,6 +109,10 @@ impl Bencode {
 /// A client of one rtpengine's ng port.
 pub(crate) struct NgClient {
     socket: UdpSocket,
+    /// Unique to this client (its local port): rtpengine answers a cookie it has seen before
+    /// from its reply cache (its retransmission handling), so two clients counting from the
+    /// same start would get each other's replies.
+    prefix: String,
     counter: u64,
 }
 
@@ -117,13 +121,18 @@ impl NgClient {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
         socket.connect(address)?;
         socket.set_read_timeout(Some(Duration::from_secs(2)))?;
-        Ok(Self { socket, counter: 0 })
+        let prefix = format!("bench{}-", socket.local_addr()?.port());
+        Ok(Self {
+            socket,
+            prefix,
+            counter: 0,
+        })
     }
 
     /// Sends one command (entries of the dictionary) and returns the reply dictionary.
     pub(crate) fn request(&mut self, entries: &[(&str, &str)]) -> anyhow::Result<Bencode> {
         self.counter += 1;
-        let cookie = format!("bench{}", self.counter);
+        let cookie = format!("{}{}", self.prefix, self.counter);
         let dict = Bencode::Dict(
             entries
                 .iter()
@@ -186,6 +195,37 @@ pub(crate) fn audio_port(sdp: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// rtpengine answers a repeated cookie from its reply cache, so two clients (the calls'
+    /// and the churn's) must never send the same one.
+    #[test]
+    fn two_clients_never_share_a_cookie() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let address = server.local_addr().unwrap().to_string();
+        let recorder = std::thread::spawn(move || {
+            let mut cookies = Vec::new();
+            let mut buffer = [0u8; 2048];
+            for _ in 0..4 {
+                let (len, from) = server.recv_from(&mut buffer).unwrap();
+                let text = String::from_utf8_lossy(&buffer[..len]).into_owned();
+                let cookie = text.split_once(' ').unwrap().0.to_owned();
+                let reply = format!("{cookie} d6:result4:ponge");
+                server.send_to(reply.as_bytes(), from).unwrap();
+                cookies.push(cookie);
+            }
+            cookies
+        });
+        let mut first = NgClient::connect(&address).unwrap();
+        let mut second = NgClient::connect(&address).unwrap();
+        for _ in 0..2 {
+            first.request(&[("command", "ping")]).unwrap();
+            second.request(&[("command", "ping")]).unwrap();
+        }
+        let mut cookies = recorder.join().unwrap();
+        cookies.sort();
+        cookies.dedup();
+        assert_eq!(cookies.len(), 4, "{cookies:?}");
+    }
 
     #[test]
     fn bencode_round_trips() {
