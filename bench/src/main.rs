@@ -285,6 +285,13 @@ fn print_row(target: Target, calls: usize, row: &Row) {
     }
 }
 
+/// The lowest and the highest of positive figures.
+fn span(values: &[f64]) -> (f64, f64) {
+    let lowest = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = values.iter().copied().fold(0.0, f64::max);
+    (lowest, highest)
+}
+
 /// The middle value (the mean of the two middle ones for an even count); NaN for none.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -314,8 +321,7 @@ fn print_summary(targets: &[Target], calls: usize, rows: &[Vec<Row>]) {
             .iter()
             .map(|r| r.packets_per_cpu_second)
             .collect();
-        let lowest = efficiency.iter().copied().fold(f64::INFINITY, f64::min);
-        let highest = efficiency.iter().copied().fold(0.0, f64::max);
+        let (lowest, highest) = span(&efficiency);
         let loss = rows[index]
             .iter()
             .map(|r| r.loss_percent)
@@ -325,8 +331,7 @@ fn print_summary(targets: &[Target], calls: usize, rows: &[Vec<Row>]) {
             .zip(&rows[reference])
             .map(|(row, reference)| row.packets_per_cpu_second / reference.packets_per_cpu_second)
             .collect();
-        let ratio_low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-        let ratio_high = ratios.iter().copied().fold(0.0, f64::max);
+        let (ratio_low, ratio_high) = span(&ratios);
         let p50 = median(rows[index].iter().map(|r| r.p50_us as f64).collect());
         let p99 = median(rows[index].iter().map(|r| r.p99_us as f64).collect());
         println!(
@@ -421,11 +426,15 @@ fn rss_kib(pid: &str) -> anyhow::Result<f64> {
 }
 
 fn percentile(sorted: &[u32], p: f64) -> u64 {
+    u64::from(nearest_rank(sorted, p))
+}
+
+/// The value at fraction `p` of sorted values (nearest rank); the default for none.
+fn nearest_rank<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return 0;
+        return T::default();
     }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    u64::from(sorted[index])
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 struct Stream {
@@ -732,7 +741,7 @@ async fn run_point(
         }
     }
     setup.sort();
-    let setup_p99 = setup[((setup.len() - 1) as f64 * 0.99).round() as usize];
+    let setup_p99 = nearest_rank(&setup, 0.99);
     std::thread::sleep(Duration::from_millis(300));
     let rss_idle = rss_kib(&pid)?;
     // What the calls cost with no traffic at all: timers, statistics, keep-alive work.
@@ -793,10 +802,7 @@ async fn run_point(
         churn: churn.map(|figures| {
             let mut setups = figures.setups;
             setups.sort();
-            let p99 = setups
-                .get(((setups.len().max(1) - 1) as f64 * 0.99).round() as usize)
-                .copied()
-                .unwrap_or_default();
+            let p99 = nearest_rank(&setups, 0.99);
             ChurnRow {
                 calls: setups.len(),
                 setup_p99_ms: p99.as_secs_f64() * 1000.0,

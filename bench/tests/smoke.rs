@@ -20,6 +20,16 @@ fn run_bench(args: &[&str], ports: &str) -> String {
     stdout
 }
 
+/// Runs `bench ARGS`, which must fail; returns its stderr.
+fn bench_refuses(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(args)
+        .output()
+        .expect("run bench");
+    assert!(!output.status.success(), "bench accepted {args:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// One row of the table: (relay, offered packets/s, relayed packets/s, loss %, duplicates).
 fn rows(output: &str) -> Vec<(String, f64, f64, f64, u64)> {
     output
@@ -99,12 +109,7 @@ fn rounds_print_a_summary_with_paired_ratios() {
 
 #[test]
 fn target_baseline_without_a_path_is_refused() {
-    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--targets", "baseline", "--calls", "1", "--seconds", "1"])
-        .output()
-        .expect("run bench");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = bench_refuses(&["--targets", "baseline", "--calls", "1", "--seconds", "1"]);
     assert!(stderr.contains("--baseline PATH"), "{stderr}");
 }
 
@@ -139,12 +144,7 @@ fn churned_calls_come_and_go_while_the_measured_calls_relay_everything() {
 
 #[test]
 fn churn_is_refused_for_the_bare_forwarder() {
-    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["--targets", "ours,bare", "--churn", "5", "--calls", "1"])
-        .output()
-        .expect("run bench");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = bench_refuses(&["--targets", "ours,bare", "--churn", "5", "--calls", "1"]);
     assert!(
         stderr.contains("--churn needs a relay with a control protocol") && stderr.contains("bare"),
         "{stderr}"

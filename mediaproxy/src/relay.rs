@@ -36,20 +36,6 @@ use crate::session::{
 use crate::types::{CallId, DropReason, Leg, MediaKind, Owner, RemoteMedia, WallClock};
 
 const WAKER: Token = Token(usize::MAX);
-/// Lowers the calling thread's priority by `nice` (on Linux the nice value belongs to a
-/// thread, and threads inherit it from their creator). Called at the start of every control
-/// thread (the gRPC and metrics runtime, SIP in signaling) so that a relay worker sharing a
-/// core with them wins it when packets arrive: a call set up on the control path must not
-/// delay the media of live calls. Relay workers must therefore be spawned from a thread that
-/// was not lowered (the main thread). Raising a nice value needs no privilege.
-pub fn lower_control_thread(nice: u8) {
-    if nice > 0
-        && let Err(error) = rustix::process::nice(i32::from(nice))
-    {
-        tracing::warn!(%error, nice, "cannot lower the priority of a control thread");
-    }
-}
-
 /// How often workers run session timers and publish their counters.
 const TICK: Duration = Duration::from_millis(100);
 /// Largest datagram a worker receives (the UDP maximum).
@@ -68,6 +54,20 @@ fn to_std(address: SockaddrStorage) -> Option<SocketAddr> {
 /// Datagrams read from one socket before the worker serves the others: a flooded port
 /// (a stranger, a looping peer) must not starve the rest of the worker's calls.
 const READ_BUDGET: usize = 64;
+
+/// Lowers the calling thread's priority by `nice` (on Linux the nice value belongs to a
+/// thread, and threads inherit it from their creator). Called at the start of every control
+/// thread (the gRPC and metrics runtime, SIP in signaling) so that a relay worker sharing a
+/// core with them wins it when packets arrive: a call set up on the control path must not
+/// delay the media of live calls. Relay workers must therefore be spawned from a thread that
+/// was not lowered (the main thread). Raising a nice value needs no privilege.
+pub fn lower_control_thread(nice: u8) {
+    if nice > 0
+        && let Err(error) = rustix::process::nice(i32::from(nice))
+    {
+        tracing::warn!(%error, nice, "cannot lower the priority of a control thread");
+    }
+}
 
 /// A newly bound media line handed to a worker.
 #[derive(Debug)]
