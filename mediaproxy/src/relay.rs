@@ -1,31 +1,36 @@
 //! The data plane: worker threads that own relay sockets and sessions.
 //!
-//! Each worker is one OS thread running a `mio` poll loop over the sockets of the sessions it
+//! Each worker is one OS thread running an epoll loop over the sockets of the sessions it
 //! owns. A session lives on exactly one worker for its whole life, so the hot path touches
 //! only that worker's memory: no lock, no allocation per packet, no await. The control plane
-//! talks to a worker through a command channel plus a `mio::Waker`; answers come back on
-//! oneshot channels. Workers count relayed and dropped packets locally and add them to the
+//! talks to a worker through a command channel plus an eventfd that wakes it; answers come
+//! back on oneshot channels. Workers count relayed and dropped packets locally and add them to the
 //! Prometheus counters once per tick.
 //!
 //! Datagrams are received in batches with `recvmmsg` (see [`Worker::drain_socket`]); the
 //! verdict per packet is computed by the pure [`Session`] core. Sessions are spread over the
-//! workers by load.
+//! workers by load. The loop's own system calls (epoll, send, eventfd, timerfd) are rustix's
+//! raw calls, not libc's wrappers: in a multi-threaded process glibc makes each of those a
+//! cancellation point, two extra calls per system call, and at low load the worker makes
+//! three system calls per packet (docs/decisions.md).
 
 use std::collections::HashMap;
 use std::io;
 use std::io::IoSliceMut;
-use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token, Waker};
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use rustix::buffer::spare_capacity;
+use rustix::event::epoll;
+use rustix::net::SendFlags;
+use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::metrics::Metrics;
@@ -35,9 +40,14 @@ use crate::session::{
 };
 use crate::types::{CallId, DropReason, Leg, MediaKind, Owner, RemoteMedia, WallClock};
 
-const WAKER: Token = Token(usize::MAX);
+/// Event data of the worker's eventfd (commands are waiting).
+const WAKER: u64 = u64::MAX;
+/// Event data of the worker's timerfd (time for [`Worker::tick`]).
+const TICKER: u64 = u64::MAX - 1;
 /// How often workers run session timers and publish their counters.
 const TICK: Duration = Duration::from_millis(100);
+/// Ready sockets taken per `epoll_wait`.
+const EVENTS: usize = 1024;
 /// Largest datagram a worker receives (the UDP maximum).
 const BUFFER_LEN: usize = 65_536;
 /// Datagrams received per `recvmmsg` call.
@@ -130,7 +140,8 @@ pub struct Shared {
 
 struct WorkerHandle {
     commands: mpsc::Sender<Command>,
-    waker: Arc<Waker>,
+    /// The worker's eventfd: written after every command.
+    waker: Arc<OwnedFd>,
     sessions: Arc<AtomicUsize>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -150,11 +161,11 @@ impl Relay {
     pub fn start(count: usize, shared: &Shared) -> io::Result<Self> {
         let mut workers = Vec::with_capacity(count);
         for index in 0..count.max(1) {
-            let poll = Poll::new()?;
-            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            let io = WorkerIo::new()?;
+            let waker = io.waker.clone();
             let (commands, receiver) = mpsc::channel();
             let sessions = Arc::new(AtomicUsize::new(0));
-            let worker = Worker::new(index, poll, receiver, shared.clone(), sessions.clone());
+            let worker = Worker::new(index, io, receiver, shared.clone(), sessions.clone());
             let thread = thread::Builder::new()
                 .name(format!("relay-{index}"))
                 .spawn(move || worker.run())?;
@@ -183,7 +194,11 @@ impl Relay {
             .commands
             .send(command)
             .map_err(|_| WorkerGone(worker))?;
-        handle.waker.wake().map_err(|_| WorkerGone(worker))
+        // A full counter (EAGAIN) means the worker has a wake-up pending already.
+        match rustix::io::write(&*handle.waker, &1u64.to_ne_bytes()) {
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+            Err(_) => Err(WorkerGone(worker)),
+        }
     }
 
     /// Hands bound sockets for new media lines of a leg to a worker.
@@ -313,9 +328,68 @@ struct Slot {
     debug: bool,
 }
 
+/// A worker's kernel objects: the epoll set of its sockets, the eventfd the control plane
+/// writes after every command, and the timerfd of its tick (a timer in the poll set rather
+/// than a timeout on every wait, which would arm and cancel a kernel timer per packet).
+struct WorkerIo {
+    epoll: OwnedFd,
+    waker: Arc<OwnedFd>,
+    ticker: OwnedFd,
+}
+
+impl WorkerIo {
+    fn new() -> io::Result<Self> {
+        use rustix::event::{EventfdFlags, eventfd};
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let waker = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let ticker = rustix::time::timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
+        )?;
+        let period = Timespec {
+            tv_sec: 0,
+            tv_nsec: i64::from(TICK.subsec_nanos()),
+        };
+        rustix::time::timerfd_settime(
+            &ticker,
+            TimerfdTimerFlags::empty(),
+            &Itimerspec {
+                it_interval: period,
+                it_value: period,
+            },
+        )?;
+        let readable = epoll::EventFlags::IN | epoll::EventFlags::ET;
+        epoll::add(&epoll, &waker, epoll::EventData::new_u64(WAKER), readable)?;
+        epoll::add(&epoll, &ticker, epoll::EventData::new_u64(TICKER), readable)?;
+        Ok(Self {
+            epoll,
+            waker: Arc::new(waker),
+            ticker,
+        })
+    }
+
+    /// Watches a relay socket; closing the socket takes it out of the set.
+    fn watch(&self, socket: &UdpSocket, token: usize) -> io::Result<()> {
+        epoll::add(
+            &self.epoll,
+            socket,
+            epoll::EventData::new_u64(token as u64),
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
+        )?;
+        Ok(())
+    }
+}
+
+/// Empties an eventfd or a timerfd (8 bytes: a counter), so the next write or expiry makes a
+/// new edge.
+fn clear(fd: &OwnedFd) {
+    let mut counter = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut counter);
+}
+
 struct Worker {
     index: usize,
-    poll: Poll,
+    io: WorkerIo,
     commands: mpsc::Receiver<Command>,
     shared: Shared,
     session_count: Arc<AtomicUsize>,
@@ -327,20 +401,20 @@ struct Worker {
     buffers: Box<[[u8; BUFFER_LEN]; BATCH]>,
     /// Sockets that still had datagrams when their read budget ran out (edge-triggered
     /// polling will not report them again), served on the next loop turn.
-    unfinished: Vec<Token>,
+    unfinished: Vec<usize>,
 }
 
 impl Worker {
     fn new(
         index: usize,
-        poll: Poll,
+        io: WorkerIo,
         commands: mpsc::Receiver<Command>,
         shared: Shared,
         session_count: Arc<AtomicUsize>,
     ) -> Self {
         Self {
             index,
-            poll,
+            io,
             commands,
             shared,
             session_count,
@@ -357,41 +431,48 @@ impl Worker {
     }
 
     fn run(mut self) {
-        let mut events = Events::with_capacity(1024);
+        let mut events: Vec<epoll::Event> = Vec::with_capacity(EVENTS);
         // recvmmsg message headers (raw pointers inside, so made on this thread).
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-        let mut next_tick = Instant::now() + TICK;
         let mut revisit = Vec::new();
+        let no_wait = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         loop {
-            let timeout = if self.unfinished.is_empty() {
-                next_tick.saturating_duration_since(Instant::now())
-            } else {
-                Duration::ZERO
-            };
+            // Sleep until a socket, a command or the tick; not at all while a socket's read
+            // budget ran out before its queue did.
+            let timeout = (!self.unfinished.is_empty()).then_some(&no_wait);
             std::mem::swap(&mut revisit, &mut self.unfinished);
-            if let Err(error) = self.poll.poll(&mut events, Some(timeout))
-                && error.kind() != io::ErrorKind::Interrupted
-            {
-                tracing::error!(worker = self.index, %error, "relay poll failed; worker stops");
-                return;
+            events.clear();
+            match epoll::wait(&self.io.epoll, spare_capacity(&mut events), timeout) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(error) => {
+                    tracing::error!(worker = self.index, %error, "relay poll failed; worker stops");
+                    return;
+                }
             }
+            // The one clock reading of this wake-up: every packet it brought is stamped with it.
             let now = Instant::now();
             for event in &events {
-                if event.token() == WAKER {
-                    if !self.handle_commands(now) {
-                        self.publish_counters();
-                        return;
+                let data = event.data;
+                match data.u64() {
+                    WAKER => {
+                        clear(&self.io.waker);
+                        if !self.handle_commands(now) {
+                            self.publish_counters();
+                            return;
+                        }
                     }
-                } else {
-                    self.drain_socket(&mut headers, event.token(), now);
+                    TICKER => {
+                        clear(&self.io.ticker);
+                        self.tick(now);
+                    }
+                    token => self.drain_socket(&mut headers, token as usize, now),
                 }
             }
             for token in revisit.drain(..) {
                 self.drain_socket(&mut headers, token, now);
-            }
-            if now >= next_tick {
-                self.tick(now);
-                next_tick = now + TICK;
             }
         }
     }
@@ -404,11 +485,11 @@ impl Worker {
     fn drain_socket(
         &mut self,
         headers: &mut MultiHeaders<SockaddrStorage>,
-        token: Token,
+        token: usize,
         now: Instant,
     ) {
-        let slot_index = token.0 / SOCKETS_PER_SESSION;
-        let socket_index = token.0 % SOCKETS_PER_SESSION;
+        let slot_index = token / SOCKETS_PER_SESSION;
+        let socket_index = token % SOCKETS_PER_SESSION;
         let Some(at) = SocketRef::from_index(socket_index) else {
             return;
         };
@@ -473,7 +554,7 @@ impl Worker {
                     Verdict::Forward { via, to, rtcp } => {
                         let sent = slot.sockets[via.index()]
                             .as_ref()
-                            .map(|out| out.send_to(data, to));
+                            .map(|out| rustix::net::sendto(out, data, SendFlags::empty(), &to));
                         match sent {
                             Some(Ok(_)) => {
                                 slot.session.record_sent(now, via, rtcp, len);
@@ -607,7 +688,7 @@ impl Worker {
                         let mut snapshot = slot.session.snapshot();
                         snapshot.released_unix_ms = self.shared.clock.unix_ms(now);
                         snapshot
-                        // Dropping the slot closes its sockets, which leaves the poll set.
+                        // Dropping the slot closes its sockets, which leaves the epoll set.
                     });
                     let _ = reply.send(snapshot);
                 }
@@ -660,7 +741,6 @@ impl Worker {
                 index
             }
         };
-        let registry = self.poll.registry();
         let Some(Some(slot)) = self.slots.get_mut(slot_index) else {
             return;
         };
@@ -675,9 +755,8 @@ impl Worker {
                     media: media_index,
                     component,
                 };
-                let mut socket = UdpSocket::from_std(socket);
-                let token = Token(slot_index * SOCKETS_PER_SESSION + at.index());
-                if let Err(error) = registry.register(&mut socket, token, Interest::READABLE) {
+                let token = slot_index * SOCKETS_PER_SESSION + at.index();
+                if let Err(error) = self.io.watch(&socket, token) {
                     tracing::error!(%call_id, %error, "cannot watch a relay socket");
                     continue;
                 }
