@@ -347,7 +347,7 @@ impl WorkerIo {
             TimerfdFlags::CLOEXEC | TimerfdFlags::NONBLOCK,
         )?;
         let period = Timespec {
-            tv_sec: 0,
+            tv_sec: TICK.as_secs() as i64,
             tv_nsec: i64::from(TICK.subsec_nanos()),
         };
         rustix::time::timerfd_settime(
