@@ -201,7 +201,6 @@ impl Drop for TestProxy {
     }
 }
 
-/// Finds a sample in Prometheus text: the line of `name` whose labels include all `labels`.
 /// A phone's media line `index` in an `Update`: PCMU, send and receive, RTP at `rtp`, RTCP at
 /// `rtcp` (none: RTP port + 1).
 pub fn pcmu_media(index: u32, rtp: SocketAddr, rtcp: Option<SocketAddr>) -> pb::RemoteMedia {
@@ -220,6 +219,7 @@ pub fn pcmu_media(index: u32, rtp: SocketAddr, rtcp: Option<SocketAddr>) -> pb::
     }
 }
 
+/// Finds a sample in Prometheus text: the line of `name` whose labels include all `labels`.
 pub fn metric_value(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     body.lines()
         .filter(|line| !line.starts_with('#'))
