@@ -5,47 +5,64 @@
 # successful and failed calls and INVITE->200 latency percentiles. Everything shares this
 # machine's cores, SIPp included: read the figures side by side, not as absolutes.
 #
+# BINARIES compares builds in one run ("name=path ..."; default: this tree's release build):
+# every rate is run once per build, builds in turn, each against a freshly started signaling.
+#
 #   bench/sipp_rate.sh                 # rates 100 200 300 400, 10 s each
 #   RATES="300 500" SECONDS_PER_RATE=20 bench/sipp_rate.sh
+#   BINARIES="before=/tmp/old/signaling after=target/release/signaling" bench/sipp_rate.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATES=${RATES:-"100 200 300 400"}
 SECONDS_PER_RATE=${SECONDS_PER_RATE:-10}
 command -v sipp >/dev/null || { echo "sipp is needed: apt-get install sip-tester" >&2; exit 1; }
-cargo build --release -q -p signaling
+if [ -z "${BINARIES:-}" ]; then
+  cargo build --release -q -p signaling
+  BINARIES="ours=./target/release/signaling"
+fi
 out=$(mktemp -d -t sipp-rate.XXXXXX)
 sig_pid=""; uas_pid=""
+stop_signaling() {
+  if [ -n "$sig_pid" ]; then
+    kill -TERM "$sig_pid" 2>/dev/null && wait "$sig_pid" 2>/dev/null || true
+    sig_pid=""
+  fi
+}
 cleanup() {
   [ -n "$uas_pid" ] && kill "$uas_pid" 2>/dev/null || true
-  [ -n "$sig_pid" ] && kill -TERM "$sig_pid" 2>/dev/null && wait "$sig_pid" 2>/dev/null || true
+  stop_signaling
 }
 trap cleanup EXIT
-./target/release/signaling --sip 127.0.0.1:15060 --metrics 127.0.0.1:0 \
-  --route "=sip:127.0.0.1:15062" --trusted 127.0.0.0/8 --cdr "sqlite://$out/cdr.db" \
-  --ports 16000-31999 --log warn >"$out/signaling.log" 2>&1 &
-sig_pid=$!
 sipp -sn uas -i 127.0.0.1 -p 15062 -nostdin -bg >/dev/null 2>&1 || true
 uas_pid=$(pgrep -f "sipp -sn uas -i 127.0.0.1 -p 15062" | head -1)
-sleep 1
-printf "%6s %7s %7s %7s %9s %9s %9s %9s\n" rate calls ok failed "p50 ms" "p90 ms" "p99 ms" "max ms"
+printf "%-10s %6s %7s %7s %7s %9s %9s %9s %9s\n" build rate calls ok failed "p50 ms" "p90 ms" "p99 ms" "max ms"
 for rate in $RATES; do
-  calls=$((rate * SECONDS_PER_RATE))
-  rm -rf "$out/run" && mkdir -p "$out/run"
-  # -trace_rtt writes uac_<pid>_rtt.csv into the working directory.
-  (cd "$out/run" && timeout $((SECONDS_PER_RATE + 60)) sipp -sn uac 127.0.0.1:15060 -i 127.0.0.1 -p 15061 \
-    -r "$rate" -m "$calls" -l $((rate * 4)) -nostdin -timeout $((SECONDS_PER_RATE + 40))s \
-    -trace_stat -stf "$out/uac_stat.csv" -trace_rtt -rtt_freq 1 >/dev/null 2>&1) || true
-  cat "$out"/run/*_rtt.csv > "$out/uac_rtt.csv" 2>/dev/null || : > "$out/uac_rtt.csv"
-  ok=$(python3 -c "
+  for entry in $BINARIES; do
+    name=${entry%%=*}; binary=${entry#*=}
+    rm -f "$out/cdr.db"
+    "$binary" --sip 127.0.0.1:15060 --metrics 127.0.0.1:0 \
+      --route "=sip:127.0.0.1:15062" --trusted 127.0.0.0/8 --cdr "sqlite://$out/cdr.db" \
+      --ports 16000-31999 --log warn >"$out/signaling-$name.log" 2>&1 &
+    sig_pid=$!
+    sleep 1
+    calls=$((rate * SECONDS_PER_RATE))
+    rm -rf "$out/run" && mkdir -p "$out/run"
+    # -trace_rtt writes uac_<pid>_rtt.csv into the working directory.
+    (cd "$out/run" && timeout $((SECONDS_PER_RATE + 60)) sipp -sn uac 127.0.0.1:15060 -i 127.0.0.1 -p 15061 \
+      -r "$rate" -m "$calls" -l $((rate * 4)) -nostdin -timeout $((SECONDS_PER_RATE + 40))s \
+      -trace_stat -stf "$out/uac_stat.csv" -trace_rtt -rtt_freq 1 >/dev/null 2>&1) || true
+    stop_signaling
+    cat "$out"/run/*_rtt.csv > "$out/uac_rtt.csv" 2>/dev/null || : > "$out/uac_rtt.csv"
+    ok=$(python3 -c "
 import sys, csv
 rows = list(csv.reader(open('$out/uac_stat.csv'), delimiter=';'))
 head, last = rows[0], rows[-1]
 col = lambda name: int(last[head.index(name)])
 print(col('SuccessfulCall(C)'), col('FailedCall(C)'))")
-  read -r success failed <<<"$ok"
-  python3 - "$out/uac_rtt.csv" "$rate" "$calls" "$success" "$failed" <<'PY'
+    read -r success failed <<<"$ok"
+    python3 - "$out/uac_rtt.csv" "$name" "$rate" "$calls" "$success" "$failed" <<'PY'
 import sys
-path, rate, calls, ok, failed = sys.argv[1:]
+path, name, rate, calls, ok, failed = sys.argv[1:]
 values = []
 for line in open(path):
     parts = line.strip().split(';')
@@ -56,6 +73,7 @@ for line in open(path):
             pass
 values.sort()
 pick = lambda p: values[min(len(values) - 1, int(round((len(values) - 1) * p)))] if values else float('nan')
-print(f"{rate:>6} {calls:>7} {ok:>7} {failed:>7} {pick(0.5):9.2f} {pick(0.9):9.2f} {pick(0.99):9.2f} {values[-1] if values else float('nan'):9.2f}")
+print(f"{name:<10} {rate:>6} {calls:>7} {ok:>7} {failed:>7} {pick(0.5):9.2f} {pick(0.9):9.2f} {pick(0.99):9.2f} {values[-1] if values else float('nan'):9.2f}")
 PY
+  done
 done

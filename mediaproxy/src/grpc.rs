@@ -65,63 +65,13 @@ fn owner(text: &str) -> Result<Owner, Status> {
 }
 
 /// A wire leg as the domain one; UNSPECIFIED and unknown values are refused.
-pub fn leg_from_wire(value: i32) -> Result<Leg, Status> {
-    match pb::Leg::try_from(value) {
-        Ok(pb::Leg::Caller) => Ok(Leg::Caller),
-        Ok(pb::Leg::Callee) => Ok(Leg::Callee),
-        _ => Err(Status::invalid_argument(format!(
-            "leg must be LEG_CALLER or LEG_CALLEE, got {value}"
-        ))),
-    }
-}
-
-/// A domain leg as its wire value.
-pub fn leg_to_wire(leg: Leg) -> i32 {
-    match leg {
-        Leg::Caller => pb::Leg::Caller as i32,
-        Leg::Callee => pb::Leg::Callee as i32,
-    }
+fn leg_from_wire(value: i32) -> Result<Leg, Status> {
+    Leg::from_wire(value).map_err(|e| Status::invalid_argument(e.0))
 }
 
 /// A wire media kind as the domain one; UNSPECIFIED is refused naming `field`.
-pub fn kind_from_wire(value: i32, field: &str) -> Result<MediaKind, Status> {
-    match pb::MediaKind::try_from(value) {
-        Ok(pb::MediaKind::Audio) => Ok(MediaKind::Audio),
-        Ok(pb::MediaKind::Video) => Ok(MediaKind::Video),
-        Ok(pb::MediaKind::Other) => Ok(MediaKind::Other),
-        _ => Err(Status::invalid_argument(format!(
-            "{field} must be a MediaKind other than UNSPECIFIED, got {value}"
-        ))),
-    }
-}
-
-/// A domain media kind as its wire value.
-pub fn kind_to_wire(kind: MediaKind) -> i32 {
-    match kind {
-        MediaKind::Audio => pb::MediaKind::Audio as i32,
-        MediaKind::Video => pb::MediaKind::Video as i32,
-        MediaKind::Other => pb::MediaKind::Other as i32,
-    }
-}
-
-/// A wire direction as the domain one (UNSPECIFIED is SENDRECV).
-pub fn direction_from_wire(value: i32) -> Direction {
-    match pb::Direction::try_from(value) {
-        Ok(pb::Direction::Sendonly) => Direction::SendOnly,
-        Ok(pb::Direction::Recvonly) => Direction::RecvOnly,
-        Ok(pb::Direction::Inactive) => Direction::Inactive,
-        _ => Direction::SendRecv,
-    }
-}
-
-/// A domain direction as its wire value.
-pub fn direction_to_wire(direction: Direction) -> i32 {
-    (match direction {
-        Direction::SendRecv => pb::Direction::Sendrecv,
-        Direction::SendOnly => pb::Direction::Sendonly,
-        Direction::RecvOnly => pb::Direction::Recvonly,
-        Direction::Inactive => pb::Direction::Inactive,
-    }) as i32
+fn kind_from_wire(value: i32, field: &str) -> Result<MediaKind, Status> {
+    MediaKind::from_wire(value, field).map_err(|e| Status::invalid_argument(e.0))
 }
 
 fn port(value: u32, field: &str) -> Result<u16, Status> {
@@ -178,27 +128,8 @@ fn remote_from_wire(
         .iter()
         .enumerate()
         .map(|(i, codec)| {
-            let payload_type = u8::try_from(codec.payload_type)
-                .ok()
-                .filter(|pt| *pt <= 127)
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "{} {} is not an RTP payload type (0-127)",
-                        field(&format!("codecs[{i}].payload_type")),
-                        codec.payload_type
-                    ))
-                })?;
-            if codec.clock_rate == 0 {
-                return Err(Status::invalid_argument(format!(
-                    "{} must be positive",
-                    field(&format!("codecs[{i}].clock_rate"))
-                )));
-            }
-            Ok(Codec {
-                payload_type,
-                encoding: codec.encoding.clone(),
-                clock_rate: codec.clock_rate,
-                channels: u8::try_from(codec.channels.max(1)).unwrap_or(u8::MAX),
+            Codec::try_from(codec).map_err(|e| {
+                Status::invalid_argument(format!("{}.{e}", field(&format!("codecs[{i}]"))))
             })
         })
         .collect::<Result<Vec<_>, Status>>()?;
@@ -206,7 +137,7 @@ fn remote_from_wire(
         index,
         target,
         codecs,
-        direction: direction_from_wire(wire.direction),
+        direction: Direction::from_wire(wire.direction),
     })
 }
 
@@ -215,7 +146,7 @@ fn local_to_wire(media: &[LocalMedia]) -> Vec<pb::LocalMedia> {
         .iter()
         .map(|m| pb::LocalMedia {
             index: m.index as u32,
-            kind: kind_to_wire(m.kind),
+            kind: m.kind.to_wire(),
             rtp_port: u32::from(m.rtp_port),
             rtcp_port: u32::from(m.rtp_port) + 1,
         })
@@ -239,7 +170,7 @@ fn media_to_wire(m: &MediaSnapshot) -> pb::MediaStats {
     let drop = |reason: DropReason| m.drops[reason.index()];
     pb::MediaStats {
         index: m.index as u32,
-        kind: kind_to_wire(m.kind),
+        kind: m.kind.to_wire(),
         local_rtp_port: u32::from(m.local_rtp_port),
         local_rtcp_port: u32::from(m.local_rtcp_port),
         sdp_rtp_address: address_text(m.sdp_rtp),
@@ -271,7 +202,7 @@ fn media_to_wire(m: &MediaSnapshot) -> pb::MediaStats {
         }),
         recorded_packets: m.recorded_packets,
         source_changes: m.source_changes,
-        direction: direction_to_wire(m.direction),
+        direction: m.direction.to_wire(),
     }
 }
 
@@ -286,7 +217,7 @@ fn stats_to_wire(snapshot: &CallSnapshot, node_id: &str) -> pb::CallStats {
             .legs
             .iter()
             .map(|leg| pb::LegStats {
-                leg: leg_to_wire(leg.leg),
+                leg: leg.leg.to_wire(),
                 media: leg.media.iter().map(media_to_wire).collect(),
             })
             .collect(),
@@ -331,7 +262,7 @@ fn event_to_wire(event: &Event, node_id: &str) -> pb::Event {
     };
     pb::Event {
         call_id: event.call_id.to_string(),
-        leg: leg_to_wire(event.leg),
+        leg: event.leg.to_wire(),
         media_index: event.media as u32,
         unix_ms: event.unix_ms,
         node_id: node_id.to_owned(),
@@ -343,7 +274,7 @@ fn event_to_wire(event: &Event, node_id: &str) -> pb::Event {
 fn allocation_to_wire(allocation: Allocation, node_id: &str) -> pb::AllocateResponse {
     pb::AllocateResponse {
         call_id: allocation.call_id.to_string(),
-        leg: leg_to_wire(allocation.leg),
+        leg: allocation.leg.to_wire(),
         node_id: node_id.to_owned(),
         advertised_address: allocation.advertised.to_string(),
         media: local_to_wire(&allocation.media),
@@ -411,7 +342,7 @@ impl MediaProxy for Service {
             .await?;
         Ok(Response::new(pb::UpdateResponse {
             call_id: allocation.call_id.to_string(),
-            leg: leg_to_wire(allocation.leg),
+            leg: allocation.leg.to_wire(),
             media: local_to_wire(&allocation.media),
             advertised_address: allocation.advertised.to_string(),
         }))

@@ -1,44 +1,13 @@
-//! Domain types shared by the relay core, the control plane and the gRPC edge.
+//! Domain types shared by the relay core, the control plane and the gRPC edge. Those that
+//! signaling speaks too (call id, leg, media kind, direction, codec) live in the `proto`
+//! crate and are re-exported here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// Why an identifier from a request was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field} must be 1 to {max} printable ASCII characters without spaces")]
-pub struct InvalidId {
-    pub field: &'static str,
-    pub max: usize,
-}
-
-fn parse_id(text: &str, field: &'static str, max: usize) -> Result<Arc<str>, InvalidId> {
-    let printable = text.bytes().all(|b| (0x21..=0x7e).contains(&b));
-    if text.is_empty() || text.len() > max || !printable {
-        return Err(InvalidId { field, max });
-    }
-    Ok(Arc::from(text))
-}
-
-/// The one id of a call (DESIGN section 5): relay, recording and CDR are keyed by it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallId(Arc<str>);
-
-impl CallId {
-    pub fn parse(text: &str) -> Result<Self, InvalidId> {
-        parse_id(text, "call_id", 256).map(Self)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for CallId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+use proto::domain::parse_id;
+pub use proto::domain::{CallId, Codec, Direction, InvalidId, Leg, MediaKind};
 
 /// The signaling instance that owns a call and renews its lease.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,99 +27,6 @@ impl std::fmt::Display for Owner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// Which side of the B2BUA call a leg faces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Leg {
-    Caller,
-    Callee,
-}
-
-impl Leg {
-    pub const BOTH: [Self; 2] = [Self::Caller, Self::Callee];
-
-    pub fn index(self) -> usize {
-        match self {
-            Self::Caller => 0,
-            Self::Callee => 1,
-        }
-    }
-
-    pub fn other(self) -> Self {
-        match self {
-            Self::Caller => Self::Callee,
-            Self::Callee => Self::Caller,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Caller => "caller",
-            Self::Callee => "callee",
-        }
-    }
-}
-
-/// The kind of an SDP media line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MediaKind {
-    Audio,
-    Video,
-    /// Relayed as opaque datagrams (T.38 UDPTL, application).
-    Other,
-}
-
-impl MediaKind {
-    /// The SDP media name: `audio`, `video`, or `other` for anything else.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Audio => "audio",
-            Self::Video => "video",
-            Self::Other => "other",
-        }
-    }
-
-    /// Audio and video carry RTP that the relay parses for statistics.
-    pub fn is_rtp(self) -> bool {
-        matches!(self, Self::Audio | Self::Video)
-    }
-}
-
-/// SDP direction attribute (RFC 3264 section 5.1) as a leg declared it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Direction {
-    #[default]
-    SendRecv,
-    SendOnly,
-    RecvOnly,
-    Inactive,
-}
-
-impl Direction {
-    /// The SDP attribute name: `sendrecv`, `sendonly`, `recvonly`, `inactive`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::SendRecv => "sendrecv",
-            Self::SendOnly => "sendonly",
-            Self::RecvOnly => "recvonly",
-            Self::Inactive => "inactive",
-        }
-    }
-
-    /// Whether the leg declaring this direction intends to send media.
-    pub fn sends(self) -> bool {
-        matches!(self, Self::SendRecv | Self::SendOnly)
-    }
-}
-
-/// One `a=rtpmap` entry (or a static payload type in use).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Codec {
-    pub payload_type: u8,
-    pub encoding: String,
-    pub clock_rate: u32,
-    pub channels: u8,
 }
 
 /// Where a leg wants one media line's packets, from its SDP (validated).
@@ -274,12 +150,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_printable_and_bounded() {
-        assert!(CallId::parse("a84b4c76e66710@pc33.atlanta.com").is_ok());
-        assert!(CallId::parse("").is_err());
-        assert!(CallId::parse("has space").is_err());
-        assert!(CallId::parse(&"x".repeat(257)).is_err());
+    fn owners_are_printable_and_bounded() {
+        assert!(Owner::parse("signaling-5060-1234").is_ok());
         assert_eq!(Owner::parse("").unwrap_err().field, "owner");
+        assert!(Owner::parse(&"o".repeat(129)).is_err());
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! The gRPC contract between `signaling` and `mediaproxy`: package `mediaproxy.v1`.
 //!
 //! The `.proto` file under `proto/mediaproxy/v1/` is the source of truth and documents every
-//! field; this crate only compiles it. Generated types stay at the edges: the services convert
-//! them into their own domain types (see `mediaproxy::grpc`).
+//! field; this crate compiles it and holds the domain types both services speak. Generated
+//! types stay at the edges: each service converts them into these types in its gRPC module
+//! (the proxy's server in `mediaproxy::grpc`, signaling's client in `signaling::media`), so
+//! neither service depends on the other's internals (DESIGN section 1).
 //!
 //! # Layout
 //! - [`v1`]: generated messages, the `MediaProxy` client and server.
+//! - [`domain`]: `CallId`, `Leg`, `MediaKind`, `Direction`, `Codec` and their checked
+//!   conversions from the wire ([`domain::WireError`]).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for gRPC server reflection.
 
-#![allow(unreachable_pub, clippy::use_self, clippy::large_enum_variant)]
+pub mod domain;
 
 /// Generated code for `mediaproxy.v1`.
+#[allow(unreachable_pub, clippy::use_self, clippy::large_enum_variant)]
 pub mod v1 {
     tonic::include_proto!("mediaproxy.v1");
 }

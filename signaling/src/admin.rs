@@ -17,7 +17,7 @@ use axum::routing::get;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::b2bua::CallSummary;
+use crate::call::CallSummary;
 use crate::cdr::CdrMedia;
 use crate::diagnosis::{self, MediaReport};
 use crate::media::MediaClient;
@@ -25,7 +25,7 @@ use crate::registrar::RegistrationSummary;
 
 /// A question for the task that owns the SIP core.
 #[derive(Debug)]
-pub enum AdminQuery {
+pub(crate) enum AdminQuery {
     Calls(oneshot::Sender<Vec<CallSummary>>),
     Registrations(oneshot::Sender<Vec<RegistrationSummary>>),
 }
@@ -37,7 +37,7 @@ struct AdminState {
 }
 
 /// The admin routes.
-pub fn router(queries: mpsc::Sender<AdminQuery>, media: MediaClient) -> Router {
+pub(crate) fn router(queries: mpsc::Sender<AdminQuery>, media: MediaClient) -> Router {
     Router::new()
         .route("/admin/calls", get(calls))
         .route("/admin/calls/{call_id}", get(call))
@@ -131,7 +131,7 @@ async fn call(State(state): State<AdminState>, Path(call_id): Path<String>) -> R
                     detail.diagnosis_now = Some(text);
                 }
             }
-            Err(error) => detail.media_error = Some(error),
+            Err(error) => detail.media_error = Some(error.to_string()),
         }
     }
     json(&detail)

@@ -11,13 +11,13 @@ use sha2::{Digest, Sha256};
 
 /// Digest algorithms offered and accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
+pub(crate) enum Algorithm {
     Md5,
     Sha256,
 }
 
 impl Algorithm {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Md5 => "MD5",
             Self::Sha256 => "SHA-256",
@@ -46,7 +46,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// What checking an Authorization header concluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The credentials are right; the authenticated user name.
     Authenticated(String),
     /// Right password, but the nonce expired: challenge again with `stale=true`.
@@ -57,21 +57,21 @@ pub enum Verdict {
 
 /// Parsed `Digest` credentials (Authorization or Proxy-Authorization).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Credentials {
-    pub username: String,
-    pub realm: String,
-    pub nonce: String,
-    pub uri: String,
-    pub response: String,
-    pub algorithm: Option<String>,
-    pub qop: Option<String>,
-    pub nc: Option<String>,
-    pub cnonce: Option<String>,
+pub(crate) struct Credentials {
+    pub(crate) username: String,
+    pub(crate) realm: String,
+    pub(crate) nonce: String,
+    pub(crate) uri: String,
+    pub(crate) response: String,
+    pub(crate) algorithm: Option<String>,
+    pub(crate) qop: Option<String>,
+    pub(crate) nc: Option<String>,
+    pub(crate) cnonce: Option<String>,
 }
 
 impl Credentials {
     /// Parses `Digest username="..", realm="..", ...`; None if not Digest or incomplete.
-    pub fn parse(header: &str) -> Option<Self> {
+    pub(crate) fn parse(header: &str) -> Option<Self> {
         let header = header.trim();
         let (scheme, rest) = header.split_once(char::is_whitespace)?;
         if !scheme.eq_ignore_ascii_case("Digest") {
@@ -140,7 +140,7 @@ fn parse_auth_params(text: &str) -> Vec<(String, String)> {
 
 /// Issues challenges and checks answers for one realm.
 #[derive(Clone)]
-pub struct DigestAuth {
+pub(crate) struct DigestAuth {
     realm: String,
     secret: [u8; 32],
     nonce_lifetime: u64,
@@ -157,13 +157,13 @@ impl std::fmt::Debug for DigestAuth {
 
 impl DigestAuth {
     /// A realm with a random nonce secret; nonces live `nonce_lifetime_secs`.
-    pub fn new(realm: &str, nonce_lifetime_secs: u64) -> Result<Self, getrandom::Error> {
+    pub(crate) fn new(realm: &str, nonce_lifetime_secs: u64) -> Result<Self, getrandom::Error> {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret)?;
         Ok(Self::with_secret(realm, secret, nonce_lifetime_secs))
     }
 
-    pub fn with_secret(realm: &str, secret: [u8; 32], nonce_lifetime_secs: u64) -> Self {
+    pub(crate) fn with_secret(realm: &str, secret: [u8; 32], nonce_lifetime_secs: u64) -> Self {
         Self {
             realm: realm.to_owned(),
             secret,
@@ -171,7 +171,7 @@ impl DigestAuth {
         }
     }
 
-    pub fn realm(&self) -> &str {
+    pub(crate) fn realm(&self) -> &str {
         &self.realm
     }
 
@@ -184,14 +184,14 @@ impl DigestAuth {
     }
 
     /// A fresh nonce for `now` (unix seconds).
-    pub fn nonce(&self, now: u64) -> String {
+    pub(crate) fn nonce(&self, now: u64) -> String {
         format!("{now:x}.{}", self.mac(now))
     }
 
     /// The `WWW-Authenticate`/`Proxy-Authenticate` values to send, each with `qop="auth"`:
     /// MD5 first, then SHA-256 (RFC 8760). MD5 leads because many deployed phones (and SIPp)
     /// answer only the first challenge and know only MD5; see docs/decisions.md.
-    pub fn challenges(&self, now: u64, stale: bool) -> Vec<String> {
+    pub(crate) fn challenges(&self, now: u64, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now);
         [Algorithm::Md5, Algorithm::Sha256]
             .iter()
@@ -210,7 +210,7 @@ impl DigestAuth {
     }
 
     /// Checks credentials against the user's password (`None`: unknown user).
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         now: u64,
         method: &str,

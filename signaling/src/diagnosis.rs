@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use mediaproxy::types::{Direction, Leg, MediaKind};
+use proto::domain::{Direction, Leg, MediaKind};
 
 /// The media verdict column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,24 +6,33 @@
 //! - [`sdp`]: reading SDP for the relay and the line-based rewrite through the proxy.
 //! - [`auth`]: digest authentication (MD5, SHA-256, qop=auth, expiring stateless nonces).
 //! - [`registrar`]: REGISTER bindings with expiry (RFC 3261 section 10.3).
-//! - [`b2bua`]: the sans-IO call core (both legs of every call, transactions, timers).
+//! - [`transaction`]: RFC 3261 section 17 client and server transactions with their timers.
+//! - [`dialog`]: RFC 3261 section 12 dialogs and the requests built from them.
+//! - [`call`]: the sans-IO B2BUA: two dialogs bridged per call, one file per flow.
+//! - [`timer`]: deadlines as state; [`ids`]: random tags, branches and Call-IDs.
 //! - [`media`]: the gRPC client of the media proxy.
 //! - [`diagnosis`]: the media verdict and its plain-words diagnosis (pure).
+//! - [`completion`]: a finished call's CDR row, from its record and its media's release (pure).
 //! - [`cdr`]: the CDR store (SQLite, PostgreSQL) and its writer thread; [`export`] reads it.
 //! - [`server`]: the driver (sockets, timers, tasks); [`admin`]: its read-only HTTP endpoints.
 //! - [`config`], [`metrics`].
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod auth;
-pub mod b2bua;
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod call;
 pub mod cdr;
+pub(crate) mod completion;
 pub mod config;
 pub mod diagnosis;
+pub(crate) mod dialog;
 pub mod export;
-pub mod media;
-pub mod metrics;
-pub mod registrar;
+pub(crate) mod ids;
+pub(crate) mod media;
+pub(crate) mod metrics;
+pub(crate) mod registrar;
 pub mod sdp;
 pub mod server;
 pub mod sip;
+pub(crate) mod timer;
+pub(crate) mod transaction;

@@ -1,20 +1,18 @@
 //! The media proxy client: allocate, update and release over gRPC (`mediaproxy.v1`), with a
 //! deadline on every call so a slow proxy never holds SIP processing, and a lease heartbeat.
-//! Wire types stay in this module.
+//! Wire types stay in this module; it speaks the `proto` crate's domain types and knows
+//! nothing of the proxy's internals. Every failure is a [`MediaError`] that names the SIP
+//! status the call gets for it.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use mediaproxy::grpc::{
-    direction_from_wire, direction_to_wire, kind_from_wire, kind_to_wire, leg_from_wire,
-    leg_to_wire,
-};
-use mediaproxy::types::{Leg, MediaKind};
+use proto::domain::{Direction, Leg, MediaKind};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::b2bua::MediaPlan;
+use crate::call::MediaPlan;
 use crate::diagnosis::{Drops, Flow, MediaFigures};
 use crate::sdp::SessionDescription;
 
@@ -23,12 +21,12 @@ const DEADLINE: Duration = Duration::from_secs(2);
 
 /// What Release returned.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FinalStats {
-    pub media: Vec<MediaFigures>,
-    pub release_reason: String,
+pub(crate) struct FinalStats {
+    pub(crate) media: Vec<MediaFigures>,
+    pub(crate) release_reason: String,
     /// False when the proxy had already released the call by itself (the figures are its
     /// tombstone's).
-    pub released_now: bool,
+    pub(crate) released_now: bool,
 }
 
 fn flow(counters: Option<pb::Counters>) -> Flow {
@@ -41,13 +39,60 @@ fn flow(counters: Option<pb::Counters>) -> Flow {
     }
 }
 
-/// Every media line of every leg of a call, from the wire.
-pub fn figures_from_wire(stats: &pb::CallStats) -> Vec<MediaFigures> {
+/// Why a media proxy request failed, with the SIP status a call gets for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum MediaError {
+    /// The proxy could not be reached, did not answer within the deadline, or is draining.
+    #[error("media proxy unavailable: {0}")]
+    Unavailable(String),
+    /// The proxy has no free ports.
+    #[error("media proxy out of ports: {0}")]
+    Exhausted(String),
+    /// The proxy refused what the SDP asked for (an address family it cannot reach, a
+    /// media line it cannot relay).
+    #[error("media proxy refused the media: {0}")]
+    Refused(String),
+    /// A reply this client cannot read, or a failure inside the proxy.
+    #[error("media proxy failed: {0}")]
+    Failed(String),
+}
+
+impl MediaError {
+    /// The status a caller gets when its call cannot be set up because of this error:
+    /// 503 for what another node or a later attempt may not have (RFC 3261 section
+    /// 21.5.4), 488 for media the proxy will not relay (21.4.26), 500 for our own failure.
+    pub(crate) fn sip_status(&self) -> u16 {
+        match self {
+            Self::Unavailable(_) | Self::Exhausted(_) => 503,
+            Self::Refused(_) => 488,
+            Self::Failed(_) => 500,
+        }
+    }
+}
+
+impl From<tonic::Status> for MediaError {
+    fn from(status: tonic::Status) -> Self {
+        let text = status_text(&status);
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                Self::Unavailable(text)
+            }
+            tonic::Code::ResourceExhausted => Self::Exhausted(text),
+            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => Self::Refused(text),
+            _ => Self::Failed(text),
+        }
+    }
+}
+
+/// Every media line of every leg of a call, from the wire. A leg or kind this build cannot
+/// read is an error: figures filed under a guessed leg would blame the wrong phone.
+pub(crate) fn figures_from_wire(stats: &pb::CallStats) -> Result<Vec<MediaFigures>, MediaError> {
+    let unreadable = |e: proto::domain::WireError| MediaError::Failed(format!("statistics: {e}"));
     let mut out = Vec::new();
     for leg_stats in &stats.legs {
-        let leg = leg_from_wire(leg_stats.leg).unwrap_or(Leg::Caller);
+        let leg = Leg::from_wire(leg_stats.leg).map_err(unreadable)?;
         for m in &leg_stats.media {
-            let kind = kind_from_wire(m.kind, "kind").unwrap_or(MediaKind::Other);
+            let kind = MediaKind::from_wire(m.kind, "kind").map_err(unreadable)?;
             let mut f = MediaFigures::new(leg, m.index, kind);
             f.local_rtp_port = m.local_rtp_port as u16;
             f.local_rtcp_port = m.local_rtcp_port as u16;
@@ -78,16 +123,31 @@ pub fn figures_from_wire(stats: &pb::CallStats) -> Vec<MediaFigures> {
             };
             f.recorded_packets = m.recorded_packets;
             f.source_changes = m.source_changes;
-            f.direction = direction_from_wire(m.direction);
+            f.direction = Direction::from_wire(m.direction);
             out.push(f);
         }
     }
-    out
+    Ok(out)
+}
+
+/// A media proxy URL that is not a URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct InvalidUrl(pub String);
+
+/// What `Status` says of a node, as far as signaling uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeStatus {
+    pub(crate) node_id: String,
+    /// Ports in the node's range (two per RTP/RTCP pair).
+    pub(crate) ports_total: u32,
+    pub(crate) draining: bool,
+    pub(crate) advertised_address: String,
 }
 
 /// A media event signaling acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MediaEvent {
+pub(crate) enum MediaEvent {
     /// The proxy released a session (by itself when `reason` is not `released`).
     Released { call_id: String, reason: String },
     /// The first RTP packet of a leg arrived from `source`.
@@ -100,10 +160,10 @@ pub enum MediaEvent {
 
 /// A client of one media proxy node.
 #[derive(Clone)]
-pub struct MediaClient {
+pub(crate) struct MediaClient {
     client: MediaProxyClient<Channel>,
     owner: String,
-    pub url: String,
+    pub(crate) url: String,
     durations: Option<prometheus::HistogramVec>,
 }
 
@@ -117,7 +177,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Runs a request, retrying once when the proxy was unreachable or too slow
 /// (`UNAVAILABLE`, `DEADLINE_EXCEEDED`). Safe because the proxy's allocate, update and release
 /// are idempotent: a retry after a lost reply neither leaks nor double-frees ports.
-async fn retried<T, F, Fut>(mut attempt: F) -> Result<T, String>
+async fn retried<T, F, Fut>(mut attempt: F) -> Result<T, MediaError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -135,17 +195,17 @@ where
             attempt()
                 .await
                 .map(tonic::Response::into_inner)
-                .map_err(|s| status_text(&s))
+                .map_err(MediaError::from)
         }
-        Err(status) => Err(status_text(&status)),
+        Err(status) => Err(status.into()),
     }
 }
 
 impl MediaClient {
     /// A lazily connecting client: an unreachable proxy fails requests, not start-up.
-    pub fn new(url: &str, owner: &str) -> Result<Self, String> {
+    pub(crate) fn new(url: &str, owner: &str) -> Result<Self, InvalidUrl> {
         let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| format!("{url}: {e}"))?
+            .map_err(|e| InvalidUrl(format!("{url}: {e}")))?
             .connect_timeout(DEADLINE)
             .timeout(DEADLINE);
         Ok(Self {
@@ -157,7 +217,7 @@ impl MediaClient {
     }
 
     /// Times every request into `durations{method}`.
-    pub fn with_durations(mut self, durations: prometheus::HistogramVec) -> Self {
+    pub(crate) fn with_durations(mut self, durations: prometheus::HistogramVec) -> Self {
         self.durations = Some(durations);
         self
     }
@@ -169,19 +229,19 @@ impl MediaClient {
     }
 
     /// The node id of the proxy (its `--node-id`).
-    pub async fn node_id(&self) -> Result<String, String> {
+    pub(crate) async fn node_id(&self) -> Result<String, MediaError> {
         self.status().await.map(|status| status.node_id)
     }
 
     /// Allocates both legs for the offer's media lines and points `offer_leg` (where the
     /// offer came from) at it.
-    pub async fn prepare(
+    pub(crate) async fn prepare(
         &self,
         call_id: &str,
         offer: &SessionDescription,
         offer_leg: Leg,
-    ) -> Result<MediaPlan, String> {
-        let media: Vec<i32> = offer.media.iter().map(|m| kind_to_wire(m.kind)).collect();
+    ) -> Result<MediaPlan, MediaError> {
+        let media: Vec<i32> = offer.media.iter().map(|m| m.kind.to_wire()).collect();
         let mut ports = Vec::new();
         let mut node = String::new();
         let mut advertised = String::new();
@@ -191,7 +251,7 @@ impl MediaClient {
                 let mut client = self.client.clone();
                 let request = pb::AllocateRequest {
                     call_id: call_id.to_owned(),
-                    leg: leg_to_wire(leg),
+                    leg: leg.to_wire(),
                     owner: self.owner.clone(),
                     media: media.clone(),
                     lease_timeout_ms: 0,
@@ -212,7 +272,7 @@ impl MediaClient {
         self.update(call_id, offer_leg, offer).await?;
         let advertised: IpAddr = advertised
             .parse()
-            .map_err(|_| format!("media proxy advertised {advertised:?}"))?;
+            .map_err(|_| MediaError::Failed(format!("it advertised {advertised:?}")))?;
         let callee_ports = ports.pop().unwrap_or_default();
         let caller_ports = ports.pop().unwrap_or_default();
         Ok(MediaPlan {
@@ -224,12 +284,12 @@ impl MediaClient {
     }
 
     /// Points a leg at the media of its latest SDP.
-    pub async fn update(
+    pub(crate) async fn update(
         &self,
         call_id: &str,
         leg: Leg,
         sdp: &SessionDescription,
-    ) -> Result<(), String> {
+    ) -> Result<(), MediaError> {
         let _timer = self.timer("update");
         let media: Vec<pb::RemoteMedia> = sdp
             .media
@@ -240,24 +300,15 @@ impl MediaClient {
                 address: m.address.map(|a| a.to_string()).unwrap_or_default(),
                 rtp_port: u32::from(m.port),
                 rtcp_port: u32::from(m.rtcp_port),
-                codecs: m
-                    .codecs
-                    .iter()
-                    .map(|c| pb::Codec {
-                        payload_type: u32::from(c.payload_type),
-                        encoding: c.encoding.clone(),
-                        clock_rate: c.clock_rate,
-                        channels: u32::from(c.channels),
-                    })
-                    .collect(),
-                direction: direction_to_wire(m.direction),
+                codecs: m.codecs.iter().map(pb::Codec::from).collect(),
+                direction: m.direction.to_wire(),
             })
             .collect();
         retried(|| {
             let mut client = self.client.clone();
             let request = pb::UpdateRequest {
                 call_id: call_id.to_owned(),
-                leg: leg_to_wire(leg),
+                leg: leg.to_wire(),
                 media: media.clone(),
             };
             async move { client.update(request).await }
@@ -267,7 +318,11 @@ impl MediaClient {
     }
 
     /// Releases a call and returns its final figures.
-    pub async fn release(&self, call_id: &str, reason: &str) -> Result<FinalStats, String> {
+    pub(crate) async fn release(
+        &self,
+        call_id: &str,
+        reason: &str,
+    ) -> Result<FinalStats, MediaError> {
         let _timer = self.timer("release");
         let answer = retried(|| {
             let mut client = self.client.clone();
@@ -280,14 +335,17 @@ impl MediaClient {
         .await?;
         let stats = answer.stats.unwrap_or_default();
         Ok(FinalStats {
-            media: figures_from_wire(&stats),
+            media: figures_from_wire(&stats)?,
             release_reason: answer.release_reason,
             released_now: !answer.already_released,
         })
     }
 
     /// Follows this instance's media events; returns when the stream ends or breaks.
-    pub async fn watch_events(&self, mut seen: impl FnMut(MediaEvent)) -> Result<(), String> {
+    pub(crate) async fn watch_events(
+        &self,
+        mut seen: impl FnMut(MediaEvent),
+    ) -> Result<(), MediaError> {
         let mut stream = self
             .client
             .clone()
@@ -295,17 +353,20 @@ impl MediaClient {
                 owner: self.owner.clone(),
                 call_id: String::new(),
             })
-            .await
-            .map_err(|s| status_text(&s))?
+            .await?
             .into_inner();
-        while let Some(event) = stream.message().await.map_err(|s| status_text(&s))? {
-            let leg = leg_from_wire(event.leg).unwrap_or(Leg::Caller);
+        while let Some(event) = stream.message().await? {
+            let leg = Leg::from_wire(event.leg);
             match event.kind {
                 Some(pb::event::Kind::SessionReleased(released)) => seen(MediaEvent::Released {
                     call_id: event.call_id,
                     reason: released.reason,
                 }),
                 Some(pb::event::Kind::FirstPacket(first)) if !first.rtcp => {
+                    let Ok(leg) = leg else {
+                        tracing::debug!(leg = event.leg, "first-packet event of an unknown leg");
+                        continue;
+                    };
                     seen(MediaEvent::FirstPacket {
                         call_id: event.call_id,
                         leg,
@@ -319,40 +380,46 @@ impl MediaClient {
     }
 
     /// Live statistics of one call.
-    pub async fn query(&self, call_id: &str) -> Result<Vec<MediaFigures>, String> {
+    pub(crate) async fn query(&self, call_id: &str) -> Result<Vec<MediaFigures>, MediaError> {
         let _timer = self.timer("query_stats");
-        self.client
+        let stats = self
+            .client
             .clone()
             .query_stats(pb::QueryStatsRequest {
                 call_id: call_id.to_owned(),
             })
-            .await
-            .map(|r| figures_from_wire(&r.into_inner()))
-            .map_err(|s| status_text(&s))
+            .await?;
+        figures_from_wire(&stats.into_inner())
     }
 
     /// The node's status (id, sessions, ports).
-    pub async fn status(&self) -> Result<pb::StatusResponse, String> {
+    pub(crate) async fn status(&self) -> Result<NodeStatus, MediaError> {
         let _timer = self.timer("status");
-        self.client
+        let status = self
+            .client
             .clone()
             .status(pb::StatusRequest {})
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| status_text(&s))
+            .await?
+            .into_inner();
+        Ok(NodeStatus {
+            node_id: status.node_id,
+            ports_total: status.ports_total,
+            draining: status.draining,
+            advertised_address: status.advertised_address,
+        })
     }
 
     /// Renews this signaling instance's lease on the node.
-    pub async fn renew(&self) -> Result<u32, String> {
+    pub(crate) async fn renew(&self) -> Result<u32, MediaError> {
         let _timer = self.timer("renew_lease");
-        self.client
+        let answer = self
+            .client
             .clone()
             .renew_lease(pb::RenewLeaseRequest {
                 owner: self.owner.clone(),
                 lease_timeout_ms: 0,
             })
-            .await
-            .map(|r| r.into_inner().sessions)
-            .map_err(|s| status_text(&s))
+            .await?;
+        Ok(answer.into_inner().sessions)
     }
 }

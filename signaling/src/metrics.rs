@@ -7,7 +7,7 @@ use prometheus::{
 };
 
 /// Request method label values; anything else counts as `other`.
-pub const METHODS: [&str; 15] = [
+pub(crate) const METHODS: [&str; 15] = [
     "INVITE",
     "ACK",
     "BYE",
@@ -25,22 +25,25 @@ pub const METHODS: [&str; 15] = [
     "other",
 ];
 /// Response code classes.
-pub const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+pub(crate) const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
 const DISPOSITIONS: [&str; 5] = ["answered", "busy", "no_answer", "cancelled", "failed"];
 const VERDICTS: [&str; 5] = ["ok", "one_way", "no_media", "direct", "not_answered"];
 
 /// Every metric of one signaling instance.
 #[derive(Debug, Clone)]
-pub struct Metrics {
-    pub registry: Registry,
-    pub calls: IntCounterVec,
-    pub active_calls: IntGauge,
-    pub requests: IntCounterVec,
-    pub responses: IntCounterVec,
-    pub verdicts: IntCounterVec,
-    pub mediaproxy_up: IntGaugeVec,
-    pub mediaproxy_duration: HistogramVec,
-    pub cdr: crate::cdr::WriterMetrics,
+pub(crate) struct Metrics {
+    pub(crate) registry: Registry,
+    pub(crate) calls: IntCounterVec,
+    pub(crate) active_calls: IntGauge,
+    pub(crate) calls_in_memory: IntGauge,
+    pub(crate) transactions: IntGauge,
+    pub(crate) timers: IntGauge,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) responses: IntCounterVec,
+    pub(crate) verdicts: IntCounterVec,
+    pub(crate) mediaproxy_up: IntGaugeVec,
+    pub(crate) mediaproxy_duration: HistogramVec,
+    pub(crate) cdr: crate::cdr::WriterMetrics,
 }
 
 impl Default for Metrics {
@@ -50,7 +53,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, label: &str, values: &[&str]| {
             mediaproxy::metrics::counter_vec(&registry, name, help, label, values)
@@ -82,6 +85,21 @@ impl Metrics {
         let active_calls = registered(
             &registry,
             IntGauge::new("signaling_active_calls", "Calls in progress.").expect("valid metric"),
+        );
+        let gauge = |name: &str, help: &str| {
+            registered(&registry, IntGauge::new(name, help).expect("valid metric"))
+        };
+        let calls_in_memory = gauge(
+            "signaling_calls_in_memory",
+            "Calls held in memory: in progress, and ended ones lingering for retransmissions.",
+        );
+        let transactions = gauge(
+            "signaling_sip_transactions",
+            "SIP transactions alive (RFC 3261 section 17).",
+        );
+        let timers = gauge(
+            "signaling_timers",
+            "Armed deadlines of calls and transactions.",
         );
         let mediaproxy_up = IntGaugeVec::new(
             Opts::new(
@@ -136,6 +154,9 @@ impl Metrics {
             cdr,
             calls,
             active_calls,
+            calls_in_memory,
+            transactions,
+            timers,
             requests,
             responses,
             verdicts,
@@ -145,7 +166,7 @@ impl Metrics {
     }
 
     /// Counts a received request by method (unknown methods as `other`).
-    pub fn request(&self, method: &str) {
+    pub(crate) fn request(&self, method: &str) {
         let label = METHODS
             .iter()
             .find(|m| **m == method)
@@ -155,7 +176,7 @@ impl Metrics {
     }
 
     /// Counts a response about to be sent, from its first bytes.
-    pub fn response(&self, data: &[u8]) {
+    pub(crate) fn response(&self, data: &[u8]) {
         if let Some(&digit) = data.strip_prefix(b"SIP/2.0 ").and_then(|rest| rest.first())
             && (b'1'..=b'6').contains(&digit)
         {

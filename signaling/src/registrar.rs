@@ -11,10 +11,10 @@ use crate::sip::message::Headers;
 
 /// Registration policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Policy {
-    pub min_expires: u32,
-    pub max_expires: u32,
-    pub default_expires: u32,
+pub(crate) struct Policy {
+    pub(crate) min_expires: u32,
+    pub(crate) max_expires: u32,
+    pub(crate) default_expires: u32,
 }
 
 impl Default for Policy {
@@ -29,28 +29,28 @@ impl Default for Policy {
 
 /// One registered contact.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Binding {
+pub(crate) struct Binding {
     /// The Contact value as the phone sent it (URI and parameters).
-    pub contact: NameAddr,
-    pub expires_at: Instant,
-    pub call_id: String,
-    pub cseq: u32,
+    pub(crate) contact: NameAddr,
+    pub(crate) expires_at: Instant,
+    pub(crate) call_id: String,
+    pub(crate) cseq: u32,
     /// Where the REGISTER came from: requests to this contact go there (the phone may be
     /// behind NAT, RFC 3581 / RFC 5626 style).
-    pub source: SocketAddr,
-    pub transport: &'static str,
-    pub q: f32,
+    pub(crate) source: SocketAddr,
+    pub(crate) transport: &'static str,
+    pub(crate) q: f32,
 }
 
 impl Binding {
-    pub fn remaining(&self, now: Instant) -> u32 {
+    pub(crate) fn remaining(&self, now: Instant) -> u32 {
         self.expires_at.saturating_duration_since(now).as_secs() as u32
     }
 }
 
 /// Why a REGISTER was refused, with the response it gets.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegisterError {
+pub(crate) enum RegisterError {
     #[error("Invalid Contact")]
     BadContact,
     #[error("Wildcard Contact needs Expires: 0 and no other contact")]
@@ -63,7 +63,7 @@ pub enum RegisterError {
 
 impl RegisterError {
     /// The SIP status code of the answer.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             Self::BadContact | Self::BadWildcard => 400,
             Self::TooBrief { .. } => 423,
@@ -74,35 +74,35 @@ impl RegisterError {
 
 /// What a REGISTER carries, already parsed.
 #[derive(Debug, Clone)]
-pub struct RegisterRequest<'a> {
-    pub aor: String,
-    pub headers: &'a Headers,
-    pub call_id: &'a str,
-    pub cseq: u32,
-    pub source: SocketAddr,
-    pub transport: &'static str,
+pub(crate) struct RegisterRequest<'a> {
+    pub(crate) aor: String,
+    pub(crate) headers: &'a Headers,
+    pub(crate) call_id: &'a str,
+    pub(crate) cseq: u32,
+    pub(crate) source: SocketAddr,
+    pub(crate) transport: &'static str,
 }
 
 /// All bindings.
 #[derive(Debug, Default)]
-pub struct Registrar {
+pub(crate) struct Registrar {
     policy: Policy,
     bindings: HashMap<String, Vec<Binding>>,
 }
 
 /// One live registration, as the admin endpoint shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct RegistrationSummary {
-    pub user: String,
-    pub contact: String,
-    pub source: String,
-    pub transport: &'static str,
-    pub expires_in_s: u32,
+pub(crate) struct RegistrationSummary {
+    pub(crate) user: String,
+    pub(crate) contact: String,
+    pub(crate) source: String,
+    pub(crate) transport: &'static str,
+    pub(crate) expires_in_s: u32,
 }
 
 impl Registrar {
     /// Every live binding, by user.
-    pub fn summary(&self, now: Instant) -> Vec<RegistrationSummary> {
+    pub(crate) fn summary(&self, now: Instant) -> Vec<RegistrationSummary> {
         let mut out: Vec<RegistrationSummary> = self
             .bindings
             .iter()
@@ -123,7 +123,7 @@ impl Registrar {
         out
     }
 
-    pub fn new(policy: Policy) -> Self {
+    pub(crate) fn new(policy: Policy) -> Self {
         Self {
             policy,
             bindings: HashMap::new(),
@@ -131,7 +131,7 @@ impl Registrar {
     }
 
     /// Applies a REGISTER; returns the bindings of the AoR after it (for the 200's Contacts).
-    pub fn register(
+    pub(crate) fn register(
         &mut self,
         now: Instant,
         request: &RegisterRequest<'_>,
@@ -206,7 +206,7 @@ impl Registrar {
     }
 
     /// Live contacts of an AoR, highest q first.
-    pub fn lookup(&self, now: Instant, aor: &str) -> Vec<Binding> {
+    pub(crate) fn lookup(&self, now: Instant, aor: &str) -> Vec<Binding> {
         let mut live: Vec<Binding> = self
             .bindings
             .get(aor)
@@ -217,7 +217,7 @@ impl Registrar {
     }
 
     /// Drops expired bindings; returns how many AoRs remain registered.
-    pub fn purge(&mut self, now: Instant) -> usize {
+    pub(crate) fn purge(&mut self, now: Instant) -> usize {
         self.bindings.retain(|_, bindings| {
             bindings.retain(|b| b.expires_at > now);
             !bindings.is_empty()

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use mediaproxy::types::{Codec, Direction, MediaKind};
+use proto::domain::{Codec, Direction, MediaKind};
 
 /// Why an SDP body is unusable (answered 488 Not Acceptable Here).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

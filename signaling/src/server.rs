@@ -1,12 +1,11 @@
-//! The driver around [`crate::b2bua::Core`]: SIP over UDP and TCP on one port, timers, the
+//! The driver around [`crate::call::Core`]: SIP over UDP and TCP on one port, timers, the
 //! media proxy client, the CDR writer, and (without `--mediaproxy`) an embedded media proxy
 //! reached over real gRPC on a loopback port.
 //!
 //! One task owns the core and performs its outputs. Anything slow (gRPC, the database) runs in
 //! spawned tasks that report back through the input channel, so SIP handling never waits.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mediaproxy::server::MediaProxy;
-use mediaproxy::types::Leg;
+use proto::domain::Leg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -22,14 +21,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminQuery;
 use crate::auth::DigestAuth;
-use crate::b2bua::{CallRecord, Core, Input, Output, Peer, Settings, TimerKind, Transport};
-use crate::cdr::{Cdr, CdrMedia, CdrWriter, WriterOptions};
+use crate::call::{CallRecord, Core, Input, Output, Settings};
+use crate::cdr::{Cdr, CdrWriter, WriterOptions};
+use crate::completion::{Release, WallAnchor, cdr_row};
 use crate::config::Config;
-use crate::diagnosis::{self, Evidence, MediaReport, Verdict};
+use crate::diagnosis::Evidence;
+use crate::ids::Ids;
 use crate::media::{MediaClient, MediaEvent};
 use crate::metrics::Metrics;
 use crate::registrar::{Policy, Registrar};
 use crate::sip::message::{Frame, Message, frame, parse};
+use crate::sip::{Peer, Transport};
 
 /// Why signaling could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,14 +66,6 @@ pub struct Signaling {
     embedded: Option<MediaProxy>,
     media: MediaClient,
     cdr: CdrWriter,
-}
-
-fn unix_ms(clock: (Instant, u64), at: Instant) -> i64 {
-    let (anchor, anchor_ms) = clock;
-    match at.checked_duration_since(anchor) {
-        Some(after) => (anchor_ms + after.as_millis() as u64) as i64,
-        None => anchor_ms.saturating_sub(anchor.duration_since(at).as_millis() as u64) as i64,
-    }
 }
 
 fn now_unix_ms() -> u64 {
@@ -127,7 +121,7 @@ impl Signaling {
             }
         };
         let media = MediaClient::new(&url, &owner)
-            .map_err(StartError::MediaProxy)?
+            .map_err(|e| StartError::MediaProxy(e.to_string()))?
             .with_durations(metrics.mediaproxy_duration.clone());
         let http =
             TcpListener::bind(config.metrics)
@@ -326,6 +320,7 @@ impl Signaling {
         let realm = config.realm.clone();
         let auth = DigestAuth::new(&realm, 300)
             .map_err(|e| anyhow::anyhow!("random nonce secret: {e}"))?;
+        let ids = Ids::from_os().map_err(|e| anyhow::anyhow!("random identifiers: {e}"))?;
         let mut core = Core::new(
             Settings {
                 local,
@@ -340,25 +335,26 @@ impl Signaling {
             },
             auth,
             Registrar::new(Policy::default()),
+            ids,
         );
-        let clock = (Instant::now(), now_unix_ms());
-        let mut timers: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
-        let mut timer_kinds: HashMap<u64, (u64, TimerKind)> = HashMap::new();
-        let mut timer_seq = 0u64;
+        let clock = WallAnchor {
+            instant: Instant::now(),
+            unix_ms: now_unix_ms(),
+        };
         let mut finishing = tokio::task::JoinSet::new();
         let cdr = Arc::new(cdr);
         let mut shutdown = std::pin::pin!(shutdown);
         let mut draining_until: Option<Instant> = None;
+        let idle = Duration::from_secs(3600);
 
         loop {
-            let next_timer = timers.peek().map(|Reverse((at, _))| *at);
-            let sleep_until = next_timer
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-                .min(
-                    draining_until.map_or(Instant::now() + Duration::from_secs(3600), |d| {
-                        d.min(Instant::now() + Duration::from_millis(100))
-                    }),
-                );
+            // The core owns every deadline; the driver only sleeps until the next one.
+            let mut wake = core.poll_timeout().unwrap_or_else(|| Instant::now() + idle);
+            if let Some(deadline) = draining_until {
+                wake = wake
+                    .min(deadline)
+                    .min(Instant::now() + Duration::from_millis(100));
+            }
             let input = tokio::select! {
                 input = input_rx.recv() => input,
                 Some(query) = admin_rx.recv() => {
@@ -373,7 +369,7 @@ impl Signaling {
                     }
                     None
                 }
-                () = tokio::time::sleep_until(sleep_until.into()) => None,
+                () = tokio::time::sleep_until(wake.into()) => None,
                 () = &mut shutdown, if draining_until.is_none() => {
                     tracing::info!(calls = core.active_calls(), "shutting down: draining");
                     core.set_draining(true);
@@ -384,20 +380,7 @@ impl Signaling {
             };
             let now = Instant::now();
             let unix = now_unix_ms() / 1000;
-            let mut batch = Vec::new();
             if let Some(input) = input {
-                batch.push(input);
-            }
-            while let Some(Reverse((at, seq))) = timers.peek().copied() {
-                if at > now {
-                    break;
-                }
-                timers.pop();
-                if let Some((call, kind)) = timer_kinds.remove(&seq) {
-                    batch.push(Input::Timer { call, kind });
-                }
-            }
-            for input in batch {
                 if let Input::Message {
                     message: Message::Request(request),
                     ..
@@ -405,66 +388,76 @@ impl Signaling {
                 {
                     metrics.request(request.method.as_str());
                 }
-                for output in core.handle(now, unix, input) {
-                    match output {
-                        Output::Send { to, data } => {
-                            metrics.response(&data);
-                            send(&udp, &connections, &inputs, to, data).await;
-                        }
-                        Output::Timer { call, kind, after } => {
-                            timer_seq += 1;
-                            timers.push(Reverse((now + after, timer_seq)));
-                            timer_kinds.insert(timer_seq, (call, kind));
-                        }
-                        Output::Allocate {
-                            call,
-                            call_id,
-                            offer,
-                            offer_leg,
-                        } => {
-                            let media = media.clone();
-                            let inputs = inputs.clone();
-                            tokio::spawn(async move {
-                                let result = media.prepare(&call_id, &offer, offer_leg).await;
-                                let _ = inputs.send(Input::MediaReady { call, result }).await;
-                            });
-                        }
-                        Output::UpdateMedia { call_id, leg, sdp } => {
-                            let media = media.clone();
-                            tokio::spawn(async move {
-                                if let Err(error) = media.update(&call_id, leg, &sdp).await {
-                                    tracing::warn!(%call_id, leg = leg.as_str(), %error, "media update failed");
-                                }
-                            });
-                        }
-                        Output::Finish(record) => {
-                            let media = media.clone();
-                            let cdr = cdr.clone();
-                            let metrics = metrics.clone();
-                            let evidence = evidence.clone();
-                            finishing.spawn(async move {
-                                let row = complete_record(&media, &evidence, clock, record).await;
-                                metrics.calls.with_label_values(&[&row.disposition]).inc();
-                                metrics
-                                    .verdicts
-                                    .with_label_values(&[&row.media_verdict])
-                                    .inc();
-                                tracing::info!(
-                                    call_id = %row.call_id,
-                                    disposition = %row.disposition,
-                                    verdict = %row.media_verdict,
-                                    caller_packets = row.caller_audio_packets,
-                                    callee_packets = row.callee_audio_packets,
-                                    diagnosis = %row.media_diagnosis,
-                                    "media verdict"
-                                );
-                                cdr.write(row);
-                            });
-                        }
+                core.handle(now, unix, input);
+            }
+            if core.poll_timeout().is_some_and(|at| at <= now) {
+                core.handle_timeout(now);
+            }
+            while let Some(output) = core.poll_output() {
+                match output {
+                    Output::Send { to, data } => {
+                        metrics.response(&data);
+                        send(&udp, &connections, &inputs, to, data).await;
+                    }
+                    Output::Allocate {
+                        call,
+                        call_id,
+                        offer,
+                        offer_leg,
+                    } => {
+                        let media = media.clone();
+                        let inputs = inputs.clone();
+                        tokio::spawn(async move {
+                            let result = media.prepare(&call_id, &offer, offer_leg).await;
+                            let _ = inputs.send(Input::MediaReady { call, result }).await;
+                        });
+                    }
+                    Output::UpdateMedia { call_id, leg, sdp } => {
+                        let media = media.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = media.update(&call_id, leg, &sdp).await {
+                                tracing::warn!(%call_id, leg = leg.as_str(), %error, "media update failed");
+                            }
+                        });
+                    }
+                    Output::ReleaseMedia { call_id } => {
+                        let media = media.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = media.release(&call_id, "released").await {
+                                tracing::warn!(%call_id, %error, "release of an orphaned media session failed");
+                            }
+                        });
+                    }
+                    Output::Finish(record) => {
+                        let media = media.clone();
+                        let cdr = cdr.clone();
+                        let metrics = metrics.clone();
+                        let evidence = evidence.clone();
+                        finishing.spawn(async move {
+                            let row = complete_record(&media, &evidence, clock, record).await;
+                            metrics.calls.with_label_values(&[&row.disposition]).inc();
+                            metrics
+                                .verdicts
+                                .with_label_values(&[&row.media_verdict])
+                                .inc();
+                            tracing::info!(
+                                call_id = %row.call_id,
+                                disposition = %row.disposition,
+                                verdict = %row.media_verdict,
+                                caller_packets = row.caller_audio_packets,
+                                callee_packets = row.callee_audio_packets,
+                                diagnosis = %row.media_diagnosis,
+                                "media verdict"
+                            );
+                            cdr.write(row);
+                        });
                     }
                 }
             }
             metrics.active_calls.set(core.active_calls() as i64);
+            metrics.calls_in_memory.set(core.calls_in_memory() as i64);
+            metrics.transactions.set(core.transactions_alive() as i64);
+            metrics.timers.set(core.pending_timers() as i64);
             while finishing.try_join_next().is_some() {}
             if let Some(deadline) = draining_until
                 && (core.active_calls() == 0 || now >= deadline)
@@ -486,12 +479,11 @@ impl Signaling {
 /// First-packet sources per call, from the proxy's events.
 type EvidenceMap = Arc<Mutex<HashMap<String, Evidence>>>;
 
-/// Releases the call's media (if relayed) and builds its CDR row with the verdict and the
-/// diagnosis.
+/// Releases the call's media (if relayed) and builds its CDR row ([`cdr_row`]).
 async fn complete_record(
     media: &MediaClient,
     evidence: &EvidenceMap,
-    clock: (Instant, u64),
+    clock: WallAnchor,
     record: CallRecord,
 ) -> Cdr {
     let seen = evidence
@@ -499,101 +491,21 @@ async fn complete_record(
         .unwrap_or_else(|p| p.into_inner())
         .remove(&record.call_id)
         .unwrap_or_default();
-    let mut row = Cdr {
-        call_id: record.call_id.clone(),
-        b_call_id: record.b_call_id.clone(),
-        caller: record.caller.clone(),
-        callee: record.callee.clone(),
-        start_time_ms: unix_ms(clock, record.start),
-        answer_time_ms: record.answer.map(|a| unix_ms(clock, a)),
-        end_time_ms: unix_ms(clock, record.end),
-        duration_ms: record.answer.map_or(0, |a| {
-            record.end.saturating_duration_since(a).as_millis() as i64
-        }),
-        disposition: record.disposition.as_str().to_owned(),
-        sip_status: i64::from(record.sip_status),
-        hangup_side: record.hangup_side.as_str().to_owned(),
-        media_mode: record.media_mode.as_str().to_owned(),
-        media_node: record.media_node.clone(),
-        end_reason: record.end_reason.clone(),
-        media_address: record.media_address.map(|a| a.to_string()),
-        ..Cdr::default()
-    };
-    let answered = record.answer.is_some();
-    let released = if record.relayed {
-        Some(
-            media
-                .release(&record.call_id, record.hangup_side.as_str())
-                .await,
-        )
+    let release = if record.relayed {
+        match media
+            .release(&record.call_id, record.hangup_side.as_str())
+            .await
+        {
+            Ok(stats) => Release::Released(stats),
+            Err(error) => {
+                tracing::error!(call_id = %record.call_id, %error, "media release failed; CDR without final counts");
+                Release::Failed(error)
+            }
+        }
     } else {
-        None
+        Release::NotRelayed
     };
-    let (verdict, diagnosis) = match released {
-        None if answered => (
-            Verdict::Direct,
-            "direct mode: media went end to end, not through a proxy; not measured".to_owned(),
-        ),
-        None => (
-            Verdict::NotAnswered,
-            format!("not answered: {}", record.end_reason),
-        ),
-        Some(Ok(stats)) => {
-            let report = MediaReport {
-                advertised: record.media_address,
-                media: stats.media,
-            };
-            let (caller, callee) = (report.audio_in(Leg::Caller), report.audio_in(Leg::Callee));
-            row.caller_audio_packets = caller.packets as i64;
-            row.callee_audio_packets = callee.packets as i64;
-            row.caller_audio_bytes = caller.bytes as i64;
-            row.callee_audio_bytes = callee.bytes as i64;
-            row.total_bytes_relayed = report
-                .media
-                .iter()
-                .map(|m| m.rtp_out.bytes + m.rtcp_out.bytes)
-                .sum::<u64>() as i64;
-            row.recording_packets =
-                report.media.iter().map(|m| m.recorded_packets).sum::<u64>() as i64;
-            row.media = report.media.iter().map(CdrMedia::from_figures).collect();
-            if answered {
-                let (verdict, mut text) = diagnosis::diagnose(&report);
-                if !stats.released_now {
-                    text = format!(
-                        "{text}; the proxy had already ended the session ({})",
-                        stats.release_reason
-                    );
-                }
-                (verdict, text)
-            } else {
-                (
-                    Verdict::NotAnswered,
-                    format!(
-                        "not answered: {}; early media: caller sent {} RTP packets, callee {}",
-                        record.end_reason, row.caller_audio_packets, row.callee_audio_packets
-                    ),
-                )
-            }
-        }
-        Some(Err(error)) => {
-            tracing::error!(call_id = %record.call_id, %error, "media release failed; CDR without final counts");
-            let node = record.media_node.as_deref().unwrap_or("(unknown)");
-            if answered {
-                diagnosis::diagnose_lost(node, &error, &seen)
-            } else {
-                (
-                    Verdict::NotAnswered,
-                    format!(
-                        "not answered: {}; media proxy {node} could not release the call ({error})",
-                        record.end_reason
-                    ),
-                )
-            }
-        }
-    };
-    row.media_verdict = verdict.as_str().to_owned();
-    row.media_diagnosis = diagnosis;
-    row
+    cdr_row(&record, &release, &seen, clock)
 }
 
 async fn send(

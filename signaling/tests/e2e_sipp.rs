@@ -652,9 +652,12 @@ fn malformed_requests_get_a_400_with_the_reason_and_service_goes_on() {
         "{answer}"
     );
     assert!(answer.contains("Call-ID: malformed-1"), "{answer}");
+    // Every new request has a branch of its own (RFC 3261 section 8.1.1.7): a request that
+    // repeats one is a retransmission and gets the same answer again.
     let answer = ask(format!(
         "{}Content-Length: 0\r\n\r\n",
         base.replace("1 OPTIONS", "1 INVITE")
+            .replace("z9hG4bKm1", "z9hG4bKm1i")
     ));
     assert!(
         answer.starts_with("SIP/2.0 400 CSeq method does not match the request\r\n"),
@@ -664,11 +667,13 @@ fn malformed_requests_get_a_400_with_the_reason_and_service_goes_on() {
         "{}Content-Length: 0\r\n\r\n",
         base.replace("OPTIONS sip", "FROBNICATE sip")
             .replace("1 OPTIONS", "1 FROBNICATE")
+            .replace("z9hG4bKm1", "z9hG4bKm1f")
     ));
     assert!(answer.starts_with("SIP/2.0 501 "), "{answer}");
     let answer = ask(format!(
         "{}Content-Length: 0\r\n\r\n",
         base.replace("Max-Forwards: 70", "Max-Forwards: 0")
+            .replace("z9hG4bKm1", "z9hG4bKm1z")
     ));
     assert!(answer.starts_with("SIP/2.0 483 "), "{answer}");
     // Garbage without the headers a reply needs is dropped; the service keeps answering.

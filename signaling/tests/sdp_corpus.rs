@@ -103,12 +103,9 @@ fn corpus_facts_the_relay_relies_on() {
     assert_eq!(fs.media[0].rtcp_port, 24013);
     let hold = parse(&corpus["hold_sendonly.sdp"]).unwrap();
     assert!(hold.media[0].address.unwrap().is_unspecified());
-    assert_eq!(
-        hold.media[0].direction,
-        mediaproxy::types::Direction::SendOnly
-    );
+    assert_eq!(hold.media[0].direction, proto::domain::Direction::SendOnly);
     let t38 = parse(&corpus["t38_reinvite.sdp"]).unwrap();
-    assert_eq!(t38.media[1].kind, mediaproxy::types::MediaKind::Other);
+    assert_eq!(t38.media[1].kind, proto::domain::MediaKind::Other);
     assert_eq!(t38.media[0].port, 0);
     let lf = parse(&corpus["lf_only_with_uep.sdp"]).unwrap();
     assert_eq!(lf.media[0].address, Some("192.0.2.8".parse().unwrap()));

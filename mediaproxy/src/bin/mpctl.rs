@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use mediaproxy::grpc::{kind_from_wire, leg_from_wire};
 use mediaproxy::types::{Leg, MediaKind};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
@@ -168,11 +167,11 @@ fn print_status(s: &pb::StatusResponse) {
 }
 
 fn leg_name(leg: i32) -> &'static str {
-    leg_from_wire(leg).map_or("?", Leg::as_str)
+    Leg::from_wire(leg).map_or("?", Leg::as_str)
 }
 
 fn kind_name(kind: i32) -> &'static str {
-    kind_from_wire(kind, "kind").map_or("?", MediaKind::as_str)
+    MediaKind::from_wire(kind, "kind").map_or("?", MediaKind::as_str)
 }
 
 fn or_dash(text: &str) -> &str {

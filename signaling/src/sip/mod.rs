@@ -2,4 +2,7 @@
 
 pub mod header;
 pub mod message;
+pub mod peer;
 pub mod uri;
+
+pub use peer::{Peer, Transport};

@@ -1,0 +1,695 @@
+//! The initial INVITE: the caller's request, routing, media allocation, our INVITE to the
+//! callee, the callee's responses relayed back, and the late offer (RFC 3261 sections 13 and
+//! 16-17 as a B2BUA plays them; RFC 3264 offer/answer through the relay).
+
+use std::time::Instant;
+
+use proto::domain::Leg;
+
+use super::{
+    ALLOW, Call, CallRecord, CallRef, CallTimer, Core, Disposition, Flow, HangupSide, MediaPlan,
+    Side, State, TxTag, body_sdp, relayed_response, response, rewrite_for, transport_named,
+};
+use crate::config::MediaMode;
+use crate::dialog::Dialog;
+use crate::media::MediaError;
+use crate::sdp;
+use crate::sip::Peer;
+use crate::sip::header::NameAddr;
+use crate::sip::message::{Method, Request, Response};
+use crate::sip::uri::{Uri, host_text};
+use crate::transaction::TxId;
+
+impl Core {
+    /// Where a call to `user` goes: a registered contact first, then the longest static
+    /// route prefix. Returns (Request-URI, peer, the route's media mode).
+    fn route(&self, now: Instant, user: &str) -> Option<(String, Peer, Option<MediaMode>)> {
+        if let Some(binding) = self.registrar.lookup(now, user).into_iter().next() {
+            return Some((
+                binding.contact.uri.to_string(),
+                Peer {
+                    transport: transport_named(binding.transport),
+                    addr: binding.source,
+                },
+                None,
+            ));
+        }
+        let route = self
+            .settings
+            .routes
+            .iter()
+            .filter(|r| user.starts_with(&r.prefix))
+            .max_by_key(|r| r.prefix.len())?;
+        let address = route.address?;
+        let mut uri = route.target.clone();
+        if uri.user.is_none() {
+            uri.user = Some(user.to_owned());
+        }
+        Some((
+            uri.to_string(),
+            Peer {
+                transport: transport_named(&route.target.transport()),
+                addr: address,
+            },
+            route.media_mode,
+        ))
+    }
+
+    /// Answers an INVITE that never became a call and records it. Its server transaction
+    /// absorbs retransmissions, so this runs (and leaves a CDR) once per call.
+    fn reject_call(
+        &mut self,
+        now: Instant,
+        tx: TxId,
+        request: &Request,
+        status: u16,
+        reason: &str,
+    ) {
+        self.reply(now, tx, request, status);
+        let user = |value: Option<&str>| {
+            value
+                .and_then(NameAddr::parse)
+                .and_then(|n| n.uri.user)
+                .unwrap_or_default()
+        };
+        let callee = Uri::parse(&request.uri)
+            .ok()
+            .and_then(|u| u.user)
+            .unwrap_or_else(|| user(request.headers.get("To")));
+        let record = CallRecord {
+            call_id: request.call_id().to_owned(),
+            b_call_id: String::new(),
+            caller: user(request.headers.get("From")),
+            callee,
+            start: now,
+            answer: None,
+            end: now,
+            disposition: Disposition::Failed,
+            sip_status: status,
+            hangup_side: HangupSide::System,
+            media_mode: self.settings.media_mode,
+            media_node: None,
+            relayed: false,
+            media_address: None,
+            end_reason: reason.to_owned(),
+        };
+        tracing::info!(call_id = %record.call_id, status, reason, "call rejected");
+        self.push(super::Output::Finish(record));
+    }
+
+    pub(super) fn on_invite(
+        &mut self,
+        now: Instant,
+        unix: u64,
+        from: Peer,
+        tx: TxId,
+        request: Request,
+    ) {
+        if self.draining {
+            let reason = "signaling is shutting down (draining); INVITE refused";
+            self.reject_call(now, tx, &request, 503, reason);
+            return;
+        }
+        if self.active >= self.settings.max_calls {
+            let reason = format!(
+                "call limit reached ({} calls, --max-calls)",
+                self.settings.max_calls
+            );
+            self.reject_call(now, tx, &request, 503, &reason);
+            return;
+        }
+        let from_header = request.headers.get("From").and_then(NameAddr::parse);
+        let Some(from_header) = from_header.filter(|f| f.tag().is_some()) else {
+            let answer = response(&request, 400, "Missing From tag", None);
+            self.transactions.respond(now, tx, &answer);
+            return;
+        };
+        let trusted = self
+            .settings
+            .trusted
+            .iter()
+            .any(|c| c.contains(from.addr.ip()));
+        let caller = if trusted {
+            from_header.uri.user.clone().unwrap_or_default()
+        } else {
+            match self.authenticate(now, from, tx, &request, unix, true) {
+                Some(user) => user,
+                None => return,
+            }
+        };
+        let Ok(uri) = Uri::parse(&request.uri) else {
+            let tag = self.ids.tag();
+            let answer = response(&request, 416, "Unsupported URI Scheme", Some(&tag));
+            self.transactions.respond(now, tx, &answer);
+            return;
+        };
+        let callee = uri.user.clone().unwrap_or_default();
+        let Some((request_uri, target, route_mode)) = self.route(now, &callee) else {
+            let reason = format!("no registered user and no route for {callee:?}");
+            self.reject_call(now, tx, &request, 404, &reason);
+            return;
+        };
+        let mode = self
+            .settings
+            .users
+            .get(&caller)
+            .and_then(|u| u.media_mode)
+            .or(route_mode)
+            .unwrap_or(self.settings.media_mode);
+        let offer = match body_sdp(&request.body) {
+            Ok(offer) => offer,
+            Err(error) => {
+                let reason = format!("unusable SDP offer: {error}");
+                self.reject_call(now, tx, &request, 488, &reason);
+                return;
+            }
+        };
+        let call = self.next_call;
+        self.next_call += 1;
+        let host = host_text(&self.settings.local.ip().to_string());
+        let a_tag = self.ids.tag();
+        let b_tag = self.ids.tag();
+        let b_call_id = self.ids.call_id(&host);
+        let trying = response(&request, 100, "Trying", None);
+        self.transactions.respond(now, tx, &trying);
+        self.transactions.set_tag(
+            tx,
+            TxTag {
+                call,
+                side: Side::A,
+                flow: Flow::Answer,
+            },
+        );
+        // The callee's dialog: From is the caller with our host, To the caller's To.
+        let mut b_from = from_header.clone();
+        b_from.params.retain(|(n, _)| n != "tag");
+        b_from.uri.host = self.settings.local.ip().to_string();
+        b_from.uri.port = Some(self.settings.local.port());
+        b_from.uri.params.clear();
+        let b_to = request
+            .headers
+            .get("To")
+            .and_then(NameAddr::parse)
+            .map(|mut to| {
+                to.params.retain(|(n, _)| n != "tag");
+                to.to_string()
+            })
+            .unwrap_or_else(|| format!("<{request_uri}>"));
+        let call_id = request.call_id().to_owned();
+        let relayed = mode != MediaMode::Direct;
+        let record = Call {
+            state: State::MediaPending,
+            a: Dialog::uas(&request, a_tag, from),
+            b: Dialog::uac(
+                b_call_id.clone(),
+                b_tag,
+                b_from.to_string(),
+                b_to,
+                request_uri,
+                0,
+                target,
+            ),
+            a_invite: request,
+            a_tx: tx,
+            b_tx: None,
+            b_invite_cseq: 0,
+            mode: if relayed { mode } else { MediaMode::Direct },
+            media: None,
+            caller,
+            callee,
+            start: now,
+            answer: None,
+            finished: false,
+            allocation_requested: false,
+            held_answer: None,
+            reinvite: None,
+            reinvite_ok: None,
+            keepalive_pending: [None, None],
+            keepalive_missed: [0, 0],
+        };
+        self.by_call_id.insert(call_id.clone(), (call, Side::A));
+        self.by_call_id.insert(b_call_id, (call, Side::B));
+        self.calls.insert(call, record);
+        self.active += 1;
+        tracing::info!(%call_id, mode = if relayed { mode.as_str() } else { "direct" }, "new call");
+        match offer {
+            Some(offer) if relayed => {
+                if let Some(record) = self.calls.get_mut(&call) {
+                    record.allocation_requested = true;
+                }
+                self.push(super::Output::Allocate {
+                    call,
+                    call_id,
+                    offer,
+                    offer_leg: Leg::Caller,
+                });
+            }
+            _ => self.send_invite(now, call),
+        }
+    }
+
+    pub(super) fn on_media(
+        &mut self,
+        now: Instant,
+        call: CallRef,
+        result: Result<MediaPlan, MediaError>,
+    ) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        match (record.state, result) {
+            (State::MediaPending, Ok(plan)) => {
+                record.media = Some(plan);
+                self.send_invite(now, call);
+            }
+            (State::MediaPending, Err(error)) => {
+                tracing::warn!(call_id = %record.a.call_id, %error, "media allocation failed");
+                let status = error.sip_status();
+                self.fail_a(
+                    now,
+                    call,
+                    status,
+                    Disposition::Failed,
+                    HangupSide::System,
+                    error.to_string(),
+                );
+            }
+            (State::LateOfferPending, Ok(plan)) => {
+                record.media = Some(plan);
+                let Some(answer) = record.held_answer.clone() else {
+                    return;
+                };
+                match self.relay_to_a(now, call, &answer) {
+                    Ok(()) => self.answered(now, call),
+                    Err(error) => {
+                        let reason = format!("callee's SDP offer (late offer) unusable: {error}");
+                        self.drop_held_answer(now, call);
+                        self.fail_a(
+                            now,
+                            call,
+                            502,
+                            Disposition::Failed,
+                            HangupSide::System,
+                            reason,
+                        );
+                    }
+                }
+            }
+            (State::LateOfferPending, Err(error)) => {
+                tracing::warn!(call_id = %record.a.call_id, %error, "media allocation failed (late offer)");
+                let status = error.sip_status();
+                let reason = format!("{error} (late offer)");
+                self.drop_held_answer(now, call);
+                self.fail_a(
+                    now,
+                    call,
+                    status,
+                    Disposition::Failed,
+                    HangupSide::System,
+                    reason,
+                );
+            }
+            (_, Ok(_)) if record.finished => {
+                // The call ended while its media was being allocated; the release that
+                // finishing asked for may have overtaken this allocation.
+                let call_id = record.a.call_id.clone();
+                self.push(super::Output::ReleaseMedia { call_id });
+            }
+            _ => {}
+        }
+    }
+
+    /// The callee's 2xx of a late offer cannot go on: acknowledge it and hang the callee up.
+    pub(super) fn drop_held_answer(&mut self, now: Instant, call: CallRef) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        record.state = State::Ended;
+        if record.held_answer.take().is_some() {
+            self.ack_b(now, call, Vec::new());
+            self.send_bye(now, call, Side::B);
+        }
+    }
+
+    /// Sends the INVITE to the callee (SDP rewritten to the callee leg's ports).
+    pub(super) fn send_invite(&mut self, now: Instant, call: CallRef) {
+        let local = self.local();
+        let branch = self.ids.branch();
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let body = match &record.media {
+            Some(plan) => {
+                match rewrite_for(&record.a_invite.body, plan.advertised, &plan.callee_ports) {
+                    Ok(body) => body,
+                    Err(error) => {
+                        let reason = format!("caller's SDP offer could not be rewritten: {error}");
+                        self.fail_a(
+                            now,
+                            call,
+                            500,
+                            Disposition::Failed,
+                            HangupSide::System,
+                            reason,
+                        );
+                        return;
+                    }
+                }
+            }
+            None => record.a_invite.body.clone(),
+        };
+        record.state = State::Calling;
+        let forwards = record
+            .a_invite
+            .headers
+            .get("Max-Forwards")
+            .and_then(|v| v.trim().parse::<u8>().ok())
+            .unwrap_or(70)
+            .saturating_sub(1);
+        let content_type = record
+            .a_invite
+            .headers
+            .get("Content-Type")
+            .unwrap_or("application/sdp")
+            .to_owned();
+        let (peer, mut invite) = record.b.invite(local, &branch, &content_type, body);
+        record.b_invite_cseq = invite.cseq().map_or(1, |c| c.number);
+        invite.headers.set("Max-Forwards", forwards.to_string());
+        invite.headers.push("Allow", ALLOW);
+        let tag = TxTag {
+            call,
+            side: Side::B,
+            flow: Flow::Invite,
+        };
+        let tx = self.transactions.send(now, peer, invite, tag);
+        if let Some(record) = self.calls.get_mut(&call) {
+            record.b_tx = Some(tx);
+        }
+    }
+
+    pub(super) fn on_invite_response(
+        &mut self,
+        now: Instant,
+        call: CallRef,
+        _tx: TxId,
+        response: Response,
+    ) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let status = response.status;
+        let success = (200..300).contains(&status);
+        if !matches!(record.state, State::Calling | State::Proceeding) {
+            if success && record.held_answer.is_none() {
+                // A 2xx after the call ended on the caller's side (CANCEL raced the 200,
+                // media lost, ring timeout): the callee believes the call is up. RFC 3261
+                // section 15: acknowledge it and hang up.
+                tracing::info!(call_id = %record.a.call_id, "2xx after the call ended: ACK and BYE");
+                record.b.confirm(&response);
+                self.ack_b(now, call, Vec::new());
+                self.send_bye(now, call, Side::B);
+            }
+            return;
+        }
+        if status < 200 {
+            if status == 100 {
+                record.state = State::Proceeding;
+                return;
+            }
+            let first = record.state == State::Calling;
+            record.state = State::Proceeding;
+            record.b.early(&response);
+            if first {
+                let ring = self.settings.ring_timeout;
+                self.set_timer(now, call, CallTimer::Ring, ring);
+            }
+            if let Err(error) = self.relay_to_a(now, call, &response) {
+                tracing::info!(status, %error, "provisional response's SDP unusable; relayed without it");
+                let mut bare = response;
+                bare.body.clear();
+                let _ = self.relay_to_a(now, call, &bare);
+            }
+            return;
+        }
+        if success {
+            record.b.confirm(&response);
+            self.stop_timer(call, CallTimer::Ring);
+            let record = self.calls.get_mut(&call).expect("call exists");
+            let late_offer = (record.mode != MediaMode::Direct && !record.allocation_requested)
+                .then(|| {
+                    std::str::from_utf8(&response.body)
+                        .ok()
+                        .and_then(|t| sdp::parse(t).ok())
+                })
+                .flatten();
+            if let Some(offer) = late_offer {
+                record.state = State::LateOfferPending;
+                record.held_answer = Some(response);
+                record.allocation_requested = true;
+                let call_id = record.a.call_id.clone();
+                self.push(super::Output::Allocate {
+                    call,
+                    call_id,
+                    offer,
+                    offer_leg: Leg::Callee,
+                });
+                return;
+            }
+            self.ack_b(now, call, Vec::new());
+            match self.relay_to_a(now, call, &response) {
+                Ok(()) => self.answered(now, call),
+                Err(error) => {
+                    // Passing the callee's own SDP on would take the media around the relay:
+                    // a call with no audio that nobody could explain. Refuse it instead.
+                    let reason = format!("callee's SDP answer unusable: {error}");
+                    tracing::warn!(%reason, "answer refused");
+                    if let Some(record) = self.calls.get_mut(&call) {
+                        record.state = State::Ended;
+                    }
+                    self.send_bye(now, call, Side::B);
+                    self.fail_a(
+                        now,
+                        call,
+                        502,
+                        Disposition::Failed,
+                        HangupSide::System,
+                        reason,
+                    );
+                }
+            }
+            return;
+        }
+        // A final error from the callee (its transaction acknowledged it): pass it on.
+        self.stop_timer(call, CallTimer::Ring);
+        let record = self.calls.get_mut(&call).expect("call exists");
+        record.state = State::Failed;
+        let mut relayed = super::response(
+            &record.a_invite,
+            status,
+            &response.reason,
+            Some(&record.a.local_tag),
+        );
+        for name in ["Retry-After", "Warning", "Reason"] {
+            if let Some(value) = response.headers.get(name) {
+                relayed.headers.push(name, value);
+            }
+        }
+        let tx = record.a_tx;
+        self.transactions.respond(now, tx, &relayed);
+        let reason = format!("callee answered {status} {}", response.reason);
+        let disposition = Disposition::of_refusal(status);
+        self.finish(now, call, disposition, status, HangupSide::Callee, reason);
+    }
+
+    /// The call is answered on both legs: its own timers start (once).
+    pub(super) fn answered(&mut self, now: Instant, call: CallRef) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        record.state = State::Answered;
+        record.answer = Some(now);
+        let max = self.settings.max_call_duration;
+        self.set_timer(now, call, CallTimer::MaxDuration, max);
+        self.schedule_keepalive(now, call);
+    }
+
+    /// Timer B of our INVITE: the callee never answered at all.
+    pub(super) fn on_invite_timeout(&mut self, now: Instant, call: CallRef, tx: TxId) {
+        let Some(record) = self.calls.get(&call) else {
+            return;
+        };
+        if record.b_tx != Some(tx) || record.state != State::Calling {
+            return;
+        }
+        tracing::info!(call_id = %record.a.call_id, "callee never answered the INVITE (Timer B)");
+        let reason = "callee never answered the INVITE (Timer B)".to_owned();
+        self.fail_a(
+            now,
+            call,
+            408,
+            Disposition::Failed,
+            HangupSide::System,
+            reason,
+        );
+    }
+
+    /// Acknowledges the callee's 2xx (RFC 3261 section 13.2.2.4): a request of the dialog,
+    /// resent by the INVITE transaction for every retransmitted 2xx.
+    pub(super) fn ack_b(&mut self, now: Instant, call: CallRef, body: Vec<u8>) {
+        let _ = now;
+        let local = self.local();
+        let branch = self.ids.branch();
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let cseq = record.b_invite_cseq;
+        let (peer, mut ack) = record.b.request(Method::Ack, Some(cseq), local, &branch);
+        if !body.is_empty() {
+            ack.headers.push("Content-Type", "application/sdp");
+        }
+        ack.body = body;
+        if let Some(tx) = record.b_tx {
+            self.transactions.set_ack(tx, &ack);
+        }
+        self.send(peer, ack.to_bytes());
+    }
+
+    /// Passes a provisional or 2xx response from the callee to the caller, with the SDP
+    /// rewritten to the caller leg's ports, and updates the callee leg of the media session.
+    /// An SDP that cannot be rewritten is an error, never passed on as it is.
+    pub(super) fn relay_to_a(
+        &mut self,
+        now: Instant,
+        call: CallRef,
+        response: &Response,
+    ) -> Result<(), sdp::SdpError> {
+        let contact = self.contact();
+        let Some(record) = self.calls.get_mut(&call) else {
+            return Ok(());
+        };
+        let mut body = response.body.clone();
+        let mut update = None;
+        if let (Some(plan), false) = (&record.media, body.is_empty()) {
+            let answer = super::body_sdp(&body)?.expect("a body");
+            body = rewrite_for(&body, plan.advertised, &plan.caller_ports)?;
+            update = Some(super::Output::UpdateMedia {
+                call_id: record.a.call_id.clone(),
+                leg: Leg::Callee,
+                sdp: answer,
+            });
+        }
+        let relayed = relayed_response(
+            &record.a_invite,
+            response,
+            Some(&record.a.local_tag),
+            &contact,
+            body,
+        );
+        let tx = record.a_tx;
+        if let Some(update) = update {
+            self.push(update);
+        }
+        self.transactions.respond(now, tx, &relayed);
+        Ok(())
+    }
+
+    /// An ACK outside any server transaction: the caller's ACK of our 2xx (possibly with the
+    /// late offer's answer), or a re-INVITE requester's.
+    pub(super) fn on_ack(&mut self, now: Instant, request: Request, _matched: Option<TxId>) {
+        let Some(&(call, side)) = self.by_call_id.get(request.call_id()) else {
+            return;
+        };
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let cseq = request.cseq().map_or(0, |c| c.number);
+        if let Some((ok_side, ok_cseq, tx)) = record.reinvite_ok
+            && ok_side == side
+            && ok_cseq == cseq
+        {
+            record.reinvite_ok = None;
+            self.transactions.acknowledge(now, tx);
+            return;
+        }
+        let invite_cseq = record.a_invite.cseq().map_or(0, |c| c.number);
+        if side != Side::A || cseq != invite_cseq {
+            return;
+        }
+        let tx = record.a_tx;
+        self.transactions.acknowledge(now, tx);
+        let record = self.calls.get_mut(&call).expect("call exists");
+        if record.state != State::Answered {
+            return;
+        }
+        record.state = State::Confirmed;
+        if record.held_answer.take().is_some() {
+            // Late offer: the caller's ACK carries the SDP answer for the callee.
+            match self.late_answer(call, &request) {
+                Ok(body) => self.ack_b(now, call, body),
+                Err(error) => {
+                    tracing::warn!(call_id = request.call_id(), %error, "caller's SDP answer in the ACK unusable; ending the call");
+                    self.ack_b(now, call, Vec::new());
+                    let reason = format!("caller's SDP answer in the ACK unusable: {error}");
+                    self.end_answered(now, call, HangupSide::System, reason);
+                }
+            }
+        }
+    }
+
+    /// The caller's SDP answer of a late offer, rewritten for the callee (and the caller leg
+    /// of the media session updated with it). Empty when the ACK carries none.
+    fn late_answer(&mut self, call: CallRef, ack: &Request) -> Result<Vec<u8>, sdp::SdpError> {
+        let Some(record) = self.calls.get(&call) else {
+            return Ok(Vec::new());
+        };
+        let (Some(plan), Some(answer)) = (&record.media, body_sdp(&ack.body)?) else {
+            return Ok(Vec::new());
+        };
+        let body = rewrite_for(&ack.body, plan.advertised, &plan.callee_ports)?;
+        let update = super::Output::UpdateMedia {
+            call_id: record.a.call_id.clone(),
+            leg: Leg::Caller,
+            sdp: answer,
+        };
+        self.push(update);
+        Ok(body)
+    }
+
+    /// The ring timeout: CANCEL the callee, 408 to the caller.
+    pub(super) fn on_ring_timeout(&mut self, now: Instant, call: CallRef) {
+        let Some(record) = self.calls.get(&call) else {
+            return;
+        };
+        if record.state != State::Proceeding {
+            return;
+        }
+        tracing::info!(call_id = %record.a.call_id, "no answer before the ring timeout");
+        self.cancel_b(now, call);
+        let reason = format!(
+            "no answer within the ring timeout ({} s)",
+            self.settings.ring_timeout.as_secs()
+        );
+        self.fail_a(
+            now,
+            call,
+            408,
+            Disposition::NoAnswer,
+            HangupSide::System,
+            reason,
+        );
+    }
+
+    /// Our 2xx to the caller was never acknowledged (Timer L of its transaction, RFC 6026;
+    /// RFC 3261 section 13.3.1.4 ends the dialog with a BYE).
+    pub(super) fn on_ack_timeout(&mut self, now: Instant, call: CallRef) {
+        let Some(record) = self.calls.get(&call) else {
+            return;
+        };
+        if record.state != State::Answered {
+            return;
+        }
+        tracing::info!(call_id = %record.a.call_id, "caller never acknowledged the 200");
+        let reason = "caller never acknowledged the 200 (no ACK within 64 x T1 = 32 s)".to_owned();
+        self.end_answered(now, call, HangupSide::System, reason);
+    }
+}

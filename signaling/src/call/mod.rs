@@ -1,0 +1,782 @@
+//! The B2BUA call layer, on top of the transaction and dialog layers, without sockets or
+//! clocks (STYLE habit 1).
+//!
+//! The driver feeds [`Input`]s (parsed SIP messages, media proxy answers) with `now` into
+//! [`Core::handle`], takes what to do from [`Core::poll_output`] (send bytes, ask the media
+//! proxy, finish a call), asks [`Core::poll_timeout`] for the next deadline and calls
+//! [`Core::handle_timeout`] when it passes. The core owns every timer: the transactions'
+//! (RFC 3261 section 17) and the calls' own (ring timeout, maximum duration, keepalive,
+//! linger); ending a call stops its timers.
+//!
+//! Every call has two SIP dialogs with different Call-IDs; both map to one [`Call`] keyed by
+//! a [`CallRef`]. The caller's Call-ID is also the media session id and the CDR's `call_id`
+//! (DESIGN section 5): a BYE on either leg releases the same session.
+//!
+//! # Layout (one file per flow)
+//!
+//! - [`invite`]: the initial INVITE on both legs, routing, media allocation, the callee's
+//!   responses, late offer.
+//! - [`reinvite`]: re-INVITEs relayed from either leg (hold, resume, codec change), glare.
+//! - [`hangup`]: BYE, CANCEL, failures, the media proxy ending a call, and finishing.
+//! - [`keepalive`]: in-dialog OPTIONS pings of answered calls.
+//! - [`registrar`]: REGISTER with digest authentication, OPTIONS outside dialogs.
+//! - [`record`]: the call's record for the CDR and its admin summary.
+
+mod hangup;
+mod invite;
+mod keepalive;
+pub(crate) mod record;
+mod registrar;
+mod reinvite;
+
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use proto::domain::Leg;
+
+pub(crate) use self::record::{CallRecord, CallSummary, Disposition, HangupSide};
+use crate::auth::DigestAuth;
+use crate::config::{Cidr, MediaMode, Route, User};
+use crate::dialog::Dialog;
+use crate::ids::Ids;
+use crate::media::MediaError;
+use crate::registrar::Registrar;
+use crate::sdp::{self, Rewrite, SdpError, SessionDescription};
+use crate::sip::header::NameAddr;
+use crate::sip::message::{Headers, Message, Method, ParseError, Request, Response};
+use crate::sip::{Peer, Transport};
+use crate::timer::TimerTable;
+use crate::transaction::{Expired, Received, TIMEOUT, Transactions, TxId};
+
+pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER";
+
+/// Driver-visible handle of a call.
+pub(crate) type CallRef = u64;
+
+/// What the media proxy gave a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MediaPlan {
+    pub(crate) node: String,
+    pub(crate) advertised: IpAddr,
+    /// RTP ports per media line on the caller leg (go into the SDP sent to the caller).
+    pub(crate) caller_ports: Vec<u16>,
+    /// RTP ports per media line on the callee leg (go into the SDP sent to the callee).
+    pub(crate) callee_ports: Vec<u16>,
+}
+
+/// Which dialog of a call: the caller's (A) or the callee's (B).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    fn index(self) -> usize {
+        match self {
+            Self::A => 0,
+            Self::B => 1,
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::A => Self::B,
+            Self::B => Self::A,
+        }
+    }
+
+    /// The media leg this dialog's phone sends on.
+    fn leg(self) -> Leg {
+        match self {
+            Self::A => Leg::Caller,
+            Self::B => Leg::Callee,
+        }
+    }
+
+    fn party(self) -> &'static str {
+        match self {
+            Self::A => "caller",
+            Self::B => "callee",
+        }
+    }
+}
+
+/// Inputs to the core.
+#[derive(Debug)]
+pub(crate) enum Input {
+    Message {
+        from: Peer,
+        message: Message,
+    },
+    Malformed {
+        from: Peer,
+        error: ParseError,
+    },
+    /// The answer to an [`Output::Allocate`].
+    MediaReady {
+        call: CallRef,
+        result: Result<MediaPlan, MediaError>,
+    },
+    /// The media proxy ended a call's session itself (media timeout, lease expiry,
+    /// shutdown): end the call on both legs.
+    MediaEnded {
+        call_id: String,
+        reason: String,
+    },
+}
+
+/// Outputs the driver performs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Output {
+    Send {
+        to: Peer,
+        data: Vec<u8>,
+    },
+    /// Allocate both legs for the offer's media lines, update `offer_leg` (the leg the offer
+    /// came from: the caller, or the callee for a late offer) and answer with
+    /// [`Input::MediaReady`].
+    Allocate {
+        call: CallRef,
+        call_id: String,
+        offer: SessionDescription,
+        offer_leg: Leg,
+    },
+    /// Update a leg with its latest SDP (no answer needed).
+    UpdateMedia {
+        call_id: String,
+        leg: Leg,
+        sdp: SessionDescription,
+    },
+    /// Release a media session that no call owns any more (its allocation came back after
+    /// the call ended).
+    ReleaseMedia {
+        call_id: String,
+    },
+    /// The call ended: release its media (if relayed) and write its CDR.
+    Finish(CallRecord),
+}
+
+/// Static settings of the core.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Our SIP address (Via, Contact).
+    pub(crate) local: SocketAddr,
+    pub(crate) routes: Vec<Route>,
+    pub(crate) trusted: Vec<Cidr>,
+    pub(crate) users: BTreeMap<String, User>,
+    pub(crate) media_mode: MediaMode,
+    pub(crate) ring_timeout: Duration,
+    pub(crate) max_call_duration: Duration,
+    /// In-dialog OPTIONS keepalive interval of answered calls; zero disables.
+    pub(crate) keepalive: Duration,
+    /// Most calls at once; more INVITEs are answered 503.
+    pub(crate) max_calls: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for the media proxy.
+    MediaPending,
+    /// Late offer (INVITE without SDP): the callee's 2xx carries the offer; waiting for the
+    /// media proxy before passing it on.
+    LateOfferPending,
+    /// INVITE sent to the callee, no response yet.
+    Calling,
+    /// The callee sent a provisional response.
+    Proceeding,
+    /// 2xx sent to the caller, waiting for its ACK.
+    Answered,
+    Confirmed,
+    /// Final non-2xx sent to the caller, or CANCEL handled.
+    Failed,
+    /// BYE seen; the call is over.
+    Ended,
+}
+
+impl State {
+    fn answered(self) -> bool {
+        matches!(self, Self::Answered | Self::Confirmed)
+    }
+}
+
+/// Timers of a call (the transactions' are the transaction layer's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum CallTimer {
+    /// The callee rang too long.
+    Ring,
+    /// The answered call reached the maximum duration.
+    MaxDuration,
+    /// Time to ping both legs with an in-dialog OPTIONS.
+    Keepalive,
+    /// The keepalive OPTIONS of that side was not answered within the interval.
+    KeepaliveTimeout(Side),
+    /// Forget a finished call: retransmissions and crossing requests can no longer arrive.
+    Linger,
+}
+
+/// Every timer a call may have armed.
+const CALL_TIMERS: [CallTimer; 6] = [
+    CallTimer::Ring,
+    CallTimer::MaxDuration,
+    CallTimer::Keepalive,
+    CallTimer::KeepaliveTimeout(Side::A),
+    CallTimer::KeepaliveTimeout(Side::B),
+    CallTimer::Linger,
+];
+
+/// Which flow a transaction serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Our answer to the caller's INVITE (server).
+    Answer,
+    /// Our INVITE to the callee (client).
+    Invite,
+    /// A re-INVITE we relay to this side (client).
+    ReInvite,
+    /// Our answer to this side's re-INVITE (server).
+    ReInviteAnswer,
+    /// A BYE or CANCEL we sent (client; its answer changes nothing).
+    Hangup,
+    /// A keepalive OPTIONS (client).
+    Keepalive,
+}
+
+/// The tag the call layer puts on its transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TxTag {
+    call: CallRef,
+    side: Side,
+    flow: Flow,
+}
+
+/// A re-INVITE relayed from one leg to the other, waiting for the answer.
+#[derive(Debug, Clone)]
+struct ReInvite {
+    from: Side,
+    /// The requester's INVITE and its server transaction.
+    request: Request,
+    server: TxId,
+    /// Our INVITE to the other leg.
+    client: TxId,
+}
+
+#[derive(Debug)]
+struct Call {
+    state: State,
+    /// The caller's dialog (we are its UAS) and the callee's (we are its UAC).
+    a: Dialog,
+    b: Dialog,
+    /// The caller's INVITE, which every response to it is built from, and its transaction.
+    a_invite: Request,
+    a_tx: TxId,
+    /// Our INVITE to the callee and its transaction.
+    b_tx: Option<TxId>,
+    b_invite_cseq: u32,
+    mode: MediaMode,
+    media: Option<MediaPlan>,
+    caller: String,
+    callee: String,
+    start: Instant,
+    answer: Option<Instant>,
+    finished: bool,
+    /// A media session was asked for (it must be released whatever happened next).
+    allocation_requested: bool,
+    /// Late offer: the callee's 2xx, held until the media proxy answered, then kept until
+    /// the caller's ACK brings the SDP answer for the callee's ACK.
+    held_answer: Option<Response>,
+    reinvite: Option<ReInvite>,
+    /// The 2xx relayed to a re-INVITE's requester: its side, CSeq and server transaction,
+    /// which resends it until the requester's ACK.
+    reinvite_ok: Option<(Side, u32, TxId)>,
+    /// CSeq of the keepalive OPTIONS awaiting an answer, per side.
+    keepalive_pending: [Option<u32>; 2],
+    /// Consecutive unanswered keepalives, per side (two end the call: one lost datagram
+    /// must not).
+    keepalive_missed: [u8; 2],
+}
+
+impl Call {
+    fn dialog(&mut self, side: Side) -> &mut Dialog {
+        match side {
+            Side::A => &mut self.a,
+            Side::B => &mut self.b,
+        }
+    }
+}
+
+/// The core: calls, dialogs, transactions, registrations.
+pub(crate) struct Core {
+    settings: Settings,
+    auth: DigestAuth,
+    registrar: Registrar,
+    ids: Ids,
+    transactions: Transactions<TxTag>,
+    calls: HashMap<CallRef, Call>,
+    by_call_id: HashMap<String, (CallRef, Side)>,
+    timers: TimerTable<(CallRef, CallTimer)>,
+    next_call: CallRef,
+    draining: bool,
+    /// Calls not yet finished.
+    active: usize,
+    out: VecDeque<Output>,
+}
+
+impl Core {
+    /// A core whose identifiers come from `ids` (seed it in tests, from the OS in service).
+    pub(crate) fn new(
+        settings: Settings,
+        auth: DigestAuth,
+        registrar: Registrar,
+        ids: Ids,
+    ) -> Self {
+        Self {
+            settings,
+            auth,
+            registrar,
+            ids,
+            transactions: Transactions::default(),
+            calls: HashMap::new(),
+            by_call_id: HashMap::new(),
+            timers: TimerTable::default(),
+            next_call: 1,
+            draining: false,
+            active: 0,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The calls not yet finished, oldest first (admin endpoint).
+    pub(crate) fn calls_summary(&self, now: Instant) -> Vec<CallSummary> {
+        let mut calls: Vec<(&CallRef, &Call)> =
+            self.calls.iter().filter(|(_, c)| !c.finished).collect();
+        calls.sort_by_key(|(r, _)| **r);
+        calls
+            .into_iter()
+            .map(|(_, c)| CallSummary {
+                call_id: c.a.call_id.clone(),
+                b_call_id: c.b.call_id.clone(),
+                caller: c.caller.clone(),
+                callee: c.callee.clone(),
+                state: format!("{:?}", c.state).to_lowercase(),
+                media_mode: c.mode.as_str(),
+                media_node: c.media.as_ref().map(|m| m.node.clone()),
+                media_address: c.media.as_ref().map(|m| m.advertised.to_string()),
+                caller_ports: c
+                    .media
+                    .as_ref()
+                    .map(|m| m.caller_ports.clone())
+                    .unwrap_or_default(),
+                callee_ports: c
+                    .media
+                    .as_ref()
+                    .map(|m| m.callee_ports.clone())
+                    .unwrap_or_default(),
+                caller_address: c.a.peer.addr.to_string(),
+                callee_address: c.b.peer.addr.to_string(),
+                age_s: now.saturating_duration_since(c.start).as_secs(),
+                answered_s: c.answer.map(|a| now.saturating_duration_since(a).as_secs()),
+            })
+            .collect()
+    }
+
+    /// Live registrations (admin endpoint).
+    pub(crate) fn registrations(&self, now: Instant) -> Vec<crate::registrar::RegistrationSummary> {
+        self.registrar.summary(now)
+    }
+
+    pub(crate) fn active_calls(&self) -> usize {
+        self.active
+    }
+
+    /// While draining, new INVITEs are answered 503.
+    pub(crate) fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// Armed deadlines: the calls' and the transactions'.
+    pub(crate) fn pending_timers(&self) -> usize {
+        self.timers.len() + self.transactions.timers()
+    }
+
+    /// Calls held in memory, finished ones that still linger included.
+    pub(crate) fn calls_in_memory(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Transactions alive.
+    pub(crate) fn transactions_alive(&self) -> usize {
+        self.transactions.len()
+    }
+
+    /// Handles one input; `unix` is the wall clock in seconds (for digest nonces).
+    pub(crate) fn handle(&mut self, now: Instant, unix: u64, input: Input) {
+        match input {
+            Input::Message {
+                from,
+                message: Message::Request(request),
+            } => self.on_request(now, unix, from, request),
+            Input::Message {
+                from,
+                message: Message::Response(response),
+            } => self.on_response(now, response, from),
+            Input::Malformed { from, error } => self.on_malformed(from, error),
+            Input::MediaReady { call, result } => self.on_media(now, call, result),
+            Input::MediaEnded { call_id, reason } => self.on_media_ended(now, &call_id, &reason),
+        }
+        self.flush();
+    }
+
+    /// The next thing for the driver to do.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The earliest deadline the driver must wake up for.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        match (self.timers.next_timeout(), self.transactions.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        for expired in self.transactions.handle_timeout(now) {
+            self.on_expired(now, expired);
+        }
+        while let Some((call, timer)) = self.timers.pop_expired(now) {
+            self.on_call_timer(now, call, timer);
+        }
+        self.flush();
+    }
+
+    // ---- plumbing ----------------------------------------------------------------------
+
+    /// Moves what the transactions sent into the output queue, in order.
+    fn flush(&mut self) {
+        for transmit in self.transactions.drain_transmits() {
+            self.out.push_back(Output::Send {
+                to: transmit.to,
+                data: transmit.data,
+            });
+        }
+    }
+
+    /// Sends outside any transaction (the ACK of a 2xx, a stateless 400).
+    fn send(&mut self, to: Peer, data: Vec<u8>) {
+        self.flush();
+        self.out.push_back(Output::Send { to, data });
+    }
+
+    fn push(&mut self, output: Output) {
+        self.flush();
+        self.out.push_back(output);
+    }
+
+    fn set_timer(&mut self, now: Instant, call: CallRef, timer: CallTimer, after: Duration) {
+        self.timers.set((call, timer), now + after);
+    }
+
+    fn stop_timer(&mut self, call: CallRef, timer: CallTimer) {
+        self.timers.stop((call, timer));
+    }
+
+    fn local(&self) -> SocketAddr {
+        self.settings.local
+    }
+
+    fn contact(&self) -> String {
+        crate::dialog::contact(self.settings.local)
+    }
+
+    /// Answers a server transaction with `status` and our To tag when it had none.
+    fn reply(&mut self, now: Instant, tx: TxId, request: &Request, status: u16) {
+        let tag = self.ids.tag();
+        let response = response(
+            request,
+            status,
+            crate::sip::message::reason_phrase(status),
+            Some(&tag),
+        );
+        self.transactions.respond(now, tx, &response);
+    }
+
+    // ---- dispatch ----------------------------------------------------------------------
+
+    fn on_malformed(&mut self, from: Peer, error: ParseError) {
+        tracing::info!(peer = %from.addr, reason = %error.reason, "malformed SIP message");
+        // Only requests with the headers a response needs get one; the rest are dropped.
+        if !error.request {
+            return;
+        }
+        let needed = ["Via", "From", "To", "Call-ID", "CSeq"];
+        if needed.iter().any(|h| error.headers.get(h).is_none()) {
+            return;
+        }
+        let mut headers = Headers::new();
+        for name in needed {
+            for value in error.headers.all(name) {
+                headers.push(name, value);
+            }
+        }
+        let response = Response {
+            status: 400,
+            reason: error.reason.replace(['\r', '\n'], " "),
+            headers,
+            body: Vec::new(),
+        };
+        self.send(from, response.to_bytes());
+    }
+
+    fn on_request(&mut self, now: Instant, unix: u64, from: Peer, mut request: Request) {
+        if !crate::sip::header::stamp_via(&mut request.headers, from.addr) {
+            tracing::info!(peer = %from.addr, "request with an unreadable Via dropped");
+            return;
+        }
+        match self.transactions.on_request(now, from, request) {
+            Received::Absorbed => {}
+            Received::Ack { request, invite } => self.on_ack(now, request, invite.map(|i| i.0)),
+            Received::Request { tx, request } => self.on_new_request(now, unix, from, tx, request),
+        }
+    }
+
+    fn on_new_request(&mut self, now: Instant, unix: u64, from: Peer, tx: TxId, request: Request) {
+        if let Some(&(call, side)) = self.by_call_id.get(request.call_id()) {
+            let fresh_invite = request.method == Method::Invite
+                && NameAddr::parse(request.headers.get("To").unwrap_or(""))
+                    .is_some_and(|to| to.tag().is_none());
+            let finished = self.calls.get(&call).is_none_or(|c| c.finished);
+            if fresh_invite && finished {
+                // The same Call-ID again after its call ended (a phone retrying): a new call.
+                self.by_call_id.remove(request.call_id());
+            } else {
+                self.in_dialog(now, call, side, tx, request);
+                return;
+            }
+        }
+        if let Some(forwards) = request.headers.get("Max-Forwards")
+            && forwards.trim().parse::<u8>() == Ok(0)
+        {
+            self.reply(now, tx, &request, 483);
+            return;
+        }
+        match request.method {
+            Method::Register => self.on_register(now, unix, from, tx, &request),
+            Method::Options => self.on_options(now, tx, &request),
+            Method::Invite => self.on_invite(now, unix, from, tx, request),
+            Method::Bye | Method::Cancel => self.reply(now, tx, &request, 481),
+            Method::Other(_) => self.reply(now, tx, &request, 501),
+            _ => {
+                let tag = self.ids.tag();
+                let mut response = response(&request, 405, "Method Not Allowed", Some(&tag));
+                response.headers.push("Allow", ALLOW);
+                self.transactions.respond(now, tx, &response);
+            }
+        }
+    }
+
+    /// A new request inside one of a call's dialogs.
+    fn in_dialog(&mut self, now: Instant, call: CallRef, side: Side, tx: TxId, request: Request) {
+        let Some(record) = self.calls.get_mut(&call) else {
+            self.reply(now, tx, &request, 481);
+            return;
+        };
+        if let Err(error) = record.dialog(side).receive(&request) {
+            tracing::info!(call_id = request.call_id(), %error, "in-dialog request refused");
+            self.reply(now, tx, &request, error.status());
+            return;
+        }
+        match (side, &request.method) {
+            (_, Method::Invite) => self.on_reinvite(now, call, side, tx, request),
+            (_, Method::Bye) => self.on_bye(now, call, side, tx, &request),
+            (Side::A, Method::Cancel) => self.on_cancel(now, call, tx, &request),
+            (_, Method::Options) => {
+                let ok = response(&request, 200, "OK", None);
+                self.transactions.respond(now, tx, &ok);
+            }
+            _ => self.reply(now, tx, &request, 501),
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, response: Response, from: Peer) {
+        let Some(answer) = self.transactions.on_response(now, response) else {
+            return;
+        };
+        let tag = answer.tag;
+        if !self.calls.contains_key(&tag.call) {
+            tracing::debug!(peer = %from.addr, "response for a call already forgotten");
+            return;
+        }
+        match tag.flow {
+            Flow::Invite => self.on_invite_response(now, tag.call, answer.tx, answer.response),
+            Flow::ReInvite => {
+                self.on_reinvite_response(now, tag.call, tag.side, answer.tx, answer.response)
+            }
+            Flow::Keepalive => {
+                self.on_keepalive_response(now, tag.call, tag.side, &answer.response)
+            }
+            Flow::Hangup | Flow::Answer | Flow::ReInviteAnswer => {}
+        }
+    }
+
+    fn on_expired(&mut self, now: Instant, expired: Expired<TxTag>) {
+        match expired {
+            Expired::NoResponse { tx, tag, .. } => match tag.flow {
+                Flow::Invite => self.on_invite_timeout(now, tag.call, tx),
+                Flow::ReInvite => self.on_reinvite_timeout(now, tag.call, tx),
+                _ => {}
+            },
+            Expired::NoAck { tx, tag: Some(tag) } => match tag.flow {
+                Flow::Answer => self.on_ack_timeout(now, tag.call),
+                Flow::ReInviteAnswer => {
+                    if let Some(call) = self.calls.get_mut(&tag.call)
+                        && call.reinvite_ok.is_some_and(|(_, _, t)| t == tx)
+                    {
+                        tracing::info!(call_id = %call.a.call_id, "re-INVITE 2xx never acknowledged");
+                        call.reinvite_ok = None;
+                    }
+                }
+                _ => {}
+            },
+            Expired::NoAck { tag: None, .. } => {}
+        }
+    }
+
+    fn on_call_timer(&mut self, now: Instant, call: CallRef, timer: CallTimer) {
+        match timer {
+            CallTimer::Ring => self.on_ring_timeout(now, call),
+            CallTimer::MaxDuration => self.on_max_duration(now, call),
+            CallTimer::Keepalive => self.on_keepalive(now, call),
+            CallTimer::KeepaliveTimeout(side) => self.on_keepalive_timeout(now, call, side),
+            CallTimer::Linger => {
+                if let Some(record) = self.calls.remove(&call) {
+                    for call_id in [&record.a.call_id, &record.b.call_id] {
+                        if self
+                            .by_call_id
+                            .get(call_id)
+                            .is_some_and(|(c, _)| *c == call)
+                        {
+                            self.by_call_id.remove(call_id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- building messages ---------------------------------------------------------------
+
+/// A response to `request` (RFC 3261 section 8.2.6): Via, From, To, Call-ID, CSeq copied;
+/// `to_tag` added when the To has none; Record-Route echoed in dialog-creating responses.
+fn response(request: &Request, status: u16, reason: &str, to_tag: Option<&str>) -> Response {
+    let mut headers = Headers::new();
+    for via in request.headers.all("Via") {
+        headers.push("Via", via);
+    }
+    headers.push("From", request.headers.get("From").unwrap_or(""));
+    let to = request.headers.get("To").unwrap_or("");
+    match (to_tag, NameAddr::parse(to)) {
+        (Some(tag), Some(mut to)) if to.tag().is_none() => {
+            to.set_tag(tag);
+            headers.push("To", to.to_string());
+        }
+        _ => headers.push("To", to),
+    }
+    headers.push("Call-ID", request.call_id());
+    headers.push("CSeq", request.headers.get("CSeq").unwrap_or(""));
+    if (101..300).contains(&status) {
+        // A UAS echoes Record-Route in dialog-creating responses (RFC 3261 12.1.1).
+        for route in request.headers.all("Record-Route") {
+            headers.push("Record-Route", route);
+        }
+    }
+    headers.push("Server", concat!("signaling/", env!("CARGO_PKG_VERSION")));
+    Response {
+        status,
+        reason: reason.to_owned(),
+        headers,
+        body: Vec::new(),
+    }
+}
+
+/// Our response to `request` carrying the other leg's `response` on: its status and reason,
+/// our Contact, and `body` (the SDP already rewritten) with its Content-Type.
+fn relayed_response(
+    request: &Request,
+    response: &Response,
+    to_tag: Option<&str>,
+    contact: &str,
+    body: Vec<u8>,
+) -> Response {
+    let mut relayed = self::response(request, response.status, &response.reason, to_tag);
+    relayed.headers.push("Contact", contact);
+    if !body.is_empty() {
+        relayed.headers.push(
+            "Content-Type",
+            response
+                .headers
+                .get("Content-Type")
+                .unwrap_or("application/sdp"),
+        );
+    }
+    relayed.body = body;
+    relayed
+}
+
+/// The SDP of a message body: None when there is no body, an error when it is not usable.
+fn body_sdp(body: &[u8]) -> Result<Option<SessionDescription>, SdpError> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let text = std::str::from_utf8(body).map_err(|_| SdpError("body is not UTF-8".into()))?;
+    sdp::parse(text).map(Some)
+}
+
+/// Rewrites an SDP body for one leg of the relay: the proxy's address and that leg's ports.
+fn rewrite_for(body: &[u8], address: IpAddr, ports: &[u16]) -> Result<Vec<u8>, SdpError> {
+    let text = std::str::from_utf8(body).map_err(|_| SdpError("body is not UTF-8".into()))?;
+    let parsed = sdp::parse(text)?;
+    let plan = Rewrite {
+        address,
+        ports: parsed
+            .media
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.port != 0).then(|| ports.get(i).copied()).flatten())
+            .collect(),
+        origin_version: None,
+    };
+    if parsed
+        .media
+        .iter()
+        .enumerate()
+        .any(|(i, m)| m.port != 0 && i >= ports.len())
+    {
+        return Err(SdpError(format!(
+            "{} media lines, the relay has ports for {}",
+            parsed.media.len(),
+            ports.len()
+        )));
+    }
+    sdp::rewrite(text, &plan).map(String::into_bytes)
+}
+
+/// The transport of a registered binding or route (`tcp`, else UDP).
+fn transport_named(name: &str) -> Transport {
+    if name == "tcp" {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    }
+}
+
+/// How long a finished call is remembered (crossing BYEs, late 2xx, retransmissions).
+const LINGER: Duration = TIMEOUT;

@@ -1,0 +1,102 @@
+//! What a call leaves behind: its record for the CDR, and its summary for the admin endpoint.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use crate::config::MediaMode;
+
+/// How a call ended (DESIGN section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    Answered,
+    Busy,
+    NoAnswer,
+    Cancelled,
+    Failed,
+}
+
+impl Disposition {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Answered => "answered",
+            Self::Busy => "busy",
+            Self::NoAnswer => "no_answer",
+            Self::Cancelled => "cancelled",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The disposition of a call the callee refused with `status`.
+    pub(crate) fn of_refusal(status: u16) -> Self {
+        match status {
+            486 | 600 => Self::Busy,
+            408 | 480 => Self::NoAnswer,
+            487 => Self::Cancelled,
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// Who ended the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HangupSide {
+    Caller,
+    Callee,
+    System,
+}
+
+impl HangupSide {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Caller => "caller",
+            Self::Callee => "callee",
+            Self::System => "system",
+        }
+    }
+}
+
+/// The signaling half of a CDR; [`crate::completion::cdr_row`] adds the media's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CallRecord {
+    pub(crate) call_id: String,
+    pub(crate) b_call_id: String,
+    pub(crate) caller: String,
+    pub(crate) callee: String,
+    pub(crate) start: Instant,
+    pub(crate) answer: Option<Instant>,
+    pub(crate) end: Instant,
+    pub(crate) disposition: Disposition,
+    pub(crate) sip_status: u16,
+    pub(crate) hangup_side: HangupSide,
+    pub(crate) media_mode: MediaMode,
+    pub(crate) media_node: Option<String>,
+    /// Whether a media session exists to release.
+    pub(crate) relayed: bool,
+    /// The media address the proxy advertised in SDP.
+    pub(crate) media_address: Option<IpAddr>,
+    /// Why the call ended, in words ("BYE from the callee", "ring timeout after 60 s").
+    pub(crate) end_reason: String,
+}
+
+/// One call in progress, as the admin endpoint shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct CallSummary {
+    pub(crate) call_id: String,
+    pub(crate) b_call_id: String,
+    pub(crate) caller: String,
+    pub(crate) callee: String,
+    /// mediapending, lateofferpending, calling, proceeding, answered, confirmed.
+    pub(crate) state: String,
+    pub(crate) media_mode: &'static str,
+    pub(crate) media_node: Option<String>,
+    pub(crate) media_address: Option<String>,
+    /// Relay RTP ports per media line, as given to each side in SDP.
+    pub(crate) caller_ports: Vec<u16>,
+    pub(crate) callee_ports: Vec<u16>,
+    /// Where each side's SIP comes from / goes to.
+    pub(crate) caller_address: String,
+    pub(crate) callee_address: String,
+    pub(crate) age_s: u64,
+    /// Seconds since the answer, if answered.
+    pub(crate) answered_s: Option<u64>,
+}

@@ -1,0 +1,302 @@
+//! The end of a call: its CDR row, built without I/O from what the core recorded and what the
+//! media proxy's release returned (STYLE: pure completion, thin driver).
+//!
+//! The driver awaits the release over gRPC and hands the outcome to [`cdr_row`]; everything
+//! the row says (times, disposition, packet totals, verdict, diagnosis) is decided here, so
+//! every combination is unit-tested below.
+
+use std::time::Instant;
+
+use proto::domain::Leg;
+
+use crate::call::CallRecord;
+use crate::cdr::{Cdr, CdrMedia};
+use crate::diagnosis::{self, Evidence, MediaReport, Verdict};
+use crate::media::{FinalStats, MediaError};
+
+/// Ties the core's monotonic instants to wall-clock milliseconds for the CDR's times.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WallAnchor {
+    pub(crate) instant: Instant,
+    pub(crate) unix_ms: u64,
+}
+
+impl WallAnchor {
+    /// Milliseconds since the Unix epoch at `at`.
+    pub(crate) fn unix_ms(&self, at: Instant) -> i64 {
+        let ms = match at.checked_duration_since(self.instant) {
+            Some(after) => self.unix_ms + after.as_millis() as u64,
+            None => self
+                .unix_ms
+                .saturating_sub(self.instant.duration_since(at).as_millis() as u64),
+        };
+        ms as i64
+    }
+}
+
+/// What releasing a call's media gave.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Release {
+    /// No media session existed: direct mode, or the call ended before one was asked for.
+    NotRelayed,
+    /// The proxy's final figures.
+    Released(FinalStats),
+    /// The proxy could not be asked (lost node, timeout): the row says so, with what the
+    /// first-packet events showed.
+    Failed(MediaError),
+}
+
+/// The CDR row of a finished call.
+pub(crate) fn cdr_row(
+    record: &CallRecord,
+    release: &Release,
+    evidence: &Evidence,
+    clock: WallAnchor,
+) -> Cdr {
+    let mut row = Cdr {
+        call_id: record.call_id.clone(),
+        b_call_id: record.b_call_id.clone(),
+        caller: record.caller.clone(),
+        callee: record.callee.clone(),
+        start_time_ms: clock.unix_ms(record.start),
+        answer_time_ms: record.answer.map(|a| clock.unix_ms(a)),
+        end_time_ms: clock.unix_ms(record.end),
+        duration_ms: record.answer.map_or(0, |a| {
+            record.end.saturating_duration_since(a).as_millis() as i64
+        }),
+        disposition: record.disposition.as_str().to_owned(),
+        sip_status: i64::from(record.sip_status),
+        hangup_side: record.hangup_side.as_str().to_owned(),
+        media_mode: record.media_mode.as_str().to_owned(),
+        media_node: record.media_node.clone(),
+        end_reason: record.end_reason.clone(),
+        media_address: record.media_address.map(|a| a.to_string()),
+        ..Cdr::default()
+    };
+    let answered = record.answer.is_some();
+    let (verdict, diagnosis) = match release {
+        Release::NotRelayed if answered => (
+            Verdict::Direct,
+            "direct mode: media went end to end, not through a proxy; not measured".to_owned(),
+        ),
+        Release::NotRelayed => (
+            Verdict::NotAnswered,
+            format!("not answered: {}", record.end_reason),
+        ),
+        Release::Released(stats) => {
+            let report = MediaReport {
+                advertised: record.media_address,
+                media: stats.media.clone(),
+            };
+            let (caller, callee) = (report.audio_in(Leg::Caller), report.audio_in(Leg::Callee));
+            row.caller_audio_packets = caller.packets as i64;
+            row.callee_audio_packets = callee.packets as i64;
+            row.caller_audio_bytes = caller.bytes as i64;
+            row.callee_audio_bytes = callee.bytes as i64;
+            row.total_bytes_relayed = report
+                .media
+                .iter()
+                .map(|m| m.rtp_out.bytes + m.rtcp_out.bytes)
+                .sum::<u64>() as i64;
+            row.recording_packets =
+                report.media.iter().map(|m| m.recorded_packets).sum::<u64>() as i64;
+            row.media = report.media.iter().map(CdrMedia::from_figures).collect();
+            if answered {
+                let (verdict, mut text) = diagnosis::diagnose(&report);
+                if !stats.released_now {
+                    text = format!(
+                        "{text}; the proxy had already ended the session ({})",
+                        stats.release_reason
+                    );
+                }
+                (verdict, text)
+            } else {
+                (
+                    Verdict::NotAnswered,
+                    format!(
+                        "not answered: {}; early media: caller sent {} RTP packets, callee {}",
+                        record.end_reason, row.caller_audio_packets, row.callee_audio_packets
+                    ),
+                )
+            }
+        }
+        Release::Failed(error) => {
+            let node = record.media_node.as_deref().unwrap_or("(unknown)");
+            if answered {
+                diagnosis::diagnose_lost(node, &error.to_string(), evidence)
+            } else {
+                (
+                    Verdict::NotAnswered,
+                    format!(
+                        "not answered: {}; media proxy {node} could not release the call ({error})",
+                        record.end_reason
+                    ),
+                )
+            }
+        }
+    };
+    row.media_verdict = verdict.as_str().to_owned();
+    row.media_diagnosis = diagnosis;
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proto::domain::MediaKind;
+
+    use super::*;
+    use crate::call::{Disposition, HangupSide};
+    use crate::config::MediaMode;
+    use crate::diagnosis::{Flow, MediaFigures};
+
+    fn record(answered: bool) -> (CallRecord, WallAnchor) {
+        let start = Instant::now();
+        let clock = WallAnchor {
+            instant: start,
+            unix_ms: 1_800_000_000_000,
+        };
+        let record = CallRecord {
+            call_id: "a-leg".into(),
+            b_call_id: "b-leg".into(),
+            caller: "alice".into(),
+            callee: "bob".into(),
+            start,
+            answer: answered.then(|| start + Duration::from_millis(1500)),
+            end: start + Duration::from_millis(61_500),
+            disposition: if answered {
+                Disposition::Answered
+            } else {
+                Disposition::Cancelled
+            },
+            sip_status: if answered { 200 } else { 487 },
+            hangup_side: HangupSide::Caller,
+            media_mode: MediaMode::Relay,
+            media_node: Some("node-1".into()),
+            relayed: true,
+            media_address: Some("192.0.2.10".parse().unwrap()),
+            end_reason: if answered {
+                "BYE from the caller".into()
+            } else {
+                "CANCEL from the caller".into()
+            },
+        };
+        (record, clock)
+    }
+
+    fn audio(leg: Leg, packets: u64, sdp: &str) -> MediaFigures {
+        let mut m = MediaFigures::new(leg, 0, MediaKind::Audio);
+        m.sdp_rtp = sdp.into();
+        m.local_rtp_port = 30_000;
+        m.rtp_in = Flow {
+            packets,
+            bytes: packets * 172,
+            ..Flow::default()
+        };
+        m.rtp_out = Flow {
+            packets,
+            bytes: packets * 172,
+            ..Flow::default()
+        };
+        m.recorded_packets = packets / 2;
+        m
+    }
+
+    fn released(media: Vec<MediaFigures>, now: bool) -> Release {
+        Release::Released(FinalStats {
+            media,
+            release_reason: if now { "released" } else { "timeout" }.into(),
+            released_now: now,
+        })
+    }
+
+    #[test]
+    fn an_answered_relayed_call_carries_times_totals_and_verdict() {
+        let (record, clock) = record(true);
+        let release = released(
+            vec![
+                audio(Leg::Caller, 250, "192.0.2.1:4000"),
+                audio(Leg::Callee, 240, "192.0.2.2:5000"),
+            ],
+            true,
+        );
+        let row = cdr_row(&record, &release, &Evidence::default(), clock);
+        assert_eq!(row.start_time_ms, 1_800_000_000_000);
+        assert_eq!(row.answer_time_ms, Some(1_800_000_001_500));
+        assert_eq!(row.end_time_ms, 1_800_000_061_500);
+        assert_eq!(row.duration_ms, 60_000);
+        assert_eq!(
+            (row.disposition.as_str(), row.sip_status),
+            ("answered", 200)
+        );
+        assert_eq!(
+            (row.caller_audio_packets, row.callee_audio_packets),
+            (250, 240)
+        );
+        assert_eq!(row.caller_audio_bytes, 250 * 172);
+        assert_eq!(row.total_bytes_relayed, (250 + 240) * 172);
+        assert_eq!(row.recording_packets, 125 + 120);
+        assert_eq!(row.media.len(), 2);
+        assert_eq!(row.media_verdict, "ok");
+        assert_eq!(row.media_address.as_deref(), Some("192.0.2.10"));
+    }
+
+    #[test]
+    fn a_session_the_proxy_had_ended_says_so_in_the_diagnosis() {
+        let (record, clock) = record(true);
+        let release = released(vec![audio(Leg::Caller, 10, "192.0.2.1:4000")], false);
+        let row = cdr_row(&record, &release, &Evidence::default(), clock);
+        assert_eq!(row.media_verdict, "one_way");
+        assert!(
+            row.media_diagnosis
+                .ends_with("the proxy had already ended the session (timeout)"),
+            "{}",
+            row.media_diagnosis
+        );
+    }
+
+    #[test]
+    fn direct_and_unanswered_calls_are_explained_without_figures() {
+        let (mut record, clock) = record(true);
+        record.relayed = false;
+        let row = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), clock);
+        assert_eq!(row.media_verdict, "direct");
+        assert_eq!(row.caller_audio_packets, 0);
+        let (record, clock) = self::record(false);
+        let row = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), clock);
+        assert_eq!(row.media_verdict, "not_answered");
+        assert_eq!(row.media_diagnosis, "not answered: CANCEL from the caller");
+        assert_eq!(row.duration_ms, 0);
+        assert_eq!(row.answer_time_ms, None);
+        let early = released(vec![audio(Leg::Callee, 30, "192.0.2.2:5000")], true);
+        let row = cdr_row(&record, &early, &Evidence::default(), clock);
+        assert_eq!(row.media_verdict, "not_answered");
+        assert!(
+            row.media_diagnosis
+                .contains("early media: caller sent 0 RTP packets, callee 30"),
+            "{}",
+            row.media_diagnosis
+        );
+    }
+
+    #[test]
+    fn a_lost_proxy_leaves_a_row_built_from_the_first_packet_events() {
+        let (record, clock) = record(true);
+        let evidence = Evidence {
+            caller_first_source: Some("192.0.2.1:4000".into()),
+            callee_first_source: None,
+        };
+        let lost = Release::Failed(MediaError::Unavailable("connection refused".into()));
+        let row = cdr_row(&record, &lost, &evidence, clock);
+        assert_eq!(row.media_verdict, "one_way");
+        assert!(
+            row.media_diagnosis.starts_with(
+                "media proxy node-1 could not give final figures (media proxy unavailable: connection refused)"
+            ),
+            "{}",
+            row.media_diagnosis
+        );
+        assert_eq!(row.caller_audio_packets, 0, "counts unknown, not invented");
+    }
+}
