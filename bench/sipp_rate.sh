@@ -7,6 +7,9 @@
 #
 # BINARIES compares builds in one run ("name=path ..."; default: this tree's release build):
 # every rate is run once per build, builds in turn, each against a freshly started signaling.
+# ROUNDS repeats the whole sweep. "cpu ms" is signaling's own CPU time (user + system, the
+# embedded media proxy included) over the run, "us/call" that divided by the calls made: the
+# figure to compare builds by, since SIPp's latencies come in 4 ms steps.
 #
 #   bench/sipp_rate.sh                 # rates 100 200 300 400, 10 s each
 #   RATES="300 500" SECONDS_PER_RATE=20 bench/sipp_rate.sh
@@ -14,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATES=${RATES:-"100 200 300 400"}
+ROUNDS=${ROUNDS:-1}
 SECONDS_PER_RATE=${SECONDS_PER_RATE:-10}
 command -v sipp >/dev/null || { echo "sipp is needed: apt-get install sip-tester" >&2; exit 1; }
 if [ -z "${BINARIES:-}" ]; then
@@ -35,7 +39,9 @@ cleanup() {
 trap cleanup EXIT
 sipp -sn uas -i 127.0.0.1 -p 15062 -nostdin -bg >/dev/null 2>&1 || true
 uas_pid=$(pgrep -f "sipp -sn uas -i 127.0.0.1 -p 15062" | head -1)
-printf "%-10s %6s %7s %7s %7s %9s %9s %9s %9s\n" build rate calls ok failed "p50 ms" "p90 ms" "p99 ms" "max ms"
+printf "%-10s %6s %7s %7s %7s %9s %9s %9s %9s %8s %8s\n" build rate calls ok failed "p50 ms" "p90 ms" "p99 ms" "max ms" "cpu ms" "us/call"
+ticks=$(getconf CLK_TCK)
+for round in $(seq "$ROUNDS"); do
 for rate in $RATES; do
   for entry in $BINARIES; do
     name=${entry%%=*}; binary=${entry#*=}
@@ -51,6 +57,8 @@ for rate in $RATES; do
     (cd "$out/run" && timeout $((SECONDS_PER_RATE + 60)) sipp -sn uac 127.0.0.1:15060 -i 127.0.0.1 -p 15061 \
       -r "$rate" -m "$calls" -l $((rate * 4)) -nostdin -timeout $((SECONDS_PER_RATE + 40))s \
       -trace_stat -stf "$out/uac_stat.csv" -trace_rtt -rtt_freq 1 >/dev/null 2>&1) || true
+    # utime + stime (fields 14 and 15 of /proc/PID/stat; the name in field 2 has no spaces).
+    cpu_ms=$(awk -v t="$ticks" '{ printf "%d", ($14 + $15) * 1000 / t }' "/proc/$sig_pid/stat")
     stop_signaling
     cat "$out"/run/*_rtt.csv > "$out/uac_rtt.csv" 2>/dev/null || : > "$out/uac_rtt.csv"
     ok=$(python3 -c "
@@ -60,9 +68,9 @@ head, last = rows[0], rows[-1]
 col = lambda name: int(last[head.index(name)])
 print(col('SuccessfulCall(C)'), col('FailedCall(C)'))")
     read -r success failed <<<"$ok"
-    python3 - "$out/uac_rtt.csv" "$name" "$rate" "$calls" "$success" "$failed" <<'PY'
+    python3 - "$out/uac_rtt.csv" "$name" "$rate" "$calls" "$success" "$failed" "$cpu_ms" <<'PY'
 import sys
-path, name, rate, calls, ok, failed = sys.argv[1:]
+path, name, rate, calls, ok, failed, cpu_ms = sys.argv[1:]
 values = []
 for line in open(path):
     parts = line.strip().split(';')
@@ -73,7 +81,9 @@ for line in open(path):
             pass
 values.sort()
 pick = lambda p: values[min(len(values) - 1, int(round((len(values) - 1) * p)))] if values else float('nan')
-print(f"{name:<10} {rate:>6} {calls:>7} {ok:>7} {failed:>7} {pick(0.5):9.2f} {pick(0.9):9.2f} {pick(0.99):9.2f} {values[-1] if values else float('nan'):9.2f}")
+per_call = int(cpu_ms) * 1000 / max(1, int(ok) + int(failed))
+print(f"{name:<10} {rate:>6} {calls:>7} {ok:>7} {failed:>7} {pick(0.5):9.2f} {pick(0.9):9.2f} {pick(0.99):9.2f} {values[-1] if values else float('nan'):9.2f} {cpu_ms:>8} {per_call:8.0f}")
 PY
   done
+done
 done
