@@ -4,7 +4,9 @@
 //!   relay ports, age);
 //! - `GET /admin/calls/{call_id}`: one call (by either leg's Call-ID) with the media proxy's
 //!   live per-leg figures and the verdict and diagnosis the call would get if it ended now;
-//! - `GET /admin/registrations`: live registrations.
+//! - `GET /admin/registrations`: live registrations;
+//! - `GET /admin/mediaproxies`: the media proxy nodes as this instance sees them (state,
+//!   sessions, free ports, draining), in `--mediaproxy` order.
 //!
 //! The SIP core is owned by one task; handlers ask it through a channel ([`AdminQuery`]),
 //! so reading state never takes a lock the SIP path could wait on.
@@ -20,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::call::CallSummary;
 use crate::cdr::CdrMedia;
 use crate::diagnosis::{self, MediaReport};
-use crate::media::MediaClient;
+use crate::media::pool::Pool;
 use crate::registrar::RegistrationSummary;
 
 /// A question for the task that owns the SIP core.
@@ -33,16 +35,17 @@ pub(crate) enum AdminQuery {
 #[derive(Clone)]
 struct AdminState {
     queries: mpsc::Sender<AdminQuery>,
-    media: MediaClient,
+    pool: Pool,
 }
 
 /// The admin routes.
-pub(crate) fn router(queries: mpsc::Sender<AdminQuery>, media: MediaClient) -> Router {
+pub(crate) fn router(queries: mpsc::Sender<AdminQuery>, pool: Pool) -> Router {
     Router::new()
         .route("/admin/calls", get(calls))
         .route("/admin/calls/{call_id}", get(call))
         .route("/admin/registrations", get(registrations))
-        .with_state(AdminState { queries, media })
+        .route("/admin/mediaproxies", get(mediaproxies))
+        .with_state(AdminState { queries, pool })
 }
 
 fn json(value: &impl Serialize) -> Response {
@@ -53,6 +56,46 @@ fn json(value: &impl Serialize) -> Response {
         }
         Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
+}
+
+/// One media proxy node of the pool.
+#[derive(Debug, Serialize)]
+struct NodeView {
+    url: String,
+    /// `unknown` (not asked yet), `up`, `down`.
+    state: &'static str,
+    node_id: Option<String>,
+    advertised_address: Option<String>,
+    sessions: Option<u32>,
+    ports_free: Option<u32>,
+    ports_total: Option<u32>,
+    draining: Option<bool>,
+    /// Health checks missed in a row.
+    misses: u32,
+}
+
+async fn mediaproxies(State(state): State<AdminState>) -> Response {
+    let nodes: Vec<NodeView> = state
+        .pool
+        .nodes()
+        .iter()
+        .map(|node| {
+            let health = node.health();
+            let status = health.status.as_ref();
+            NodeView {
+                url: node.endpoint().to_owned(),
+                state: health.state.as_str(),
+                node_id: status.map(|s| s.node_id.clone()),
+                advertised_address: status.map(|s| s.advertised_address.clone()),
+                sessions: status.map(|s| s.sessions),
+                ports_free: status.map(|s| s.ports_free),
+                ports_total: status.map(|s| s.ports_total),
+                draining: status.map(|s| s.draining),
+                misses: health.misses,
+            }
+        })
+        .collect();
+    json(&nodes)
 }
 
 fn unavailable() -> Response {
@@ -113,8 +156,14 @@ async fn call(State(state): State<AdminState>, Path(call_id): Path<String>) -> R
         media_error: None,
         call,
     };
-    if detail.call.media_node.is_some() {
-        match state.media.query(&detail.call.call_id).await {
+    let node = detail
+        .call
+        .media_endpoint
+        .as_deref()
+        .and_then(|e| state.pool.node(e))
+        .cloned();
+    if let Some(node) = node {
+        match node.client.query(&detail.call.call_id).await {
             Ok(figures) => {
                 detail.media = figures.iter().map(CdrMedia::from_figures).collect();
                 if detail.call.answered_s.is_some() {

@@ -9,7 +9,9 @@ use std::time::Instant;
 
 use proto::domain::Leg;
 
-use crate::call::CallRecord;
+use std::fmt::Write as _;
+
+use crate::call::{CallRecord, MediaMove};
 use crate::cdr::{Cdr, CdrMedia};
 use crate::diagnosis::{self, Evidence, MediaReport, Verdict};
 use crate::media::{FinalStats, MediaError};
@@ -136,8 +138,32 @@ pub(crate) fn cdr_row(
         }
     };
     row.media_verdict = verdict.as_str().to_owned();
-    row.media_diagnosis = diagnosis;
+    row.media_diagnosis = diagnosis + &moves_text(&record.media_moves);
     row
+}
+
+/// What the diagnosis adds for a call whose media node was lost: where the media went, and
+/// that the figures above cover only the last node.
+fn moves_text(moves: &[MediaMove]) -> String {
+    let mut text = String::new();
+    for step in moves {
+        let _ = match &step.to {
+            Some(to) => write!(
+                text,
+                "; media moved from {} ({}) to {to} {} s into the call",
+                step.from, step.reason, step.after_s
+            ),
+            None => write!(
+                text,
+                "; media proxy {} lost ({}) {} s into the call, and no other node took the call",
+                step.from, step.reason, step.after_s
+            ),
+        };
+    }
+    if moves.iter().any(|m| m.to.is_some()) {
+        text.push_str("; packet counts are from the last node only");
+    }
+    text
 }
 
 #[cfg(test)]
@@ -174,6 +200,8 @@ mod tests {
             hangup_side: HangupSide::Caller,
             media_mode: MediaMode::Relay,
             media_node: Some("node-1".into()),
+            media_endpoint: Some("http://192.0.2.20:50051".into()),
+            media_moves: Vec::new(),
             relayed: true,
             media_address: Some("192.0.2.10".parse().unwrap()),
             end_reason: if answered {
@@ -275,6 +303,35 @@ mod tests {
         assert!(
             row.media_diagnosis
                 .contains("early media: caller sent 0 RTP packets, callee 30"),
+            "{}",
+            row.media_diagnosis
+        );
+    }
+
+    #[test]
+    fn a_moved_call_names_both_nodes_and_says_whose_counts_it_has() {
+        let (mut record, clock) = record(true);
+        record.media_node = Some("node-2".into());
+        record.media_moves = vec![MediaMove {
+            from: "node-1".into(),
+            reason: "stopped answering its health checks".into(),
+            to: Some("node-2".into()),
+            after_s: 12,
+        }];
+        let release = released(
+            vec![
+                audio(Leg::Caller, 250, "192.0.2.1:4000"),
+                audio(Leg::Callee, 240, "192.0.2.2:5000"),
+            ],
+            true,
+        );
+        let row = cdr_row(&record, &release, &Evidence::default(), clock);
+        assert_eq!(row.media_verdict, "ok");
+        assert_eq!(row.media_node.as_deref(), Some("node-2"));
+        assert!(
+            row.media_diagnosis.ends_with(
+                "; media moved from node-1 (stopped answering its health checks) to node-2 12 s into the call; packet counts are from the last node only"
+            ),
             "{}",
             row.media_diagnosis
         );

@@ -41,13 +41,6 @@ fn main() -> ExitCode {
     if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(%error, "cannot raise the open file limit");
     }
-    if config.mediaproxies.len() > 1 {
-        tracing::warn!(
-            used = %config.mediaproxies[0],
-            ignored = config.mediaproxies.len() - 1,
-            "several --mediaproxy given: this build uses only the first (no pool yet)"
-        );
-    }
     if config.mediaproxies.is_empty() {
         if let Some(warning) = config.media.advertise_warning() {
             tracing::warn!("{warning}");

@@ -42,6 +42,7 @@ pub(crate) struct Metrics {
     pub(crate) responses: IntCounterVec,
     pub(crate) verdicts: IntCounterVec,
     pub(crate) mediaproxy_up: IntGaugeVec,
+    pub(crate) media_moves: IntCounterVec,
     pub(crate) mediaproxy_duration: HistogramVec,
     pub(crate) cdr: crate::cdr::WriterMetrics,
 }
@@ -100,6 +101,12 @@ impl Metrics {
         let timers = gauge(
             "signaling_timers",
             "Armed deadlines of calls and transactions.",
+        );
+        let media_moves = counter(
+            "signaling_media_moves_total",
+            "Calls whose media node was lost: moved to another node, or failed (no node took them).",
+            "result",
+            &["moved", "failed"],
         );
         let mediaproxy_up = IntGaugeVec::new(
             Opts::new(
@@ -161,6 +168,7 @@ impl Metrics {
             responses,
             verdicts,
             mediaproxy_up,
+            media_moves,
             mediaproxy_duration,
         }
     }

@@ -27,6 +27,7 @@ use crate::completion::{Release, WallAnchor, cdr_row};
 use crate::config::Config;
 use crate::diagnosis::Evidence;
 use crate::ids::Ids;
+use crate::media::pool::{HealthReport, Pool};
 use crate::media::{MediaClient, MediaEvent};
 use crate::metrics::Metrics;
 use crate::registrar::{Policy, Registrar};
@@ -64,7 +65,7 @@ pub struct Signaling {
     http: TcpListener,
     metrics: Arc<Metrics>,
     embedded: Option<MediaProxy>,
-    media: MediaClient,
+    pool: Pool,
     cdr: CdrWriter,
 }
 
@@ -99,30 +100,28 @@ impl Signaling {
             message: e.to_string(),
         })?;
         let owner = format!("signaling-{}-{}", address.port(), std::process::id());
-        let (embedded, url) = match config.mediaproxies.first() {
-            Some(url) => (None, url.clone()),
-            None => {
-                let grpc = TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .map_err(|e| StartError::Embedded(e.to_string()))?;
-                let metrics = TcpListener::bind("127.0.0.1:0")
-                    .await
-                    .map_err(|e| StartError::Embedded(e.to_string()))?;
-                let proxy = MediaProxy::with_listeners(
-                    "embedded",
-                    &config.media,
-                    Duration::from_secs(5),
-                    grpc,
-                    metrics,
-                )
+        let (embedded, urls) = if config.mediaproxies.is_empty() {
+            let grpc = TcpListener::bind("127.0.0.1:0")
+                .await
                 .map_err(|e| StartError::Embedded(e.to_string()))?;
-                let url = format!("http://{}", proxy.grpc_addr());
-                (Some(proxy), url)
-            }
+            let metrics = TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| StartError::Embedded(e.to_string()))?;
+            let proxy = MediaProxy::with_listeners(
+                "embedded",
+                &config.media,
+                Duration::from_secs(5),
+                grpc,
+                metrics,
+            )
+            .map_err(|e| StartError::Embedded(e.to_string()))?;
+            let url = format!("http://{}", proxy.grpc_addr());
+            (Some(proxy), vec![url])
+        } else {
+            (None, config.mediaproxies.clone())
         };
-        let media = MediaClient::new(&url, &owner)
-            .map_err(|e| StartError::MediaProxy(e.to_string()))?
-            .with_durations(metrics.mediaproxy_duration.clone());
+        let pool = Pool::new(&urls, &owner, &metrics.mediaproxy_duration)
+            .map_err(|e| StartError::MediaProxy(e.to_string()))?;
         let http =
             TcpListener::bind(config.metrics)
                 .await
@@ -137,7 +136,7 @@ impl Signaling {
             http,
             metrics,
             embedded,
-            media,
+            pool,
             cdr,
         })
     }
@@ -153,9 +152,15 @@ impl Signaling {
             .expect("bound listener has an address")
     }
 
-    /// The media proxy URL in use (the embedded one's loopback URL when embedded).
-    pub fn mediaproxy_url(&self) -> &str {
-        &self.media.url
+    /// The media proxy URLs in use, comma-separated (the embedded one's loopback URL when
+    /// embedded).
+    pub fn mediaproxy_url(&self) -> String {
+        self.pool
+            .nodes()
+            .iter()
+            .map(|n| n.endpoint().to_owned())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Serves until `shutdown`, then answers new INVITEs 503 while calls finish (up to 10 s),
@@ -168,7 +173,7 @@ impl Signaling {
             http,
             metrics,
             embedded,
-            media,
+            pool,
             cdr,
         } = self;
         let stop = CancellationToken::new();
@@ -181,7 +186,7 @@ impl Signaling {
         let http_stop = stop.clone();
         let http_draining = draining.clone();
         let (admin_tx, mut admin_rx) = mpsc::channel::<AdminQuery>(64);
-        let admin = crate::admin::router(admin_tx, media.clone());
+        let admin = crate::admin::router(admin_tx, pool.clone());
         tasks.spawn(async move {
             if let Err(error) = mediaproxy::metrics::serve_http_with(
                 http,
@@ -213,110 +218,25 @@ impl Signaling {
             connections.clone(),
             stop.clone(),
         ));
-        let heartbeat_media = media.clone();
-        let heartbeat_stop = stop.clone();
-        let heartbeat_metrics = metrics.clone();
-        tasks.spawn(async move {
-            let mut interval = tokio::time::interval(Duration::from_secs(10));
-            let mut node = String::from("unknown");
-            loop {
-                tokio::select! {
-                    _ = interval.tick() => {
-                        if let Ok(id) = heartbeat_media.node_id().await {
-                            if id != node {
-                                let _ = heartbeat_metrics.mediaproxy_up.remove_label_values(&[&node]);
-                            }
-                            node = id;
-                        }
-                        match heartbeat_media.renew().await {
-                            Ok(_) => heartbeat_metrics.mediaproxy_up.with_label_values(&[&node]).set(1),
-                            Err(error) => {
-                                heartbeat_metrics.mediaproxy_up.with_label_values(&[&node]).set(0);
-                                tracing::warn!(%error, "media proxy lease renewal failed");
-                            }
-                        }
-                    }
-                    () = heartbeat_stop.cancelled() => return,
-                }
-            }
-        });
-
-        // Start-up check of the media proxy: reachable, and with ports for --max-calls.
-        let check_media = media.clone();
-        let max_calls = config.max_calls;
-        tokio::spawn(async move {
-            match check_media.status().await {
-                Ok(status) => {
-                    let pairs = status.ports_total / 2;
-                    if (pairs as usize) < 2 * max_calls {
-                        tracing::warn!(
-                            node = %status.node_id,
-                            pairs,
-                            max_calls,
-                            "the media proxy has fewer RTP port pairs than --max-calls needs \
-                             (2 per relayed audio call): calls beyond {} will fail with 503",
-                            pairs / 2
-                        );
-                    }
-                    if status.draining {
-                        tracing::warn!(node = %status.node_id, "the media proxy is draining: relayed calls will fail with 503");
-                    }
-                    tracing::info!(node = %status.node_id, advertised = %status.advertised_address, "media proxy reachable");
-                }
-                Err(error) => tracing::error!(
-                    url = %check_media.url,
-                    %error,
-                    "media proxy unreachable at start: relayed calls get 503 until it answers"
-                ),
-            }
-        });
-
-        // Sessions the proxy ends by itself (media timeout, lease expiry) end their calls; first
-        // packets are kept as evidence in case the proxy is lost before the call ends.
+        // Each node: health and lease (media::pool::watch), and its event stream. Sessions a
+        // node ends by itself (media timeout, lease expiry) end their calls; first packets are
+        // kept as evidence in case the node is lost before the call ends.
         let evidence: EvidenceMap = Arc::default();
-        let watch_media = media.clone();
-        let watch_inputs = inputs.clone();
-        let watch_stop = stop.clone();
-        let watch_evidence = evidence.clone();
-        tasks.spawn(async move {
-            loop {
-                let inputs = watch_inputs.clone();
-                let evidence = watch_evidence.clone();
-                let watch = watch_media.watch_events(move |event| match event {
-                    MediaEvent::Released { call_id, reason } => {
-                        if reason != "released" {
-                            let _ = inputs.try_send(Input::MediaEnded { call_id, reason });
-                        }
-                    }
-                    MediaEvent::FirstPacket {
-                        call_id,
-                        leg,
-                        source,
-                    } => {
-                        let mut map = evidence.lock().unwrap_or_else(|p| p.into_inner());
-                        let entry = map.entry(call_id).or_default();
-                        let slot = if leg == Leg::Caller {
-                            &mut entry.caller_first_source
-                        } else {
-                            &mut entry.callee_first_source
-                        };
-                        slot.get_or_insert(source);
-                    }
-                });
-                tokio::select! {
-                    result = watch => {
-                        if let Err(error) = result {
-                            tracing::debug!(%error, "media event stream ended; reconnecting");
-                        }
-                    }
-                    () = watch_stop.cancelled() => return,
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = watch_stop.cancelled() => return,
-                }
-            }
-        });
+        for node in pool.nodes() {
+            tasks.spawn(crate::media::pool::watch(
+                node.clone(),
+                inputs.clone(),
+                UpGauge(metrics.clone()),
+                stop.clone(),
+            ));
+            tasks.spawn(watch_events(
+                node.client.clone(),
+                inputs.clone(),
+                evidence.clone(),
+                stop.clone(),
+            ));
+        }
+        tokio::spawn(check_capacity(pool.clone(), config.max_calls));
         let realm = config.realm.clone();
         let auth = DigestAuth::new(&realm, 300)
             .map_err(|e| anyhow::anyhow!("random nonce secret: {e}"))?;
@@ -405,36 +325,62 @@ impl Signaling {
                         offer,
                         offer_leg,
                     } => {
-                        let media = media.clone();
+                        let pool = pool.clone();
                         let inputs = inputs.clone();
                         tokio::spawn(async move {
-                            let result = media.prepare(&call_id, &offer, offer_leg).await;
+                            let result = pool.place(&call_id, &offer, offer_leg).await;
                             let _ = inputs.send(Input::MediaReady { call, result }).await;
                         });
                     }
-                    Output::UpdateMedia { call_id, leg, sdp } => {
-                        let media = media.clone();
+                    Output::Relocate {
+                        call,
+                        call_id,
+                        caller,
+                        callee,
+                        lost,
+                    } => {
+                        let pool = pool.clone();
+                        let inputs = inputs.clone();
+                        let metrics = metrics.clone();
                         tokio::spawn(async move {
-                            if let Err(error) = media.update(&call_id, leg, &sdp).await {
+                            let result = pool.relocate(&call_id, &caller, &callee, &lost).await;
+                            let outcome = if result.is_ok() { "moved" } else { "failed" };
+                            metrics.media_moves.with_label_values(&[outcome]).inc();
+                            let _ = inputs.send(Input::Relocated { call, result }).await;
+                        });
+                    }
+                    Output::UpdateMedia {
+                        endpoint,
+                        call_id,
+                        leg,
+                        sdp,
+                    } => {
+                        let Some(node) = pool.node(&endpoint).cloned() else {
+                            continue;
+                        };
+                        tokio::spawn(async move {
+                            if let Err(error) = node.client.update(&call_id, leg, &sdp).await {
                                 tracing::warn!(%call_id, leg = leg.as_str(), %error, "media update failed");
                             }
                         });
                     }
-                    Output::ReleaseMedia { call_id } => {
-                        let media = media.clone();
+                    Output::ReleaseMedia { endpoint, call_id } => {
+                        let Some(node) = pool.node(&endpoint).cloned() else {
+                            continue;
+                        };
                         tokio::spawn(async move {
-                            if let Err(error) = media.release(&call_id, "released").await {
+                            if let Err(error) = node.client.release(&call_id, "released").await {
                                 tracing::warn!(%call_id, %error, "release of an orphaned media session failed");
                             }
                         });
                     }
                     Output::Finish(record) => {
-                        let media = media.clone();
+                        let pool = pool.clone();
                         let cdr = cdr.clone();
                         let metrics = metrics.clone();
                         let evidence = evidence.clone();
                         finishing.spawn(async move {
-                            let row = complete_record(&media, &evidence, clock, record).await;
+                            let row = complete_record(&pool, &evidence, clock, record).await;
                             metrics.calls.with_label_values(&[&row.disposition]).inc();
                             metrics
                                 .verdicts
@@ -481,7 +427,7 @@ type EvidenceMap = Arc<Mutex<HashMap<String, Evidence>>>;
 
 /// Releases the call's media (if relayed) and builds its CDR row ([`cdr_row`]).
 async fn complete_record(
-    media: &MediaClient,
+    pool: &Pool,
     evidence: &EvidenceMap,
     clock: WallAnchor,
     record: CallRecord,
@@ -491,8 +437,10 @@ async fn complete_record(
         .unwrap_or_else(|p| p.into_inner())
         .remove(&record.call_id)
         .unwrap_or_default();
-    let release = if record.relayed {
-        match media
+    let node = record.media_endpoint.as_deref().and_then(|e| pool.node(e));
+    let release = if let (true, Some(node)) = (record.relayed, node) {
+        match node
+            .client
             .release(&record.call_id, record.hangup_side.as_str())
             .await
         {
@@ -506,6 +454,99 @@ async fn complete_record(
         Release::NotRelayed
     };
     cdr_row(&record, &release, &seen, clock)
+}
+
+/// `signaling_mediaproxy_up{node}` from the health watch.
+struct UpGauge(Arc<Metrics>);
+
+impl HealthReport for UpGauge {
+    fn state(&self, node: &str, up: bool) {
+        self.0
+            .mediaproxy_up
+            .with_label_values(&[node])
+            .set(i64::from(up));
+    }
+}
+
+/// Start-up check of the pool: reachable nodes, and ports enough for `--max-calls`.
+async fn check_capacity(pool: Pool, max_calls: usize) {
+    let mut pairs = 0u64;
+    for node in pool.nodes() {
+        match node.client.status().await {
+            Ok(status) => {
+                pairs += u64::from(status.ports_total / 2);
+                if status.draining {
+                    tracing::warn!(node = %status.node_id, "the media proxy is draining: it takes no new calls");
+                }
+                tracing::info!(node = %status.node_id, url = %node.endpoint(), advertised = %status.advertised_address, "media proxy reachable");
+            }
+            Err(error) => tracing::error!(
+                url = %node.endpoint(),
+                %error,
+                "media proxy unreachable at start: it takes no calls until it answers"
+            ),
+        }
+    }
+    if pairs > 0 && (pairs as usize) < 2 * max_calls {
+        tracing::warn!(
+            pairs,
+            max_calls,
+            "the media proxies have fewer RTP port pairs than --max-calls needs \
+             (2 per relayed audio call): calls beyond {} will fail with 503",
+            pairs / 2
+        );
+    }
+}
+
+/// Follows one node's events until `stop`, reconnecting when the stream breaks.
+async fn watch_events(
+    client: MediaClient,
+    inputs: mpsc::Sender<Input>,
+    evidence: EvidenceMap,
+    stop: CancellationToken,
+) {
+    loop {
+        let endpoint = client.url.clone();
+        let inputs = inputs.clone();
+        let evidence = evidence.clone();
+        let watch = client.watch_events(move |event| match event {
+            MediaEvent::Released { call_id, reason } => {
+                if reason != "released" {
+                    let _ = inputs.try_send(Input::MediaEnded {
+                        endpoint: endpoint.clone(),
+                        call_id,
+                        reason,
+                    });
+                }
+            }
+            MediaEvent::FirstPacket {
+                call_id,
+                leg,
+                source,
+            } => {
+                let mut map = evidence.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = map.entry(call_id).or_default();
+                let slot = if leg == Leg::Caller {
+                    &mut entry.caller_first_source
+                } else {
+                    &mut entry.callee_first_source
+                };
+                slot.get_or_insert(source);
+            }
+        });
+        tokio::select! {
+            result = watch => {
+                if let Err(error) = result {
+                    tracing::debug!(url = %client.url, %error, "media event stream ended; reconnecting");
+                }
+            }
+            () = stop.cancelled() => return,
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 async fn send(

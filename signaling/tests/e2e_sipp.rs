@@ -6,7 +6,9 @@
 //! (signaling), +1 (SIPp UAC), +2 (SIPp UAS); SIPp media 26000 + 40 x n (UAC, +20 for a second
 //! UAC), 27000 + 40 x n (UAS); relay ports 28000 + 100 x n. Tests with a separate media
 //! proxy use gRPC ports 25600 and 25610; the lost-proxy test has its own block (SIP 25710,
-//! media 30600 / 30700, relay 31000-31099).
+//! media 30600 / 30700, relay 31000-31099), and so have the two-proxy tests (SIP 25720 and
+//! 25730, media 30800 / 30900 and 31400 / 31500, relay 31100-31299 and 31600-31799, gRPC
+//! 25620-25621 and 25630-25631).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -1567,7 +1569,7 @@ fn the_admin_endpoint_shows_live_calls_with_their_media() {
 }
 
 #[test]
-fn a_media_proxy_lost_mid_call_still_gives_an_explained_cdr() {
+fn a_media_proxy_lost_mid_call_with_no_other_node_ends_the_call_with_an_explained_cdr() {
     // Outside the numbered blocks: SIP 25710.., media 30600/30700, relay 31000-31099.
     let ports = Ports {
         sip: 25710,
@@ -1585,8 +1587,9 @@ fn a_media_proxy_lost_mid_call_still_gives_an_explained_cdr() {
     );
     let callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);
     std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
-    // Media flows for a while, then the proxy host dies.
+    // The caller plays its pcap and takes the BYE signaling sends when the call cannot move.
+    let caller = uac(&ports, "uac_pcap_until_bye.xml", &[]);
+    // Media flows for a while, then the proxy host dies: no other node can take the call.
     std::thread::sleep(Duration::from_millis(2500));
     proxy.kill();
     expect_success(caller, "UAC", &service);
@@ -1595,6 +1598,13 @@ fn a_media_proxy_lost_mid_call_still_gives_an_explained_cdr() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     let cdr = &rows[0];
     assert_eq!(cdr["disposition"], "answered");
+    assert_eq!(cdr["hangup_side"], "system");
+    assert!(
+        cdr["end_reason"].starts_with(
+            "media proxy media-lost lost (stopped answering its health checks); no other node could take the call"
+        ),
+        "{cdr:?}"
+    );
     assert_eq!(cdr["media_node"], "media-lost");
     // Judged from the first-packet events seen while the proxy lived.
     assert_eq!(cdr["media_verdict"], "ok", "{cdr:?}");
@@ -1606,6 +1616,171 @@ fn a_media_proxy_lost_mid_call_still_gives_an_explained_cdr() {
     assert!(diagnosis.contains("packet counts unknown"), "{diagnosis}");
     assert!(
         diagnosis.contains(&format!("caller sent from 127.0.0.1:{}", ports.uac_media)),
+        "{diagnosis}"
+    );
+}
+
+/// Two separately started media proxies, each with half of `ports.relay`, on gRPC ports
+/// `grpc` and `grpc + 1`.
+fn two_mediaproxies(ports: &Ports, grpc: u16) -> [(MediaProxy, String, &'static str); 2] {
+    let middle = ports.relay.start + (ports.relay.end - ports.relay.start) / 2;
+    let (a, url_a) = start_mediaproxy(
+        grpc,
+        &format!("{}-{}", ports.relay.start, middle - 1),
+        "media-a",
+    );
+    let (b, url_b) = start_mediaproxy(
+        grpc + 1,
+        &format!("{}-{}", middle, ports.relay.end - 1),
+        "media-b",
+    );
+    [(a, url_a, "media-a"), (b, url_b, "media-b")]
+}
+
+/// Waits until `/admin/mediaproxies` shows every node up.
+fn wait_nodes_up(service: &Service, nodes: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = service.get("/admin/mediaproxies");
+        if view.matches("\"state\": \"up\"").count() == nodes {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nodes not up: {view}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn calls_spread_over_a_pool_of_two_media_proxies() {
+    let ports = Ports {
+        sip: 25720,
+        uac: 25721,
+        uas: 25722,
+        uac_media: 30800,
+        uas_media: 30900,
+        relay: 31100..31300,
+    };
+    let nodes = two_mediaproxies(&ports, 25620);
+    let service = Service::start(
+        "pool-spread",
+        &ports,
+        &[
+            "--trusted",
+            "127.0.0.0/8",
+            "--mediaproxy",
+            &nodes[0].1,
+            "--mediaproxy",
+            &nodes[1].1,
+        ],
+    );
+    wait_nodes_up(&service, 2);
+    let callee = uas(&ports, "uas_pcmu_echo.xml", true, &["-m", "4"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(
+        &ports,
+        "uac_pcmu_pcap.xml",
+        &["-m", "4", "-l", "4", "-r", "20"],
+    );
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    // The exact split depends on when each node's status poll lands within the burst (the
+    // policy itself is unit-tested in media::pool); both nodes take calls.
+    let on = |node: &str| rows.iter().filter(|r| r["media_node"] == node).count();
+    assert_eq!(on("media-a") + on("media-b"), 4, "{rows:?}");
+    assert!(on("media-a") >= 1 && on("media-b") >= 1, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["media_verdict"], "ok", "{row:?}");
+        assert!(
+            number(row, "caller_audio_packets") >= MIN_PACKETS,
+            "{row:?}"
+        );
+    }
+}
+
+#[test]
+fn a_media_proxy_killed_mid_call_moves_the_call_and_audio_resumes_on_the_other() {
+    let ports = Ports {
+        sip: 25730,
+        uac: 25731,
+        uas: 25732,
+        uac_media: 31400,
+        uas_media: 31500,
+        relay: 31600..31800,
+    };
+    let [mut a, mut b] = two_mediaproxies(&ports, 25630);
+    let service = Service::start(
+        "pool-failover",
+        &ports,
+        &[
+            "--trusted",
+            "127.0.0.0/8",
+            "--mediaproxy",
+            &a.1,
+            "--mediaproxy",
+            &b.1,
+        ],
+    );
+    wait_nodes_up(&service, 2);
+    let callee = uas(&ports, "uas_echo_moved.xml", true, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcap_moved.xml", &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let calls = service.get("/admin/calls");
+    let (lost, kept) = if calls.contains("\"media_node\": \"media-a\"") {
+        (&mut a, &b)
+    } else {
+        assert!(calls.contains("\"media_node\": \"media-b\""), "{calls}");
+        (&mut b, &a)
+    };
+    let killed_at = Instant::now();
+    lost.0.kill();
+    // Audio back within 2 s: the call is on the other node, both legs re-INVITEd.
+    loop {
+        let calls = service.get("/admin/calls");
+        if calls.contains(&format!("\"media_node\": \"{}\"", kept.2)) {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(2),
+            "not moved: {calls}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let metrics = service.metrics();
+    assert!(
+        metrics.contains("signaling_media_moves_total{result=\"moved\"} 1"),
+        "{metrics}"
+    );
+    let rows = service.stop();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cdr = &rows[0];
+    assert_eq!(cdr["disposition"], "answered");
+    assert_eq!(cdr["media_node"], kept.2, "{cdr:?}");
+    assert_eq!(cdr["media_verdict"], "ok", "{cdr:?}");
+    // The second playback (5 s) went to the new node, and came back echoed.
+    assert!(
+        number(cdr, "caller_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+    assert!(
+        number(cdr, "callee_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+    let diagnosis = &cdr["media_diagnosis"];
+    let lost_name = if kept.2 == "media-a" {
+        "media-b"
+    } else {
+        "media-a"
+    };
+    assert!(
+        diagnosis.contains(&format!(
+            "media moved from {lost_name} (stopped answering its health checks) to {}",
+            kept.2
+        )),
         "{diagnosis}"
     );
 }

@@ -180,17 +180,36 @@ impl Core {
         self.end_answered(now, call, HangupSide::System, reason);
     }
 
-    pub(super) fn on_media_ended(&mut self, now: Instant, call_id: &str, reason: &str) {
+    pub(super) fn on_media_ended(
+        &mut self,
+        now: Instant,
+        endpoint: &str,
+        call_id: &str,
+        reason: &str,
+    ) {
         let Some(&(call, Side::A)) = self.by_call_id.get(call_id) else {
             return;
         };
         let Some(record) = self.calls.get(&call) else {
             return;
         };
-        if record.finished {
+        // Only the call's own node speaks for it: a node the call moved away from times its
+        // abandoned session out, which says nothing about the call.
+        if record.finished
+            || record
+                .media
+                .as_ref()
+                .is_some_and(|m| m.endpoint != endpoint)
+        {
             return;
         }
         tracing::info!(%call_id, reason, "media proxy ended the session; ending the call");
+        if reason == "shutdown" && record.state.answered() {
+            // The node shut down with the call still up (its drain grace ran out): the call
+            // can live on another node.
+            self.relocate(now, call, "shut down with the call still up");
+            return;
+        }
         let why = format!("media proxy ended the session ({reason})");
         match record.state {
             State::Answered | State::Confirmed => {
@@ -263,6 +282,8 @@ impl Core {
             hangup_side: hangup,
             media_mode: record.mode,
             media_node: record.media.as_ref().map(|m| m.node.clone()),
+            media_endpoint: record.media.as_ref().map(|m| m.endpoint.clone()),
+            media_moves: record.moves.clone(),
             relayed: record.allocation_requested,
             media_address: record.media.as_ref().map(|m| m.advertised),
             end_reason: reason,

@@ -8,7 +8,7 @@ use proto::domain::Leg;
 
 use super::{
     ALLOW, Call, CallRecord, CallRef, CallTimer, Core, Disposition, Flow, HangupSide, MediaPlan,
-    Side, State, TxTag, body_sdp, relayed_response, response, rewrite_for, transport_named,
+    Side, State, TxTag, body_sdp, relayed_response, response, transport_named,
 };
 use crate::config::MediaMode;
 use crate::dialog::Dialog;
@@ -89,6 +89,8 @@ impl Core {
             hangup_side: HangupSide::System,
             media_mode: self.settings.media_mode,
             media_node: None,
+            media_endpoint: None,
+            media_moves: Vec::new(),
             relayed: false,
             media_address: None,
             end_reason: reason.to_owned(),
@@ -226,6 +228,10 @@ impl Core {
             reinvite_ok: None,
             keepalive_pending: [None, None],
             keepalive_missed: [0, 0],
+            last_sdp: [None, None],
+            sdp_bump: [0, 0],
+            moves: Vec::new(),
+            relocating: None,
         };
         self.by_call_id.insert(call_id.clone(), (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
@@ -236,6 +242,7 @@ impl Core {
             Some(offer) if relayed => {
                 if let Some(record) = self.calls.get_mut(&call) {
                     record.allocation_requested = true;
+                    record.last_sdp[Side::A.index()] = Some(record.a_invite.body.clone());
                 }
                 self.push(super::Output::Allocate {
                     call,
@@ -312,8 +319,10 @@ impl Core {
             (_, Ok(_)) if record.finished => {
                 // The call ended while its media was being allocated; the release that
                 // finishing asked for may have overtaken this allocation.
-                let call_id = record.a.call_id.clone();
-                self.push(super::Output::ReleaseMedia { call_id });
+                if let Some(endpoint) = record.media.as_ref().map(|m| m.endpoint.clone()) {
+                    let call_id = record.a.call_id.clone();
+                    self.push(super::Output::ReleaseMedia { endpoint, call_id });
+                }
             }
             _ => {}
         }
@@ -339,23 +348,21 @@ impl Core {
             return;
         };
         let body = match &record.media {
-            Some(plan) => {
-                match rewrite_for(&record.a_invite.body, plan.advertised, &plan.callee_ports) {
-                    Ok(body) => body,
-                    Err(error) => {
-                        let reason = format!("caller's SDP offer could not be rewritten: {error}");
-                        self.fail_a(
-                            now,
-                            call,
-                            500,
-                            Disposition::Failed,
-                            HangupSide::System,
-                            reason,
-                        );
-                        return;
-                    }
+            Some(_) => match record.rewrite_to(Side::B, &record.a_invite.body) {
+                Ok(body) => body,
+                Err(error) => {
+                    let reason = format!("caller's SDP offer could not be rewritten: {error}");
+                    self.fail_a(
+                        now,
+                        call,
+                        500,
+                        Disposition::Failed,
+                        HangupSide::System,
+                        reason,
+                    );
+                    return;
                 }
-            }
+            },
             None => record.a_invite.body.clone(),
         };
         record.state = State::Calling;
@@ -569,14 +576,11 @@ impl Core {
         };
         let mut body = response.body.clone();
         let mut update = None;
-        if let (Some(plan), false) = (&record.media, body.is_empty()) {
+        if record.media.is_some() && !body.is_empty() {
             let answer = super::body_sdp(&body)?.expect("a body");
-            body = rewrite_for(&body, plan.advertised, &plan.caller_ports)?;
-            update = Some(super::Output::UpdateMedia {
-                call_id: record.a.call_id.clone(),
-                leg: Leg::Callee,
-                sdp: answer,
-            });
+            body = record.rewrite_to(Side::A, &body)?;
+            record.last_sdp[Side::B.index()] = Some(response.body.clone());
+            update = record.media_update(Side::B, answer);
         }
         let relayed = relayed_response(
             &record.a_invite,
@@ -639,19 +643,20 @@ impl Core {
     /// The caller's SDP answer of a late offer, rewritten for the callee (and the caller leg
     /// of the media session updated with it). Empty when the ACK carries none.
     fn late_answer(&mut self, call: CallRef, ack: &Request) -> Result<Vec<u8>, sdp::SdpError> {
-        let Some(record) = self.calls.get(&call) else {
+        let Some(record) = self.calls.get_mut(&call) else {
             return Ok(Vec::new());
         };
-        let (Some(plan), Some(answer)) = (&record.media, body_sdp(&ack.body)?) else {
+        let (Some(_), Some(answer)) = (&record.media, body_sdp(&ack.body)?) else {
             return Ok(Vec::new());
         };
-        let body = rewrite_for(&ack.body, plan.advertised, &plan.callee_ports)?;
-        let update = super::Output::UpdateMedia {
-            call_id: record.a.call_id.clone(),
-            leg: Leg::Caller,
-            sdp: answer,
-        };
-        self.push(update);
+        let body = record.rewrite_to(Side::B, &ack.body)?;
+        let update = record.media_update(Side::A, answer);
+        if let Some(record) = self.calls.get_mut(&call) {
+            record.last_sdp[Side::A.index()] = Some(ack.body.clone());
+        }
+        if let Some(update) = update {
+            self.push(update);
+        }
         Ok(body)
     }
 

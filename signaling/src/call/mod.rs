@@ -19,6 +19,7 @@
 //! - [`reinvite`]: re-INVITEs relayed from either leg (hold, resume, codec change), glare.
 //! - [`hangup`]: BYE, CANCEL, failures, the media proxy ending a call, and finishing.
 //! - [`keepalive`]: in-dialog OPTIONS pings of answered calls.
+//! - [`relocate`]: moving a call's media to another node when its node is lost.
 //! - [`registrar`]: REGISTER with digest authentication, OPTIONS outside dialogs.
 //! - [`record`]: the call's record for the CDR and its admin summary.
 
@@ -28,6 +29,7 @@ mod keepalive;
 pub(crate) mod record;
 mod registrar;
 mod reinvite;
+mod relocate;
 
 #[cfg(test)]
 mod sim;
@@ -40,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use proto::domain::Leg;
 
-pub(crate) use self::record::{CallRecord, CallSummary, Disposition, HangupSide};
+pub(crate) use self::record::{CallRecord, CallSummary, Disposition, HangupSide, MediaMove};
 use crate::auth::DigestAuth;
 use crate::config::{Cidr, MediaMode, Route, User};
 use crate::dialog::Dialog;
@@ -62,7 +64,10 @@ pub(crate) type CallRef = u64;
 /// What the media proxy gave a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MediaPlan {
+    /// The node's id (its `--node-id`), for CDRs and logs.
     pub(crate) node: String,
+    /// The gRPC URL the call's media requests go to (call affinity).
+    pub(crate) endpoint: String,
     pub(crate) advertised: IpAddr,
     /// RTP ports per media line on the caller leg (go into the SDP sent to the caller).
     pub(crate) caller_ports: Vec<u16>,
@@ -127,8 +132,20 @@ pub(crate) enum Input {
     /// The media proxy ended a call's session itself (media timeout, lease expiry,
     /// shutdown): end the call on both legs.
     MediaEnded {
+        endpoint: String,
         call_id: String,
         reason: String,
+    },
+    /// The media node at `endpoint` is gone (stopped answering, or restarted without its
+    /// sessions): its calls move to another node or end.
+    MediaNodeLost {
+        endpoint: String,
+        reason: String,
+    },
+    /// The answer to an [`Output::Relocate`].
+    Relocated {
+        call: CallRef,
+        result: Result<MediaPlan, MediaError>,
     },
 }
 
@@ -148,8 +165,9 @@ pub(crate) enum Output {
         offer: SessionDescription,
         offer_leg: Leg,
     },
-    /// Update a leg with its latest SDP (no answer needed).
+    /// Update a leg with its latest SDP (no answer needed), on the call's node.
     UpdateMedia {
+        endpoint: String,
         call_id: String,
         leg: Leg,
         sdp: SessionDescription,
@@ -157,7 +175,17 @@ pub(crate) enum Output {
     /// Release a media session that no call owns any more (its allocation came back after
     /// the call ended).
     ReleaseMedia {
+        endpoint: String,
         call_id: String,
+    },
+    /// Set the call up again on another node than `lost`: allocate both legs for `caller`'s
+    /// media lines, point each leg at its SDP, and answer with [`Input::Relocated`].
+    Relocate {
+        call: CallRef,
+        call_id: String,
+        caller: SessionDescription,
+        callee: SessionDescription,
+        lost: String,
     },
     /// The call ended: release its media (if relayed) and write its CDR.
     Finish(CallRecord),
@@ -246,6 +274,8 @@ enum Flow {
     Hangup,
     /// A keepalive OPTIONS (client).
     Keepalive,
+    /// A re-INVITE of ours that moves this side's media to another node (client).
+    Relocate,
 }
 
 /// The tag the call layer puts on its transactions.
@@ -300,6 +330,15 @@ struct Call {
     /// Consecutive unanswered keepalives, per side (two end the call: one lost datagram
     /// must not).
     keepalive_missed: [u8; 2],
+    /// The last SDP each side sent (relayed calls): what a move to another node re-offers.
+    last_sdp: [Option<Vec<u8>>; 2],
+    /// How far we raised the `o=` version of the SDP each side gets from us, above the
+    /// other side's own: every offer of ours (a move) raises it (RFC 3264 section 8).
+    sdp_bump: [u64; 2],
+    /// Nodes the call's media left, in order.
+    moves: Vec<MediaMove>,
+    /// A move in progress.
+    relocating: Option<relocate::Relocation>,
 }
 
 impl Call {
@@ -308,6 +347,30 @@ impl Call {
             Side::A => &mut self.a,
             Side::B => &mut self.b,
         }
+    }
+
+    /// An SDP body rewritten for `to`: the relay's address and `to`'s leg ports, the `o=`
+    /// version raised by what our own offers added.
+    fn rewrite_to(&self, to: Side, body: &[u8]) -> Result<Vec<u8>, SdpError> {
+        let plan = self
+            .media
+            .as_ref()
+            .ok_or_else(|| SdpError("no media plan".into()))?;
+        let ports = match to {
+            Side::A => &plan.caller_ports,
+            Side::B => &plan.callee_ports,
+        };
+        rewrite_for(body, plan.advertised, ports, self.sdp_bump[to.index()])
+    }
+
+    /// Points `from`'s media leg at its new SDP, on the call's node.
+    fn media_update(&self, from: Side, sdp: SessionDescription) -> Option<Output> {
+        self.media.as_ref().map(|plan| Output::UpdateMedia {
+            endpoint: plan.endpoint.clone(),
+            call_id: self.a.call_id.clone(),
+            leg: from.leg(),
+            sdp,
+        })
     }
 }
 
@@ -367,6 +430,7 @@ impl Core {
                 state: format!("{:?}", c.state).to_lowercase(),
                 media_mode: c.mode.as_str(),
                 media_node: c.media.as_ref().map(|m| m.node.clone()),
+                media_endpoint: c.media.as_ref().map(|m| m.endpoint.clone()),
                 media_address: c.media.as_ref().map(|m| m.advertised.to_string()),
                 caller_ports: c
                     .media
@@ -428,7 +492,13 @@ impl Core {
             } => self.on_response(now, response, from),
             Input::Malformed { from, error } => self.on_malformed(from, error),
             Input::MediaReady { call, result } => self.on_media(now, call, result),
-            Input::MediaEnded { call_id, reason } => self.on_media_ended(now, &call_id, &reason),
+            Input::MediaEnded {
+                endpoint,
+                call_id,
+                reason,
+            } => self.on_media_ended(now, &endpoint, &call_id, &reason),
+            Input::MediaNodeLost { endpoint, reason } => self.on_node_lost(now, &endpoint, &reason),
+            Input::Relocated { call, result } => self.on_relocated(now, call, result),
         }
         self.flush();
     }
@@ -619,6 +689,9 @@ impl Core {
             Flow::ReInvite => {
                 self.on_reinvite_response(now, tag.call, tag.side, answer.tx, answer.response)
             }
+            Flow::Relocate => {
+                self.on_relocate_response(now, tag.call, tag.side, answer.tx, answer.response)
+            }
             Flow::Keepalive => {
                 self.on_keepalive_response(now, tag.call, tag.side, &answer.response)
             }
@@ -631,6 +704,7 @@ impl Core {
             Expired::NoResponse { tx, tag, .. } => match tag.flow {
                 Flow::Invite => self.on_invite_timeout(now, tag.call, tx),
                 Flow::ReInvite => self.on_reinvite_timeout(now, tag.call, tx),
+                Flow::Relocate => self.on_relocate_timeout(now, tag.call, tag.side, tx),
                 _ => {}
             },
             Expired::NoAck { tx, tag: Some(tag) } => match tag.flow {
@@ -740,8 +814,14 @@ fn body_sdp(body: &[u8]) -> Result<Option<SessionDescription>, SdpError> {
     sdp::parse(text).map(Some)
 }
 
-/// Rewrites an SDP body for one leg of the relay: the proxy's address and that leg's ports.
-fn rewrite_for(body: &[u8], address: IpAddr, ports: &[u16]) -> Result<Vec<u8>, SdpError> {
+/// Rewrites an SDP body for one leg of the relay: the proxy's address and that leg's ports,
+/// and the `o=` version raised by `bump` (0 keeps it).
+fn rewrite_for(
+    body: &[u8],
+    address: IpAddr,
+    ports: &[u16],
+    bump: u64,
+) -> Result<Vec<u8>, SdpError> {
     let text = std::str::from_utf8(body).map_err(|_| SdpError("body is not UTF-8".into()))?;
     let parsed = sdp::parse(text)?;
     let plan = Rewrite {
@@ -752,7 +832,9 @@ fn rewrite_for(body: &[u8], address: IpAddr, ports: &[u16]) -> Result<Vec<u8>, S
             .enumerate()
             .map(|(i, m)| (m.port != 0).then(|| ports.get(i).copied()).flatten())
             .collect(),
-        origin_version: None,
+        origin_version: (bump > 0)
+            .then(|| parsed.origin_version.map(|v| v.wrapping_add(bump)))
+            .flatten(),
     };
     if parsed
         .media

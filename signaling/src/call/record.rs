@@ -70,12 +70,29 @@ pub(crate) struct CallRecord {
     pub(crate) hangup_side: HangupSide,
     pub(crate) media_mode: MediaMode,
     pub(crate) media_node: Option<String>,
+    /// The gRPC URL of that node: where the release goes.
+    pub(crate) media_endpoint: Option<String>,
+    /// Nodes the call's media moved away from, in order.
+    pub(crate) media_moves: Vec<MediaMove>,
     /// Whether a media session exists to release.
     pub(crate) relayed: bool,
     /// The media address the proxy advertised in SDP.
     pub(crate) media_address: Option<IpAddr>,
     /// Why the call ended, in words ("BYE from the callee", "ring timeout after 60 s").
     pub(crate) end_reason: String,
+}
+
+/// A move of a call's media away from a lost node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MediaMove {
+    /// The node id that was lost.
+    pub(crate) from: String,
+    /// Why it was given up ("stopped answering its health checks").
+    pub(crate) reason: String,
+    /// The node the media went to; None when none could take it (the call ended).
+    pub(crate) to: Option<String>,
+    /// Seconds after the call's start.
+    pub(crate) after_s: u64,
 }
 
 /// One call in progress, as the admin endpoint shows it.
@@ -89,6 +106,8 @@ pub(crate) struct CallSummary {
     pub(crate) state: String,
     pub(crate) media_mode: &'static str,
     pub(crate) media_node: Option<String>,
+    /// The gRPC URL of that node.
+    pub(crate) media_endpoint: Option<String>,
     pub(crate) media_address: Option<String>,
     /// Relay RTP ports per media line, as given to each side in SDP.
     pub(crate) caller_ports: Vec<u16>,

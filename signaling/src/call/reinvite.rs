@@ -5,10 +5,7 @@
 
 use std::time::Instant;
 
-use super::{
-    CallRef, Core, Flow, Output, ReInvite, Side, TxTag, body_sdp, relayed_response, response,
-    rewrite_for,
-};
+use super::{CallRef, Core, Flow, ReInvite, Side, TxTag, body_sdp, relayed_response, response};
 use crate::sip::message::{Method, Request, Response};
 use crate::transaction::TxId;
 
@@ -39,12 +36,8 @@ impl Core {
         let other = side.other();
         let mut body = request.body.clone();
         let mut update = None;
-        if let (Some(plan), Some(offer)) = (&record.media, offer) {
-            let ports = match side {
-                Side::A => &plan.callee_ports,
-                Side::B => &plan.caller_ports,
-            };
-            match rewrite_for(&request.body, plan.advertised, ports) {
+        if let (Some(_), Some(offer)) = (&record.media, offer) {
+            match record.rewrite_to(other, &request.body) {
                 Ok(rewritten) => body = rewritten,
                 Err(error) => {
                     tracing::info!(call_id = request.call_id(), %error, "re-INVITE SDP cannot be relayed; 488");
@@ -52,11 +45,13 @@ impl Core {
                     return;
                 }
             }
-            update = Some(Output::UpdateMedia {
-                call_id: record.a.call_id.clone(),
-                leg: side.leg(),
-                sdp: offer,
-            });
+            update = record.media_update(side, offer);
+        }
+        if let Some(record) = self.calls.get_mut(&call)
+            && record.media.is_some()
+            && !request.body.is_empty()
+        {
+            record.last_sdp[side.index()] = Some(request.body.clone());
         }
         let trying = response(&request, 100, "Trying", None);
         self.transactions.respond(now, tx, &trying);
@@ -128,13 +123,10 @@ impl Core {
         let mut update = None;
         if success {
             self.ack_reinvite(now, call, responder, tx, &response);
-            let record = self.calls.get(&call).expect("call exists");
-            if let (Some(plan), Ok(Some(answer))) = (&record.media, body_sdp(&body)) {
-                let ports = match responder {
-                    Side::A => &plan.callee_ports,
-                    Side::B => &plan.caller_ports,
-                };
-                match rewrite_for(&body, plan.advertised, ports) {
+            let record = self.calls.get_mut(&call).expect("call exists");
+            if let (Some(_), Ok(Some(answer))) = (&record.media, body_sdp(&body)) {
+                record.last_sdp[responder.index()] = Some(body.clone());
+                match record.rewrite_to(responder.other(), &body) {
                     Ok(rewritten) => body = rewritten,
                     Err(error) => {
                         tracing::warn!(call_id = %record.a.call_id, %error, "re-INVITE answer cannot be relayed");
@@ -142,11 +134,7 @@ impl Core {
                         return;
                     }
                 }
-                update = Some(Output::UpdateMedia {
-                    call_id: record.a.call_id.clone(),
-                    leg: responder.leg(),
-                    sdp: answer,
-                });
+                update = record.media_update(responder, answer);
             }
         }
         if let Some(update) = update {
@@ -164,7 +152,7 @@ impl Core {
     }
 
     /// The ACK of a re-INVITE's 2xx (a request of the responder's dialog).
-    fn ack_reinvite(
+    pub(super) fn ack_reinvite(
         &mut self,
         now: Instant,
         call: CallRef,

@@ -577,6 +577,7 @@ fn relay_settings() -> super::Settings {
 fn plan() -> MediaPlan {
     MediaPlan {
         node: "sim".into(),
+        endpoint: "http://sim".into(),
         advertised: "192.0.2.10".parse().unwrap(),
         caller_ports: vec![30_000],
         callee_ports: vec![30_002],
@@ -779,4 +780,213 @@ fn identifiers_are_random_not_counters_rfc3261_19_3() {
     }
     let distinct: std::collections::HashSet<_> = acks.iter().collect();
     assert_eq!(distinct.len(), 3, "{acks:?}");
+}
+
+/// A relayed call on node `node-1` (`http://n1`), answered and acknowledged.
+fn relayed_call(sim: &mut Sim, call_id: &str) -> (Request, String) {
+    sim.send(A, &invite(call_id, &format!("z9hG4bK{call_id}"), SDP));
+    sim.run(20 * MS);
+    let first = MediaPlan {
+        node: "node-1".into(),
+        endpoint: "http://n1".into(),
+        ..plan()
+    };
+    allocated(sim, Ok(first));
+    sim.run(20 * MS);
+    let to_b = requests(&sim.take(B), "INVITE")[0].clone();
+    sim.send(
+        B,
+        &answer(&to_b, "200 OK", Some("bt"), &SDP.replace("4000", "5000")),
+    );
+    sim.run(20 * MS);
+    let ok = responses(&sim.take(A), 200)[0].clone();
+    let a_to = ok.headers.get("To").unwrap().to_owned();
+    let ack = Phone {
+        call_id,
+        from: A_FROM,
+        to: &a_to,
+        port: 5061,
+    }
+    .request("ACK", 1, &format!("z9hG4bK{call_id}a"), "");
+    sim.send(A, &ack);
+    sim.run(20 * MS);
+    sim.take(B);
+    (to_b, a_to)
+}
+
+fn relocation(sim: &Sim) -> Option<(super::CallRef, String, String, String)> {
+    sim.outputs.iter().rev().find_map(|o| match o {
+        Output::Relocate {
+            call,
+            caller,
+            callee,
+            lost,
+            ..
+        } => Some((
+            *call,
+            format!("{:?}", caller.media[0].port),
+            format!("{:?}", callee.media[0].port),
+            lost.clone(),
+        )),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_call_on_a_lost_node_moves_and_both_legs_are_offered_the_new_relay() {
+    let mut sim = Sim::new(relay_settings());
+    relayed_call(&mut sim, "moved");
+    sim.input(Input::MediaNodeLost {
+        endpoint: "http://n1".into(),
+        reason: "stopped answering its health checks".into(),
+    });
+    let (call, caller_port, callee_port, lost) = relocation(&sim).expect("a relocation");
+    assert_eq!(
+        (caller_port.as_str(), callee_port.as_str(), lost.as_str()),
+        ("4000", "5000", "http://n1"),
+        "each leg's own last SDP, and the node to avoid"
+    );
+    let second = MediaPlan {
+        node: "node-2".into(),
+        endpoint: "http://n2".into(),
+        advertised: "192.0.2.20".parse().unwrap(),
+        caller_ports: vec![40_000],
+        callee_ports: vec![40_002],
+    };
+    sim.input(Input::Relocated {
+        call,
+        result: Ok(second),
+    });
+    sim.run(20 * MS);
+    let at_a = sim.take(A);
+    let at_b = sim.take(B);
+    let to_a = requests(&at_a, "INVITE")[0].clone();
+    let to_b = requests(&at_b, "INVITE")[0].clone();
+    let offer_a = String::from_utf8(to_a.body.clone()).unwrap();
+    let offer_b = String::from_utf8(to_b.body.clone()).unwrap();
+    assert!(offer_a.contains("c=IN IP4 192.0.2.20") && offer_a.contains("m=audio 40000"));
+    assert!(offer_b.contains("c=IN IP4 192.0.2.20") && offer_b.contains("m=audio 40002"));
+    assert!(
+        offer_a.contains("o=- 1 2 IN IP4") && offer_b.contains("o=- 1 2 IN IP4"),
+        "a new offer raises the o= version (RFC 3264 section 8): {offer_a}"
+    );
+    assert_eq!(to_a.call_id(), "moved");
+    assert_eq!(
+        to_a.headers.get("CSeq"),
+        Some("1 INVITE"),
+        "our first request to A"
+    );
+    sim.send(A, &answer(&to_a, "200 OK", None, SDP));
+    sim.send(
+        B,
+        &answer(&to_b, "200 OK", None, &SDP.replace("4000", "5000")),
+    );
+    sim.run(20 * MS);
+    assert_eq!(requests(&sim.take(A), "ACK").len(), 1);
+    assert_eq!(requests(&sim.take(B), "ACK").len(), 1);
+    let updates: Vec<(String, Leg)> = sim
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::UpdateMedia { endpoint, leg, .. } => Some((endpoint.clone(), *leg)),
+            _ => None,
+        })
+        .filter(|(endpoint, _)| endpoint == "http://n2")
+        .collect();
+    assert_eq!(
+        updates.len(),
+        2,
+        "both legs' answers go to the new node: {updates:?}"
+    );
+    // The lost node timing out its abandoned session says nothing about the call.
+    sim.input(Input::MediaEnded {
+        endpoint: "http://n1".into(),
+        call_id: "moved".into(),
+        reason: "timeout".into(),
+    });
+    sim.run(20 * MS);
+    assert!(sim.records().is_empty(), "the call goes on");
+    let a_to = to_a.headers.get("From").unwrap().to_owned();
+    let bye = Phone {
+        call_id: "moved",
+        from: A_FROM,
+        to: &a_to,
+        port: 5061,
+    }
+    .request("BYE", 2, "z9hG4bKmovedbye", "");
+    sim.send(A, &bye);
+    sim.run(20 * MS);
+    let records = sim.records();
+    assert_eq!(records.len(), 1);
+    let record = records[0];
+    assert_eq!(record.media_node.as_deref(), Some("node-2"));
+    assert_eq!(
+        record.media_endpoint.as_deref(),
+        Some("http://n2"),
+        "released there"
+    );
+    assert_eq!(record.media_moves.len(), 1);
+    assert_eq!(record.media_moves[0].from, "node-1");
+    assert_eq!(record.media_moves[0].to.as_deref(), Some("node-2"));
+}
+
+#[test]
+fn a_call_no_node_can_take_ends_on_both_legs_naming_the_lost_node() {
+    let mut sim = Sim::new(relay_settings());
+    relayed_call(&mut sim, "stranded");
+    sim.input(Input::MediaNodeLost {
+        endpoint: "http://n1".into(),
+        reason: "restarted without its calls".into(),
+    });
+    let (call, ..) = relocation(&sim).expect("a relocation");
+    sim.input(Input::Relocated {
+        call,
+        result: Err(MediaError::Unavailable("no media proxy node is up".into())),
+    });
+    sim.run(20 * MS);
+    assert_eq!(requests(&sim.take(A), "BYE").len(), 1);
+    assert_eq!(requests(&sim.take(B), "BYE").len(), 1);
+    let records = sim.records();
+    assert_eq!(records[0].hangup_side, HangupSide::System);
+    assert!(
+        records[0]
+            .end_reason
+            .starts_with("media proxy node-1 lost (restarted without its calls); no other node could take the call"),
+        "{}",
+        records[0].end_reason
+    );
+    assert_eq!(records[0].media_moves[0].to, None);
+}
+
+#[test]
+fn a_call_still_ringing_on_a_lost_node_fails_with_503_and_cancels_the_callee() {
+    let mut sim = Sim::new(relay_settings());
+    sim.send(A, &invite("ringing", "z9hG4bKringing", SDP));
+    sim.run(20 * MS);
+    let first = MediaPlan {
+        endpoint: "http://n1".into(),
+        ..plan()
+    };
+    allocated(&mut sim, Ok(first));
+    sim.run(20 * MS);
+    let to_b = requests(&sim.take(B), "INVITE")[0].clone();
+    sim.send(B, &answer(&to_b, "180 Ringing", Some("bt"), ""));
+    sim.run(20 * MS);
+    sim.take(A);
+    sim.input(Input::MediaNodeLost {
+        endpoint: "http://n1".into(),
+        reason: "stopped answering its health checks".into(),
+    });
+    sim.run(20 * MS);
+    assert_eq!(responses(&sim.take(A), 503).len(), 1);
+    assert_eq!(requests(&sim.take(B), "CANCEL").len(), 1);
+    assert!(relocation(&sim).is_none());
+    // A node the call is not on changes nothing.
+    let mut sim = Sim::new(relay_settings());
+    relayed_call(&mut sim, "elsewhere");
+    sim.input(Input::MediaNodeLost {
+        endpoint: "http://n9".into(),
+        reason: "stopped answering its health checks".into(),
+    });
+    assert!(relocation(&sim).is_none());
 }

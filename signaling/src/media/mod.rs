@@ -2,7 +2,9 @@
 //! deadline on every call so a slow proxy never holds SIP processing, and a lease heartbeat.
 //! Wire types stay in this module; it speaks the `proto` crate's domain types and knows
 //! nothing of the proxy's internals. Every failure is a [`MediaError`] that names the SIP
-//! status the call gets for it.
+//! status the call gets for it. [`pool`] spreads calls over several nodes and watches them.
+
+pub(crate) mod pool;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -143,6 +145,10 @@ pub(crate) struct NodeStatus {
     pub(crate) ports_total: u32,
     pub(crate) draining: bool,
     pub(crate) advertised_address: String,
+    /// Random id of the proxy process: a new one means the node restarted without its calls.
+    pub(crate) instance_id: String,
+    pub(crate) sessions: u32,
+    pub(crate) ports_free: u32,
 }
 
 /// A media event signaling acts on.
@@ -228,11 +234,6 @@ impl MediaClient {
             .map(|h| h.with_label_values(&[method]).start_timer())
     }
 
-    /// The node id of the proxy (its `--node-id`).
-    pub(crate) async fn node_id(&self) -> Result<String, MediaError> {
-        self.status().await.map(|status| status.node_id)
-    }
-
     /// Allocates both legs for the offer's media lines and points `offer_leg` (where the
     /// offer came from) at it.
     pub(crate) async fn prepare(
@@ -240,6 +241,30 @@ impl MediaClient {
         call_id: &str,
         offer: &SessionDescription,
         offer_leg: Leg,
+    ) -> Result<MediaPlan, MediaError> {
+        let plan = self.allocate_both(call_id, offer).await?;
+        self.update(call_id, offer_leg, offer).await?;
+        Ok(plan)
+    }
+
+    /// Sets up a call that moves here from a lost node: both legs allocated for the caller's
+    /// media lines, each pointed at its last SDP.
+    pub(crate) async fn take_over(
+        &self,
+        call_id: &str,
+        caller: &SessionDescription,
+        callee: &SessionDescription,
+    ) -> Result<MediaPlan, MediaError> {
+        let plan = self.allocate_both(call_id, caller).await?;
+        self.update(call_id, Leg::Caller, caller).await?;
+        self.update(call_id, Leg::Callee, callee).await?;
+        Ok(plan)
+    }
+
+    async fn allocate_both(
+        &self,
+        call_id: &str,
+        offer: &SessionDescription,
     ) -> Result<MediaPlan, MediaError> {
         let media: Vec<i32> = offer.media.iter().map(|m| m.kind.to_wire()).collect();
         let mut ports = Vec::new();
@@ -269,7 +294,6 @@ impl MediaClient {
                     .collect::<Vec<_>>(),
             );
         }
-        self.update(call_id, offer_leg, offer).await?;
         let advertised: IpAddr = advertised
             .parse()
             .map_err(|_| MediaError::Failed(format!("it advertised {advertised:?}")))?;
@@ -277,6 +301,7 @@ impl MediaClient {
         let caller_ports = ports.pop().unwrap_or_default();
         Ok(MediaPlan {
             node,
+            endpoint: self.url.clone(),
             advertised,
             caller_ports,
             callee_ports,
@@ -406,6 +431,9 @@ impl MediaClient {
             ports_total: status.ports_total,
             draining: status.draining,
             advertised_address: status.advertised_address,
+            instance_id: status.instance_id,
+            sessions: status.sessions,
+            ports_free: status.ports_free,
         })
     }
 

@@ -1,0 +1,410 @@
+//! A fleet of media proxy nodes (DESIGN section 8): placement of new calls, allocation that
+//! moves on to the next node when one refuses, and a health watch per node that notices a dead
+//! or restarted node within about a second.
+//!
+//! # Placement policy
+//!
+//! A new call goes to the node with the most headroom among those that are up and not
+//! draining: the most free RTP ports as its last `Status` said, less the ports of the calls
+//! placed on it since (four per relayed audio call: two legs, RTP and RTCP), so a burst of
+//! calls between two status polls spreads instead of piling onto one node. Ties go to the node
+//! with fewer sessions, then to the order of `--mediaproxy`. A node whose state is not known
+//! yet (just started) ranks after every node known to be up, before none. If a node answers
+//! an allocation `UNAVAILABLE` (draining, unreachable) or `RESOURCE_EXHAUSTED` (out of
+//! ports), what it may have allocated is released and the next node is tried, before the
+//! caller notices; any other error is the call's own (its SDP) and ends there.
+//!
+//! # Health
+//!
+//! Each node is asked `Status` every [`HEALTH_INTERVAL`] with a deadline of
+//! [`HEALTH_TIMEOUT`]. [`DOWN_AFTER`] misses in a row mark it down and report it lost to the
+//! core, which moves its calls; so does a new `instance_id` (the node restarted and knows
+//! none of its calls). A down node takes no new calls and comes back with its first answer.
+//! Every [`RENEW_EVERY`]th poll also renews this instance's lease on the node.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::domain::Leg;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{InvalidUrl, MediaClient, MediaError, NodeStatus};
+use crate::call::{Input, MediaPlan};
+use crate::sdp::SessionDescription;
+
+/// How often each node is asked for its status.
+pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a status request may take before it counts as missed.
+pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
+/// Missed status requests in a row that mark a node down (about a second).
+pub(crate) const DOWN_AFTER: u32 = 2;
+/// Lease renewal every this many polls (5 s; the proxy's default lease is 30 s).
+pub(crate) const RENEW_EVERY: u32 = 10;
+/// Ports a relayed audio call takes on a node: two legs, RTP and RTCP each.
+const PORTS_PER_CALL: i64 = 4;
+
+/// What is known of a node's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum NodeState {
+    /// Not asked yet.
+    #[default]
+    Unknown,
+    Up,
+    Down,
+}
+
+impl NodeState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
+/// A node's last status and what was placed on it since.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Health {
+    pub(crate) state: NodeState,
+    pub(crate) status: Option<NodeStatus>,
+    /// Missed status requests in a row.
+    pub(crate) misses: u32,
+    /// Calls placed that the last status may not count yet.
+    pub(crate) placed: u32,
+}
+
+impl Health {
+    /// Free ports less those of the calls placed since the status said so.
+    fn headroom(&self) -> i64 {
+        let free = self.status.as_ref().map_or(0, |s| i64::from(s.ports_free));
+        free - PORTS_PER_CALL * i64::from(self.placed)
+    }
+
+    fn draining(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.draining)
+    }
+}
+
+/// One media proxy node of the pool.
+#[derive(Clone)]
+pub(crate) struct Node {
+    pub(crate) client: MediaClient,
+    pub(crate) health: Arc<Mutex<Health>>,
+}
+
+impl Node {
+    pub(crate) fn endpoint(&self) -> &str {
+        &self.client.url
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Health)) {
+        change(&mut self.health.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The node id, once known (else the URL).
+    pub(crate) fn name(&self) -> String {
+        self.health()
+            .status
+            .map_or_else(|| self.client.url.clone(), |s| s.node_id)
+    }
+}
+
+/// Every media proxy node signaling may place calls on.
+#[derive(Clone)]
+pub(crate) struct Pool {
+    nodes: Vec<Node>,
+}
+
+/// Whether an allocation error means "try another node".
+fn node_refused(error: &MediaError) -> bool {
+    matches!(error, MediaError::Unavailable(_) | MediaError::Exhausted(_))
+}
+
+impl Pool {
+    /// A pool of the nodes at `urls`, each with its own lazily connecting channel (a slow
+    /// node holds up only its own requests).
+    pub(crate) fn new(
+        urls: &[String],
+        owner: &str,
+        durations: &prometheus::HistogramVec,
+    ) -> Result<Self, InvalidUrl> {
+        let nodes = urls
+            .iter()
+            .map(|url| {
+                Ok(Node {
+                    client: MediaClient::new(url, owner)?.with_durations(durations.clone()),
+                    health: Arc::default(),
+                })
+            })
+            .collect::<Result<Vec<_>, InvalidUrl>>()?;
+        Ok(Self { nodes })
+    }
+
+    pub(crate) fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The node at `endpoint`.
+    pub(crate) fn node(&self, endpoint: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.endpoint() == endpoint)
+    }
+
+    /// The nodes a new call may go to, best first (the placement policy above), without
+    /// `exclude`.
+    pub(crate) fn candidates(&self, exclude: Option<&str>) -> Vec<Node> {
+        let mut ranked: Vec<(usize, Health, &Node)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| Some(n.endpoint()) != exclude)
+            .map(|(i, n)| (i, n.health(), n))
+            .filter(|(_, h, _)| h.state != NodeState::Down && !h.draining())
+            .collect();
+        ranked.sort_by_key(|(i, h, _)| {
+            (
+                h.state != NodeState::Up,
+                std::cmp::Reverse(h.headroom()),
+                h.status.as_ref().map_or(0, |s| s.sessions),
+                *i,
+            )
+        });
+        ranked.into_iter().map(|(_, _, n)| n.clone()).collect()
+    }
+
+    /// Tries `attempt` on each candidate in turn until one takes the call.
+    async fn on_some_node<F, Fut>(
+        &self,
+        call_id: &str,
+        exclude: Option<&str>,
+        attempt: F,
+    ) -> Result<MediaPlan, MediaError>
+    where
+        F: Fn(Node) -> Fut,
+        Fut: std::future::Future<Output = Result<MediaPlan, MediaError>>,
+    {
+        let mut last = MediaError::Unavailable("no media proxy node is up".into());
+        for node in self.candidates(exclude) {
+            node.update(|h| h.placed += 1);
+            match attempt(node.clone()).await {
+                Ok(plan) => return Ok(plan),
+                Err(error) if node_refused(&error) => {
+                    tracing::warn!(node = %node.name(), %error, call_id, "media node refused the call; trying the next");
+                    if matches!(error, MediaError::Unavailable(_)) {
+                        node.update(|h| h.misses = h.misses.max(DOWN_AFTER));
+                    }
+                    // It may have allocated one leg before refusing the other.
+                    let client = node.client.clone();
+                    let call_id = call_id.to_owned();
+                    tokio::spawn(async move {
+                        let _ = client.release(&call_id, "released").await;
+                    });
+                    last = error;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last)
+    }
+
+    /// Places a new call: both legs allocated on one node, `offer_leg` pointed at the offer.
+    pub(crate) async fn place(
+        &self,
+        call_id: &str,
+        offer: &SessionDescription,
+        offer_leg: Leg,
+    ) -> Result<MediaPlan, MediaError> {
+        self.on_some_node(call_id, None, |node| async move {
+            node.client.prepare(call_id, offer, offer_leg).await
+        })
+        .await
+    }
+
+    /// Moves a call off the lost node at `lost`: set up again on another, from each leg's
+    /// last SDP.
+    pub(crate) async fn relocate(
+        &self,
+        call_id: &str,
+        caller: &SessionDescription,
+        callee: &SessionDescription,
+        lost: &str,
+    ) -> Result<MediaPlan, MediaError> {
+        self.on_some_node(call_id, Some(lost), |node| async move {
+            node.client.take_over(call_id, caller, callee).await
+        })
+        .await
+    }
+}
+
+/// What the health watch reports, besides the node's state.
+pub(crate) trait HealthReport: Send + 'static {
+    /// The node answered (`up`) or was marked down; for `signaling_mediaproxy_up`.
+    fn state(&self, node: &str, up: bool);
+}
+
+/// Watches one node until `stop`: status polls, lease renewals, and `MediaNodeLost` to the
+/// core when the node goes down or restarts.
+pub(crate) async fn watch(
+    node: Node,
+    inputs: mpsc::Sender<Input>,
+    report: impl HealthReport,
+    stop: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(HEALTH_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut polls: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        // Placements made before the status was asked for are in its figures; later ones
+        // may not be, and keep counting against the node.
+        let placed_before = node.health().placed;
+        let answer = tokio::time::timeout(HEALTH_TIMEOUT, node.client.status()).await;
+        let before = node.health();
+        let lost = match answer {
+            Ok(Ok(status)) => {
+                let restarted = before
+                    .status
+                    .as_ref()
+                    .is_some_and(|old| old.instance_id != status.instance_id);
+                if before.state != NodeState::Up {
+                    tracing::info!(node = %status.node_id, url = %node.endpoint(), sessions = status.sessions, ports_free = status.ports_free, draining = status.draining, "media node up");
+                }
+                if status.draining && !before.draining() {
+                    tracing::info!(node = %status.node_id, "media node draining: no new calls go to it");
+                }
+                report.state(&status.node_id, true);
+                node.update(|h| {
+                    h.state = NodeState::Up;
+                    h.misses = 0;
+                    h.placed = h.placed.saturating_sub(placed_before);
+                    h.status = Some(status);
+                });
+                restarted.then_some("restarted without its calls")
+            }
+            failure => {
+                let error = match failure {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => format!("no answer within {} ms", HEALTH_TIMEOUT.as_millis()),
+                };
+                let mut now_down = false;
+                node.update(|h| {
+                    h.misses += 1;
+                    if h.misses >= DOWN_AFTER && h.state != NodeState::Down {
+                        h.state = NodeState::Down;
+                        now_down = true;
+                    }
+                });
+                if now_down {
+                    tracing::warn!(node = %node.name(), url = %node.endpoint(), %error, "media node down");
+                    report.state(&node.name(), false);
+                }
+                now_down.then_some("stopped answering its health checks")
+            }
+        };
+        if let Some(reason) = lost {
+            let input = Input::MediaNodeLost {
+                endpoint: node.endpoint().to_owned(),
+                reason: reason.to_owned(),
+            };
+            if inputs.send(input).await.is_err() {
+                return;
+            }
+        }
+        polls = polls.wrapping_add(1);
+        if polls % RENEW_EVERY == 1 && node.health().state == NodeState::Up {
+            let client = node.client.clone();
+            tokio::spawn(async move {
+                if let Err(error) = client.renew().await {
+                    tracing::warn!(url = %client.url, %error, "media proxy lease renewal failed");
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(nodes: &[(NodeState, u32, u32, bool)]) -> Pool {
+        let urls: Vec<String> = (0..nodes.len())
+            .map(|i| format!("http://127.0.0.1:{}", 50_000 + i))
+            .collect();
+        let durations =
+            prometheus::HistogramVec::new(prometheus::HistogramOpts::new("t", "t"), &["method"])
+                .unwrap();
+        let pool = Pool::new(&urls, "owner", &durations).unwrap();
+        for (node, &(state, free, sessions, draining)) in pool.nodes.iter().zip(nodes) {
+            node.update(|h| {
+                h.state = state;
+                h.status = (state != NodeState::Unknown).then(|| NodeStatus {
+                    node_id: node.endpoint().to_owned(),
+                    ports_total: 10_000,
+                    draining,
+                    advertised_address: "127.0.0.1".into(),
+                    instance_id: "i".into(),
+                    sessions,
+                    ports_free: free,
+                });
+            });
+        }
+        pool
+    }
+
+    fn order(pool: &Pool, exclude: Option<&str>) -> Vec<u16> {
+        pool.candidates(exclude)
+            .iter()
+            .map(|n| {
+                n.endpoint()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .parse::<u16>()
+                    .unwrap()
+                    - 50_000
+            })
+            .collect()
+    }
+
+    // Channels connect lazily, but need a runtime to exist.
+    #[tokio::test]
+    async fn the_node_with_most_headroom_comes_first_and_down_or_draining_ones_not_at_all() {
+        let pool = pool(&[
+            (NodeState::Up, 4_000, 10, false),
+            (NodeState::Up, 9_000, 90, false),
+            (NodeState::Down, 10_000, 0, false),
+            (NodeState::Up, 10_000, 0, true),
+            (NodeState::Unknown, 0, 0, false),
+            (NodeState::Up, 9_000, 50, false),
+        ]);
+        assert_eq!(
+            order(&pool, None),
+            [5, 1, 0, 4],
+            "ties by sessions; unknown last"
+        );
+        assert_eq!(order(&pool, Some("http://127.0.0.1:50005")), [1, 0, 4]);
+    }
+
+    #[tokio::test]
+    async fn calls_placed_since_the_last_status_count_against_a_node() {
+        let pool = pool(&[
+            (NodeState::Up, 1_000, 0, false),
+            (NodeState::Up, 990, 0, false),
+        ]);
+        assert_eq!(order(&pool, None), [0, 1]);
+        // Three calls placed on node 0 since its status (12 ports): node 1 now has more.
+        pool.nodes[0].update(|h| h.placed = 3);
+        assert_eq!(order(&pool, None), [1, 0]);
+    }
+}
