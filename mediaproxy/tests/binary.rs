@@ -104,8 +104,17 @@ async fn starts_serves_health_and_stops_on_sigterm() {
     let grpc = field(&line, "grpc").to_owned();
     let metrics: std::net::SocketAddr = field(&line, "metrics").parse().unwrap();
 
-    // Control threads yield to the relay workers (--control-nice, default 10).
-    let threads = thread_nices(child.0.id());
+    // Control threads yield to the relay workers (--control-nice, default 10). A new thread
+    // names itself once it runs, which may be just after the log line: wait for the names.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let threads = loop {
+        let threads = thread_nices(child.0.id());
+        let named = |prefix: &str| threads.iter().any(|(name, _)| name.starts_with(prefix));
+        if (named("tokio-rt") && named("relay-")) || std::time::Instant::now() > deadline {
+            break threads;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let nices = |prefix: &str| -> Vec<i64> {
         threads
             .iter()

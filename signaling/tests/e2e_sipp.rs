@@ -8,7 +8,9 @@
 //! proxy use gRPC ports 25600 and 25610; the lost-proxy test has its own block (SIP 25710,
 //! media 30600 / 30700, relay 31000-31099), and so have the two-proxy tests (SIP 25720 and
 //! 25730, media 30800 / 30900 and 31400 / 31500, relay 31100-31299 and 31600-31799, gRPC
-//! 25620-25621 and 25630-25631).
+//! 25620-25621 and 25630-25631), the drain test (SIP 25740, second UAC 25743, media 32000 /
+//! 32020 / 32100, relay 32200-32399, gRPC 25640-25641) and the orphan test (SIP 25750, media
+//! 32500 / 32600, relay 32700-32799, gRPC 25650).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -122,19 +124,27 @@ impl Service {
         service
     }
 
-    /// Nice values of the service's threads whose name starts with `prefix`.
+    /// Nice values of the service's threads whose name starts with `prefix` (waiting up to
+    /// 5 s for one: a new thread names itself once it runs).
     fn nices(&self, prefix: &str) -> Vec<i64> {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
-        tasks
-            .filter_map(|task| {
-                let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
-                // "tid (name) state ...": nice is the 17th field after the name.
-                let (head, rest) = stat.rsplit_once(')')?;
-                let name = head.split_once('(')?.1;
-                name.starts_with(prefix)
-                    .then(|| rest.split_whitespace().nth(16)?.parse().ok())?
-            })
-            .collect()
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+            let nices: Vec<i64> = tasks
+                .filter_map(|task| {
+                    let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+                    // "tid (name) state ...": nice is the 17th field after the name.
+                    let (head, rest) = stat.rsplit_once(')')?;
+                    let name = head.split_once('(')?.1;
+                    name.starts_with(prefix)
+                        .then(|| rest.split_whitespace().nth(16)?.parse().ok())?
+                })
+                .collect();
+            if !nices.is_empty() || Instant::now() > deadline {
+                return nices;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// GETs `/metrics` of the running service.
@@ -820,6 +830,16 @@ fn a_callee_that_never_answers_times_out_as_no_answer() {
 
 /// Starts the `mediaproxy` binary on a gRPC port; returns it and its URL once it listens.
 fn start_mediaproxy(grpc_port: u16, relay: &str, node_id: &str) -> (MediaProxy, String) {
+    start_mediaproxy_with(grpc_port, relay, node_id, &[])
+}
+
+/// [`start_mediaproxy`] with more options.
+fn start_mediaproxy_with(
+    grpc_port: u16,
+    relay: &str,
+    node_id: &str,
+    extra: &[&str],
+) -> (MediaProxy, String) {
     let binary = PathBuf::from(BIN).with_file_name("mediaproxy");
     assert!(
         binary.exists(),
@@ -831,6 +851,7 @@ fn start_mediaproxy(grpc_port: u16, relay: &str, node_id: &str) -> (MediaProxy, 
             .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
             .args(["--metrics", "127.0.0.1:0", "--ports", relay])
             .args(["--node-id", node_id, "--log", "warn"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -1783,4 +1804,141 @@ fn a_media_proxy_killed_mid_call_moves_the_call_and_audio_resumes_on_the_other()
         )),
         "{diagnosis}"
     );
+}
+
+/// Runs `mpctl` against a media proxy; returns its standard output.
+fn mpctl(url: &str, args: &[&str]) -> String {
+    let binary = PathBuf::from(BIN).with_file_name("mpctl");
+    let output = Command::new(binary)
+        .args(["--grpc", url])
+        .args(args)
+        .output()
+        .expect("mpctl is built by the workspace test command");
+    assert!(output.status.success(), "mpctl {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The `sessions` figure of `mpctl status`.
+fn sessions_on(url: &str) -> u32 {
+    let status = mpctl(url, &["status"]);
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("sessions"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sessions line: {status}"))
+}
+
+#[test]
+fn a_drained_node_finishes_its_call_and_the_next_call_goes_elsewhere() {
+    let ports = Ports {
+        sip: 25740,
+        uac: 25741,
+        uas: 25742,
+        uac_media: 32000,
+        uas_media: 32100,
+        relay: 32200..32400,
+    };
+    let nodes = two_mediaproxies(&ports, 25640);
+    let service = Service::start(
+        "pool-drain",
+        &ports,
+        &[
+            "--trusted",
+            "127.0.0.0/8",
+            "--mediaproxy",
+            &nodes[0].1,
+            "--mediaproxy",
+            &nodes[1].1,
+        ],
+    );
+    wait_nodes_up(&service, 2);
+    let callee = uas(&ports, "uas_pcmu_echo.xml", true, &["-m", "2"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let first = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    std::thread::sleep(Duration::from_millis(1000));
+    let calls = service.get("/admin/calls");
+    let (drained, other) = if calls.contains("\"media_node\": \"media-a\"") {
+        (&nodes[0], &nodes[1])
+    } else {
+        (&nodes[1], &nodes[0])
+    };
+    let status = mpctl(&drained.1, &["drain"]);
+    assert!(status.contains("draining    yes"), "{status}");
+    // Signaling sees the drain at its next status poll (0.5 s).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !service
+        .get("/admin/mediaproxies")
+        .contains("\"draining\": true")
+    {
+        assert!(Instant::now() < deadline, "drain not seen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second_ports = Ports {
+        uac: 25743,
+        uac_media: 32020,
+        relay: ports.relay.clone(),
+        ..ports
+    };
+    let second = uac(&second_ports, "uac_pcmu_pcap.xml", &[]);
+    expect_success(first, "first UAC", &service);
+    expect_success(second, "second UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let mut rows = service.stop();
+    rows.sort_by_key(|r| number(r, "start_time"));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        rows[0]["media_node"], drained.2,
+        "the first call stayed: {rows:?}"
+    );
+    assert_eq!(
+        rows[0]["media_verdict"], "ok",
+        "and kept its media: {rows:?}"
+    );
+    assert_eq!(
+        rows[1]["media_node"], other.2,
+        "the second went elsewhere: {rows:?}"
+    );
+    assert_eq!(rows[1]["media_verdict"], "ok", "{rows:?}");
+}
+
+#[test]
+fn a_crashed_signaling_leaves_no_orphaned_session_once_its_lease_expires() {
+    let ports = Ports {
+        sip: 25750,
+        uac: 25751,
+        uas: 25752,
+        uac_media: 32500,
+        uas_media: 32600,
+        relay: 32700..32800,
+    };
+    let (_proxy, url) = start_mediaproxy_with(
+        25650,
+        &ports.relay_arg(),
+        "media-orphans",
+        // Above signaling's renewal period (5 s), as it must be.
+        &["--lease-timeout", "6s"],
+    );
+    let mut service = Service::start(
+        "orphans",
+        &ports,
+        &["--trusted", "127.0.0.0/8", "--mediaproxy", &url],
+    );
+    let _callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sessions_on(&url), 1, "the call is up");
+    // The signaling host dies: nobody renews the lease or releases the call.
+    service.child.kill().unwrap();
+    service.child.wait().unwrap();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(sessions_on(&url), 1, "nothing but the lease ends it");
+    while sessions_on(&url) > 0 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the orphaned session was not released"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
