@@ -122,6 +122,9 @@ impl Node {
 #[derive(Clone)]
 pub(crate) struct Pool {
     nodes: Vec<Node>,
+    /// `signaling_mediaproxy_request_duration_seconds`: `place` and `relocate` time the whole
+    /// placement (choice, every node tried, allocations and updates).
+    durations: prometheus::HistogramVec,
 }
 
 /// Whether an allocation error means "try another node".
@@ -146,7 +149,10 @@ impl Pool {
                 })
             })
             .collect::<Result<Vec<_>, InvalidUrl>>()?;
-        Ok(Self { nodes })
+        Ok(Self {
+            nodes,
+            durations: durations.clone(),
+        })
     }
 
     pub(crate) fn nodes(&self) -> &[Node] {
@@ -222,6 +228,7 @@ impl Pool {
         offer: &SessionDescription,
         offer_leg: Leg,
     ) -> Result<MediaPlan, MediaError> {
+        let _timer = self.durations.with_label_values(&["place"]).start_timer();
         self.on_some_node(call_id, None, |node| async move {
             node.client.prepare(call_id, offer, offer_leg).await
         })
@@ -237,6 +244,7 @@ impl Pool {
         callee: &SessionDescription,
         lost: &str,
     ) -> Result<MediaPlan, MediaError> {
+        let _timer = self.durations.with_label_values(&["relocate"]).start_timer();
         self.on_some_node(call_id, Some(lost), |node| async move {
             node.client.take_over(call_id, caller, callee).await
         })
