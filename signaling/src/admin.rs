@@ -72,6 +72,10 @@ struct NodeView {
     draining: Option<bool>,
     /// Health checks missed in a row.
     misses: u32,
+    /// The `--mediaproxy` name it was discovered from.
+    source: Option<String>,
+    /// Its address left the name's answer: it takes no new calls.
+    retired: bool,
 }
 
 async fn mediaproxies(State(state): State<AdminState>) -> Response {
@@ -92,6 +96,8 @@ async fn mediaproxies(State(state): State<AdminState>) -> Response {
                 ports_total: status.map(|s| s.ports_total),
                 draining: status.map(|s| s.draining),
                 misses: health.misses,
+                source: node.source.clone(),
+                retired: health.retired,
             }
         })
         .collect();
@@ -160,8 +166,7 @@ async fn call(State(state): State<AdminState>, Path(call_id): Path<String>) -> R
         .call
         .media_endpoint
         .as_deref()
-        .and_then(|e| state.pool.node(e))
-        .cloned();
+        .and_then(|e| state.pool.node(e));
     if let Some(node) = node {
         match node.client.query(&detail.call.call_id).await {
             Ok(figures) => {

@@ -43,6 +43,7 @@ pub(crate) struct Metrics {
     pub(crate) verdicts: IntCounterVec,
     pub(crate) mediaproxy_up: IntGaugeVec,
     pub(crate) media_moves: IntCounterVec,
+    pub(crate) dns_failures: IntCounter,
     pub(crate) mediaproxy_duration: HistogramVec,
     pub(crate) cdr: crate::cdr::WriterMetrics,
 }
@@ -108,6 +109,14 @@ impl Metrics {
             "result",
             &["moved", "failed"],
         );
+        let dns_failures = registered(
+            &registry,
+            IntCounter::new(
+                "signaling_mediaproxy_dns_failures_total",
+                "Resolutions of a --mediaproxy name that failed or found no address (the known nodes stay).",
+            )
+            .expect("valid metric"),
+        );
         let mediaproxy_up = IntGaugeVec::new(
             Opts::new(
                 "signaling_mediaproxy_up",
@@ -169,6 +178,7 @@ impl Metrics {
             verdicts,
             mediaproxy_up,
             media_moves,
+            dns_failures,
             mediaproxy_duration,
         }
     }

@@ -121,7 +121,11 @@ impl Signaling {
             (None, config.mediaproxies.clone())
         };
         let pool = Pool::new(&urls, &owner, &metrics.mediaproxy_duration)
-            .map_err(|e| StartError::MediaProxy(e.to_string()))?;
+            .map_err(|e| StartError::MediaProxy(e.to_string()))?
+            .with_dns_failures(metrics.dns_failures.clone());
+        // Names are resolved now, so the first calls have nodes; a name that does not resolve
+        // yet only warns (its nodes come with a later refresh).
+        pool.refresh().await;
         let http =
             TcpListener::bind(config.metrics)
                 .await
@@ -222,19 +226,46 @@ impl Signaling {
         // node ends by itself (media timeout, lease expiry) end their calls; first packets are
         // kept as evidence in case the node is lost before the call ends.
         let evidence: EvidenceMap = Arc::default();
-        for node in pool.nodes() {
-            tasks.spawn(crate::media::pool::watch(
-                node.clone(),
+        let watch_node = {
+            let (inputs, metrics, evidence, stop) = (
                 inputs.clone(),
-                UpGauge(metrics.clone()),
-                stop.clone(),
-            ));
-            tasks.spawn(watch_events(
-                node.client.clone(),
-                inputs.clone(),
+                metrics.clone(),
                 evidence.clone(),
                 stop.clone(),
-            ));
+            );
+            move |node: crate::media::pool::Node| {
+                tokio::spawn(crate::media::pool::watch(
+                    node.clone(),
+                    inputs.clone(),
+                    UpGauge(metrics.clone()),
+                    stop.clone(),
+                ));
+                tokio::spawn(watch_events(
+                    node.client.clone(),
+                    inputs.clone(),
+                    evidence.clone(),
+                    stop.clone(),
+                ));
+            }
+        };
+        for node in pool.nodes() {
+            watch_node(node);
+        }
+        if pool.discovers() {
+            let (pool, stop) = (pool.clone(), stop.clone());
+            tasks.spawn(async move {
+                let mut every = tokio::time::interval(crate::media::pool::REFRESH_INTERVAL);
+                every.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = every.tick() => {}
+                        () = stop.cancelled() => return,
+                    }
+                    for node in pool.refresh().await {
+                        watch_node(node);
+                    }
+                }
+            });
         }
         tokio::spawn(check_capacity(pool.clone(), config.max_calls));
         let realm = config.realm.clone();
@@ -355,7 +386,7 @@ impl Signaling {
                         leg,
                         sdp,
                     } => {
-                        let Some(node) = pool.node(&endpoint).cloned() else {
+                        let Some(node) = pool.node(&endpoint) else {
                             continue;
                         };
                         tokio::spawn(async move {
@@ -365,7 +396,7 @@ impl Signaling {
                         });
                     }
                     Output::ReleaseMedia { endpoint, call_id } => {
-                        let Some(node) = pool.node(&endpoint).cloned() else {
+                        let Some(node) = pool.node(&endpoint) else {
                             continue;
                         };
                         tokio::spawn(async move {

@@ -21,7 +21,18 @@
 //! core, which moves its calls; so does a new `instance_id` (the node restarted and knows
 //! none of its calls). A down node takes no new calls and comes back with its first answer.
 //! Every [`RENEW_EVERY`]th poll also renews this instance's lease on the node.
+//!
+//! # Discovery
+//!
+//! A `--mediaproxy` URL whose host is an IP address is one node. One whose host is a name (a
+//! Kubernetes headless Service, a DNS round robin) is as many nodes as the name has addresses,
+//! re-resolved every [`REFRESH_INTERVAL`] ([`Pool::refresh`]): a new address is a new node; an
+//! address gone from the answer *retires* its node (no new calls; its calls stay until they
+//! end, or move if it dies), and comes back if the address does. An answer that fails or is
+//! empty changes nothing (the known nodes stay, with a warning and
+//! `signaling_mediaproxy_dns_failures_total`): a resolver hiccup must not empty the pool.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,6 +52,10 @@ pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 pub(crate) const DOWN_AFTER: u32 = 2;
 /// Lease renewal every this many polls (5 s; the proxy's default lease is 30 s).
 pub(crate) const RENEW_EVERY: u32 = 10;
+/// How often names in `--mediaproxy` are resolved again.
+pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// How long one resolution may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Ports a relayed audio call takes on a node: two legs, RTP and RTCP each.
 const PORTS_PER_CALL: i64 = 4;
 
@@ -73,6 +88,8 @@ pub(crate) struct Health {
     pub(crate) misses: u32,
     /// Calls placed that the last status may not count yet.
     pub(crate) placed: u32,
+    /// Its address left its name's DNS answer: no new calls.
+    pub(crate) retired: bool,
 }
 
 impl Health {
@@ -92,6 +109,8 @@ impl Health {
 pub(crate) struct Node {
     pub(crate) client: MediaClient,
     pub(crate) health: Arc<Mutex<Health>>,
+    /// The `--mediaproxy` URL with a name this node was discovered from.
+    pub(crate) source: Option<String>,
 }
 
 impl Node {
@@ -118,10 +137,76 @@ impl Node {
     }
 }
 
+/// A `--mediaproxy` URL split for discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Named {
+    url: String,
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+/// Splits `scheme://host[:port][/]`; None when the host is an IP address (a static node).
+fn named(url: &str) -> Option<Named> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.trim_end_matches('/');
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+            (host, port.parse().ok()?)
+        }
+        _ => (authority, 50051),
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() || bare.is_empty() {
+        return None;
+    }
+    Some(Named {
+        url: url.to_owned(),
+        scheme: scheme.to_owned(),
+        host: bare.to_owned(),
+        port,
+    })
+}
+
+/// How names are resolved: the system resolver in service, a script in tests.
+pub(crate) trait Resolve: Send + Sync {
+    fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<IpAddr>>> + Send + '_>,
+    >;
+}
+
+/// The system resolver (`getaddrinfo`: `/etc/hosts`, then DNS).
+pub(crate) struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn lookup(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<IpAddr>>> + Send + '_>,
+    > {
+        let host = host.to_owned();
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), port)).await?;
+            Ok(found.map(|a| a.ip()).collect())
+        })
+    }
+}
+
 /// Every media proxy node signaling may place calls on.
 #[derive(Clone)]
 pub(crate) struct Pool {
-    nodes: Vec<Node>,
+    nodes: Arc<std::sync::RwLock<Vec<Node>>>,
+    /// `--mediaproxy` URLs whose host is a name, resolved by [`Pool::refresh`].
+    names: Vec<Named>,
+    owner: String,
+    resolver: Arc<dyn Resolve>,
+    dns_failures: Option<prometheus::IntCounter>,
     /// `signaling_mediaproxy_request_duration_seconds`: `place` and `relocate` time the whole
     /// placement (choice, every node tried, allocations and updates).
     durations: prometheus::HistogramVec,
@@ -140,40 +225,135 @@ impl Pool {
         owner: &str,
         durations: &prometheus::HistogramVec,
     ) -> Result<Self, InvalidUrl> {
-        let nodes = urls
-            .iter()
-            .map(|url| {
-                Ok(Node {
+        let mut nodes = Vec::new();
+        let mut names = Vec::new();
+        for url in urls {
+            match named(url) {
+                Some(name) => names.push(name),
+                None => nodes.push(Node {
                     client: MediaClient::new(url, owner)?.with_durations(durations.clone()),
                     health: Arc::default(),
-                })
-            })
-            .collect::<Result<Vec<_>, InvalidUrl>>()?;
+                    source: None,
+                }),
+            }
+        }
         Ok(Self {
-            nodes,
+            nodes: Arc::new(std::sync::RwLock::new(nodes)),
+            names,
+            owner: owner.to_owned(),
+            resolver: Arc::new(SystemResolver),
+            dns_failures: None,
             durations: durations.clone(),
         })
     }
 
-    pub(crate) fn nodes(&self) -> &[Node] {
-        &self.nodes
+    /// Resolves names with `resolver` instead of the system's.
+    #[cfg(test)]
+    pub(crate) fn with_resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// Counts failed or empty resolutions into `counter`.
+    pub(crate) fn with_dns_failures(mut self, counter: prometheus::IntCounter) -> Self {
+        self.dns_failures = Some(counter);
+        self
+    }
+
+    /// Whether some `--mediaproxy` URL is a name to resolve.
+    pub(crate) fn discovers(&self) -> bool {
+        !self.names.is_empty()
+    }
+
+    /// Every node known, retired ones included.
+    pub(crate) fn nodes(&self) -> Vec<Node> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The node at `endpoint`.
-    pub(crate) fn node(&self, endpoint: &str) -> Option<&Node> {
-        self.nodes.iter().find(|n| n.endpoint() == endpoint)
+    pub(crate) fn node(&self, endpoint: &str) -> Option<Node> {
+        self.nodes().into_iter().find(|n| n.endpoint() == endpoint)
+    }
+
+    /// Resolves every name again: adds a node for each new address, retires the nodes whose
+    /// address left the answer, brings back those whose address returned. Returns the nodes
+    /// added (the caller starts their watches).
+    pub(crate) async fn refresh(&self) -> Vec<Node> {
+        let mut added = Vec::new();
+        for name in &self.names {
+            let answer =
+                tokio::time::timeout(RESOLVE_TIMEOUT, self.resolver.lookup(&name.host, name.port))
+                    .await;
+            let addresses = match answer {
+                Ok(Ok(found)) if !found.is_empty() => found,
+                failure => {
+                    let why = match failure {
+                        Ok(Ok(_)) => "no address".to_owned(),
+                        Ok(Err(error)) => error.to_string(),
+                        Err(_) => format!("no answer within {} s", RESOLVE_TIMEOUT.as_secs()),
+                    };
+                    let known = self
+                        .nodes()
+                        .iter()
+                        .filter(|n| n.source.as_deref() == Some(name.url.as_str()))
+                        .count();
+                    tracing::warn!(name = %name.host, %why, known, "media proxy name did not resolve; keeping the nodes known");
+                    if let Some(counter) = &self.dns_failures {
+                        counter.inc();
+                    }
+                    continue;
+                }
+            };
+            let urls: Vec<String> = addresses
+                .iter()
+                .map(|ip| match ip {
+                    IpAddr::V4(v4) => format!("{}://{v4}:{}", name.scheme, name.port),
+                    IpAddr::V6(v6) => format!("{}://[{v6}]:{}", name.scheme, name.port),
+                })
+                .collect();
+            let mut nodes = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+            for node in nodes
+                .iter()
+                .filter(|n| n.source.as_deref() == Some(name.url.as_str()))
+            {
+                let present = urls.iter().any(|u| u == node.endpoint());
+                node.update(|h| {
+                    if h.retired == present {
+                        h.retired = !present;
+                        tracing::info!(url = %node.endpoint(), name = %name.host, retired = h.retired, "media proxy address {} the name's answer", if present { "back in" } else { "gone from" });
+                    }
+                });
+            }
+            for url in urls {
+                if nodes.iter().any(|n| n.endpoint() == url) {
+                    continue;
+                }
+                let Ok(client) = MediaClient::new(&url, &self.owner) else {
+                    continue;
+                };
+                tracing::info!(%url, name = %name.host, "media proxy discovered");
+                let node = Node {
+                    client: client.with_durations(self.durations.clone()),
+                    health: Arc::default(),
+                    source: Some(name.url.clone()),
+                };
+                nodes.push(node.clone());
+                added.push(node);
+            }
+        }
+        added
     }
 
     /// The nodes a new call may go to, best first (the placement policy above), without
     /// `exclude`.
     pub(crate) fn candidates(&self, exclude: Option<&str>) -> Vec<Node> {
-        let mut ranked: Vec<(usize, Health, &Node)> = self
-            .nodes
+        let nodes = self.nodes();
+        let mut ranked: Vec<(usize, Health, &Node)> = nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| Some(n.endpoint()) != exclude)
             .map(|(i, n)| (i, n.health(), n))
-            .filter(|(_, h, _)| h.state != NodeState::Down && !h.draining())
+            .filter(|(_, h, _)| h.state != NodeState::Down && !h.draining() && !h.retired)
             .collect();
         ranked.sort_by_key(|(i, h, _)| {
             (
@@ -244,7 +424,10 @@ impl Pool {
         callee: &SessionDescription,
         lost: &str,
     ) -> Result<MediaPlan, MediaError> {
-        let _timer = self.durations.with_label_values(&["relocate"]).start_timer();
+        let _timer = self
+            .durations
+            .with_label_values(&["relocate"])
+            .start_timer();
         self.on_some_node(call_id, Some(lost), |node| async move {
             node.client.take_over(call_id, caller, callee).await
         })
@@ -353,7 +536,7 @@ mod tests {
             prometheus::HistogramVec::new(prometheus::HistogramOpts::new("t", "t"), &["method"])
                 .unwrap();
         let pool = Pool::new(&urls, "owner", &durations).unwrap();
-        for (node, &(state, free, sessions, draining)) in pool.nodes.iter().zip(nodes) {
+        for (node, &(state, free, sessions, draining)) in pool.nodes().iter().zip(nodes) {
             node.update(|h| {
                 h.state = state;
                 h.status = (state != NodeState::Unknown).then(|| NodeStatus {
@@ -412,7 +595,95 @@ mod tests {
         ]);
         assert_eq!(order(&pool, None), [0, 1]);
         // Three calls placed on node 0 since its status (12 ports): node 1 now has more.
-        pool.nodes[0].update(|h| h.placed = 3);
+        pool.nodes()[0].update(|h| h.placed = 3);
         assert_eq!(order(&pool, None), [1, 0]);
+    }
+
+    /// Answers lookups from a script, one answer per call.
+    struct Scripted(Mutex<std::collections::VecDeque<std::io::Result<Vec<IpAddr>>>>);
+
+    impl Resolve for Scripted {
+        fn lookup(
+            &self,
+            _host: &str,
+            _port: u16,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<Vec<IpAddr>>> + Send + '_>,
+        > {
+            let answer = self
+                .0
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a scripted answer");
+            Box::pin(async move { answer })
+        }
+    }
+
+    #[test]
+    fn urls_with_a_name_are_discovered_and_ip_urls_are_static() {
+        let name = named("http://mediaproxy.media.svc.cluster.local:50052").unwrap();
+        assert_eq!(
+            (name.host.as_str(), name.port),
+            ("mediaproxy.media.svc.cluster.local", 50052)
+        );
+        assert_eq!(named("https://mp/").unwrap().port, 50051);
+        assert_eq!(named("http://10.0.0.1:50051"), None);
+        assert_eq!(named("http://[2001:db8::1]:50051"), None);
+        assert_eq!(named("http://[::1]"), None);
+    }
+
+    #[tokio::test]
+    async fn a_name_becomes_one_node_per_address_and_a_bad_answer_changes_nothing() {
+        let ip = |last: u8| IpAddr::from([10, 0, 0, last]);
+        let script = Scripted(Mutex::new(
+            [
+                Ok(vec![ip(1), ip(2)]),
+                Ok(vec![ip(2), ip(3)]),
+                Err(std::io::Error::other("SERVFAIL")),
+                Ok(vec![]),
+                Ok(vec![ip(1), ip(2), ip(3), ip(3)]),
+            ]
+            .into(),
+        ));
+        let durations =
+            prometheus::HistogramVec::new(prometheus::HistogramOpts::new("t", "t"), &["method"])
+                .unwrap();
+        let failures = prometheus::IntCounter::new("f", "f").unwrap();
+        let pool = Pool::new(
+            &[
+                "http://10.9.9.9:50051".into(),
+                "http://mp.test:50051".into(),
+            ],
+            "owner",
+            &durations,
+        )
+        .unwrap()
+        .with_resolver(Arc::new(script))
+        .with_dns_failures(failures.clone());
+        assert!(pool.discovers());
+        let urls = |nodes: Vec<Node>| -> Vec<String> {
+            nodes.iter().map(|n| n.endpoint().to_owned()).collect()
+        };
+        let offered = |pool: &Pool| urls(pool.candidates(None));
+        assert_eq!(
+            urls(pool.refresh().await),
+            ["http://10.0.0.1:50051", "http://10.0.0.2:50051"]
+        );
+        assert_eq!(pool.nodes().len(), 3, "the static node and two discovered");
+        // 10.0.0.1 leaves the answer: retired (no new calls), not forgotten.
+        assert_eq!(urls(pool.refresh().await), ["http://10.0.0.3:50051"]);
+        assert_eq!(pool.nodes().len(), 4);
+        assert!(!offered(&pool).contains(&"http://10.0.0.1:50051".to_owned()));
+        assert!(pool.node("http://10.0.0.1:50051").unwrap().health().retired);
+        // A failed and an empty answer keep everything as it was.
+        for _ in 0..2 {
+            assert!(pool.refresh().await.is_empty());
+            assert_eq!(offered(&pool).len(), 3);
+        }
+        assert_eq!(failures.get(), 2);
+        // The address comes back (duplicates in an answer count once).
+        assert!(pool.refresh().await.is_empty());
+        assert_eq!(offered(&pool).len(), 4);
     }
 }
