@@ -90,18 +90,20 @@ pub(crate) fn cdr_row(
                 advertised: record.media_address,
                 media: stats.media.clone(),
             };
-            let (caller, callee) = (report.audio_in(Leg::Caller), report.audio_in(Leg::Callee));
-            row.caller_audio_packets = caller.packets as i64;
-            row.callee_audio_packets = callee.packets as i64;
-            row.caller_audio_bytes = caller.bytes as i64;
-            row.callee_audio_bytes = callee.bytes as i64;
-            row.total_bytes_relayed = report
-                .media
-                .iter()
-                .map(|m| m.rtp_out.bytes + m.rtcp_out.bytes)
-                .sum::<u64>() as i64;
-            row.recording_packets =
-                report.media.iter().map(|m| m.recorded_packets).sum::<u64>() as i64;
+            add_totals(&mut row, &report);
+            // A moved call's totals also hold what the nodes it left had counted when last
+            // seen (cdr_media keeps the final node's lines).
+            for step in record.media_moves.iter().filter(|m| m.to.is_some()) {
+                if let Some(seen) = evidence.last_seen_on(&step.from) {
+                    add_totals(
+                        &mut row,
+                        &MediaReport {
+                            advertised: record.media_address,
+                            media: seen.media.clone(),
+                        },
+                    );
+                }
+            }
             row.media = report.media.iter().map(CdrMedia::from_figures).collect();
             if answered {
                 let (verdict, mut text) = diagnosis::diagnose(&report);
@@ -124,7 +126,24 @@ pub(crate) fn cdr_row(
         }
         Release::Failed(error) => {
             let node = record.media_node.as_deref().unwrap_or("(unknown)");
-            if answered {
+            let seen = evidence.last_seen_on(node);
+            if let (true, Some(seen)) = (answered, seen) {
+                // The node's last live figures: better than none, and said to be so.
+                let report = MediaReport {
+                    advertised: record.media_address,
+                    media: seen.media.clone(),
+                };
+                add_totals(&mut row, &report);
+                row.media = report.media.iter().map(CdrMedia::from_figures).collect();
+                let (verdict, text) = diagnosis::diagnose(&report);
+                let before_end = (row.end_time_ms - seen.at_unix_ms as i64).max(0) / 1000;
+                (
+                    verdict,
+                    format!(
+                        "media proxy {node} could not give final figures ({error}); as last seen {before_end} s before the end of the call: {text}"
+                    ),
+                )
+            } else if answered {
                 diagnosis::diagnose_lost(node, &error.to_string(), evidence)
             } else {
                 (
@@ -138,22 +157,56 @@ pub(crate) fn cdr_row(
         }
     };
     row.media_verdict = verdict.as_str().to_owned();
-    row.media_diagnosis = diagnosis + &moves_text(&record.media_moves);
+    row.media_diagnosis = diagnosis + &moves_text(&record.media_moves, evidence);
     row
+}
+
+/// Adds a report's audio and relayed totals to the row's.
+fn add_totals(row: &mut Cdr, report: &MediaReport) {
+    let (caller, callee) = (report.audio_in(Leg::Caller), report.audio_in(Leg::Callee));
+    row.caller_audio_packets += caller.packets as i64;
+    row.callee_audio_packets += callee.packets as i64;
+    row.caller_audio_bytes += caller.bytes as i64;
+    row.callee_audio_bytes += callee.bytes as i64;
+    row.total_bytes_relayed += report
+        .media
+        .iter()
+        .map(|m| m.rtp_out.bytes + m.rtcp_out.bytes)
+        .sum::<u64>() as i64;
+    row.recording_packets += report.media.iter().map(|m| m.recorded_packets).sum::<u64>() as i64;
 }
 
 /// What the diagnosis adds for a call whose media node was lost: where the media went, and
 /// that the figures above cover only the last node.
-fn moves_text(moves: &[MediaMove]) -> String {
+fn moves_text(moves: &[MediaMove], evidence: &Evidence) -> String {
     let mut text = String::new();
+    let mut counted = true;
     for step in moves {
-        let _ = match &step.to {
-            Some(to) => write!(
+        let seen = evidence.last_seen_on(&step.from).map(|seen| {
+            let report = MediaReport {
+                advertised: None,
+                media: seen.media.clone(),
+            };
+            (
+                report.audio_in(Leg::Caller).packets,
+                report.audio_in(Leg::Callee).packets,
+            )
+        });
+        let _ = match (&step.to, seen) {
+            (Some(to), Some((caller, callee))) => write!(
                 text,
-                "; media moved from {} ({}) to {to} {} s into the call",
-                step.from, step.reason, step.after_s
+                "; media moved from {} ({}) to {to} {} s into the call; {} had counted caller {caller}, callee {callee} RTP packets when last seen",
+                step.from, step.reason, step.after_s, step.from
             ),
-            None => write!(
+            (Some(to), None) => {
+                counted = false;
+                write!(
+                    text,
+                    "; media moved from {} ({}) to {to} {} s into the call",
+                    step.from, step.reason, step.after_s
+                )
+            }
+            (None, _) => write!(
                 text,
                 "; media proxy {} lost ({}) {} s into the call, and no other node took the call",
                 step.from, step.reason, step.after_s
@@ -161,7 +214,11 @@ fn moves_text(moves: &[MediaMove]) -> String {
         };
     }
     if moves.iter().any(|m| m.to.is_some()) {
-        text.push_str("; packet counts are from the last node only");
+        text.push_str(if counted {
+            "; packet counts add those last-seen figures (listed every 5 s) to the last node's final ones"
+        } else {
+            "; packet counts are from the last node only"
+        });
     }
     text
 }
@@ -175,7 +232,7 @@ mod tests {
     use super::*;
     use crate::call::{Disposition, HangupSide};
     use crate::config::MediaMode;
-    use crate::diagnosis::{Flow, MediaFigures};
+    use crate::diagnosis::{Flow, MediaFigures, Snapshot};
 
     fn record(answered: bool) -> (CallRecord, WallAnchor) {
         let start = Instant::now();
@@ -338,11 +395,83 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_call_adds_the_lost_nodes_last_seen_figures_to_the_totals() {
+        let (mut record, clock) = record(true);
+        record.media_node = Some("node-2".into());
+        record.media_moves = vec![MediaMove {
+            from: "node-1".into(),
+            reason: "stopped answering its health checks".into(),
+            to: Some("node-2".into()),
+            after_s: 12,
+        }];
+        let mut evidence = Evidence::default();
+        evidence.seen(Snapshot {
+            node: "node-1".into(),
+            at_unix_ms: clock.unix_ms + 10_000,
+            media: vec![
+                audio(Leg::Caller, 500, "192.0.2.1:4000"),
+                audio(Leg::Callee, 490, "192.0.2.2:5000"),
+            ],
+        });
+        let release = released(
+            vec![
+                audio(Leg::Caller, 250, "192.0.2.1:4000"),
+                audio(Leg::Callee, 240, "192.0.2.2:5000"),
+            ],
+            true,
+        );
+        let row = cdr_row(&record, &release, &evidence, clock);
+        assert_eq!(
+            (row.caller_audio_packets, row.callee_audio_packets),
+            (750, 730)
+        );
+        assert_eq!(row.total_bytes_relayed, (750 + 730) * 172);
+        assert_eq!(row.media.len(), 2, "cdr_media: the final node's lines");
+        assert!(
+            row.media_diagnosis.ends_with(
+                "node-1 had counted caller 500, callee 490 RTP packets when last seen; packet counts add those last-seen figures (listed every 5 s) to the last node's final ones"
+            ),
+            "{}",
+            row.media_diagnosis
+        );
+    }
+
+    #[test]
+    fn a_lost_node_last_seen_gives_the_row_its_figures_not_unknown() {
+        let (record, clock) = record(true);
+        let mut evidence = Evidence::default();
+        // Seen 58.5 s into the call, which ended at 61.5 s.
+        evidence.seen(Snapshot {
+            node: "node-1".into(),
+            at_unix_ms: clock.unix_ms + 58_500,
+            media: vec![
+                audio(Leg::Caller, 2900, "192.0.2.1:4000"),
+                audio(Leg::Callee, 0, "192.0.2.2:5000"),
+            ],
+        });
+        let lost = Release::Failed(MediaError::Unavailable("connection refused".into()));
+        let row = cdr_row(&record, &lost, &evidence, clock);
+        assert_eq!(row.media_verdict, "one_way");
+        assert_eq!(
+            (row.caller_audio_packets, row.callee_audio_packets),
+            (2900, 0)
+        );
+        assert!(
+            row.media_diagnosis.starts_with(
+                "media proxy node-1 could not give final figures (media proxy unavailable: connection refused); as last seen 3 s before the end of the call: "
+            ),
+            "{}",
+            row.media_diagnosis
+        );
+    }
+
+    #[test]
     fn a_lost_proxy_leaves_a_row_built_from_the_first_packet_events() {
         let (record, clock) = record(true);
         let evidence = Evidence {
             caller_first_source: Some("192.0.2.1:4000".into()),
             callee_first_source: None,
+            last_seen: Vec::new(),
         };
         let lost = Release::Failed(MediaError::Unavailable("connection refused".into()));
         let row = cdr_row(&record, &lost, &evidence, clock);

@@ -156,11 +156,35 @@ impl MediaReport {
 }
 
 /// What is known about a call's media when its proxy could not be asked for final figures:
-/// the first-packet events seen while the call was up (source per leg).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// the first-packet events seen while the call was up (source per leg), and the last live
+/// figures of each node it was on (from the periodic session listing).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Evidence {
     pub caller_first_source: Option<String>,
     pub callee_first_source: Option<String>,
+    pub last_seen: Vec<Snapshot>,
+}
+
+/// One node's live figures of a call, as last listed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The node's id.
+    pub node: String,
+    pub at_unix_ms: u64,
+    pub media: Vec<MediaFigures>,
+}
+
+impl Evidence {
+    /// The last figures `node` gave of the call.
+    pub fn last_seen_on(&self, node: &str) -> Option<&Snapshot> {
+        self.last_seen.iter().find(|s| s.node == node)
+    }
+
+    /// Keeps `snapshot` as the node's latest.
+    pub fn seen(&mut self, snapshot: Snapshot) {
+        self.last_seen.retain(|s| s.node != snapshot.node);
+        self.last_seen.push(snapshot);
+    }
 }
 
 /// The verdict and diagnosis of an answered, relayed call from the proxy's final figures.
@@ -521,6 +545,7 @@ mod tests {
             &Evidence {
                 caller_first_source: Some("10.0.0.7:17616".into()),
                 callee_first_source: None,
+                last_seen: Vec::new(),
             },
         );
         assert_eq!(verdict, Verdict::OneWay);

@@ -25,7 +25,7 @@ use crate::call::{CallRecord, Core, Input, Output, Settings};
 use crate::cdr::{Cdr, CdrWriter, WriterOptions};
 use crate::completion::{Release, WallAnchor, cdr_row};
 use crate::config::Config;
-use crate::diagnosis::Evidence;
+use crate::diagnosis::{Evidence, Snapshot};
 use crate::ids::Ids;
 use crate::media::pool::{HealthReport, Pool};
 use crate::media::{MediaClient, MediaEvent};
@@ -237,7 +237,10 @@ impl Signaling {
                 tokio::spawn(crate::media::pool::watch(
                     node.clone(),
                     inputs.clone(),
-                    UpGauge(metrics.clone()),
+                    NodeReport {
+                        metrics: metrics.clone(),
+                        evidence: evidence.clone(),
+                    },
                     stop.clone(),
                 ));
                 tokio::spawn(watch_events(
@@ -487,15 +490,39 @@ async fn complete_record(
     cdr_row(&record, &release, &seen, clock)
 }
 
-/// `signaling_mediaproxy_up{node}` from the health watch.
-struct UpGauge(Arc<Metrics>);
+/// What the health watch of a node reports: `signaling_mediaproxy_up{node}`, and the live
+/// figures of the calls on it into the evidence a CDR falls back on.
+struct NodeReport {
+    metrics: Arc<Metrics>,
+    evidence: EvidenceMap,
+}
 
-impl HealthReport for UpGauge {
+/// How long the evidence of a call nobody finished is kept (a listing that crossed the
+/// call's release leaves one behind).
+const EVIDENCE_KEPT: Duration = Duration::from_secs(4 * 3600);
+
+impl HealthReport for NodeReport {
     fn state(&self, node: &str, up: bool) {
-        self.0
+        self.metrics
             .mediaproxy_up
             .with_label_values(&[node])
             .set(i64::from(up));
+    }
+
+    fn sessions(&self, node: &str, sessions: Vec<(String, Vec<crate::diagnosis::MediaFigures>)>) {
+        let at_unix_ms = now_unix_ms();
+        let mut map = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
+        for (call_id, media) in sessions {
+            map.entry(call_id).or_default().seen(Snapshot {
+                node: node.to_owned(),
+                at_unix_ms,
+                media,
+            });
+        }
+        let oldest = at_unix_ms.saturating_sub(EVIDENCE_KEPT.as_millis() as u64);
+        map.retain(|_, e| {
+            e.last_seen.iter().any(|s| s.at_unix_ms >= oldest) || e.last_seen.is_empty()
+        });
     }
 }
 

@@ -1731,6 +1731,7 @@ fn a_media_proxy_killed_mid_call_moves_the_call_and_audio_resumes_on_the_other()
         relay: 31600..31800,
     };
     let [mut a, mut b] = two_mediaproxies(&ports, 25630);
+    let started = Instant::now();
     let service = Service::start(
         "pool-failover",
         &ports,
@@ -1747,7 +1748,9 @@ fn a_media_proxy_killed_mid_call_moves_the_call_and_audio_resumes_on_the_other()
     let callee = uas(&ports, "uas_echo_moved.xml", true, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(&ports, "uac_pcap_moved.xml", &[]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Signaling lists each node's calls every 5 s (with the lease renewal): let the one at
+    // about 5 s see the call, so its CDR keeps what the lost node had counted.
+    std::thread::sleep(Duration::from_millis(7500).saturating_sub(started.elapsed()));
     let calls = service.get("/admin/calls");
     let (lost, kept) = if calls.contains("\"media_node\": \"media-a\"") {
         (&mut a, &b)
@@ -1782,13 +1785,14 @@ fn a_media_proxy_killed_mid_call_moves_the_call_and_audio_resumes_on_the_other()
     assert_eq!(cdr["disposition"], "answered");
     assert_eq!(cdr["media_node"], kept.2, "{cdr:?}");
     assert_eq!(cdr["media_verdict"], "ok", "{cdr:?}");
-    // The second playback (5 s) went to the new node, and came back echoed.
+    // The second playback (5 s) went to the new node and came back echoed; the totals also
+    // hold what the lost node had counted of the first one when last listed.
     assert!(
-        number(cdr, "caller_audio_packets") >= MIN_PACKETS,
+        number(cdr, "caller_audio_packets") >= MIN_PACKETS + 100,
         "{cdr:?}"
     );
     assert!(
-        number(cdr, "callee_audio_packets") >= MIN_PACKETS,
+        number(cdr, "callee_audio_packets") >= MIN_PACKETS + 100,
         "{cdr:?}"
     );
     let diagnosis = &cdr["media_diagnosis"];
@@ -1802,6 +1806,14 @@ fn a_media_proxy_killed_mid_call_moves_the_call_and_audio_resumes_on_the_other()
             "media moved from {lost_name} (stopped answering its health checks) to {}",
             kept.2
         )),
+        "{diagnosis}"
+    );
+    assert!(
+        diagnosis.contains(&format!("{lost_name} had counted caller ")),
+        "{diagnosis}"
+    );
+    assert!(
+        diagnosis.ends_with("packet counts add those last-seen figures (listed every 5 s) to the last node's final ones"),
         "{diagnosis}"
     );
 }

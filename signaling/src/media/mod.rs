@@ -417,6 +417,26 @@ impl MediaClient {
         figures_from_wire(&stats.into_inner())
     }
 
+    /// Live statistics of every call this instance owns on the node, by call id.
+    pub(crate) async fn list_sessions(
+        &self,
+    ) -> Result<Vec<(String, Vec<MediaFigures>)>, MediaError> {
+        let _timer = self.timer("list_sessions");
+        let answer = self
+            .client
+            .clone()
+            .list_sessions(pb::ListSessionsRequest {
+                owner: self.owner.clone(),
+            })
+            .await?
+            .into_inner();
+        answer
+            .sessions
+            .iter()
+            .map(|stats| Ok((stats.call_id.clone(), figures_from_wire(stats)?)))
+            .collect()
+    }
+
     /// The node's status (id, sessions, ports).
     pub(crate) async fn status(&self) -> Result<NodeStatus, MediaError> {
         let _timer = self.timer("status");

@@ -168,28 +168,20 @@ fn named(url: &str) -> Option<Named> {
     })
 }
 
+/// The addresses a name resolves to, later.
+pub(crate) type Lookup<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<IpAddr>>> + Send + 'a>>;
+
 /// How names are resolved: the system resolver in service, a script in tests.
 pub(crate) trait Resolve: Send + Sync {
-    fn lookup(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::io::Result<Vec<IpAddr>>> + Send + '_>,
-    >;
+    fn lookup(&self, host: &str, port: u16) -> Lookup<'_>;
 }
 
 /// The system resolver (`getaddrinfo`: `/etc/hosts`, then DNS).
 pub(crate) struct SystemResolver;
 
 impl Resolve for SystemResolver {
-    fn lookup(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = std::io::Result<Vec<IpAddr>>> + Send + '_>,
-    > {
+    fn lookup(&self, host: &str, port: u16) -> Lookup<'_> {
         let host = host.to_owned();
         Box::pin(async move {
             let found = tokio::net::lookup_host((host.as_str(), port)).await?;
@@ -439,6 +431,12 @@ impl Pool {
 pub(crate) trait HealthReport: Send + 'static {
     /// The node answered (`up`) or was marked down; for `signaling_mediaproxy_up`.
     fn state(&self, node: &str, up: bool);
+
+    /// Live figures of this instance's calls on `node` (every lease renewal), kept so a
+    /// call's CDR still has them if the node dies.
+    fn sessions(&self, node: &str, sessions: Vec<(String, Vec<crate::diagnosis::MediaFigures>)>) {
+        let _ = (node, sessions);
+    }
 }
 
 /// Watches one node until `stop`: status polls, lease renewals, and `MediaNodeLost` to the
@@ -446,9 +444,10 @@ pub(crate) trait HealthReport: Send + 'static {
 pub(crate) async fn watch(
     node: Node,
     inputs: mpsc::Sender<Input>,
-    report: impl HealthReport,
+    report: impl HealthReport + Sync,
     stop: CancellationToken,
 ) {
+    let report = Arc::new(report);
     let mut interval = tokio::time::interval(HEALTH_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut polls: u32 = 0;
@@ -515,9 +514,16 @@ pub(crate) async fn watch(
         polls = polls.wrapping_add(1);
         if polls % RENEW_EVERY == 1 && node.health().state == NodeState::Up {
             let client = node.client.clone();
+            let (report, name) = (report.clone(), node.name());
             tokio::spawn(async move {
                 if let Err(error) = client.renew().await {
                     tracing::warn!(url = %client.url, %error, "media proxy lease renewal failed");
+                }
+                match client.list_sessions().await {
+                    Ok(sessions) => report.sessions(&name, sessions),
+                    Err(error) => {
+                        tracing::debug!(url = %client.url, %error, "session listing failed")
+                    }
                 }
             });
         }
@@ -603,13 +609,7 @@ mod tests {
     struct Scripted(Mutex<std::collections::VecDeque<std::io::Result<Vec<IpAddr>>>>);
 
     impl Resolve for Scripted {
-        fn lookup(
-            &self,
-            _host: &str,
-            _port: u16,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = std::io::Result<Vec<IpAddr>>> + Send + '_>,
-        > {
+        fn lookup(&self, _host: &str, _port: u16) -> Lookup<'_> {
             let answer = self
                 .0
                 .lock()
