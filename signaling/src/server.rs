@@ -381,6 +381,11 @@ impl Signaling {
                             let outcome = if result.is_ok() { "moved" } else { "failed" };
                             metrics.media_moves.with_label_values(&[outcome]).inc();
                             let _ = inputs.send(Input::Relocated { call, result }).await;
+                            // The session left behind: freed now if the node is only cut off
+                            // (a dead node's release just fails; its lease covers it).
+                            if let Some(old) = pool.node(&lost) {
+                                let _ = old.client.release(&call_id, "released").await;
+                            }
                         });
                     }
                     Output::UpdateMedia {

@@ -876,6 +876,21 @@ fn a_call_on_a_lost_node_moves_and_both_legs_are_offered_the_new_relay() {
         Some("1 INVITE"),
         "our first request to A"
     );
+    // The callee re-INVITEs while the move is out: glare, 491 (RFC 3261 section 14.2).
+    let (b_from, b_to) = (
+        to_b.headers.get("To").unwrap().to_owned(),
+        to_b.headers.get("From").unwrap().to_owned(),
+    );
+    let glare = Phone {
+        call_id: to_b.call_id(),
+        from: &b_from,
+        to: &b_to,
+        port: 5062,
+    }
+    .request("INVITE", 1, "z9hG4bKmovedglare", SDP);
+    sim.send(B, &glare);
+    sim.run(20 * MS);
+    assert_eq!(responses(&sim.take(B), 491).len(), 1);
     sim.send(A, &answer(&to_a, "200 OK", None, SDP));
     sim.send(
         B,

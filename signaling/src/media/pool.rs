@@ -497,7 +497,11 @@ pub(crate) async fn watch(
                 });
                 if now_down {
                     tracing::warn!(node = %node.name(), url = %node.endpoint(), %error, "media node down");
-                    report.state(&node.name(), false);
+                    // Labelled by node id, never by an address: a node that never answered
+                    // has no series yet.
+                    if let Some(status) = node.health().status {
+                        report.state(&status.node_id, false);
+                    }
                 }
                 now_down.then_some("stopped answering its health checks")
             }
