@@ -43,6 +43,16 @@ impl Ids {
         text
     }
 
+    /// A uniformly random duration in `[low, high)` (RFC 3261 section 14.1's glare delays).
+    pub(crate) fn delay(
+        &mut self,
+        low: std::time::Duration,
+        high: std::time::Duration,
+    ) -> std::time::Duration {
+        let span = high.saturating_sub(low).as_millis().max(1) as u64;
+        low + std::time::Duration::from_millis(self.rng.next_u64() % span)
+    }
+
     /// A From/To tag: 64 random bits.
     pub(crate) fn tag(&mut self) -> String {
         self.hex(1)

@@ -247,10 +247,14 @@ enum CallTimer {
     KeepaliveTimeout(Side),
     /// Forget a finished call: retransmissions and crossing requests can no longer arrive.
     Linger,
+    /// Offer this side the move to the new node again, after its 491 (glare).
+    Relocate(Side),
 }
 
 /// Every timer a call may have armed.
-const CALL_TIMERS: [CallTimer; 6] = [
+const CALL_TIMERS: [CallTimer; 8] = [
+    CallTimer::Relocate(Side::A),
+    CallTimer::Relocate(Side::B),
     CallTimer::Ring,
     CallTimer::MaxDuration,
     CallTimer::Keepalive,
@@ -729,6 +733,7 @@ impl Core {
             CallTimer::MaxDuration => self.on_max_duration(now, call),
             CallTimer::Keepalive => self.on_keepalive(now, call),
             CallTimer::KeepaliveTimeout(side) => self.on_keepalive_timeout(now, call, side),
+            CallTimer::Relocate(side) => self.send_relocation(now, call, side),
             CallTimer::Linger => {
                 if let Some(record) = self.calls.remove(&call) {
                     for call_id in [&record.a.call_id, &record.b.call_id] {

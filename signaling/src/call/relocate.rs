@@ -5,15 +5,29 @@
 //! or a phone refuses the move, the call ends with BYE on both legs and a record that names the
 //! lost node.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{
-    CallRef, Core, Disposition, Flow, HangupSide, MediaMove, MediaPlan, Output, Side, State, TxTag,
-    body_sdp,
+    CallRef, CallTimer, Core, Disposition, Flow, HangupSide, MediaMove, MediaPlan, Output, Side,
+    State, TxTag, body_sdp,
 };
 use crate::media::MediaError;
 use crate::sip::message::Response;
 use crate::transaction::TxId;
+
+/// Glare retries of one side's move re-INVITE before the call is given up.
+const GLARE_RETRIES: u8 = 3;
+
+/// Where one side's move re-INVITE stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Offer {
+    /// Out, in this transaction.
+    Sent(TxId),
+    /// Answered 491; sent again when the side's `CallTimer::Relocate` fires.
+    Waiting,
+    /// Accepted.
+    Done,
+}
 
 /// A move in progress.
 #[derive(Debug, Clone)]
@@ -21,8 +35,12 @@ pub(super) struct Relocation {
     /// The node id lost and why.
     from: String,
     reason: String,
-    /// Our re-INVITE to each side, until answered.
-    pending: [Option<TxId>; 2],
+    /// Our re-INVITE to each side.
+    offers: [Offer; 2],
+    /// The SDP offered to each side (kept for a retry after glare).
+    bodies: [Vec<u8>; 2],
+    /// 491s each side answered.
+    glare: [u8; 2],
 }
 
 impl Core {
@@ -69,7 +87,9 @@ impl Core {
                 record.relocating = Some(Relocation {
                     from: node,
                     reason: reason.to_owned(),
-                    pending: [None, None],
+                    offers: [Offer::Waiting, Offer::Waiting],
+                    bodies: [Vec::new(), Vec::new()],
+                    glare: [0, 0],
                 });
                 let lost = record
                     .media
@@ -150,9 +170,7 @@ impl Core {
             after_s,
         });
         record.media = Some(plan);
-        let local = self.local();
         for side in [Side::A, Side::B] {
-            let branch = self.ids.branch();
             let Some(record) = self.calls.get_mut(&call) else {
                 return;
             };
@@ -160,31 +178,54 @@ impl Core {
             let source = record.last_sdp[side.other().index()]
                 .clone()
                 .unwrap_or_default();
-            let body = match record.rewrite_to(side, &source) {
-                Ok(body) => body,
+            match record.rewrite_to(side, &source) {
+                Ok(body) => {
+                    if let Some(moving) = record.relocating.as_mut() {
+                        moving.bodies[side.index()] = body;
+                    }
+                }
                 Err(error) => {
                     let reason = format!("the call's SDP could not be moved: {error}");
                     self.end_answered(now, call, HangupSide::System, reason);
                     return;
                 }
-            };
-            let (peer, invite) =
-                record
-                    .dialog(side)
-                    .invite(local, &branch, "application/sdp", body);
-            let tag = TxTag {
-                call,
-                side,
-                flow: Flow::Relocate,
-            };
-            let tx = self.transactions.send(now, peer, invite, tag);
-            if let Some(moving) = self
-                .calls
-                .get_mut(&call)
-                .and_then(|r| r.relocating.as_mut())
-            {
-                moving.pending[side.index()] = Some(tx);
             }
+        }
+        for side in [Side::A, Side::B] {
+            self.send_relocation(now, call, side);
+        }
+    }
+
+    /// Sends `side` the re-INVITE offering the new node (again, after a 491).
+    pub(super) fn send_relocation(&mut self, now: Instant, call: CallRef, side: Side) {
+        let local = self.local();
+        let branch = self.ids.branch();
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
+        let Some(body) = record
+            .relocating
+            .as_ref()
+            .filter(|m| m.offers[side.index()] == Offer::Waiting)
+            .map(|m| m.bodies[side.index()].clone())
+        else {
+            return;
+        };
+        let (peer, invite) = record
+            .dialog(side)
+            .invite(local, &branch, "application/sdp", body);
+        let tag = TxTag {
+            call,
+            side,
+            flow: Flow::Relocate,
+        };
+        let tx = self.transactions.send(now, peer, invite, tag);
+        if let Some(moving) = self
+            .calls
+            .get_mut(&call)
+            .and_then(|r| r.relocating.as_mut())
+        {
+            moving.offers[side.index()] = Offer::Sent(tx);
         }
     }
 
@@ -210,11 +251,24 @@ impl Core {
         let Some(moving) = record.relocating.as_mut() else {
             return;
         };
-        if moving.pending[side.index()] != Some(tx) {
+        if moving.offers[side.index()] != Offer::Sent(tx) {
             return;
         }
-        moving.pending[side.index()] = None;
-        let done = moving.pending.iter().all(Option::is_none);
+        if response.status == 491 && moving.glare[side.index()] < GLARE_RETRIES {
+            // Glare with the phone's own re-INVITE (RFC 3261 section 14.1): try again after
+            // 2.1-4 s where we chose the Call-ID (the callee's dialog), 0-2 s where not.
+            moving.glare[side.index()] += 1;
+            moving.offers[side.index()] = Offer::Waiting;
+            let (low, high) = match side {
+                Side::B => (Duration::from_millis(2100), Duration::from_secs(4)),
+                Side::A => (Duration::ZERO, Duration::from_secs(2)),
+            };
+            let wait = self.ids.delay(low, high);
+            self.set_timer(now, call, CallTimer::Relocate(side), wait);
+            return;
+        }
+        moving.offers[side.index()] = Offer::Done;
+        let done = moving.offers.iter().all(|o| *o == Offer::Done);
         if !success {
             let node = record.media.as_ref().map_or("", |m| m.node.as_str());
             let reason = format!(
@@ -253,7 +307,7 @@ impl Core {
         if record
             .relocating
             .as_ref()
-            .is_none_or(|m| m.pending[side.index()] != Some(tx))
+            .is_none_or(|m| m.offers[side.index()] != Offer::Sent(tx))
         {
             return;
         }

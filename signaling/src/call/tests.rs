@@ -1005,3 +1005,61 @@ fn a_call_still_ringing_on_a_lost_node_fails_with_503_and_cancels_the_callee() {
     });
     assert!(relocation(&sim).is_none());
 }
+
+#[test]
+fn a_491_to_our_move_is_retried_after_the_rfc3261_14_1_delay() {
+    let mut sim = Sim::new(relay_settings());
+    relayed_call(&mut sim, "glare-move");
+    sim.input(Input::MediaNodeLost {
+        endpoint: "http://n1".into(),
+        reason: "stopped answering its health checks".into(),
+    });
+    let (call, ..) = relocation(&sim).expect("a relocation");
+    let second = MediaPlan {
+        node: "node-2".into(),
+        endpoint: "http://n2".into(),
+        ..plan()
+    };
+    sim.input(Input::Relocated {
+        call,
+        result: Ok(second),
+    });
+    sim.run(20 * MS);
+    let first = requests(&sim.take(A), "INVITE")[0].clone();
+    let to_b = requests(&sim.take(B), "INVITE")[0].clone();
+    sim.send(B, &answer(&to_b, "200 OK", None, SDP));
+    // The caller is busy with a re-INVITE of its own: 491.
+    sim.send(A, &answer(&first, "491 Request Pending", None, ""));
+    sim.run(20 * MS);
+    assert_eq!(
+        requests(&sim.take(A), "ACK").len(),
+        1,
+        "the 491 is acknowledged"
+    );
+    // Not the caller's dialog's Call-ID owner: the retry comes within 0-2 s.
+    sim.run(Duration::from_secs(2));
+    let at_a = sim.take(A);
+    let again = requests(&at_a, "INVITE");
+    let branches: std::collections::HashSet<_> =
+        again.iter().map(|r| r.headers.get("Via")).collect();
+    assert_eq!(
+        branches.len(),
+        1,
+        "offered again, once (Timer A resends it unanswered)"
+    );
+    assert_eq!(again[0].headers.get("CSeq"), Some("2 INVITE"));
+    assert_ne!(
+        again[0].headers.get("Via"),
+        first.headers.get("Via"),
+        "a new transaction"
+    );
+    assert_eq!(again[0].body, first.body, "the same offer");
+    sim.send(A, &answer(again[0], "200 OK", None, SDP));
+    sim.run(20 * MS);
+    assert_eq!(requests(&sim.take(A), "ACK").len(), 1);
+    assert!(sim.records().is_empty(), "the call goes on, on node-2");
+    assert!(
+        sim.core.calls.values().all(|c| c.relocating.is_none()),
+        "the move is done"
+    );
+}
