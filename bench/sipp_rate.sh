@@ -36,17 +36,18 @@ stop_proxies() {
   for pid in $proxy_pids; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
   proxy_pids=""
 }
-# Starts N media proxies splitting 16000-31999; prints their --mediaproxy arguments.
+# Starts N media proxies splitting 16000-31999 and sets media_args to their --mediaproxy
+# arguments. (Not run in a $(...) subshell: proxy_pids must reach stop_proxies.)
 start_proxies() {
-  local n=$1 span=$((16000 / $1)) args="" i
+  local n=$1 span=$((16000 / $1)) i
+  media_args=""
   for i in $(seq 0 $((n - 1))); do
     local low=$((16000 + i * span)) port=$((15100 + i))
     ./target/release/mediaproxy --grpc "127.0.0.1:$port" --metrics 127.0.0.1:0 \
       --ports "$low-$((low + span - 1))" --node-id "bench-$i" --log warn >"$out/proxy-$i.log" 2>&1 &
     proxy_pids="$proxy_pids $!"
-    args="$args --mediaproxy http://127.0.0.1:$port"
+    media_args="$media_args --mediaproxy http://127.0.0.1:$port"
   done
-  echo "$args"
 }
 stop_signaling() {
   if [ -n "$sig_pid" ]; then
@@ -71,7 +72,7 @@ for rate in $RATES; do
     name=${entry%%=*}; binary=${entry#*=}
     media_args="--ports 16000-31999"
     if [ "$mode" != embedded ]; then
-      media_args=$(start_proxies "${mode#pool}")
+      start_proxies "${mode#pool}"
     fi
     [ "$MODES" = embedded ] || name="$name/$mode"
     rm -f "$out/cdr.db"
