@@ -147,6 +147,17 @@ pub struct Options {
     /// Log filter, as RUST_LOG [default: info].
     #[arg(long, env = "MEDIAPROXY_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// PEM certificate chain of the gRPC server; with --tls-key and --tls-client-ca the gRPC
+    /// link is mutually authenticated TLS [default: plaintext].
+    #[arg(long, env = "MEDIAPROXY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "MEDIAPROXY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificates of the CAs whose client certificates are accepted; a client without
+    /// one is refused. The client certificate's common name qualifies its owner name.
+    #[arg(long, env = "MEDIAPROXY_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
     #[serde(skip)]
     pub media: MediaOptions,
@@ -208,6 +219,36 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub log: String,
     pub media: MediaConfig,
+    /// Mutual TLS on the gRPC link; None is plaintext.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM contents of the gRPC server's mutual TLS, read and checked at start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsFiles { .. }")
+    }
+}
+
+/// Reads one PEM file of the TLS options, checking it holds what `what` says.
+fn read_pem(option: &'static str, path: &Path, what: &str) -> Result<Vec<u8>, ConfigError> {
+    let data = std::fs::read(path)
+        .map_err(|e| invalid(option, format!("cannot read {}: {e}", path.display())))?;
+    let text = String::from_utf8_lossy(&data);
+    if !text.contains("-----BEGIN ") || !text.contains(what) {
+        return Err(invalid(
+            option,
+            format!("{} holds no PEM {what}", path.display()),
+        ));
+    }
+    Ok(data)
 }
 
 fn invalid(option: &'static str, message: impl Into<String>) -> ConfigError {
@@ -450,6 +491,31 @@ impl Config {
                 .map_or(Duration::from_secs(30), |d| d.0),
             log: upper.log.or(lower.log).unwrap_or_else(|| "info".to_owned()),
             media,
+            tls: match (
+                upper.tls_cert.or(lower.tls_cert),
+                upper.tls_key.or(lower.tls_key),
+                upper.tls_client_ca.or(lower.tls_client_ca),
+            ) {
+                (None, None, None) => None,
+                (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+                    cert: read_pem("tls-cert", &cert, "CERTIFICATE")?,
+                    key: read_pem("tls-key", &key, "PRIVATE KEY")?,
+                    client_ca: read_pem("tls-client-ca", &ca, "CERTIFICATE")?,
+                }),
+                (cert, key, _) => {
+                    let missing = if cert.is_none() {
+                        "tls-cert"
+                    } else if key.is_none() {
+                        "tls-key"
+                    } else {
+                        "tls-client-ca"
+                    };
+                    return Err(invalid(
+                        missing,
+                        "mutual TLS needs --tls-cert, --tls-key and --tls-client-ca together",
+                    ));
+                }
+            },
         })
     }
 }

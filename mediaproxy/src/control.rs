@@ -238,6 +238,18 @@ impl Control {
         let _ = self.events.send(None);
     }
 
+    /// The owner of a call, live or released (None when the proxy does not know it).
+    pub fn owner_of(&self, call_id: &CallId) -> Option<Owner> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = state.calls.get(call_id) {
+            return Some(entry.owner.clone());
+        }
+        match state.tombstones.get(call_id) {
+            Some(Tombstone::Done(released)) => Some(released.snapshot.owner.clone()),
+            _ => None,
+        }
+    }
+
     pub fn instance_id(&self) -> &str {
         &self.instance_id
     }

@@ -33,6 +33,16 @@ impl Service {
         Self { control }
     }
 
+    /// Refuses a request on a call that another client's certificate owns.
+    fn check_call(&self, identity: Option<&str>, call: &CallId) -> Result<(), Status> {
+        match self.control.owner_of(call) {
+            Some(owner) if !belongs(identity, &owner) => Err(Status::permission_denied(format!(
+                "call {call} belongs to another client"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn timer(&self, method: &str) -> prometheus::HistogramTimer {
         self.control
             .metrics()
@@ -62,6 +72,31 @@ fn call_id(text: &str) -> Result<CallId, Status> {
 
 fn owner(text: &str) -> Result<Owner, Status> {
     Owner::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// The common name of the client's certificate, under mutual TLS.
+fn peer_identity<T>(request: &Request<T>) -> Option<String> {
+    let certificates = request.peer_certs()?;
+    crate::identity::common_name(certificates.first()?.as_ref())
+}
+
+/// The owner a request speaks for: under mutual TLS its certificate's name qualifies the name
+/// it sends (`<CN>:<owner>`), so no client can act as another's owner.
+fn qualified(identity: Option<&str>, field: &str) -> Result<Owner, Status> {
+    match identity {
+        Some(name) => owner(&format!("{name}:{field}")),
+        None => owner(field),
+    }
+}
+
+/// Whether `owner` is one of the client's own (always, without mutual TLS).
+fn belongs(identity: Option<&str>, owner: &Owner) -> bool {
+    identity.is_none_or(|name| {
+        owner
+            .as_str()
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with(':'))
+    })
 }
 
 /// A wire leg as the domain one; UNSPECIFIED and unknown values are refused.
@@ -299,6 +334,7 @@ impl MediaProxy for Service {
         request: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::AllocateResponse>, Status> {
         let _timer = self.timer("allocate");
+        let identity = peer_identity(&request);
         let request = request.into_inner();
         let media = request
             .media
@@ -306,10 +342,12 @@ impl MediaProxy for Service {
             .enumerate()
             .map(|(i, kind)| kind_from_wire(*kind, &format!("media[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
+        let id = call_id(&request.call_id)?;
+        self.check_call(identity.as_deref(), &id)?;
         let allocation = self.control.allocate(AllocateRequest {
-            call_id: call_id(&request.call_id)?,
+            call_id: id,
             leg: leg_from_wire(request.leg)?,
-            owner: owner(&request.owner)?,
+            owner: qualified(identity.as_deref(), &request.owner)?,
             media,
             lease_timeout: lease_timeout(request.lease_timeout_ms),
         })?;
@@ -324,7 +362,10 @@ impl MediaProxy for Service {
         request: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateResponse>, Status> {
         let _timer = self.timer("update");
+        let identity = peer_identity(&request);
         let request = request.into_inner();
+        let id = call_id(&request.call_id)?;
+        self.check_call(identity.as_deref(), &id)?;
         let media_ip = self.control.settings().media_ip;
         let remotes = request
             .media
@@ -334,11 +375,7 @@ impl MediaProxy for Service {
             .collect::<Result<Vec<_>, _>>()?;
         let allocation = self
             .control
-            .update(
-                call_id(&request.call_id)?,
-                leg_from_wire(request.leg)?,
-                remotes,
-            )
+            .update(id, leg_from_wire(request.leg)?, remotes)
             .await?;
         Ok(Response::new(pb::UpdateResponse {
             call_id: allocation.call_id.to_string(),
@@ -353,8 +390,10 @@ impl MediaProxy for Service {
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let _timer = self.timer("release");
+        let identity = peer_identity(&request);
         let request = request.into_inner();
         let id = call_id(&request.call_id)?;
+        self.check_call(identity.as_deref(), &id)?;
         let outcome = self.control.release(&id, ReleaseReason::Released).await?;
         if !outcome.already_released {
             tracing::debug!(call_id = %id, reason = %request.reason.chars().take(64).collect::<String>(), "released by owner");
@@ -374,7 +413,9 @@ impl MediaProxy for Service {
         request: Request<pb::QueryStatsRequest>,
     ) -> Result<Response<pb::CallStats>, Status> {
         let _timer = self.timer("query_stats");
+        let identity = peer_identity(&request);
         let id = call_id(&request.into_inner().call_id)?;
+        self.check_call(identity.as_deref(), &id)?;
         let snapshot = self.control.query(&id).await?;
         Ok(Response::new(stats_to_wire(
             &snapshot,
@@ -387,8 +428,10 @@ impl MediaProxy for Service {
         request: Request<pb::SetDebugRequest>,
     ) -> Result<Response<pb::SetDebugResponse>, Status> {
         let _timer = self.timer("set_debug");
+        let identity = peer_identity(&request);
         let request = request.into_inner();
         let id = call_id(&request.call_id)?;
+        self.check_call(identity.as_deref(), &id)?;
         self.control.set_debug(&id, request.enabled).await?;
         Ok(Response::new(pb::SetDebugResponse {
             call_id: request.call_id,
@@ -401,11 +444,12 @@ impl MediaProxy for Service {
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let _timer = self.timer("list_sessions");
+        let identity = peer_identity(&request);
         let request = request.into_inner();
         let filter = if request.owner.is_empty() {
             None
         } else {
-            Some(owner(&request.owner)?)
+            Some(qualified(identity.as_deref(), &request.owner)?)
         };
         let node = &self.control.settings().node_id;
         let sessions = self
@@ -413,6 +457,7 @@ impl MediaProxy for Service {
             .list(filter.as_ref())
             .await?
             .iter()
+            .filter(|s| belongs(identity.as_deref(), &s.owner))
             .map(|s| stats_to_wire(s, node))
             .collect();
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
@@ -423,9 +468,10 @@ impl MediaProxy for Service {
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
         let _timer = self.timer("renew_lease");
+        let identity = peer_identity(&request);
         let request = request.into_inner();
         let state = self.control.renew_lease(
-            &owner(&request.owner)?,
+            &qualified(identity.as_deref(), &request.owner)?,
             lease_timeout(request.lease_timeout_ms),
         );
         Ok(Response::new(pb::RenewLeaseResponse {
@@ -466,11 +512,12 @@ impl MediaProxy for Service {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let _timer = self.timer("watch_events");
+        let identity = peer_identity(&request);
         let request = request.into_inner();
         let owner_filter = if request.owner.is_empty() {
             None
         } else {
-            Some(owner(&request.owner)?)
+            Some(qualified(identity.as_deref(), &request.owner)?)
         };
         let call_filter = if request.call_id.is_empty() {
             None
@@ -483,6 +530,7 @@ impl MediaProxy for Service {
             .filter_map(move |item| match item {
                 Ok(Some(event)) => {
                     let wanted = owner_filter.as_ref().is_none_or(|o| *o == event.owner)
+                        && belongs(identity.as_deref(), &event.owner)
                         && call_filter.as_ref().is_none_or(|c| *c == event.call_id);
                     wanted.then(|| Ok(event_to_wire(&event, &node_id)))
                 }

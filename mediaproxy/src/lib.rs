@@ -16,6 +16,7 @@
 //! - [`relay`]: worker threads that own sockets and sessions and run the hot path.
 //! - [`control`]: the control plane: calls, leases, idempotent allocate/release.
 //! - [`grpc`]: the `mediaproxy.v1` gRPC service, converting wire types to domain types.
+//! - [`identity`]: a client's name under mutual TLS (its certificate's common name).
 //! - [`metrics`]: Prometheus registry and the `/metrics` and `/healthz` HTTP endpoints.
 //! - [`config`]: command line, environment and TOML configuration.
 //! - [`server`]: wires everything together; used by the binary, by tests and by `signaling`'s
@@ -25,6 +26,7 @@
 pub mod config;
 pub mod control;
 pub mod grpc;
+pub mod identity;
 pub mod metrics;
 pub mod ports;
 pub mod quality;

@@ -47,6 +47,8 @@ pub struct MediaProxy {
     metrics: TcpListener,
     shutdown_grace: Duration,
     lease_timeout: Duration,
+    /// Mutual TLS of the gRPC link; None is plaintext.
+    tls: Option<crate::config::TlsFiles>,
 }
 
 async fn listen(what: &'static str, address: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -71,6 +73,13 @@ impl MediaProxy {
             grpc,
             metrics,
         )
+        .map(|proxy| proxy.with_tls(config.tls.clone()))
+    }
+
+    /// Serves gRPC over mutual TLS with these certificates (None: plaintext).
+    pub fn with_tls(mut self, tls: Option<crate::config::TlsFiles>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Builds the proxy on listeners the caller bound.
@@ -116,6 +125,7 @@ impl MediaProxy {
             metrics: metrics_listener,
             shutdown_grace,
             lease_timeout: media.lease_timeout,
+            tls: None,
         })
     }
 
@@ -146,6 +156,7 @@ impl MediaProxy {
             metrics,
             shutdown_grace,
             lease_timeout,
+            tls,
         } = self;
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -178,7 +189,16 @@ impl MediaProxy {
             .build_v1()
             .expect("the embedded descriptor set is valid");
         let grpc_stop = stop.clone();
-        let grpc_server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            // A client must show a certificate of one of these CAs (tonic refuses the
+            // handshake otherwise); its common name qualifies its owner (grpc.rs).
+            let config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(tls.cert, tls.key))
+                .client_ca_root(tonic::transport::Certificate::from_pem(tls.client_ca));
+            builder = builder.tls_config(config)?;
+        }
+        let grpc_server = builder
             .add_service(health_service)
             .add_service(reflection)
             .add_service(MediaProxyServer::new(Service::new(control.clone())))

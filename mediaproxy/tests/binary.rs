@@ -31,6 +31,28 @@ fn unknown_config_key_exits_naming_it() {
 }
 
 #[test]
+fn incomplete_or_unreadable_tls_options_exit_naming_the_option() {
+    let (code, stderr) = run_to_end(&["--grpc", "127.0.0.1:0", "--tls-cert", "/nonexistent.pem"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--tls-key"), "{stderr}");
+    let (code, stderr) = run_to_end(&[
+        "--grpc",
+        "127.0.0.1:0",
+        "--tls-cert",
+        "/nonexistent.pem",
+        "--tls-key",
+        "/nonexistent.key",
+        "--tls-client-ca",
+        "/nonexistent-ca.pem",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--tls-cert: cannot read /nonexistent.pem"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bad_flag_values_exit_naming_the_option() {
     let (code, stderr) = run_to_end(&["--ports", "40000"]);
     assert_eq!(code, 2, "{stderr}");
@@ -193,8 +215,13 @@ fn thread_nices(pid: u32) -> Vec<(String, i64)> {
 const MPCTL: &str = env!("CARGO_BIN_EXE_mpctl");
 
 fn mpctl(grpc: &str, args: &[&str]) -> (bool, String) {
+    let url = if grpc.starts_with("http") {
+        grpc.to_owned()
+    } else {
+        format!("http://{grpc}")
+    };
     let output = Command::new(MPCTL)
-        .args(["--grpc", &format!("http://{grpc}")])
+        .args(["--grpc", &url])
         .args(args)
         .output()
         .expect("mpctl runs");
@@ -337,4 +364,187 @@ async fn mpctl_lists_shows_debugs_and_drains_a_running_proxy() {
     let (ok, status) = mpctl(&grpc, &["undrain"]);
     assert!(ok && status.contains("draining    no"), "{status}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A CA and what it signs, as PEM files in a scratch folder.
+struct Pki {
+    dir: std::path::PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mp-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        Self {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_str().unwrap().to_owned()
+    }
+
+    /// A certificate for `cn` (also valid for 127.0.0.1 and localhost): (cert PEM, key PEM).
+    fn issue(&self, cn: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(self.dir.join(format!("{cn}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(format!("{cn}.key")), key.serialize_pem()).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A gRPC client of `url` trusting `ca`, showing `client` (cert, key) if any.
+async fn tls_client(
+    url: &str,
+    ca: &str,
+    client: Option<&(String, String)>,
+) -> Result<
+    proto::v1::media_proxy_client::MediaProxyClient<tonic::transport::Channel>,
+    tonic::transport::Error,
+> {
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((cert, key)) = client {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await?;
+    Ok(proto::v1::media_proxy_client::MediaProxyClient::new(
+        channel,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_strangers_and_keeps_each_clients_calls_its_own() {
+    let pki = Pki::new("fleet");
+    let rogue = Pki::new("rogue");
+    pki.issue("mediaproxy");
+    let alice = pki.issue("signaling-a");
+    let bob = pki.issue("signaling-b");
+    let stranger = rogue.issue("signaling-a");
+    let child = Command::new(BIN)
+        .args(["--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .args(["--ports", "22040-22059", "--node-id", "tls-test"])
+        .args(["--tls-cert", &pki.path("mediaproxy.pem")])
+        .args(["--tls-key", &pki.path("mediaproxy.key")])
+        .args(["--tls-client-ca", &pki.path("ca.pem")])
+        .env("MEDIAPROXY_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let mut child = Running(child);
+    let mut log = BufReader::new(child.0.stdout.take().unwrap());
+    let line = wait_for_line(&mut log, "media proxy listening", Duration::from_secs(10));
+    let url = format!("https://{}", field(&line, "grpc"));
+    let ca = std::fs::read_to_string(pki.path("ca.pem")).unwrap();
+    let status = |client: &mut proto::v1::media_proxy_client::MediaProxyClient<_>| {
+        let mut client = client.clone();
+        async move { client.status(proto::v1::StatusRequest {}).await }
+    };
+    // No client certificate, or one of another CA: the handshake is refused.
+    for who in [None, Some(&stranger)] {
+        let refused = match tls_client(&url, &ca, who).await {
+            Err(_) => true,
+            Ok(mut client) => status(&mut client).await.is_err(),
+        };
+        assert!(refused, "a client without a fleet certificate got in");
+    }
+    let mut a = tls_client(&url, &ca, Some(&alice)).await.unwrap();
+    let mut b = tls_client(&url, &ca, Some(&bob)).await.unwrap();
+    assert_eq!(
+        status(&mut a).await.unwrap().into_inner().node_id,
+        "tls-test"
+    );
+    let allocate = |owner: &str| proto::v1::AllocateRequest {
+        call_id: "tls-call".into(),
+        leg: proto::v1::Leg::Caller as i32,
+        owner: owner.into(),
+        media: vec![proto::v1::MediaKind::Audio as i32],
+        lease_timeout_ms: 0,
+    };
+    a.allocate(allocate("inst-1")).await.unwrap();
+    // The owner is qualified by the certificate: B cannot pass itself off as A's instance.
+    let listed = a
+        .list_sessions(proto::v1::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.sessions.len(), 1);
+    assert_eq!(listed.sessions[0].owner, "signaling-a:inst-1");
+    let theirs = b
+        .list_sessions(proto::v1::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(theirs.sessions.is_empty(), "B sees none of A's calls");
+    for denied in [
+        b.allocate(allocate("inst-1")).await.map(|_| ()),
+        b.query_stats(proto::v1::QueryStatsRequest {
+            call_id: "tls-call".into(),
+        })
+        .await
+        .map(|_| ()),
+        b.release(proto::v1::ReleaseRequest {
+            call_id: "tls-call".into(),
+            reason: "hostile".into(),
+        })
+        .await
+        .map(|_| ()),
+    ] {
+        assert_eq!(denied.unwrap_err().code(), tonic::Code::PermissionDenied);
+    }
+    let released = a
+        .release(proto::v1::ReleaseRequest {
+            call_id: "tls-call".into(),
+            reason: "done".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!released.already_released, "A released it, B never did");
+    // mpctl speaks the same mutual TLS.
+    let (ok, out) = mpctl(
+        &url,
+        &[
+            "--ca",
+            &pki.path("ca.pem"),
+            "--cert",
+            &pki.path("signaling-a.pem"),
+            "--key",
+            &pki.path("signaling-a.key"),
+            "status",
+        ],
+    );
+    assert!(ok && out.contains("tls-test"), "{out}");
+    let (ok, out) = mpctl(&url, &["status"]);
+    assert!(!ok && out.contains("--ca is needed"), "{out}");
 }

@@ -195,6 +195,17 @@ pub struct Options {
     )]
     #[serde(default)]
     pub mediaproxy: Vec<String>,
+    /// PEM certificate of the CA that signed the media proxies' certificates: needed for
+    /// `https://` media proxy URLs (mutual TLS).
+    #[arg(long, env = "SIGNALING_MEDIAPROXY_CA", value_name = "FILE")]
+    pub mediaproxy_ca: Option<PathBuf>,
+    /// PEM client certificate shown to `https://` media proxies; its common name qualifies
+    /// this instance's owner name on them.
+    #[arg(long, env = "SIGNALING_MEDIAPROXY_CERT", value_name = "FILE")]
+    pub mediaproxy_cert: Option<PathBuf>,
+    /// PEM private key of --mediaproxy-cert.
+    #[arg(long, env = "SIGNALING_MEDIAPROXY_KEY", value_name = "FILE")]
+    pub mediaproxy_key: Option<PathBuf>,
     /// Default media mode: direct, relay (alias bypass) or reflect (alias reflecting)
     /// [default: relay].
     #[arg(long, env = "SIGNALING_MEDIA_MODE", value_name = "MODE")]
@@ -315,11 +326,27 @@ pub enum ConfigError {
     },
 }
 
+/// Mutual TLS towards `https://` media proxies: the CA's certificate and ours (PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca: Vec<u8>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTls { .. }")
+    }
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub sip: SocketAddr,
     pub mediaproxies: Vec<String>,
+    /// Mutual TLS towards `https://` media proxies.
+    pub mediaproxy_tls: Option<ClientTls>,
     pub media_mode: MediaMode,
     pub record: bool,
     pub users: BTreeMap<String, User>,
@@ -339,7 +366,10 @@ pub struct Config {
     pub media: MediaConfig,
 }
 
-const KEYS: [&str; 17] = [
+const KEYS: [&str; 20] = [
+    "mediaproxy-ca",
+    "mediaproxy-cert",
+    "mediaproxy-key",
     "keepalive",
     "cdr-spool",
     "cdr-queue",
@@ -418,6 +448,46 @@ impl Config {
                 ));
             }
         }
+        let read = |option: &'static str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| invalid(option, format!("cannot read {}: {e}", path.display())))
+        };
+        let mediaproxy_tls = match (
+            upper.mediaproxy_ca.or(lower.mediaproxy_ca),
+            upper.mediaproxy_cert.or(lower.mediaproxy_cert),
+            upper.mediaproxy_key.or(lower.mediaproxy_key),
+        ) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
+                ca: read("mediaproxy-ca", &ca)?,
+                cert: read("mediaproxy-cert", &cert)?,
+                key: read("mediaproxy-key", &key)?,
+            }),
+            (ca, cert, _) => {
+                let missing = if ca.is_none() {
+                    "mediaproxy-ca"
+                } else if cert.is_none() {
+                    "mediaproxy-cert"
+                } else {
+                    "mediaproxy-key"
+                };
+                return Err(invalid(
+                    missing,
+                    "mutual TLS needs --mediaproxy-ca, --mediaproxy-cert and --mediaproxy-key together"
+                        .to_owned(),
+                ));
+            }
+        };
+        if mediaproxy_tls.is_none()
+            && let Some(url) = mediaproxies.iter().find(|u| u.starts_with("https://"))
+        {
+            return Err(invalid(
+                "mediaproxy-ca",
+                format!(
+                    "{url} is https://: give --mediaproxy-ca, --mediaproxy-cert and --mediaproxy-key"
+                ),
+            ));
+        }
         let mut routes = pick(upper.route, lower.route);
         for route in &mut routes {
             route
@@ -478,6 +548,7 @@ impl Config {
         Ok(Self {
             sip,
             mediaproxies,
+            mediaproxy_tls,
             media_mode: upper
                 .media_mode
                 .or(lower.media_mode)

@@ -120,9 +120,14 @@ impl Signaling {
         } else {
             (None, config.mediaproxies.clone())
         };
-        let pool = Pool::new(&urls, &owner, &metrics.mediaproxy_duration)
-            .map_err(|e| StartError::MediaProxy(e.to_string()))?
-            .with_dns_failures(metrics.dns_failures.clone());
+        let pool = Pool::new(
+            &urls,
+            &owner,
+            &metrics.mediaproxy_duration,
+            config.mediaproxy_tls.clone(),
+        )
+        .map_err(|e| StartError::MediaProxy(e.to_string()))?
+        .with_dns_failures(metrics.dns_failures.clone());
         // Names are resolved now, so the first calls have nodes; a name that does not resolve
         // yet only warns (its nodes come with a later refresh).
         pool.refresh().await;

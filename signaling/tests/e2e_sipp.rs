@@ -9,8 +9,9 @@
 //! media 30600 / 30700, relay 31000-31099), and so have the two-proxy tests (SIP 25720 and
 //! 25730, media 30800 / 30900 and 31400 / 31500, relay 31100-31299 and 31600-31799, gRPC
 //! 25620-25621 and 25630-25631), the drain test (SIP 25740, second UAC 25743, media 32000 /
-//! 32020 / 32100, relay 32200-32399, gRPC 25640-25641) and the orphan test (SIP 25750, media
-//! 32500 / 32600, relay 32700-32799, gRPC 25650).
+//! 32020 / 32100, relay 32200-32399, gRPC 25640-25641), the orphan test (SIP 25750, media
+//! 32500 / 32600, relay 32700-32799, gRPC 25650) and the mutual TLS test (SIP 25760 and
+//! 25770, media 32900 / 33000, relay 33100-33199, gRPC 25660).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -1953,4 +1954,126 @@ fn a_crashed_signaling_leaves_no_orphaned_session_once_its_lease_expires() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A CA and the certificates it signs, as PEM files in a scratch folder.
+struct Pki {
+    dir: Scratch,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let dir = Scratch::new(&format!("pki-{name}"));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        Self {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Issues `<cn>.pem` and `<cn>.key` (valid for 127.0.0.1 and localhost).
+    fn issue(&self, cn: &str) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(self.dir.join(&format!("{cn}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(&format!("{cn}.key")), key.serialize_pem()).unwrap();
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_str().unwrap().to_owned()
+    }
+}
+
+#[test]
+fn calls_relay_through_a_media_proxy_over_mutual_tls_and_a_stranger_gets_503() {
+    let ports = Ports {
+        sip: 25760,
+        uac: 25761,
+        uas: 25762,
+        uac_media: 32900,
+        uas_media: 33000,
+        relay: 33100..33200,
+    };
+    let fleet = Pki::new("fleet");
+    fleet.issue("mediaproxy");
+    fleet.issue("signaling-east");
+    let rogue = Pki::new("rogue");
+    rogue.issue("signaling-east");
+    let (_proxy, url) = start_mediaproxy_with(
+        25660,
+        &ports.relay_arg(),
+        "media-tls",
+        &[
+            "--tls-cert",
+            &fleet.path("mediaproxy.pem"),
+            "--tls-key",
+            &fleet.path("mediaproxy.key"),
+            "--tls-client-ca",
+            &fleet.path("ca.pem"),
+        ],
+    );
+    let url = url.replace("http://", "https://");
+    let tls = |pki: &Pki| {
+        [
+            "--mediaproxy-ca".to_owned(),
+            fleet.path("ca.pem"),
+            "--mediaproxy-cert".to_owned(),
+            pki.path("signaling-east.pem"),
+            "--mediaproxy-key".to_owned(),
+            pki.path("signaling-east.key"),
+        ]
+    };
+    let args = tls(&fleet);
+    let mut options: Vec<&str> = vec!["--trusted", "127.0.0.0/8", "--mediaproxy", &url];
+    options.extend(args.iter().map(String::as_str));
+    let service = Service::start("mtls", &ports, &options);
+    wait_nodes_up(&service, 1);
+    call_between(
+        &ports,
+        &service,
+        "uas_pcmu_echo.xml",
+        true,
+        &[],
+        "uac_pcmu_pcap.xml",
+        &[],
+    );
+    let rows = service.stop();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["media_node"], "media-tls");
+    assert_eq!(rows[0]["media_verdict"], "ok", "{rows:?}");
+    assert!(number(&rows[0], "caller_audio_packets") >= MIN_PACKETS);
+    // The same name, signed by another CA: the proxy refuses it, so no node is ever up and
+    // the call is answered 503 (and still leaves a CDR).
+    let stranger_ports = Ports {
+        sip: 25770,
+        uac: 25771,
+        uas: 25772,
+        relay: ports.relay.clone(),
+        ..ports
+    };
+    let args = tls(&rogue);
+    let mut options: Vec<&str> = vec!["--trusted", "127.0.0.0/8", "--mediaproxy", &url];
+    options.extend(args.iter().map(String::as_str));
+    let service = Service::start("mtls-stranger", &stranger_ports, &options);
+    std::thread::sleep(Duration::from_millis(1500));
+    let view = service.get("/admin/mediaproxies");
+    assert!(view.contains("\"state\": \"down\""), "{view}");
+    let caller = uac(&stranger_ports, "uac_expect_503.xml", &[]);
+    expect_success(caller, "UAC", &service);
+    let rows = service.stop();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["sip_status"], "503", "{rows:?}");
 }

@@ -26,6 +26,15 @@ struct Cli {
         global = true
     )]
     grpc: String,
+    /// For an https:// URL (mutual TLS): PEM certificate of the CA that signed the proxy's.
+    #[arg(long, env = "MPCTL_CA", value_name = "FILE", global = true)]
+    ca: Option<std::path::PathBuf>,
+    /// PEM client certificate (its common name is whose calls mpctl sees and may act on).
+    #[arg(long, env = "MPCTL_CERT", value_name = "FILE", global = true)]
+    cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "MPCTL_KEY", value_name = "FILE", global = true)]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -84,8 +93,28 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(cli.grpc.clone())
-        .map_err(|e| format!("--grpc {}: {e}", cli.grpc))?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(cli.grpc.clone())
+        .map_err(|e| format!("--grpc {}: {e}", cli.grpc))?;
+    if cli.grpc.starts_with("https://") {
+        let read = |flag: &str, path: &Option<std::path::PathBuf>| {
+            let path = path
+                .as_ref()
+                .ok_or_else(|| format!("{} is https://: --{flag} is needed", cli.grpc))?;
+            std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
+        };
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                "ca", &cli.ca,
+            )?))
+            .identity(tonic::transport::Identity::from_pem(
+                read("cert", &cli.cert)?,
+                read("key", &cli.key)?,
+            ));
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("--grpc {}: TLS: {e}", cli.grpc))?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .map_err(|e| format!("cannot reach the media proxy at {}: {e}", cli.grpc))?;

@@ -15,6 +15,7 @@ use proto::v1::media_proxy_client::MediaProxyClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::call::MediaPlan;
+pub(crate) use crate::config::ClientTls;
 use crate::diagnosis::{Drops, Flow, MediaFigures};
 use crate::sdp::SessionDescription;
 
@@ -209,11 +210,18 @@ where
 
 impl MediaClient {
     /// A lazily connecting client: an unreachable proxy fails requests, not start-up.
-    pub(crate) fn new(url: &str, owner: &str) -> Result<Self, InvalidUrl> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| InvalidUrl(format!("{url}: {e}")))?
-            .connect_timeout(DEADLINE)
-            .timeout(DEADLINE);
+    pub(crate) fn new(url: &str, owner: &str, tls: Option<&ClientTls>) -> Result<Self, InvalidUrl> {
+        let mut endpoint =
+            Endpoint::from_shared(url.to_owned()).map_err(|e| InvalidUrl(format!("{url}: {e}")))?;
+        if let (Some(tls), true) = (tls, url.starts_with("https://")) {
+            let config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca))
+                .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key));
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| InvalidUrl(format!("{url}: TLS: {e}")))?;
+        }
+        let endpoint = endpoint.connect_timeout(DEADLINE).timeout(DEADLINE);
         Ok(Self {
             client: MediaProxyClient::new(endpoint.connect_lazy()),
             owner: owner.to_owned(),

@@ -197,6 +197,7 @@ pub(crate) struct Pool {
     /// `--mediaproxy` URLs whose host is a name, resolved by [`Pool::refresh`].
     names: Vec<Named>,
     owner: String,
+    tls: Option<super::ClientTls>,
     resolver: Arc<dyn Resolve>,
     dns_failures: Option<prometheus::IntCounter>,
     /// `signaling_mediaproxy_request_duration_seconds`: `place` and `relocate` time the whole
@@ -216,6 +217,7 @@ impl Pool {
         urls: &[String],
         owner: &str,
         durations: &prometheus::HistogramVec,
+        tls: Option<super::ClientTls>,
     ) -> Result<Self, InvalidUrl> {
         let mut nodes = Vec::new();
         let mut names = Vec::new();
@@ -223,7 +225,8 @@ impl Pool {
             match named(url) {
                 Some(name) => names.push(name),
                 None => nodes.push(Node {
-                    client: MediaClient::new(url, owner)?.with_durations(durations.clone()),
+                    client: MediaClient::new(url, owner, tls.as_ref())?
+                        .with_durations(durations.clone()),
                     health: Arc::default(),
                     source: None,
                 }),
@@ -233,6 +236,7 @@ impl Pool {
             nodes: Arc::new(std::sync::RwLock::new(nodes)),
             names,
             owner: owner.to_owned(),
+            tls,
             resolver: Arc::new(SystemResolver),
             dns_failures: None,
             durations: durations.clone(),
@@ -320,7 +324,7 @@ impl Pool {
                 if nodes.iter().any(|n| n.endpoint() == url) {
                     continue;
                 }
-                let Ok(client) = MediaClient::new(&url, &self.owner) else {
+                let Ok(client) = MediaClient::new(&url, &self.owner, self.tls.as_ref()) else {
                     continue;
                 };
                 tracing::info!(%url, name = %name.host, "media proxy discovered");
@@ -545,7 +549,7 @@ mod tests {
         let durations =
             prometheus::HistogramVec::new(prometheus::HistogramOpts::new("t", "t"), &["method"])
                 .unwrap();
-        let pool = Pool::new(&urls, "owner", &durations).unwrap();
+        let pool = Pool::new(&urls, "owner", &durations, None).unwrap();
         for (node, &(state, free, sessions, draining)) in pool.nodes().iter().zip(nodes) {
             node.update(|h| {
                 h.state = state;
@@ -661,6 +665,7 @@ mod tests {
             ],
             "owner",
             &durations,
+            None,
         )
         .unwrap()
         .with_resolver(Arc::new(script))
