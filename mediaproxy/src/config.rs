@@ -155,7 +155,8 @@ pub struct Options {
     #[arg(long, env = "MEDIAPROXY_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// PEM certificates of the CAs whose client certificates are accepted; a client without
-    /// one is refused. The client certificate's common name qualifies its owner name.
+    /// one is refused. The client certificate's common name qualifies its owner name. The
+    /// three files are watched: a change is loaded within about 2 s, without dropping calls.
     #[arg(long, env = "MEDIAPROXY_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
     #[command(flatten)]
@@ -223,12 +224,41 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
 }
 
-/// The PEM contents of the gRPC server's mutual TLS, read and checked at start.
+/// The PEM contents of the gRPC server's mutual TLS, read and checked at start, and the files
+/// they came from (re-read when they change).
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: Vec<u8>,
     pub key: Vec<u8>,
     pub client_ca: Vec<u8>,
+    /// `--tls-cert`, `--tls-key`, `--tls-client-ca`.
+    pub paths: [PathBuf; 3],
+}
+
+impl TlsFiles {
+    /// Reads the three files, checking each holds the PEM it must.
+    pub fn read(cert: &Path, key: &Path, client_ca: &Path) -> Result<Self, ConfigError> {
+        Ok(Self {
+            cert: read_pem("tls-cert", cert, "CERTIFICATE")?,
+            key: read_pem("tls-key", key, "PRIVATE KEY")?,
+            client_ca: read_pem("tls-client-ca", client_ca, "CERTIFICATE")?,
+            paths: [cert.to_owned(), key.to_owned(), client_ca.to_owned()],
+        })
+    }
+
+    /// The files read again.
+    pub fn reread(&self) -> Result<Self, ConfigError> {
+        let [cert, key, ca] = &self.paths;
+        Self::read(cert, key, ca)
+    }
+
+    /// When each file last changed (None where it cannot be read).
+    pub fn modified(&self) -> Vec<Option<std::time::SystemTime>> {
+        self.paths
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for TlsFiles {
@@ -497,11 +527,7 @@ impl Config {
                 upper.tls_client_ca.or(lower.tls_client_ca),
             ) {
                 (None, None, None) => None,
-                (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
-                    cert: read_pem("tls-cert", &cert, "CERTIFICATE")?,
-                    key: read_pem("tls-key", &key, "PRIVATE KEY")?,
-                    client_ca: read_pem("tls-client-ca", &ca, "CERTIFICATE")?,
-                }),
+                (Some(cert), Some(key), Some(ca)) => Some(TlsFiles::read(&cert, &key, &ca)?),
                 (cert, key, _) => {
                     let missing = if cert.is_none() {
                         "tls-cert"

@@ -183,28 +183,7 @@ impl MediaProxy {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<MediaProxyServer<Service>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .expect("the embedded descriptor set is valid");
-        let grpc_stop = stop.clone();
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = tls {
-            // A client must show a certificate of one of these CAs (tonic refuses the
-            // handshake otherwise); its common name qualifies its owner (grpc.rs).
-            let config = tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(tls.cert, tls.key))
-                .client_ca_root(tonic::transport::Certificate::from_pem(tls.client_ca));
-            builder = builder.tls_config(config)?;
-        }
-        let grpc_server = builder
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(MediaProxyServer::new(Service::new(control.clone())))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-                grpc_stop.cancelled().await;
-            });
+        let grpc_server = serve_grpc(grpc, tls, control.clone(), health_service, stop.clone());
         let http_stop = stop.clone();
         let http_server = serve_http(
             metrics,
@@ -232,5 +211,98 @@ impl MediaProxy {
         http_result.map_err(ServerError::Http)?;
         tracing::info!("media proxy stopped");
         Ok(())
+    }
+}
+
+/// How often the TLS files are checked for a change.
+const TLS_POLL: Duration = Duration::from_secs(2);
+
+/// Serves gRPC on `listener` until `stop`. Under mutual TLS the certificate files are watched;
+/// when they change (and still parse) the server is restarted on the same socket with them:
+/// event streams are ended first (they would hold the graceful stop open; their clients
+/// reconnect), unary requests in flight finish, and relay sessions are untouched.
+async fn serve_grpc<H: tonic_health::pb::health_server::Health>(
+    listener: TcpListener,
+    mut tls: Option<crate::config::TlsFiles>,
+    control: Arc<Control>,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+    stop: CancellationToken,
+) -> Result<(), ServerError> {
+    let socket = listener.into_std().map_err(|source| ServerError::Listen {
+        what: "gRPC",
+        address: ([0, 0, 0, 0], 0).into(),
+        source,
+    })?;
+    loop {
+        let clone = socket.try_clone().map_err(|source| ServerError::Listen {
+            what: "gRPC",
+            address: ([0, 0, 0, 0], 0).into(),
+            source,
+        })?;
+        let listener = TcpListener::from_std(clone).map_err(|source| ServerError::Listen {
+            what: "gRPC",
+            address: ([0, 0, 0, 0], 0).into(),
+            source,
+        })?;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(files) = &tls {
+            // A client must show a certificate of one of these CAs (tonic refuses the
+            // handshake otherwise); its common name qualifies its owner (grpc.rs).
+            let config = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(
+                    &files.cert,
+                    &files.key,
+                ))
+                .client_ca_root(tonic::transport::Certificate::from_pem(&files.client_ca));
+            builder = builder.tls_config(config)?;
+        }
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("the embedded descriptor set is valid");
+        let restart = CancellationToken::new();
+        let server = builder
+            .add_service(health.clone())
+            .add_service(reflection)
+            .add_service(MediaProxyServer::new(Service::new(control.clone())))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+                let (restart, stop) = (restart.clone(), stop.clone());
+                async move {
+                    tokio::select! {
+                        () = restart.cancelled() => {}
+                        () = stop.cancelled() => {}
+                    }
+                }
+            });
+        let mut server = std::pin::pin!(server);
+        let Some(files) = tls.clone() else {
+            return server.await.map_err(ServerError::from);
+        };
+        let seen = files.modified();
+        let changed = async {
+            loop {
+                tokio::time::sleep(TLS_POLL).await;
+                if files.modified() == seen {
+                    continue;
+                }
+                match files.reread() {
+                    Ok(new) => return new,
+                    Err(error) => {
+                        tracing::warn!(%error, "TLS files changed but cannot be used; keeping the certificates in force")
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            result = &mut server => return result.map_err(ServerError::from),
+            new = changed => {
+                tracing::info!("TLS files changed: the gRPC server restarts with them (calls keep relaying)");
+                tls = Some(new);
+                control.close_event_streams();
+                restart.cancel();
+                server.await?;
+            }
+        }
     }
 }

@@ -547,4 +547,41 @@ async fn mutual_tls_refuses_strangers_and_keeps_each_clients_calls_its_own() {
     assert!(ok && out.contains("tls-test"), "{out}");
     let (ok, out) = mpctl(&url, &["status"]);
     assert!(!ok && out.contains("--ca is needed"), "{out}");
+
+    // The client CA file is replaced (a CA rotation): within about 2 s the proxy serves with
+    // it, on the same port, and the call it holds keeps relaying.
+    a.allocate(proto::v1::AllocateRequest {
+        call_id: "tls-call-2".into(),
+        ..allocate("inst-1")
+    })
+    .await
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // a later modification time
+    std::fs::copy(rogue.path("ca.pem"), pki.path("ca.pem")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut admitted = loop {
+        if let Ok(mut client) = tls_client(&url, &ca, Some(&stranger)).await
+            && status(&mut client).await.is_ok()
+        {
+            break client;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new client CA was not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let refused = match tls_client(&url, &ca, Some(&alice)).await {
+        Err(_) => true,
+        Ok(mut client) => status(&mut client).await.is_err(),
+    };
+    assert!(refused, "a certificate of the old CA still gets in");
+    // Same common name as A (signaling-a): it sees A's call, which survived the restart.
+    let listed = admitted
+        .list_sessions(proto::v1::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.sessions.len(), 1, "the call survived the reload");
+    assert_eq!(listed.sessions[0].call_id, "tls-call-2");
 }
