@@ -154,6 +154,10 @@ pub struct Options {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "MEDIAPROXY_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Serve gRPC in plaintext on an address that is not loopback. Without TLS and without
+    /// this, such a --grpc is refused: anyone who reaches it could allocate and release calls.
+    #[arg(long, env = "MEDIAPROXY_GRPC_PLAINTEXT", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub grpc_plaintext: Option<bool>,
     /// PEM certificates of the CAs whose client certificates are accepted; a client without
     /// one is refused. The client certificate's common name qualifies its owner name. The
     /// three files are watched: a change is loaded within about 2 s, without dropping calls.
@@ -315,7 +319,17 @@ pub fn split_table(mut table: toml::Table, keys: &[&str]) -> (toml::Table, toml:
 
 impl Options {
     /// Keys of [`Options`] itself; every other key belongs to [`MediaOptions`].
-    const KEYS: [&str; 5] = ["grpc", "metrics", "node-id", "shutdown-grace", "log"];
+    const KEYS: [&str; 9] = [
+        "grpc",
+        "metrics",
+        "node-id",
+        "shutdown-grace",
+        "log",
+        "tls-cert",
+        "tls-key",
+        "tls-client-ca",
+        "grpc-plaintext",
+    ];
 
     /// Parses the TOML form; an unknown key is an error that names it.
     pub fn from_toml(text: &str) -> Result<Self, String> {
@@ -505,11 +519,32 @@ impl Config {
                 format!("{node_id:?} must be 1 to 64 letters, digits, '-', '_' or '.'"),
             ));
         }
+        let grpc = upper
+            .grpc
+            .or(lower.grpc)
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051)));
+        let plaintext = upper
+            .grpc_plaintext
+            .or(lower.grpc_plaintext)
+            .unwrap_or(false);
+        let tls_given = upper.tls_cert.is_some()
+            || lower.tls_cert.is_some()
+            || upper.tls_key.is_some()
+            || lower.tls_key.is_some()
+            || upper.tls_client_ca.is_some()
+            || lower.tls_client_ca.is_some();
+        if !grpc.ip().is_loopback() && !tls_given && !plaintext {
+            return Err(invalid(
+                "grpc",
+                format!(
+                    "{grpc} is not a loopback address: gRPC there in plaintext lets anyone who \
+                     reaches it allocate and release calls; give --tls-cert, --tls-key and \
+                     --tls-client-ca, or --grpc-plaintext to accept that (a private network)"
+                ),
+            ));
+        }
         Ok(Self {
-            grpc: upper
-                .grpc
-                .or(lower.grpc)
-                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            grpc,
             metrics: upper
                 .metrics
                 .or(lower.metrics)
@@ -560,6 +595,34 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("mediaproxy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn plaintext_grpc_beyond_loopback_needs_tls_or_saying_so() {
+        let resolve =
+            |args: &[&str]| Config::resolve(parse(args).unwrap().options, Options::default());
+        let base = ["--media-ip", "127.0.0.1", "--grpc", "10.0.0.5:50051"];
+        let error = resolve(&base).unwrap_err().to_string();
+        assert!(
+            error.starts_with("--grpc: 10.0.0.5:50051 is not a loopback address"),
+            "{error}"
+        );
+        let config = resolve(&[&base[..], &["--grpc-plaintext"]].concat()).unwrap();
+        assert_eq!(config.grpc, "10.0.0.5:50051".parse().unwrap());
+        assert!(config.tls.is_none());
+        assert!(
+            resolve(&["--grpc", "127.0.0.1:50051"]).is_ok(),
+            "loopback stays plaintext"
+        );
+        assert!(resolve(&["--grpc", "[::1]:50051"]).is_ok());
+        let from_file = Options::from_toml(
+            "grpc = \"10.0.0.5:1\"\nmedia-ip = \"127.0.0.1\"\ngrpc-plaintext = true\n",
+        )
+        .unwrap();
+        assert!(
+            Config::resolve(Options::default(), from_file).is_ok(),
+            "the TOML key"
+        );
     }
 
     #[test]

@@ -31,6 +31,26 @@ fn unknown_config_key_exits_naming_it() {
 }
 
 #[test]
+fn plaintext_grpc_beyond_loopback_is_refused_unless_asked_for() {
+    let (code, stderr) = run_to_end(&["--grpc", "0.0.0.0:0", "--media-ip", "127.0.0.1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--grpc") && stderr.contains("--grpc-plaintext"),
+        "{stderr}"
+    );
+    // Asked for explicitly, it starts (and is stopped at once by a bad --ports).
+    let (code, stderr) = run_to_end(&[
+        "--grpc",
+        "0.0.0.0:0",
+        "--grpc-plaintext",
+        "--ports",
+        "40000",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--ports"), "got past --grpc: {stderr}");
+}
+
+#[test]
 fn incomplete_or_unreadable_tls_options_exit_naming_the_option() {
     let (code, stderr) = run_to_end(&["--grpc", "127.0.0.1:0", "--tls-cert", "/nonexistent.pem"]);
     assert_eq!(code, 2, "{stderr}");
