@@ -1659,6 +1659,25 @@ fn two_mediaproxies(ports: &Ports, grpc: u16) -> [(MediaProxy, String, &'static 
     [(a, url_a, "media-a"), (b, url_b, "media-b")]
 }
 
+/// Signaling (trusting loopback) with a pool of the two media proxies at `urls`, once
+/// both nodes are up.
+fn pool_service(name: &str, ports: &Ports, urls: [&str; 2]) -> Service {
+    let service = Service::start(
+        name,
+        ports,
+        &[
+            "--trusted",
+            "127.0.0.0/8",
+            "--mediaproxy",
+            urls[0],
+            "--mediaproxy",
+            urls[1],
+        ],
+    );
+    wait_nodes_up(&service, 2);
+    service
+}
+
 /// Waits until `/admin/mediaproxies` shows every node up.
 fn wait_nodes_up(service: &Service, nodes: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1683,19 +1702,7 @@ fn calls_spread_over_a_pool_of_two_media_proxies() {
         relay: 31100..31300,
     };
     let nodes = two_mediaproxies(&ports, 25620);
-    let service = Service::start(
-        "pool-spread",
-        &ports,
-        &[
-            "--trusted",
-            "127.0.0.0/8",
-            "--mediaproxy",
-            &nodes[0].1,
-            "--mediaproxy",
-            &nodes[1].1,
-        ],
-    );
-    wait_nodes_up(&service, 2);
+    let service = pool_service("pool-spread", &ports, [&nodes[0].1, &nodes[1].1]);
     let callee = uas(&ports, "uas_pcmu_echo.xml", true, &["-m", "4"]);
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(
@@ -1733,19 +1740,7 @@ fn a_media_proxy_killed_mid_call_moves_the_call_and_audio_resumes_on_the_other()
     };
     let [mut a, mut b] = two_mediaproxies(&ports, 25630);
     let started = Instant::now();
-    let service = Service::start(
-        "pool-failover",
-        &ports,
-        &[
-            "--trusted",
-            "127.0.0.0/8",
-            "--mediaproxy",
-            &a.1,
-            "--mediaproxy",
-            &b.1,
-        ],
-    );
-    wait_nodes_up(&service, 2);
+    let service = pool_service("pool-failover", &ports, [&a.1, &b.1]);
     let callee = uas(&ports, "uas_echo_moved.xml", true, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(&ports, "uac_pcap_moved.xml", &[]);
@@ -1852,19 +1847,7 @@ fn a_drained_node_finishes_its_call_and_the_next_call_goes_elsewhere() {
         relay: 32200..32400,
     };
     let nodes = two_mediaproxies(&ports, 25640);
-    let service = Service::start(
-        "pool-drain",
-        &ports,
-        &[
-            "--trusted",
-            "127.0.0.0/8",
-            "--mediaproxy",
-            &nodes[0].1,
-            "--mediaproxy",
-            &nodes[1].1,
-        ],
-    );
-    wait_nodes_up(&service, 2);
+    let service = pool_service("pool-drain", &ports, [&nodes[0].1, &nodes[1].1]);
     let callee = uas(&ports, "uas_pcmu_echo.xml", true, &["-m", "2"]);
     std::thread::sleep(Duration::from_millis(300));
     let first = uac(&ports, "uac_pcmu_pcap.xml", &[]);
