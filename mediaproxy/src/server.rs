@@ -228,22 +228,20 @@ async fn serve_grpc<H: tonic_health::pb::health_server::Health>(
     health: tonic_health::pb::health_server::HealthServer<H>,
     stop: CancellationToken,
 ) -> Result<(), ServerError> {
-    let socket = listener.into_std().map_err(|source| ServerError::Listen {
+    let address = listener
+        .local_addr()
+        .expect("bound listener has an address");
+    let failed = |source| ServerError::Listen {
         what: "gRPC",
-        address: ([0, 0, 0, 0], 0).into(),
+        address,
         source,
-    })?;
+    };
+    let socket = listener.into_std().map_err(failed)?;
     loop {
-        let clone = socket.try_clone().map_err(|source| ServerError::Listen {
-            what: "gRPC",
-            address: ([0, 0, 0, 0], 0).into(),
-            source,
-        })?;
-        let listener = TcpListener::from_std(clone).map_err(|source| ServerError::Listen {
-            what: "gRPC",
-            address: ([0, 0, 0, 0], 0).into(),
-            source,
-        })?;
+        let listener = socket
+            .try_clone()
+            .and_then(TcpListener::from_std)
+            .map_err(failed)?;
         let mut builder = tonic::transport::Server::builder();
         if let Some(files) = &tls {
             // A client must show a certificate of one of these CAs (tonic refuses the

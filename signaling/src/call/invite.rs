@@ -335,7 +335,7 @@ impl Core {
         };
         record.state = State::Ended;
         if record.held_answer.take().is_some() {
-            self.ack_b(now, call, Vec::new());
+            self.ack_b(call, Vec::new());
             self.send_bye(now, call, Side::B);
         }
     }
@@ -394,13 +394,7 @@ impl Core {
         }
     }
 
-    pub(super) fn on_invite_response(
-        &mut self,
-        now: Instant,
-        call: CallRef,
-        _tx: TxId,
-        response: Response,
-    ) {
+    pub(super) fn on_invite_response(&mut self, now: Instant, call: CallRef, response: Response) {
         let Some(record) = self.calls.get_mut(&call) else {
             return;
         };
@@ -413,7 +407,7 @@ impl Core {
                 // section 15: acknowledge it and hang up.
                 tracing::info!(call_id = %record.a.call_id, "2xx after the call ended: ACK and BYE");
                 record.b.confirm(&response);
-                self.ack_b(now, call, Vec::new());
+                self.ack_b(call, Vec::new());
                 self.send_bye(now, call, Side::B);
             }
             return;
@@ -462,7 +456,7 @@ impl Core {
                 });
                 return;
             }
-            self.ack_b(now, call, Vec::new());
+            self.ack_b(call, Vec::new());
             match self.relay_to_a(now, call, &response) {
                 Ok(()) => self.answered(now, call),
                 Err(error) => {
@@ -542,8 +536,7 @@ impl Core {
 
     /// Acknowledges the callee's 2xx (RFC 3261 section 13.2.2.4): a request of the dialog,
     /// resent by the INVITE transaction for every retransmitted 2xx.
-    pub(super) fn ack_b(&mut self, now: Instant, call: CallRef, body: Vec<u8>) {
-        let _ = now;
+    pub(super) fn ack_b(&mut self, call: CallRef, body: Vec<u8>) {
         let local = self.local();
         let branch = self.ids.branch();
         let Some(record) = self.calls.get_mut(&call) else {
@@ -599,7 +592,7 @@ impl Core {
 
     /// An ACK outside any server transaction: the caller's ACK of our 2xx (possibly with the
     /// late offer's answer), or a re-INVITE requester's.
-    pub(super) fn on_ack(&mut self, now: Instant, request: Request, _matched: Option<TxId>) {
+    pub(super) fn on_ack(&mut self, now: Instant, request: Request) {
         let Some(&(call, side)) = self.by_call_id.get(request.call_id()) else {
             return;
         };
@@ -629,10 +622,10 @@ impl Core {
         if record.held_answer.take().is_some() {
             // Late offer: the caller's ACK carries the SDP answer for the callee.
             match self.late_answer(call, &request) {
-                Ok(body) => self.ack_b(now, call, body),
+                Ok(body) => self.ack_b(call, body),
                 Err(error) => {
                     tracing::warn!(call_id = request.call_id(), %error, "caller's SDP answer in the ACK unusable; ending the call");
-                    self.ack_b(now, call, Vec::new());
+                    self.ack_b(call, Vec::new());
                     let reason = format!("caller's SDP answer in the ACK unusable: {error}");
                     self.end_answered(now, call, HangupSide::System, reason);
                 }

@@ -616,7 +616,7 @@ impl Core {
         }
         match self.transactions.on_request(now, from, request) {
             Received::Absorbed => {}
-            Received::Ack { request, invite } => self.on_ack(now, request, invite.map(|i| i.0)),
+            Received::Ack { request } => self.on_ack(now, request),
             Received::Request { tx, request } => self.on_new_request(now, unix, from, tx, request),
         }
     }
@@ -689,7 +689,7 @@ impl Core {
             return;
         }
         match tag.flow {
-            Flow::Invite => self.on_invite_response(now, tag.call, answer.tx, answer.response),
+            Flow::Invite => self.on_invite_response(now, tag.call, answer.response),
             Flow::ReInvite => {
                 self.on_reinvite_response(now, tag.call, tag.side, answer.tx, answer.response)
             }

@@ -115,7 +115,7 @@ impl Core {
         if record.reinvite.as_ref().is_none_or(|p| p.client != tx) {
             // A 2xx to a re-INVITE whose requester already gave up: acknowledge it.
             if (200..300).contains(&response.status) {
-                self.ack_reinvite(now, call, responder, tx, &response);
+                self.ack_reinvite(call, responder, tx, &response);
             }
             return;
         }
@@ -124,7 +124,7 @@ impl Core {
         let mut body = response.body.clone();
         let mut update = None;
         if success {
-            self.ack_reinvite(now, call, responder, tx, &response);
+            self.ack_reinvite(call, responder, tx, &response);
             let record = self.calls.get_mut(&call).expect("call exists");
             if let (Some(_), Ok(Some(answer))) = (&record.media, body_sdp(&body)) {
                 record.last_sdp[responder.index()] = Some(body.clone());
@@ -154,15 +154,7 @@ impl Core {
     }
 
     /// The ACK of a re-INVITE's 2xx (a request of the responder's dialog).
-    pub(super) fn ack_reinvite(
-        &mut self,
-        now: Instant,
-        call: CallRef,
-        responder: Side,
-        tx: TxId,
-        ok: &Response,
-    ) {
-        let _ = now;
+    pub(super) fn ack_reinvite(&mut self, call: CallRef, responder: Side, tx: TxId, ok: &Response) {
         let local = self.local();
         let branch = self.ids.branch();
         let Some(record) = self.calls.get_mut(&call) else {

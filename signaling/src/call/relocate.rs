@@ -243,7 +243,7 @@ impl Core {
         }
         let success = (200..300).contains(&response.status);
         if success {
-            self.ack_reinvite(now, call, side, tx, &response);
+            self.ack_reinvite(call, side, tx, &response);
         }
         let Some(record) = self.calls.get_mut(&call) else {
             return;

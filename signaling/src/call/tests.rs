@@ -814,7 +814,7 @@ fn relayed_call(sim: &mut Sim, call_id: &str) -> (Request, String) {
     (to_b, a_to)
 }
 
-fn relocation(sim: &Sim) -> Option<(super::CallRef, String, String, String)> {
+fn relocation(sim: &Sim) -> Option<(super::CallRef, u16, u16, String)> {
     sim.outputs.iter().rev().find_map(|o| match o {
         Output::Relocate {
             call,
@@ -824,8 +824,8 @@ fn relocation(sim: &Sim) -> Option<(super::CallRef, String, String, String)> {
             ..
         } => Some((
             *call,
-            format!("{:?}", caller.media[0].port),
-            format!("{:?}", callee.media[0].port),
+            caller.media[0].port,
+            callee.media[0].port,
             lost.clone(),
         )),
         _ => None,
@@ -842,8 +842,8 @@ fn a_call_on_a_lost_node_moves_and_both_legs_are_offered_the_new_relay() {
     });
     let (call, caller_port, callee_port, lost) = relocation(&sim).expect("a relocation");
     assert_eq!(
-        (caller_port.as_str(), callee_port.as_str(), lost.as_str()),
-        ("4000", "5000", "http://n1"),
+        (caller_port, callee_port, lost.as_str()),
+        (4000, 5000, "http://n1"),
         "each leg's own last SDP, and the node to avoid"
     );
     let second = MediaPlan {

@@ -78,16 +78,14 @@ pub(crate) enum Timer {
 
 /// What a received request means for the transaction user.
 #[derive(Debug)]
-pub(crate) enum Received<T> {
+pub(crate) enum Received {
     /// A new request: a server transaction now exists for it; answer with
     /// [`Transactions::respond`].
     Request { tx: TxId, request: Request },
     /// An ACK the transaction user handles: the ACK of a 2xx (its own transaction, RFC 3261
-    /// section 17.1.1.3), with the accepted INVITE server transaction when its branch matched.
-    Ack {
-        request: Request,
-        invite: Option<(TxId, Option<T>)>,
-    },
+    /// section 17.1.1.3). When its branch matched an accepted INVITE server transaction, that
+    /// transaction has already stopped resending its 2xx.
+    Ack { request: Request },
     /// A retransmission or the ACK of an error response: answered here.
     Absorbed,
 }
@@ -290,13 +288,12 @@ impl<T: Copy> Transactions<T> {
     /// A request from `from`: a retransmission is answered here, anything new is passed up.
     /// Requests whose top Via cannot be read make no transaction; they are passed up with an
     /// untracked id, and answering them sends once without retransmission state.
-    pub(crate) fn on_request(&mut self, now: Instant, from: Peer, request: Request) -> Received<T> {
+    pub(crate) fn on_request(&mut self, now: Instant, from: Peer, request: Request) -> Received {
         let Some(key) = Key::server(&request) else {
             return Received::Absorbed;
         };
         if let Some(&id) = self.keys.get(&key) {
             let is_ack = request.method == Method::Ack;
-            let tag = self.tag(id);
             let passed = self.step(id, now, |machine, ctx| match machine {
                 Machine::InviteServer(m) if is_ack => m.on_ack(ctx),
                 Machine::InviteServer(m) => (m.on_retransmission(ctx), false),
@@ -304,19 +301,13 @@ impl<T: Copy> Transactions<T> {
                 _ => (Step::Keep, false),
             });
             return match passed {
-                Some(true) => Received::Ack {
-                    request,
-                    invite: Some((id, tag)),
-                },
+                Some(true) => Received::Ack { request },
                 _ => Received::Absorbed,
             };
         }
         if request.method == Method::Ack {
             // The ACK of a 2xx is a transaction of its own (17.1.1.3), for the dialog.
-            return Received::Ack {
-                request,
-                invite: None,
-            };
+            return Received::Ack { request };
         }
         let id = self.allocate();
         let machine = if request.method == Method::Invite {
