@@ -163,6 +163,17 @@ pub struct Options {
     /// three files are watched: a change is loaded within about 2 s, without dropping calls.
     #[arg(long, env = "MEDIAPROXY_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Common name of an operator's client certificate (repeatable): that client sees and
+    /// may act on every owner's calls (mpctl sessions, show, watch, debug), where any other
+    /// sees only its own.
+    #[arg(
+        long,
+        env = "MEDIAPROXY_TLS_OPERATOR",
+        value_name = "CN",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub tls_operator: Vec<String>,
     #[command(flatten)]
     #[serde(skip)]
     pub media: MediaOptions,
@@ -228,8 +239,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
 }
 
-/// The PEM contents of the gRPC server's mutual TLS, read and checked at start, and the files
-/// they came from (re-read when they change).
+/// The PEM contents of the gRPC server's mutual TLS, read and checked at start, the files
+/// they came from (re-read when they change), and the operators' names.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: Vec<u8>,
@@ -237,6 +248,8 @@ pub struct TlsFiles {
     pub client_ca: Vec<u8>,
     /// `--tls-cert`, `--tls-key`, `--tls-client-ca`.
     pub paths: [PathBuf; 3],
+    /// `--tls-operator`: client certificate common names that see every owner's calls.
+    pub operators: Vec<String>,
 }
 
 impl TlsFiles {
@@ -247,13 +260,17 @@ impl TlsFiles {
             key: read_pem("tls-key", key, "PRIVATE KEY")?,
             client_ca: read_pem("tls-client-ca", client_ca, "CERTIFICATE")?,
             paths: [cert.to_owned(), key.to_owned(), client_ca.to_owned()],
+            operators: Vec::new(),
         })
     }
 
-    /// The files read again.
+    /// The files read again (the operators stay).
     pub fn reread(&self) -> Result<Self, ConfigError> {
         let [cert, key, ca] = &self.paths;
-        Self::read(cert, key, ca)
+        Ok(Self {
+            operators: self.operators.clone(),
+            ..Self::read(cert, key, ca)?
+        })
     }
 
     /// When each file last changed (None where it cannot be read).
@@ -319,7 +336,7 @@ pub fn split_table(mut table: toml::Table, keys: &[&str]) -> (toml::Table, toml:
 
 impl Options {
     /// Keys of [`Options`] itself; every other key belongs to [`MediaOptions`].
-    const KEYS: [&str; 9] = [
+    const KEYS: [&str; 10] = [
         "grpc",
         "metrics",
         "node-id",
@@ -328,6 +345,7 @@ impl Options {
         "tls-cert",
         "tls-key",
         "tls-client-ca",
+        "tls-operator",
         "grpc-plaintext",
     ];
 
@@ -533,6 +551,24 @@ impl Config {
             || lower.tls_key.is_some()
             || upper.tls_client_ca.is_some()
             || lower.tls_client_ca.is_some();
+        let operators = if upper.tls_operator.is_empty() {
+            lower.tls_operator.clone()
+        } else {
+            upper.tls_operator.clone()
+        };
+        if !operators.is_empty() && !tls_given {
+            return Err(invalid(
+                "tls-operator",
+                "operators are named by their client certificate: it needs mutual TLS \
+                 (--tls-cert, --tls-key, --tls-client-ca)",
+            ));
+        }
+        if let Some(empty) = operators.iter().find(|o| o.trim().is_empty()) {
+            return Err(invalid(
+                "tls-operator",
+                format!("{empty:?} is no certificate common name"),
+            ));
+        }
         if !grpc.ip().is_loopback() && !tls_given && !plaintext {
             return Err(invalid(
                 "grpc",
@@ -562,7 +598,10 @@ impl Config {
                 upper.tls_client_ca.or(lower.tls_client_ca),
             ) {
                 (None, None, None) => None,
-                (Some(cert), Some(key), Some(ca)) => Some(TlsFiles::read(&cert, &key, &ca)?),
+                (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+                    operators: operators.clone(),
+                    ..TlsFiles::read(&cert, &key, &ca)?
+                }),
                 (cert, key, _) => {
                     let missing = if cert.is_none() {
                         "tls-cert"
@@ -681,6 +720,18 @@ mod tests {
         );
         assert!("3 parsecs".parse::<HumanDuration>().is_err());
         assert!("soon".parse::<HumanDuration>().is_err());
+    }
+
+    #[test]
+    fn operators_come_from_the_file_or_the_flags_and_need_tls() {
+        let file = Options::from_toml("tls-operator = [\"ops\", \"oncall\"]\n").unwrap();
+        assert_eq!(file.tls_operator, ["ops", "oncall"]);
+        let flags = parse(&["--tls-operator", "a,b"]).unwrap();
+        assert_eq!(flags.options.tls_operator, ["a", "b"]);
+        let error = Config::resolve(flags.options, file)
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("--tls-operator: "), "{error}");
     }
 
     #[test]

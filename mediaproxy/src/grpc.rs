@@ -26,17 +26,47 @@ use crate::types::{
 #[derive(Clone)]
 pub struct Service {
     control: Arc<Control>,
+    /// Certificate common names of operators (`--tls-operator`).
+    operators: Arc<[String]>,
+}
+
+/// Who sent a request: under mutual TLS, its certificate's common name, and whether that
+/// name is an operator's, who sees and may act on every owner's calls.
+#[derive(Debug, Clone)]
+struct Client {
+    name: Option<String>,
+    operator: bool,
+}
+
+impl Client {
+    /// Whether the client may see and act on `owner`'s calls.
+    fn owns(&self, owner: &Owner) -> bool {
+        self.operator || belongs(self.name.as_deref(), owner)
+    }
 }
 
 impl Service {
-    pub fn new(control: Arc<Control>) -> Self {
-        Self { control }
+    /// The service; clients whose certificate's common name is in `operators` see and may
+    /// act on every owner's calls.
+    pub fn new(control: Arc<Control>, operators: &[String]) -> Self {
+        Self {
+            control,
+            operators: operators.into(),
+        }
+    }
+
+    fn client<T>(&self, request: &Request<T>) -> Client {
+        let name = peer_identity(request);
+        let operator = name
+            .as_ref()
+            .is_some_and(|n| self.operators.iter().any(|o| o == n));
+        Client { name, operator }
     }
 
     /// Refuses a request on a call that another client's certificate owns.
-    fn check_call(&self, identity: Option<&str>, call: &CallId) -> Result<(), Status> {
+    fn check_call(&self, client: &Client, call: &CallId) -> Result<(), Status> {
         match self.control.owner_of(call) {
-            Some(owner) if !belongs(identity, &owner) => Err(Status::permission_denied(format!(
+            Some(owner) if !client.owns(&owner) => Err(Status::permission_denied(format!(
                 "call {call} belongs to another client"
             ))),
             _ => Ok(()),
@@ -334,7 +364,7 @@ impl MediaProxy for Service {
         request: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::AllocateResponse>, Status> {
         let _timer = self.timer("allocate");
-        let identity = peer_identity(&request);
+        let client = self.client(&request);
         let request = request.into_inner();
         let media = request
             .media
@@ -343,11 +373,11 @@ impl MediaProxy for Service {
             .map(|(i, kind)| kind_from_wire(*kind, &format!("media[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
         let id = call_id(&request.call_id)?;
-        self.check_call(identity.as_deref(), &id)?;
+        self.check_call(&client, &id)?;
         let allocation = self.control.allocate(AllocateRequest {
             call_id: id,
             leg: leg_from_wire(request.leg)?,
-            owner: qualified(identity.as_deref(), &request.owner)?,
+            owner: qualified(client.name.as_deref(), &request.owner)?,
             media,
             lease_timeout: lease_timeout(request.lease_timeout_ms),
         })?;
@@ -362,10 +392,10 @@ impl MediaProxy for Service {
         request: Request<pb::UpdateRequest>,
     ) -> Result<Response<pb::UpdateResponse>, Status> {
         let _timer = self.timer("update");
-        let identity = peer_identity(&request);
+        let client = self.client(&request);
         let request = request.into_inner();
         let id = call_id(&request.call_id)?;
-        self.check_call(identity.as_deref(), &id)?;
+        self.check_call(&client, &id)?;
         let media_ip = self.control.settings().media_ip;
         let remotes = request
             .media
@@ -390,10 +420,10 @@ impl MediaProxy for Service {
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let _timer = self.timer("release");
-        let identity = peer_identity(&request);
+        let client = self.client(&request);
         let request = request.into_inner();
         let id = call_id(&request.call_id)?;
-        self.check_call(identity.as_deref(), &id)?;
+        self.check_call(&client, &id)?;
         let outcome = self.control.release(&id, ReleaseReason::Released).await?;
         if !outcome.already_released {
             tracing::debug!(call_id = %id, reason = %request.reason.chars().take(64).collect::<String>(), "released by owner");
@@ -413,9 +443,9 @@ impl MediaProxy for Service {
         request: Request<pb::QueryStatsRequest>,
     ) -> Result<Response<pb::CallStats>, Status> {
         let _timer = self.timer("query_stats");
-        let identity = peer_identity(&request);
+        let client = self.client(&request);
         let id = call_id(&request.into_inner().call_id)?;
-        self.check_call(identity.as_deref(), &id)?;
+        self.check_call(&client, &id)?;
         let snapshot = self.control.query(&id).await?;
         Ok(Response::new(stats_to_wire(
             &snapshot,
@@ -428,10 +458,10 @@ impl MediaProxy for Service {
         request: Request<pb::SetDebugRequest>,
     ) -> Result<Response<pb::SetDebugResponse>, Status> {
         let _timer = self.timer("set_debug");
-        let identity = peer_identity(&request);
+        let client = self.client(&request);
         let request = request.into_inner();
         let id = call_id(&request.call_id)?;
-        self.check_call(identity.as_deref(), &id)?;
+        self.check_call(&client, &id)?;
         self.control.set_debug(&id, request.enabled).await?;
         Ok(Response::new(pb::SetDebugResponse {
             call_id: request.call_id,
@@ -444,12 +474,12 @@ impl MediaProxy for Service {
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let _timer = self.timer("list_sessions");
-        let identity = peer_identity(&request);
+        let client = self.client(&request);
         let request = request.into_inner();
         let filter = if request.owner.is_empty() {
             None
         } else {
-            Some(qualified(identity.as_deref(), &request.owner)?)
+            Some(qualified(client.name.as_deref(), &request.owner)?)
         };
         let node = &self.control.settings().node_id;
         let sessions = self
@@ -457,7 +487,7 @@ impl MediaProxy for Service {
             .list(filter.as_ref())
             .await?
             .iter()
-            .filter(|s| belongs(identity.as_deref(), &s.owner))
+            .filter(|s| client.owns(&s.owner))
             .map(|s| stats_to_wire(s, node))
             .collect();
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
@@ -468,10 +498,10 @@ impl MediaProxy for Service {
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
         let _timer = self.timer("renew_lease");
-        let identity = peer_identity(&request);
+        let client = self.client(&request);
         let request = request.into_inner();
         let state = self.control.renew_lease(
-            &qualified(identity.as_deref(), &request.owner)?,
+            &qualified(client.name.as_deref(), &request.owner)?,
             lease_timeout(request.lease_timeout_ms),
         );
         Ok(Response::new(pb::RenewLeaseResponse {
@@ -512,12 +542,12 @@ impl MediaProxy for Service {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let _timer = self.timer("watch_events");
-        let identity = peer_identity(&request);
+        let client = self.client(&request);
         let request = request.into_inner();
         let owner_filter = if request.owner.is_empty() {
             None
         } else {
-            Some(qualified(identity.as_deref(), &request.owner)?)
+            Some(qualified(client.name.as_deref(), &request.owner)?)
         };
         let call_filter = if request.call_id.is_empty() {
             None
@@ -530,7 +560,7 @@ impl MediaProxy for Service {
             .filter_map(move |item| match item {
                 Ok(Some(event)) => {
                     let wanted = owner_filter.as_ref().is_none_or(|o| *o == event.owner)
-                        && belongs(identity.as_deref(), &event.owner)
+                        && client.owns(&event.owner)
                         && call_filter.as_ref().is_none_or(|c| *c == event.call_id);
                     wanted.then(|| Ok(event_to_wire(&event, &node_id)))
                 }

@@ -263,7 +263,10 @@ async fn serve_grpc<H: tonic_health::pb::health_server::Health>(
         let server = builder
             .add_service(health.clone())
             .add_service(reflection)
-            .add_service(MediaProxyServer::new(Service::new(control.clone())))
+            .add_service(MediaProxyServer::new(Service::new(
+                control.clone(),
+                tls.as_ref().map_or(&[][..], |t| &t.operators),
+            )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
                 let (restart, stop) = (restart.clone(), stop.clone());
                 async move {

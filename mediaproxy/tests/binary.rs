@@ -73,6 +73,16 @@ fn incomplete_or_unreadable_tls_options_exit_naming_the_option() {
 }
 
 #[test]
+fn an_operator_without_mutual_tls_exits_naming_the_option() {
+    let (code, stderr) = run_to_end(&["--grpc", "127.0.0.1:0", "--tls-operator", "ops"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--tls-operator: operators are named by their client certificate"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bad_flag_values_exit_naming_the_option() {
     let (code, stderr) = run_to_end(&["--ports", "40000"]);
     assert_eq!(code, 2, "{stderr}");
@@ -468,6 +478,7 @@ async fn mutual_tls_refuses_strangers_and_keeps_each_clients_calls_its_own() {
     pki.issue("mediaproxy");
     let alice = pki.issue("signaling-a");
     let bob = pki.issue("signaling-b");
+    let operator = pki.issue("ops");
     let stranger = rogue.issue("signaling-a");
     let child = Command::new(BIN)
         .args(["--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
@@ -475,6 +486,7 @@ async fn mutual_tls_refuses_strangers_and_keeps_each_clients_calls_its_own() {
         .args(["--tls-cert", &pki.path("mediaproxy.pem")])
         .args(["--tls-key", &pki.path("mediaproxy.key")])
         .args(["--tls-client-ca", &pki.path("ca.pem")])
+        .args(["--tls-operator", "ops"])
         .env("MEDIAPROXY_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
@@ -542,6 +554,19 @@ async fn mutual_tls_refuses_strangers_and_keeps_each_clients_calls_its_own() {
     ] {
         assert_eq!(denied.unwrap_err().code(), tonic::Code::PermissionDenied);
     }
+    // The operator's certificate (--tls-operator ops) sees and may inspect everyone's calls.
+    let mut ops = tls_client(&url, &ca, Some(&operator)).await.unwrap();
+    let all = ops
+        .list_sessions(proto::v1::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.sessions.len(), 1, "the operator sees A's call");
+    ops.query_stats(proto::v1::QueryStatsRequest {
+        call_id: "tls-call".into(),
+    })
+    .await
+    .expect("the operator may query any call");
     let released = a
         .release(proto::v1::ReleaseRequest {
             call_id: "tls-call".into(),

@@ -44,6 +44,7 @@ pub(crate) struct Metrics {
     pub(crate) mediaproxy_up: IntGaugeVec,
     pub(crate) media_moves: IntCounterVec,
     pub(crate) dns_failures: IntCounter,
+    pub(crate) sessions_swept: IntCounterVec,
     pub(crate) mediaproxy_duration: HistogramVec,
     pub(crate) cdr: crate::cdr::WriterMetrics,
 }
@@ -126,6 +127,17 @@ impl Metrics {
         )
         .expect("valid metric");
         let mediaproxy_up = registered(&registry, mediaproxy_up);
+        let sessions_swept = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "signaling_media_sessions_swept_total",
+                    "Stale sessions of ours released on a node: listed twice there with no call of ours on that node (moved away or ended while it was unreachable).",
+                ),
+                &["node"],
+            )
+            .expect("valid metric"),
+        );
         let mediaproxy_duration = HistogramVec::new(
             HistogramOpts::new(
                 "signaling_mediaproxy_request_duration_seconds",
@@ -179,6 +191,7 @@ impl Metrics {
             mediaproxy_up,
             media_moves,
             dns_failures,
+            sessions_swept,
             mediaproxy_duration,
         }
     }

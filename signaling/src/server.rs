@@ -408,6 +408,24 @@ impl Signaling {
                             }
                         });
                     }
+                    Output::ReleaseStale { endpoint, call_id } => {
+                        let Some(node) = pool.node(&endpoint) else {
+                            continue;
+                        };
+                        let metrics = metrics.clone();
+                        tokio::spawn(async move {
+                            let name = node.name();
+                            match node.client.release(&call_id, "stale").await {
+                                Ok(_) => {
+                                    tracing::info!(%call_id, node = %name, "stale media session released (no call of ours is on that node)");
+                                    metrics.sessions_swept.with_label_values(&[&name]).inc();
+                                }
+                                Err(error) => {
+                                    tracing::warn!(%call_id, node = %name, %error, "release of a stale media session failed");
+                                }
+                            }
+                        });
+                    }
                     Output::ReleaseMedia { endpoint, call_id } => {
                         let Some(node) = pool.node(&endpoint) else {
                             continue;

@@ -22,14 +22,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::Scratch;
-use signaling::cdr::{Store, Target, Value};
+use common::{Pki, Rows, Running, Scratch, cdr_table, number, scenarios, sibling};
+use signaling::cdr::{Store, Target};
 
-const BIN: &str = env!("CARGO_BIN_EXE_signaling");
-
-fn scenarios() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
-}
+const BIN: &str = common::SIGNALING;
 
 struct Ports {
     sip: u16,
@@ -64,9 +60,6 @@ fn ports(n: u16) -> Ports {
         relay: 28000 + 100 * n..28100 + 100 * n,
     }
 }
-
-/// Table rows as column -> text.
-type Rows = Vec<HashMap<String, String>>;
 
 /// The signaling binary, running.
 struct Service {
@@ -234,26 +227,8 @@ impl Service {
         }
     }
 
-    /// Rows of a CDR table (`cdr`, `cdr_media`) as column -> text, read with the product's own
-    /// store code (SQLite or PostgreSQL alike).
-    fn table(&self, table: &str) -> Vec<HashMap<String, String>> {
-        let mut store = Store::open(&self.cdr).unwrap();
-        let (names, rows) = store.rows(table, 0, i64::MAX).unwrap();
-        rows.into_iter()
-            .map(|row| {
-                names
-                    .iter()
-                    .cloned()
-                    .zip(row.into_iter().map(|value| match value {
-                        Value::Null => String::new(),
-                        Value::Int(i) => i.to_string(),
-                        Value::Real(f) => f.to_string(),
-                        Value::Text(t) => t,
-                        Value::Bool(b) => i64::from(b).to_string(),
-                    }))
-                    .collect()
-            })
-            .collect()
+    fn table(&self, table: &str) -> Rows {
+        cdr_table(&self.cdr, table)
     }
 }
 
@@ -269,19 +244,8 @@ fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
-/// A SIPp process, killed if a test ends before it does (so a failed test cannot leave a
-/// SIPp holding the ports of the next run).
-struct Sipp(Child);
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts SIPp in the scenarios directory (pcap paths are relative to it).
-fn sipp(args: &[String]) -> Sipp {
+fn sipp(args: &[String]) -> Running {
     let child = Command::new("sipp")
         .current_dir(scenarios())
         .args(args)
@@ -290,10 +254,10 @@ fn sipp(args: &[String]) -> Sipp {
         .stderr(Stdio::piped())
         .spawn()
         .expect("sipp is installed (apt-get install sip-tester)");
-    Sipp(child)
+    Running(child)
 }
 
-fn uas(ports: &Ports, scenario: &str, echo: bool, extra: &[&str]) -> Sipp {
+fn uas(ports: &Ports, scenario: &str, echo: bool, extra: &[&str]) -> Running {
     let mut args: Vec<String> = vec![
         "-sf".into(),
         scenario.into(),
@@ -315,7 +279,7 @@ fn uas(ports: &Ports, scenario: &str, echo: bool, extra: &[&str]) -> Sipp {
     sipp(&args)
 }
 
-fn uac(ports: &Ports, scenario: &str, extra: &[&str]) -> Sipp {
+fn uac(ports: &Ports, scenario: &str, extra: &[&str]) -> Running {
     let mut args: Vec<String> = vec![
         "-sf".into(),
         scenario.into(),
@@ -338,26 +302,9 @@ fn uac(ports: &Ports, scenario: &str, extra: &[&str]) -> Sipp {
 }
 
 /// Waits for a SIPp process; panics with its stderr unless it exited 0.
-fn expect_success(mut sipp: Sipp, what: &str, service: &Service) {
-    let child = &mut sipp.0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ = pipe.read_to_string(&mut stderr);
-            }
-            assert!(
-                status.success(),
-                "{what} failed ({status}): {stderr}\nsignaling log:\n{}",
-                service.log()
-            );
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!("{what} did not finish\nsignaling log:\n{}", service.log());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+fn expect_success(mut sipp: Running, what: &str, service: &Service) {
+    if let Err(error) = sipp.finish() {
+        panic!("{what} failed ({error})\nsignaling log:\n{}", service.log());
     }
 }
 
@@ -385,12 +332,6 @@ fn traces(name: &str) -> (Scratch, PathBuf, PathBuf) {
     let dir = Scratch::new(&format!("sig-e2e-{name}-traces"));
     let (uas, uac) = (dir.join("uas.msg"), dir.join("uac.msg"));
     (dir, uas, uac)
-}
-
-fn number(row: &HashMap<String, String>, column: &str) -> i64 {
-    row[column]
-        .parse()
-        .unwrap_or_else(|_| panic!("{column} = {:?}", row[column]))
 }
 
 /// 5 s of 20 ms packets (250) plus the DTMF event of the pcap: at least 240 must arrive.
@@ -841,12 +782,7 @@ fn start_mediaproxy_with(
     node_id: &str,
     extra: &[&str],
 ) -> (MediaProxy, String) {
-    let binary = PathBuf::from(BIN).with_file_name("mediaproxy");
-    assert!(
-        binary.exists(),
-        "{} is built by the workspace test command",
-        binary.display()
-    );
+    let binary = sibling("mediaproxy");
     let mut proxy = MediaProxy(
         Command::new(&binary)
             .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
@@ -1816,8 +1752,7 @@ fn a_media_proxy_killed_mid_call_moves_the_call_and_audio_resumes_on_the_other()
 
 /// Runs `mpctl` against a media proxy; returns its standard output.
 fn mpctl(url: &str, args: &[&str]) -> String {
-    let binary = PathBuf::from(BIN).with_file_name("mpctl");
-    let output = Command::new(binary)
+    let output = Command::new(sibling("mpctl"))
         .args(["--grpc", url])
         .args(args)
         .output()
@@ -1936,47 +1871,6 @@ fn a_crashed_signaling_leaves_no_orphaned_session_once_its_lease_expires() {
             "the orphaned session was not released"
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A CA and the certificates it signs, as PEM files in a scratch folder.
-struct Pki {
-    dir: Scratch,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let dir = Scratch::new(&format!("pki-{name}"));
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
-        Self {
-            dir,
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// Issues `<cn>.pem` and `<cn>.key` (valid for 127.0.0.1 and localhost).
-    fn issue(&self, cn: &str) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        std::fs::write(self.dir.join(&format!("{cn}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.dir.join(&format!("{cn}.key")), key.serialize_pem()).unwrap();
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).to_str().unwrap().to_owned()
     }
 }
 

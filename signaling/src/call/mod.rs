@@ -30,13 +30,14 @@ pub(crate) mod record;
 mod registrar;
 mod reinvite;
 mod relocate;
+mod sweep;
 
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -142,6 +143,12 @@ pub(crate) enum Input {
         endpoint: String,
         reason: String,
     },
+    /// This instance's sessions on the node at `endpoint`, as listed at a lease renewal:
+    /// those no call of ours has there are released once listed twice (`sweep`).
+    MediaSessions {
+        endpoint: String,
+        call_ids: Vec<String>,
+    },
     /// The answer to an [`Output::Relocate`].
     Relocated {
         call: CallRef,
@@ -175,6 +182,12 @@ pub(crate) enum Output {
     /// Release a media session that no call owns any more (its allocation came back after
     /// the call ended).
     ReleaseMedia {
+        endpoint: String,
+        call_id: String,
+    },
+    /// Release a session found stale on its node in two listings in a row (a call that moved
+    /// away or ended while the node was unreachable).
+    ReleaseStale {
         endpoint: String,
         call_id: String,
     },
@@ -392,6 +405,8 @@ pub(crate) struct Core {
     draining: bool,
     /// Calls not yet finished.
     active: usize,
+    /// Per node endpoint, sessions the last listing found that no call of ours has there.
+    stale: HashMap<String, HashSet<String>>,
     out: VecDeque<Output>,
 }
 
@@ -415,6 +430,7 @@ impl Core {
             next_call: 1,
             draining: false,
             active: 0,
+            stale: HashMap::new(),
             out: VecDeque::new(),
         }
     }
@@ -502,6 +518,9 @@ impl Core {
                 reason,
             } => self.on_media_ended(now, &endpoint, &call_id, &reason),
             Input::MediaNodeLost { endpoint, reason } => self.on_node_lost(now, &endpoint, &reason),
+            Input::MediaSessions { endpoint, call_ids } => {
+                self.on_media_sessions(&endpoint, call_ids);
+            }
             Input::Relocated { call, result } => self.on_relocated(now, call, result),
         }
         self.flush();

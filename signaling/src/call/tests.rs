@@ -1063,3 +1063,40 @@ fn a_491_to_our_move_is_retried_after_the_rfc3261_14_1_delay() {
         "the move is done"
     );
 }
+
+fn stale_releases(sim: &Sim) -> Vec<(String, String)> {
+    sim.outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::ReleaseStale { endpoint, call_id } => Some((endpoint.clone(), call_id.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_session_listed_twice_on_a_node_where_no_call_of_ours_is_gets_released() {
+    let mut sim = Sim::new(relay_settings());
+    relayed_call(&mut sim, "here");
+    let listing = |endpoint: &str, ids: &[&str]| Input::MediaSessions {
+        endpoint: endpoint.into(),
+        call_ids: ids.iter().map(|s| s.to_string()).collect(),
+    };
+    // n1 carries "here"; "gone" is no call of ours; n2 holds "here" too (left behind).
+    sim.input(listing("http://n1", &["here", "gone"]));
+    sim.input(listing("http://n2", &["here"]));
+    assert_eq!(stale_releases(&sim), [], "one listing is not enough");
+    sim.input(listing("http://n1", &["here", "gone"]));
+    sim.input(listing("http://n2", &["here"]));
+    assert_eq!(
+        stale_releases(&sim),
+        [
+            ("http://n1".to_owned(), "gone".to_owned()),
+            ("http://n2".to_owned(), "here".to_owned()),
+        ],
+        "the live call's own session stays"
+    );
+    // Released: it takes two more listings to be released again.
+    sim.input(listing("http://n1", &["gone"]));
+    assert_eq!(stale_releases(&sim).len(), 2);
+}

@@ -22,6 +22,12 @@ use crate::sdp::SessionDescription;
 /// Deadline of one media proxy request.
 const DEADLINE: Duration = Duration::from_secs(2);
 
+/// HTTP/2 PING period on an idle link, and how long an unanswered PING may wait before the
+/// connection is dropped. A partitioned node's TCP connection would otherwise live on for
+/// the kernel's retransmission timeout (about 15 minutes), holding requests that time out and
+/// bytes that arrive, stale, when the network heals; dropped, the next request dials afresh.
+const KEEPALIVE: Duration = Duration::from_secs(1);
+
 /// What Release returned.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct FinalStats {
@@ -221,7 +227,12 @@ impl MediaClient {
                 .tls_config(config)
                 .map_err(|e| InvalidUrl(format!("{url}: TLS: {e}")))?;
         }
-        let endpoint = endpoint.connect_timeout(DEADLINE).timeout(DEADLINE);
+        let endpoint = endpoint
+            .connect_timeout(DEADLINE)
+            .timeout(DEADLINE)
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true);
         Ok(Self {
             client: MediaProxyClient::new(endpoint.connect_lazy()),
             owner: owner.to_owned(),

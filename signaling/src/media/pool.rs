@@ -523,12 +523,19 @@ pub(crate) async fn watch(
         if polls % RENEW_EVERY == 1 && node.health().state == NodeState::Up {
             let client = node.client.clone();
             let (report, name) = (report.clone(), node.name());
+            let (inputs, endpoint) = (inputs.clone(), node.endpoint().to_owned());
             tokio::spawn(async move {
                 if let Err(error) = client.renew().await {
                     tracing::warn!(url = %client.url, %error, "media proxy lease renewal failed");
                 }
                 match client.list_sessions().await {
-                    Ok(sessions) => report.sessions(&name, sessions),
+                    Ok(sessions) => {
+                        let call_ids = sessions.iter().map(|(id, _)| id.clone()).collect();
+                        report.sessions(&name, sessions);
+                        let _ = inputs
+                            .send(Input::MediaSessions { endpoint, call_ids })
+                            .await;
+                    }
                     Err(error) => {
                         tracing::debug!(url = %client.url, %error, "session listing failed")
                     }

@@ -169,3 +169,137 @@ impl Drop for Scratch {
         }
     }
 }
+
+/// The `signaling` binary under test.
+pub const SIGNALING: &str = env!("CARGO_BIN_EXE_signaling");
+
+/// A binary the workspace builds beside `signaling` (`mediaproxy`, `mpctl`).
+pub fn sibling(name: &str) -> PathBuf {
+    let binary = PathBuf::from(SIGNALING).with_file_name(name);
+    assert!(
+        binary.exists(),
+        "{} is built by the workspace test command",
+        binary.display()
+    );
+    binary
+}
+
+/// The SIPp scenarios and pcaps (`tests/sipp`); SIPp runs in it, as pcap paths are relative.
+pub fn scenarios() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sipp")
+}
+
+/// Table rows as column -> text.
+pub type Rows = Vec<std::collections::HashMap<String, String>>;
+
+/// Rows of a CDR table (`cdr`, `cdr_media`) as column -> text, read with the product's own
+/// store code (SQLite or PostgreSQL alike).
+pub fn cdr_table(target: &signaling::cdr::Target, table: &str) -> Rows {
+    use signaling::cdr::{Store, Value};
+    let mut store = Store::open(target).unwrap();
+    let (names, rows) = store.rows(table, 0, i64::MAX).unwrap();
+    rows.into_iter()
+        .map(|row| {
+            names
+                .iter()
+                .cloned()
+                .zip(row.into_iter().map(|value| match value {
+                    Value::Null => String::new(),
+                    Value::Int(i) => i.to_string(),
+                    Value::Real(f) => f.to_string(),
+                    Value::Text(t) => t,
+                    Value::Bool(b) => i64::from(b).to_string(),
+                }))
+                .collect()
+        })
+        .collect()
+}
+
+/// A column of a row as a number.
+pub fn number(row: &std::collections::HashMap<String, String>, column: &str) -> i64 {
+    row[column]
+        .parse()
+        .unwrap_or_else(|_| panic!("{column} = {:?}", row[column]))
+}
+
+/// A child process (SIPp, a media proxy), killed if a test ends before it does (so a failed test
+/// cannot leave it holding the ports of the next run).
+pub struct Running(pub std::process::Child);
+
+impl Running {
+    /// Waits up to 60 s for the exit: `Err` with the exit status and standard error unless
+    /// it exited 0.
+    pub fn finish(&mut self) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.0.stderr.take() {
+                    let _ = pipe.read_to_string(&mut stderr);
+                }
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("{status}: {stderr}"))
+                };
+            }
+            if std::time::Instant::now() > deadline {
+                return Err("did not finish within 60 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A CA and the certificates it signs, as PEM files in a scratch folder.
+pub struct Pki {
+    dir: Scratch,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new(name: &str) -> Self {
+        let dir = Scratch::new(&format!("pki-{name}"));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        Self {
+            dir,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Issues `<cn>.pem` and `<cn>.key`, valid for 127.0.0.1 and localhost.
+    pub fn issue(&self, cn: &str) {
+        self.issue_for(cn, &["localhost", "127.0.0.1"]);
+    }
+
+    /// Issues `<cn>.pem` and `<cn>.key`, valid for `names` (host names or IP addresses).
+    pub fn issue_for(&self, cn: &str, names: &[&str]) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        std::fs::write(self.dir.join(&format!("{cn}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.dir.join(&format!("{cn}.key")), key.serialize_pem()).unwrap();
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_str().unwrap().to_owned()
+    }
+}
