@@ -326,12 +326,51 @@ pub enum ConfigError {
     },
 }
 
-/// Mutual TLS towards `https://` media proxies: the CA's certificate and ours (PEM).
+/// Mutual TLS towards `https://` media proxies: the CA's certificate and ours (PEM), and the
+/// files they came from (watched, and read again when they change).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientTls {
     pub ca: Vec<u8>,
     pub cert: Vec<u8>,
     pub key: Vec<u8>,
+    /// `--mediaproxy-ca`, `--mediaproxy-cert`, `--mediaproxy-key`.
+    pub paths: [PathBuf; 3],
+}
+
+impl ClientTls {
+    /// Reads the three files, checking each holds the PEM it must.
+    pub fn read(ca: &Path, cert: &Path, key: &Path) -> Result<Self, ConfigError> {
+        let pem = |option: &'static str, path: &Path, what: &str| {
+            let invalid = |message: String| ConfigError::Invalid { option, message };
+            let data = std::fs::read(path)
+                .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
+            let text = String::from_utf8_lossy(&data);
+            if !text.contains("-----BEGIN ") || !text.contains(what) {
+                return Err(invalid(format!("{} holds no PEM {what}", path.display())));
+            }
+            Ok(data)
+        };
+        Ok(Self {
+            ca: pem("mediaproxy-ca", ca, "CERTIFICATE")?,
+            cert: pem("mediaproxy-cert", cert, "CERTIFICATE")?,
+            key: pem("mediaproxy-key", key, "PRIVATE KEY")?,
+            paths: [ca.to_owned(), cert.to_owned(), key.to_owned()],
+        })
+    }
+
+    /// The files read again.
+    pub fn reread(&self) -> Result<Self, ConfigError> {
+        let [ca, cert, key] = &self.paths;
+        Self::read(ca, cert, key)
+    }
+
+    /// When each file last changed (None where it cannot be read).
+    pub fn modified(&self) -> Vec<Option<std::time::SystemTime>> {
+        self.paths
+            .iter()
+            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -448,21 +487,13 @@ impl Config {
                 ));
             }
         }
-        let read = |option: &'static str, path: &Path| {
-            std::fs::read(path)
-                .map_err(|e| invalid(option, format!("cannot read {}: {e}", path.display())))
-        };
         let mediaproxy_tls = match (
             upper.mediaproxy_ca.or(lower.mediaproxy_ca),
             upper.mediaproxy_cert.or(lower.mediaproxy_cert),
             upper.mediaproxy_key.or(lower.mediaproxy_key),
         ) {
             (None, None, None) => None,
-            (Some(ca), Some(cert), Some(key)) => Some(ClientTls {
-                ca: read("mediaproxy-ca", &ca)?,
-                cert: read("mediaproxy-cert", &cert)?,
-                key: read("mediaproxy-key", &key)?,
-            }),
+            (Some(ca), Some(cert), Some(key)) => Some(ClientTls::read(&ca, &cert, &key)?),
             (ca, cert, _) => {
                 let missing = if ca.is_none() {
                     "mediaproxy-ca"

@@ -275,6 +275,9 @@ impl Signaling {
                 }
             });
         }
+        if let Some(tls) = pool.tls() {
+            tasks.spawn(watch_tls(pool.clone(), tls, stop.clone()));
+        }
         tokio::spawn(check_capacity(pool.clone(), config.max_calls));
         let realm = config.realm.clone();
         let auth = DigestAuth::new(&realm, 300)
@@ -801,4 +804,44 @@ fn run_connection(
             .remove(&addr);
     });
     sender
+}
+
+/// How often the mutual TLS files are checked for a change.
+const TLS_POLL: Duration = Duration::from_secs(2);
+
+/// Watches signaling's own mutual TLS files (`--mediaproxy-ca/-cert/-key`) until `stop`: when
+/// they change and still parse, every node is dialled with them from then on (a renewed
+/// client certificate, a rotated CA) without a restart; requests in flight and calls are
+/// untouched. Files that do not parse keep the old ones in force, with a warning.
+async fn watch_tls(pool: Pool, mut tls: crate::media::ClientTls, stop: CancellationToken) {
+    let mut seen = tls.modified();
+    let mut every = tokio::time::interval(TLS_POLL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let now = tls.modified();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let loaded = tls.reread().map_err(|e| e.to_string()).and_then(|fresh| {
+            pool.reload_tls(fresh.clone())
+                .map(|()| fresh)
+                .map_err(|e| e.to_string())
+        });
+        match loaded {
+            Ok(fresh) => {
+                tracing::info!(
+                    "media proxy TLS files changed: nodes are dialled with them from now on"
+                );
+                tls = fresh;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "media proxy TLS files changed but cannot be used; keeping the ones in force");
+            }
+        }
+    }
 }

@@ -677,7 +677,7 @@ fn a_partitioned_host_loses_its_call_and_is_cleaned_up_when_it_returns() {
 }
 
 #[test]
-fn mutual_tls_across_hosts_and_a_wrong_certificate_is_refused() {
+fn mutual_tls_across_hosts_refuses_strangers_and_rotates_without_a_restart() {
     let Some((lan, sig, nodes, uac, uas)) = fleet("mtls", 1) else {
         return;
     };
@@ -688,6 +688,17 @@ fn mutual_tls_across_hosts_and_a_wrong_certificate_is_refused() {
     fleet_ca.issue_for("ops", &[]);
     let rogue = Pki::new(&format!("rogue-{}", std::process::id()));
     rogue.issue_for("signaling-east", &[]);
+    // Files the test replaces later: the node's client CA, signaling's certificate and key.
+    let (client_ca, sig_cert, sig_key) = (
+        lan.path("client-ca.pem"),
+        lan.path("signaling.pem"),
+        lan.path("signaling.key"),
+    );
+    let copy = |from: String, to: &PathBuf| std::fs::copy(from, to).unwrap();
+    copy(fleet_ca.path("ca.pem"), &client_ca);
+    copy(fleet_ca.path("signaling-east.pem"), &sig_cert);
+    copy(fleet_ca.path("signaling-east.key"), &sig_key);
+    let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
     let _proxy = mediaproxy(
         &lan,
         node,
@@ -697,7 +708,7 @@ fn mutual_tls_across_hosts_and_a_wrong_certificate_is_refused() {
             "--tls-key",
             &fleet_ca.path("mp1.key"),
             "--tls-client-ca",
-            &fleet_ca.path("ca.pem"),
+            &path(&client_ca),
             "--tls-operator",
             "ops",
         ],
@@ -712,9 +723,9 @@ fn mutual_tls_across_hosts_and_a_wrong_certificate_is_refused() {
             "--mediaproxy-ca",
             &fleet_ca.path("ca.pem"),
             "--mediaproxy-cert",
-            &fleet_ca.path("signaling-east.pem"),
+            &path(&sig_cert),
             "--mediaproxy-key",
-            &fleet_ca.path("signaling-east.key"),
+            &path(&sig_key),
         ],
     );
     service.wait_up(1);
@@ -754,10 +765,44 @@ fn mutual_tls_across_hosts_and_a_wrong_certificate_is_refused() {
     assert!(!ok, "plaintext: {text}");
     service.expect(call, "caller");
     service.expect(phone, "callee");
+    // A client CA rotation, with no restart: the node accepts both CAs, signaling takes a
+    // certificate of the new one, the node drops the old CA (its gRPC restarts and every
+    // client dials again). Signaling still reaches the node, and the next call relays.
+    let next = Pki::new(&format!("next-{}", std::process::id()));
+    next.issue_for("signaling-east", &[]);
+    let both = std::fs::read_to_string(fleet_ca.path("ca.pem")).unwrap()
+        + &std::fs::read_to_string(next.path("ca.pem")).unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // a later modification time
+    std::fs::write(&client_ca, both).unwrap();
+    std::thread::sleep(Duration::from_millis(3000));
+    copy(next.path("signaling-east.key"), &sig_key);
+    copy(next.path("signaling-east.pem"), &sig_cert);
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while !service.log().contains("media proxy TLS files changed") {
+        assert!(
+            Instant::now() < deadline,
+            "signaling kept its old certificate"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    copy(next.path("ca.pem"), &client_ca);
+    std::thread::sleep(Duration::from_millis(4000));
+    service.wait_up(1);
+    let mut old = tls(&fleet_ca, "signaling-east");
+    old.push("status".into());
+    let (ok, text) = mpctl(&uac, &url, &strs(&old));
+    assert!(!ok, "the old CA's certificate is refused now: {text}");
+    let phone = callee(&uas, "uas_pcmu_echo.xml", 1);
+    let call = caller(&uac, &sig, "uac_pcmu_pcap.xml", 5060, 1);
+    service.expect(call, "caller after the rotation");
+    service.expect(phone, "callee after the rotation");
     let (rows, _) = service.stop();
-    assert_eq!(rows.len(), 1, "{rows:?}");
-    assert_eq!(rows[0]["media_node"], "mp1");
-    assert_eq!(rows[0]["media_verdict"], "ok", "{rows:?}");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["media_node"], "mp1", "{row:?}");
+        assert_eq!(row["media_verdict"], "ok", "{row:?}");
+    }
 }
 
 #[test]

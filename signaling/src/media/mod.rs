@@ -7,6 +7,7 @@
 pub(crate) mod pool;
 
 use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use proto::domain::{Direction, Leg, MediaKind};
@@ -174,7 +175,8 @@ pub(crate) enum MediaEvent {
 /// A client of one media proxy node.
 #[derive(Clone)]
 pub(crate) struct MediaClient {
-    client: MediaProxyClient<Channel>,
+    /// Shared by every clone, so [`MediaClient::reconnect`] reaches them all.
+    client: Arc<RwLock<MediaProxyClient<Channel>>>,
     owner: String,
     pub(crate) url: String,
     durations: Option<prometheus::HistogramVec>,
@@ -217,6 +219,34 @@ where
 impl MediaClient {
     /// A lazily connecting client: an unreachable proxy fails requests, not start-up.
     pub(crate) fn new(url: &str, owner: &str, tls: Option<&ClientTls>) -> Result<Self, InvalidUrl> {
+        Ok(Self {
+            client: Arc::new(RwLock::new(Self::connect(url, tls)?)),
+            owner: owner.to_owned(),
+            url: url.to_owned(),
+            durations: None,
+        })
+    }
+
+    /// Swaps in a channel made with `tls` (new client certificate or CA): requests from now
+    /// on dial with it; those in flight finish on the old channel.
+    pub(crate) fn reconnect(&self, tls: &ClientTls) -> Result<(), InvalidUrl> {
+        let fresh = Self::connect(&self.url, Some(tls))?;
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    fn channel(&self) -> MediaProxyClient<Channel> {
+        self.client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A lazily connecting channel to `url`.
+    fn connect(
+        url: &str,
+        tls: Option<&ClientTls>,
+    ) -> Result<MediaProxyClient<Channel>, InvalidUrl> {
         let mut endpoint =
             Endpoint::from_shared(url.to_owned()).map_err(|e| InvalidUrl(format!("{url}: {e}")))?;
         if let (Some(tls), true) = (tls, url.starts_with("https://")) {
@@ -233,12 +263,7 @@ impl MediaClient {
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE)
             .keep_alive_while_idle(true);
-        Ok(Self {
-            client: MediaProxyClient::new(endpoint.connect_lazy()),
-            owner: owner.to_owned(),
-            url: url.to_owned(),
-            durations: None,
-        })
+        Ok(MediaProxyClient::new(endpoint.connect_lazy()))
     }
 
     /// Times every request into `durations{method}`.
@@ -292,7 +317,7 @@ impl MediaClient {
         for leg in [Leg::Caller, Leg::Callee] {
             let _timer = self.timer("allocate");
             let answer = retried(|| {
-                let mut client = self.client.clone();
+                let mut client = self.channel();
                 let request = pb::AllocateRequest {
                     call_id: call_id.to_owned(),
                     leg: leg.to_wire(),
@@ -349,7 +374,7 @@ impl MediaClient {
             })
             .collect();
         retried(|| {
-            let mut client = self.client.clone();
+            let mut client = self.channel();
             let request = pb::UpdateRequest {
                 call_id: call_id.to_owned(),
                 leg: leg.to_wire(),
@@ -369,7 +394,7 @@ impl MediaClient {
     ) -> Result<FinalStats, MediaError> {
         let _timer = self.timer("release");
         let answer = retried(|| {
-            let mut client = self.client.clone();
+            let mut client = self.channel();
             let request = pb::ReleaseRequest {
                 call_id: call_id.to_owned(),
                 reason: reason.to_owned(),
@@ -391,8 +416,7 @@ impl MediaClient {
         mut seen: impl FnMut(MediaEvent),
     ) -> Result<(), MediaError> {
         let mut stream = self
-            .client
-            .clone()
+            .channel()
             .watch_events(pb::WatchEventsRequest {
                 owner: self.owner.clone(),
                 call_id: String::new(),
@@ -427,8 +451,7 @@ impl MediaClient {
     pub(crate) async fn query(&self, call_id: &str) -> Result<Vec<MediaFigures>, MediaError> {
         let _timer = self.timer("query_stats");
         let stats = self
-            .client
-            .clone()
+            .channel()
             .query_stats(pb::QueryStatsRequest {
                 call_id: call_id.to_owned(),
             })
@@ -442,8 +465,7 @@ impl MediaClient {
     ) -> Result<Vec<(String, Vec<MediaFigures>)>, MediaError> {
         let _timer = self.timer("list_sessions");
         let answer = self
-            .client
-            .clone()
+            .channel()
             .list_sessions(pb::ListSessionsRequest {
                 owner: self.owner.clone(),
             })
@@ -460,8 +482,7 @@ impl MediaClient {
     pub(crate) async fn status(&self) -> Result<NodeStatus, MediaError> {
         let _timer = self.timer("status");
         let status = self
-            .client
-            .clone()
+            .channel()
             .status(pb::StatusRequest {})
             .await?
             .into_inner();
@@ -480,8 +501,7 @@ impl MediaClient {
     pub(crate) async fn renew(&self) -> Result<u32, MediaError> {
         let _timer = self.timer("renew_lease");
         let answer = self
-            .client
-            .clone()
+            .channel()
             .renew_lease(pb::RenewLeaseRequest {
                 owner: self.owner.clone(),
                 lease_timeout_ms: 0,

@@ -197,7 +197,9 @@ pub(crate) struct Pool {
     /// `--mediaproxy` URLs whose host is a name, resolved by [`Pool::refresh`].
     names: Vec<Named>,
     owner: String,
-    tls: Option<super::ClientTls>,
+    /// Mutual TLS for every node's channel (nodes discovered later too); replaced by
+    /// [`Pool::reload_tls`].
+    tls: Arc<std::sync::RwLock<Option<super::ClientTls>>>,
     resolver: Arc<dyn Resolve>,
     dns_failures: Option<prometheus::IntCounter>,
     /// `signaling_mediaproxy_request_duration_seconds`: `place` and `relocate` time the whole
@@ -236,7 +238,7 @@ impl Pool {
             nodes: Arc::new(std::sync::RwLock::new(nodes)),
             names,
             owner: owner.to_owned(),
-            tls,
+            tls: Arc::new(std::sync::RwLock::new(tls)),
             resolver: Arc::new(SystemResolver),
             dns_failures: None,
             durations: durations.clone(),
@@ -324,7 +326,8 @@ impl Pool {
                 if nodes.iter().any(|n| n.endpoint() == url) {
                     continue;
                 }
-                let Ok(client) = MediaClient::new(&url, &self.owner, self.tls.as_ref()) else {
+                let tls = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let Ok(client) = MediaClient::new(&url, &self.owner, tls.as_ref()) else {
                     continue;
                 };
                 tracing::info!(%url, name = %name.host, "media proxy discovered");
@@ -338,6 +341,29 @@ impl Pool {
             }
         }
         added
+    }
+
+    /// The mutual TLS in force, if any.
+    pub(crate) fn tls(&self) -> Option<super::ClientTls> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Dials every node with `tls` from now on (a renewed client certificate or CA), and
+    /// nodes discovered later. Checked on the first node before any is changed: a `tls` the
+    /// TLS stack refuses leaves every channel as it was.
+    pub(crate) fn reload_tls(&self, tls: super::ClientTls) -> Result<(), InvalidUrl> {
+        let nodes = self.nodes();
+        if let Some(first) = nodes.iter().find(|n| n.endpoint().starts_with("https://")) {
+            MediaClient::connect(first.endpoint(), Some(&tls))?;
+        }
+        for node in nodes
+            .iter()
+            .filter(|n| n.endpoint().starts_with("https://"))
+        {
+            node.client.reconnect(&tls)?;
+        }
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Some(tls);
+        Ok(())
     }
 
     /// The nodes a new call may go to, best first (the placement policy above), without
