@@ -4,6 +4,8 @@
 //! nothing of the proxy's internals. Every failure is a [`MediaError`] that names the SIP
 //! status the call gets for it. [`pool`] spreads calls over several nodes and watches them.
 
+#[cfg(test)]
+mod faults;
 pub(crate) mod pool;
 
 use std::net::IpAddr;
@@ -328,15 +330,35 @@ impl MediaClient {
                 async move { client.allocate(request).await }
             })
             .await?;
+            let malformed = |what: String| {
+                MediaError::Failed(format!(
+                    "malformed allocation answer from {}: {what}",
+                    self.url
+                ))
+            };
+            if answer.node_id.is_empty() {
+                return Err(malformed("no node id".into()));
+            }
+            if answer.media.len() != media.len() {
+                return Err(malformed(format!(
+                    "{} media lines for the {} asked",
+                    answer.media.len(),
+                    media.len()
+                )));
+            }
+            let mut leg_ports = Vec::with_capacity(answer.media.len());
+            for line in &answer.media {
+                // RTP on an even port, RTCP on the next (RFC 3550 section 11).
+                match u16::try_from(line.rtp_port) {
+                    Ok(port) if port != 0 && port % 2 == 0 && port < u16::MAX => {
+                        leg_ports.push(port);
+                    }
+                    _ => return Err(malformed(format!("RTP port {}", line.rtp_port))),
+                }
+            }
             node = answer.node_id;
             advertised = answer.advertised_address;
-            ports.push(
-                answer
-                    .media
-                    .iter()
-                    .map(|m| m.rtp_port as u16)
-                    .collect::<Vec<_>>(),
-            );
+            ports.push(leg_ports);
         }
         let advertised: IpAddr = advertised
             .parse()
@@ -486,6 +508,21 @@ impl MediaClient {
             .status(pb::StatusRequest {})
             .await?
             .into_inner();
+        let malformed = |what: &str| {
+            Err(MediaError::Failed(format!(
+                "malformed status from {}: {what}",
+                self.url
+            )))
+        };
+        if status.node_id.is_empty() {
+            return malformed("no node id");
+        }
+        if status.instance_id.is_empty() {
+            return malformed("no instance id (a restart could not be told)");
+        }
+        if status.ports_free > status.ports_total {
+            return malformed("more ports free than it has");
+        }
         Ok(NodeStatus {
             node_id: status.node_id,
             ports_total: status.ports_total,

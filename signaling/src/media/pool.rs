@@ -10,9 +10,13 @@
 //! calls between two status polls spreads instead of piling onto one node. Ties go to the node
 //! with fewer sessions, then to the order of `--mediaproxy`. A node whose state is not known
 //! yet (just started) ranks after every node known to be up, before none. If a node answers
-//! an allocation `UNAVAILABLE` (draining, unreachable) or `RESOURCE_EXHAUSTED` (out of
-//! ports), what it may have allocated is released and the next node is tried, before the
-//! caller notices; any other error is the call's own (its SDP) and ends there.
+//! an allocation `UNAVAILABLE` (draining, unreachable, too slow) or `RESOURCE_EXHAUSTED` (out
+//! of ports), fails inside (`INTERNAL`), or gives an answer that breaks the contract (no node
+//! id, a media line missing, an odd or zero port), what it may have allocated is released and
+//! the next node is tried, before the caller notices. Only a refusal of the media
+//! (`INVALID_ARGUMENT`, `FAILED_PRECONDITION`: the call's own SDP) ends the placement there.
+//! A status that breaks the contract (no node or instance id, more ports free than it has)
+//! counts as a missed health check.
 //!
 //! # Health
 //!
@@ -207,9 +211,10 @@ pub(crate) struct Pool {
     durations: prometheus::HistogramVec,
 }
 
-/// Whether an allocation error means "try another node".
+/// Whether an allocation error is the node's, not the call's: try another node. Only a
+/// refusal of the media (the call's SDP) ends the call's placement.
 fn node_refused(error: &MediaError) -> bool {
-    matches!(error, MediaError::Unavailable(_) | MediaError::Exhausted(_))
+    !matches!(error, MediaError::Refused(_))
 }
 
 impl Pool {
