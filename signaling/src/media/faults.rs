@@ -28,12 +28,16 @@ enum Fault {
     MalformedStatus,
     /// Allocations answered with an odd RTP port.
     MalformedAllocation,
+    /// A new process (another instance id) from the third status on: it restarted between
+    /// two health checks, too fast to miss one, and knows none of its calls.
+    Restarts,
 }
 
 /// The faulty node: a sane status (unless the fault is in it), and counts of what it got.
 struct Faulty {
     fault: Fault,
     releases: Arc<AtomicUsize>,
+    statuses: AtomicUsize,
 }
 
 type Stream_<T> = std::pin::Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -156,12 +160,14 @@ impl Contract for Faulty {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.delay().await;
         let malformed = matches!(self.fault, Fault::MalformedStatus);
+        let restarted = matches!(self.fault, Fault::Restarts)
+            && self.statuses.fetch_add(1, Ordering::SeqCst) >= 2;
         Ok(Response::new(pb::StatusResponse {
             node_id: "faulty".into(),
-            instance_id: if malformed {
-                String::new()
-            } else {
-                "i-1".into()
+            instance_id: match (malformed, restarted) {
+                (true, _) => String::new(),
+                (false, true) => "i-2".into(),
+                (false, false) => "i-1".into(),
             },
             ports_total: 10_000,
             // Far more headroom than the good node: placement tries it first.
@@ -194,6 +200,7 @@ async fn faulty(fault: Fault) -> (String, Arc<AtomicUsize>) {
     let node = Faulty {
         fault,
         releases: releases.clone(),
+        statuses: AtomicUsize::new(0),
     };
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -423,4 +430,32 @@ async fn a_node_certificate_that_expired_or_names_another_host_is_refused_with_t
             "{test}: the reason is in the error (and so in `media node down`): {error}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_restarted_between_two_checks_is_reported_lost_at_once() {
+    let (node, _) = faulty(Fault::Restarts).await;
+    let pool = pool(std::slice::from_ref(&node), None);
+    let (stop, mut inputs) = watch_all(&pool);
+    let lost = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match inputs.recv().await {
+                Some(Input::MediaNodeLost { endpoint, reason }) => break (endpoint, reason),
+                Some(_) => {}
+                None => panic!("the watch ended"),
+            }
+        }
+    })
+    .await
+    .expect("the restart was reported");
+    assert_eq!(
+        lost,
+        (node.clone(), "restarted without its calls".to_owned())
+    );
+    assert_eq!(
+        state_of(&pool, &node),
+        NodeState::Up,
+        "it answers: up, new calls may go"
+    );
+    stop.cancel();
 }
