@@ -275,11 +275,17 @@ impl TlsFiles {
 
     /// When each file last changed (None where it cannot be read).
     pub fn modified(&self) -> Vec<Option<std::time::SystemTime>> {
-        self.paths
-            .iter()
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-            .collect()
+        modified(&self.paths)
     }
+}
+
+/// When each of `paths` last changed (None where it cannot be read): what a watcher of
+/// certificate files compares between two polls. `signaling` watches its own with it.
+pub fn modified(paths: &[PathBuf]) -> Vec<Option<std::time::SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
 impl std::fmt::Debug for TlsFiles {
@@ -288,8 +294,9 @@ impl std::fmt::Debug for TlsFiles {
     }
 }
 
-/// Reads one PEM file of the TLS options, checking it holds what `what` says.
-fn read_pem(option: &'static str, path: &Path, what: &str) -> Result<Vec<u8>, ConfigError> {
+/// Reads one PEM file of the TLS options, checking it holds what `what` says (`CERTIFICATE`,
+/// `PRIVATE KEY`); the error names `option`. `signaling` reads its own TLS files with it.
+pub fn read_pem(option: &'static str, path: &Path, what: &str) -> Result<Vec<u8>, ConfigError> {
     let data = std::fs::read(path)
         .map_err(|e| invalid(option, format!("cannot read {}: {e}", path.display())))?;
     let text = String::from_utf8_lossy(&data);
@@ -599,7 +606,7 @@ impl Config {
             ) {
                 (None, None, None) => None,
                 (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
-                    operators: operators.clone(),
+                    operators,
                     ..TlsFiles::read(&cert, &key, &ca)?
                 }),
                 (cert, key, _) => {

@@ -341,14 +341,15 @@ impl ClientTls {
     /// Reads the three files, checking each holds the PEM it must.
     pub fn read(ca: &Path, cert: &Path, key: &Path) -> Result<Self, ConfigError> {
         let pem = |option: &'static str, path: &Path, what: &str| {
-            let invalid = |message: String| ConfigError::Invalid { option, message };
-            let data = std::fs::read(path)
-                .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?;
-            let text = String::from_utf8_lossy(&data);
-            if !text.contains("-----BEGIN ") || !text.contains(what) {
-                return Err(invalid(format!("{} holds no PEM {what}", path.display())));
-            }
-            Ok(data)
+            mediaproxy::config::read_pem(option, path, what).map_err(|e| match e {
+                mediaproxy::config::ConfigError::Invalid { option, message } => {
+                    ConfigError::Invalid { option, message }
+                }
+                other => ConfigError::Invalid {
+                    option,
+                    message: other.to_string(),
+                },
+            })
         };
         Ok(Self {
             ca: pem("mediaproxy-ca", ca, "CERTIFICATE")?,
@@ -366,10 +367,7 @@ impl ClientTls {
 
     /// When each file last changed (None where it cannot be read).
     pub fn modified(&self) -> Vec<Option<std::time::SystemTime>> {
-        self.paths
-            .iter()
-            .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-            .collect()
+        mediaproxy::config::modified(&self.paths)
     }
 }
 

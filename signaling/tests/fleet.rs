@@ -441,12 +441,17 @@ fn fleet(test: &str, nodes: u8) -> Option<(Lan, Host, Vec<Host>, Host, Host)> {
     Some((lan, sig, media, uac, uas))
 }
 
-/// `--mediaproxy` options for every node, plaintext.
-fn pool_options(nodes: &[Host]) -> Vec<String> {
-    nodes
+/// A media proxy on each of `nodes` (plaintext gRPC) and signaling on `sig` pooling them
+/// all, once every node is up.
+fn pool(lan: &Lan, sig: &Host, nodes: &[Host]) -> (Vec<Running>, Signaling) {
+    let proxies = nodes.iter().map(|n| mediaproxy(lan, n, &[])).collect();
+    let options: Vec<String> = nodes
         .iter()
         .flat_map(|n| ["--mediaproxy".to_owned(), n.grpc("http")])
-        .collect()
+        .collect();
+    let service = Signaling::start(lan, sig, &strs(&options));
+    service.wait_up(nodes.len());
+    (proxies, service)
 }
 
 fn strs(list: &[String]) -> Vec<&str> {
@@ -458,9 +463,7 @@ fn calls_spread_over_three_hosts_and_a_drained_host_takes_no_new_call() {
     let Some((lan, sig, nodes, uac, uas)) = fleet("spread", 3) else {
         return;
     };
-    let _proxies: Vec<Running> = nodes.iter().map(|n| mediaproxy(&lan, n, &[])).collect();
-    let service = Signaling::start(&lan, &sig, &strs(&pool_options(&nodes)));
-    service.wait_up(3);
+    let (_proxies, service) = pool(&lan, &sig, &nodes);
     let phone = callee(&uas, "uas_pcmu_echo.xml", 6);
     let first = caller(&uac, &sig, "uac_pcmu_pcap.xml", 5060, 3);
     std::thread::sleep(Duration::from_millis(1500));
@@ -509,10 +512,8 @@ fn a_host_killed_mid_call_moves_the_call_and_the_cdr_keeps_both_nodes() {
     let Some((lan, sig, nodes, uac, uas)) = fleet("killed", 2) else {
         return;
     };
-    let mut proxies: Vec<Running> = nodes.iter().map(|n| mediaproxy(&lan, n, &[])).collect();
     let started = Instant::now();
-    let service = Signaling::start(&lan, &sig, &strs(&pool_options(&nodes)));
-    service.wait_up(2);
+    let (mut proxies, service) = pool(&lan, &sig, &nodes);
     let phone = callee(&uas, "uas_echo_moved.xml", 1);
     let call = caller(&uac, &sig, "uac_pcap_moved.xml", 5060, 1);
     // Let the listing at about 5 s (with the lease renewal) see the call's figures.
@@ -579,9 +580,7 @@ fn every_host_dead_ends_the_call_with_byes_and_a_cdr() {
     let Some((lan, sig, nodes, uac, uas)) = fleet("alldead", 2) else {
         return;
     };
-    let proxies: Vec<Running> = nodes.iter().map(|n| mediaproxy(&lan, n, &[])).collect();
-    let service = Signaling::start(&lan, &sig, &strs(&pool_options(&nodes)));
-    service.wait_up(2);
+    let (proxies, service) = pool(&lan, &sig, &nodes);
     let phone = callee(&uas, "uas_pcmu_echo.xml", 1);
     let call = caller(&uac, &sig, "uac_pcap_until_bye.xml", 5060, 1);
     std::thread::sleep(Duration::from_millis(2500));
@@ -620,9 +619,7 @@ fn a_partitioned_host_loses_its_call_and_is_cleaned_up_when_it_returns() {
     let Some((lan, sig, nodes, uac, uas)) = fleet("partition", 2) else {
         return;
     };
-    let _proxies: Vec<Running> = nodes.iter().map(|n| mediaproxy(&lan, n, &[])).collect();
-    let service = Signaling::start(&lan, &sig, &strs(&pool_options(&nodes)));
-    service.wait_up(2);
+    let (_proxies, service) = pool(&lan, &sig, &nodes);
     let phone = callee(&uas, "uas_echo_moved.xml", 1);
     let call = caller(&uac, &sig, "uac_pcap_moved.xml", 5060, 1);
     std::thread::sleep(Duration::from_millis(2500));

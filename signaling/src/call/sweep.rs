@@ -18,9 +18,8 @@ impl Core {
             .filter(|call_id| !self.media_is_on(call_id, endpoint))
             .collect();
         let before = self.stale.remove(endpoint).unwrap_or_default();
-        let (release, keep): (Vec<String>, Vec<String>) =
+        let (mut release, keep): (Vec<String>, Vec<String>) =
             stale.into_iter().partition(|id| before.contains(id));
-        let mut release = release;
         release.sort_unstable();
         for call_id in release {
             self.push(Output::ReleaseStale {

@@ -354,14 +354,11 @@ impl Pool {
     }
 
     /// Dials every node with `tls` from now on (a renewed client certificate or CA), and
-    /// nodes discovered later. Checked on the first node before any is changed: a `tls` the
-    /// TLS stack refuses leaves every channel as it was.
+    /// nodes discovered later. A `tls` the TLS stack refuses fails on the first node, before
+    /// any channel is changed ([`MediaClient::reconnect`] builds the new one first).
     pub(crate) fn reload_tls(&self, tls: super::ClientTls) -> Result<(), InvalidUrl> {
-        let nodes = self.nodes();
-        if let Some(first) = nodes.iter().find(|n| n.endpoint().starts_with("https://")) {
-            MediaClient::connect(first.endpoint(), Some(&tls))?;
-        }
-        for node in nodes
+        for node in self
+            .nodes()
             .iter()
             .filter(|n| n.endpoint().starts_with("https://"))
         {
