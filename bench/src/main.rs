@@ -626,6 +626,7 @@ async fn grpc_call(
                 owner: "bench".into(),
                 media: vec![pb::MediaKind::Audio as i32],
                 lease_timeout_ms: 0,
+                reflect: false,
             })
             .await?
             .into_inner();

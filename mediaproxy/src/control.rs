@@ -21,9 +21,10 @@ use tokio::sync::{broadcast, watch};
 
 use crate::metrics::Metrics;
 use crate::ports::{PortPool, PortRange};
+use crate::recording::{CallAudioLines, Recorder, RecorderError, RecordingInfo, TapFrame};
 use crate::relay::{NewMedia, Relay, WorkerGone};
 use crate::session::{CallSnapshot, Event, EventKind, MAX_MEDIA, UpdateError};
-use crate::types::{CallId, Leg, MediaKind, Owner, ReleaseReason, RemoteMedia, WallClock};
+use crate::types::{CallId, Codec, Leg, MediaKind, Owner, ReleaseReason, RemoteMedia, WallClock};
 
 /// How long final statistics of a released call stay available to a retried release.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
@@ -94,6 +95,8 @@ pub struct AllocateRequest {
     pub owner: Owner,
     pub media: Vec<MediaKind>,
     pub lease_timeout: Option<Duration>,
+    /// The call is in `reflect` mode: analysers may tap its audio.
+    pub reflect: bool,
 }
 
 /// Final statistics of a released call.
@@ -101,6 +104,8 @@ pub struct AllocateRequest {
 pub struct Released {
     pub snapshot: CallSnapshot,
     pub reason: ReleaseReason,
+    /// The call's recording as it ended (`Off` if it was never recorded).
+    pub recording: RecordingInfo,
 }
 
 /// Answer to a release.
@@ -137,6 +142,23 @@ struct CallEntry {
     owner: Owner,
     worker: usize,
     legs: [Vec<LocalMedia>; 2],
+    /// Codec map of each leg's first audio line, from its latest SDP.
+    codecs: [Vec<Codec>; 2],
+    /// The recorder's id for this call's audio, once recorded or tapped.
+    capture: Option<u64>,
+    reflect: bool,
+}
+
+impl CallEntry {
+    /// Index of each leg's first audio line.
+    fn audio_lines(&self) -> [Option<u8>; 2] {
+        self.legs.each_ref().map(|media| {
+            media
+                .iter()
+                .find(|m| m.kind == MediaKind::Audio)
+                .map(|m| m.index as u8)
+        })
+    }
 }
 
 struct Lease {
@@ -163,6 +185,8 @@ struct State {
 pub struct Control {
     settings: ControlSettings,
     relay: Relay,
+    recorder: Recorder,
+    next_capture: AtomicU64,
     state: Mutex<State>,
     metrics: Arc<Metrics>,
     events: broadcast::Sender<Option<Arc<Event>>>,
@@ -179,6 +203,7 @@ impl Control {
     pub fn new(
         settings: ControlSettings,
         relay: Relay,
+        recorder: Recorder,
         metrics: Arc<Metrics>,
         events: broadcast::Sender<Option<Arc<Event>>>,
         clock: WallClock,
@@ -190,6 +215,8 @@ impl Control {
         Self {
             settings,
             relay,
+            recorder,
+            next_capture: AtomicU64::new(1),
             state: Mutex::new(State {
                 calls: HashMap::new(),
                 pool,
@@ -262,6 +289,7 @@ impl Control {
             owner,
             media,
             lease_timeout,
+            reflect,
         } = request;
         if media.is_empty() || media.len() > MAX_MEDIA {
             return Err(ControlError::InvalidArgument(format!(
@@ -337,8 +365,12 @@ impl Control {
                 owner: owner.clone(),
                 worker,
                 legs: [Vec::new(), Vec::new()],
+                codecs: [Vec::new(), Vec::new()],
+                capture: None,
+                reflect,
             }
         });
+        entry.reflect |= reflect;
         let leg_media = &mut entry.legs[leg.index()];
         for new in &bound {
             leg_media.push(LocalMedia {
@@ -415,11 +447,18 @@ impl Control {
         remotes: Vec<RemoteMedia>,
     ) -> Result<Allocation, ControlError> {
         let (worker, media) = {
-            let state = self.lock();
+            let mut state = self.lock();
             let entry = state
                 .calls
-                .get(&call_id)
+                .get_mut(&call_id)
                 .ok_or_else(|| ControlError::NotFound(call_id.clone()))?;
+            let audio = entry.audio_lines()[leg.index()];
+            if let Some(remote) = remotes.iter().find(|r| Some(r.index as u8) == audio) {
+                entry.codecs[leg.index()] = remote.codecs.clone();
+                if let Some(capture) = entry.capture {
+                    let _ = self.recorder.codecs(capture, leg, remote.codecs.clone());
+                }
+            }
             (entry.worker, entry.legs[leg.index()].clone())
         };
         if media.is_empty() {
@@ -535,9 +574,21 @@ impl Control {
             }
         };
         let result = self.relay.release(entry.worker, call_id.clone()).await;
+        // The worker handed over its last captured packets before answering.
+        let recording = match entry.capture {
+            Some(capture) => self.recorder.close(capture).await.unwrap_or_else(|error| {
+                let mut info = RecordingInfo::off();
+                info.error = Some(error.to_string());
+                info
+            }),
+            None => RecordingInfo::off(),
+        };
         let now = Instant::now();
         let snapshot = match result {
-            Ok(Some(snapshot)) => snapshot,
+            Ok(Some(mut snapshot)) => {
+                fill_recorded(&mut snapshot, &entry.audio_lines(), &recording);
+                snapshot
+            }
             // The worker had no such session (it could not have been created): report empty
             // statistics rather than fail the release.
             Ok(None) | Err(_) => CallSnapshot {
@@ -546,9 +597,27 @@ impl Control {
                 created_unix_ms: 0,
                 released_unix_ms: self.clock.unix_ms(now),
                 legs: Vec::new(),
+                recorder_dropped: 0,
             },
         };
-        let released = Arc::new(Released { snapshot, reason });
+        if let (Some(path), Some(_)) = (&recording.path, entry.capture) {
+            let _ = self.events.send(Some(Arc::new(Event {
+                call_id: call_id.clone(),
+                owner: entry.owner.clone(),
+                leg: Leg::Caller,
+                media: 0,
+                unix_ms: self.clock.unix_ms(now),
+                kind: EventKind::RecordingFinished {
+                    path: path.display().to_string(),
+                    packets: recording.packets,
+                },
+            })));
+        }
+        let released = Arc::new(Released {
+            snapshot,
+            reason,
+            recording,
+        });
         {
             let mut state = self.lock();
             for leg in &entry.legs {
@@ -589,6 +658,124 @@ impl Control {
             released,
             already_released: false,
         })
+    }
+
+    /// The recorder's id of a call's audio, opening it (and telling the call's worker to copy
+    /// its packets) on first use.
+    async fn capture(&self, call_id: &CallId) -> Result<(usize, u64), ControlError> {
+        let (worker, capture, fresh) = {
+            let mut state = self.lock();
+            let entry = state
+                .calls
+                .get_mut(call_id)
+                .ok_or_else(|| ControlError::NotFound(call_id.clone()))?;
+            match entry.capture {
+                Some(capture) => (entry.worker, capture, false),
+                None => {
+                    let capture = self.next_capture.fetch_add(1, Ordering::Relaxed);
+                    entry.capture = Some(capture);
+                    self.recorder
+                        .open(
+                            capture,
+                            CallAudioLines {
+                                call_id: call_id.clone(),
+                                audio: entry.audio_lines(),
+                                codecs: entry.codecs.clone(),
+                            },
+                        )
+                        .map_err(recorder_error)?;
+                    (entry.worker, capture, true)
+                }
+            }
+        };
+        if fresh
+            && !self
+                .relay
+                .set_capture(worker, call_id.clone(), Some(capture))
+                .await?
+        {
+            return Err(ControlError::NotFound(call_id.clone()));
+        }
+        Ok((worker, capture))
+    }
+
+    /// Starts or resumes recording a call; `stem` names its files (default: the call id).
+    pub async fn start_recording(
+        &self,
+        call_id: &CallId,
+        stem: Option<String>,
+        pcap: bool,
+    ) -> Result<RecordingInfo, ControlError> {
+        let (_, capture) = self.capture(call_id).await?;
+        self.recorder
+            .start_recording(capture, stem, pcap)
+            .await
+            .map_err(recorder_error)
+    }
+
+    /// Pauses a call's recording (the paused time is silent in the files).
+    pub async fn pause_recording(&self, call_id: &CallId) -> Result<RecordingInfo, ControlError> {
+        match self.existing_capture(call_id)? {
+            Some(capture) => self.recorder.pause(capture).await.map_err(recorder_error),
+            None => Ok(RecordingInfo::off()),
+        }
+    }
+
+    /// Stops a call's recording and closes its files.
+    pub async fn stop_recording(&self, call_id: &CallId) -> Result<RecordingInfo, ControlError> {
+        match self.existing_capture(call_id)? {
+            Some(capture) => self.recorder.stop(capture).await.map_err(recorder_error),
+            None => Ok(RecordingInfo::off()),
+        }
+    }
+
+    /// The recording state of a call.
+    pub async fn recording(&self, call_id: &CallId) -> Result<RecordingInfo, ControlError> {
+        match self.existing_capture(call_id)? {
+            Some(capture) => self.recorder.query(capture).await.map_err(recorder_error),
+            None => Ok(RecordingInfo::off()),
+        }
+    }
+
+    /// Subscribes to a `reflect` call's decoded audio.
+    pub async fn tap(
+        &self,
+        call_id: &CallId,
+        leg: Option<Leg>,
+        rate: u32,
+    ) -> Result<tokio::sync::mpsc::Receiver<TapFrame>, ControlError> {
+        let reflect = {
+            let state = self.lock();
+            state
+                .calls
+                .get(call_id)
+                .ok_or_else(|| ControlError::NotFound(call_id.clone()))?
+                .reflect
+        };
+        if !reflect {
+            return Err(ControlError::FailedPrecondition(format!(
+                "call {call_id} is not in reflect mode; only reflect calls can be tapped"
+            )));
+        }
+        let (_, capture) = self.capture(call_id).await?;
+        self.recorder
+            .subscribe(capture, leg, rate)
+            .map_err(recorder_error)
+    }
+
+    fn existing_capture(&self, call_id: &CallId) -> Result<Option<u64>, ControlError> {
+        let state = self.lock();
+        let entry = state
+            .calls
+            .get(call_id)
+            .ok_or_else(|| ControlError::NotFound(call_id.clone()))?;
+        Ok(entry.capture)
+    }
+
+    /// Stops the recorder, closing every recording still open (after the calls' release at
+    /// shutdown, nothing should be).
+    pub fn stop_recorder(&self) {
+        self.recorder.shutdown();
     }
 
     /// Renews every call of an owner.
@@ -760,6 +947,27 @@ fn bind_udp(
     }
     socket.bind(&address.into())?;
     Ok(socket.into())
+}
+
+fn recorder_error(error: RecorderError) -> ControlError {
+    match error {
+        RecorderError::Gone => ControlError::Internal(error.to_string()),
+        RecorderError::Failed(text) => {
+            ControlError::FailedPrecondition(format!("recording: {text}"))
+        }
+    }
+}
+
+/// Puts the recorder's per-leg packet counts on each leg's audio line.
+fn fill_recorded(snapshot: &mut CallSnapshot, audio: &[Option<u8>; 2], recording: &RecordingInfo) {
+    for leg in &mut snapshot.legs {
+        let Some(line) = audio[leg.leg.index()] else {
+            continue;
+        };
+        if let Some(media) = leg.media.iter_mut().find(|m| m.index == usize::from(line)) {
+            media.recorded_packets = recording.leg_packets[leg.leg.index()];
+        }
+    }
 }
 
 /// A random-enough id for this process: time and pid, hex.

@@ -12,10 +12,14 @@ use std::time::Duration;
 
 use proto::v1 as pb;
 use proto::v1::media_proxy_server::MediaProxy;
-use tokio_stream::{Stream, StreamExt, wrappers::BroadcastStream};
+use tokio_stream::{
+    Stream, StreamExt,
+    wrappers::{BroadcastStream, ReceiverStream},
+};
 use tonic::{Request, Response, Status};
 
 use crate::control::{AllocateRequest, Allocation, Control, ControlError, LocalMedia};
+use crate::recording::{RecordingInfo, RecordingStatus};
 use crate::session::{CallSnapshot, CounterSnapshot, Event, EventKind, MediaSnapshot};
 use crate::types::{
     CallId, Codec, Direction, DropReason, Leg, MediaKind, Owner, ReleaseReason, RemoteMedia,
@@ -271,7 +275,37 @@ fn media_to_wire(m: &MediaSnapshot) -> pb::MediaStats {
     }
 }
 
-fn stats_to_wire(snapshot: &CallSnapshot, node_id: &str) -> pb::CallStats {
+fn recording_to_wire(call_id: &str, info: &RecordingInfo, dropped: u64) -> pb::RecordingState {
+    use pb::recording_state::State;
+    let state = match info.status {
+        RecordingStatus::Off => State::Off,
+        RecordingStatus::Recording => State::Recording,
+        RecordingStatus::Paused => State::Paused,
+        RecordingStatus::Finished => State::Finished,
+    };
+    pb::RecordingState {
+        call_id: call_id.to_owned(),
+        state: state as i32,
+        path: info
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        packets: info.packets,
+        error: info.error.clone().unwrap_or_default(),
+        files: info.files.iter().map(|f| f.display().to_string()).collect(),
+        duration_ms: info.duration_ms,
+        sample_rate: info.sample_rate,
+        dropped_packets: dropped,
+    }
+}
+
+/// Statistics on the wire; `recording` None leaves the recording state out (ListSessions).
+fn stats_to_wire(
+    snapshot: &CallSnapshot,
+    recording: Option<&RecordingInfo>,
+    node_id: &str,
+) -> pb::CallStats {
     pb::CallStats {
         call_id: snapshot.call_id.to_string(),
         owner: snapshot.owner.to_string(),
@@ -286,11 +320,8 @@ fn stats_to_wire(snapshot: &CallSnapshot, node_id: &str) -> pb::CallStats {
                 media: leg.media.iter().map(media_to_wire).collect(),
             })
             .collect(),
-        recording: Some(pb::RecordingState {
-            call_id: snapshot.call_id.to_string(),
-            state: pb::recording_state::State::Off as i32,
-            path: String::new(),
-            packets: 0,
+        recording: recording.map(|info| {
+            recording_to_wire(snapshot.call_id.as_str(), info, snapshot.recorder_dropped)
         }),
     }
 }
@@ -354,9 +385,6 @@ fn lease_timeout(ms: u64) -> Option<Duration> {
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::Event, Status>> + Send>>;
 type AudioStream = Pin<Box<dyn Stream<Item = Result<pb::AudioFrame, Status>> + Send>>;
 
-const RECORDING_LATER: &str =
-    "recording is not implemented in this build yet (planned; the contract is final)";
-
 #[tonic::async_trait]
 impl MediaProxy for Service {
     async fn allocate(
@@ -380,6 +408,7 @@ impl MediaProxy for Service {
             owner: qualified(client.name.as_deref(), &request.owner)?,
             media,
             lease_timeout: lease_timeout(request.lease_timeout_ms),
+            reflect: request.reflect,
         })?;
         Ok(Response::new(allocation_to_wire(
             allocation,
@@ -431,6 +460,7 @@ impl MediaProxy for Service {
         Ok(Response::new(pb::ReleaseResponse {
             stats: Some(stats_to_wire(
                 &outcome.released.snapshot,
+                Some(&outcome.released.recording),
                 &self.control.settings().node_id,
             )),
             already_released: outcome.already_released,
@@ -447,8 +477,10 @@ impl MediaProxy for Service {
         let id = call_id(&request.into_inner().call_id)?;
         self.check_call(&client, &id)?;
         let snapshot = self.control.query(&id).await?;
+        let recording = self.control.recording(&id).await?;
         Ok(Response::new(stats_to_wire(
             &snapshot,
+            Some(&recording),
             &self.control.settings().node_id,
         )))
     }
@@ -488,7 +520,7 @@ impl MediaProxy for Service {
             .await?
             .iter()
             .filter(|s| client.owns(&s.owner))
-            .map(|s| stats_to_wire(s, node))
+            .map(|s| stats_to_wire(s, None, node))
             .collect();
         Ok(Response::new(pb::ListSessionsResponse { sessions }))
     }
@@ -513,26 +545,43 @@ impl MediaProxy for Service {
 
     async fn start_recording(
         &self,
-        _request: Request<pb::StartRecordingRequest>,
+        request: Request<pb::StartRecordingRequest>,
     ) -> Result<Response<pb::RecordingState>, Status> {
         let _timer = self.timer("start_recording");
-        Err(Status::unimplemented(RECORDING_LATER))
+        let client = self.client(&request);
+        let request = request.into_inner();
+        let id = call_id(&request.call_id)?;
+        self.check_call(&client, &id)?;
+        let stem = (!request.file_stem.is_empty()).then_some(request.file_stem);
+        let info = self
+            .control
+            .start_recording(&id, stem, request.pcap)
+            .await?;
+        Ok(Response::new(recording_to_wire(id.as_str(), &info, 0)))
     }
 
     async fn pause_recording(
         &self,
-        _request: Request<pb::RecordingControlRequest>,
+        request: Request<pb::RecordingControlRequest>,
     ) -> Result<Response<pb::RecordingState>, Status> {
         let _timer = self.timer("pause_recording");
-        Err(Status::unimplemented(RECORDING_LATER))
+        let client = self.client(&request);
+        let id = call_id(&request.into_inner().call_id)?;
+        self.check_call(&client, &id)?;
+        let info = self.control.pause_recording(&id).await?;
+        Ok(Response::new(recording_to_wire(id.as_str(), &info, 0)))
     }
 
     async fn stop_recording(
         &self,
-        _request: Request<pb::RecordingControlRequest>,
+        request: Request<pb::RecordingControlRequest>,
     ) -> Result<Response<pb::RecordingState>, Status> {
         let _timer = self.timer("stop_recording");
-        Err(Status::unimplemented(RECORDING_LATER))
+        let client = self.client(&request);
+        let id = call_id(&request.into_inner().call_id)?;
+        self.check_call(&client, &id)?;
+        let info = self.control.stop_recording(&id).await?;
+        Ok(Response::new(recording_to_wire(id.as_str(), &info, 0)))
     }
 
     type WatchEventsStream = EventStream;
@@ -577,12 +626,43 @@ impl MediaProxy for Service {
 
     async fn tap_audio(
         &self,
-        _request: Request<pb::TapAudioRequest>,
+        request: Request<pb::TapAudioRequest>,
     ) -> Result<Response<Self::TapAudioStream>, Status> {
         let _timer = self.timer("tap_audio");
-        Err(Status::unimplemented(
-            "the audio tap is not implemented in this build yet (planned; the contract is final)",
-        ))
+        let client = self.client(&request);
+        let request = request.into_inner();
+        let id = call_id(&request.call_id)?;
+        self.check_call(&client, &id)?;
+        let leg = match request.leg {
+            0 => None,
+            _ => Some(leg_from_wire(request.leg)?),
+        };
+        if request.sample_rate != 0 && !(8000..=48000).contains(&request.sample_rate) {
+            return Err(Status::invalid_argument(format!(
+                "sample_rate {} is outside 8000-48000 (0 for the call's own)",
+                request.sample_rate
+            )));
+        }
+        let frames = self.control.tap(&id, leg, request.sample_rate).await?;
+        let stream = ReceiverStream::new(frames).map(|frame| {
+            let mut pcm = Vec::with_capacity(frame.pcm.len() * 2);
+            for sample in &frame.pcm {
+                pcm.extend_from_slice(&sample.to_le_bytes());
+            }
+            Ok(pb::AudioFrame {
+                call_id: frame.call_id.to_string(),
+                leg: frame.leg.to_wire(),
+                media_index: u32::from(frame.media),
+                unix_ms: frame.unix_ms,
+                sequence: frame.sequence,
+                rtp_timestamp: frame.position as u32,
+                encoding: frame.encoding.to_owned(),
+                sample_rate: frame.sample_rate,
+                pcm,
+                dropped_before: frame.dropped_before,
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn status(

@@ -8,11 +8,14 @@
 //!
 //! Protocol logic does no I/O; async and thread code only moves data.
 //!
+//! - [`audio`]: decoders (G.711, G.722, Opus), rate conversion and the timeline of a leg's
+//!   audio, for recordings and the tap.
 //! - [`types`]: domain types (call id, owner, leg, media kind, drop and release reasons).
 //! - [`rtp`]: RTP/RTCP recognition of a datagram.
 //! - [`quality`]: RFC 3550 loss, duplicates, reordering and jitter of one stream.
 //! - [`session`]: one call's relay state: latching, routing, counters, timers, events.
 //! - [`ports`]: the RTP port pool with quarantine.
+//! - [`recording`]: the recorder thread: WAV recordings, pcap, the live audio tap.
 //! - [`relay`]: worker threads that own sockets and sessions and run the hot path.
 //! - [`control`]: the control plane: calls, leases, idempotent allocate/release.
 //! - [`grpc`]: the `mediaproxy.v1` gRPC service, converting wire types to domain types.
@@ -23,6 +26,7 @@
 //!   embedded mode.
 #![forbid(unsafe_code)]
 
+pub mod audio;
 pub mod config;
 pub mod control;
 pub mod grpc;
@@ -30,6 +34,7 @@ pub mod identity;
 pub mod metrics;
 pub mod ports;
 pub mod quality;
+pub mod recording;
 pub mod relay;
 pub mod rtp;
 pub mod server;

@@ -15,7 +15,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::types::{DropReason, ReleaseReason};
@@ -37,6 +38,18 @@ pub struct Metrics {
     pub ports_free: IntGauge,
     pub ports_total: IntGauge,
     pub recordings: IntGauge,
+    /// Recordings ended, by outcome ([`RECORDING_OUTCOMES`]).
+    pub recordings_finished: IntCounterVec,
+    /// WAV and pcap bytes written by recordings.
+    pub recording_bytes: IntCounter,
+    /// Captured packets the recorder could not take (its hand-off queue was full).
+    pub recorder_dropped: IntCounter,
+    /// Audio packets not decoded, by reason ([`DECODE_ERRORS`]).
+    pub decode_errors: IntCounterVec,
+    /// Live audio tap streams open.
+    pub tap_subscribers: IntGauge,
+    /// Tap frames not delivered because the subscriber was not reading fast enough.
+    pub tap_frames_dropped: IntCounter,
     /// Sessions ended, by reason.
     pub released: IntCounterVec,
     /// Allocations refused, by reason.
@@ -47,6 +60,11 @@ pub struct Metrics {
 }
 
 /// Allocation failure label values.
+/// `outcome` values of `mediaproxy_recordings_finished_total`.
+pub const RECORDING_OUTCOMES: [&str; 3] = ["complete", "failed", "no_audio"];
+/// `reason` values of `mediaproxy_decode_errors_total`.
+pub const DECODE_ERRORS: [&str; 2] = ["unknown_payload_type", "undecodable"];
+
 pub const ALLOCATION_FAILURES: [&str; 2] = ["ports_exhausted", "draining"];
 /// Event kind label values.
 pub const EVENT_KINDS: [&str; 6] = [
@@ -107,6 +125,24 @@ impl Metrics {
             "kind",
             &EVENT_KINDS,
         );
+        let recordings_finished = counter(
+            "mediaproxy_recordings_finished_total",
+            "Recordings ended: complete, failed (a write error; the call went on), or no_audio.",
+            "outcome",
+            &RECORDING_OUTCOMES,
+        );
+        let decode_errors = counter(
+            "mediaproxy_decode_errors_total",
+            "Recorded or tapped RTP packets whose audio could not be decoded.",
+            "reason",
+            &DECODE_ERRORS,
+        );
+        let plain = |name: &str, help: &str| {
+            registered(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
+        };
         let grpc_duration = HistogramVec::new(
             HistogramOpts::new(
                 "mediaproxy_grpc_request_duration_seconds",
@@ -130,6 +166,21 @@ impl Metrics {
             ),
             ports_total: gauge("mediaproxy_ports_total", "RTP and RTCP ports in the range."),
             recordings: gauge("mediaproxy_recordings", "Recordings in progress."),
+            recordings_finished,
+            recording_bytes: plain(
+                "mediaproxy_recording_bytes_total",
+                "Bytes written to recording files (WAV and pcap).",
+            ),
+            recorder_dropped: plain(
+                "mediaproxy_recorder_dropped_packets_total",
+                "Captured packets dropped because the recorder fell behind (relaying went on).",
+            ),
+            decode_errors,
+            tap_subscribers: gauge("mediaproxy_tap_subscribers", "Live audio tap streams open."),
+            tap_frames_dropped: plain(
+                "mediaproxy_tap_frames_dropped_total",
+                "Audio tap frames dropped because a subscriber read too slowly.",
+            ),
             released,
             allocation_failures,
             events,

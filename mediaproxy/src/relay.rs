@@ -34,6 +34,7 @@ use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, 
 use tokio::sync::{broadcast, oneshot};
 
 use crate::metrics::Metrics;
+use crate::recording::capture::{CaptureSink, Handed, Origin};
 use crate::session::{
     CallSnapshot, Component, Event, SOCKETS_PER_SESSION, Session, SocketRef, Timing, UpdateError,
     Verdict,
@@ -124,6 +125,11 @@ enum Command {
         call_id: CallId,
         reply: oneshot::Sender<Option<CallSnapshot>>,
     },
+    Capture {
+        call_id: CallId,
+        capture: Option<u64>,
+        reply: oneshot::Sender<bool>,
+    },
     Stop,
 }
 
@@ -157,15 +163,15 @@ pub struct Relay {
 pub struct WorkerGone(pub usize);
 
 impl Relay {
-    /// Starts `count` worker threads.
-    pub fn start(count: usize, shared: &Shared) -> io::Result<Self> {
-        let mut workers = Vec::with_capacity(count);
-        for index in 0..count.max(1) {
+    /// Starts one worker thread per capture sink (the recorder made one per worker).
+    pub fn start(shared: &Shared, sinks: Vec<CaptureSink>) -> io::Result<Self> {
+        let mut workers = Vec::with_capacity(sinks.len());
+        for (index, sink) in sinks.into_iter().enumerate() {
             let io = WorkerIo::new()?;
             let waker = io.waker.clone();
             let (commands, receiver) = mpsc::channel();
             let sessions = Arc::new(AtomicUsize::new(0));
-            let worker = Worker::new(index, io, receiver, shared.clone(), sessions.clone());
+            let worker = Worker::new(index, io, receiver, shared.clone(), sessions.clone(), sink);
             let thread = thread::Builder::new()
                 .name(format!("relay-{index}"))
                 .spawn(move || worker.run())?;
@@ -292,6 +298,26 @@ impl Relay {
         answer.await.map_err(|_| WorkerGone(worker))
     }
 
+    /// Starts (`Some`) or stops copying a call's accepted datagrams to the recorder under
+    /// capture id `capture`; false if the worker has no such call.
+    pub async fn set_capture(
+        &self,
+        worker: usize,
+        call_id: CallId,
+        capture: Option<u64>,
+    ) -> Result<bool, WorkerGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            worker,
+            Command::Capture {
+                call_id,
+                capture,
+                reply,
+            },
+        )?;
+        answer.await.map_err(|_| WorkerGone(worker))
+    }
+
     /// Stops every worker and waits for the threads.
     pub fn stop(&mut self) {
         for index in 0..self.workers.len() {
@@ -326,6 +352,18 @@ struct Slot {
     sockets: [Option<UdpSocket>; SOCKETS_PER_SESSION],
     /// Log every packet of this call (operator debugging, `SetDebug`).
     debug: bool,
+    /// Copy accepted datagrams to the recorder under this capture id.
+    capture: Option<u64>,
+    /// Captured datagrams the recorder's queue had no room for.
+    capture_dropped: u64,
+}
+
+impl Slot {
+    fn snapshot(&self) -> CallSnapshot {
+        let mut snapshot = self.session.snapshot();
+        snapshot.recorder_dropped = self.capture_dropped;
+        snapshot
+    }
 }
 
 /// A worker's kernel objects: the epoll set of its sockets, the eventfd the control plane
@@ -402,6 +440,8 @@ struct Worker {
     /// Sockets that still had datagrams when their read budget ran out (edge-triggered
     /// polling will not report them again), served on the next loop turn.
     unfinished: Vec<usize>,
+    /// Datagrams of recorded and tapped calls, handed to the recorder once per wake-up.
+    capture: CaptureSink,
 }
 
 impl Worker {
@@ -411,8 +451,10 @@ impl Worker {
         commands: mpsc::Receiver<Command>,
         shared: Shared,
         session_count: Arc<AtomicUsize>,
+        capture: CaptureSink,
     ) -> Self {
         Self {
+            capture,
             index,
             io,
             commands,
@@ -474,6 +516,28 @@ impl Worker {
             for token in revisit.drain(..) {
                 self.drain_socket(&mut headers, token, now);
             }
+            self.hand_off_capture();
+        }
+    }
+
+    /// Hands this wake-up's captured datagrams to the recorder; counts what it had no room
+    /// for.
+    fn hand_off_capture(&mut self) {
+        let Self {
+            capture,
+            slots,
+            shared,
+            ..
+        } = self;
+        let mut dropped = 0;
+        let handed = capture.hand_off(|packet| {
+            dropped += 1;
+            if let Some(Some(slot)) = slots.get_mut(packet.slot as usize) {
+                slot.capture_dropped += 1;
+            }
+        });
+        if handed == Handed::Dropped {
+            shared.metrics.recorder_dropped.inc_by(dropped);
         }
     }
 
@@ -498,6 +562,7 @@ impl Worker {
             buffers,
             counters,
             unfinished,
+            capture,
             ..
         } = self;
         let Some(Some(slot)) = slots.get_mut(slot_index) else {
@@ -549,6 +614,24 @@ impl Worker {
                 let verdict = slot.session.handle_packet(now, at, source, data);
                 if slot.debug {
                     log_packet(slot.session.call_id(), at, source, data, &verdict);
+                }
+                if let Some(id) = slot.capture
+                    && matches!(
+                        verdict,
+                        Verdict::Forward { .. } | Verdict::Drop(DropReason::NoDestination)
+                    )
+                {
+                    let origin = Origin {
+                        capture: id,
+                        slot: slot_index as u32,
+                        leg: at.leg,
+                        media: at.media as u8,
+                        rtcp: matches!(verdict, Verdict::Forward { rtcp: true, .. })
+                            || at.component == Component::Rtcp,
+                        source,
+                        local_port: slot.session.local_port(at),
+                    };
+                    capture.push(origin, now, data);
                 }
                 match verdict {
                     Verdict::Forward { via, to, rtcp } => {
@@ -632,6 +715,8 @@ impl Worker {
 
     /// Runs every queued command; false when told to stop.
     fn handle_commands(&mut self, now: Instant) -> bool {
+        // Whatever a command does to a capture, the recorder has every packet before it.
+        self.hand_off_capture();
         while let Ok(command) = self.commands.try_recv() {
             match command {
                 Command::AddMedia {
@@ -670,22 +755,31 @@ impl Worker {
                     let _ = reply.send(found);
                 }
                 Command::Query { call_id, reply } => {
-                    let snapshot = self.slot_mut(&call_id).map(|slot| slot.session.snapshot());
+                    let snapshot = self.slot_mut(&call_id).map(|slot| slot.snapshot());
                     let _ = reply.send(snapshot);
                 }
                 Command::List { reply } => {
-                    let all = self
-                        .slots
-                        .iter()
-                        .flatten()
-                        .map(|slot| slot.session.snapshot())
-                        .collect();
+                    let all = self.slots.iter().flatten().map(Slot::snapshot).collect();
                     let _ = reply.send(all);
+                }
+                Command::Capture {
+                    call_id,
+                    capture,
+                    reply,
+                } => {
+                    let found = match self.slot_mut(&call_id) {
+                        Some(slot) => {
+                            slot.capture = capture;
+                            true
+                        }
+                        None => false,
+                    };
+                    let _ = reply.send(found);
                 }
                 Command::Release { call_id, reply } => {
                     let snapshot = self.remove(&call_id).map(|mut slot| {
                         Self::publish_events(&self.shared, &mut slot.session);
-                        let mut snapshot = slot.session.snapshot();
+                        let mut snapshot = slot.snapshot();
                         snapshot.released_unix_ms = self.shared.clock.unix_ms(now);
                         snapshot
                         // Dropping the slot closes its sockets, which leaves the epoll set.
@@ -725,6 +819,8 @@ impl Worker {
                     session,
                     sockets: std::array::from_fn(|_| None),
                     debug: false,
+                    capture: None,
+                    capture_dropped: 0,
                 };
                 let index = match self.free_slots.pop() {
                     Some(index) => {

@@ -19,6 +19,7 @@ use crate::config::{Config, MediaConfig};
 use crate::control::{Control, ControlSettings};
 use crate::grpc::Service;
 use crate::metrics::{Metrics, serve_http};
+use crate::recording::{Recorder, RecorderSettings};
 use crate::relay::{Notice, Relay, Shared};
 use crate::types::{ReleaseReason, WallClock};
 
@@ -101,7 +102,22 @@ impl MediaProxy {
             clock,
             timing: media.timing,
         };
-        let relay = Relay::start(media.workers, &shared).map_err(ServerError::Workers)?;
+        let (recorder, sinks) = Recorder::start(
+            media.workers,
+            RecorderSettings {
+                directory: media.recordings.clone(),
+                media_ip: if media.media_ip.is_unspecified() {
+                    media.advertise_ip
+                } else {
+                    media.media_ip
+                },
+                clock,
+                nice: media.control_nice,
+            },
+            metrics.clone(),
+        )
+        .map_err(ServerError::Workers)?;
+        let relay = Relay::start(&shared, sinks).map_err(ServerError::Workers)?;
         let control = Control::new(
             ControlSettings {
                 node_id: node_id.to_owned(),
@@ -114,6 +130,7 @@ impl MediaProxy {
                 socket_buffer: media.socket_buffer,
             },
             relay,
+            recorder,
             metrics,
             events,
             clock,
@@ -201,6 +218,7 @@ impl MediaProxy {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             control.release_all(ReleaseReason::Shutdown).await;
+            control.stop_recorder();
             // Streaming RPCs would hold the gRPC server's graceful shutdown open forever.
             control.close_event_streams();
             stop.cancel();

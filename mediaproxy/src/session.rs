@@ -320,7 +320,6 @@ struct Media {
     /// is not judged for jitter), resolved once per update rather than per packet.
     clocks: Vec<(u8, Option<u32>)>,
     drops: Drops,
-    recorded: u64,
     source_changes: u32,
 }
 
@@ -343,7 +342,6 @@ impl Media {
             rtcp_sent: Counters::default(),
             quality: RtpQuality::default(),
             drops: [0; DropReason::ALL.len()],
-            recorded: 0,
             source_changes: 0,
         }
     }
@@ -820,7 +818,8 @@ impl Session {
                             last_payload_type: m.quality.last_payload_type,
                         },
                         drops: m.drops,
-                        recorded_packets: m.recorded,
+                        // The recorder's count; the control plane fills it in.
+                        recorded_packets: 0,
                         source_changes: m.source_changes,
                         direction: m.direction,
                     })
@@ -834,7 +833,18 @@ impl Session {
             created_unix_ms: clock.unix_ms(self.created),
             released_unix_ms: 0,
             legs,
+            recorder_dropped: 0,
         }
+    }
+
+    /// The proxy port of one local socket (0 for a media line that does not exist).
+    pub fn local_port(&self, at: SocketRef) -> u16 {
+        self.legs[at.leg.index()]
+            .as_ref()
+            .and_then(|leg| leg.media.get(at.media))
+            .map_or(0, |m| {
+                m.rtp_port + u16::from(at.component == Component::Rtcp)
+            })
     }
 }
 
@@ -867,6 +877,8 @@ pub struct CallSnapshot {
     pub created_unix_ms: u64,
     pub released_unix_ms: u64,
     pub legs: Vec<LegSnapshot>,
+    /// Captured packets of this call the recorder could not take (its queue was full).
+    pub recorder_dropped: u64,
 }
 
 impl CallSnapshot {

@@ -67,6 +67,15 @@ impl WallClock {
         }
     }
 
+    /// Microseconds since the Unix epoch at `at` (for pcap records).
+    pub fn unix_us(&self, at: Instant) -> u64 {
+        let base = self.unix_ms * 1000;
+        match at.checked_duration_since(self.instant) {
+            Some(after) => base + after.as_micros() as u64,
+            None => base.saturating_sub(self.instant.duration_since(at).as_micros() as u64),
+        }
+    }
+
     pub fn unix_ms(&self, at: Instant) -> u64 {
         match at.checked_duration_since(self.instant) {
             Some(after) => self.unix_ms + after.as_millis() as u64,

@@ -302,6 +302,7 @@ async fn mpctl_lists_shows_debugs_and_drains_a_running_proxy() {
                 owner: "ctl-owner".into(),
                 media: vec![pb::MediaKind::Audio as i32],
                 lease_timeout_ms: 0,
+                reflect: false,
             })
             .await
             .unwrap()
@@ -522,6 +523,7 @@ async fn mutual_tls_refuses_strangers_and_keeps_each_clients_calls_its_own() {
         owner: owner.into(),
         media: vec![proto::v1::MediaKind::Audio as i32],
         lease_timeout_ms: 0,
+        reflect: false,
     };
     a.allocate(allocate("inst-1")).await.unwrap();
     // The owner is qualified by the certificate: B cannot pass itself off as A's instance.

@@ -124,6 +124,7 @@ impl TestProxy {
                 owner: owner.into(),
                 media: kinds.iter().map(|&kind| kind as i32).collect(),
                 lease_timeout_ms: 0,
+                reflect: false,
             })
             .await
             .map(tonic::Response::into_inner)

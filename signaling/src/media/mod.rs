@@ -326,6 +326,7 @@ impl MediaClient {
                     owner: self.owner.clone(),
                     media: media.clone(),
                     lease_timeout_ms: 0,
+                    reflect: false,
                 };
                 async move { client.allocate(request).await }
             })

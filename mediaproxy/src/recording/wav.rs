@@ -1,0 +1,125 @@
+//! An incrementally written WAV file (RIFF, 16-bit PCM).
+//!
+//! The header's two sizes are rewritten at every [`WavWriter::sync`] (the recorder does so
+//! once a second), so a crash leaves a file whose header covers everything up to the last
+//! sync: players read it, and at most the last second is missing.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::Path;
+
+const HEADER_LEN: u64 = 44;
+/// RIFF sizes are 32-bit: the data chunk stops short of 4 GiB.
+const MAX_DATA: u64 = u32::MAX as u64 - HEADER_LEN;
+
+/// A WAV file being written.
+#[derive(Debug)]
+pub struct WavWriter {
+    file: BufWriter<File>,
+    channels: u16,
+    data_bytes: u64,
+}
+
+impl WavWriter {
+    /// Creates `path` (which must not exist) with a header for `channels` at `rate` Hz.
+    pub fn create(path: &Path, channels: u16, rate: u32) -> io::Result<Self> {
+        let file = File::options().write(true).create_new(true).open(path)?;
+        let mut writer = Self {
+            file: BufWriter::with_capacity(64 * 1024, file),
+            channels,
+            data_bytes: 0,
+        };
+        let block = channels * 2;
+        let mut header = Vec::with_capacity(HEADER_LEN as usize);
+        header.extend_from_slice(b"RIFF");
+        header.extend_from_slice(&36u32.to_le_bytes());
+        header.extend_from_slice(b"WAVEfmt ");
+        header.extend_from_slice(&16u32.to_le_bytes());
+        header.extend_from_slice(&1u16.to_le_bytes()); // PCM
+        header.extend_from_slice(&channels.to_le_bytes());
+        header.extend_from_slice(&rate.to_le_bytes());
+        header.extend_from_slice(&(rate * u32::from(block)).to_le_bytes());
+        header.extend_from_slice(&block.to_le_bytes());
+        header.extend_from_slice(&16u16.to_le_bytes());
+        header.extend_from_slice(b"data");
+        header.extend_from_slice(&0u32.to_le_bytes());
+        writer.file.write_all(&header)?;
+        writer.sync()?;
+        Ok(writer)
+    }
+
+    /// Appends interleaved samples (a whole number of frames). Fails at the 4 GiB limit.
+    pub fn write(&mut self, samples: &[i16]) -> io::Result<()> {
+        debug_assert_eq!(samples.len() % usize::from(self.channels), 0);
+        let bytes = samples.len() as u64 * 2;
+        if self.data_bytes + bytes > MAX_DATA {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "WAV files stop at 4 GiB",
+            ));
+        }
+        let mut buffer = [0u8; 2048];
+        for chunk in samples.chunks(buffer.len() / 2) {
+            for (slot, sample) in buffer.chunks_exact_mut(2).zip(chunk) {
+                slot.copy_from_slice(&sample.to_le_bytes());
+            }
+            self.file.write_all(&buffer[..chunk.len() * 2])?;
+        }
+        self.data_bytes += bytes;
+        Ok(())
+    }
+
+    /// Bytes of audio written so far.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
+    }
+
+    /// Writes out what is buffered and makes the header cover it.
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        let file = self.file.get_mut();
+        file.seek(SeekFrom::Start(4))?;
+        file.write_all(&((36 + self.data_bytes) as u32).to_le_bytes())?;
+        file.seek(SeekFrom::Start(40))?;
+        file.write_all(&(self.data_bytes as u32).to_le_bytes())?;
+        file.seek(SeekFrom::End(0))?;
+        Ok(())
+    }
+
+    /// Syncs and closes the file.
+    pub fn finish(mut self) -> io::Result<u64> {
+        self.sync()?;
+        self.file.get_ref().sync_data()?;
+        Ok(self.data_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_sizes_follow_every_sync_and_the_file_reads_back() {
+        let dir = std::env::temp_dir().join(format!("wav-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.wav");
+        let _ = std::fs::remove_file(&path);
+        let mut wav = WavWriter::create(&path, 2, 16000).unwrap();
+        wav.write(&[1, -1, 2, -2]).unwrap();
+        wav.sync().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 44 + 8);
+        assert_eq!(&bytes[40..44], &8u32.to_le_bytes());
+        assert_eq!(&bytes[4..8], &44u32.to_le_bytes());
+        wav.write(&[3, -3]).unwrap();
+        assert_eq!(wav.finish().unwrap(), 12);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[24..28], &16000u32.to_le_bytes());
+        assert_eq!(&bytes[22..24], &2u16.to_le_bytes());
+        assert_eq!(&bytes[40..44], &12u32.to_le_bytes());
+        assert_eq!(&bytes[52..56], &[3, 0, 0xfd, 0xff]);
+        // Never overwrites an existing recording.
+        assert!(WavWriter::create(&path, 1, 8000).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
