@@ -442,3 +442,416 @@ async fn stereo_opus_is_recorded_as_one_channel_per_leg() {
     tones_are_recorded_on_their_channels(TestCodec::Opus { channels: 2 }, "24080-24099", "opus2")
         .await;
 }
+
+async fn recording_proxy(ports: &str, dir: &Path) -> TestProxy {
+    TestProxy::start(
+        ports,
+        MediaOptions {
+            recordings: Some(dir.to_path_buf()),
+            ..MediaOptions::default()
+        },
+    )
+    .await
+}
+
+async fn control(proxy: &mut TestProxy, call: &str, pause: bool) -> pb::RecordingState {
+    let request = pb::RecordingControlRequest {
+        call_id: call.into(),
+    };
+    let answer = if pause {
+        proxy.client.pause_recording(request).await
+    } else {
+        proxy.client.stop_recording(request).await
+    };
+    answer.expect("recording control").into_inner()
+}
+
+/// Seconds `from..to` of a channel.
+fn span(samples: &[i16], rate: u32, from: f64, to: f64) -> &[i16] {
+    let at = |s: f64| ((s * f64::from(rate)) as usize).min(samples.len());
+    &samples[at(from)..at(to)]
+}
+
+#[tokio::test]
+async fn pause_keeps_the_time_line_silent_and_stop_mid_call_closes_the_files() {
+    let dir = recordings_dir("pause");
+    let mut proxy = recording_proxy("24100-24119", &dir).await;
+    let c = call(&mut proxy, "pause-call", TestCodec::Pcmu, false).await;
+    let mut caller = Stream::new(TestCodec::Pcmu, CALLER_TONE, 1);
+    let mut callee = Stream::new(TestCodec::Pcmu, CALLEE_TONE, 2);
+    // Media flows before the recording starts: it is not in the file.
+    talk(&c, &mut caller, &mut callee, 25).await;
+    start_recording(&mut proxy, &c.id, false).await;
+    talk(&c, &mut caller, &mut callee, 50).await;
+    let paused = control(&mut proxy, &c.id, true).await;
+    assert_eq!(paused.state, pb::recording_state::State::Paused as i32);
+    talk(&c, &mut caller, &mut callee, 50).await;
+    let resumed = start_recording(&mut proxy, &c.id, false).await;
+    assert_eq!(resumed.state, pb::recording_state::State::Recording as i32);
+    talk(&c, &mut caller, &mut callee, 50).await;
+    let stopped = control(&mut proxy, &c.id, false).await;
+    assert_eq!(stopped.state, pb::recording_state::State::Finished as i32);
+    assert_eq!(
+        stopped.packets, 200,
+        "the paused second's packets are not written"
+    );
+    assert_eq!(stopped.files.len(), 3, "{:?}", stopped.files);
+    // The call goes on after the recording stopped; the release reports the finished one.
+    talk(&c, &mut caller, &mut callee, 10).await;
+    let released = proxy.release(&c.id).await.stats.unwrap();
+    let recording = released.recording.unwrap();
+    assert_eq!(recording.path, stopped.path);
+    assert_eq!(recording.packets, 200);
+    let wav = Wav::read(Path::new(&stopped.path));
+    assert!((wav.seconds() - 3.0).abs() < 0.1, "{:.3} s", wav.seconds());
+    let left = wav.channel(0);
+    let (first, pause, last) = (
+        span(&left, 8000, 0.1, 0.9),
+        span(&left, 8000, 1.1, 1.9),
+        span(&left, 8000, 2.1, 2.9),
+    );
+    assert!(level_at(first, 8000, CALLER_TONE) > 0.8);
+    assert!(level_at(last, 8000, CALLER_TONE) > 0.8);
+    let loud = mediaproxy::audio::analysis::rms(pause);
+    assert!(loud < 1.0, "paused time is silent, not {loud} rms");
+    let sidecar_path = Path::new(&stopped.path).with_extension("json");
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sidecar_path).unwrap()).unwrap();
+    let pauses = sidecar["pauses_ms"].as_array().unwrap();
+    assert_eq!(pauses.len(), 1);
+    let (from, to) = (
+        pauses[0][0].as_u64().unwrap(),
+        pauses[0][1].as_u64().unwrap(),
+    );
+    assert!(
+        from.abs_diff(1000) < 100 && to.abs_diff(2000) < 100,
+        "{from}..{to}"
+    );
+    proxy.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn gaps_are_silence_of_their_length_and_reordered_packets_land_in_place() {
+    let dir = recordings_dir("gaps");
+    let mut proxy = recording_proxy("24120-24139", &dir).await;
+    let c = call(&mut proxy, "gap-call", TestCodec::Pcmu, false).await;
+    start_recording(&mut proxy, &c.id, false).await;
+    let mut caller = Stream::new(TestCodec::Pcmu, CALLER_TONE, 1);
+    let mut callee = Stream::new(TestCodec::Pcmu, CALLEE_TONE, 2);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut held = None;
+    for n in 0..150 {
+        tick.tick().await;
+        c.callee.send(c.to_callee_leg, &callee.next()).await;
+        let packet = caller.next();
+        match n {
+            // 0.5 s of silence suppression: the caller sends nothing, its clock goes on.
+            50..75 => {}
+            // Every other pair after that arrives swapped (40 ms apart).
+            _ if n >= 100 && n % 2 == 0 => held = Some(packet),
+            _ if n > 100 && n % 2 == 1 => {
+                c.caller.send(c.to_caller_leg, &packet).await;
+                c.caller.send(c.to_caller_leg, &held.take().unwrap()).await;
+            }
+            _ => c.caller.send(c.to_caller_leg, &packet).await,
+        }
+    }
+    let stats = proxy.release(&c.id).await.stats.unwrap();
+    let recording = stats.recording.unwrap();
+    assert_eq!(recording.packets, 125 + 150);
+    let wav = Wav::read(Path::new(&recording.path));
+    // Both channels cover the whole 3 s: the gap did not compress the caller's time.
+    assert!((wav.seconds() - 3.0).abs() < 0.1, "{:.3} s", wav.seconds());
+    let left = wav.channel(0);
+    assert!(level_at(span(&left, 8000, 0.1, 0.95), 8000, CALLER_TONE) > 0.9);
+    assert!(mediaproxy::audio::analysis::rms(span(&left, 8000, 1.05, 1.45)) < 1.0);
+    // Had the swapped packets been written in arrival order, the tone would be broken up
+    // every 20 ms; in place, it is as clean as before the swaps.
+    let reordered = level_at(span(&left, 8000, 2.05, 2.95), 8000, CALLER_TONE);
+    assert!(reordered > 0.9, "reordered part: {reordered}");
+    let right = wav.channel(1);
+    assert!(level_at(span(&right, 8000, 0.1, 2.9), 8000, CALLEE_TONE) > 0.9);
+    proxy.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_tap_subscriber_gets_both_legs_tones_resampled_and_other_calls_refuse_it() {
+    let dir = recordings_dir("tap");
+    let mut proxy = recording_proxy("24140-24159", &dir).await;
+    let relayed = call(&mut proxy, "relay-only", TestCodec::Pcmu, false).await;
+    let refused = proxy
+        .client
+        .tap_audio(pb::TapAudioRequest {
+            call_id: relayed.id.clone(),
+            leg: 0,
+            sample_rate: 0,
+        })
+        .await
+        .expect_err("a relay-mode call cannot be tapped");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    let c = call(&mut proxy, "reflect-call", TestCodec::Pcmu, true).await;
+    let open = |rate| pb::TapAudioRequest {
+        call_id: c.id.clone(),
+        leg: 0,
+        sample_rate: rate,
+    };
+    let mut wideband = proxy
+        .client
+        .tap_audio(open(16000))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut native = proxy.client.tap_audio(open(0)).await.unwrap().into_inner();
+    // One that never reads, on a connection with a small HTTP/2 window: once the transport's
+    // buffers are full its frames are dropped.
+    let slow = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.grpc))
+        .unwrap()
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .connect()
+        .await
+        .unwrap();
+    let _stuck = pb::media_proxy_client::MediaProxyClient::new(slow)
+        .tap_audio(open(48000))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut caller = Stream::new(TestCodec::Pcmu, CALLER_TONE, 1);
+    let mut callee = Stream::new(TestCodec::Pcmu, CALLEE_TONE, 2);
+    talk(&c, &mut caller, &mut callee, 75).await;
+    let mut frames: Vec<pb::AudioFrame> = Vec::new();
+    while frames.len() < 100 {
+        let frame = tokio::time::timeout(Duration::from_secs(2), wideband.message())
+            .await
+            .expect("frames keep coming")
+            .unwrap()
+            .expect("stream open");
+        frames.push(frame);
+    }
+    let first_native = native.message().await.unwrap().unwrap();
+    assert_eq!(
+        (first_native.sample_rate, first_native.pcm.len()),
+        (8000, 320)
+    );
+    for leg in [CALLER, CALLEE] {
+        let of_leg: Vec<&pb::AudioFrame> = frames.iter().filter(|f| f.leg == leg as i32).collect();
+        assert!(of_leg.len() >= 45, "{leg:?}: {} frames", of_leg.len());
+        for (n, frame) in of_leg.iter().enumerate() {
+            assert_eq!(frame.sample_rate, 16000);
+            assert_eq!(frame.pcm.len(), 640, "20 ms of 16-bit samples");
+            assert_eq!(frame.sequence as usize, n);
+            assert_eq!(frame.rtp_timestamp as usize, n * 320);
+            assert_eq!(frame.encoding, "PCMU");
+            assert_eq!(frame.call_id, c.id);
+        }
+        let pcm: Vec<i16> = of_leg[5..]
+            .iter()
+            .flat_map(|f| {
+                f.pcm
+                    .chunks_exact(2)
+                    .map(|p| i16::from_le_bytes([p[0], p[1]]))
+            })
+            .collect();
+        let (own, other) = if leg == CALLER {
+            (CALLER_TONE, CALLEE_TONE)
+        } else {
+            (CALLEE_TONE, CALLER_TONE)
+        };
+        assert!(
+            level_at(&pcm, 16000, own) > 0.9,
+            "{leg:?}: {}",
+            level_at(&pcm, 16000, own)
+        );
+        assert!(level_at(&pcm, 16000, other) < 0.05);
+    }
+    // Frames of the two legs with the same timestamp are simultaneous.
+    let caller_first = frames.iter().find(|f| f.leg == CALLER as i32).unwrap();
+    let callee_first = frames.iter().find(|f| f.leg == CALLEE as i32).unwrap();
+    assert_eq!(caller_first.unix_ms, callee_first.unix_ms);
+    assert_eq!(
+        proxy.metric("mediaproxy_tap_subscribers", &[]).await,
+        Some(3.0)
+    );
+    // A subscriber that stops reading loses frames; the relay does not slow down.
+    talk(&c, &mut caller, &mut callee, 150).await;
+    let delivered = c
+        .callee
+        .receive(400, Duration::from_millis(300))
+        .await
+        .len();
+    assert!(
+        delivered >= 225,
+        "the callee got {delivered} of the caller's packets"
+    );
+    assert!(
+        proxy
+            .metric("mediaproxy_tap_frames_dropped_total", &[])
+            .await
+            .unwrap()
+            > 0.0
+    );
+    // Release ends the streams.
+    proxy.release(&c.id).await;
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(_)) = native.message().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the tap stream ends with the call");
+    assert_eq!(
+        proxy.metric("mediaproxy_tap_subscribers", &[]).await,
+        Some(0.0)
+    );
+    // The subscriber that never read still holds its stream: shutdown does not wait for it.
+    let stopping = Instant::now();
+    proxy.shutdown().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        stopping.elapsed()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_pcap_holds_both_legs_packets_and_lease_expiry_closes_the_files() {
+    let dir = recordings_dir("pcap");
+    let mut proxy = TestProxy::start(
+        "24160-24179",
+        MediaOptions {
+            recordings: Some(dir.clone()),
+            lease_timeout: Some("1s".parse().unwrap()),
+            ..MediaOptions::default()
+        },
+    )
+    .await;
+    let c = call(&mut proxy, "pcap-call", TestCodec::Pcma, false).await;
+    let state = start_recording(&mut proxy, &c.id, true).await;
+    assert!(
+        state.files.iter().any(|f| f.ends_with(".pcap")),
+        "{:?}",
+        state.files
+    );
+    let mut caller = Stream::new(TestCodec::Pcma, CALLER_TONE, 1);
+    let mut callee = Stream::new(TestCodec::Pcma, CALLEE_TONE, 2);
+    talk(&c, &mut caller, &mut callee, 25).await;
+    // The owner stops renewing: the proxy releases the call itself and closes the files.
+    let mut events = proxy.events("", &c.id).await;
+    let finished = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let event = events.message().await.unwrap().unwrap();
+            if let Some(pb::event::Kind::RecordingFinished(done)) = event.kind {
+                return done;
+            }
+        }
+    })
+    .await
+    .expect("the recording finishes with the lease");
+    assert_eq!(finished.packets, 50);
+    // The file runs from the first packet to the release: 0.5 s of tones, then the silence
+    // of a call whose phones went quiet until its lease ran out.
+    let wav = Wav::read(Path::new(&finished.path));
+    assert!(
+        wav.seconds() > 0.5 && wav.seconds() < 1.6,
+        "{:.3} s",
+        wav.seconds()
+    );
+    let left = wav.channel(0);
+    assert!(level_at(span(&left, 8000, 0.1, 0.45), 8000, CALLER_TONE) > 0.9);
+    assert!(mediaproxy::audio::analysis::rms(span(&left, 8000, 0.6, 1.6)) < 1.0);
+    let pcap = std::fs::read(Path::new(&finished.path).with_extension("pcap")).unwrap();
+    assert_eq!(&pcap[0..4], &0xa1b2_c3d4u32.to_le_bytes());
+    // Records: 16-byte header, 20-byte IPv4, 8-byte UDP, then the RTP packet.
+    let mut at = 24;
+    let mut from_caller = 0;
+    let mut from_callee = 0;
+    while at + 16 <= pcap.len() {
+        let len = u32::from_le_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let ip = &pcap[at + 16..at + 16 + len];
+        let source = u16::from_be_bytes([ip[20], ip[21]]);
+        let destination = u16::from_be_bytes([ip[22], ip[23]]);
+        assert_eq!(ip[28], 0x80, "an RTP packet follows the headers");
+        if source == c.caller.addr().port() {
+            assert_eq!(destination, c.to_caller_leg.port());
+            from_caller += 1;
+        } else if source == c.callee.addr().port() {
+            assert_eq!(destination, c.to_callee_leg.port());
+            from_callee += 1;
+        }
+        at += 16 + len;
+    }
+    assert_eq!((from_caller, from_callee), (25, 25));
+    proxy.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A tmpfs of `kib` KiB mounted for the test's life (root only).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(name: &str, kib: u32) -> Option<Self> {
+        let dir = recordings_dir(name);
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(&dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(Self(dir))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_ends_the_recording_not_the_call() {
+    let Some(disk) = SmallDisk::mount("full", 96) else {
+        println!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    };
+    let mut proxy = recording_proxy("24180-24199", &disk.0).await;
+    let c = call(&mut proxy, "full-disk", TestCodec::Pcmu, false).await;
+    start_recording(&mut proxy, &c.id, false).await;
+    let mut caller = Stream::new(TestCodec::Pcmu, CALLER_TONE, 1);
+    let mut callee = Stream::new(TestCodec::Pcmu, CALLEE_TONE, 2);
+    // 48 KiB of WAV per second (stereo and mixed at 8 kHz): full after about 2 s.
+    talk(&c, &mut caller, &mut callee, 200).await;
+    let relayed = c
+        .callee
+        .receive(400, Duration::from_millis(300))
+        .await
+        .len();
+    assert_eq!(relayed, 200, "every packet was relayed");
+    let stats = proxy.release(&c.id).await.stats.unwrap();
+    let recording = stats.recording.unwrap();
+    assert_eq!(recording.state, pb::recording_state::State::Finished as i32);
+    assert!(
+        recording.error.contains("No space left"),
+        "{}",
+        recording.error
+    );
+    assert!(
+        recording.packets > 0 && recording.packets < 400,
+        "{}",
+        recording.packets
+    );
+    // What reached the disk is a valid, playable file.
+    let wav = Wav::read(Path::new(&recording.path));
+    assert!(wav.seconds() > 0.3, "{:.3} s kept", wav.seconds());
+    assert_eq!(
+        proxy
+            .metric(
+                "mediaproxy_recordings_finished_total",
+                &[("outcome", "failed")]
+            )
+            .await,
+        Some(1.0)
+    );
+    proxy.shutdown().await;
+}

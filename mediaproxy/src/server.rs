@@ -200,7 +200,24 @@ impl MediaProxy {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<MediaProxyServer<Service>>().await;
-        let grpc_server = serve_grpc(grpc, tls, control.clone(), health_service, stop.clone());
+        let grpc_server = {
+            let stop = stop.clone();
+            let server = serve_grpc(grpc, tls, control.clone(), health_service, stop.clone());
+            // A graceful stop waits for every stream to finish; a client that stopped reading
+            // (a stuck analyser on the tap) would hold it open for ever.
+            async move {
+                tokio::select! {
+                    result = server => result,
+                    () = async {
+                        stop.cancelled().await;
+                        tokio::time::sleep(GRPC_STOP_GRACE).await;
+                    } => {
+                        tracing::warn!(grace = ?GRPC_STOP_GRACE, "gRPC streams still open at shutdown; closing them");
+                        Ok(())
+                    }
+                }
+            }
+        };
         let http_stop = stop.clone();
         let http_server = serve_http(
             metrics,
@@ -231,6 +248,9 @@ impl MediaProxy {
         Ok(())
     }
 }
+
+/// How long a stopping gRPC server waits for its streams to finish.
+const GRPC_STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// How often the TLS files are checked for a change.
 const TLS_POLL: Duration = Duration::from_secs(2);

@@ -601,17 +601,19 @@ impl Recording {
             tracing::warn!(file = %self.stem.display(), %error, "recording failed: {what}");
             self.error = Some(format!("{what}: {error}"));
         }
-        // Keep what was written: bring the headers up to date if the disk lets us.
+        self.count_bytes(metrics);
+        // Keep what was written: make the headers cover what reached the disk.
         for wav in [self.stereo.take(), self.mixed.take()]
             .into_iter()
             .flatten()
         {
-            let _ = wav.finish();
+            if let Err(error) = wav.salvage() {
+                tracing::warn!(file = %self.stem.display(), %error, "cannot repair a WAV header");
+            }
         }
         if let Some(pcap) = self.pcap.take() {
             let _ = pcap.finish();
         }
-        self.count_bytes(metrics);
     }
 
     fn count_bytes(&mut self, metrics: &Metrics) {
@@ -837,9 +839,19 @@ impl CallAudio {
         settings: &RecorderSettings,
         metrics: &Metrics,
     ) -> Result<RecordingInfo, RecorderError> {
-        if let Some(recording) = self.recording.as_mut() {
-            // Resume a paused recording; a running one is left as it is.
-            if let Some(since) = recording.paused_since.take() {
+        if self.recording.is_some() {
+            // Resume a paused recording; a running one is left as it is. What arrived during
+            // the pause is written (as silence) before the pause ends.
+            if self
+                .recording
+                .as_ref()
+                .is_some_and(|r| r.paused_since.is_some())
+            {
+                self.flush(Instant::now(), true, settings, metrics);
+            }
+            if let Some(recording) = self.recording.as_mut()
+                && let Some(since) = recording.paused_since.take()
+            {
                 let now_ms = recording.millis();
                 recording.pauses.push((since, now_ms));
             }

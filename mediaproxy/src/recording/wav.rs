@@ -86,9 +86,27 @@ impl WavWriter {
         Ok(())
     }
 
-    /// Syncs and closes the file.
+    /// Closes a file whose writing failed: what was buffered is dropped and the header is
+    /// made to cover the whole frames that reached the file, so it still plays.
+    pub fn salvage(self) -> io::Result<u64> {
+        let (mut file, _unwritten) = self.file.into_parts();
+        let block = u64::from(self.channels) * 2;
+        let len = file.metadata()?.len();
+        let data = (len.saturating_sub(HEADER_LEN) / block * block).min(MAX_DATA);
+        file.set_len(HEADER_LEN + data)?;
+        file.seek(SeekFrom::Start(4))?;
+        file.write_all(&((36 + data) as u32).to_le_bytes())?;
+        file.seek(SeekFrom::Start(40))?;
+        file.write_all(&(data as u32).to_le_bytes())?;
+        Ok(data)
+    }
+
+    /// Syncs and closes the file (salvaging it when the last write fails).
     pub fn finish(mut self) -> io::Result<u64> {
-        self.sync()?;
+        if let Err(error) = self.sync() {
+            let _ = self.salvage();
+            return Err(error);
+        }
         self.file.get_ref().sync_data()?;
         Ok(self.data_bytes)
     }
