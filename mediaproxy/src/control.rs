@@ -600,18 +600,16 @@ impl Control {
                 recorder_dropped: 0,
             },
         };
-        if let (Some(path), Some(_)) = (&recording.path, entry.capture) {
-            let _ = self.events.send(Some(Arc::new(Event {
-                call_id: call_id.clone(),
-                owner: entry.owner.clone(),
-                leg: Leg::Caller,
-                media: 0,
-                unix_ms: self.clock.unix_ms(now),
-                kind: EventKind::RecordingFinished {
+        if let Some(path) = &recording.path {
+            self.publish(
+                call_id,
+                &entry.owner,
+                now,
+                EventKind::RecordingFinished {
                     path: path.display().to_string(),
                     packets: recording.packets,
                 },
-            })));
+            );
         }
         let released = Arc::new(Released {
             snapshot,
@@ -645,14 +643,12 @@ impl Control {
             .events
             .with_label_values(&["session_released"])
             .inc();
-        let _ = self.events.send(Some(Arc::new(Event {
-            call_id: call_id.clone(),
-            owner: entry.owner.clone(),
-            leg: Leg::Caller,
-            media: 0,
-            unix_ms: self.clock.unix_ms(now),
-            kind: EventKind::SessionReleased { reason },
-        })));
+        self.publish(
+            call_id,
+            &entry.owner,
+            now,
+            EventKind::SessionReleased { reason },
+        );
         tracing::info!(%call_id, reason = reason.as_str(), "session released");
         Ok(ReleaseOutcome {
             released,
@@ -660,9 +656,21 @@ impl Control {
         })
     }
 
+    /// Sends a call-wide event (about the call, not one leg's media line) to watchers.
+    fn publish(&self, call_id: &CallId, owner: &Owner, now: Instant, kind: EventKind) {
+        let _ = self.events.send(Some(Arc::new(Event {
+            call_id: call_id.clone(),
+            owner: owner.clone(),
+            leg: Leg::Caller,
+            media: 0,
+            unix_ms: self.clock.unix_ms(now),
+            kind,
+        })));
+    }
+
     /// The recorder's id of a call's audio, opening it (and telling the call's worker to copy
     /// its packets) on first use.
-    async fn capture(&self, call_id: &CallId) -> Result<(usize, u64), ControlError> {
+    async fn capture(&self, call_id: &CallId) -> Result<u64, ControlError> {
         let (worker, capture, fresh) = {
             let mut state = self.lock();
             let entry = state
@@ -696,7 +704,7 @@ impl Control {
         {
             return Err(ControlError::NotFound(call_id.clone()));
         }
-        Ok((worker, capture))
+        Ok(capture)
     }
 
     /// Starts or resumes recording a call; `stem` names its files (default: the call id).
@@ -706,7 +714,7 @@ impl Control {
         stem: Option<String>,
         pcap: bool,
     ) -> Result<RecordingInfo, ControlError> {
-        let (_, capture) = self.capture(call_id).await?;
+        let capture = self.capture(call_id).await?;
         self.recorder
             .start_recording(capture, stem, pcap)
             .await
@@ -757,7 +765,7 @@ impl Control {
                 "call {call_id} is not in reflect mode; only reflect calls can be tapped"
             )));
         }
-        let (_, capture) = self.capture(call_id).await?;
+        let capture = self.capture(call_id).await?;
         self.recorder
             .subscribe(capture, leg, rate)
             .map_err(recorder_error)

@@ -34,7 +34,7 @@ use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, 
 use tokio::sync::{broadcast, oneshot};
 
 use crate::metrics::Metrics;
-use crate::recording::capture::{CaptureSink, Handed, Origin};
+use crate::recording::capture::{CaptureSink, Origin};
 use crate::session::{
     CallSnapshot, Component, Event, SOCKETS_PER_SESSION, Session, SocketRef, Timing, UpdateError,
     Verdict,
@@ -530,13 +530,13 @@ impl Worker {
             ..
         } = self;
         let mut dropped = 0;
-        let handed = capture.hand_off(|packet| {
+        capture.hand_off(|packet| {
             dropped += 1;
             if let Some(Some(slot)) = slots.get_mut(packet.slot as usize) {
                 slot.capture_dropped += 1;
             }
         });
-        if handed == Handed::Dropped {
+        if dropped > 0 {
             shared.metrics.recorder_dropped.inc_by(dropped);
         }
     }

@@ -82,15 +82,6 @@ pub struct CaptureSink {
     current: Batch,
 }
 
-/// What a hand-off did with a batch.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Handed {
-    Nothing,
-    Sent,
-    /// The recorder is behind (or gone): the batch's packets were dropped.
-    Dropped,
-}
-
 impl CaptureSink {
     pub(crate) fn new(worker: usize, queue: SyncSender<Batch>, recycled: Receiver<Batch>) -> Self {
         Self {
@@ -123,24 +114,22 @@ impl CaptureSink {
     }
 
     /// Hands the current batch to the recorder without blocking; `dropped` sees each packet
-    /// of a batch that could not be handed over.
-    pub fn hand_off(&mut self, mut dropped: impl FnMut(&Captured)) -> Handed {
+    /// of a batch that could not be handed over (the recorder is behind, or gone).
+    pub fn hand_off(&mut self, mut dropped: impl FnMut(&Captured)) {
         if self.current.is_empty() {
-            return Handed::Nothing;
+            return;
         }
         let mut next = self.recycled.try_recv().unwrap_or_default();
         next.clear();
         next.worker = self.worker;
         let batch = std::mem::replace(&mut self.current, next);
-        match self.queue.try_send(batch) {
-            Ok(()) => Handed::Sent,
-            Err(TrySendError::Full(mut batch) | TrySendError::Disconnected(mut batch)) => {
-                batch.packets.iter().for_each(&mut dropped);
-                // Keep the full one's buffers for the next wake-up.
-                batch.clear();
-                self.current = batch;
-                Handed::Dropped
-            }
+        if let Err(TrySendError::Full(mut batch) | TrySendError::Disconnected(mut batch)) =
+            self.queue.try_send(batch)
+        {
+            batch.packets.iter().for_each(&mut dropped);
+            // Keep the full one's buffers for the next wake-up.
+            batch.clear();
+            self.current = batch;
         }
     }
 }

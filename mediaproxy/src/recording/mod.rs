@@ -44,6 +44,7 @@ use crate::audio::codec::{AudioCodec, Decoder, resolve, rtp_payload};
 use crate::audio::resample::Resampler;
 use crate::audio::timeline::{Placement, Timeline};
 use crate::metrics::Metrics;
+use crate::rtp::{Datagram, classify};
 use crate::types::{CallId, Codec, Leg, WallClock};
 
 /// How often the recorder takes audio out of the timelines.
@@ -633,6 +634,10 @@ impl Recording {
     }
 }
 
+fn decode_error(metrics: &Metrics, reason: &str) {
+    metrics.decode_errors.with_label_values(&[reason]).inc();
+}
+
 /// Samples at `rate` between `origin` and `at`.
 fn position(origin: Instant, at: Instant, rate: u32) -> i64 {
     let elapsed = at.saturating_duration_since(origin);
@@ -682,27 +687,23 @@ impl CallAudio {
             }
         }
         let leg = packet.leg.index();
-        if packet.rtcp || self.audio[leg] != Some(packet.media) || data.len() < 12 {
+        if packet.rtcp || self.audio[leg] != Some(packet.media) {
             return;
         }
-        let payload_type = data[1] & 0x7f;
-        let timestamp = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
-        let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+        // The relay's own reading of the header; RTCP multiplexed on the RTP port is skipped.
+        let Ok(Datagram::Rtp(header)) = classify(data, false) else {
+            return;
+        };
         let Some(payload) = rtp_payload(data) else {
             self.undecodable += 1;
-            metrics
-                .decode_errors
-                .with_label_values(&["undecodable"])
-                .inc();
+            decode_error(metrics, "undecodable");
             return;
         };
         let other = packet.leg.other().index();
-        let Some(codec) = resolve(payload_type, &self.codecs[leg], &self.codecs[other]) else {
+        let Some(codec) = resolve(header.payload_type, &self.codecs[leg], &self.codecs[other])
+        else {
             self.unknown_payload += 1;
-            metrics
-                .decode_errors
-                .with_label_values(&["unknown_payload_type"])
-                .inc();
+            decode_error(metrics, "unknown_payload_type");
             return;
         };
         let Some(codec_rate) = codec.sample_rate() else {
@@ -726,10 +727,7 @@ impl CallAudio {
         state.decoded.clear();
         if decoder.decode(payload, &mut state.decoded).is_err() {
             self.undecodable += 1;
-            metrics
-                .decode_errors
-                .with_label_values(&["undecodable"])
-                .inc();
+            decode_error(metrics, "undecodable");
             return;
         }
         let samples = match resampler {
@@ -742,7 +740,13 @@ impl CallAudio {
         };
         let timeline = state.timeline.get_or_insert_with(|| Timeline::new(rate));
         let arrival = position(origin, packet.at, rate);
-        let placed = timeline.place(arrival, ssrc, timestamp, codec.clock_rate(), samples);
+        let placed = timeline.place(
+            arrival,
+            header.ssrc,
+            header.timestamp,
+            codec.clock_rate(),
+            samples,
+        );
         let writing = self.writing();
         if let Some(recording) = self.recording.as_mut()
             && writing
@@ -785,7 +789,7 @@ impl CallAudio {
             t.take(upto, &mut self.right);
         }
         if let Some(recording) = self.recording.as_mut() {
-            write_recording(recording, rate, &self.left, &self.right, settings, metrics);
+            write_recording(recording, rate, &self.left, &self.right, metrics);
         }
         let origin_unix_ms = settings.clock.unix_ms(origin);
         let encodings = [self.legs[0].encoding(), self.legs[1].encoding()];
@@ -873,7 +877,7 @@ impl CallAudio {
         })?;
         let base = sanitise(stem.as_deref().unwrap_or(self.call_id.as_str()));
         let stem = unique_stem(&directory, &base);
-        let recording = Recording {
+        let mut recording = Recording {
             stereo_path: append(&stem, ".wav"),
             mixed_path: append(&stem, "-mixed.wav"),
             sidecar_path: append(&stem, ".json"),
@@ -892,27 +896,23 @@ impl CallAudio {
             error: None,
             bytes_counted: 0,
         };
-        let mut recording = recording;
         if let Some(path) = recording.pcap_path.clone() {
             recording.pcap = Some(PcapWriter::create(&path).map_err(|error| {
                 RecorderError::Failed(format!("cannot create {}: {error}", path.display()))
             })?);
         }
-        self.finished = None;
-        self.recording = Some(recording);
         // The sidecar first: a recording that cannot even write it does not start.
-        if let Err(error) = self.write_sidecar(None) {
-            let path = self.recording.take().map(|r| r.sidecar_path);
-            if let Some(path) = &path {
-                let _ = std::fs::remove_file(path);
-            }
+        if let Err(error) = self.write_sidecar(&recording, None) {
+            let _ = std::fs::remove_file(&recording.sidecar_path);
             return Err(RecorderError::Failed(format!(
                 "cannot write the recording's sidecar {}: {error}",
-                path.unwrap_or_default().display()
+                recording.sidecar_path.display()
             )));
         }
         metrics.recordings.inc();
-        tracing::info!(call_id = %self.call_id, file = %self.recording.as_ref().map(|r| r.stereo_path.display().to_string()).unwrap_or_default(), "recording started");
+        tracing::info!(call_id = %self.call_id, file = %recording.stereo_path.display(), "recording started");
+        self.finished = None;
+        self.recording = Some(recording);
         Ok(self.info())
     }
 
@@ -968,14 +968,10 @@ impl CallAudio {
             .with_label_values(&[outcome])
             .inc();
         let info = self.describe(&recording, RecordingStatus::Finished);
-        self.recording = Some(recording);
-        if let Err(error) = self.write_sidecar(Some(outcome)) {
+        if let Err(error) = self.write_sidecar(&recording, Some(outcome)) {
             tracing::warn!(call_id = %self.call_id, %error, "cannot write the recording's sidecar");
         }
-        if let Some(recording) = self.recording.as_mut() {
-            recording.count_bytes(metrics);
-        }
-        self.recording = None;
+        recording.count_bytes(metrics);
         tracing::info!(call_id = %self.call_id, outcome, packets = info.packets, duration_ms = info.duration_ms, "recording finished");
         self.finished = Some(info.clone());
         info
@@ -1013,11 +1009,8 @@ impl CallAudio {
         }
     }
 
-    /// Writes the sidecar JSON (`outcome` None while the recording runs).
-    fn write_sidecar(&self, outcome: Option<&str>) -> io::Result<()> {
-        let Some(recording) = &self.recording else {
-            return Ok(());
-        };
+    /// Writes a recording's sidecar JSON (`outcome` None while it runs).
+    fn write_sidecar(&self, recording: &Recording, outcome: Option<&str>) -> io::Result<()> {
         let leg = |index: usize| {
             serde_json::json!({
                 "channel": if index == 0 { "left" } else { "right" },
@@ -1061,7 +1054,6 @@ fn write_recording(
     rate: u32,
     left: &[i16],
     right: &[i16],
-    _settings: &RecorderSettings,
     metrics: &Metrics,
 ) {
     if recording.error.is_some() {
