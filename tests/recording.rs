@@ -532,6 +532,34 @@ async fn pause_keeps_the_time_line_silent_and_stop_mid_call_closes_the_files() {
 }
 
 #[tokio::test]
+async fn a_recording_started_again_after_a_stop_gets_new_files_and_only_its_own_audio() {
+    let dir = recordings_dir("again");
+    let mut proxy = recording_proxy("24140-24159", &dir).await;
+    let c = call(&mut proxy, "again-call", TestCodec::Pcmu, false).await;
+    let mut caller = Stream::new(TestCodec::Pcmu, CALLER_TONE, 1);
+    let mut callee = Stream::new(TestCodec::Pcmu, CALLEE_TONE, 2);
+    start_recording(&mut proxy, &c.id, false).await;
+    talk(&c, &mut caller, &mut callee, 25).await;
+    let first = control(&mut proxy, &c.id, false).await;
+    // Between the recordings the relay stops copying the call to the recorder; the second
+    // start has it copy again, so the second file holds its own half second exactly.
+    talk(&c, &mut caller, &mut callee, 25).await;
+    let again = start_recording(&mut proxy, &c.id, false).await;
+    assert_eq!(again.state, pb::recording_state::State::Recording as i32);
+    talk(&c, &mut caller, &mut callee, 25).await;
+    let second = control(&mut proxy, &c.id, false).await;
+    assert_eq!((first.packets, second.packets), (50, 50));
+    assert_ne!(first.path, second.path, "a new file, the first one kept");
+    assert!(Path::new(&first.path).exists());
+    let wav = Wav::read(Path::new(&second.path));
+    assert!((wav.seconds() - 0.5).abs() < 0.1, "{:.3} s", wav.seconds());
+    assert!(level_at(&wav.channel(0), 8000, CALLER_TONE) > 0.8);
+    proxy.release(&c.id).await;
+    proxy.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
 async fn gaps_are_silence_of_their_length_and_reordered_packets_land_in_place() {
     let dir = recordings_dir("gaps");
     let mut proxy = recording_proxy("24120-24139", &dir).await;
@@ -579,7 +607,7 @@ async fn gaps_are_silence_of_their_length_and_reordered_packets_land_in_place() 
 #[tokio::test]
 async fn a_tap_subscriber_gets_both_legs_tones_resampled_and_other_calls_refuse_it() {
     let dir = recordings_dir("tap");
-    let mut proxy = recording_proxy("24140-24159", &dir).await;
+    let mut proxy = recording_proxy("24200-24219", &dir).await;
     let relayed = call(&mut proxy, "relay-only", TestCodec::Pcmu, false).await;
     let refused = proxy
         .client

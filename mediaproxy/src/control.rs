@@ -146,6 +146,9 @@ struct CallEntry {
     codecs: [Vec<Codec>; 2],
     /// The recorder's id for this call's audio, once recorded or tapped.
     capture: Option<u64>,
+    /// The call's worker copies its packets to the recorder (off again when a recording of a
+    /// call that cannot be tapped stops: the relay then does no recording work for it).
+    copying: bool,
     reflect: bool,
 }
 
@@ -367,6 +370,7 @@ impl Control {
                 legs: [Vec::new(), Vec::new()],
                 codecs: [Vec::new(), Vec::new()],
                 capture: None,
+                copying: false,
                 reflect,
             }
         });
@@ -668,20 +672,19 @@ impl Control {
         })));
     }
 
-    /// The recorder's id of a call's audio, opening it (and telling the call's worker to copy
-    /// its packets) on first use.
+    /// The recorder's id of a call's audio, opening it on first use, with the call's worker
+    /// told to copy its packets.
     async fn capture(&self, call_id: &CallId) -> Result<u64, ControlError> {
-        let (worker, capture, fresh) = {
+        let (worker, capture, copying) = {
             let mut state = self.lock();
             let entry = state
                 .calls
                 .get_mut(call_id)
                 .ok_or_else(|| ControlError::NotFound(call_id.clone()))?;
-            match entry.capture {
-                Some(capture) => (entry.worker, capture, false),
+            let capture = match entry.capture {
+                Some(capture) => capture,
                 None => {
                     let capture = self.next_capture.fetch_add(1, Ordering::Relaxed);
-                    entry.capture = Some(capture);
                     self.recorder
                         .open(
                             capture,
@@ -692,19 +695,31 @@ impl Control {
                             },
                         )
                         .map_err(recorder_error)?;
-                    (entry.worker, capture, true)
+                    entry.capture = Some(capture);
+                    capture
                 }
-            }
+            };
+            let copying = std::mem::replace(&mut entry.copying, true);
+            (entry.worker, capture, copying)
         };
-        if fresh
-            && !self
-                .relay
-                .set_capture(worker, call_id.clone(), Some(capture))
-                .await?
-        {
+        if !copying && !self.copy(worker, call_id, Some(capture)).await? {
             return Err(ControlError::NotFound(call_id.clone()));
         }
         Ok(capture)
+    }
+
+    /// Tells a call's worker to copy its packets to the recorder under `capture`, or to stop;
+    /// false when the worker no longer has the call.
+    async fn copy(
+        &self,
+        worker: usize,
+        call_id: &CallId,
+        capture: Option<u64>,
+    ) -> Result<bool, ControlError> {
+        Ok(self
+            .relay
+            .set_capture(worker, call_id.clone(), capture)
+            .await?)
     }
 
     /// Starts or resumes recording a call; `stem` names its files (default: the call id).
@@ -729,12 +744,28 @@ impl Control {
         }
     }
 
-    /// Stops a call's recording and closes its files.
+    /// Stops a call's recording and closes its files. A call that cannot be tapped stops
+    /// being copied to the recorder (a later start copies it again).
     pub async fn stop_recording(&self, call_id: &CallId) -> Result<RecordingInfo, ControlError> {
-        match self.existing_capture(call_id)? {
-            Some(capture) => self.recorder.stop(capture).await.map_err(recorder_error),
-            None => Ok(RecordingInfo::off()),
+        let Some(capture) = self.existing_capture(call_id)? else {
+            return Ok(RecordingInfo::off());
+        };
+        let info = self.recorder.stop(capture).await.map_err(recorder_error)?;
+        let idle_worker = {
+            let mut state = self.lock();
+            state
+                .calls
+                .get_mut(call_id)
+                .filter(|entry| !entry.reflect && entry.copying)
+                .map(|entry| {
+                    entry.copying = false;
+                    entry.worker
+                })
+        };
+        if let Some(worker) = idle_worker {
+            self.copy(worker, call_id, None).await?;
         }
+        Ok(info)
     }
 
     /// The recording state of a call.

@@ -1,4 +1,4 @@
-//! Signaling's admin endpoints, served beside `/metrics` (JSON, read-only):
+//! Signaling's admin endpoints, served beside `/metrics` (JSON):
 //!
 //! - `GET /admin/calls`: calls in progress (ids of both legs, parties, state, media node,
 //!   relay ports, age);
@@ -6,23 +6,29 @@
 //!   live per-leg figures and the verdict and diagnosis the call would get if it ended now;
 //! - `GET /admin/registrations`: live registrations;
 //! - `GET /admin/mediaproxies`: the media proxy nodes as this instance sees them (state,
-//!   sessions, free ports, draining), in `--mediaproxy` order.
+//!   sessions, free ports, draining), in `--mediaproxy` order;
+//! - `POST /admin/calls/{call_id}/recording/{start|pause|stop}` (`?pcap=1` on start also
+//!   writes a pcap): the one endpoint that changes something; it answers where the recording
+//!   stands on the media proxy (state, path, packets), 404 for no such call, 409 for a call
+//!   that cannot be recorded (direct mode, no media session yet, the proxy cannot write),
+//!   503/502 when the proxy could not be asked.
 //!
 //! The SIP core is owned by one task; handlers ask it through a channel ([`AdminQuery`]),
 //! so reading state never takes a lock the SIP path could wait on.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::call::CallSummary;
+use crate::call::{CallSummary, RecordingRefused};
 use crate::cdr::CdrMedia;
 use crate::diagnosis::{self, MediaReport};
 use crate::media::pool::Pool;
+use crate::media::{MediaError, Recording, RecordingAction};
 use crate::registrar::RegistrationSummary;
 
 /// A question for the task that owns the SIP core.
@@ -30,6 +36,36 @@ use crate::registrar::RegistrationSummary;
 pub(crate) enum AdminQuery {
     Calls(oneshot::Sender<Vec<CallSummary>>),
     Registrations(oneshot::Sender<Vec<RegistrationSummary>>),
+    /// Start, pause or stop a call's recording (by either leg's Call-ID).
+    Recording {
+        call_id: String,
+        action: RecordingAction,
+        reply: oneshot::Sender<Result<Option<Recording>, RecordingError>>,
+    },
+}
+
+/// Why a recording request from the admin endpoint did nothing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecordingError {
+    /// The core refused it (no such call, direct mode, no session yet).
+    #[error(transparent)]
+    Refused(RecordingRefused),
+    /// The media proxy refused or could not be asked.
+    #[error(transparent)]
+    Media(MediaError),
+}
+
+impl RecordingError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Refused(RecordingRefused::NoCall(_)) => StatusCode::NOT_FOUND,
+            Self::Refused(_) | Self::Media(MediaError::Refused(_)) => StatusCode::CONFLICT,
+            Self::Media(MediaError::Unavailable(_) | MediaError::Exhausted(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Media(MediaError::Failed(_)) => StatusCode::BAD_GATEWAY,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -45,6 +81,7 @@ pub(crate) fn router(queries: mpsc::Sender<AdminQuery>, pool: Pool) -> Router {
         .route("/admin/calls/{call_id}", get(call))
         .route("/admin/registrations", get(registrations))
         .route("/admin/mediaproxies", get(mediaproxies))
+        .route("/admin/calls/{call_id}/recording/{action}", post(recording))
         .with_state(AdminState { queries, pool })
 }
 
@@ -189,4 +226,48 @@ async fn call(State(state): State<AdminState>, Path(call_id): Path<String>) -> R
         }
     }
     json(&detail)
+}
+
+/// The answer to a recording request.
+#[derive(Serialize)]
+struct RecordingView {
+    call_id: String,
+    action: &'static str,
+    /// Where the recording stands on the media proxy; null when it never started.
+    recording: Option<Recording>,
+}
+
+async fn recording(
+    State(state): State<AdminState>,
+    Path((call_id, action)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let pcap = query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| matches!(pair, "pcap" | "pcap=1" | "pcap=true" | "pcap=yes"))
+    });
+    let action = match action.as_str() {
+        "start" => RecordingAction::Start { pcap },
+        "pause" => RecordingAction::Pause,
+        "stop" => RecordingAction::Stop,
+        other => {
+            let text = format!("{other:?} is not start, pause or stop\n");
+            return (StatusCode::NOT_FOUND, text).into_response();
+        }
+    };
+    let asked = ask(&state, |reply| AdminQuery::Recording {
+        call_id: call_id.clone(),
+        action,
+        reply,
+    })
+    .await;
+    match asked {
+        None => unavailable(),
+        Some(Ok(recording)) => json(&RecordingView {
+            call_id,
+            action: action.as_str(),
+            recording,
+        }),
+        Some(Err(error)) => (error.status(), format!("{error}\n")).into_response(),
+    }
 }

@@ -158,7 +158,74 @@ pub(crate) fn cdr_row(
     };
     row.media_verdict = verdict.as_str().to_owned();
     row.media_diagnosis = diagnosis + &moves_text(&record.media_moves, evidence);
+    if let Some(text) = recording_outcome(&mut row, record, release) {
+        row.media_diagnosis.push_str("; ");
+        row.media_diagnosis.push_str(&text);
+    }
     row
+}
+
+/// Fills the row's recording fields from the proxy's final recording state, and says what
+/// became of the recording (None when none was asked for or made).
+fn recording_outcome(row: &mut Cdr, record: &CallRecord, release: &Release) -> Option<String> {
+    let intent = &record.recording;
+    let asked = intent.last.is_some() || (intent.by_policy && record.answer.is_some());
+    let moved = record.media_moves.iter().any(|m| m.to.is_some()) && intent.restarts > 0;
+    let earlier = if moved {
+        "; the part before the media moved stays on the node it left"
+    } else {
+        ""
+    };
+    let made = match release {
+        Release::Released(stats) => stats.recording.as_ref(),
+        Release::NotRelayed if asked => {
+            return Some(
+                "recording asked for, but the media went direct (not through a proxy): nothing recorded"
+                    .to_owned(),
+            );
+        }
+        Release::NotRelayed => return None,
+        Release::Failed(_) if asked => {
+            // The files, if any, are on the lost node; the last-seen figures say how much.
+            return Some(format!(
+                "recording: the media proxy gave no final state, so whether its files are complete is unknown; {} packets were recorded when it was last seen{earlier}",
+                row.recording_packets
+            ));
+        }
+        Release::Failed(_) => return None,
+    };
+    let Some(made) = made else {
+        return asked.then(|| match &intent.failure {
+            Some(failure) => format!("recording asked for but not made: {failure}"),
+            None => "recording asked for but not made: the media proxy reports none".to_owned(),
+        });
+    };
+    row.recording_packets = made.packets as i64;
+    row.has_recording = !made.path.is_empty();
+    row.recording_path = row.has_recording.then(|| made.path.clone());
+    let seconds = made.duration_ms as f64 / 1000.0;
+    let mut text = if !made.error.is_empty() {
+        format!(
+            "recording failed: {}; the files keep the {seconds:.1} s ({} packets) written before",
+            made.error, made.packets
+        )
+    } else if made.packets == 0 {
+        "recording has no audio: no RTP reached the recorder".to_owned()
+    } else {
+        format!(
+            "recorded {seconds:.1} s ({} packets) at {} Hz to {}",
+            made.packets, made.sample_rate, made.path
+        )
+    };
+    if made.dropped_packets > 0 {
+        let _ = write!(
+            text,
+            "; partial: the recorder fell behind and lost {} packets",
+            made.dropped_packets
+        );
+    }
+    text.push_str(earlier);
+    Some(text)
 }
 
 /// Adds a report's audio and relayed totals to the row's.
@@ -173,6 +240,7 @@ fn add_totals(row: &mut Cdr, report: &MediaReport) {
         .iter()
         .map(|m| m.rtp_out.bytes + m.rtcp_out.bytes)
         .sum::<u64>() as i64;
+    // What the recorder took, per media line; the final recording state replaces it.
     row.recording_packets += report.media.iter().map(|m| m.recorded_packets).sum::<u64>() as i64;
 }
 
@@ -230,9 +298,10 @@ mod tests {
     use proto::domain::MediaKind;
 
     use super::*;
-    use crate::call::{Disposition, HangupSide};
+    use crate::call::{Disposition, HangupSide, RecordingIntent};
     use crate::config::MediaMode;
     use crate::diagnosis::{Flow, MediaFigures, Snapshot};
+    use crate::media::{Recording, RecordingAction};
 
     fn record(answered: bool) -> (CallRecord, WallAnchor) {
         let start = Instant::now();
@@ -266,6 +335,7 @@ mod tests {
             } else {
                 "CANCEL from the caller".into()
             },
+            recording: RecordingIntent::default(),
         };
         (record, clock)
     }
@@ -293,7 +363,153 @@ mod tests {
             media,
             release_reason: if now { "released" } else { "timeout" }.into(),
             released_now: now,
+            recording: None,
         })
+    }
+
+    fn two_way() -> Vec<MediaFigures> {
+        vec![
+            audio(Leg::Caller, 3000, "192.0.2.1:4000"),
+            audio(Leg::Callee, 3000, "192.0.2.2:5000"),
+        ]
+    }
+
+    fn recorded(error: &str, packets: u64, dropped: u64) -> Release {
+        let path = "/var/lib/mediaproxy/recordings/2026/12/02/a-leg.wav";
+        Release::Released(FinalStats {
+            media: two_way(),
+            release_reason: "released".into(),
+            released_now: true,
+            recording: Some(Recording {
+                state: "finished",
+                path: path.into(),
+                files: vec![path.into()],
+                packets,
+                duration_ms: packets * 10,
+                sample_rate: 8000,
+                dropped_packets: dropped,
+                error: error.into(),
+            }),
+        })
+    }
+
+    fn by_policy() -> RecordingIntent {
+        RecordingIntent {
+            by_policy: true,
+            last: Some(RecordingAction::Start { pcap: false }),
+            ..RecordingIntent::default()
+        }
+    }
+
+    #[test]
+    fn a_recorded_call_carries_the_recordings_path_packets_and_length() {
+        let (mut record, clock) = record(true);
+        record.recording = by_policy();
+        let row = cdr_row(&record, &recorded("", 6000, 0), &Evidence::default(), clock);
+        assert!(row.has_recording);
+        assert_eq!(
+            row.recording_path.as_deref(),
+            Some("/var/lib/mediaproxy/recordings/2026/12/02/a-leg.wav")
+        );
+        assert_eq!(row.recording_packets, 6000);
+        assert_eq!(row.media_verdict, "ok");
+        assert!(
+            row.media_diagnosis.ends_with(
+                "; recorded 60.0 s (6000 packets) at 8000 Hz to /var/lib/mediaproxy/recordings/2026/12/02/a-leg.wav"
+            ),
+            "{}",
+            row.media_diagnosis
+        );
+    }
+
+    #[test]
+    fn a_failed_or_partial_recording_is_explained_and_the_row_still_written() {
+        let (mut record, clock) = record(true);
+        record.recording = by_policy();
+        let full = recorded("writing a-leg.wav: No space left on device", 1500, 0);
+        let row = cdr_row(&record, &full, &Evidence::default(), clock);
+        assert!(row.has_recording, "the salvaged files still play");
+        assert_eq!(row.recording_packets, 1500);
+        assert_eq!(row.media_verdict, "ok", "the call's media was fine");
+        assert!(
+            row.media_diagnosis.ends_with(
+                "; recording failed: writing a-leg.wav: No space left on device; the files keep the 15.0 s (1500 packets) written before"
+            ),
+            "{}",
+            row.media_diagnosis
+        );
+        let behind = cdr_row(
+            &record,
+            &recorded("", 5900, 100),
+            &Evidence::default(),
+            clock,
+        );
+        assert!(
+            behind
+                .media_diagnosis
+                .ends_with("; partial: the recorder fell behind and lost 100 packets"),
+            "{}",
+            behind.media_diagnosis
+        );
+        let silent = cdr_row(&record, &recorded("", 0, 0), &Evidence::default(), clock);
+        assert!(
+            silent
+                .media_diagnosis
+                .ends_with("; recording has no audio: no RTP reached the recorder"),
+            "{}",
+            silent.media_diagnosis
+        );
+    }
+
+    #[test]
+    fn a_recording_that_never_started_says_why() {
+        let (mut record, clock) = record(true);
+        record.recording = by_policy();
+        record.recording.failure = Some(
+            "start failed: media proxy refused the media: FailedPrecondition: recordings directory is not writable"
+                .into(),
+        );
+        let release = released(two_way(), true);
+        let row = cdr_row(&record, &release, &Evidence::default(), clock);
+        assert!(!row.has_recording);
+        assert_eq!(row.recording_path, None);
+        assert!(
+            row.media_diagnosis.ends_with(
+                "; recording asked for but not made: start failed: media proxy refused the media: FailedPrecondition: recordings directory is not writable"
+            ),
+            "{}",
+            row.media_diagnosis
+        );
+        // Direct mode: nothing could record it.
+        record.relayed = false;
+        let direct = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), clock);
+        assert!(
+            direct
+                .media_diagnosis
+                .ends_with("; recording asked for, but the media went direct (not through a proxy): nothing recorded"),
+            "{}",
+            direct.media_diagnosis
+        );
+        // Not recorded, not asked: the diagnosis says nothing of recording.
+        let (plain, clock) = self::record(true);
+        let row = cdr_row(&plain, &release, &Evidence::default(), clock);
+        assert!(
+            !row.media_diagnosis.contains("record"),
+            "{}",
+            row.media_diagnosis
+        );
+        // Policy asks at the answer: an unanswered call was never to be recorded.
+        let (mut unanswered, clock) = self::record(false);
+        unanswered.recording = RecordingIntent {
+            by_policy: true,
+            ..RecordingIntent::default()
+        };
+        let row = cdr_row(&unanswered, &release, &Evidence::default(), clock);
+        assert!(
+            !row.media_diagnosis.contains("record"),
+            "{}",
+            row.media_diagnosis
+        );
     }
 
     #[test]

@@ -53,12 +53,15 @@ impl FromStr for MediaMode {
 
 /// `PREFIX=SIP-URI`: requests whose Request-URI user starts with PREFIX go to the URI. A
 /// `;media=direct|relay|reflect` parameter on the URI sets the media mode of calls on this
-/// route (it is removed from the URI that is sent).
+/// route, `;record=yes|no` whether they are recorded (both are removed from the URI that is
+/// sent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub prefix: String,
     pub target: Uri,
     pub media_mode: Option<MediaMode>,
+    /// Record calls on this route (overrides --record).
+    pub record: Option<bool>,
     /// Where requests on this route are sent: the target's IP address, or its host name
     /// resolved (A/AAAA) when the configuration is loaded.
     pub address: Option<SocketAddr>,
@@ -96,13 +99,32 @@ impl FromStr for Route {
             Some(None) => return Err("media= needs direct, relay or reflect".into()),
             None => None,
         };
-        target.params.retain(|(name, _)| name != "media");
+        let record = match target.param("record") {
+            Some(Some(value)) => {
+                Some(parse_bool(value).ok_or_else(|| format!("record={value} is not yes or no"))?)
+            }
+            Some(None) => Some(true),
+            None => None,
+        };
+        target
+            .params
+            .retain(|(name, _)| name != "media" && name != "record");
         Ok(Self {
             prefix: prefix.trim().to_owned(),
             target,
             media_mode,
+            record,
             address: None,
         })
+    }
+}
+
+/// `yes`/`no`, `true`/`false`, `on`/`off`, `1`/`0`, in any case.
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "on" | "1" => Some(true),
+        "no" | "false" | "off" | "0" => Some(false),
+        _ => None,
     }
 }
 
@@ -305,6 +327,8 @@ pub struct User {
     pub password: String,
     /// Media mode for calls from this user (overrides --media-mode).
     pub media_mode: Option<MediaMode>,
+    /// Record calls from this user (overrides the route's `;record=` and --record).
+    pub record: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -655,6 +679,17 @@ mod tests {
         assert_eq!(direct.media_mode, Some(MediaMode::Direct));
         assert_eq!(direct.target.to_string(), "sip:10.0.0.5:5060;transport=tcp");
         assert!("9=sip:10.0.0.5;media=loud".parse::<Route>().is_err());
+        assert_eq!(direct.record, None);
+        let recorded: Route = "8=sip:10.0.0.6;record=yes;media=reflect".parse().unwrap();
+        assert_eq!(recorded.record, Some(true));
+        assert_eq!(recorded.media_mode, Some(MediaMode::Reflect));
+        assert_eq!(recorded.target.to_string(), "sip:10.0.0.6");
+        let bare: Route = "8=sip:10.0.0.6;record".parse().unwrap();
+        assert_eq!(bare.record, Some(true));
+        let off: Route = "8=sip:10.0.0.6;record=OFF".parse().unwrap();
+        assert_eq!(off.record, Some(false));
+        let error = "8=sip:10.0.0.6;record=maybe".parse::<Route>().unwrap_err();
+        assert!(error.contains("record=maybe"), "{error}");
         assert_eq!(
             config.routes[0].address,
             Some("192.0.2.1:5060".parse().unwrap())

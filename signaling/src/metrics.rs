@@ -46,6 +46,7 @@ pub(crate) struct Metrics {
     pub(crate) dns_failures: IntCounter,
     pub(crate) sessions_swept: IntCounterVec,
     pub(crate) mediaproxy_duration: HistogramVec,
+    pub(crate) recording_requests: IntCounterVec,
     pub(crate) cdr: crate::cdr::WriterMetrics,
 }
 
@@ -151,6 +152,22 @@ impl Metrics {
         )
         .expect("valid metric");
         let mediaproxy_duration = registered(&registry, mediaproxy_duration);
+        let recording_requests = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "signaling_recording_requests_total",
+                    "Recording requests sent to media proxies (by policy at the answer, by operators, after a move), by action and result.",
+                ),
+                &["action", "result"],
+            )
+            .expect("valid metric"),
+        );
+        for action in ["start", "pause", "stop"] {
+            for result in ["ok", "failed"] {
+                recording_requests.with_label_values(&[action, result]);
+            }
+        }
         let gauge = |name: &str, help: &str| {
             registered(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
@@ -194,6 +211,7 @@ impl Metrics {
             dns_failures,
             sessions_swept,
             mediaproxy_duration,
+            recording_requests,
         }
     }
 

@@ -19,16 +19,16 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::AdminQuery;
+use crate::admin::{AdminQuery, RecordingError};
 use crate::auth::DigestAuth;
-use crate::call::{CallRecord, Core, Input, Output, Settings};
+use crate::call::{CallRecord, Core, Input, Output, RecordingTarget, Settings};
 use crate::cdr::{Cdr, CdrWriter, WriterOptions};
 use crate::completion::{Release, WallAnchor, cdr_row};
 use crate::config::Config;
 use crate::diagnosis::{Evidence, Snapshot};
 use crate::ids::Ids;
 use crate::media::pool::{HealthReport, Pool};
-use crate::media::{MediaClient, MediaEvent};
+use crate::media::{MediaClient, MediaError, MediaEvent, Recording, RecordingAction};
 use crate::metrics::Metrics;
 use crate::registrar::{Policy, Registrar};
 use crate::sip::message::{Frame, Message, frame, parse};
@@ -290,6 +290,7 @@ impl Signaling {
                 trusted: config.trusted.clone(),
                 users: config.users.clone(),
                 media_mode: config.media_mode,
+                record: config.record,
                 ring_timeout: config.ring_timeout,
                 max_call_duration: config.max_call_duration,
                 keepalive: config.keepalive,
@@ -327,6 +328,23 @@ impl Signaling {
                         }
                         AdminQuery::Registrations(reply) => {
                             let _ = reply.send(core.registrations(now));
+                        }
+                        AdminQuery::Recording { call_id, action, reply } => {
+                            match core.recording_request(&call_id, action) {
+                                Ok(target) => {
+                                    let (pool, metrics, inputs) =
+                                        (pool.clone(), metrics.clone(), inputs.clone());
+                                    tokio::spawn(async move {
+                                        let result =
+                                            recording(&pool, &metrics, &inputs, target, action)
+                                                .await;
+                                        let _ = reply.send(result.map_err(RecordingError::Media));
+                                    });
+                                }
+                                Err(refused) => {
+                                    let _ = reply.send(Err(RecordingError::Refused(refused)));
+                                }
+                            }
                         }
                     }
                     None
@@ -366,11 +384,12 @@ impl Signaling {
                         call_id,
                         offer,
                         offer_leg,
+                        reflect,
                     } => {
                         let pool = pool.clone();
                         let inputs = inputs.clone();
                         tokio::spawn(async move {
-                            let result = pool.place(&call_id, &offer, offer_leg).await;
+                            let result = pool.place(&call_id, &offer, offer_leg, reflect).await;
                             let _ = inputs.send(Input::MediaReady { call, result }).await;
                         });
                     }
@@ -380,12 +399,15 @@ impl Signaling {
                         caller,
                         callee,
                         lost,
+                        reflect,
                     } => {
                         let pool = pool.clone();
                         let inputs = inputs.clone();
                         let metrics = metrics.clone();
                         tokio::spawn(async move {
-                            let result = pool.relocate(&call_id, &caller, &callee, &lost).await;
+                            let result = pool
+                                .relocate(&call_id, &caller, &callee, &lost, reflect)
+                                .await;
                             let outcome = if result.is_ok() { "moved" } else { "failed" };
                             metrics.media_moves.with_label_values(&[outcome]).inc();
                             let _ = inputs.send(Input::Relocated { call, result }).await;
@@ -439,6 +461,25 @@ impl Signaling {
                             }
                         });
                     }
+                    Output::Recording {
+                        call,
+                        endpoint,
+                        call_id,
+                        action,
+                        file_stem,
+                    } => {
+                        let (pool, metrics, inputs) =
+                            (pool.clone(), metrics.clone(), inputs.clone());
+                        let target = RecordingTarget {
+                            call,
+                            endpoint,
+                            call_id,
+                            file_stem,
+                        };
+                        tokio::spawn(async move {
+                            let _ = recording(&pool, &metrics, &inputs, target, action).await;
+                        });
+                    }
                     Output::Finish(record) => {
                         let pool = pool.clone();
                         let cdr = cdr.clone();
@@ -485,6 +526,52 @@ impl Signaling {
         tracing::info!("signaling stopped");
         Ok(())
     }
+}
+
+/// Starts, pauses or stops a call's recording on its node, counts the request, and tells the
+/// core how it went (for the CDR's diagnosis).
+async fn recording(
+    pool: &Pool,
+    metrics: &Metrics,
+    inputs: &mpsc::Sender<Input>,
+    target: RecordingTarget,
+    action: RecordingAction,
+) -> Result<Option<Recording>, MediaError> {
+    let result = match pool.node(&target.endpoint) {
+        Some(node) => {
+            node.client
+                .recording(&target.call_id, action, &target.file_stem)
+                .await
+        }
+        None => Err(MediaError::Unavailable(format!(
+            "media proxy {} left the pool",
+            target.endpoint
+        ))),
+    };
+    let outcome = if result.is_ok() { "ok" } else { "failed" };
+    metrics
+        .recording_requests
+        .with_label_values(&[action.as_str(), outcome])
+        .inc();
+    match &result {
+        Ok(state) => tracing::info!(
+            call_id = %target.call_id,
+            action = action.as_str(),
+            path = state.as_ref().map_or("", |s| s.path.as_str()),
+            "recording request done"
+        ),
+        Err(error) => {
+            tracing::warn!(call_id = %target.call_id, action = action.as_str(), %error, "recording request failed");
+        }
+    }
+    let _ = inputs
+        .send(Input::RecordingDone {
+            call: target.call,
+            action,
+            result: result.as_ref().map(|_| ()).map_err(Clone::clone),
+        })
+        .await;
+    result
 }
 
 /// First-packet sources per call, from the proxy's events.

@@ -10,8 +10,10 @@
 //! 25730, media 30800 / 30900 and 31400 / 31500, relay 31100-31299 and 31600-31799, gRPC
 //! 25620-25621 and 25630-25631), the drain test (SIP 25740, second UAC 25743, media 32000 /
 //! 32020 / 32100, relay 32200-32399, gRPC 25640-25641), the orphan test (SIP 25750, media
-//! 32500 / 32600, relay 32700-32799, gRPC 25650) and the mutual TLS test (SIP 25760 and
-//! 25770, media 32900 / 33000, relay 33100-33199, gRPC 25660).
+//! 32500 / 32600, relay 32700-32799, gRPC 25650), the mutual TLS test (SIP 25760 and
+//! 25770, media 32900 / 33000, relay 33100-33199, gRPC 25660) and the recording tests (SIP
+//! 25780 and 25790, media 33300 / 33400 and 33600 / 33700, relay 33500-33599 and
+//! 33800-33899).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -148,6 +150,11 @@ impl Service {
 
     /// GETs a path of the HTTP endpoint (`--metrics`); returns the whole response.
     fn get(&self, path: &str) -> String {
+        self.http("GET", path)
+    }
+
+    /// Sends `method path` to the HTTP endpoint (`--metrics`); returns the whole response.
+    fn http(&self, method: &str, path: &str) -> String {
         let log = self.log();
         let line = log
             .lines()
@@ -161,7 +168,7 @@ impl Service {
         let mut stream = std::net::TcpStream::connect(address).expect("metrics endpoint");
         std::io::Write::write_all(
             &mut stream,
-            format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes(),
+            format!("{method} {path} HTTP/1.0\r\n\r\n").as_bytes(),
         )
         .unwrap();
         let mut body = String::new();
@@ -1953,4 +1960,218 @@ fn calls_relay_through_a_media_proxy_over_mutual_tls_and_a_stranger_gets_503() {
     let rows = service.stop();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["sip_status"], "503", "{rows:?}");
+}
+
+/// A WAV file's channels, sample rate and length in milliseconds (canonical 44-byte header,
+/// as the media proxy writes it).
+fn wav_shape(path: &str) -> (u16, u32, u64) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert_eq!(&bytes[0..4], b"RIFF", "{path}");
+    assert_eq!(&bytes[8..12], b"WAVE", "{path}");
+    let channels = u16::from_le_bytes([bytes[22], bytes[23]]);
+    let rate = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
+    let data = u32::from_le_bytes(bytes[40..44].try_into().unwrap());
+    assert_eq!(
+        data as usize,
+        bytes.len() - 44,
+        "{path}: header matches the data"
+    );
+    let millis = u64::from(data) * 1000 / (u64::from(rate) * 2 * u64::from(channels));
+    (channels, rate, millis)
+}
+
+/// The stereo recording's sidecar JSON (`STEM.json` beside `STEM.wav`).
+fn sidecar(stereo: &str) -> serde_json::Value {
+    let path = stereo.strip_suffix(".wav").expect("a .wav path").to_owned() + ".json";
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn record_policy_records_a_call_the_callee_hangs_up_into_playable_files() {
+    let ports = Ports {
+        sip: 25780,
+        uac: 25781,
+        uas: 25782,
+        uac_media: 33300,
+        uas_media: 33400,
+        relay: 33500..33600,
+    };
+    let recordings = Scratch::new("sig-e2e-record-files");
+    let directory = recordings.join("calls");
+    let service = Service::start(
+        "record",
+        &ports,
+        &[
+            "--trusted",
+            "127.0.0.0/8",
+            "--record",
+            "--recordings",
+            directory.to_str().unwrap(),
+        ],
+    );
+    call_between(
+        &ports,
+        &service,
+        "uas_echo_then_bye.xml",
+        true,
+        &[],
+        "uac_pcap_until_bye.xml",
+        &[],
+    );
+    let metrics = service.metrics();
+    let (rows, media, log) = service.stop_all();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cdr = &rows[0];
+    assert_eq!(cdr["hangup_side"], "callee");
+    assert_eq!(number(cdr, "has_recording"), 1, "{cdr:?}");
+    let path = cdr["recording_path"].clone();
+    assert!(
+        path.starts_with(directory.to_str().unwrap()) && path.ends_with(".wav"),
+        "{path}"
+    );
+    // Both legs' audio was written: the caller's pcap and the callee's echo of it.
+    let packets = number(cdr, "recording_packets");
+    assert!(packets >= 2 * MIN_PACKETS, "{cdr:?}");
+    assert!(
+        cdr["media_diagnosis"].contains("; recorded ") && cdr["media_diagnosis"].ends_with(&path),
+        "{cdr:?}"
+    );
+    // Playable files at G.711's 8 kHz: stereo (caller left, callee right) and mixed mono. They
+    // cover the recorded time, answer to hang-up (the second of silence after the caller's 5 s
+    // pcap included: time compressed away would misplace what follows), so they hold all the
+    // media and last as long as the answered call, within 100 ms (the start request's round
+    // trip and the first packet's arrival, the release after the BYE).
+    let (channels, rate, millis) = wav_shape(&path);
+    assert_eq!((channels, rate), (2, 8000));
+    let times = |column: &str| -> Vec<i64> {
+        media
+            .iter()
+            .filter_map(|m| m.get(column).and_then(|v| v.parse().ok()))
+            .collect()
+    };
+    let span = times("last_packet_time").into_iter().max().unwrap()
+        - times("first_packet_time").into_iter().min().unwrap();
+    let answered = number(cdr, "duration_ms");
+    assert!(
+        millis as i64 >= span && (millis as i64 - answered).abs() <= 100,
+        "the file holds {millis} ms, the media lasted {span} ms, the answered call {answered} ms"
+    );
+    let mixed = path.replace(".wav", "-mixed.wav");
+    let (channels, rate, mixed_millis) = wav_shape(&mixed);
+    assert_eq!((channels, rate, mixed_millis), (1, 8000, millis));
+    let json = sidecar(&path);
+    assert_eq!(json["state"], "complete", "{json}");
+    assert_eq!(
+        json["call_id"],
+        cdr["call_id"].as_str(),
+        "named by the caller's Call-ID"
+    );
+    assert_eq!(json["packets"].as_i64(), Some(packets));
+    assert!(
+        metrics.contains("signaling_recording_requests_total{action=\"start\",result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(log.contains("recording request done"), "{log}");
+}
+
+#[test]
+fn an_operator_starts_pauses_and_stops_a_recording_over_the_admin_endpoint() {
+    let ports = Ports {
+        sip: 25790,
+        uac: 25791,
+        uas: 25792,
+        uac_media: 33600,
+        uas_media: 33700,
+        relay: 33800..33900,
+    };
+    let recordings = Scratch::new("sig-e2e-admin-record-files");
+    let directory = recordings.join("calls");
+    let service = Service::start(
+        "admin-record",
+        &ports,
+        &[
+            "--trusted",
+            "127.0.0.0/8",
+            "--recordings",
+            directory.to_str().unwrap(),
+        ],
+    );
+    let callee = uas(&ports, "uas_echo_then_bye.xml", true, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcap_until_bye.xml", &[]);
+    // The call, once answered.
+    let mut call_id = String::new();
+    assert!(
+        common::eventually(Duration::from_secs(5), || {
+            let answer = service.get("/admin/calls");
+            let body = answer.split("\r\n\r\n").nth(1).unwrap_or("[]");
+            let calls: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            match calls.get(0) {
+                Some(call) if !call["answered_s"].is_null() => {
+                    call_id = call["call_id"].as_str().unwrap().to_owned();
+                    true
+                }
+                _ => false,
+            }
+        }),
+        "the call was answered:\n{}",
+        service.log()
+    );
+    let post = |action: &str| -> (String, serde_json::Value) {
+        let answer = service.http(
+            "POST",
+            &format!("/admin/calls/{call_id}/recording/{action}"),
+        );
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status = head.lines().next().unwrap().to_owned();
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    };
+    let (status, started) = post("start?pcap=1");
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(started["recording"]["state"], "recording", "{started}");
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, paused) = post("pause");
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(paused["recording"]["state"], "paused", "{paused}");
+    std::thread::sleep(Duration::from_millis(1000));
+    let (_, resumed) = post("start");
+    assert_eq!(resumed["recording"]["state"], "recording", "{resumed}");
+    std::thread::sleep(Duration::from_millis(1000));
+    let (_, stopped) = post("stop");
+    assert_eq!(stopped["recording"]["state"], "finished", "{stopped}");
+    // What cannot be done is said, with the status that fits.
+    let unknown = service.http("POST", "/admin/calls/nobody/recording/start");
+    assert!(unknown.starts_with("HTTP/1.0 404"), "{unknown}");
+    let nonsense = service.http("POST", &format!("/admin/calls/{call_id}/recording/rewind"));
+    assert!(nonsense.starts_with("HTTP/1.0 404"), "{nonsense}");
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    let rows = service.stop();
+    let cdr = &rows[0];
+    assert_eq!(number(cdr, "has_recording"), 1, "{cdr:?}");
+    let path = cdr["recording_path"].clone();
+    let json = sidecar(&path);
+    assert_eq!(json["state"], "complete", "{json}");
+    let pauses = json["pauses_ms"].as_array().unwrap();
+    assert_eq!(pauses.len(), 1, "{json}");
+    let (from, to) = (
+        pauses[0][0].as_u64().unwrap(),
+        pauses[0][1].as_u64().unwrap(),
+    );
+    assert!(
+        (800..=1300).contains(&(to - from)),
+        "paused for about a second: {json}"
+    );
+    // Three seconds of the call were recorded (one of them paused, kept as silence).
+    let (_, _, millis) = wav_shape(&path);
+    assert!((2700..=3400).contains(&millis), "{millis} ms");
+    let pcap = path.replace(".wav", ".pcap");
+    assert!(
+        std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 24),
+        "{pcap}"
+    );
 }

@@ -386,7 +386,7 @@ impl Thread {
                     self.last_sync = now;
                 }
                 for call in self.calls.values_mut() {
-                    call.flush(caught_up, false, &self.settings, &self.metrics);
+                    call.flush(caught_up, Flush::Waited, &self.settings, &self.metrics);
                     if sync {
                         call.sync(&self.metrics);
                     }
@@ -573,6 +573,10 @@ struct Recording {
     /// (from, to) in milliseconds of the file.
     pauses: Vec<(u64, u64)>,
     started_unix_ms: u64,
+    /// Where on the call's time line (samples since its first audio packet) the files begin:
+    /// audio of a call recorded again after a stop that waited in the jitter window from
+    /// before this start is not written.
+    begins_at: u64,
     packets: u64,
     leg_packets: [u64; 2],
     /// Samples per channel written.
@@ -636,6 +640,19 @@ impl Recording {
 
 fn decode_error(metrics: &Metrics, reason: &str) {
     metrics.decode_errors.with_label_values(&[reason]).inc();
+}
+
+/// How far [`CallAudio::flush`] takes audio out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// What has waited the jitter window (a packet placed later still finds its place).
+    Waited,
+    /// Everything placed, at least what has waited (pause and resume: the recording goes
+    /// on, and packets still on their way within the window must not fall behind it).
+    Placed,
+    /// Everything placed and the time up to now, silent where nothing arrived (stop: a
+    /// recording that ends after a silent stretch keeps it).
+    Ended,
 }
 
 /// Samples at `rate` between `origin` and `at`.
@@ -757,9 +774,8 @@ impl CallAudio {
         }
     }
 
-    /// Takes out the audio that has waited the jitter window (all of it when `all`), into the
-    /// recording and the taps.
-    fn flush(&mut self, now: Instant, all: bool, settings: &RecorderSettings, metrics: &Metrics) {
+    /// Takes out audio up to what `how` says, into the recording and the taps.
+    fn flush(&mut self, now: Instant, how: Flush, settings: &RecorderSettings, metrics: &Metrics) {
         let Some((rate, origin)) = self.clock else {
             return;
         };
@@ -767,15 +783,19 @@ impl CallAudio {
             leg.timeline.get_or_insert_with(|| Timeline::new(rate));
         }
         let taken = self.legs[0].timeline.as_ref().map_or(0, Timeline::taken);
-        let upto = if all {
+        let window = position(origin, origin + JITTER_WINDOW, rate);
+        let waited = (position(origin, now, rate) - window).max(0) as u64;
+        let placed = || {
             self.legs
                 .iter()
                 .filter_map(|l| l.timeline.as_ref().map(Timeline::end))
                 .max()
                 .unwrap_or(taken)
-        } else {
-            let window = position(origin, origin + JITTER_WINDOW, rate);
-            (position(origin, now, rate) - window).max(0) as u64
+        };
+        let upto = match how {
+            Flush::Waited => waited,
+            Flush::Placed => placed().max(waited),
+            Flush::Ended => placed().max(position(origin, now, rate).max(0) as u64),
         };
         if upto <= taken {
             return;
@@ -789,7 +809,17 @@ impl CallAudio {
             t.take(upto, &mut self.right);
         }
         if let Some(recording) = self.recording.as_mut() {
-            write_recording(recording, rate, &self.left, &self.right, metrics);
+            let skip = |samples: &[i16]| {
+                (recording.begins_at.saturating_sub(taken) as usize).min(samples.len())
+            };
+            let (left, right) = (skip(&self.left), skip(&self.right));
+            write_recording(
+                recording,
+                rate,
+                &self.left[left..],
+                &self.right[right..],
+                metrics,
+            );
         }
         let origin_unix_ms = settings.clock.unix_ms(origin);
         let encodings = [self.legs[0].encoding(), self.legs[1].encoding()];
@@ -851,7 +881,7 @@ impl CallAudio {
                 .as_ref()
                 .is_some_and(|r| r.paused_since.is_some())
             {
-                self.flush(Instant::now(), true, settings, metrics);
+                self.flush(Instant::now(), Flush::Placed, settings, metrics);
             }
             if let Some(recording) = self.recording.as_mut()
                 && let Some(since) = recording.paused_since.take()
@@ -889,6 +919,9 @@ impl CallAudio {
             paused_since: None,
             pauses: Vec::new(),
             started_unix_ms: unix_ms,
+            begins_at: self.clock.map_or(0, |(rate, origin)| {
+                position(origin, now, rate).max(0) as u64
+            }),
             packets: 0,
             leg_packets: [0; 2],
             samples: 0,
@@ -923,7 +956,7 @@ impl CallAudio {
         metrics: &Metrics,
     ) -> RecordingInfo {
         // What arrived before the pause is written before it.
-        self.flush(now, true, settings, metrics);
+        self.flush(now, Flush::Placed, settings, metrics);
         if let Some(recording) = self.recording.as_mut()
             && recording.paused_since.is_none()
         {
@@ -933,7 +966,7 @@ impl CallAudio {
     }
 
     fn stop(&mut self, settings: &RecorderSettings, metrics: &Metrics) -> RecordingInfo {
-        self.flush(Instant::now(), true, settings, metrics);
+        self.flush(Instant::now(), Flush::Ended, settings, metrics);
         let Some(mut recording) = self.recording.take() else {
             return self.info();
         };

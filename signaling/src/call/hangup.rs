@@ -287,6 +287,7 @@ impl Core {
             relayed: record.allocation_requested,
             media_address: record.media.as_ref().map(|m| m.advertised),
             end_reason: reason,
+            recording: record.recording.clone(),
         };
         if let Some(pending) = pending {
             self.reply(now, pending.server, &pending.request, 487);

@@ -8,7 +8,7 @@ use proto::domain::Leg;
 
 use super::{
     ALLOW, Call, CallRecord, CallRef, CallTimer, Core, Disposition, Flow, HangupSide, MediaPlan,
-    Side, State, TxTag, body_sdp, relayed_response, response, transport_named,
+    RecordingIntent, Side, State, TxTag, body_sdp, relayed_response, response, transport_named,
 };
 use crate::config::MediaMode;
 use crate::dialog::Dialog;
@@ -20,10 +20,17 @@ use crate::sip::message::{Method, Request, Response};
 use crate::sip::uri::{Uri, host_text};
 use crate::transaction::TxId;
 
+/// What a static route says of its calls' media (none for a registered user).
+#[derive(Debug, Clone, Copy, Default)]
+struct RoutePolicy {
+    media_mode: Option<MediaMode>,
+    record: Option<bool>,
+}
+
 impl Core {
     /// Where a call to `user` goes: a registered contact first, then the longest static
-    /// route prefix. Returns (Request-URI, peer, the route's media mode).
-    fn route(&self, now: Instant, user: &str) -> Option<(String, Peer, Option<MediaMode>)> {
+    /// route prefix. Returns (Request-URI, peer, the route's media policy).
+    fn route(&self, now: Instant, user: &str) -> Option<(String, Peer, RoutePolicy)> {
         if let Some(binding) = self.registrar.lookup(now, user).into_iter().next() {
             return Some((
                 binding.contact.uri.to_string(),
@@ -31,7 +38,7 @@ impl Core {
                     transport: transport_named(binding.transport),
                     addr: binding.source,
                 },
-                None,
+                RoutePolicy::default(),
             ));
         }
         let route = self
@@ -51,7 +58,10 @@ impl Core {
                 transport: transport_named(&route.target.transport()),
                 addr: address,
             },
-            route.media_mode,
+            RoutePolicy {
+                media_mode: route.media_mode,
+                record: route.record,
+            },
         ))
     }
 
@@ -94,6 +104,7 @@ impl Core {
             relayed: false,
             media_address: None,
             end_reason: reason.to_owned(),
+            recording: RecordingIntent::default(),
         };
         tracing::info!(call_id = %record.call_id, status, reason, "call rejected");
         self.push(super::Output::Finish(record));
@@ -146,7 +157,7 @@ impl Core {
             return;
         };
         let callee = uri.user.clone().unwrap_or_default();
-        let Some((request_uri, target, route_mode)) = self.route(now, &callee) else {
+        let Some((request_uri, target, policy)) = self.route(now, &callee) else {
             let reason = format!("no registered user and no route for {callee:?}");
             self.reject_call(now, tx, &request, 404, &reason);
             return;
@@ -156,8 +167,9 @@ impl Core {
             .users
             .get(&caller)
             .and_then(|u| u.media_mode)
-            .or(route_mode)
+            .or(policy.media_mode)
             .unwrap_or(self.settings.media_mode);
+        let recorded = self.records(&caller, policy.record);
         let offer = match body_sdp(&request.body) {
             Ok(offer) => offer,
             Err(error) => {
@@ -232,12 +244,16 @@ impl Core {
             sdp_bump: [0, 0],
             moves: Vec::new(),
             relocating: None,
+            recording: RecordingIntent {
+                by_policy: recorded,
+                ..RecordingIntent::default()
+            },
         };
         self.by_call_id.insert(call_id.clone(), (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
         self.calls.insert(call, record);
         self.active += 1;
-        tracing::info!(%call_id, mode = if relayed { mode.as_str() } else { "direct" }, "new call");
+        tracing::info!(%call_id, mode = if relayed { mode.as_str() } else { "direct" }, recorded, "new call");
         match offer {
             Some(offer) if relayed => {
                 if let Some(record) = self.calls.get_mut(&call) {
@@ -249,6 +265,7 @@ impl Core {
                     call_id,
                     offer,
                     offer_leg: Leg::Caller,
+                    reflect: mode == MediaMode::Reflect,
                 });
             }
             _ => self.send_invite(now, call),
@@ -448,11 +465,13 @@ impl Core {
                 record.held_answer = Some(response);
                 record.allocation_requested = true;
                 let call_id = record.a.call_id.clone();
+                let reflect = record.mode == MediaMode::Reflect;
                 self.push(super::Output::Allocate {
                     call,
                     call_id,
                     offer,
                     offer_leg: Leg::Callee,
+                    reflect,
                 });
                 return;
             }
@@ -512,6 +531,7 @@ impl Core {
         let max = self.settings.max_call_duration;
         self.set_timer(now, call, CallTimer::MaxDuration, max);
         self.schedule_keepalive(now, call);
+        self.start_recording_at_answer(call);
     }
 
     /// Timer B of our INVITE: the callee never answered at all.

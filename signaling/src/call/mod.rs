@@ -21,12 +21,14 @@
 //! - [`keepalive`]: in-dialog OPTIONS pings of answered calls.
 //! - [`relocate`]: moving a call's media to another node when its node is lost.
 //! - [`registrar`]: REGISTER with digest authentication, OPTIONS outside dialogs.
+//! - [`recording`]: recording by policy at the answer, by operators, and after a move.
 //! - [`record`]: the call's record for the CDR and its admin summary.
 
 mod hangup;
 mod invite;
 mod keepalive;
 pub(crate) mod record;
+pub(crate) mod recording;
 mod registrar;
 mod reinvite;
 mod relocate;
@@ -44,11 +46,12 @@ use std::time::{Duration, Instant};
 use proto::domain::Leg;
 
 pub(crate) use self::record::{CallRecord, CallSummary, Disposition, HangupSide, MediaMove};
+pub(crate) use self::recording::{RecordingIntent, RecordingRefused, RecordingTarget};
 use crate::auth::DigestAuth;
 use crate::config::{Cidr, MediaMode, Route, User};
 use crate::dialog::Dialog;
 use crate::ids::Ids;
-use crate::media::MediaError;
+use crate::media::{MediaError, RecordingAction};
 use crate::registrar::Registrar;
 use crate::sdp::{self, Rewrite, SdpError, SessionDescription};
 use crate::sip::header::NameAddr;
@@ -154,6 +157,12 @@ pub(crate) enum Input {
         call: CallRef,
         result: Result<MediaPlan, MediaError>,
     },
+    /// The outcome of an [`Output::Recording`] or an operator's recording request.
+    RecordingDone {
+        call: CallRef,
+        action: RecordingAction,
+        result: Result<(), MediaError>,
+    },
 }
 
 /// Outputs the driver performs.
@@ -171,6 +180,8 @@ pub(crate) enum Output {
         call_id: String,
         offer: SessionDescription,
         offer_leg: Leg,
+        /// The call's audio may be tapped (reflect mode).
+        reflect: bool,
     },
     /// Update a leg with its latest SDP (no answer needed), on the call's node.
     UpdateMedia {
@@ -199,6 +210,16 @@ pub(crate) enum Output {
         caller: SessionDescription,
         callee: SessionDescription,
         lost: String,
+        reflect: bool,
+    },
+    /// Start, pause or stop the recording of a call's session on its node, and answer with
+    /// [`Input::RecordingDone`]. `file_stem` names the files (empty: the call id).
+    Recording {
+        call: CallRef,
+        endpoint: String,
+        call_id: String,
+        action: RecordingAction,
+        file_stem: String,
     },
     /// The call ended: release its media (if relayed) and write its CDR.
     Finish(CallRecord),
@@ -213,6 +234,8 @@ pub(crate) struct Settings {
     pub(crate) trusted: Vec<Cidr>,
     pub(crate) users: BTreeMap<String, User>,
     pub(crate) media_mode: MediaMode,
+    /// Record relayed calls from their answer (`--record`; routes and users override it).
+    pub(crate) record: bool,
     pub(crate) ring_timeout: Duration,
     pub(crate) max_call_duration: Duration,
     /// In-dialog OPTIONS keepalive interval of answered calls; zero disables.
@@ -356,6 +379,7 @@ struct Call {
     moves: Vec<MediaMove>,
     /// A move in progress.
     relocating: Option<relocate::Relocation>,
+    recording: RecordingIntent,
 }
 
 impl Call {
@@ -522,6 +546,11 @@ impl Core {
                 self.on_media_sessions(&endpoint, call_ids);
             }
             Input::Relocated { call, result } => self.on_relocated(now, call, result),
+            Input::RecordingDone {
+                call,
+                action,
+                result,
+            } => self.on_recording_done(call, action, result),
         }
         self.flush();
     }

@@ -80,6 +80,8 @@ pub(crate) struct CallRecord {
     pub(crate) media_address: Option<IpAddr>,
     /// Why the call ended, in words ("BYE from the callee", "ring timeout after 60 s").
     pub(crate) end_reason: String,
+    /// What was asked of the call's recording (the proxy's release says what came of it).
+    pub(crate) recording: super::RecordingIntent,
 }
 
 /// A move of a call's media away from a lost node.

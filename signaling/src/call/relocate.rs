@@ -11,6 +11,7 @@ use super::{
     CallRef, CallTimer, Core, Disposition, Flow, HangupSide, MediaMove, MediaPlan, Output, Side,
     State, TxTag, body_sdp,
 };
+use crate::config::MediaMode;
 use crate::media::MediaError;
 use crate::sip::message::Response;
 use crate::transaction::TxId;
@@ -96,12 +97,14 @@ impl Core {
                     .as_ref()
                     .map_or_else(String::new, |m| m.endpoint.clone());
                 let call_id = record.a.call_id.clone();
+                let reflect = record.mode == MediaMode::Reflect;
                 self.push(Output::Relocate {
                     call,
                     call_id,
                     caller,
                     callee,
                     lost,
+                    reflect,
                 });
             }
             State::Calling | State::Proceeding => {
@@ -170,6 +173,7 @@ impl Core {
             after_s,
         });
         record.media = Some(plan);
+        self.restart_recording_after_move(call);
         for side in [Side::A, Side::B] {
             let Some(record) = self.calls.get_mut(&call) else {
                 return;

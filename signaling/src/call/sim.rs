@@ -60,6 +60,7 @@ pub(super) fn settings() -> Settings {
         trusted: vec!["127.0.0.0/8".parse().unwrap()],
         users: BTreeMap::new(),
         media_mode: MediaMode::Direct,
+        record: false,
         ring_timeout: Duration::from_secs(60),
         max_call_duration: Duration::from_secs(3600),
         keepalive: Duration::ZERO,

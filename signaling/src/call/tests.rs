@@ -11,7 +11,7 @@ use proto::domain::Leg;
 use super::sim::{A, B, Fault, Phone, SDP, Sim, answer, invite, requests, responses, settings};
 use super::{Disposition, HangupSide, Input, MediaPlan, Output};
 use crate::config::MediaMode;
-use crate::media::MediaError;
+use crate::media::{MediaError, RecordingAction};
 use crate::sip::message::{Message, Request};
 use crate::transaction::{T1, TIMEOUT};
 
@@ -1099,4 +1099,172 @@ fn a_session_listed_twice_on_a_node_where_no_call_of_ours_is_gets_released() {
     // Released: it takes two more listings to be released again.
     sim.input(listing("http://n1", &["gone"]));
     assert_eq!(stale_releases(&sim).len(), 2);
+}
+
+/// Recording requests the core asked for, in order: (endpoint, call id, action, file stem).
+fn recording_requests(sim: &Sim) -> Vec<(String, String, RecordingAction, String)> {
+    sim.outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Recording {
+                endpoint,
+                call_id,
+                action,
+                file_stem,
+                ..
+            } => Some((
+                endpoint.clone(),
+                call_id.clone(),
+                *action,
+                file_stem.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn policy_records_from_the_answer_and_a_moved_call_records_on_in_new_files() {
+    let mut config = relay_settings();
+    config.record = true;
+    let mut sim = Sim::new(config);
+    sim.send(A, &invite("rec", "z9hG4bKrec", SDP));
+    sim.run(20 * MS);
+    allocated(
+        &mut sim,
+        Ok(MediaPlan {
+            node: "node-1".into(),
+            endpoint: "http://n1".into(),
+            ..plan()
+        }),
+    );
+    sim.run(20 * MS);
+    let to_b = requests(&sim.take(B), "INVITE")[0].clone();
+    sim.send(B, &answer(&to_b, "183 Session Progress", Some("bt"), SDP));
+    sim.run(20 * MS);
+    assert!(
+        recording_requests(&sim).is_empty(),
+        "early media is not recorded"
+    );
+    sim.send(B, &answer(&to_b, "200 OK", Some("bt"), SDP));
+    sim.run(20 * MS);
+    let ok = responses(&sim.take(A), 200)[0].clone();
+    let a_to = ok.headers.get("To").unwrap().to_owned();
+    let start = RecordingAction::Start { pcap: false };
+    assert_eq!(
+        recording_requests(&sim),
+        [("http://n1".into(), "rec".into(), start, String::new())],
+        "started once, at the answer, on the call's node, named by the caller's Call-ID"
+    );
+    // An operator pauses it (by the callee leg's Call-ID).
+    let b_call_id = to_b.call_id().to_owned();
+    let target = sim
+        .core
+        .recording_request(&b_call_id, RecordingAction::Pause)
+        .unwrap();
+    assert_eq!(
+        (target.endpoint.as_str(), target.call_id.as_str()),
+        ("http://n1", "rec")
+    );
+    sim.input(Input::RecordingDone {
+        call: target.call,
+        action: RecordingAction::Pause,
+        result: Ok(()),
+    });
+    // The node is lost; the call moves, and its paused recording is set up again there.
+    sim.input(Input::MediaNodeLost {
+        endpoint: "http://n1".into(),
+        reason: "stopped answering its health checks".into(),
+    });
+    let (call, ..) = relocation(&sim).expect("a relocation");
+    sim.input(Input::Relocated {
+        call,
+        result: Ok(MediaPlan {
+            node: "node-2".into(),
+            endpoint: "http://n2".into(),
+            ..plan()
+        }),
+    });
+    let stem = "rec-moved-1".to_owned();
+    assert_eq!(
+        recording_requests(&sim)[1..],
+        [
+            ("http://n2".into(), "rec".into(), start, stem.clone()),
+            (
+                "http://n2".into(),
+                "rec".into(),
+                RecordingAction::Pause,
+                stem
+            ),
+        ],
+        "new files on the new node, paused as it was"
+    );
+    sim.input(Input::RecordingDone {
+        call,
+        action: start,
+        result: Err(MediaError::Refused("disk full".into())),
+    });
+    sim.send(
+        A,
+        &Phone {
+            call_id: "rec",
+            from: A_FROM,
+            to: &a_to,
+            port: 5061,
+        }
+        .request("BYE", 2, "z9hG4bKrecbye", ""),
+    );
+    sim.run(20 * MS);
+    let record = sim.records()[0].clone();
+    assert_eq!(record.recording.last, Some(RecordingAction::Pause));
+    assert_eq!(record.recording.restarts, 1);
+    assert_eq!(
+        record.recording.failure.as_deref(),
+        Some("start failed: media proxy refused the media: disk full"),
+        "kept for the CDR's diagnosis"
+    );
+}
+
+#[test]
+fn recording_policy_user_beats_route_beats_default_and_direct_calls_cannot_be_recorded() {
+    let mut config = settings();
+    config.record = true;
+    config.users.insert(
+        "alice".into(),
+        crate::config::User {
+            password: "x".into(),
+            media_mode: None,
+            record: Some(true),
+        },
+    );
+    config.users.insert(
+        "carol".into(),
+        crate::config::User {
+            password: "x".into(),
+            media_mode: None,
+            record: None,
+        },
+    );
+    let sim = Sim::new(config);
+    assert!(
+        sim.core.records("alice", Some(false)),
+        "the user's own setting"
+    );
+    assert!(!sim.core.records("carol", Some(false)), "the route's");
+    assert!(sim.core.records("carol", None), "--record");
+    assert!(sim.core.records("nobody", None));
+    // A direct call (these settings' default) has no session to record.
+    let mut sim = Sim::new(settings());
+    sim.send(A, &invite("direct", "z9hG4bKdirect", SDP));
+    sim.run(20 * MS);
+    assert_eq!(
+        sim.core
+            .recording_request("direct", RecordingAction::Start { pcap: false }),
+        Err(super::RecordingRefused::Direct("direct".into()))
+    );
+    assert_eq!(
+        sim.core.recording_request("nobody", RecordingAction::Stop),
+        Err(super::RecordingRefused::NoCall("nobody".into()))
+    );
+    assert!(recording_requests(&sim).is_empty());
 }

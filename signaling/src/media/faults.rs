@@ -293,7 +293,7 @@ async fn a_slow_node_is_marked_down_within_a_second_and_calls_go_to_the_good_one
     let offer = crate::sdp::parse(OFFER).unwrap();
     let placing = Instant::now();
     let plan = pool
-        .place("slow-1", &offer, proto::domain::Leg::Caller)
+        .place("slow-1", &offer, proto::domain::Leg::Caller, false)
         .await
         .unwrap();
     assert_eq!(plan.node, "good");
@@ -335,7 +335,7 @@ async fn a_malformed_allocation_moves_the_call_to_the_next_node_and_releases_the
     assert_eq!(candidates[0], broken, "the broken node looks best");
     let offer = crate::sdp::parse(OFFER).unwrap();
     let plan = pool
-        .place("odd-1", &offer, proto::domain::Leg::Caller)
+        .place("odd-1", &offer, proto::domain::Leg::Caller, false)
         .await
         .unwrap();
     assert_eq!(plan.node, "good");

@@ -39,6 +39,71 @@ pub(crate) struct FinalStats {
     /// False when the proxy had already released the call by itself (the figures are its
     /// tombstone's).
     pub(crate) released_now: bool,
+    /// The call's recording, if one was ever started on this node.
+    pub(crate) recording: Option<Recording>,
+}
+
+/// A call's recording as the media proxy reports it (`RecordingState`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Recording {
+    /// `recording`, `paused` or `finished`.
+    pub(crate) state: &'static str,
+    /// The stereo WAV on the proxy's host; empty until audio was written.
+    pub(crate) path: String,
+    /// Every file: stereo WAV, mixed WAV, sidecar JSON, pcap.
+    pub(crate) files: Vec<String>,
+    /// RTP packets whose audio was written.
+    pub(crate) packets: u64,
+    pub(crate) duration_ms: u64,
+    pub(crate) sample_rate: u32,
+    /// Captured packets the recorder could not take (it fell behind).
+    pub(crate) dropped_packets: u64,
+    /// What ended the writing early (a full disk); empty when nothing did.
+    pub(crate) error: String,
+}
+
+impl Recording {
+    /// The recording a `RecordingState` describes; None for one that never started.
+    pub(crate) fn from_wire(state: &pb::RecordingState) -> Option<Self> {
+        use pb::recording_state::State;
+        let name = match State::try_from(state.state).unwrap_or(State::Unspecified) {
+            State::Unspecified | State::Off => return None,
+            State::Recording => "recording",
+            State::Paused => "paused",
+            State::Finished => "finished",
+        };
+        Some(Self {
+            state: name,
+            path: state.path.clone(),
+            files: state.files.clone(),
+            packets: state.packets,
+            duration_ms: state.duration_ms,
+            sample_rate: state.sample_rate,
+            dropped_packets: state.dropped_packets,
+            error: state.error.clone(),
+        })
+    }
+}
+
+/// What is done to a call's recording, by policy or by an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecordingAction {
+    /// Start (or resume) recording; `pcap` also writes the call's datagrams.
+    Start {
+        pcap: bool,
+    },
+    Pause,
+    Stop,
+}
+
+impl RecordingAction {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Start { .. } => "start",
+            Self::Pause => "pause",
+            Self::Stop => "stop",
+        }
+    }
 }
 
 fn flow(counters: Option<pb::Counters>) -> Flow {
@@ -287,8 +352,9 @@ impl MediaClient {
         call_id: &str,
         offer: &SessionDescription,
         offer_leg: Leg,
+        reflect: bool,
     ) -> Result<MediaPlan, MediaError> {
-        let plan = self.allocate_both(call_id, offer).await?;
+        let plan = self.allocate_both(call_id, offer, reflect).await?;
         self.update(call_id, offer_leg, offer).await?;
         Ok(plan)
     }
@@ -300,17 +366,20 @@ impl MediaClient {
         call_id: &str,
         caller: &SessionDescription,
         callee: &SessionDescription,
+        reflect: bool,
     ) -> Result<MediaPlan, MediaError> {
-        let plan = self.allocate_both(call_id, caller).await?;
+        let plan = self.allocate_both(call_id, caller, reflect).await?;
         self.update(call_id, Leg::Caller, caller).await?;
         self.update(call_id, Leg::Callee, callee).await?;
         Ok(plan)
     }
 
+    /// `reflect`: the call's decoded audio may be tapped (`TapAudio`).
     async fn allocate_both(
         &self,
         call_id: &str,
         offer: &SessionDescription,
+        reflect: bool,
     ) -> Result<MediaPlan, MediaError> {
         let media: Vec<i32> = offer.media.iter().map(|m| m.kind.to_wire()).collect();
         let mut ports = Vec::new();
@@ -326,7 +395,7 @@ impl MediaClient {
                     owner: self.owner.clone(),
                     media: media.clone(),
                     lease_timeout_ms: 0,
-                    reflect: false,
+                    reflect,
                 };
                 async move { client.allocate(request).await }
             })
@@ -430,7 +499,43 @@ impl MediaClient {
             media: figures_from_wire(&stats)?,
             release_reason: answer.release_reason,
             released_now: !answer.already_released,
+            recording: stats.recording.as_ref().and_then(Recording::from_wire),
         })
+    }
+
+    /// Starts, pauses or stops a call's recording; returns where it stands after.
+    /// `file_stem` names the files (empty: the call id).
+    pub(crate) async fn recording(
+        &self,
+        call_id: &str,
+        action: RecordingAction,
+        file_stem: &str,
+    ) -> Result<Option<Recording>, MediaError> {
+        let _timer = self.timer(match action {
+            RecordingAction::Start { .. } => "start_recording",
+            RecordingAction::Pause => "pause_recording",
+            RecordingAction::Stop => "stop_recording",
+        });
+        let mut client = self.channel();
+        let control = pb::RecordingControlRequest {
+            call_id: call_id.to_owned(),
+        };
+        // Not retried: a start whose reply was lost is seen in the next statistics, and a
+        // second one would change nothing anyway.
+        let state = match action {
+            RecordingAction::Start { pcap } => {
+                client
+                    .start_recording(pb::StartRecordingRequest {
+                        call_id: call_id.to_owned(),
+                        file_stem: file_stem.to_owned(),
+                        pcap,
+                    })
+                    .await?
+            }
+            RecordingAction::Pause => client.pause_recording(control).await?,
+            RecordingAction::Stop => client.stop_recording(control).await?,
+        };
+        Ok(Recording::from_wire(&state.into_inner()))
     }
 
     /// Follows this instance's media events; returns when the stream ends or breaks.

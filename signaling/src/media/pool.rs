@@ -431,10 +431,13 @@ impl Pool {
         call_id: &str,
         offer: &SessionDescription,
         offer_leg: Leg,
+        reflect: bool,
     ) -> Result<MediaPlan, MediaError> {
         let _timer = self.durations.with_label_values(&["place"]).start_timer();
         self.on_some_node(call_id, None, |node| async move {
-            node.client.prepare(call_id, offer, offer_leg).await
+            node.client
+                .prepare(call_id, offer, offer_leg, reflect)
+                .await
         })
         .await
     }
@@ -447,13 +450,16 @@ impl Pool {
         caller: &SessionDescription,
         callee: &SessionDescription,
         lost: &str,
+        reflect: bool,
     ) -> Result<MediaPlan, MediaError> {
         let _timer = self
             .durations
             .with_label_values(&["relocate"])
             .start_timer();
         self.on_some_node(call_id, Some(lost), |node| async move {
-            node.client.take_over(call_id, caller, callee).await
+            node.client
+                .take_over(call_id, caller, callee, reflect)
+                .await
         })
         .await
     }
