@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audio;
+pub mod client;
 pub mod config;
 pub mod control;
 pub mod grpc;

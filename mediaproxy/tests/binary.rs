@@ -243,6 +243,55 @@ fn thread_nices(pid: u32) -> Vec<(String, i64)> {
 }
 
 const MPCTL: &str = env!("CARGO_BIN_EXE_mpctl");
+const ANALYSER: &str = env!("CARGO_BIN_EXE_mp-analyser");
+
+/// The binary running with its log in `dir/mediaproxy.log`, started (its gRPC address read
+/// from the start line).
+struct LoggedProxy {
+    _child: Running,
+    log_path: std::path::PathBuf,
+    grpc: String,
+}
+
+impl LoggedProxy {
+    fn start(dir: &std::path::Path, args: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let log_path = dir.join("mediaproxy.log");
+        let log_file = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(BIN)
+            .args(["--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .args(args)
+            .env("MEDIAPROXY_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(log_file)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("binary starts");
+        let mut proxy = Self {
+            _child: Running(child),
+            log_path,
+            grpc: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let line = loop {
+            if let Some(line) = proxy
+                .log()
+                .lines()
+                .find(|l| l.contains("media proxy listening"))
+            {
+                break line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no start line:\n{}", proxy.log());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        proxy.grpc = field(&line, "grpc").to_owned();
+        proxy
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
 
 fn mpctl(grpc: &str, args: &[&str]) -> (bool, String) {
     let url = if grpc.starts_with("http") {
@@ -264,29 +313,9 @@ fn mpctl(grpc: &str, args: &[&str]) -> (bool, String) {
 async fn mpctl_lists_shows_debugs_and_drains_a_running_proxy() {
     use proto::v1 as pb;
     let dir = std::env::temp_dir().join(format!("mpctl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log_path = dir.join("mediaproxy.log");
-    let log_file = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(BIN)
-        .args(["--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
-        .args(["--ports", "22040-22059", "--node-id", "ctl-test"])
-        .env("MEDIAPROXY_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(log_file)
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary starts");
-    let _child = Running(child);
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        if let Some(line) = log().lines().find(|l| l.contains("media proxy listening")) {
-            break line.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no start line:\n{}", log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let grpc = field(&line, "grpc").to_owned();
+    let proxy = LoggedProxy::start(&dir, &["--ports", "22040-22059", "--node-id", "ctl-test"]);
+    let log = || proxy.log();
+    let grpc = proxy.grpc.clone();
     let mut client = pb::media_proxy_client::MediaProxyClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
@@ -631,4 +660,170 @@ async fn mutual_tls_refuses_strangers_and_keeps_each_clients_calls_its_own() {
         .into_inner();
     assert_eq!(listed.sessions.len(), 1, "the call survived the reload");
     assert_eq!(listed.sessions[0].call_id, "tls-call-2");
+}
+
+/// 20 ms PCMU packets of a `frequency` tone, sequence `seq` on.
+fn pcmu_tone(frequency: f64, seq: u16, ssrc: u32) -> Vec<u8> {
+    use audio_codec::Encoder as _;
+    let pcm = mediaproxy::audio::analysis::tone_from(
+        frequency,
+        8000,
+        usize::from(seq) * 160,
+        160,
+        8000.0,
+    );
+    let mut packet = vec![0x80, 0];
+    packet.extend_from_slice(&seq.to_be_bytes());
+    packet.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    packet.extend_from_slice(&ssrc.to_be_bytes());
+    packet.extend(audio_codec::pcmu::PcmuEncoder::new().encode(&pcm));
+    packet
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpctl_records_and_the_example_analyser_hears_both_legs_of_a_reflect_call() {
+    use proto::v1 as pb;
+    let dir = std::env::temp_dir().join(format!("mp-analyser-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let recordings = dir.join("recordings");
+    let proxy = LoggedProxy::start(
+        &dir,
+        &[
+            "--ports",
+            "22060-22079",
+            "--recordings",
+            recordings.to_str().unwrap(),
+        ],
+    );
+    let grpc = proxy.grpc.clone();
+    let mut client = pb::media_proxy_client::MediaProxyClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let caller = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let callee = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut ports = Vec::new();
+    for (leg, phone) in [(pb::Leg::Caller, &caller), (pb::Leg::Callee, &callee)] {
+        let answer = client
+            .allocate(pb::AllocateRequest {
+                call_id: "tap-call".into(),
+                leg: leg as i32,
+                owner: "tap-owner".into(),
+                media: vec![pb::MediaKind::Audio as i32],
+                lease_timeout_ms: 0,
+                reflect: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ports.push(answer.media[0].rtp_port as u16);
+        let address = phone.local_addr().unwrap();
+        client
+            .update(pb::UpdateRequest {
+                call_id: "tap-call".into(),
+                leg: leg as i32,
+                media: vec![pb::RemoteMedia {
+                    index: 0,
+                    address: address.ip().to_string(),
+                    rtp_port: u32::from(address.port()),
+                    rtcp_port: u32::from(address.port()) + 1,
+                    codecs: vec![pb::Codec {
+                        payload_type: 0,
+                        encoding: "PCMU".into(),
+                        clock_rate: 8000,
+                        channels: 1,
+                    }],
+                    direction: pb::Direction::Sendrecv as i32,
+                }],
+            })
+            .await
+            .unwrap();
+    }
+    let (ok, started) = mpctl(&grpc, &["record", "start", "tap-call", "--pcap"]);
+    assert!(ok, "{started}");
+    assert!(started.contains("recording   recording"), "{started}");
+    let wav = dir.join("heard.wav");
+    let analyser = Command::new(ANALYSER)
+        .args(["--grpc", &format!("http://{grpc}"), "tap-call"])
+        .args([
+            "--wav",
+            wav.to_str().unwrap(),
+            "--rate",
+            "16000",
+            "--seconds",
+            "4",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the analyser runs (it ends by itself after --seconds)");
+    std::thread::sleep(Duration::from_millis(300));
+    // Three seconds of talk: 440 Hz from the caller, 1 kHz from the callee.
+    let start = Instant::now();
+    for seq in 0..150u16 {
+        caller
+            .send_to(&pcmu_tone(440.0, seq, 1), ("127.0.0.1", ports[0]))
+            .unwrap();
+        callee
+            .send_to(&pcmu_tone(1000.0, seq, 2), ("127.0.0.1", ports[1]))
+            .unwrap();
+        let due = start + Duration::from_millis(20 * (u64::from(seq) + 1));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    let (ok, paused) = mpctl(&grpc, &["record", "pause", "tap-call"]);
+    assert!(ok && paused.contains("recording   paused"), "{paused}");
+    let (ok, stopped) = mpctl(&grpc, &["record", "stop", "tap-call"]);
+    assert!(ok, "{stopped}");
+    for line in [
+        "recording   finished",
+        "audio       ",
+        "at 8000 Hz, 300 packets",
+    ] {
+        assert!(stopped.contains(line), "{line:?} in {stopped}");
+    }
+    let files: Vec<&str> = stopped
+        .lines()
+        .filter_map(|l| l.strip_prefix("file        "))
+        .collect();
+    assert_eq!(files.len(), 4, "stereo, mixed, sidecar, pcap: {stopped}");
+    assert!(
+        files.iter().all(|f| std::path::Path::new(f).exists()),
+        "{files:?}"
+    );
+    let (ok, shown) = mpctl(&grpc, &["record", "show", "tap-call"]);
+    assert!(ok && shown.contains("recording   finished"), "{shown}");
+    let (ok, missing) = mpctl(&grpc, &["record", "stop", "no-such-call"]);
+    assert!(!ok && missing.contains("NotFound"), "{missing}");
+
+    let output = analyser.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let seconds = |leg: &str, tone: &str| {
+        text.lines()
+            .filter(|l| l.contains(&format!(" {leg} ")) && l.contains(tone))
+            .count()
+    };
+    assert!(seconds("caller", "tone 440 Hz") >= 2, "{text}");
+    assert!(seconds("callee", "tone 1000 Hz") >= 2, "{text}");
+    assert!(text.contains("PCMU 16000 Hz"), "resampled as asked: {text}");
+    assert!(text.contains(&format!("wrote {}", wav.display())), "{text}");
+    // What it wrote: 16 kHz stereo, caller left, callee right, about the three seconds.
+    let bytes = std::fs::read(&wav).unwrap();
+    assert_eq!(u16::from_le_bytes([bytes[22], bytes[23]]), 2);
+    assert_eq!(u32::from_le_bytes(bytes[24..28].try_into().unwrap()), 16000);
+    let samples: Vec<i16> = bytes[44..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let seconds_written = samples.len() as f64 / 2.0 / 16000.0;
+    assert!(
+        (2.7..=4.2).contains(&seconds_written),
+        "{seconds_written} s"
+    );
+    let channel = |c: usize| -> Vec<i16> { samples.iter().skip(c).step_by(2).copied().collect() };
+    let (left, right) = (channel(0), channel(1));
+    let middle = |s: &[i16]| s[s.len() / 4..s.len() / 2].to_vec();
+    use mediaproxy::audio::analysis::level_at;
+    assert!(level_at(&middle(&left), 16000, 440.0) > 0.8);
+    assert!(level_at(&middle(&right), 16000, 1000.0) > 0.8);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -59,6 +59,27 @@ pub fn tone_from(
         .collect()
 }
 
+/// The strongest frequency of `samples` between `from` and `to` Hz, searched in `step` Hz
+/// steps, with its [`level_at`]; None for silence.
+pub fn dominant(samples: &[i16], rate: u32, from: f64, to: f64, step: f64) -> Option<(f64, f64)> {
+    let top = to.min(f64::from(rate) / 2.0 - step);
+    let mut best: Option<(f64, f64)> = None;
+    let mut frequency = from;
+    while frequency <= top {
+        let level = level_at(samples, rate, frequency);
+        if level > best.map_or(0.0, |(_, l)| l) {
+            best = Some((frequency, level));
+        }
+        frequency += step;
+    }
+    best
+}
+
+/// Level of `samples` in dB relative to a full-scale sine (0 dBFS); -inf for silence.
+pub fn dbfs(samples: &[i16]) -> f64 {
+    20.0 * (rms(samples) * std::f64::consts::SQRT_2 / 32767.0).log10()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +91,21 @@ mod tests {
         assert!(level_at(&samples, 8000, 1000.0) < 0.01);
         assert_eq!(level_at(&[0; 100], 8000, 440.0), 0.0);
         assert!((rms(&samples) - 8000.0 / std::f64::consts::SQRT_2).abs() < 20.0);
+    }
+
+    #[test]
+    fn the_dominant_tone_and_the_level_of_a_block_are_found() {
+        let mut block = tone(1000.0, 8000, 8000, 3000.0);
+        for (s, quiet) in block.iter_mut().zip(tone(300.0, 8000, 8000, 500.0)) {
+            *s += quiet;
+        }
+        let (frequency, level) = dominant(&block, 8000, 100.0, 3800.0, 50.0).unwrap();
+        assert_eq!(frequency, 1000.0);
+        assert!(level > 0.9, "{level}");
+        assert_eq!(dominant(&[0; 800], 8000, 100.0, 3800.0, 50.0), None);
+        let full = tone(440.0, 8000, 8000, 32767.0);
+        assert!(dbfs(&full).abs() < 0.1, "{}", dbfs(&full));
+        let quarter = tone(440.0, 8000, 8000, 32767.0 / 4.0);
+        assert!((dbfs(&quarter) + 12.04).abs() < 0.1, "{}", dbfs(&quarter));
     }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
+use mediaproxy::client::{Connection, status_text};
 use mediaproxy::types::{Leg, MediaKind};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
@@ -18,23 +19,8 @@ use tonic::transport::Channel;
     about = "Inspect and steer a running media proxy"
 )]
 struct Cli {
-    /// gRPC URL of the media proxy.
-    #[arg(
-        long,
-        env = "MPCTL_GRPC",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
-    grpc: String,
-    /// For an https:// URL (mutual TLS): PEM certificate of the CA that signed the proxy's.
-    #[arg(long, env = "MPCTL_CA", value_name = "FILE", global = true)]
-    ca: Option<std::path::PathBuf>,
-    /// PEM client certificate (its common name is whose calls mpctl sees and may act on).
-    #[arg(long, env = "MPCTL_CERT", value_name = "FILE", global = true)]
-    cert: Option<std::path::PathBuf>,
-    /// PEM private key of --cert.
-    #[arg(long, env = "MPCTL_KEY", value_name = "FILE", global = true)]
-    key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    connection: Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,6 +55,31 @@ enum Command {
         #[arg(long)]
         call: Option<String>,
     },
+    /// Start, pause or stop recording one call, or show where its recording stands.
+    Record {
+        #[command(subcommand)]
+        action: Record,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Record {
+    /// Start recording (or resume a paused recording).
+    Start {
+        call_id: String,
+        /// Also write a pcap of the call's RTP and RTCP, both legs.
+        #[arg(long)]
+        pcap: bool,
+        /// File name stem instead of the call id.
+        #[arg(long)]
+        stem: Option<String>,
+    },
+    /// Pause: the paused time stays in the files as silence.
+    Pause { call_id: String },
+    /// Stop and close the files (a later start makes new ones).
+    Stop { call_id: String },
+    /// Where the recording stands (state, files, packets, length).
+    Show { call_id: String },
 }
 
 fn main() -> ExitCode {
@@ -93,33 +104,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let mut endpoint = tonic::transport::Endpoint::from_shared(cli.grpc.clone())
-        .map_err(|e| format!("--grpc {}: {e}", cli.grpc))?;
-    if cli.grpc.starts_with("https://") {
-        let read = |flag: &str, path: &Option<std::path::PathBuf>| {
-            let path = path
-                .as_ref()
-                .ok_or_else(|| format!("{} is https://: --{flag} is needed", cli.grpc))?;
-            std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
-        };
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(read(
-                "ca", &cli.ca,
-            )?))
-            .identity(tonic::transport::Identity::from_pem(
-                read("cert", &cli.cert)?,
-                read("key", &cli.key)?,
-            ));
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| format!("--grpc {}: TLS: {e}", cli.grpc))?;
-    }
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the media proxy at {}: {e}", cli.grpc))?;
-    let mut client = MediaProxyClient::new(channel);
-    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    let mut client = cli.connection.connect().await?;
+    let status = |s: tonic::Status| status_text(&s);
     match cli.command {
         Command::Status => {
             let reply = client
@@ -172,6 +158,42 @@ async fn run(cli: Cli) -> Result<(), String> {
             );
         }
         Command::Watch { call } => watch(&mut client, call.unwrap_or_default()).await?,
+        Command::Record { action } => {
+            let control = |call_id: String| pb::RecordingControlRequest { call_id };
+            let state = match action {
+                Record::Start {
+                    call_id,
+                    pcap,
+                    stem,
+                } => client
+                    .start_recording(pb::StartRecordingRequest {
+                        call_id,
+                        file_stem: stem.unwrap_or_default(),
+                        pcap,
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner(),
+                Record::Pause { call_id } => client
+                    .pause_recording(control(call_id))
+                    .await
+                    .map_err(status)?
+                    .into_inner(),
+                Record::Stop { call_id } => client
+                    .stop_recording(control(call_id))
+                    .await
+                    .map_err(status)?
+                    .into_inner(),
+                Record::Show { call_id } => client
+                    .query_stats(pb::QueryStatsRequest { call_id })
+                    .await
+                    .map_err(status)?
+                    .into_inner()
+                    .recording
+                    .unwrap_or_default(),
+            };
+            print!("{}", recording_text(&state));
+        }
     }
     Ok(())
 }
@@ -193,6 +215,42 @@ fn print_status(s: &pb::StatusResponse) {
     println!("ports       {} free of {}", s.ports_free, s.ports_total);
     println!("packets/s   {:.0}", s.packets_per_second);
     println!("draining    {}", if s.draining { "yes" } else { "no" });
+}
+
+/// A recording's state, one `name value` line each.
+fn recording_text(r: &pb::RecordingState) -> String {
+    use pb::recording_state::State;
+    let state = match State::try_from(r.state).unwrap_or(State::Unspecified) {
+        State::Unspecified | State::Off => "off",
+        State::Recording => "recording",
+        State::Paused => "paused",
+        State::Finished => "finished",
+    };
+    let mut text = format!("call        {}\nrecording   {state}\n", r.call_id);
+    if !r.path.is_empty() {
+        text += &format!("path        {}\n", r.path);
+    }
+    for file in &r.files {
+        text += &format!("file        {file}\n");
+    }
+    if r.sample_rate != 0 {
+        text += &format!(
+            "audio       {:.1} s at {} Hz, {} packets\n",
+            r.duration_ms as f64 / 1000.0,
+            r.sample_rate,
+            r.packets
+        );
+    }
+    if r.dropped_packets != 0 {
+        text += &format!(
+            "dropped     {} packets (the recorder fell behind)\n",
+            r.dropped_packets
+        );
+    }
+    if !r.error.is_empty() {
+        text += &format!("error       {}\n", r.error);
+    }
+    text
 }
 
 fn leg_name(leg: i32) -> &'static str {
@@ -405,6 +463,36 @@ mod tests {
             assert!(lines[1].contains(expected), "{expected} in {}", lines[1]);
         }
         assert_eq!(lines[2], "1 sessions");
+    }
+
+    #[test]
+    fn a_recordings_state_names_its_files_length_and_trouble() {
+        let text = recording_text(&pb::RecordingState {
+            call_id: "abc@host".into(),
+            state: pb::recording_state::State::Finished as i32,
+            path: "/r/2026/12/02/abc_host.wav".into(),
+            packets: 500,
+            error: "stereo WAV write failed: No space left on device".into(),
+            files: vec![
+                "/r/2026/12/02/abc_host.wav".into(),
+                "/r/2026/12/02/abc_host.json".into(),
+            ],
+            duration_ms: 5_020,
+            sample_rate: 8000,
+            dropped_packets: 3,
+        });
+        for line in [
+            "recording   finished",
+            "path        /r/2026/12/02/abc_host.wav",
+            "file        /r/2026/12/02/abc_host.json",
+            "audio       5.0 s at 8000 Hz, 500 packets",
+            "dropped     3 packets",
+            "error       stereo WAV write failed: No space left on device",
+        ] {
+            assert!(text.contains(line), "{line:?} in {text}");
+        }
+        let off = recording_text(&pb::RecordingState::default());
+        assert_eq!(off, "call        \nrecording   off\n");
     }
 
     #[test]

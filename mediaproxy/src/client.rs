@@ -1,0 +1,65 @@
+//! How the operator tools (`mpctl`, `mp-analyser`) reach a media proxy: its gRPC URL and, for
+//! `https://`, the mutual-TLS files, as command-line options shared by both.
+
+use std::path::PathBuf;
+
+use proto::v1::media_proxy_client::MediaProxyClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The connection options of an operator tool.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// gRPC URL of the media proxy.
+    #[arg(
+        long,
+        env = "MPCTL_GRPC",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub grpc: String,
+    /// For an https:// URL (mutual TLS): PEM certificate of the CA that signed the proxy's.
+    #[arg(long, env = "MPCTL_CA", value_name = "FILE", global = true)]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate (its common name is whose calls the tool sees and may act on).
+    #[arg(long, env = "MPCTL_CERT", value_name = "FILE", global = true)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "MPCTL_KEY", value_name = "FILE", global = true)]
+    pub key: Option<PathBuf>,
+}
+
+impl Connection {
+    /// A connected client; the error names the option at fault or the unreachable URL.
+    pub async fn connect(&self) -> Result<MediaProxyClient<Channel>, String> {
+        let url = &self.grpc;
+        let mut endpoint =
+            Endpoint::from_shared(url.clone()).map_err(|e| format!("--grpc {url}: {e}"))?;
+        if url.starts_with("https://") {
+            let read = |flag: &str, path: &Option<PathBuf>| {
+                let path = path
+                    .as_ref()
+                    .ok_or_else(|| format!("{url} is https://: --{flag} is needed"))?;
+                std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
+            };
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read("ca", &self.ca)?))
+                .identity(Identity::from_pem(
+                    read("cert", &self.cert)?,
+                    read("key", &self.key)?,
+                ));
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("--grpc {url}: TLS: {e}"))?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach the media proxy at {url}: {e}"))?;
+        Ok(MediaProxyClient::new(channel))
+    }
+}
+
+/// A gRPC status as the tools print it.
+pub fn status_text(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
