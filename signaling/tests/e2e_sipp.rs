@@ -12,8 +12,8 @@
 //! 32020 / 32100, relay 32200-32399, gRPC 25640-25641), the orphan test (SIP 25750, media
 //! 32500 / 32600, relay 32700-32799, gRPC 25650), the mutual TLS test (SIP 25760 and
 //! 25770, media 32900 / 33000, relay 33100-33199, gRPC 25660) and the recording tests (SIP
-//! 25780 and 25790, media 33300 / 33400 and 33600 / 33700, relay 33500-33599 and
-//! 33800-33899).
+//! 25780, 25790 and 25800, media 33300 / 33400, 33600 / 33700 and 34000 / 34100, relay
+//! 33500-33599, 33800-33899 and 34200-34299).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -2174,4 +2174,83 @@ fn an_operator_starts_pauses_and_stops_a_recording_over_the_admin_endpoint() {
         std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 24),
         "{pcap}"
     );
+}
+
+#[test]
+fn a_full_recordings_disk_ends_the_recording_not_the_call_and_the_cdr_says_so() {
+    let recordings = Scratch::new("sig-e2e-full-disk-files");
+    let mount = recordings.join("disk");
+    std::fs::create_dir_all(&mount).unwrap();
+    // 96 KiB: the stereo and mixed WAVs at 8 kHz take 48 KiB a second, full after about 2 s.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=96k", "tmpfs"])
+        .arg(&mount)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+    let ports = Ports {
+        sip: 25800,
+        uac: 25801,
+        uas: 25802,
+        uac_media: 34000,
+        uas_media: 34100,
+        relay: 34200..34300,
+    };
+    let service = Service::start(
+        "full-disk",
+        &ports,
+        &[
+            "--trusted",
+            "127.0.0.0/8",
+            "--record",
+            "--recordings",
+            mount.to_str().unwrap(),
+        ],
+    );
+    call_between(
+        &ports,
+        &service,
+        "uas_echo_then_bye.xml",
+        true,
+        &[],
+        "uac_pcap_until_bye.xml",
+        &[],
+    );
+    let rows = service.stop();
+    assert_eq!(rows.len(), 1, "the CDR is written: {rows:?}");
+    let cdr = &rows[0];
+    // The call went on: both legs' audio relayed the whole time.
+    assert_eq!(cdr["media_verdict"], "ok", "{cdr:?}");
+    assert!(
+        number(cdr, "caller_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+    assert!(
+        number(cdr, "callee_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+    // The recording stopped where the disk filled; what reached it still plays.
+    assert_eq!(number(cdr, "has_recording"), 1, "{cdr:?}");
+    let diagnosis = &cdr["media_diagnosis"];
+    assert!(
+        diagnosis.contains("; recording failed: ") && diagnosis.contains("No space left on device"),
+        "{diagnosis}"
+    );
+    let packets = number(cdr, "recording_packets");
+    assert!(packets > 0 && packets < 2 * MIN_PACKETS, "{cdr:?}");
+
+    let (channels, rate, millis) = wav_shape(&cdr["recording_path"]);
+    assert_eq!((channels, rate), (2, 8000));
+    assert!((500..=2500).contains(&millis), "{millis} ms kept");
 }
