@@ -36,6 +36,7 @@ use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
 
 mod churn;
+mod decode;
 mod forward;
 mod forward_uring;
 mod ng;
@@ -53,6 +54,9 @@ enum Target {
     BareUring,
     /// A second mediaproxy build (`--baseline PATH`), to compare two builds of ours.
     Baseline,
+    /// Ours, recording every call (stereo and mixed WAV, sidecar) into `--recordings`.
+    #[value(name = "ours+rec")]
+    OursRecording,
 }
 
 impl Target {
@@ -63,6 +67,7 @@ impl Target {
             Self::Bare => "bare",
             Self::BareUring => "bare-uring",
             Self::Baseline => "baseline",
+            Self::OursRecording => "ours+rec",
         }
     }
 }
@@ -126,6 +131,23 @@ struct Args {
     /// baseline and rtpengine only (the bare forwarders have a fixed port map).
     #[arg(long, default_value_t = 0)]
     churn: u32,
+    /// Print what decoding a recorded call's audio costs per codec (no relay is run), then
+    /// exit; the value is the seconds measured per codec.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+    decode_cost: Option<u64>,
+    /// Where target ours+rec writes its recordings (emptied after each point)
+    /// [default: a directory in the system's temporary directory].
+    #[arg(long, value_name = "DIR")]
+    recordings: Option<PathBuf>,
+}
+
+impl Args {
+    /// The recordings directory of target ours+rec for this run.
+    fn recordings_dir(&self) -> PathBuf {
+        self.recordings.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("bench-recordings-{}", std::process::id()))
+        })
+    }
 }
 
 const PACKET_LEN: usize = 172;
@@ -135,6 +157,9 @@ const IDLE_SPAN: Duration = Duration::from_secs(2);
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
+    if let Some(seconds) = args.decode_cost {
+        return decode::run(seconds.max(1));
+    }
     if let Some(sockets) = args.forward_sockets {
         return if args.forward_uring {
             forward_uring::run(sockets)
@@ -274,6 +299,15 @@ fn print_row(target: Target, calls: usize, row: &Row) {
         );
     }
     println!("{line}");
+    if let Some(recorded) = &row.recorded {
+        println!(
+            "          ^ recorded {} calls: {} packets written, {} dropped by the recorder, {:.0} MiB of files",
+            recorded.recording,
+            recorded.packets,
+            recorded.dropped,
+            recorded.bytes as f64 / 1048576.0
+        );
+    }
     if let Some(error) = row.churn.as_ref().and_then(|c| c.first_error.as_ref()) {
         println!("          ^ churn: the first of the failed operations: {error}");
     }
@@ -369,6 +403,77 @@ struct Row {
     intended_pps: f64,
     /// With `--churn`: what the churn did.
     churn: Option<ChurnRow>,
+    /// Target ours+rec: what the recordings hold.
+    recorded: Option<Recorded>,
+}
+
+/// What the recordings of a point hold, from the proxy's recording states and the files.
+struct Recorded {
+    /// Calls whose recording was running at the end.
+    recording: usize,
+    /// RTP packets whose audio was written, and packets the recorder could not take.
+    packets: u64,
+    dropped: u64,
+    bytes: u64,
+}
+
+/// Starts recording every call of a point (ours+rec).
+async fn record_all(control: &mut Control, calls: usize) -> anyhow::Result<()> {
+    let Control::Grpc(client, _) = control else {
+        bail!("only our relay records");
+    };
+    for call in 0..calls {
+        client
+            .start_recording(pb::StartRecordingRequest {
+                call_id: format!("bench-{call}"),
+                file_stem: String::new(),
+                pcap: false,
+            })
+            .await
+            .with_context(|| format!("start recording bench-{call}"))?;
+    }
+    Ok(())
+}
+
+/// The recordings' totals at the end of a point.
+async fn recording_totals(
+    control: &mut Control,
+    calls: usize,
+    directory: &std::path::Path,
+) -> anyhow::Result<Recorded> {
+    let Control::Grpc(client, _) = control else {
+        bail!("only our relay records");
+    };
+    let mut totals = Recorded {
+        recording: 0,
+        packets: 0,
+        dropped: 0,
+        bytes: 0,
+    };
+    for call in 0..calls {
+        let stats = client
+            .query_stats(pb::QueryStatsRequest {
+                call_id: format!("bench-{call}"),
+            })
+            .await?
+            .into_inner();
+        let state = stats.recording.unwrap_or_default();
+        if state.state == pb::recording_state::State::Recording as i32 {
+            totals.recording += 1;
+        }
+        totals.packets += state.packets;
+        totals.dropped += state.dropped_packets;
+        for file in &state.files {
+            totals.bytes += std::fs::metadata(file).map_or(0, |m| m.len());
+        }
+    }
+    anyhow::ensure!(
+        totals.recording == calls,
+        "{} of {calls} recordings running in {}",
+        totals.recording,
+        directory.display()
+    );
+    Ok(totals)
 }
 
 struct Proxy(Child);
@@ -479,10 +584,13 @@ async fn start(
     calls: usize,
 ) -> anyhow::Result<(Proxy, Control)> {
     match target {
-        Target::Ours | Target::Baseline => {
+        Target::Ours | Target::Baseline | Target::OursRecording => {
             let grpc_port = free_tcp_port()?;
             let metrics_port = free_tcp_port()?;
             let mut command = pinned(args, binary);
+            if target == Target::OursRecording {
+                command.arg("--recordings").arg(args.recordings_dir());
+            }
             command
                 .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
                 .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
@@ -743,6 +851,9 @@ async fn run_point(
     }
     setup.sort();
     let setup_p99 = nearest_rank(&setup, 0.99);
+    if target == Target::OursRecording {
+        record_all(&mut control, calls).await?;
+    }
     std::thread::sleep(Duration::from_millis(300));
     let rss_idle = rss_kib(&pid)?;
     // What the calls cost with no traffic at all: timers, statistics, keep-alive work.
@@ -764,8 +875,16 @@ async fn run_point(
     let traffic = generate(args, &phones, &mut streams, &pid, clock_ticks);
     let churn = churn.map(churn::Churn::finish).transpose()?;
     let traffic = traffic?;
+    let recorded = if target == Target::OursRecording {
+        Some(recording_totals(&mut control, calls, &args.recordings_dir()).await?)
+    } else {
+        None
+    };
     drop(control);
     drop(proxy);
+    if target == Target::OursRecording {
+        let _ = std::fs::remove_dir_all(args.recordings_dir());
+    }
 
     let measured = args.seconds as f64;
     let offered = traffic.sent_in_window as f64 / measured;
@@ -800,6 +919,7 @@ async fn run_point(
         setup_p99_ms: setup_p99.as_secs_f64() * 1000.0,
         lag99_us: percentile(&lags, 0.99),
         intended_pps: (calls * 2) as f64 * f64::from(args.pps),
+        recorded,
         churn: churn.map(|figures| {
             let mut setups = figures.setups;
             setups.sort();

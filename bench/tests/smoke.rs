@@ -150,3 +150,58 @@ fn churn_is_refused_for_the_bare_forwarder() {
         "{stderr}"
     );
 }
+
+/// Target `ours+rec` records every call while relaying: every packet is still relayed, and
+/// every recording runs and takes every packet (the recorder is never behind at this load).
+#[test]
+fn ours_recording_every_call_relays_and_records_every_packet() {
+    let dir = std::env::temp_dir().join(format!("bench-smoke-rec-{}", std::process::id()));
+    let stdout = run_bench(
+        &[
+            "--targets",
+            "ours+rec",
+            "--calls",
+            "10",
+            "--recordings",
+            dir.to_str().unwrap(),
+        ],
+        "24300-24399",
+    );
+    let rows = rows(&stdout);
+    assert_eq!(rows.len(), 1, "{stdout}");
+    let (_, offered, relayed, _, _) = rows[0];
+    assert!(offered >= 990.0 && relayed == offered, "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("^ recorded"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(line.contains("recorded 10 calls"), "{line}");
+    assert!(line.contains(" 0 dropped by the recorder"), "{line}");
+    assert!(!dir.exists(), "the recordings are removed after the point");
+}
+
+/// `--decode-cost` prints one row per codec with the file rate and a positive cost.
+#[test]
+fn decode_cost_covers_every_recorded_codec() {
+    let output = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["--decode-cost", "1"])
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for (codec, rate) in [
+        ("PCMU", 8000),
+        ("PCMA", 8000),
+        ("G722", 16000),
+        ("opus", 48000),
+    ] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(codec))
+            .unwrap_or_else(|| panic!("no {codec} row:\n{stdout}"));
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(fields[1], rate.to_string(), "{row}");
+        let micros: f64 = fields[2].parse().unwrap();
+        assert!(micros > 0.0, "{row}");
+    }
+}

@@ -212,8 +212,12 @@ impl Timeline {
         }
         let count = (upto - self.taken) as usize;
         let from_held = count.min(self.held.len());
-        out.extend(self.held.drain(..from_held));
-        out.extend(std::iter::repeat_n(0, count - from_held));
+        let (front, back) = self.held.as_slices();
+        let from_front = from_held.min(front.len());
+        out.extend_from_slice(&front[..from_front]);
+        out.extend_from_slice(&back[..from_held - from_front]);
+        self.held.drain(..from_held);
+        out.resize(out.len() + count - from_held, 0);
         self.taken = upto;
     }
 }

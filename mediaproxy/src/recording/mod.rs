@@ -53,6 +53,10 @@ pub const TICK: Duration = Duration::from_millis(20);
 pub const JITTER_WINDOW: Duration = Duration::from_millis(120);
 /// How often WAV headers are brought up to date (the most a crash can lose).
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Ticks between the periodic flushes of calls nobody taps (recording only).
+const FILE_FLUSH_TICKS: u32 = 5;
+/// Calls flushed between two looks at the hand-off queue.
+const CATCH_UP_EVERY: usize = 32;
 /// Tap frames per second (20 ms each).
 const FRAMES_PER_SECOND: u32 = 50;
 /// Frames a tap subscriber may have unread before new ones are dropped.
@@ -351,41 +355,64 @@ impl Thread {
         // up to here (less the jitter window), never up to a wall clock the recorder has not
         // caught up with, so a recorder running behind delays its files and loses nothing.
         let mut caught_up = Instant::now();
+        let mut ticks: u32 = 0;
+        let mut deferred = Vec::new();
         loop {
-            while let Ok(order) = self.orders.try_recv() {
-                if !self.handle(order) {
+            // Orders wake the recorder at once; batches do not: they wait in the queue for
+            // the next tick, so the relay's hand-offs cost no wake-up (a context switch per
+            // relay wake-up cost more than the recording itself).
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match self.orders.recv_timeout(wait) {
+                // A start, pause or stop waits for the tick: what the phones sent just before
+                // it is then on its side of it (the relay's hand-off is immediate, but the
+                // datagrams may still have been on their way to the relay).
+                Ok(order @ (Order::Start { .. } | Order::Pause { .. } | Order::Stop { .. })) => {
+                    deferred.push(order);
+                    continue;
+                }
+                Ok(order) => {
+                    if !self.handle(order) {
+                        self.close_all();
+                        return;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
                     self.close_all();
                     return;
                 }
             }
             let before = Instant::now();
-            let wait = next_tick.saturating_duration_since(before);
-            match self.batches.recv_timeout(wait) {
-                Ok(batch) => {
-                    if let Some(last) = batch.packets.iter().map(|p| p.at).max() {
-                        caught_up = caught_up.max(last);
-                    }
-                    self.ingest(batch);
-                }
-                Err(RecvTimeoutError::Timeout) => caught_up = caught_up.max(before),
-                Err(RecvTimeoutError::Disconnected) => {
-                    // Every worker is gone: only orders remain.
-                    if let Ok(order) = self.orders.recv_timeout(TICK)
-                        && !self.handle(order)
-                    {
-                        self.close_all();
-                        return;
-                    }
-                }
+            self.catch_up();
+            caught_up = caught_up.max(before);
+            for order in deferred.drain(..) {
+                self.handle(order);
             }
             let now = Instant::now();
             if now >= next_tick {
                 next_tick = now + TICK;
+                ticks = ticks.wrapping_add(1);
                 let sync = now.duration_since(self.last_sync) >= SYNC_EVERY;
                 if sync {
                     self.last_sync = now;
                 }
-                for call in self.calls.values_mut() {
+                // Taps get their 20 ms frames every tick; files take audio in larger steps,
+                // which costs less per sample.
+                let files_too = ticks.is_multiple_of(FILE_FLUSH_TICKS) || sync;
+                let ids: Vec<u64> = self.calls.keys().copied().collect();
+                for (n, id) in ids.iter().enumerate() {
+                    // A flush of many calls takes a while: the workers' batches are taken in
+                    // between, so the hand-off queue never fills behind it.
+                    if n % CATCH_UP_EVERY == CATCH_UP_EVERY - 1 {
+                        self.catch_up();
+                    }
+                    let Some(call) = self.calls.get_mut(id) else {
+                        continue;
+                    };
+                    if !files_too && call.taps.is_empty() {
+                        continue;
+                    }
                     call.flush(caught_up, Flush::Waited, &self.settings, &self.metrics);
                     if sync {
                         call.sync(&self.metrics);
@@ -584,6 +611,9 @@ struct Recording {
     rate: u32,
     error: Option<String>,
     bytes_counted: u64,
+    /// Scratch of the interleaved and the mixed samples of a flush, kept between flushes.
+    stereo_samples: Vec<i16>,
+    mixed_samples: Vec<i16>,
 }
 
 impl Recording {
@@ -928,6 +958,8 @@ impl CallAudio {
             rate: 0,
             error: None,
             bytes_counted: 0,
+            stereo_samples: Vec::new(),
+            mixed_samples: Vec::new(),
         };
         if let Some(path) = recording.pcap_path.clone() {
             recording.pcap = Some(PcapWriter::create(&path).map_err(|error| {
@@ -1109,24 +1141,33 @@ fn write_recording(
         }
     }
     let paused = recording.paused_since.is_some();
-    let mut stereo = Vec::with_capacity(left.len() * 2);
-    let mut mixed = Vec::with_capacity(left.len());
-    for (&l, &r) in left.iter().zip(right) {
-        let (l, r) = if paused { (0, 0) } else { (l, r) };
-        stereo.push(l);
-        stereo.push(r);
-        mixed.push((i32::from(l) + i32::from(r)).clamp(-32768, 32767) as i16);
+    let (stereo, mixed) = (&mut recording.stereo_samples, &mut recording.mixed_samples);
+    stereo.clear();
+    mixed.clear();
+    stereo.resize(left.len() * 2, 0);
+    mixed.resize(left.len(), 0);
+    if !paused {
+        for (((pair, mix), &l), &r) in stereo
+            .chunks_exact_mut(2)
+            .zip(mixed.iter_mut())
+            .zip(left)
+            .zip(right)
+        {
+            pair[0] = l;
+            pair[1] = r;
+            *mix = l.saturating_add(r);
+        }
     }
     let result = recording
         .stereo
         .as_mut()
-        .map_or(Ok(()), |w| w.write(&stereo))
+        .map_or(Ok(()), |w| w.write(stereo))
         .map_err(|e| ("stereo WAV write failed", e))
         .and_then(|()| {
             recording
                 .mixed
                 .as_mut()
-                .map_or(Ok(()), |w| w.write(&mixed))
+                .map_or(Ok(()), |w| w.write(mixed))
                 .map_err(|e| ("mixed WAV write failed", e))
         });
     match result {

@@ -5,17 +5,23 @@
 //! sync: players read it, and at most the last second is missing.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 const HEADER_LEN: u64 = 44;
 /// RIFF sizes are 32-bit: the data chunk stops short of 4 GiB.
 const MAX_DATA: u64 = u32::MAX as u64 - HEADER_LEN;
 
+/// Bytes gathered before they are written out (a write system call per 64 KiB).
+const BUFFER: usize = 64 * 1024;
+
 /// A WAV file being written.
 #[derive(Debug)]
 pub struct WavWriter {
-    file: BufWriter<File>,
+    file: File,
+    /// Little-endian samples not yet written to the file.
+    buffer: Vec<u8>,
     channels: u16,
     data_bytes: u64,
 }
@@ -25,7 +31,8 @@ impl WavWriter {
     pub fn create(path: &Path, channels: u16, rate: u32) -> io::Result<Self> {
         let file = File::options().write(true).create_new(true).open(path)?;
         let mut writer = Self {
-            file: BufWriter::with_capacity(64 * 1024, file),
+            file,
+            buffer: Vec::with_capacity(BUFFER),
             channels,
             data_bytes: 0,
         };
@@ -44,7 +51,6 @@ impl WavWriter {
         header.extend_from_slice(b"data");
         header.extend_from_slice(&0u32.to_le_bytes());
         writer.file.write_all(&header)?;
-        writer.sync()?;
         Ok(writer)
     }
 
@@ -58,14 +64,22 @@ impl WavWriter {
                 "WAV files stop at 4 GiB",
             ));
         }
-        let mut buffer = [0u8; 2048];
-        for chunk in samples.chunks(buffer.len() / 2) {
-            for (slot, sample) in buffer.chunks_exact_mut(2).zip(chunk) {
-                slot.copy_from_slice(&sample.to_le_bytes());
-            }
-            self.file.write_all(&buffer[..chunk.len() * 2])?;
+        let start = self.buffer.len();
+        self.buffer.resize(start + samples.len() * 2, 0);
+        for (slot, sample) in self.buffer[start..].chunks_exact_mut(2).zip(samples) {
+            slot.copy_from_slice(&sample.to_le_bytes());
         }
         self.data_bytes += bytes;
+        if self.buffer.len() >= BUFFER {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered samples to the end of the file.
+    fn write_out(&mut self) -> io::Result<()> {
+        self.file.write_all(&self.buffer)?;
+        self.buffer.clear();
         Ok(())
     }
 
@@ -76,28 +90,23 @@ impl WavWriter {
 
     /// Writes out what is buffered and makes the header cover it.
     pub fn sync(&mut self) -> io::Result<()> {
-        self.file.flush()?;
-        let file = self.file.get_mut();
-        file.seek(SeekFrom::Start(4))?;
-        file.write_all(&((36 + self.data_bytes) as u32).to_le_bytes())?;
-        file.seek(SeekFrom::Start(40))?;
-        file.write_all(&(self.data_bytes as u32).to_le_bytes())?;
-        file.seek(SeekFrom::End(0))?;
-        Ok(())
+        self.write_out()?;
+        self.file
+            .write_all_at(&((36 + self.data_bytes) as u32).to_le_bytes(), 4)?;
+        self.file
+            .write_all_at(&(self.data_bytes as u32).to_le_bytes(), 40)
     }
 
     /// Closes a file whose writing failed: what was buffered is dropped and the header is
     /// made to cover the whole frames that reached the file, so it still plays.
     pub fn salvage(self) -> io::Result<u64> {
-        let (mut file, _unwritten) = self.file.into_parts();
+        let file = self.file;
         let block = u64::from(self.channels) * 2;
         let len = file.metadata()?.len();
         let data = (len.saturating_sub(HEADER_LEN) / block * block).min(MAX_DATA);
         file.set_len(HEADER_LEN + data)?;
-        file.seek(SeekFrom::Start(4))?;
-        file.write_all(&((36 + data) as u32).to_le_bytes())?;
-        file.seek(SeekFrom::Start(40))?;
-        file.write_all(&(data as u32).to_le_bytes())?;
+        file.write_all_at(&((36 + data) as u32).to_le_bytes(), 4)?;
+        file.write_all_at(&(data as u32).to_le_bytes(), 40)?;
         Ok(data)
     }
 
@@ -107,7 +116,7 @@ impl WavWriter {
             let _ = self.salvage();
             return Err(error);
         }
-        self.file.get_ref().sync_data()?;
+        self.file.sync_data()?;
         Ok(self.data_bytes)
     }
 }
