@@ -1,7 +1,9 @@
 //! How the operator tools (`mpctl`, `mp-analyser`) reach a media proxy: its gRPC URL and, for
 //! `https://`, the mutual-TLS files, as command-line options shared by both.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use proto::v1::media_proxy_client::MediaProxyClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -62,4 +64,26 @@ impl Connection {
 /// A gRPC status as the tools print it.
 pub fn status_text(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
+}
+
+/// Runs a tool's work on a single-threaded runtime; an error is printed as `NAME: error` and
+/// makes the exit status 1.
+pub fn run_tool(name: &str, work: impl Future<Output = Result<(), String>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -320,40 +320,7 @@ async fn mpctl_lists_shows_debugs_and_drains_a_running_proxy() {
         .await
         .unwrap();
     // One call, both legs pointed at local sockets.
-    let caller = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let callee = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut ports = Vec::new();
-    for (leg, phone) in [(pb::Leg::Caller, &caller), (pb::Leg::Callee, &callee)] {
-        let answer = client
-            .allocate(pb::AllocateRequest {
-                call_id: "ctl-call".into(),
-                leg: leg as i32,
-                owner: "ctl-owner".into(),
-                media: vec![pb::MediaKind::Audio as i32],
-                lease_timeout_ms: 0,
-                reflect: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        ports.push(answer.media[0].rtp_port as u16);
-        let address = phone.local_addr().unwrap();
-        client
-            .update(pb::UpdateRequest {
-                call_id: "ctl-call".into(),
-                leg: leg as i32,
-                media: vec![pb::RemoteMedia {
-                    index: 0,
-                    address: address.ip().to_string(),
-                    rtp_port: u32::from(address.port()),
-                    rtcp_port: u32::from(address.port()) + 1,
-                    codecs: vec![],
-                    direction: pb::Direction::Sendrecv as i32,
-                }],
-            })
-            .await
-            .unwrap();
-    }
+    let (caller, callee, ports) = phone_call(&mut client, "ctl-call", false, Vec::new()).await;
     let rtp = |seq: u16| {
         let mut packet = vec![0u8; 172];
         packet[0] = 0x80;
@@ -662,6 +629,52 @@ async fn mutual_tls_refuses_strangers_and_keeps_each_clients_calls_its_own() {
     assert_eq!(listed.sessions[0].call_id, "tls-call-2");
 }
 
+/// A call of two phones (local UDP sockets), both legs allocated (`reflect` for a tappable
+/// call) and pointed at them with `codecs`; returns the phones and the relay port of each leg.
+async fn phone_call(
+    client: &mut proto::v1::media_proxy_client::MediaProxyClient<tonic::transport::Channel>,
+    call_id: &str,
+    reflect: bool,
+    codecs: Vec<proto::v1::Codec>,
+) -> (std::net::UdpSocket, std::net::UdpSocket, Vec<u16>) {
+    use proto::v1 as pb;
+    let caller = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let callee = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut ports = Vec::new();
+    for (leg, phone) in [(pb::Leg::Caller, &caller), (pb::Leg::Callee, &callee)] {
+        let answer = client
+            .allocate(pb::AllocateRequest {
+                call_id: call_id.into(),
+                leg: leg as i32,
+                owner: "test-owner".into(),
+                media: vec![pb::MediaKind::Audio as i32],
+                lease_timeout_ms: 0,
+                reflect,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ports.push(answer.media[0].rtp_port as u16);
+        let address = phone.local_addr().unwrap();
+        client
+            .update(pb::UpdateRequest {
+                call_id: call_id.into(),
+                leg: leg as i32,
+                media: vec![pb::RemoteMedia {
+                    index: 0,
+                    address: address.ip().to_string(),
+                    rtp_port: u32::from(address.port()),
+                    rtcp_port: u32::from(address.port()) + 1,
+                    codecs: codecs.clone(),
+                    direction: pb::Direction::Sendrecv as i32,
+                }],
+            })
+            .await
+            .unwrap();
+    }
+    (caller, callee, ports)
+}
+
 /// 20 ms PCMU packets of a `frequency` tone, sequence `seq` on.
 fn pcmu_tone(frequency: f64, seq: u16, ssrc: u32) -> Vec<u8> {
     use audio_codec::Encoder as _;
@@ -699,45 +712,13 @@ async fn mpctl_records_and_the_example_analyser_hears_both_legs_of_a_reflect_cal
     let mut client = pb::media_proxy_client::MediaProxyClient::connect(format!("http://{grpc}"))
         .await
         .unwrap();
-    let caller = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let callee = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut ports = Vec::new();
-    for (leg, phone) in [(pb::Leg::Caller, &caller), (pb::Leg::Callee, &callee)] {
-        let answer = client
-            .allocate(pb::AllocateRequest {
-                call_id: "tap-call".into(),
-                leg: leg as i32,
-                owner: "tap-owner".into(),
-                media: vec![pb::MediaKind::Audio as i32],
-                lease_timeout_ms: 0,
-                reflect: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        ports.push(answer.media[0].rtp_port as u16);
-        let address = phone.local_addr().unwrap();
-        client
-            .update(pb::UpdateRequest {
-                call_id: "tap-call".into(),
-                leg: leg as i32,
-                media: vec![pb::RemoteMedia {
-                    index: 0,
-                    address: address.ip().to_string(),
-                    rtp_port: u32::from(address.port()),
-                    rtcp_port: u32::from(address.port()) + 1,
-                    codecs: vec![pb::Codec {
-                        payload_type: 0,
-                        encoding: "PCMU".into(),
-                        clock_rate: 8000,
-                        channels: 1,
-                    }],
-                    direction: pb::Direction::Sendrecv as i32,
-                }],
-            })
-            .await
-            .unwrap();
-    }
+    let pcmu = vec![pb::Codec {
+        payload_type: 0,
+        encoding: "PCMU".into(),
+        clock_rate: 8000,
+        channels: 1,
+    }];
+    let (caller, callee, ports) = phone_call(&mut client, "tap-call", true, pcmu).await;
     let (ok, started) = mpctl(&grpc, &["record", "start", "tap-call", "--pcap"]);
     assert!(ok, "{started}");
     assert!(started.contains("recording   recording"), "{started}");

@@ -1962,6 +1962,38 @@ fn calls_relay_through_a_media_proxy_over_mutual_tls_and_a_stranger_gets_503() {
     assert_eq!(rows[0]["sip_status"], "503", "{rows:?}");
 }
 
+/// The port block of a recording test: SIP `sip` (+1 UAC, +2 UAS), SIPp media `media` (UAC)
+/// and `media + 100` (UAS), relay ports `relay..relay + 100`.
+fn recording_ports(sip: u16, media: u16, relay: u16) -> Ports {
+    Ports {
+        sip,
+        uac: sip + 1,
+        uas: sip + 2,
+        uac_media: media,
+        uas_media: media + 100,
+        relay: relay..relay + 100,
+    }
+}
+
+/// Signaling trusting loopback, recordings under `directory`, `--record` when `record`.
+fn recording_service(
+    name: &str,
+    ports: &Ports,
+    directory: &std::path::Path,
+    record: bool,
+) -> Service {
+    let mut args = vec![
+        "--trusted",
+        "127.0.0.0/8",
+        "--recordings",
+        directory.to_str().unwrap(),
+    ];
+    if record {
+        args.push("--record");
+    }
+    Service::start(name, ports, &args)
+}
+
 /// A WAV file's channels, sample rate and length in milliseconds (canonical 44-byte header,
 /// as the media proxy writes it).
 fn wav_shape(path: &str) -> (u16, u32, u64) {
@@ -1989,27 +2021,10 @@ fn sidecar(stereo: &str) -> serde_json::Value {
 
 #[test]
 fn record_policy_records_a_call_the_callee_hangs_up_into_playable_files() {
-    let ports = Ports {
-        sip: 25780,
-        uac: 25781,
-        uas: 25782,
-        uac_media: 33300,
-        uas_media: 33400,
-        relay: 33500..33600,
-    };
+    let ports = recording_ports(25780, 33300, 33500);
     let recordings = Scratch::new("sig-e2e-record-files");
     let directory = recordings.join("calls");
-    let service = Service::start(
-        "record",
-        &ports,
-        &[
-            "--trusted",
-            "127.0.0.0/8",
-            "--record",
-            "--recordings",
-            directory.to_str().unwrap(),
-        ],
-    );
+    let service = recording_service("record", &ports, &directory, true);
     call_between(
         &ports,
         &service,
@@ -2077,26 +2092,10 @@ fn record_policy_records_a_call_the_callee_hangs_up_into_playable_files() {
 
 #[test]
 fn an_operator_starts_pauses_and_stops_a_recording_over_the_admin_endpoint() {
-    let ports = Ports {
-        sip: 25790,
-        uac: 25791,
-        uas: 25792,
-        uac_media: 33600,
-        uas_media: 33700,
-        relay: 33800..33900,
-    };
+    let ports = recording_ports(25790, 33600, 33800);
     let recordings = Scratch::new("sig-e2e-admin-record-files");
     let directory = recordings.join("calls");
-    let service = Service::start(
-        "admin-record",
-        &ports,
-        &[
-            "--trusted",
-            "127.0.0.0/8",
-            "--recordings",
-            directory.to_str().unwrap(),
-        ],
-    );
+    let service = recording_service("admin-record", &ports, &directory, false);
     let callee = uas(&ports, "uas_echo_then_bye.xml", true, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(&ports, "uac_pcap_until_bye.xml", &[]);
@@ -2199,25 +2198,8 @@ fn a_full_recordings_disk_ends_the_recording_not_the_call_and_the_cdr_says_so() 
         }
     }
     let _unmount = Unmount(mount.clone());
-    let ports = Ports {
-        sip: 25800,
-        uac: 25801,
-        uas: 25802,
-        uac_media: 34000,
-        uas_media: 34100,
-        relay: 34200..34300,
-    };
-    let service = Service::start(
-        "full-disk",
-        &ports,
-        &[
-            "--trusted",
-            "127.0.0.0/8",
-            "--record",
-            "--recordings",
-            mount.to_str().unwrap(),
-        ],
-    );
+    let ports = recording_ports(25800, 34000, 34200);
+    let service = recording_service("full-disk", &ports, &mount, true);
     call_between(
         &ports,
         &service,

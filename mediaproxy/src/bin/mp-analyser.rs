@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use mediaproxy::audio::analysis;
-use mediaproxy::client::{Connection, status_text};
+use mediaproxy::client::{Connection, run_tool, status_text};
 use mediaproxy::recording::wav::WavWriter;
 use proto::v1 as pb;
 
@@ -44,23 +44,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("mp-analyser: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("mp-analyser: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    run_tool("mp-analyser", run(cli))
 }
 
 /// What one leg brought in the current second, and in all.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use mediaproxy::client::{Connection, status_text};
+use mediaproxy::client::{Connection, run_tool, status_text};
 use mediaproxy::types::{Leg, MediaKind};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
@@ -84,23 +84,7 @@ enum Record {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("mpctl: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("mpctl: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    run_tool("mpctl", run(cli))
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
