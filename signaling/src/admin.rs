@@ -3,7 +3,8 @@
 //! - `GET /admin/calls`: calls in progress (ids of both legs, parties, state, media node,
 //!   relay ports, age);
 //! - `GET /admin/calls/{call_id}`: one call (by either leg's Call-ID) with the media proxy's
-//!   live per-leg figures and the verdict and diagnosis the call would get if it ended now;
+//!   live per-leg figures, its recording, and the verdict and diagnosis the call would get if
+//!   it ended now;
 //! - `GET /admin/registrations`: live registrations;
 //! - `GET /admin/mediaproxies`: the media proxy nodes as this instance sees them (state,
 //!   sessions, free ports, draining), in `--mediaproxy` order;
@@ -180,6 +181,8 @@ struct CallDetail {
     media: Vec<CdrMedia>,
     /// Why `media` is empty when the proxy could not be asked.
     media_error: Option<String>,
+    /// The call's recording on its media proxy (state, path, packets), if one was started.
+    recording: Option<Recording>,
 }
 
 async fn call(State(state): State<AdminState>, Path(call_id): Path<String>) -> Response {
@@ -197,6 +200,7 @@ async fn call(State(state): State<AdminState>, Path(call_id): Path<String>) -> R
         diagnosis_now: None,
         media: Vec::new(),
         media_error: None,
+        recording: None,
         call,
     };
     let node = detail
@@ -206,7 +210,8 @@ async fn call(State(state): State<AdminState>, Path(call_id): Path<String>) -> R
         .and_then(|e| state.pool.node(e));
     if let Some(node) = node {
         match node.client.query(&detail.call.call_id).await {
-            Ok(figures) => {
+            Ok((figures, recording)) => {
+                detail.recording = recording;
                 detail.media = figures.iter().map(CdrMedia::from_figures).collect();
                 if detail.call.answered_s.is_some() {
                     let report = MediaReport {

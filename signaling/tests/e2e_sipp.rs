@@ -2132,6 +2132,16 @@ fn an_operator_starts_pauses_and_stops_a_recording_over_the_admin_endpoint() {
     let (status, started) = post("start?pcap=1");
     assert!(status.contains(" 200 "), "{status}");
     assert_eq!(started["recording"]["state"], "recording", "{started}");
+    let detail = service.get(&format!("/admin/calls/{call_id}"));
+    let body = detail.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let detail: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(detail["recording"]["state"], "recording", "{detail}");
+    // Its files so far: the sidecar at once (the WAVs with the first audio written).
+    let files = detail["recording"]["files"].as_array().unwrap();
+    assert!(
+        files.iter().any(|f| f.as_str().unwrap().ends_with(".json")),
+        "{detail}"
+    );
     std::thread::sleep(Duration::from_millis(1000));
     let (status, paused) = post("pause");
     assert!(status.contains(" 200 "), "{status}");

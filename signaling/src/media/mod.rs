@@ -575,16 +575,21 @@ impl MediaClient {
         Ok(())
     }
 
-    /// Live statistics of one call.
-    pub(crate) async fn query(&self, call_id: &str) -> Result<Vec<MediaFigures>, MediaError> {
+    /// Live statistics of one call, and its recording if one was ever started.
+    pub(crate) async fn query(
+        &self,
+        call_id: &str,
+    ) -> Result<(Vec<MediaFigures>, Option<Recording>), MediaError> {
         let _timer = self.timer("query_stats");
         let stats = self
             .channel()
             .query_stats(pb::QueryStatsRequest {
                 call_id: call_id.to_owned(),
             })
-            .await?;
-        figures_from_wire(&stats.into_inner())
+            .await?
+            .into_inner();
+        let recording = stats.recording.as_ref().and_then(Recording::from_wire);
+        Ok((figures_from_wire(&stats)?, recording))
     }
 
     /// Live statistics of every call this instance owns on the node, by call id.
