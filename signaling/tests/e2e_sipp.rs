@@ -12,8 +12,8 @@
 //! 32020 / 32100, relay 32200-32399, gRPC 25640-25641), the orphan test (SIP 25750, media
 //! 32500 / 32600, relay 32700-32799, gRPC 25650), the mutual TLS test (SIP 25760 and
 //! 25770, media 32900 / 33000, relay 33100-33199, gRPC 25660) and the recording tests (SIP
-//! 25780, 25790 and 25800, media 33300 / 33400, 33600 / 33700 and 34000 / 34100, relay
-//! 33500-33599, 33800-33899 and 34200-34299).
+//! 25780, 25790, 25800 and 25810, media 33300 / 33400, 33600 / 33700, 34000 / 34100 and
+//! 34400 / 34500, relay 33500-33599, 33800-33899, 34200-34299 and 34600-34699).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -2099,24 +2099,7 @@ fn an_operator_starts_pauses_and_stops_a_recording_over_the_admin_endpoint() {
     let callee = uas(&ports, "uas_echo_then_bye.xml", true, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(&ports, "uac_pcap_until_bye.xml", &[]);
-    // The call, once answered.
-    let mut call_id = String::new();
-    assert!(
-        common::eventually(Duration::from_secs(5), || {
-            let answer = service.get("/admin/calls");
-            let body = answer.split("\r\n\r\n").nth(1).unwrap_or("[]");
-            let calls: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-            match calls.get(0) {
-                Some(call) if !call["answered_s"].is_null() => {
-                    call_id = call["call_id"].as_str().unwrap().to_owned();
-                    true
-                }
-                _ => false,
-            }
-        }),
-        "the call was answered:\n{}",
-        service.log()
-    );
+    let (call_id, _) = answered_call(&service);
     let post = |action: &str| -> (String, serde_json::Value) {
         let answer = service.http(
             "POST",
@@ -2245,4 +2228,105 @@ fn a_full_recordings_disk_ends_the_recording_not_the_call_and_the_cdr_says_so() 
     let (channels, rate, millis) = wav_shape(&cdr["recording_path"]);
     assert_eq!((channels, rate), (2, 8000));
     assert!((500..=2500).contains(&millis), "{millis} ms kept");
+}
+
+/// The one call in progress once answered, from `/admin/calls`: (call id, media endpoint).
+fn answered_call(service: &Service) -> (String, String) {
+    let mut found = None;
+    let answered = common::eventually(Duration::from_secs(5), || {
+        let answer = service.get("/admin/calls");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("[]");
+        let calls: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        match calls.get(0) {
+            Some(call) if !call["answered_s"].is_null() => {
+                found = Some((
+                    call["call_id"].as_str().unwrap_or_default().to_owned(),
+                    call["media_endpoint"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ));
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(answered, "the call was answered:\n{}", service.log());
+    found.unwrap()
+}
+
+#[test]
+fn a_reflect_call_is_tapped_live_by_an_analyser_over_grpc() {
+    use proto::v1 as pb;
+    let ports = recording_ports(25810, 34400, 34600);
+    let recordings = Scratch::new("sig-e2e-reflect-files");
+    let service = Service::start(
+        "reflect",
+        &ports,
+        &[
+            "--trusted",
+            "127.0.0.0/8",
+            "--media-mode",
+            "reflect",
+            "--recordings",
+            recordings.join("calls").to_str().unwrap(),
+        ],
+    );
+    let callee = uas(&ports, "uas_echo_then_bye.xml", true, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcap_until_bye.xml", &[]);
+    let (call_id, endpoint) = answered_call(&service);
+    // An analyser subscribes to the call's node, as signaling's reflect mode allows.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let frames: Vec<pb::AudioFrame> = runtime.block_on(async {
+        let mut client = pb::media_proxy_client::MediaProxyClient::connect(endpoint)
+            .await
+            .expect("the call's media proxy");
+        let mut stream = client
+            .tap_audio(pb::TapAudioRequest {
+                call_id: call_id.clone(),
+                leg: pb::Leg::Unspecified as i32,
+                sample_rate: 16000,
+            })
+            .await
+            .expect("a reflect call can be tapped")
+            .into_inner();
+        let mut frames = Vec::new();
+        while frames.len() < 100 {
+            match tokio::time::timeout(Duration::from_secs(3), stream.message()).await {
+                Ok(Ok(Some(frame))) => frames.push(frame),
+                other => panic!("the tap ended early: {other:?}"),
+            }
+        }
+        frames
+    });
+    expect_success(caller, "UAC", &service);
+    expect_success(callee, "UAS", &service);
+    // Both legs' frames: 20 ms at the 16 kHz asked for, from PCMU, with the caller's audio in
+    // them (the pcap's speech, and the callee's echo of it).
+    for leg in [pb::Leg::Caller, pb::Leg::Callee] {
+        let of_leg: Vec<&pb::AudioFrame> = frames.iter().filter(|f| f.leg == leg as i32).collect();
+        assert!(of_leg.len() >= 40, "{leg:?}: {} frames", of_leg.len());
+        for frame in &of_leg {
+            assert_eq!(frame.call_id, call_id);
+            assert_eq!(
+                (frame.sample_rate, frame.pcm.len()),
+                (16000, 640),
+                "{leg:?}"
+            );
+            assert_eq!(frame.encoding, "PCMU");
+        }
+        let loud = of_leg.iter().any(|f| {
+            f.pcm
+                .chunks_exact(2)
+                .any(|b| i16::from_le_bytes([b[0], b[1]]).unsigned_abs() > 1000)
+        });
+        assert!(loud, "{leg:?} frames carry audio");
+    }
+    let rows = service.stop();
+    assert_eq!(rows[0]["media_mode"], "reflect");
+    assert_eq!(rows[0]["media_verdict"], "ok", "{:?}", rows[0]);
 }
