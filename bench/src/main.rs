@@ -299,6 +299,11 @@ fn print_row(target: Target, calls: usize, row: &Row) {
         );
     }
     println!("{line}");
+    if let Some((relay, recorder)) = row.threads {
+        println!(
+            "          ^ threads: relay workers {relay:.1}% of a core, recorder {recorder:.1}%"
+        );
+    }
     if let Some(recorded) = &row.recorded {
         println!(
             "          ^ recorded {} calls: {} packets written, {} dropped by the recorder, {:.0} MiB of files",
@@ -405,6 +410,8 @@ struct Row {
     churn: Option<ChurnRow>,
     /// Target ours+rec: what the recordings hold.
     recorded: Option<Recorded>,
+    /// Ours: CPU % of a core of the relay worker threads and of the recorder thread.
+    threads: Option<(f64, f64)>,
 }
 
 /// What the recordings of a point hold, from the proxy's recording states and the files.
@@ -515,6 +522,28 @@ fn cpu_seconds(pid: &str, clock_ticks: f64) -> anyhow::Result<f64> {
     let utime: f64 = fields[11].parse()?;
     let stime: f64 = fields[12].parse()?;
     Ok((utime + stime) / clock_ticks)
+}
+
+/// CPU seconds the threads of a process whose names start with `prefix` have used (relay
+/// workers are `relay-N`, the recorder `recorder`); 0 for a process without such threads.
+fn threads_cpu_seconds(pid: &str, prefix: &str, clock_ticks: f64) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    tasks
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            let (head, after) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1;
+            if !name.starts_with(prefix) {
+                return None;
+            }
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / clock_ticks)
+        })
+        .sum()
 }
 
 fn rss_kib(pid: &str) -> anyhow::Result<f64> {
@@ -920,6 +949,16 @@ async fn run_point(
         lag99_us: percentile(&lags, 0.99),
         intended_pps: (calls * 2) as f64 * f64::from(args.pps),
         recorded,
+        threads: matches!(
+            target,
+            Target::Ours | Target::OursRecording | Target::Baseline
+        )
+        .then(|| {
+            (
+                100.0 * traffic.relay_threads_cpu / traffic.cpu_span,
+                100.0 * traffic.recorder_cpu / traffic.cpu_span,
+            )
+        }),
         churn: churn.map(|figures| {
             let mut setups = figures.setups;
             setups.sort();
@@ -952,6 +991,9 @@ struct Traffic {
     /// How late each in-window packet left against its schedule.
     lag_us: Vec<u32>,
     proxy_cpu: f64,
+    /// Of that, the relay worker threads' and the recorder thread's (ours only).
+    relay_threads_cpu: f64,
+    recorder_cpu: f64,
     /// Wall seconds over which the CPU times were taken.
     cpu_span: f64,
 }
@@ -1060,10 +1102,13 @@ fn generate(
         ),
         lag_us: Vec::with_capacity((args.seconds as usize) * streams.len() * args.pps as usize),
         proxy_cpu: 0.0,
+        relay_threads_cpu: 0.0,
+        recorder_cpu: 0.0,
         cpu_span: args.seconds as f64,
     };
     let mut proxy_cpu_start = None;
     let mut measured_from = window_start;
+    let mut threads_start = (0.0, 0.0);
     // Streams are due in a fixed rotation (offsets staggered over one interval, in index
     // order), so one cursor walks them in order.
     let count = streams.len();
@@ -1072,8 +1117,16 @@ fn generate(
         if proxy_cpu_start.is_none() && now >= window_start {
             measured_from = now;
             proxy_cpu_start = Some(cpu_seconds(pid, clock_ticks)?);
+            threads_start = (
+                threads_cpu_seconds(pid, "relay-", clock_ticks),
+                threads_cpu_seconds(pid, "recorder", clock_ticks),
+            );
         }
         if now >= window_end && traffic.proxy_cpu == 0.0 {
+            traffic.relay_threads_cpu =
+                threads_cpu_seconds(pid, "relay-", clock_ticks) - threads_start.0;
+            traffic.recorder_cpu =
+                threads_cpu_seconds(pid, "recorder", clock_ticks) - threads_start.1;
             traffic.proxy_cpu = cpu_seconds(pid, clock_ticks)? - proxy_cpu_start.unwrap_or(0.0);
             traffic.cpu_span = now.duration_since(measured_from).as_secs_f64();
         }
