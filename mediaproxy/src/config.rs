@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser};
 use serde::Deserialize;
 
+pub use crate::logging::LogFormat;
 use crate::ports::PortRange;
 use crate::session::Timing;
 
@@ -147,6 +148,10 @@ pub struct Options {
     /// Log filter, as RUST_LOG [default: info].
     #[arg(long, env = "MEDIAPROXY_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// Log lines as `text` or `json` (one JSON object per line, for log collectors)
+    /// [default: text].
+    #[arg(long, env = "MEDIAPROXY_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// PEM certificate chain of the gRPC server; with --tls-key and --tls-client-ca the gRPC
     /// link is mutually authenticated TLS [default: plaintext].
     #[arg(long, env = "MEDIAPROXY_TLS_CERT", value_name = "FILE")]
@@ -234,6 +239,7 @@ pub struct Config {
     pub node_id: String,
     pub shutdown_grace: Duration,
     pub log: String,
+    pub log_format: LogFormat,
     pub media: MediaConfig,
     /// Mutual TLS on the gRPC link; None is plaintext.
     pub tls: Option<TlsFiles>,
@@ -343,12 +349,13 @@ pub fn split_table(mut table: toml::Table, keys: &[&str]) -> (toml::Table, toml:
 
 impl Options {
     /// Keys of [`Options`] itself; every other key belongs to [`MediaOptions`].
-    const KEYS: [&str; 10] = [
+    const KEYS: [&str; 11] = [
         "grpc",
         "metrics",
         "node-id",
         "shutdown-grace",
         "log",
+        "log-format",
         "tls-cert",
         "tls-key",
         "tls-client-ca",
@@ -598,6 +605,7 @@ impl Config {
                 .or(lower.shutdown_grace)
                 .map_or(Duration::from_secs(30), |d| d.0),
             log: upper.log.or(lower.log).unwrap_or_else(|| "info".to_owned()),
+            log_format: upper.log_format.or(lower.log_format).unwrap_or_default(),
             media,
             tls: match (
                 upper.tls_cert.or(lower.tls_cert),

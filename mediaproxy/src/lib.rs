@@ -32,6 +32,7 @@ pub mod config;
 pub mod control;
 pub mod grpc;
 pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod ports;
 pub mod quality;

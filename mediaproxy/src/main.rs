@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    mediaproxy::logging::init(filter, config.log_format);
     // Every call holds four sockets per media line; the default soft limit (often 1024)
     // would cap a node at a few hundred calls.
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -808,3 +808,35 @@ async fn mpctl_records_and_the_example_analyser_hears_both_legs_of_a_reflect_cal
     assert!(level_at(&middle(&right), 16000, 1000.0) > 0.8);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_same_fields() {
+    let child = Command::new(BIN)
+        .args(["--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .args(["--ports", "22080-22099", "--log-format", "json"])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let mut running = Running(child);
+    let stdout = running.0.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let line = wait_for_line(
+        &mut reader,
+        "media proxy listening",
+        Duration::from_secs(10),
+    );
+    let object: serde_json::Value = serde_json::from_str(&line).expect("a JSON object");
+    assert_eq!(object["level"], "INFO", "{line}");
+    assert_eq!(
+        object["fields"]["message"], "media proxy listening",
+        "{line}"
+    );
+    let grpc = object["fields"]["grpc"].as_str().unwrap_or_default();
+    assert!(grpc.starts_with("127.0.0.1:"), "{line}");
+    // A format that is neither is refused, naming the option.
+    let (code, stderr) = run_to_end(&["--log-format", "xml"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--log-format"), "{stderr}");
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 use mediaproxy::config::{HumanDuration, MediaConfig, MediaOptions, split_table};
+use mediaproxy::logging::LogFormat;
 use serde::Deserialize;
 
 use crate::sip::uri::Uri;
@@ -290,6 +291,10 @@ pub struct Options {
     /// Log filter, as RUST_LOG [default: info].
     #[arg(long, env = "SIGNALING_LOG", value_name = "FILTER")]
     pub log: Option<String>,
+    /// Log lines as `text` or `json` (one JSON object per line, for log collectors)
+    /// [default: text].
+    #[arg(long, env = "SIGNALING_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Media options of the embedded media proxy.
     #[command(flatten)]
     #[serde(skip)]
@@ -423,11 +428,12 @@ pub struct Config {
     pub max_call_duration: Duration,
     pub keepalive: Duration,
     pub log: String,
+    pub log_format: LogFormat,
     /// Settings of the embedded media proxy (used when `mediaproxies` is empty).
     pub media: MediaConfig,
 }
 
-const KEYS: [&str; 20] = [
+const KEYS: [&str; 21] = [
     "mediaproxy-ca",
     "mediaproxy-cert",
     "mediaproxy-key",
@@ -448,6 +454,7 @@ const KEYS: [&str; 20] = [
     "ring-timeout",
     "max-call-duration",
     "log",
+    "log-format",
 ];
 
 fn file_error(path: &Path, message: impl ToString) -> ConfigError {
@@ -635,6 +642,7 @@ impl Config {
                 .or(lower.keepalive)
                 .map_or(Duration::from_secs(30), |d| d.0),
             log: upper.log.or(lower.log).unwrap_or_else(|| "info".to_owned()),
+            log_format: upper.log_format.or(lower.log_format).unwrap_or_default(),
             media,
         })
     }
@@ -706,9 +714,26 @@ mod tests {
         assert!(config.trusted[0].contains("127.0.0.9".parse().unwrap()));
         assert!(!config.trusted[0].contains("10.0.0.1".parse().unwrap()));
         assert_eq!(config.media_mode, MediaMode::Relay);
+        assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.cdr, crate::cdr::Target::Sqlite("cdr.db".into()));
         assert_eq!(config.cdr_spool, PathBuf::from("cdr.db.spool"));
         assert_eq!(config.max_calls, 2000);
+    }
+
+    #[test]
+    fn json_logs_are_chosen_by_flag_or_file() {
+        let cli = parse(&["--log-format", "json"]).unwrap();
+        let config = Config::resolve(cli.options, Options::default()).unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        let file = Options::from_toml("log-format = \"json\"\n").unwrap();
+        let config = Config::resolve(Options::default(), file).unwrap();
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert!(
+            parse(&["--log-format", "xml"])
+                .unwrap_err()
+                .to_string()
+                .contains("--log-format")
+        );
     }
 
     #[test]
