@@ -170,8 +170,8 @@ pub(crate) fn cdr_row(
 fn recording_outcome(row: &mut Cdr, record: &CallRecord, release: &Release) -> Option<String> {
     let intent = &record.recording;
     let asked = intent.last.is_some() || (intent.by_policy && record.answer.is_some());
-    let moved = record.media_moves.iter().any(|m| m.to.is_some()) && intent.restarts > 0;
-    let earlier = if moved {
+    // A restart happens only on the node a call moved to.
+    let earlier = if intent.restarts > 0 {
         "; the part before the media moved stays on the node it left"
     } else {
         ""

@@ -461,21 +461,9 @@ impl Signaling {
                             }
                         });
                     }
-                    Output::Recording {
-                        call,
-                        endpoint,
-                        call_id,
-                        action,
-                        file_stem,
-                    } => {
+                    Output::Recording { target, action } => {
                         let (pool, metrics, inputs) =
                             (pool.clone(), metrics.clone(), inputs.clone());
-                        let target = RecordingTarget {
-                            call,
-                            endpoint,
-                            call_id,
-                            file_stem,
-                        };
                         tokio::spawn(async move {
                             let _ = recording(&pool, &metrics, &inputs, target, action).await;
                         });

@@ -232,6 +232,7 @@ impl Recorder {
             batches,
             orders: order_receiver,
             last_sync: Instant::now(),
+            due: Vec::new(),
         };
         let thread = thread::Builder::new()
             .name("recorder".into())
@@ -350,6 +351,8 @@ struct Thread {
     batches: Receiver<Batch>,
     orders: Receiver<Order>,
     last_sync: Instant,
+    /// Scratch: the calls a tick flushes.
+    due: Vec<u64>,
 }
 
 impl Thread {
@@ -404,8 +407,16 @@ impl Thread {
                 // Taps get their 20 ms frames every tick; files take audio in larger steps,
                 // which costs less per sample.
                 let files_too = ticks.is_multiple_of(FILE_FLUSH_TICKS) || sync;
-                let ids: Vec<u64> = self.calls.keys().copied().collect();
-                for (n, id) in ids.iter().enumerate() {
+                // The calls due this tick, into a list kept between ticks.
+                let mut due = std::mem::take(&mut self.due);
+                due.clear();
+                due.extend(
+                    self.calls
+                        .iter()
+                        .filter(|(_, call)| files_too || !call.taps.is_empty())
+                        .map(|(id, _)| *id),
+                );
+                for (n, id) in due.iter().enumerate() {
                     // A flush of many calls takes a while: the workers' batches are taken in
                     // between, so the hand-off queue never fills behind it.
                     if n % CATCH_UP_EVERY == CATCH_UP_EVERY - 1 {
@@ -414,14 +425,12 @@ impl Thread {
                     let Some(call) = self.calls.get_mut(id) else {
                         continue;
                     };
-                    if !files_too && call.taps.is_empty() {
-                        continue;
-                    }
                     call.flush(caught_up, Flush::Waited, &self.settings, &self.metrics);
                     if sync {
                         call.sync(&self.metrics);
                     }
                 }
+                self.due = due;
             }
         }
     }

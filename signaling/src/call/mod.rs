@@ -212,14 +212,11 @@ pub(crate) enum Output {
         lost: String,
         reflect: bool,
     },
-    /// Start, pause or stop the recording of a call's session on its node, and answer with
-    /// [`Input::RecordingDone`]. `file_stem` names the files (empty: the call id).
+    /// Start, pause or stop the recording of a call's session on its node (`target`), and
+    /// answer with [`Input::RecordingDone`].
     Recording {
-        call: CallRef,
-        endpoint: String,
-        call_id: String,
+        target: RecordingTarget,
         action: RecordingAction,
-        file_stem: String,
     },
     /// The call ended: release its media (if relayed) and write its CDR.
     Finish(CallRecord),

@@ -61,16 +61,21 @@ fn file_stem(call_id: &str, restarts: u32) -> String {
 }
 
 impl Call {
-    /// The request that performs `action` on this call's session, if it has one.
-    fn recording_output(&self, call: CallRef, action: RecordingAction) -> Option<Output> {
+    /// Where a recording request for this call goes, if it has a media session.
+    fn recording_target(&self, call: CallRef) -> Option<RecordingTarget> {
         let plan = self.media.as_ref()?;
-        Some(Output::Recording {
+        Some(RecordingTarget {
             call,
             endpoint: plan.endpoint.clone(),
             call_id: self.a.call_id.clone(),
-            action,
             file_stem: file_stem(&self.a.call_id, self.recording.restarts),
         })
+    }
+
+    /// The request that performs `action` on this call's session, if it has one.
+    fn recording_output(&self, call: CallRef, action: RecordingAction) -> Option<Output> {
+        let target = self.recording_target(call)?;
+        Some(Output::Recording { target, action })
     }
 }
 
@@ -138,14 +143,8 @@ impl Core {
         if record.mode == MediaMode::Direct {
             return Err(RecordingRefused::Direct(call_id.to_owned()));
         }
-        let Some(plan) = record.media.as_ref() else {
+        let Some(target) = record.recording_target(call) else {
             return Err(RecordingRefused::NoSession(call_id.to_owned()));
-        };
-        let target = RecordingTarget {
-            call,
-            endpoint: plan.endpoint.clone(),
-            call_id: record.a.call_id.clone(),
-            file_stem: file_stem(&record.a.call_id, record.recording.restarts),
         };
         record.recording.last = Some(action);
         Ok(target)

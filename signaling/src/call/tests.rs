@@ -1106,17 +1106,11 @@ fn recording_requests(sim: &Sim) -> Vec<(String, String, RecordingAction, String
     sim.outputs
         .iter()
         .filter_map(|o| match o {
-            Output::Recording {
-                endpoint,
-                call_id,
-                action,
-                file_stem,
-                ..
-            } => Some((
-                endpoint.clone(),
-                call_id.clone(),
+            Output::Recording { target, action } => Some((
+                target.endpoint.clone(),
+                target.call_id.clone(),
                 *action,
-                file_stem.clone(),
+                target.file_stem.clone(),
             )),
             _ => None,
         })
