@@ -384,7 +384,10 @@ async fn exhaustion_is_refused_and_counted_and_ports_come_back_after_quarantine(
     tokio::time::sleep(Duration::from_millis(400)).await;
     let b = proxy.allocate("call-b", CALLER, 1).await;
     assert_eq!(b.media[0].rtp_port, a.media[0].rtp_port);
-    assert_eq!(proxy.metric("mediaproxy_ports_total", &[]).await, Some(4.0));
+    assert_eq!(
+        proxy.metric("mediaproxy_ports_capacity", &[]).await,
+        Some(4.0)
+    );
     proxy.shutdown().await;
 }
 
@@ -589,7 +592,7 @@ async fn metrics_and_health_match_what_was_relayed() {
         Some(20.0 * 172.0)
     );
     assert_eq!(value("mediaproxy_sessions", &[]), Some(1.0));
-    assert_eq!(value("mediaproxy_ports_total", &[]), Some(20.0));
+    assert_eq!(value("mediaproxy_ports_capacity", &[]), Some(20.0));
     assert_eq!(value("mediaproxy_ports_free", &[]), Some(16.0));
     assert_eq!(value("mediaproxy_recordings", &[]), Some(0.0));
     assert_eq!(
@@ -751,42 +754,64 @@ async fn a_silent_leg_is_reported_as_one_way_media() {
     proxy.shutdown().await;
 }
 
+/// Reflection answers in both versions, each listing the proxy's services: v1 for current
+/// tools, v1alpha for the older grpcurl and grpcui, Postman and Evans, which ask only that.
 #[tokio::test]
-async fn reflection_lists_the_services() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
+async fn reflection_lists_the_services_in_v1_and_v1alpha() {
     let proxy = TestProxy::start("21740-21759", MediaOptions::default()).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.grpc))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut client = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
+    let v1 = {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new(channel.clone())
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = responses.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected v1 reflection answer");
+        };
+        list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
     };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection answer");
+    let v1alpha = {
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = responses.next().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected v1alpha reflection answer");
+        };
+        list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
     };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(
-        names.contains(&"mediaproxy.v1.MediaProxy".to_owned()),
-        "{names:?}"
-    );
-    assert!(
-        names.contains(&"grpc.health.v1.Health".to_owned()),
-        "{names:?}"
-    );
+    for names in [&v1, &v1alpha] {
+        for service in ["mediaproxy.v1.MediaProxy", "grpc.health.v1.Health"] {
+            assert!(
+                names.contains(&service.to_owned()),
+                "{service} not in {names:?}"
+            );
+        }
+    }
     proxy.shutdown().await;
 }
 

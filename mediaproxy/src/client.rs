@@ -28,11 +28,20 @@ pub struct Connection {
     /// PEM private key of --cert.
     #[arg(long, env = "MPCTL_KEY", value_name = "FILE", global = true)]
     pub key: Option<PathBuf>,
+    /// The name the proxy's certificate must carry, when it is not the URL's host (a probe
+    /// dialling 127.0.0.1 of a node whose certificate names the fleet's DNS name).
+    #[arg(long, env = "MPCTL_TLS_NAME", value_name = "NAME", global = true)]
+    pub tls_name: Option<String>,
 }
 
 impl Connection {
     /// A connected client; the error names the option at fault or the unreachable URL.
     pub async fn connect(&self) -> Result<MediaProxyClient<Channel>, String> {
+        Ok(MediaProxyClient::new(self.channel().await?))
+    }
+
+    /// A connected channel, for any of the proxy's services (health, reflection).
+    pub async fn channel(&self) -> Result<Channel, String> {
         let url = &self.grpc;
         let mut endpoint =
             Endpoint::from_shared(url.clone()).map_err(|e| format!("--grpc {url}: {e}"))?;
@@ -43,21 +52,23 @@ impl Connection {
                     .ok_or_else(|| format!("{url} is https://: --{flag} is needed"))?;
                 std::fs::read(path).map_err(|e| format!("--{flag} {}: {e}", path.display()))
             };
-            let tls = ClientTlsConfig::new()
+            let mut tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(read("ca", &self.ca)?))
                 .identity(Identity::from_pem(
                     read("cert", &self.cert)?,
                     read("key", &self.key)?,
                 ));
+            if let Some(name) = &self.tls_name {
+                tls = tls.domain_name(name.clone());
+            }
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| format!("--grpc {url}: TLS: {e}"))?;
         }
-        let channel = endpoint
+        endpoint
             .connect()
             .await
-            .map_err(|e| format!("cannot reach the media proxy at {url}: {e}"))?;
-        Ok(MediaProxyClient::new(channel))
+            .map_err(|e| format!("cannot reach the media proxy at {url}: {e}"))
     }
 }
 

@@ -212,7 +212,7 @@ impl Control {
         clock: WallClock,
     ) -> Self {
         let pool = PortPool::new(settings.ports, settings.port_quarantine);
-        metrics.ports_total.set((pool.total_pairs() * 2) as i64);
+        metrics.ports_capacity.set((pool.total_pairs() * 2) as i64);
         metrics.ports_free.set((pool.total_pairs() * 2) as i64);
         let now = Instant::now();
         Self {

@@ -32,6 +32,8 @@ pub struct Service {
     control: Arc<Control>,
     /// Certificate common names of operators (`--tls-operator`).
     operators: Arc<[String]>,
+    /// gRPC health, told when a Drain request starts or ends draining.
+    health: Option<tonic_health::server::HealthReporter>,
 }
 
 /// Who sent a request: under mutual TLS, its certificate's common name, and whether that
@@ -56,7 +58,16 @@ impl Service {
         Self {
             control,
             operators: operators.into(),
+            health: None,
         }
+    }
+
+    /// Reports draining in gRPC health too: `mediaproxy.v1.MediaProxy` is NOT_SERVING while
+    /// the node drains (readiness probes and load balancers stop sending it new calls); the
+    /// process's own status ("") stays SERVING.
+    pub fn with_health(mut self, health: tonic_health::server::HealthReporter) -> Self {
+        self.health = Some(health);
+        self
     }
 
     fn client<T>(&self, request: &Request<T>) -> Client {
@@ -678,7 +689,19 @@ impl MediaProxy for Service {
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let _timer = self.timer("drain");
-        self.control.set_draining(request.into_inner().drain);
+        let drain = request.into_inner().drain;
+        self.control.set_draining(drain);
+        if let Some(health) = &self.health {
+            if drain {
+                health
+                    .set_not_serving::<proto::v1::media_proxy_server::MediaProxyServer<Self>>()
+                    .await;
+            } else {
+                health
+                    .set_serving::<proto::v1::media_proxy_server::MediaProxyServer<Self>>()
+                    .await;
+            }
+        }
         Ok(Response::new(status_to_wire(&self.control)))
     }
 }

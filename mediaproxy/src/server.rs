@@ -202,7 +202,13 @@ impl MediaProxy {
         health.set_serving::<MediaProxyServer<Service>>().await;
         let grpc_server = {
             let stop = stop.clone();
-            let server = serve_grpc(grpc, tls, control.clone(), health_service, stop.clone());
+            let server = serve_grpc(
+                grpc,
+                tls,
+                control.clone(),
+                (health_service, health.clone()),
+                stop.clone(),
+            );
             // A graceful stop waits for every stream to finish; a client that stopped reading
             // (a stuck analyser on the tap) would hold it open for ever.
             async move {
@@ -221,7 +227,10 @@ impl MediaProxy {
         let http_stop = stop.clone();
         let http_server = serve_http(
             metrics,
-            vec![control.metrics().registry.clone()],
+            vec![
+                control.metrics().registry.clone(),
+                crate::metrics::process::registry("mediaproxy", env!("CARGO_PKG_VERSION")),
+            ],
             control.draining_flag(),
             async move { http_stop.cancelled().await },
         );
@@ -263,7 +272,10 @@ async fn serve_grpc<H: tonic_health::pb::health_server::Health>(
     listener: TcpListener,
     mut tls: Option<crate::config::TlsFiles>,
     control: Arc<Control>,
-    health: tonic_health::pb::health_server::HealthServer<H>,
+    (health, reporter): (
+        tonic_health::pb::health_server::HealthServer<H>,
+        tonic_health::server::HealthReporter,
+    ),
     stop: CancellationToken,
 ) -> Result<(), ServerError> {
     let address = listener
@@ -292,19 +304,31 @@ async fn serve_grpc<H: tonic_health::pb::health_server::Health>(
                 .client_ca_root(tonic::transport::Certificate::from_pem(&files.client_ca));
             builder = builder.tls_config(config)?;
         }
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Reflection in both versions: grpcurl and grpcui of before 2024, Postman and Evans
+        // ask v1alpha only, current tools ask v1 first.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .expect("the embedded descriptor set is valid");
+        let reflection = reflection()
             .build_v1()
             .expect("the embedded descriptor set is valid");
         let restart = CancellationToken::new();
         let server = builder
             .add_service(health.clone())
             .add_service(reflection)
-            .add_service(MediaProxyServer::new(Service::new(
-                control.clone(),
-                tls.as_ref().map_or(&[][..], |t| &t.operators),
-            )))
+            .add_service(reflection_v1alpha)
+            .add_service(MediaProxyServer::new(
+                Service::new(
+                    control.clone(),
+                    tls.as_ref().map_or(&[][..], |t| &t.operators),
+                )
+                .with_health(reporter.clone()),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
                 let (restart, stop) = (restart.clone(), stop.clone());
                 async move {

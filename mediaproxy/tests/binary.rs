@@ -203,7 +203,7 @@ async fn starts_serves_health_and_stops_on_sigterm() {
     let mut body = String::new();
     http.read_to_string(&mut body).unwrap();
     assert!(
-        body.contains("mediaproxy_ports_total{node=\"bin-test\"} 20"),
+        body.contains("mediaproxy_ports_capacity{node=\"bin-test\"} 20"),
         "{body}"
     );
 
@@ -384,12 +384,26 @@ async fn mpctl_lists_shows_debugs_and_drains_a_running_proxy() {
     );
     assert!(packet_line.contains("relayed to"), "{packet_line}");
 
+    // Health, the probes' view: serving; a drained node is not ready but alive.
+    let (ok, health) = mpctl(&grpc, &["health"]);
+    assert!(
+        ok && health.contains("mediaproxy.v1.MediaProxy: SERVING"),
+        "{health}"
+    );
     let (ok, status) = mpctl(&grpc, &["drain"]);
     assert!(ok, "{status}");
     assert!(status.contains("draining    yes"), "{status}");
     assert!(status.contains("node        ctl-test"), "{status}");
+    let (ok, health) = mpctl(&grpc, &["health"]);
+    assert!(!ok && health.contains("NOT_SERVING"), "{health}");
+    let (ok, health) = mpctl(&grpc, &["health", "--service", ""]);
+    assert!(ok && health.contains("(process): SERVING"), "{health}");
     let (ok, status) = mpctl(&grpc, &["undrain"]);
     assert!(ok && status.contains("draining    no"), "{status}");
+    let (ok, health) = mpctl(&grpc, &["health"]);
+    assert!(ok, "serving again after undrain: {health}");
+    let (ok, health) = mpctl("127.0.0.1:1", &["health", "--timeout", "1"]);
+    assert!(!ok && health.contains("cannot reach"), "{health}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -590,6 +604,29 @@ async fn mutual_tls_refuses_strangers_and_keeps_each_clients_calls_its_own() {
     assert!(ok && out.contains("tls-test"), "{out}");
     let (ok, out) = mpctl(&url, &["status"]);
     assert!(!ok && out.contains("--ca is needed"), "{out}");
+    // A probe's health check over the same TLS: the certificate is checked against
+    // --tls-name, not the address dialled.
+    let tls = [
+        "--ca",
+        &pki.path("ca.pem"),
+        "--cert",
+        &pki.path("signaling-a.pem"),
+        "--key",
+        &pki.path("signaling-a.key"),
+    ];
+    let (ok, out) = mpctl(
+        &url,
+        &[&tls[..], &["--tls-name", "localhost", "health"]].concat(),
+    );
+    assert!(ok && out.contains("SERVING"), "{out}");
+    let (ok, out) = mpctl(
+        &url,
+        &[&tls[..], &["--tls-name", "fleet.example", "health"]].concat(),
+    );
+    assert!(
+        !ok,
+        "a certificate not naming fleet.example was accepted: {out}"
+    );
 
     // The client CA file is replaced (a CA rotation): within about 2 s the proxy serves with
     // it, on the same port, and the call it holds keeps relaying.

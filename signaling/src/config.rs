@@ -323,6 +323,9 @@ pub struct Cli {
 pub enum Command {
     /// Write CDRs of a date range as CSV or JSON lines to standard output.
     Export(crate::export::ExportArgs),
+    /// Ask a running signaling's /healthz whether it takes calls (exit 0 when it does): the
+    /// container health check.
+    Health(crate::health::HealthArgs),
 }
 
 /// One user of the users file.

@@ -27,6 +27,7 @@ pub mod config;
 pub mod diagnosis;
 pub(crate) mod dialog;
 pub mod export;
+pub mod health;
 pub(crate) mod ids;
 pub(crate) mod media;
 pub(crate) mod metrics;

@@ -23,6 +23,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Command::Health(args)) = &cli.command {
+        return match signaling::health::check(args) {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(problem) => {
+                eprintln!("signaling health: {problem}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match Config::load(cli) {
         Ok(config) => config,
         Err(error) => {

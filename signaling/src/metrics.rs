@@ -47,6 +47,9 @@ pub(crate) struct Metrics {
     pub(crate) sessions_swept: IntCounterVec,
     pub(crate) mediaproxy_duration: HistogramVec,
     pub(crate) recording_requests: IntCounterVec,
+    pub(crate) auth_failures: IntCounterVec,
+    /// Answered calls: seconds from the caller's INVITE to the answer.
+    pub(crate) setup: prometheus::Histogram,
     pub(crate) cdr: crate::cdr::WriterMetrics,
 }
 
@@ -105,6 +108,12 @@ impl Metrics {
             "signaling_timers",
             "Armed deadlines of calls and transactions.",
         );
+        let auth_failures = counter(
+            "signaling_auth_failures_total",
+            "Requests whose digest credentials were wrong or unusable, by method.",
+            "method",
+            &["REGISTER", "INVITE", "other"],
+        );
         let media_moves = counter(
             "signaling_media_moves_total",
             "Calls whose media node was lost: moved to another node, or failed (no node took them).",
@@ -152,6 +161,19 @@ impl Metrics {
         )
         .expect("valid metric");
         let mediaproxy_duration = registered(&registry, mediaproxy_duration);
+        let setup = registered(
+            &registry,
+            prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "signaling_call_setup_seconds",
+                    "Answered calls: time from the caller's INVITE to the answer relayed to it.",
+                )
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+                ]),
+            )
+            .expect("valid metric"),
+        );
         let recording_requests = registered(
             &registry,
             IntCounterVec::new(
@@ -212,6 +234,8 @@ impl Metrics {
             sessions_swept,
             mediaproxy_duration,
             recording_requests,
+            auth_failures,
+            setup,
         }
     }
 

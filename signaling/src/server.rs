@@ -187,7 +187,10 @@ impl Signaling {
         } = self;
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
-        let mut registries = vec![metrics.registry.clone()];
+        let mut registries = vec![
+            metrics.registry.clone(),
+            mediaproxy::metrics::process::registry("signaling", env!("CARGO_PKG_VERSION")),
+        ];
         if let Some(proxy) = &embedded {
             registries.push(proxy.control().metrics().registry.clone());
         }
@@ -468,7 +471,15 @@ impl Signaling {
                             let _ = recording(&pool, &metrics, &inputs, target, action).await;
                         });
                     }
+                    Output::AuthFailed { method } => {
+                        metrics.auth_failures.with_label_values(&[method]).inc();
+                    }
                     Output::Finish(record) => {
+                        if let Some(answer) = record.answer {
+                            metrics
+                                .setup
+                                .observe(answer.duration_since(record.start).as_secs_f64());
+                        }
                         let pool = pool.clone();
                         let cdr = cdr.clone();
                         let metrics = metrics.clone();

@@ -16,330 +16,21 @@
 //! 34400 / 34500, relay 33500-33599, 33800-33899, 34200-34299 and 34600-34699).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::UdpSocket;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Pki, Rows, Running, Scratch, cdr_table, number, scenarios, sibling};
+use common::calls::{
+    MediaProxy, Ports, Service, call_between, expect_success, ports, sipp, start_mediaproxy,
+    start_mediaproxy_with, strings, traces, uac, uas,
+};
+use common::{Pki, Scratch, number, sibling};
 use signaling::cdr::{Store, Target};
 
 const BIN: &str = common::SIGNALING;
-
-struct Ports {
-    sip: u16,
-    uac: u16,
-    uas: u16,
-    uac_media: u16,
-    uas_media: u16,
-    /// The media proxy's port range for this test.
-    relay: std::ops::Range<u16>,
-}
-
-impl Ports {
-    /// The relay range as `--ports` takes it.
-    fn relay_arg(&self) -> String {
-        format!("{}-{}", self.relay.start, self.relay.end - 1)
-    }
-
-    /// The callee leg's RTP port: the second pair allocated in the range (the caller's
-    /// leg is allocated first).
-    fn callee_relay_port(&self) -> u16 {
-        self.relay.start + 2
-    }
-}
-
-fn ports(n: u16) -> Ports {
-    Ports {
-        sip: 25000 + 10 * n,
-        uac: 25001 + 10 * n,
-        uas: 25002 + 10 * n,
-        uac_media: 26000 + 40 * n,
-        uas_media: 27000 + 40 * n,
-        relay: 28000 + 100 * n..28100 + 100 * n,
-    }
-}
-
-/// The signaling binary, running.
-struct Service {
-    child: Child,
-    dir: Scratch,
-    cdr: Target,
-}
-
-impl Service {
-    fn start(name: &str, ports: &Ports, extra: &[&str]) -> Self {
-        let dir = Scratch::new(&format!("sig-e2e-{name}"));
-        let log = std::fs::File::create(dir.join("signaling.log")).unwrap();
-        let mut command = Command::new(BIN);
-        if !extra.contains(&"--sip") {
-            command.args(["--sip", &format!("127.0.0.1:{}", ports.sip)]);
-        }
-        let cdr = match extra.iter().position(|a| *a == "--cdr") {
-            Some(i) => Target::parse(extra[i + 1]).unwrap(),
-            None => {
-                let target = Target::Sqlite(dir.join("cdr.db"));
-                command.args([
-                    "--cdr",
-                    &format!("sqlite://{}", dir.join("cdr.db").display()),
-                ]);
-                target
-            }
-        };
-        let child = command
-            .args(["--cdr-spool", &dir.join("cdr.spool").display().to_string()])
-            .args(["--ports", &ports.relay_arg()])
-            .args(if extra.contains(&"--max-calls") {
-                &[][..]
-            } else {
-                &["--max-calls", "20"][..]
-            })
-            .args(["--route", &format!("=sip:127.0.0.1:{}", ports.uas)])
-            .args(["--log", "info", "--metrics", "127.0.0.1:0"])
-            .args(extra)
-            .env("NO_COLOR", "1")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("signaling starts");
-        let mut service = Self { child, dir, cdr };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !service.log().contains("signaling listening") {
-            let exited = service.child.try_wait().unwrap().is_some();
-            assert!(!exited, "signaling exited at start:\n{}", service.log());
-            assert!(
-                Instant::now() < deadline,
-                "signaling did not start:\n{}",
-                service.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        service
-    }
-
-    /// Nice values of the service's threads whose name starts with `prefix` (waiting up to
-    /// 5 s for one: a new thread names itself once it runs).
-    fn nices(&self, prefix: &str) -> Vec<i64> {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
-            let nices: Vec<i64> = tasks
-                .filter_map(|task| {
-                    let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
-                    // "tid (name) state ...": nice is the 17th field after the name.
-                    let (head, rest) = stat.rsplit_once(')')?;
-                    let name = head.split_once('(')?.1;
-                    name.starts_with(prefix)
-                        .then(|| rest.split_whitespace().nth(16)?.parse().ok())?
-                })
-                .collect();
-            if !nices.is_empty() || Instant::now() > deadline {
-                return nices;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// GETs `/metrics` of the running service.
-    fn metrics(&self) -> String {
-        self.get("/metrics")
-    }
-
-    /// GETs a path of the HTTP endpoint (`--metrics`); returns the whole response.
-    fn get(&self, path: &str) -> String {
-        self.http("GET", path)
-    }
-
-    /// Sends `method path` to the HTTP endpoint (`--metrics`); returns the whole response.
-    fn http(&self, method: &str, path: &str) -> String {
-        let log = self.log();
-        let line = log
-            .lines()
-            .find(|l| l.contains("signaling listening"))
-            .expect("start line");
-        let address = line
-            .split("metrics=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .expect("metrics address");
-        let mut stream = std::net::TcpStream::connect(address).expect("metrics endpoint");
-        std::io::Write::write_all(
-            &mut stream,
-            format!("{method} {path} HTTP/1.0\r\n\r\n").as_bytes(),
-        )
-        .unwrap();
-        let mut body = String::new();
-        stream.read_to_string(&mut body).unwrap();
-        body
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("signaling.log")).unwrap_or_default()
-    }
-
-    /// Sends SIGTERM (the service drains: new INVITEs get 503, calls finish).
-    fn terminate(&self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    }
-
-    /// SIGTERM, wait for the exit (which flushes the CDRs), return the CDR rows.
-    fn stop(self) -> Vec<HashMap<String, String>> {
-        self.terminate();
-        self.wait_rows()
-    }
-
-    /// Like [`Service::stop`], also returning the whole log (written until the exit: media
-    /// releases happen asynchronously after the last SIP message).
-    fn stop_with_log(mut self) -> (Vec<HashMap<String, String>>, String) {
-        self.terminate();
-        self.wait_exit();
-        // Read before `self` (and its scratch directory) goes.
-        (self.table("cdr"), self.log())
-    }
-
-    /// SIGTERM, wait for the exit; the `cdr` rows, the `cdr_media` rows and the whole log.
-    fn stop_all(mut self) -> (Rows, Rows, String) {
-        self.terminate();
-        self.wait_exit();
-        (self.table("cdr"), self.table("cdr_media"), self.log())
-    }
-
-    /// Waits for the exit, returns the CDR rows.
-    fn wait_rows(mut self) -> Vec<HashMap<String, String>> {
-        self.wait_exit();
-        self.table("cdr")
-    }
-
-    fn wait_exit(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "signaling exited with {status}:\n{}",
-                    self.log()
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "signaling did not stop:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn table(&self, table: &str) -> Rows {
-        cdr_table(&self.cdr, table)
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Owned copies of argument strings.
-fn strings(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
-
-/// Starts SIPp in the scenarios directory (pcap paths are relative to it).
-fn sipp(args: &[String]) -> Running {
-    let child = Command::new("sipp")
-        .current_dir(scenarios())
-        .args(args)
-        .args(["-nostdin", "-timeout", "40s", "-timeout_error"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sipp is installed (apt-get install sip-tester)");
-    Running(child)
-}
-
-fn uas(ports: &Ports, scenario: &str, echo: bool, extra: &[&str]) -> Running {
-    let mut args: Vec<String> = vec![
-        "-sf".into(),
-        scenario.into(),
-        "-i".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        ports.uas.to_string(),
-        "-mi".into(),
-        "127.0.0.1".into(),
-        "-mp".into(),
-        ports.uas_media.to_string(),
-        "-m".into(),
-        "1".into(),
-    ];
-    if echo {
-        args.push("-rtp_echo".into());
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    sipp(&args)
-}
-
-fn uac(ports: &Ports, scenario: &str, extra: &[&str]) -> Running {
-    let mut args: Vec<String> = vec![
-        "-sf".into(),
-        scenario.into(),
-        format!("127.0.0.1:{}", ports.sip),
-        "-i".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        ports.uac.to_string(),
-        "-mi".into(),
-        "127.0.0.1".into(),
-        "-mp".into(),
-        ports.uac_media.to_string(),
-        "-s".into(),
-        "1000".into(),
-        "-m".into(),
-        "1".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    sipp(&args)
-}
-
-/// Waits for a SIPp process; panics with its stderr unless it exited 0.
-fn expect_success(mut sipp: Running, what: &str, service: &Service) {
-    if let Err(error) = sipp.finish() {
-        panic!("{what} failed ({error})\nsignaling log:\n{}", service.log());
-    }
-}
-
-/// Starts a SIPp UAS with `uas_scenario` (echoing RTP when `echo`), then a SIPp UAC with
-/// `uac_scenario` against signaling, and waits until both succeeded.
-fn call_between(
-    ports: &Ports,
-    service: &Service,
-    uas_scenario: &str,
-    echo: bool,
-    uas_extra: &[&str],
-    uac_scenario: &str,
-    uac_extra: &[&str],
-) {
-    let callee = uas(ports, uas_scenario, echo, uas_extra);
-    std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(ports, uac_scenario, uac_extra);
-    expect_success(caller, "UAC", service);
-    expect_success(callee, "UAS", service);
-}
-
-/// A directory and paths in it for the SIPp message traces (`-trace_msg -message_file`) of one
-/// test's UAS and UAC.
-fn traces(name: &str) -> (Scratch, PathBuf, PathBuf) {
-    let dir = Scratch::new(&format!("sig-e2e-{name}-traces"));
-    let (uas, uac) = (dir.join("uas.msg"), dir.join("uac.msg"));
-    (dir, uas, uac)
-}
 
 /// 5 s of 20 ms packets (250) plus the DTMF event of the pcap: at least 240 must arrive.
 const MIN_PACKETS: i64 = 240;
@@ -540,7 +231,71 @@ fn register_with_digest_then_call() {
         "uac_register_auth_call.xml",
         &["-inf", "users.csv"],
     );
+    // A guesser: unknown user, made-up response. Challenged again, and counted.
+    let guesser = UdpSocket::bind("127.0.0.1:0").unwrap();
+    guesser
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let register = |authorization: &str, cseq: u32| {
+        let local = guesser.local_addr().unwrap();
+        format!(
+            "REGISTER sip:127.0.0.1:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-guess-{cseq}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:mallory@127.0.0.1>;tag=g1\r\nTo: <sip:mallory@127.0.0.1>\r\n\
+             Call-ID: guess-1\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:mallory@{local}>\r\n{authorization}\
+             Content-Length: 0\r\n\r\n",
+            sip = ports.sip
+        )
+    };
+    let mut buffer = [0u8; 4096];
+    guesser
+        .send_to(register("", 1).as_bytes(), ("127.0.0.1", ports.sip))
+        .unwrap();
+    let (n, _) = guesser.recv_from(&mut buffer).unwrap();
+    let challenge = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+    let param = |name: &str| {
+        challenge
+            .split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("no {name} in {challenge}"))
+            .to_owned()
+    };
+    let authorization = format!(
+        "Authorization: Digest username=\"mallory\", realm=\"{}\", nonce=\"{}\", uri=\"sip:127.0.0.1:{}\", response=\"00000000000000000000000000000000\"\r\n",
+        param("realm"),
+        param("nonce"),
+        ports.sip
+    );
+    guesser
+        .send_to(
+            register(&authorization, 2).as_bytes(),
+            ("127.0.0.1", ports.sip),
+        )
+        .unwrap();
+    let (n, _) = guesser.recv_from(&mut buffer).unwrap();
+    let again = String::from_utf8_lossy(&buffer[..n]).into_owned();
+    assert!(again.starts_with("SIP/2.0 401"), "{again}");
+    let metrics = service.metrics();
+    let metric = |line: &str| metrics.lines().any(|l| l == line);
+    assert!(
+        metric("signaling_auth_failures_total{method=\"REGISTER\"} 1"),
+        "alice's right password is not a failure, mallory's guess is:\n{metrics}"
+    );
+    assert!(
+        metric("signaling_auth_failures_total{method=\"INVITE\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metric("signaling_call_setup_seconds_count 1"),
+        "one answered call:\n{metrics}"
+    );
     let log = service.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("authentication failed") && l.contains("mallory")),
+        "{log}"
+    );
     let registrations = service.get("/admin/registrations");
     assert!(
         registrations.contains("\"user\": \"alice\""),
@@ -778,61 +533,6 @@ fn a_callee_that_never_answers_times_out_as_no_answer() {
 }
 
 /// Starts the `mediaproxy` binary on a gRPC port; returns it and its URL once it listens.
-fn start_mediaproxy(grpc_port: u16, relay: &str, node_id: &str) -> (MediaProxy, String) {
-    start_mediaproxy_with(grpc_port, relay, node_id, &[])
-}
-
-/// [`start_mediaproxy`] with more options.
-fn start_mediaproxy_with(
-    grpc_port: u16,
-    relay: &str,
-    node_id: &str,
-    extra: &[&str],
-) -> (MediaProxy, String) {
-    let binary = sibling("mediaproxy");
-    let mut proxy = MediaProxy(
-        Command::new(&binary)
-            .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
-            .args(["--metrics", "127.0.0.1:0", "--ports", relay])
-            .args(["--node-id", node_id, "--log", "warn"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
-        assert!(Instant::now() < deadline, "mediaproxy did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // A listener that is not ours (a stray proxy on the port) would make the test judge the
-    // wrong process: ours must still be running once the port answers.
-    assert!(
-        proxy.0.try_wait().unwrap().is_none(),
-        "mediaproxy exited at start (is 127.0.0.1:{grpc_port} taken?)"
-    );
-    (proxy, format!("http://127.0.0.1:{grpc_port}"))
-}
-
-/// A separately started mediaproxy, killed when dropped so a failed test cannot leave it
-/// holding its ports for the next run.
-struct MediaProxy(Child);
-
-impl MediaProxy {
-    /// Kills it now (a proxy host that dies).
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for MediaProxy {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[test]
 fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
     let ports = ports(10);

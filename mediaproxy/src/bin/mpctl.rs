@@ -29,6 +29,16 @@ struct Cli {
 enum Command {
     /// Node id, sessions, free ports, packet rate, draining flag.
     Status,
+    /// gRPC health of the proxy (exit 0 when SERVING): the container health check and the
+    /// Kubernetes probes. The service mediaproxy.v1.MediaProxy stops serving while the node
+    /// drains; the empty service name is the process as a whole.
+    Health {
+        #[arg(long, default_value = "mediaproxy.v1.MediaProxy")]
+        service: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
     /// Every live session: one line per leg and media line with ports, SDP and latched
     /// addresses and live counters.
     Sessions {
@@ -82,15 +92,48 @@ enum Record {
     Show { call_id: String },
 }
 
+/// Asks the gRPC health service about `service`; Ok when it is SERVING.
+async fn health(connection: &Connection, service: &str) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let channel = connection.channel().await?;
+    let reply = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map_err(|s| status_text(&s))?
+        .into_inner();
+    let name = if service.is_empty() {
+        "(process)"
+    } else {
+        service
+    };
+    match ServingStatus::try_from(reply.status) {
+        Ok(ServingStatus::Serving) => {
+            println!("{name}: SERVING");
+            Ok(())
+        }
+        Ok(other) => Err(format!("{name}: {}", other.as_str_name())),
+        Err(_) => Err(format!("{name}: unknown status {}", reply.status)),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     run_tool("mpctl", run(cli))
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    if let Command::Health { service, timeout } = &cli.command {
+        let timeout = std::time::Duration::from_secs((*timeout).max(1));
+        return tokio::time::timeout(timeout, health(&cli.connection, service))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}s", timeout.as_secs())));
+    }
     let mut client = cli.connection.connect().await?;
     let status = |s: tonic::Status| status_text(&s);
     match cli.command {
+        Command::Health { .. } => unreachable!("answered before connecting"),
         Command::Status => {
             let reply = client
                 .status(pb::StatusRequest {})

@@ -218,6 +218,12 @@ pub(crate) enum Output {
         target: RecordingTarget,
         action: RecordingAction,
     },
+    /// A request's digest credentials were wrong or unusable (counted per method in
+    /// `signaling_auth_failures_total`; the log line names the source and user).
+    AuthFailed {
+        /// `REGISTER`, `INVITE` or `other`.
+        method: &'static str,
+    },
     /// The call ended: release its media (if relayed) and write its CDR.
     Finish(CallRecord),
 }

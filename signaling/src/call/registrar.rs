@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{ALLOW, Core, response};
+use super::{ALLOW, Core, Output, response};
 use crate::auth::{Credentials, Verdict};
 use crate::registrar::{RegisterError, RegisterRequest};
 use crate::sip::header::NameAddr;
@@ -84,6 +84,12 @@ impl Core {
             }
             Verdict::Rejected(why) => {
                 tracing::info!(peer = %from.addr, user = %credentials.username, why, "authentication failed");
+                let method = match request.method.as_str() {
+                    "REGISTER" => "REGISTER",
+                    "INVITE" => "INVITE",
+                    _ => "other",
+                };
+                self.out.push_back(Output::AuthFailed { method });
                 self.challenge(now, tx, request, unix, false, proxy);
                 None
             }

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod calls;
+
 /// The URL of the test PostgreSQL server: `TEST_POSTGRES_URL`, or the private server
 /// `.ci/postgres start` runs (started on first use).
 pub fn postgres_server() -> String {

@@ -21,6 +21,8 @@ use prometheus::{
 
 use crate::types::{DropReason, ReleaseReason};
 
+pub mod process;
+
 /// Relay direction label values: where the packet came from and where it went.
 pub const DIRECTIONS: [&str; 2] = ["caller_to_callee", "callee_to_caller"];
 
@@ -36,7 +38,8 @@ pub struct Metrics {
     pub dropped: IntCounterVec,
     pub sessions: IntGauge,
     pub ports_free: IntGauge,
-    pub ports_total: IntGauge,
+    /// Ports (RTP and RTCP) in the range usable as pairs.
+    pub ports_capacity: IntGauge,
     pub recordings: IntGauge,
     /// Recordings ended, by outcome ([`RECORDING_OUTCOMES`]).
     pub recordings_finished: IntCounterVec,
@@ -164,7 +167,10 @@ impl Metrics {
                 "mediaproxy_ports_free",
                 "RTP and RTCP ports free to allocate.",
             ),
-            ports_total: gauge("mediaproxy_ports_total", "RTP and RTCP ports in the range."),
+            ports_capacity: gauge(
+                "mediaproxy_ports_capacity",
+                "RTP and RTCP ports in the range, usable as pairs.",
+            ),
             recordings: gauge("mediaproxy_recordings", "Recordings in progress."),
             recordings_finished,
             recording_bytes: plain(

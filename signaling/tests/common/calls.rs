@@ -1,0 +1,392 @@
+//! The running pieces of an end-to-end test: the `signaling` binary (with its embedded media
+//! proxy unless told otherwise), a separately started `mediaproxy` binary, and SIPp as the
+//! phones (Debian's `sip-tester`; scenarios and pcaps in `tests/sipp/`).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use signaling::cdr::Target;
+
+use super::{Rows, Running, Scratch, cdr_table, scenarios, sibling};
+
+const BIN: &str = super::SIGNALING;
+
+pub struct Ports {
+    pub sip: u16,
+    pub uac: u16,
+    pub uas: u16,
+    pub uac_media: u16,
+    pub uas_media: u16,
+    /// The media proxy's port range for this test.
+    pub relay: std::ops::Range<u16>,
+}
+
+impl Ports {
+    /// The relay range as `--ports` takes it.
+    pub fn relay_arg(&self) -> String {
+        format!("{}-{}", self.relay.start, self.relay.end - 1)
+    }
+
+    /// The callee leg's RTP port: the second pair allocated in the range (the caller's
+    /// leg is allocated first).
+    pub fn callee_relay_port(&self) -> u16 {
+        self.relay.start + 2
+    }
+}
+
+pub fn ports(n: u16) -> Ports {
+    Ports {
+        sip: 25000 + 10 * n,
+        uac: 25001 + 10 * n,
+        uas: 25002 + 10 * n,
+        uac_media: 26000 + 40 * n,
+        uas_media: 27000 + 40 * n,
+        relay: 28000 + 100 * n..28100 + 100 * n,
+    }
+}
+
+/// The signaling binary, running.
+pub struct Service {
+    pub child: Child,
+    pub dir: Scratch,
+    pub cdr: Target,
+}
+
+impl Service {
+    pub fn start(name: &str, ports: &Ports, extra: &[&str]) -> Self {
+        let dir = Scratch::new(&format!("sig-e2e-{name}"));
+        let log = std::fs::File::create(dir.join("signaling.log")).unwrap();
+        let mut command = Command::new(BIN);
+        if !extra.contains(&"--sip") {
+            command.args(["--sip", &format!("127.0.0.1:{}", ports.sip)]);
+        }
+        let cdr = match extra.iter().position(|a| *a == "--cdr") {
+            Some(i) => Target::parse(extra[i + 1]).unwrap(),
+            None => {
+                let target = Target::Sqlite(dir.join("cdr.db"));
+                command.args([
+                    "--cdr",
+                    &format!("sqlite://{}", dir.join("cdr.db").display()),
+                ]);
+                target
+            }
+        };
+        let child = command
+            .args(["--cdr-spool", &dir.join("cdr.spool").display().to_string()])
+            .args(["--ports", &ports.relay_arg()])
+            .args(if extra.contains(&"--max-calls") {
+                &[][..]
+            } else {
+                &["--max-calls", "20"][..]
+            })
+            .args(["--route", &format!("=sip:127.0.0.1:{}", ports.uas)])
+            .args(["--log", "info"])
+            .args(if extra.contains(&"--metrics") {
+                &[][..]
+            } else {
+                &["--metrics", "127.0.0.1:0"][..]
+            })
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("signaling starts");
+        let mut service = Self { child, dir, cdr };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !service.log().contains("signaling listening") {
+            let exited = service.child.try_wait().unwrap().is_some();
+            assert!(!exited, "signaling exited at start:\n{}", service.log());
+            assert!(
+                Instant::now() < deadline,
+                "signaling did not start:\n{}",
+                service.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        service
+    }
+
+    /// Nice values of the service's threads whose name starts with `prefix` (waiting up to
+    /// 5 s for one: a new thread names itself once it runs).
+    pub fn nices(&self, prefix: &str) -> Vec<i64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.child.id())).unwrap();
+            let nices: Vec<i64> = tasks
+                .filter_map(|task| {
+                    let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+                    // "tid (name) state ...": nice is the 17th field after the name.
+                    let (head, rest) = stat.rsplit_once(')')?;
+                    let name = head.split_once('(')?.1;
+                    name.starts_with(prefix)
+                        .then(|| rest.split_whitespace().nth(16)?.parse().ok())?
+                })
+                .collect();
+            if !nices.is_empty() || Instant::now() > deadline {
+                return nices;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// GETs `/metrics` of the running service.
+    pub fn metrics(&self) -> String {
+        self.get("/metrics")
+    }
+
+    /// GETs a path of the HTTP endpoint (`--metrics`); returns the whole response.
+    pub fn get(&self, path: &str) -> String {
+        self.http("GET", path)
+    }
+
+    /// Sends `method path` to the HTTP endpoint (`--metrics`); returns the whole response.
+    pub fn http(&self, method: &str, path: &str) -> String {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("signaling listening"))
+            .expect("start line");
+        let address = line
+            .split("metrics=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("metrics address");
+        let mut stream = std::net::TcpStream::connect(address).expect("metrics endpoint");
+        std::io::Write::write_all(
+            &mut stream,
+            format!("{method} {path} HTTP/1.0\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("signaling.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM (the service drains: new INVITEs get 503, calls finish).
+    pub fn terminate(&self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    }
+
+    /// SIGTERM, wait for the exit (which flushes the CDRs), return the CDR rows.
+    pub fn stop(self) -> Vec<HashMap<String, String>> {
+        self.terminate();
+        self.wait_rows()
+    }
+
+    /// Like [`Service::stop`], also returning the whole log (written until the exit: media
+    /// releases happen asynchronously after the last SIP message).
+    pub fn stop_with_log(mut self) -> (Vec<HashMap<String, String>>, String) {
+        self.terminate();
+        self.wait_exit();
+        // Read before `self` (and its scratch directory) goes.
+        (self.table("cdr"), self.log())
+    }
+
+    /// SIGTERM, wait for the exit; the `cdr` rows, the `cdr_media` rows and the whole log.
+    pub fn stop_all(mut self) -> (Rows, Rows, String) {
+        self.terminate();
+        self.wait_exit();
+        (self.table("cdr"), self.table("cdr_media"), self.log())
+    }
+
+    /// Waits for the exit, returns the CDR rows.
+    pub fn wait_rows(mut self) -> Vec<HashMap<String, String>> {
+        self.wait_exit();
+        self.table("cdr")
+    }
+
+    pub fn wait_exit(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "signaling exited with {status}:\n{}",
+                    self.log()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "signaling did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn table(&self, table: &str) -> Rows {
+        cdr_table(&self.cdr, table)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Owned copies of argument strings.
+pub fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Starts SIPp in the scenarios directory (pcap paths are relative to it).
+pub fn sipp(args: &[String]) -> Running {
+    let child = Command::new("sipp")
+        .current_dir(scenarios())
+        .args(args)
+        .args(["-nostdin", "-timeout", "40s", "-timeout_error"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sipp is installed (apt-get install sip-tester)");
+    Running(child)
+}
+
+pub fn uas(ports: &Ports, scenario: &str, echo: bool, extra: &[&str]) -> Running {
+    let mut args: Vec<String> = vec![
+        "-sf".into(),
+        scenario.into(),
+        "-i".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        ports.uas.to_string(),
+        "-mi".into(),
+        "127.0.0.1".into(),
+        "-mp".into(),
+        ports.uas_media.to_string(),
+        "-m".into(),
+        "1".into(),
+    ];
+    if echo {
+        args.push("-rtp_echo".into());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    sipp(&args)
+}
+
+pub fn uac(ports: &Ports, scenario: &str, extra: &[&str]) -> Running {
+    let mut args: Vec<String> = vec![
+        "-sf".into(),
+        scenario.into(),
+        format!("127.0.0.1:{}", ports.sip),
+        "-i".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        ports.uac.to_string(),
+        "-mi".into(),
+        "127.0.0.1".into(),
+        "-mp".into(),
+        ports.uac_media.to_string(),
+        "-s".into(),
+        "1000".into(),
+        "-m".into(),
+        "1".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    sipp(&args)
+}
+
+/// Waits for a SIPp process; panics with its stderr unless it exited 0.
+pub fn expect_success(mut sipp: Running, what: &str, service: &Service) {
+    if let Err(error) = sipp.finish() {
+        panic!("{what} failed ({error})\nsignaling log:\n{}", service.log());
+    }
+}
+
+/// Starts a SIPp UAS with `uas_scenario` (echoing RTP when `echo`), then a SIPp UAC with
+/// `uac_scenario` against signaling, and waits until both succeeded.
+pub fn call_between(
+    ports: &Ports,
+    service: &Service,
+    uas_scenario: &str,
+    echo: bool,
+    uas_extra: &[&str],
+    uac_scenario: &str,
+    uac_extra: &[&str],
+) {
+    let callee = uas(ports, uas_scenario, echo, uas_extra);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(ports, uac_scenario, uac_extra);
+    expect_success(caller, "UAC", service);
+    expect_success(callee, "UAS", service);
+}
+
+/// A directory and paths in it for the SIPp message traces (`-trace_msg -message_file`) of one
+/// test's UAS and UAC.
+pub fn traces(name: &str) -> (Scratch, PathBuf, PathBuf) {
+    let dir = Scratch::new(&format!("sig-e2e-{name}-traces"));
+    let (uas, uac) = (dir.join("uas.msg"), dir.join("uac.msg"));
+    (dir, uas, uac)
+}
+
+pub fn start_mediaproxy(grpc_port: u16, relay: &str, node_id: &str) -> (MediaProxy, String) {
+    start_mediaproxy_with(grpc_port, relay, node_id, &[])
+}
+
+/// [`start_mediaproxy`] with more options.
+pub fn start_mediaproxy_with(
+    grpc_port: u16,
+    relay: &str,
+    node_id: &str,
+    extra: &[&str],
+) -> (MediaProxy, String) {
+    let binary = sibling("mediaproxy");
+    let mut proxy = MediaProxy(
+        Command::new(&binary)
+            .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
+            .args(if extra.contains(&"--metrics") {
+                &[][..]
+            } else {
+                &["--metrics", "127.0.0.1:0"][..]
+            })
+            .args(["--ports", relay])
+            .args(["--node-id", node_id, "--log", "warn"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc_port)).is_err() {
+        assert!(Instant::now() < deadline, "mediaproxy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A listener that is not ours (a stray proxy on the port) would make the test judge the
+    // wrong process: ours must still be running once the port answers.
+    assert!(
+        proxy.0.try_wait().unwrap().is_none(),
+        "mediaproxy exited at start (is 127.0.0.1:{grpc_port} taken?)"
+    );
+    (proxy, format!("http://127.0.0.1:{grpc_port}"))
+}
+
+/// A separately started mediaproxy, killed when dropped so a failed test cannot leave it
+/// holding its ports for the next run.
+pub struct MediaProxy(pub Child);
+
+impl MediaProxy {
+    /// Kills it now (a proxy host that dies).
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for MediaProxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
