@@ -638,17 +638,24 @@ async fn draining_refuses_new_calls_and_keeps_relaying_existing_ones() {
         .await
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let serving = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "mediaproxy.v1.MediaProxy".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut status_of = async |service: &str| {
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+    };
+    // Draining is not ready (a readiness probe takes the node out of its Service), but the
+    // process as a whole still serves (a liveness probe leaves it running).
     assert_eq!(
-        serving.status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        status_of("mediaproxy.v1.MediaProxy").await,
+        ServingStatus::NotServing as i32
     );
+    assert_eq!(status_of("").await, ServingStatus::Serving as i32);
     let undrained = proxy
         .client
         .drain(pb::DrainRequest { drain: false })
@@ -656,6 +663,10 @@ async fn draining_refuses_new_calls_and_keeps_relaying_existing_ones() {
         .unwrap()
         .into_inner();
     assert!(!undrained.draining);
+    assert_eq!(
+        status_of("mediaproxy.v1.MediaProxy").await,
+        ServingStatus::Serving as i32
+    );
     proxy.allocate("call-after-drain", CALLER, 1).await;
     proxy.shutdown().await;
 }
@@ -764,46 +775,32 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
         .connect()
         .await
         .unwrap();
-    let v1 = {
-        use tonic_reflection::pb::v1::ServerReflectionRequest;
-        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = ServerReflectionClient::new(channel.clone())
-            .server_reflection_info(tokio_stream::once(request))
-            .await
-            .unwrap()
-            .into_inner();
-        let response = responses.next().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-            panic!("unexpected v1 reflection answer");
-        };
-        list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
-    };
-    let v1alpha = {
-        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut responses = ServerReflectionClient::new(channel)
-            .server_reflection_info(tokio_stream::once(request))
-            .await
-            .unwrap()
-            .into_inner();
-        let response = responses.next().await.unwrap().unwrap();
-        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-            panic!("unexpected v1alpha reflection answer");
-        };
-        list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
-    };
+    // The two versions' types differ only by module: one body for both.
+    macro_rules! list_services {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::ServerReflectionRequest;
+            use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+            use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+            use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut responses = ServerReflectionClient::new(channel.clone())
+                .server_reflection_info(tokio_stream::once(request))
+                .await
+                .unwrap()
+                .into_inner();
+            let response = responses.next().await.unwrap().unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = response.message_response
+            else {
+                panic!("unexpected {} reflection answer", stringify!($version));
+            };
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }};
+    }
+    let v1 = list_services!(v1);
+    let v1alpha = list_services!(v1alpha);
     for names in [&v1, &v1alpha] {
         for service in ["mediaproxy.v1.MediaProxy", "grpc.health.v1.Health"] {
             assert!(

@@ -589,23 +589,6 @@ async fn mutual_tls_refuses_strangers_and_keeps_each_clients_calls_its_own() {
         .into_inner();
     assert!(!released.already_released, "A released it, B never did");
     // mpctl speaks the same mutual TLS.
-    let (ok, out) = mpctl(
-        &url,
-        &[
-            "--ca",
-            &pki.path("ca.pem"),
-            "--cert",
-            &pki.path("signaling-a.pem"),
-            "--key",
-            &pki.path("signaling-a.key"),
-            "status",
-        ],
-    );
-    assert!(ok && out.contains("tls-test"), "{out}");
-    let (ok, out) = mpctl(&url, &["status"]);
-    assert!(!ok && out.contains("--ca is needed"), "{out}");
-    // A probe's health check over the same TLS: the certificate is checked against
-    // --tls-name, not the address dialled.
     let tls = [
         "--ca",
         &pki.path("ca.pem"),
@@ -614,6 +597,12 @@ async fn mutual_tls_refuses_strangers_and_keeps_each_clients_calls_its_own() {
         "--key",
         &pki.path("signaling-a.key"),
     ];
+    let (ok, out) = mpctl(&url, &[&tls[..], &["status"]].concat());
+    assert!(ok && out.contains("tls-test"), "{out}");
+    let (ok, out) = mpctl(&url, &["status"]);
+    assert!(!ok && out.contains("--ca is needed"), "{out}");
+    // A probe's health check over the same TLS: the certificate is checked against
+    // --tls-name, not the address dialled.
     let (ok, out) = mpctl(
         &url,
         &[&tls[..], &["--tls-name", "localhost", "health"]].concat(),

@@ -82,6 +82,13 @@ impl Both {
             "deploy-node",
             &["--metrics", &metrics],
         );
+        // Signaling's node gauge exists once its first health check of the embedded node
+        // answered (within half a second of the start).
+        let up = common::eventually(Duration::from_secs(10), || {
+            http_get(signaling_metrics, "/metrics")
+                .contains("signaling_mediaproxy_up{node=\"embedded\"} 1")
+        });
+        assert!(up, "signaling never saw its embedded media proxy up");
         Self {
             _signaling: signaling,
             _proxy: proxy,
