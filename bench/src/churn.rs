@@ -106,10 +106,16 @@ impl Client {
     fn set_up(&mut self, call_id: &str, phones: [u16; 2]) -> anyhow::Result<()> {
         match self {
             Self::Grpc(runtime, client) => {
-                runtime.block_on(crate::grpc_call(client, call_id, phones))?;
+                runtime.block_on(crate::grpc_call(
+                    client,
+                    call_id,
+                    std::net::Ipv4Addr::LOCALHOST,
+                    phones,
+                ))?;
             }
             Self::Ng(client) => {
-                crate::ng_call(client, call_id, phones)?;
+                // Churned calls carry no media: their phones are said to be on loopback.
+                crate::ng_call(client, call_id, &crate::netns::Network::default(), phones)?;
             }
         }
         Ok(())

@@ -5,9 +5,9 @@
 //! plus the empty read), [`crate::forward_uring::run`] keeps one receive per socket queued in
 //! io_uring and submits the sends in batches (system calls per wake-up, not per packet).
 //!
-//! Protocol with the benchmark (stdin/stdout): it binds `sockets` UDP sockets on 127.0.0.1,
-//! prints their ports on one line, reads one line with a destination port per socket, prints
-//! `ready` and forwards until killed.
+//! Protocol with the benchmark (stdin/stdout): it binds `sockets` UDP sockets on the address
+//! it is given, prints their ports on one line, reads one line with a destination address
+//! (`IP:PORT`) per socket, prints `ready` and forwards until killed.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -20,10 +20,11 @@ use mio::{Events, Interest, Poll, Token};
 /// socket.
 pub(crate) fn handshake(
     sockets: usize,
+    bind: std::net::Ipv4Addr,
 ) -> anyhow::Result<(Vec<std::net::UdpSocket>, Vec<SocketAddr>)> {
     let mut bound = Vec::with_capacity(sockets);
     for _ in 0..sockets {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let socket = std::net::UdpSocket::bind((bind, 0))?;
         socket.set_nonblocking(true)?;
         bound.push(socket);
     }
@@ -37,20 +38,17 @@ pub(crate) fn handshake(
     std::io::stdin().lock().read_line(&mut line)?;
     let destinations: Vec<SocketAddr> = line
         .split_whitespace()
-        .map(|p| {
-            p.parse::<u16>()
-                .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
-        })
+        .map(str::parse::<SocketAddr>)
         .collect::<Result<_, _>>()
-        .context("destination ports")?;
+        .context("destination addresses")?;
     anyhow::ensure!(destinations.len() == sockets, "one destination per socket");
     writeln!(stdout.lock(), "ready")?;
     Ok((bound, destinations))
 }
 
 /// The epoll flavour.
-pub(crate) fn run(sockets: usize) -> anyhow::Result<()> {
-    let (bound, destinations) = handshake(sockets)?;
+pub(crate) fn run(sockets: usize, bind: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    let (bound, destinations) = handshake(sockets, bind)?;
     let mut poll = Poll::new()?;
     let mut bound: Vec<UdpSocket> = bound.into_iter().map(UdpSocket::from_std).collect();
     for (index, socket) in bound.iter_mut().enumerate() {

@@ -90,8 +90,8 @@ fn receive(index: usize) -> squeue::Entry {
         .user_data((index as u64) << 1)
 }
 
-pub(crate) fn run(sockets: usize) -> anyhow::Result<()> {
-    let (bound, destinations) = crate::forward::handshake(sockets)?;
+pub(crate) fn run(sockets: usize, bind: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    let (bound, destinations) = crate::forward::handshake(sockets, bind)?;
     let entries = (sockets * 2).next_power_of_two().clamp(64, 32768) as u32;
     let mut ring: IoUring = IoUring::builder()
         .setup_single_issuer()
@@ -110,7 +110,7 @@ pub(crate) fn run(sockets: usize) -> anyhow::Result<()> {
                 },
                 sin_zero: [0; 8],
             },
-            SocketAddr::V6(_) => unreachable!("the forwarder binds 127.0.0.1"),
+            SocketAddr::V6(_) => unreachable!("the forwarder binds an IPv4 address"),
         })
         .collect();
     let mut buffers: Box<[u8]> = vec![0u8; RING_BUFFERS * BUFFER_LEN].into_boxed_slice();

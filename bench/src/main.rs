@@ -7,11 +7,15 @@
 //! For each call count of the sweep it starts a fresh proxy pinned to one CPU (`taskset`),
 //! pins itself to another, creates the calls (two legs, one audio line each), and sends
 //! 172-byte G.711-sized RTP packets at 50 packets/s per direction, receiving what the proxy
-//! relays. Every caller leg's phone is one UDP socket and every callee leg's phone another:
-//! the relay tells calls apart by its own ports, so two generator sockets serve any number
-//! of calls, and packets leave in `sendmmsg` batches and arrive in `recvmmsg` batches. That
-//! keeps the generator's cost per packet well below the relay's, so one generator core can
-//! saturate one relay core. Each packet carries its stream and send time, so the generator
+//! relays. By default (`--shape shared`) every caller leg's phone is one UDP socket and
+//! every callee leg's phone another: the relay tells calls apart by its own ports, so two
+//! generator sockets serve any number of calls, and packets leave in `sendmmsg` batches and
+//! arrive in `recvmmsg` batches. That keeps the generator's cost per packet well below the
+//! relay's, so one generator core can saturate one relay core, but it is the relay's easiest
+//! case. `--shape phones` gives every phone leg its own socket as real phones are, and
+//! `--generator-netns` moves the phones across a veth pair so that delivery into their
+//! sockets is not charged to the relay ([`generator`], [`netns`]). Each packet carries its
+//! stream and send time, so the generator
 //! measures one-way latency through the proxy; loss and duplicates come from sequence
 //! bitmaps; the proxy's CPU time comes from `/proc/<pid>/stat`.
 //!
@@ -19,19 +23,14 @@
 //! percentiles, idle RSS per call, the relay's CPU with every call set up and no traffic,
 //! and gRPC allocate+update setup latency.
 
-use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use nix::errno::Errno;
-use nix::sys::socket::{
-    ControlMessage, MsgFlags, MultiHeaders, SockaddrIn, recvmmsg, sendmmsg, setsockopt, sockopt,
-};
+use generator::{Stream, generate};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
 
@@ -39,6 +38,8 @@ mod churn;
 mod decode;
 mod forward;
 mod forward_uring;
+mod generator;
+mod netns;
 mod ng;
 
 /// Which relay a point measures.
@@ -114,9 +115,26 @@ struct Args {
     /// UDP port range the relay under test allocates from (ours and rtpengine).
     #[arg(long, default_value = "10000-32767")]
     proxy_ports: String,
-    /// The generator sends what is due every this many microseconds, in batches.
-    #[arg(long, default_value_t = 100)]
-    tick_us: u64,
+    /// The generator sends what is due every this many microseconds, together
+    /// [default: 100 for --shape shared, 200 for phones].
+    #[arg(long)]
+    tick_us: Option<u64>,
+    /// The phones: `shared` (two generator sockets in all, batched sends: the relay's
+    /// easiest case, comparable with earlier figures) or `phones` (a socket of its own per
+    /// phone leg, one send per packet, bursts per tick: production's shape).
+    #[arg(long, value_enum, default_value = "shared")]
+    shape: generator::Shape,
+    /// Put the generator in a network namespace of its own, joined to the relay by a veth
+    /// pair with receive packet steering to each side's CPU, so that delivering packets into
+    /// the phones' sockets is not charged to the relay as it is on loopback (needs root).
+    #[arg(long)]
+    generator_netns: bool,
+    /// Internal: the bare forwarder binds its sockets to this address.
+    #[arg(long, hide = true, default_value = "127.0.0.1")]
+    forward_bind: Ipv4Addr,
+    /// Set up from --generator-netns at the start.
+    #[arg(skip)]
+    network: netns::Network,
     /// Measure every point this many times, the targets in a rotated order each round, and
     /// print the median of each with its paired ratio to the reference relay (the machine's
     /// other tenants make single runs swing by 15 % or more).
@@ -142,6 +160,11 @@ struct Args {
 }
 
 impl Args {
+    /// The generator's tick in microseconds.
+    fn tick_us(&self) -> u64 {
+        self.tick_us.unwrap_or(self.shape.default_tick_us())
+    }
+
     /// The recordings directory of target ours+rec for this run.
     fn recordings_dir(&self) -> PathBuf {
         self.recordings.clone().unwrap_or_else(|| {
@@ -155,16 +178,16 @@ const PACKET_LEN: usize = 172;
 const IDLE_SPAN: Duration = Duration::from_secs(2);
 
 fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     if let Some(seconds) = args.decode_cost {
         return decode::run(seconds.max(1));
     }
     if let Some(sockets) = args.forward_sockets {
         return if args.forward_uring {
-            forward_uring::run(sockets)
+            forward_uring::run(sockets, args.forward_bind)
         } else {
-            forward::run(sockets)
+            forward::run(sockets, args.forward_bind)
         };
     }
     if args.generator_cpus != "none" {
@@ -194,6 +217,8 @@ fn main() -> anyhow::Result<()> {
             binary.display()
         );
     }
+    args.network =
+        netns::Network::new(args.generator_netns, &args.proxy_cpus, &args.generator_cpus)?;
     let clock_ticks: f64 =
         String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
             .trim()
@@ -202,6 +227,17 @@ fn main() -> anyhow::Result<()> {
         "relay benchmark: {} workers (ours and rtpengine), {} pps per stream, {} B packets, {} s per point, proxy on CPU {}, generator on CPU {}",
         args.workers, args.pps, PACKET_LEN, args.seconds, args.proxy_cpus, args.generator_cpus
     );
+    println!(
+        "load shape: {} ({}), sends every {} us",
+        args.shape.name(),
+        match args.shape {
+            generator::Shape::Shared =>
+                "two generator sockets, callers on one and callees on the other, batched sends",
+            generator::Shape::Phones => "a socket of its own per phone leg, one send per packet",
+        },
+        args.tick_us()
+    );
+    println!("network: {}", args.network.describe());
     let mut header = format!(
         "{:<9} {:>6} {:>9} {:>9} {:>8} {:>5} {:>8} {:>8} {:>9} {:>7} {:>12} {:>9} {:>6} {:>9} {:>8}",
         "relay",
@@ -571,18 +607,6 @@ fn nearest_rank<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-struct Stream {
-    /// Which phone socket sends this stream: 0 for callers, 1 for callees.
-    side: usize,
-    to: SocketAddrV4,
-    /// Send offset inside each interval; streams are staggered evenly and in index order.
-    offset: Duration,
-    due: Instant,
-    sequence: u16,
-    /// Bit per sequence number received from this stream (by its peer).
-    received: Vec<u64>,
-}
-
 /// How the benchmark sets calls up on the relay under test.
 enum Control {
     /// Our gRPC contract, with the URL it was reached at.
@@ -624,6 +648,7 @@ async fn start(
                 .args(["--grpc", &format!("127.0.0.1:{grpc_port}")])
                 .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
                 .args(["--ports", &args.proxy_ports])
+                .args(["--media-ip", &args.network.relay_ip().to_string()])
                 .args(["--workers", &args.workers.to_string()])
                 .args(["--media-timeout", "1h", "--lease-timeout", "1h"])
                 .args([
@@ -657,7 +682,7 @@ async fn start(
                     "--foreground",
                     "--log-stderr",
                 ])
-                .arg("--interface=127.0.0.1")
+                .arg(format!("--interface={}", args.network.relay_ip()))
                 .arg(format!("--listen-ng=127.0.0.1:{ng_port}"))
                 .arg(format!("--port-min={min}"))
                 .arg(format!("--port-max={max}"))
@@ -681,6 +706,7 @@ async fn start(
             }
             command
                 .args(["--forward-sockets", &(calls * 2).to_string()])
+                .args(["--forward-bind", &args.network.relay_ip().to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
@@ -692,29 +718,33 @@ async fn start(
     }
 }
 
-/// Creates the calls. `phones` are the ports of the caller-side and callee-side phone
-/// sockets (on 127.0.0.1, shared by all calls). Returns, per call, the relay address each
-/// side sends to, with each call's setup time.
+/// Creates one call per entry of `phones`, the ports (on 127.0.0.1) of that call's
+/// caller-side and callee-side phone. Returns, per call, the relay address each side sends
+/// to, with each call's setup time.
 async fn allocate(
     control: &mut Control,
-    calls: usize,
-    phones: [u16; 2],
+    network: &netns::Network,
+    phones: &[[u16; 2]],
 ) -> anyhow::Result<(Vec<[SocketAddrV4; 2]>, Vec<Duration>)> {
+    let calls = phones.len();
+    let phone_ip = network.phone_ip();
     let mut out = Vec::with_capacity(calls);
     let mut setup = Vec::with_capacity(calls);
-    let relay = |port: u16| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let relay = |port: u16| SocketAddrV4::new(network.relay_ip(), port);
     match control {
         Control::Grpc(client, _) => {
-            for call in 0..calls {
+            for (call, &ports) in phones.iter().enumerate() {
                 let began = Instant::now();
-                out.push(grpc_call(client, &format!("bench-{call}"), phones).await?);
+                let call_id = format!("bench-{call}");
+                out.push(grpc_call(client, &call_id, phone_ip, ports).await?);
                 setup.push(began.elapsed());
             }
         }
         Control::Ng(client, _) => {
-            for call in 0..calls {
+            for (call, &ports) in phones.iter().enumerate() {
                 let began = Instant::now();
-                out.push(ng_call(client, &format!("bench-{call}"), phones)?);
+                let call_id = format!("bench-{call}");
+                out.push(ng_call(client, &call_id, network, ports)?);
                 setup.push(began.elapsed());
             }
         }
@@ -731,8 +761,8 @@ async fn allocate(
             let mut destinations = Vec::with_capacity(calls * 2);
             for call in 0..calls {
                 // Socket 2c takes the caller's packets to the callee, 2c+1 the reverse.
-                destinations.push(phones[1].to_string());
-                destinations.push(phones[0].to_string());
+                destinations.push(SocketAddrV4::new(phone_ip, phones[call][1]).to_string());
+                destinations.push(SocketAddrV4::new(phone_ip, phones[call][0]).to_string());
                 out.push([relay(ports[2 * call]), relay(ports[2 * call + 1])]);
             }
             writeln!(stdin, "{}", destinations.join(" "))?;
@@ -752,6 +782,7 @@ async fn allocate(
 async fn grpc_call(
     client: &mut MediaProxyClient<tonic::transport::Channel>,
     call_id: &str,
+    phone_ip: Ipv4Addr,
     phones: [u16; 2],
 ) -> anyhow::Result<[SocketAddrV4; 2]> {
     let mut to = [SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0); 2];
@@ -777,7 +808,7 @@ async fn grpc_call(
                 leg: leg as i32,
                 media: vec![pb::RemoteMedia {
                     index: 0,
-                    address: "127.0.0.1".into(),
+                    address: phone_ip.to_string(),
                     rtp_port: u32::from(phones[side]),
                     rtcp_port: 0,
                     codecs: vec![pb::Codec {
@@ -799,20 +830,21 @@ async fn grpc_call(
 fn ng_call(
     client: &mut ng::NgClient,
     call_id: &str,
+    network: &netns::Network,
     phones: [u16; 2],
 ) -> anyhow::Result<[SocketAddrV4; 2]> {
     let offered = client.request(&[
         ("command", "offer"),
         ("call-id", call_id),
         ("from-tag", "caller"),
-        ("sdp", &ng::sdp(phones[0])),
+        ("sdp", &ng::sdp(network.phone_ip(), phones[0])),
     ])?;
     let answered = client.request(&[
         ("command", "answer"),
         ("call-id", call_id),
         ("from-tag", "caller"),
         ("to-tag", "callee"),
-        ("sdp", &ng::sdp(phones[1])),
+        ("sdp", &ng::sdp(network.phone_ip(), phones[1])),
     ])?;
     let port = |reply: &ng::Bencode| {
         reply
@@ -821,23 +853,8 @@ fn ng_call(
             .context("rtpengine's SDP has no audio port")
     };
     // The offer's SDP goes to the callee (it sends there); the answer's to the caller.
-    let relay = |port: u16| SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let relay = |port: u16| SocketAddrV4::new(network.relay_ip(), port);
     Ok([relay(port(&answered)?), relay(port(&offered)?)])
-}
-
-/// One phone socket of the generator: nonblocking, with buffers big enough for a burst of
-/// every stream at once (forced past `rmem_max` when the process may, as root can).
-fn phone_socket(streams: usize) -> anyhow::Result<std::net::UdpSocket> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    socket.set_nonblocking(true)?;
-    let bytes = (streams * 4096).clamp(1 << 20, 256 << 20);
-    if setsockopt(&socket, sockopt::RcvBufForce, &bytes).is_err() {
-        setsockopt(&socket, sockopt::RcvBuf, &bytes)?;
-    }
-    if setsockopt(&socket, sockopt::SndBufForce, &bytes).is_err() {
-        setsockopt(&socket, sockopt::SndBuf, &bytes)?;
-    }
-    Ok(socket)
 }
 
 async fn run_point(
@@ -853,23 +870,21 @@ async fn run_point(
     std::thread::sleep(Duration::from_millis(200));
     let rss_before = rss_kib(&pid)?;
 
-    let phones = [phone_socket(calls)?, phone_socket(calls)?];
-    let phone_ports = [
-        phones[0].local_addr()?.port(),
-        phones[1].local_addr()?.port(),
-    ];
+    let (phones, phone_ports) = args
+        .network
+        .in_generator(|| generator::phones(args.shape, args.network.phone_ip(), calls))?;
     let mut streams: Vec<Stream> = Vec::with_capacity(calls * 2);
     let start = Instant::now();
     let interval = Duration::from_secs(1) / args.pps;
     let total_streams = calls * 2;
     let bits = (args.pps as usize * (args.seconds as usize + 3)) / 64 + 1;
-    let (relays, mut setup) = allocate(&mut control, calls, phone_ports).await?;
-    for call in relays {
-        for (side, to) in call.into_iter().enumerate() {
+    let (relays, mut setup) = allocate(&mut control, &args.network, &phone_ports).await?;
+    for (call, relay) in relays.into_iter().enumerate() {
+        for (side, to) in relay.into_iter().enumerate() {
             let index = streams.len();
             let offset = interval * index as u32 / total_streams as u32;
             streams.push(Stream {
-                side,
+                socket: generator::socket_of(args.shape, call, side),
                 to,
                 offset,
                 due: start,
@@ -897,7 +912,7 @@ async fn run_point(
             Control::Ng(_, address) => churn::Endpoint::Ng(address.clone()),
             Control::Bare(..) => bail!("--churn needs a relay with a control protocol"),
         };
-        Some(churn::Churn::start(endpoint, args.churn, phone_ports))
+        Some(churn::Churn::start(endpoint, args.churn, phone_ports[0]))
     } else {
         None
     };
@@ -981,269 +996,6 @@ struct ChurnRow {
     /// Setups and releases that failed.
     failures: u64,
     first_error: Option<String>,
-}
-
-struct Traffic {
-    sent_in_window: u64,
-    received_in_window: u64,
-    duplicates: u64,
-    latencies_us: Vec<u32>,
-    /// How late each in-window packet left against its schedule.
-    lag_us: Vec<u32>,
-    proxy_cpu: f64,
-    /// Of that, the relay worker threads' and the recorder thread's (ours only).
-    relay_threads_cpu: f64,
-    recorder_cpu: f64,
-    /// Wall seconds over which the CPU times were taken.
-    cpu_span: f64,
-}
-
-/// Datagrams per `sendmmsg` / `recvmmsg` of the generator.
-const GENERATOR_BATCH: usize = 64;
-/// Receive buffer per datagram: more than a generated packet, so a longer one shows as such.
-const RECEIVE_LEN: usize = 512;
-
-/// Packets built for one phone socket, waiting for the next `sendmmsg`.
-struct Outgoing {
-    packets: Vec<[u8; PACKET_LEN]>,
-    to: Vec<Option<SockaddrIn>>,
-    in_window: Vec<bool>,
-}
-
-impl Outgoing {
-    fn new() -> Self {
-        Self {
-            packets: Vec::with_capacity(GENERATOR_BATCH),
-            to: Vec::with_capacity(GENERATOR_BATCH),
-            in_window: Vec::with_capacity(GENERATOR_BATCH),
-        }
-    }
-
-    /// Sends what is queued; returns how many in-window packets left. A full send buffer
-    /// drops the rest (counted as not sent, so not as loss).
-    fn flush(
-        &mut self,
-        socket: &std::net::UdpSocket,
-        headers: &mut MultiHeaders<SockaddrIn>,
-    ) -> u64 {
-        let mut sent = 0;
-        while sent < self.packets.len() {
-            let slices: Vec<[IoSlice<'_>; 1]> = self.packets[sent..]
-                .iter()
-                .map(|packet| [IoSlice::new(packet)])
-                .collect();
-            let no_control: [ControlMessage<'_>; 0] = [];
-            match sendmmsg(
-                socket.as_raw_fd(),
-                headers,
-                &slices,
-                &self.to[sent..],
-                no_control,
-                MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(results) => match results.count() {
-                    0 => break,
-                    count => sent += count,
-                },
-                Err(Errno::EINTR) => {}
-                Err(_) => break,
-            }
-        }
-        let in_window = self.in_window[..sent.min(self.packets.len())]
-            .iter()
-            .filter(|&&w| w)
-            .count();
-        self.packets.clear();
-        self.to.clear();
-        self.in_window.clear();
-        in_window as u64
-    }
-}
-
-/// Sends paced packets on every stream and receives the relayed ones: one second of
-/// warm-up, then the measured window, then a short drain.
-///
-/// The generator busy-polls its two sockets instead of sleeping: a sleeping receiver would
-/// make the relay pay a wake-up per relayed packet, which is the generator's cost, not the
-/// relay's. Sends go out every `--tick-us` in `sendmmsg` batches; each packet carries the
-/// time it was built, and the lateness of sends against their schedule is reported (`lag99`)
-/// so a generator that cannot keep up is visible.
-fn generate(
-    args: &Args,
-    phones: &[std::net::UdpSocket; 2],
-    streams: &mut [Stream],
-    pid: &str,
-    clock_ticks: f64,
-) -> anyhow::Result<Traffic> {
-    let epoch = Instant::now();
-    let interval = Duration::from_secs(1) / args.pps;
-    let tick = Duration::from_micros(args.tick_us);
-    for stream in streams.iter_mut() {
-        stream.due = epoch + stream.offset;
-    }
-    let window_start = epoch + Duration::from_secs(1);
-    let window_end = window_start + Duration::from_secs(args.seconds);
-    let stop_sending = window_end;
-    let drain_until = window_end + Duration::from_millis(300);
-    let mut template = [0u8; PACKET_LEN];
-    template[0] = 0x80;
-    let mut outgoing = [Outgoing::new(), Outgoing::new()];
-    let mut send_headers = MultiHeaders::<SockaddrIn>::preallocate(GENERATOR_BATCH, None);
-    let mut receive_headers = MultiHeaders::<SockaddrIn>::preallocate(GENERATOR_BATCH, None);
-    let mut buffers = Box::new([[0u8; RECEIVE_LEN]; GENERATOR_BATCH]);
-    let mut next = 0usize;
-    let mut next_tick = epoch;
-    let mut traffic = Traffic {
-        sent_in_window: 0,
-        received_in_window: 0,
-        duplicates: 0,
-        latencies_us: Vec::with_capacity(
-            (args.seconds as usize) * streams.len() * args.pps as usize,
-        ),
-        lag_us: Vec::with_capacity((args.seconds as usize) * streams.len() * args.pps as usize),
-        proxy_cpu: 0.0,
-        relay_threads_cpu: 0.0,
-        recorder_cpu: 0.0,
-        cpu_span: args.seconds as f64,
-    };
-    let mut proxy_cpu_start = None;
-    let mut measured_from = window_start;
-    let mut threads_start = (0.0, 0.0);
-    // Streams are due in a fixed rotation (offsets staggered over one interval, in index
-    // order), so one cursor walks them in order.
-    let count = streams.len();
-    loop {
-        let now = Instant::now();
-        if proxy_cpu_start.is_none() && now >= window_start {
-            measured_from = now;
-            proxy_cpu_start = Some(cpu_seconds(pid, clock_ticks)?);
-            threads_start = (
-                threads_cpu_seconds(pid, "relay-", clock_ticks),
-                threads_cpu_seconds(pid, "recorder", clock_ticks),
-            );
-        }
-        if now >= window_end && traffic.proxy_cpu == 0.0 {
-            traffic.relay_threads_cpu =
-                threads_cpu_seconds(pid, "relay-", clock_ticks) - threads_start.0;
-            traffic.recorder_cpu =
-                threads_cpu_seconds(pid, "recorder", clock_ticks) - threads_start.1;
-            traffic.proxy_cpu = cpu_seconds(pid, clock_ticks)? - proxy_cpu_start.unwrap_or(0.0);
-            traffic.cpu_span = now.duration_since(measured_from).as_secs_f64();
-        }
-        if now >= drain_until {
-            break;
-        }
-        if now < stop_sending && now >= next_tick {
-            next_tick = now + tick;
-            let nanos = now.duration_since(epoch).as_nanos() as u64;
-            while streams[next].due <= now {
-                let stream = &mut streams[next];
-                let in_window = stream.due >= window_start && stream.due < window_end;
-                if in_window {
-                    let lag = now.duration_since(stream.due).as_micros();
-                    traffic.lag_us.push(lag.min(u128::from(u32::MAX)) as u32);
-                }
-                let mut packet = template;
-                packet[2..4].copy_from_slice(&stream.sequence.to_be_bytes());
-                packet[4..8].copy_from_slice(&(u32::from(stream.sequence) * 160).to_be_bytes());
-                packet[8..12].copy_from_slice(&(next as u32).to_be_bytes());
-                packet[12..20].copy_from_slice(&nanos.to_be_bytes());
-                packet[20] = u8::from(in_window);
-                let side = stream.side;
-                let queue = &mut outgoing[side];
-                queue.packets.push(packet);
-                queue.to.push(Some(SockaddrIn::from(stream.to)));
-                queue.in_window.push(in_window);
-                if queue.packets.len() == GENERATOR_BATCH {
-                    traffic.sent_in_window += queue.flush(&phones[side], &mut send_headers);
-                }
-                stream.sequence = stream.sequence.wrapping_add(1);
-                stream.due += interval;
-                next = (next + 1) % count;
-            }
-            for (queue, phone) in outgoing.iter_mut().zip(phones) {
-                traffic.sent_in_window += queue.flush(phone, &mut send_headers);
-            }
-        }
-        for phone in phones {
-            receive(
-                phone,
-                &mut receive_headers,
-                &mut buffers,
-                epoch,
-                streams,
-                &mut traffic,
-            );
-        }
-    }
-    Ok(traffic)
-}
-
-/// Drains one phone socket in `recvmmsg` batches, marking each in-window packet in its
-/// stream's bitmap and recording its latency.
-fn receive(
-    phone: &std::net::UdpSocket,
-    headers: &mut MultiHeaders<SockaddrIn>,
-    buffers: &mut [[u8; RECEIVE_LEN]; GENERATOR_BATCH],
-    epoch: Instant,
-    streams: &mut [Stream],
-    traffic: &mut Traffic,
-) {
-    loop {
-        let mut lengths = [0usize; GENERATOR_BATCH];
-        let count = {
-            // Made per call on the stack: the busy loop polls continuously, so no allocation.
-            let mut slices = buffers.each_mut().map(|buffer| [IoSliceMut::new(buffer)]);
-            match recvmmsg(
-                phone.as_raw_fd(),
-                headers,
-                slices.iter_mut(),
-                MsgFlags::MSG_DONTWAIT,
-                None,
-            ) {
-                Ok(results) => {
-                    let mut count = 0;
-                    for (length, message) in lengths.iter_mut().zip(results) {
-                        *length = message.bytes;
-                        count += 1;
-                    }
-                    count
-                }
-                Err(Errno::EINTR) => continue,
-                Err(_) => return,
-            }
-        };
-        let received_at = Instant::now().duration_since(epoch).as_nanos() as u64;
-        for (buffer, &len) in buffers.iter().zip(&lengths[..count]) {
-            if len != PACKET_LEN {
-                continue;
-            }
-            let sender = u32::from_be_bytes(buffer[8..12].try_into().unwrap()) as usize;
-            let sequence = usize::from(u16::from_be_bytes([buffer[2], buffer[3]]));
-            let sent_nanos = u64::from_be_bytes(buffer[12..20].try_into().unwrap());
-            if buffer[20] != 1 || sender >= streams.len() {
-                continue;
-            }
-            let bitmap = &mut streams[sender].received;
-            let (word, bit) = (sequence / 64, 1u64 << (sequence % 64));
-            if word >= bitmap.len() {
-                continue;
-            }
-            if bitmap[word] & bit != 0 {
-                traffic.duplicates += 1;
-            } else {
-                bitmap[word] |= bit;
-                traffic.received_in_window += 1;
-                let latency = received_at.saturating_sub(sent_nanos) / 1000;
-                traffic
-                    .latencies_us
-                    .push(latency.min(u64::from(u32::MAX)) as u32);
-            }
-        }
-        if count < GENERATOR_BATCH {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]

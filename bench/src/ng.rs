@@ -177,10 +177,10 @@ impl NgClient {
     }
 }
 
-/// A one-line-per-field SDP offering PCMU on `port` of 127.0.0.1.
-pub(crate) fn sdp(port: u16) -> String {
+/// A one-line-per-field SDP offering PCMU on `port` of `ip`.
+pub(crate) fn sdp(ip: std::net::Ipv4Addr, port: u16) -> String {
     format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
+        "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
     )
 }
 
@@ -251,7 +251,10 @@ mod tests {
 
     #[test]
     fn finds_the_audio_port() {
-        assert_eq!(audio_port(&sdp(30004)), Some(30004));
+        assert_eq!(
+            audio_port(&sdp(std::net::Ipv4Addr::LOCALHOST, 30004)),
+            Some(30004)
+        );
         assert_eq!(audio_port("v=0\r\n"), None);
     }
 }
