@@ -131,12 +131,23 @@ impl Core {
             self.reject_call(now, tx, &request, 503, &reason);
             return;
         }
+        // A From without a tag is an RFC 2543 caller's: taken as a null tag (RFC 3261
+        // section 12.2.1.1 keeps them working), the dialog then has no remote tag.
         let from_header = request.headers.get("From").and_then(NameAddr::parse);
-        let Some(from_header) = from_header.filter(|f| f.tag().is_some()) else {
-            let answer = response(&request, 400, "Missing From tag", None);
+        let Some(from_header) = from_header else {
+            let answer = response(&request, 400, "Malformed From", None);
             self.transactions.respond(now, tx, &answer);
             return;
         };
+        // Our answer carries SDP: a caller that accepts no SDP cannot take it (RFC 3261
+        // section 21.4.7).
+        if let Some(accept) = request.headers.get("Accept")
+            && !accepts_sdp(&request.headers)
+        {
+            let reason = format!("the caller accepts only {accept}, our answer is application/sdp");
+            self.reject_call(now, tx, &request, 406, &reason);
+            return;
+        }
         let trusted = self
             .settings
             .trusted
@@ -170,6 +181,11 @@ impl Core {
             .or(policy.media_mode)
             .unwrap_or(self.settings.media_mode);
         let recorded = self.records(&caller, policy.record);
+        if let Some(kind) = super::foreign_body(&request) {
+            let reason = format!("the INVITE's body is {kind}, not application/sdp");
+            self.reject_call(now, tx, &request, 415, &reason);
+            return;
+        }
         let offer = match body_sdp(&request.body) {
             Ok(offer) => offer,
             Err(error) => {
@@ -710,4 +726,18 @@ impl Core {
         let reason = "caller never acknowledged the 200 (no ACK within 64 x T1 = 32 s)".to_owned();
         self.end_answered(now, call, HangupSide::System, reason);
     }
+}
+
+/// Whether the Accept headers (present) admit `application/sdp` (or a wildcard covering it).
+/// An empty Accept admits nothing.
+fn accepts_sdp(headers: &crate::sip::message::Headers) -> bool {
+    headers.values("Accept").any(|range| {
+        let range = range
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        matches!(range.as_str(), "application/sdp" | "application/*" | "*/*")
+    })
 }

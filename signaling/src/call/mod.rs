@@ -624,12 +624,16 @@ impl Core {
     /// Answers a server transaction with `status` and our To tag when it had none.
     fn reply(&mut self, now: Instant, tx: TxId, request: &Request, status: u16) {
         let tag = self.ids.tag();
-        let response = response(
+        let mut response = response(
             request,
             status,
             crate::sip::message::reason_phrase(status),
             Some(&tag),
         );
+        if status == 415 {
+            // RFC 3261 section 21.4.13: say what we do take.
+            response.headers.push("Accept", "application/sdp");
+        }
         self.transactions.respond(now, tx, &response);
     }
 
@@ -652,7 +656,7 @@ impl Core {
             }
         }
         let response = Response {
-            status: 400,
+            status: error.status,
             reason: error.reason.replace(['\r', '\n'], " "),
             headers,
             body: Vec::new(),
@@ -673,6 +677,26 @@ impl Core {
     }
 
     fn on_new_request(&mut self, now: Instant, unix: u64, from: Peer, tx: TxId, request: Request) {
+        // RFC 3261 section 8.2.2.3: an extension the request requires and we do not
+        // implement (we implement none) is refused with 420, naming it. ACK and CANCEL get
+        // no answer of their own.
+        if !matches!(request.method, Method::Ack | Method::Cancel) {
+            let required: Vec<&str> = request
+                .headers
+                .values("Require")
+                .chain(request.headers.values("Proxy-Require"))
+                .map(str::trim)
+                .filter(|option| !option.is_empty())
+                .collect();
+            if !required.is_empty() {
+                tracing::info!(peer = %from.addr, options = %required.join(", "), "request requires unsupported extensions");
+                let tag = self.ids.tag();
+                let mut answer = response(&request, 420, "Bad Extension", Some(&tag));
+                answer.headers.push("Unsupported", required.join(", "));
+                self.transactions.respond(now, tx, &answer);
+                return;
+            }
+        }
         if let Some(&(call, side)) = self.by_call_id.get(request.call_id()) {
             let fresh_invite = request.method == Method::Invite
                 && NameAddr::parse(request.headers.get("To").unwrap_or(""))
@@ -806,6 +830,22 @@ impl Core {
 
 /// A response to `request` (RFC 3261 section 8.2.6): Via, From, To, Call-ID, CSeq copied;
 /// `to_tag` added when the To has none; Record-Route echoed in dialog-creating responses.
+/// The media type of a request's body when it is neither SDP nor multipart (whose SDP part is
+/// looked for by the SDP reader): such a body is answered 415, not read as SDP.
+fn foreign_body(request: &Request) -> Option<String> {
+    if request.body.is_empty() {
+        return None;
+    }
+    let kind = request.headers.get("Content-Type")?;
+    let kind = kind
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    (kind != "application/sdp" && !kind.starts_with("multipart/")).then_some(kind)
+}
+
 fn response(request: &Request, status: u16, reason: &str, to_tag: Option<&str>) -> Response {
     let mut headers = Headers::new();
     for via in request.headers.all("Via") {

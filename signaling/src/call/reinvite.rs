@@ -27,6 +27,11 @@ impl Core {
             self.reply(now, tx, &request, 491);
             return;
         }
+        if let Some(kind) = super::foreign_body(&request) {
+            tracing::info!(call_id = request.call_id(), %kind, "re-INVITE body is not SDP; 415");
+            self.reply(now, tx, &request, 415);
+            return;
+        }
         let offer = match body_sdp(&request.body) {
             Ok(offer) => offer,
             Err(error) => {

@@ -1262,3 +1262,129 @@ fn recording_policy_user_beats_route_beats_default_and_direct_calls_cannot_be_re
     );
     assert!(recording_requests(&sim).is_empty());
 }
+
+/// RFC 3261 section 8.2.2.3: an INVITE requiring an extension we do not implement gets 420
+/// with an Unsupported header naming it (Proxy-Require too), and no call starts.
+#[test]
+fn an_unknown_required_extension_is_refused_with_420_naming_it() {
+    let mut sim = Sim::new(settings());
+    let text = invite("ext", "z9hG4bKext", SDP).replace(
+        "Max-Forwards: 70\n",
+        "Max-Forwards: 70\nRequire: nothingknown\nProxy-Require: foo, bar\n",
+    );
+    sim.send(A, &text);
+    sim.run(20 * MS);
+    let at_a = sim.take(A);
+    let refused = responses(&at_a, 420);
+    assert_eq!(refused.len(), 1, "{at_a:?}");
+    assert_eq!(
+        refused[0].headers.get("Unsupported"),
+        Some("nothingknown, foo, bar")
+    );
+    assert!(
+        requests(&sim.take(B), "INVITE").is_empty(),
+        "no call placed"
+    );
+    assert!(sim.records().is_empty());
+    assert_clean(&mut sim);
+}
+
+/// RFC 3261 section 12.2.1.1 keeps RFC 2543 callers working: an INVITE whose From has no tag
+/// is a call like any other, answered and hung up, not refused 400.
+#[test]
+fn an_rfc2543_invite_without_a_from_tag_is_a_call() {
+    let mut sim = Sim::new(settings());
+    let text = invite("old", "z9hG4bKold", SDP).replace(
+        "From: <sip:alice@127.0.0.1>;tag=af",
+        "From: <sip:alice@127.0.0.1>",
+    );
+    sim.send(A, &text);
+    sim.run(20 * MS);
+    assert!(responses(&sim.take(A), 400).is_empty());
+    let to_b = requests(&sim.take(B), "INVITE")[0].clone();
+    sim.send(B, &answer(&to_b, "200 OK", Some("bt"), SDP));
+    sim.run(20 * MS);
+    let ok = responses(&sim.take(A), 200)[0].clone();
+    assert!(
+        !ok.headers.get("From").unwrap().contains("tag="),
+        "the From as sent"
+    );
+    assert!(
+        ok.headers.get("To").unwrap().contains("tag="),
+        "our tag on the To"
+    );
+    let a_to = ok.headers.get("To").unwrap().to_owned();
+    let caller = Phone {
+        call_id: "old",
+        from: "<sip:alice@127.0.0.1>",
+        to: &a_to,
+        port: 5061,
+    };
+    sim.send(A, &caller.request("ACK", 1, "z9hG4bKolda", ""));
+    sim.send(A, &caller.request("BYE", 2, "z9hG4bKoldb", ""));
+    sim.run(20 * MS);
+    assert_eq!(responses(&sim.take(A), 200).len(), 1, "BYE answered");
+    let bye = requests(&sim.take(B), "BYE")[0].clone();
+    sim.send(B, &answer(&bye, "200 OK", None, ""));
+    sim.run(20 * MS);
+    let records = sim.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].disposition, Disposition::Answered);
+    assert_clean(&mut sim);
+}
+
+/// A body that is not SDP is not read as SDP: 415 with Accept naming what we take, and the
+/// refused call still leaves its record.
+#[test]
+fn a_body_of_another_type_is_refused_415_with_accept() {
+    let mut sim = Sim::new(settings());
+    let text = invite("text", "z9hG4bKtext", SDP).replace(
+        "Content-Type: application/sdp",
+        "Content-Type: text/nonsense",
+    );
+    sim.send(A, &text);
+    sim.run(20 * MS);
+    let at_a = sim.take(A);
+    let refused = responses(&at_a, 415);
+    assert_eq!(refused.len(), 1, "{at_a:?}");
+    assert_eq!(refused[0].headers.get("Accept"), Some("application/sdp"));
+    assert!(requests(&sim.take(B), "INVITE").is_empty());
+    let records = sim.records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].sip_status, 415);
+    // SDP with parameters on its type is SDP.
+    let text = invite("sdp-params", "z9hG4bKsdpp", SDP).replace(
+        "Content-Type: application/sdp",
+        "Content-Type: Application/SDP; charset=utf-8",
+    );
+    sim.send(A, &text);
+    sim.run(20 * MS);
+    assert_eq!(requests(&sim.take(B), "INVITE").len(), 1, "placed");
+}
+
+/// A caller whose Accept leaves out SDP cannot take our answer: 406 before anything else.
+/// Wildcards and SDP among other types are accepted.
+#[test]
+fn a_caller_that_accepts_no_sdp_gets_406() {
+    let mut sim = Sim::new(settings());
+    let with_accept = |call_id: &str, accept: &str| {
+        invite(call_id, &format!("z9hG4bK{call_id}"), SDP).replace(
+            "Max-Forwards: 70\n",
+            &format!("Max-Forwards: 70\nAccept: {accept}\n"),
+        )
+    };
+    sim.send(A, &with_accept("nonsense", "text/nonsense"));
+    sim.run(20 * MS);
+    assert_eq!(responses(&sim.take(A), 406).len(), 1);
+    assert!(requests(&sim.take(B), "INVITE").is_empty());
+    for (call_id, accept) in [
+        ("several", "text/html, application/sdp;level=1"),
+        ("wild", "*/*"),
+        ("app", "application/*"),
+    ] {
+        sim.send(A, &with_accept(call_id, accept));
+        sim.run(20 * MS);
+        assert!(responses(&sim.take(A), 406).is_empty(), "{accept}");
+        assert_eq!(requests(&sim.take(B), "INVITE").len(), 1, "{accept}");
+    }
+}

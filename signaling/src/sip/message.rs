@@ -296,7 +296,10 @@ impl Message {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct ParseError {
-    /// For the reason phrase of the 400, e.g. "Bad Content-Length".
+    /// The status to answer a request with: 400, or 505 (a SIP version other than 2.0), or
+    /// 416 (a Request-URI scheme other than sip, sips, tel).
+    pub status: u16,
+    /// For the reason phrase of the answer, e.g. "Bad Content-Length".
     pub reason: String,
     /// Whether the start line was a request (only requests get a 400).
     pub request: bool,
@@ -306,6 +309,7 @@ pub struct ParseError {
 
 fn fail(reason: impl Into<String>, request: bool, headers: Headers) -> ParseError {
     ParseError {
+        status: 400,
         reason: reason.into(),
         request,
         headers,
@@ -381,6 +385,7 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
     if let Some((name, value)) = current.take() {
         headers.push(&name, value);
     }
+    check_framing_headers(&headers).map_err(|reason| fail(reason, request, headers.clone()))?;
     let rest = &data[end + separator..];
     let body = match headers.get("Content-Length") {
         Some(text) => {
@@ -402,11 +407,43 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
             return Err(fail("Malformed request line", true, headers));
         };
         if !version.eq_ignore_ascii_case("SIP/2.0") {
-            return Err(fail(
+            // A well-formed other version is 505 (RFC 3261 section 8.2.2.x); junk is 400.
+            let other_version = version
+                .get(..4)
+                .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
+                && version[4..].split_once('.').is_some_and(|(major, minor)| {
+                    !major.is_empty()
+                        && !minor.is_empty()
+                        && major
+                            .bytes()
+                            .chain(minor.bytes())
+                            .all(|b| b.is_ascii_digit())
+                });
+            let mut error = fail(
                 format!("Unsupported version {}", truncate(version)),
                 true,
                 headers,
-            ));
+            );
+            if other_version {
+                error.status = 505;
+            }
+            return Err(error);
+        }
+        // Schemes we route; anything else is 416 (RFC 3261 section 8.2.2.1).
+        let Some((scheme, _)) = uri.split_once(':') else {
+            return Err(fail("Malformed Request-URI", true, headers));
+        };
+        if !["sip", "sips", "tel"]
+            .iter()
+            .any(|known| scheme.eq_ignore_ascii_case(known))
+        {
+            let mut error = fail(
+                format!("Unsupported URI scheme {}", truncate(scheme)),
+                true,
+                headers,
+            );
+            error.status = 416;
+            return Err(error);
         }
         if !method.bytes().all(is_token_char) {
             return Err(fail("Malformed method", true, headers));
@@ -440,6 +477,75 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
             body,
         }))
     }
+}
+
+/// Headers that must appear once (RFC 3261 section 7.3.1: only comma-separable headers may
+/// repeat). Two Content-Length lines are a framing ambiguity (on a stream, a smuggling risk):
+/// refused like the other duplicates. Via and Contact must not hold empty values or empty
+/// parameters (stray `,` or `;`).
+fn check_framing_headers(headers: &Headers) -> Result<(), String> {
+    for name in [
+        "Content-Length",
+        "Call-ID",
+        "From",
+        "To",
+        "CSeq",
+        "Max-Forwards",
+        "Content-Type",
+    ] {
+        if headers.all(name).nth(1).is_some() {
+            return Err(format!("Duplicate {name} header"));
+        }
+    }
+    for name in ["Via", "Contact"] {
+        for line in headers.all(name) {
+            if has_empty_element(line) {
+                return Err(format!("Empty value or parameter in {name}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a header line has an empty comma-separated value or an empty `;` parameter,
+/// outside quotes and angle brackets.
+fn has_empty_element(line: &str) -> bool {
+    let (mut quoted, mut angle) = (false, false);
+    // What the current element or parameter holds so far (non-blank characters).
+    let mut filled = false;
+    let mut escaped = false;
+    for c in line.chars() {
+        if quoted {
+            filled = true;
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => quoted = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                quoted = true;
+                filled = true;
+            }
+            '<' => {
+                angle = true;
+                filled = true;
+            }
+            '>' => angle = false,
+            ',' | ';' if !angle => {
+                if !filled {
+                    return true;
+                }
+                filled = false;
+            }
+            c if !c.is_whitespace() => filled = true,
+            _ => {}
+        }
+    }
+    !filled
 }
 
 /// RFC 3261 section 8.1.1: the headers every request needs, and a CSeq that agrees with the
@@ -524,17 +630,22 @@ pub fn frame(buffer: &[u8]) -> Frame {
         };
     };
     let head = String::from_utf8_lossy(&data[..end]);
-    let mut length = 0usize;
+    let mut length = None;
     for line in head.split('\n') {
         if let Some((name, value)) = line.split_once(':')
             && canonical_name(name.trim()) == "Content-Length"
         {
-            match value.trim().parse() {
-                Ok(n) => length = n,
+            if length.is_some() {
+                // Which one frames the stream? Neither: the peer is broken or smuggling.
+                return Frame::Invalid("two Content-Length headers");
+            }
+            match value.trim().parse::<usize>() {
+                Ok(n) => length = Some(n),
                 Err(_) => return Frame::Invalid("bad Content-Length"),
             }
         }
     }
+    let length = length.unwrap_or(0);
     let total = skip + end + separator + length;
     if buffer.len() >= total {
         Frame::Complete(total)
@@ -760,6 +871,102 @@ m: \"Joe, Smith\" <sip:joe@z>, <sip:joe@w>\r\nCSeq: 8 OPTIONS\r\nX-Unknown: kept
                 .reason
                 .starts_with("Malformed header line")
         );
+    }
+
+    /// What RFC 4475 section 3 asks of a parser, on messages written for this test: another
+    /// SIP version is 505, another URI scheme 416, and a header that must appear once,
+    /// two Content-Lengths, or stray separators in Via and Contact are 400.
+    #[test]
+    fn versions_schemes_duplicates_and_stray_separators_get_the_rfc_status() {
+        let status = |text: &str| {
+            parse(text.as_bytes())
+                .map(|_| 200)
+                .unwrap_or_else(|e| e.status)
+        };
+        let reason = |text: &str| parse(text.as_bytes()).unwrap_err().reason;
+        assert_eq!(status(INVITE), 200);
+        assert_eq!(
+            status(&INVITE.replace("SIP/2.0\r\nVia", "SIP/7.0\r\nVia")),
+            505
+        );
+        assert_eq!(
+            status(&INVITE.replace("SIP/2.0\r\nVia", "SIP/2.0x\r\nVia")),
+            400
+        );
+        assert_eq!(
+            status(&INVITE.replace("SIP/2.0\r\nVia", "HTTP/1.1\r\nVia")),
+            400
+        );
+        let im = INVITE.replace("INVITE sip:bob@biloxi.com", "INVITE im:bob@biloxi.com");
+        assert_eq!(
+            (status(&im), reason(&im).as_str()),
+            (416, "Unsupported URI scheme im")
+        );
+        let tel = INVITE.replace("INVITE sip:bob@biloxi.com", "INVITE tel:+15551234");
+        assert_eq!(status(&tel), 200);
+        let sips = INVITE.replace("INVITE sip:bob@biloxi.com", "INVITE SIPS:bob@biloxi.com");
+        assert_eq!(status(&sips), 200);
+        let no_scheme = INVITE.replace("INVITE sip:bob@biloxi.com", "INVITE bob");
+        assert_eq!(status(&no_scheme), 400);
+        for (header, again) in [
+            ("Call-ID", "Call-ID: other@pc33.atlanta.com"),
+            ("To", "t: Carol <sip:carol@chicago.com>"),
+            ("From", "From: Mallory <sip:m@evil.example>;tag=9"),
+            ("CSeq", "CSeq: 314160 INVITE"),
+            ("Max-Forwards", "Max-Forwards: 69"),
+            ("Content-Length", "l: 2"),
+            ("Content-Length", "Content-Length: 4"),
+        ] {
+            let twice = INVITE.replace("Contact:", &format!("{again}\r\nContact:"));
+            assert_eq!(
+                (status(&twice), reason(&twice)),
+                (400, format!("Duplicate {header} header")),
+                "{again}"
+            );
+        }
+        let stray_via = INVITE.replace(
+            "Via: SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776asdhds",
+            "Via: SIP/2.0/UDP pc33.atlanta.com;branch=z9hG4bK776asdhds;;,;,,",
+        );
+        assert_eq!(reason(&stray_via), "Empty value or parameter in Via");
+        let stray_contact = INVITE.replace(
+            "Contact: <sip:alice@pc33.atlanta.com>",
+            "Contact: \"Alice\" <sip:alice@pc33.atlanta.com>;;;;",
+        );
+        assert_eq!(
+            reason(&stray_contact),
+            "Empty value or parameter in Contact"
+        );
+        // Separators inside quotes and angle brackets are not separators.
+        let quoted = INVITE.replace(
+            "Contact: <sip:alice@pc33.atlanta.com>",
+            "Contact: \"Doe, Alice; Jr\" <sip:alice@pc33.atlanta.com;transport=udp>;expires=60, <sip:a2@h>",
+        );
+        assert_eq!(status(&quoted), 200);
+        let star = INVITE.replace("Contact: <sip:alice@pc33.atlanta.com>", "Contact: *");
+        assert_eq!(status(&star), 200);
+        // On a stream, two Content-Lengths cannot frame anything: the connection closes.
+        let smuggled = INVITE.replace("Content-Length: 4", "Content-Length: 4\r\nl: 0");
+        assert_eq!(
+            frame(smuggled.as_bytes()),
+            Frame::Invalid("two Content-Length headers")
+        );
+    }
+
+    #[test]
+    fn empty_elements_are_found_outside_quotes_and_brackets() {
+        for line in ["a;;b", "a,,b", "a;", "a,", ";a", ", a", "a; ;b", ""] {
+            assert!(has_empty_element(line), "{line:?}");
+        }
+        for line in [
+            "SIP/2.0/UDP h;branch=z9hG4bK1",
+            "SIP/2.0/UDP h;branch=x, SIP/2.0/TCP g;rport",
+            "\"a;,b\" <sip:x;y,z>;q=1",
+            "\"esc \\\" ;,\" <sip:x>",
+            "*",
+        ] {
+            assert!(!has_empty_element(line), "{line:?}");
+        }
     }
 
     #[test]
