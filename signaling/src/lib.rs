@@ -35,5 +35,6 @@ pub(crate) mod registrar;
 pub mod sdp;
 pub mod server;
 pub mod sip;
+pub(crate) mod tcp;
 pub(crate) mod timer;
 pub(crate) mod transaction;

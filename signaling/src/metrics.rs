@@ -48,6 +48,10 @@ pub(crate) struct Metrics {
     pub(crate) mediaproxy_duration: HistogramVec,
     pub(crate) recording_requests: IntCounterVec,
     pub(crate) auth_failures: IntCounterVec,
+    /// Inbound SIP TCP connections open.
+    pub(crate) tcp_connections: IntGauge,
+    /// Inbound SIP TCP connections refused or closed by a limit, by reason.
+    pub(crate) tcp_closed: IntCounterVec,
     /// Answered calls: seconds from the caller's INVITE to the answer.
     pub(crate) setup: prometheus::Histogram,
     pub(crate) cdr: crate::cdr::WriterMetrics,
@@ -113,6 +117,20 @@ impl Metrics {
             "Requests whose digest credentials were wrong or unusable, by method.",
             "method",
             &["REGISTER", "INVITE", "other"],
+        );
+        let tcp_connections = registered(
+            &registry,
+            IntGauge::new(
+                "signaling_tcp_connections",
+                "Inbound SIP TCP connections open.",
+            )
+            .expect("valid metric"),
+        );
+        let tcp_closed = counter(
+            "signaling_tcp_connections_closed_total",
+            "Inbound SIP TCP connections refused or closed by a limit, by reason.",
+            "reason",
+            &crate::tcp::CLOSE_REASONS,
         );
         let media_moves = counter(
             "signaling_media_moves_total",
@@ -236,6 +254,8 @@ impl Metrics {
             recording_requests,
             auth_failures,
             setup,
+            tcp_connections,
+            tcp_closed,
         }
     }
 

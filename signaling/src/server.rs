@@ -224,10 +224,20 @@ impl Signaling {
         let (inputs, mut input_rx) = mpsc::channel::<Input>(8192);
         let connections: Connections = Arc::default();
         tasks.spawn(receive_udp(udp.clone(), inputs.clone(), stop.clone()));
+        let nofile = rlimit::Resource::NOFILE
+            .get()
+            .map_or(1024, |(soft, _)| soft);
+        let limits = crate::tcp::Limits::new(
+            crate::tcp::PER_SOURCE,
+            crate::tcp::global_cap(nofile, config.max_calls),
+            metrics.tcp_connections.clone(),
+            metrics.tcp_closed.clone(),
+        );
         tasks.spawn(accept_tcp(
             tcp,
             inputs.clone(),
             connections.clone(),
+            limits,
             stop.clone(),
         ));
         // Each node: health and lease (media::pool::watch), and its event stream. Sessions a
@@ -761,6 +771,7 @@ async fn send(
                                     inputs,
                                     connections,
                                     CancellationToken::new(),
+                                    None,
                                 );
                                 let _ = sender.send(data).await;
                             }
@@ -805,6 +816,7 @@ async fn accept_tcp(
     listener: TcpListener,
     inputs: mpsc::Sender<Input>,
     connections: Connections,
+    limits: Arc<crate::tcp::Limits>,
     stop: CancellationToken,
 ) {
     loop {
@@ -812,25 +824,42 @@ async fn accept_tcp(
             accepted = listener.accept() => accepted,
             () = stop.cancelled() => return,
         };
-        if let Ok((stream, addr)) = accepted {
-            run_connection(
-                stream,
-                addr,
-                inputs.clone(),
-                connections.clone(),
-                stop.clone(),
-            );
+        match accepted {
+            Ok((stream, addr)) => match limits.admit(addr.ip(), Instant::now()) {
+                Ok(slot) => {
+                    run_connection(
+                        stream,
+                        addr,
+                        inputs.clone(),
+                        connections.clone(),
+                        stop.clone(),
+                        Some(slot),
+                    );
+                }
+                // Closed at once: its descriptor is back before the next accept.
+                Err(_) => drop(stream),
+            },
+            Err(error) => {
+                // Out of descriptors (EMFILE) or the like: say what it is, and let the
+                // process breathe instead of spinning on the error.
+                tracing::warn!(%error, "cannot accept a TCP connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 }
 
-/// Starts the reader and writer of one TCP connection; returns its send queue.
+/// Starts the reader and writer of one TCP connection; returns its send queue. An inbound
+/// connection holds its `slot` (its place under the connection limits) until it closes, and
+/// must bring its first message in time; every connection must finish a message it started
+/// and show some sign of life (crate::tcp).
 fn run_connection(
     stream: TcpStream,
     addr: SocketAddr,
     inputs: mpsc::Sender<Input>,
     connections: Connections,
     stop: CancellationToken,
+    slot: Option<crate::tcp::Slot>,
 ) -> mpsc::Sender<Vec<u8>> {
     let (mut reader, mut writer) = stream.into_split();
     let (sender, mut queue) = mpsc::channel::<Vec<u8>>(256);
@@ -852,15 +881,33 @@ fn run_connection(
         };
         let mut buffer = Vec::with_capacity(8192);
         let mut chunk = vec![0u8; 16_384];
+        let accepted = Instant::now();
+        let (mut got_message, mut partial_since, mut last_activity) = (false, None, accepted);
         'read: loop {
+            let (deadline, why) = crate::tcp::deadline(
+                slot.is_some(),
+                accepted,
+                got_message,
+                partial_since,
+                last_activity,
+            );
             let read = tokio::select! {
                 read = reader.read(&mut chunk) => read,
                 () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    tracing::info!(peer = %addr, why, "closing TCP connection: timed out");
+                    if let Some(slot) = &slot {
+                        slot.closed(why);
+                    }
+                    break;
+                }
             };
+            let now = Instant::now();
             match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) => buffer.extend_from_slice(&chunk[..n]),
             }
+            last_activity = now;
             loop {
                 match frame(&buffer) {
                     Frame::Complete(len) => {
@@ -869,6 +916,8 @@ fn run_connection(
                             Err(error) => Input::Malformed { from, error },
                         };
                         buffer.drain(..len);
+                        got_message = true;
+                        partial_since = None;
                         if inputs.send(input).await.is_err() {
                             break 'read;
                         }
@@ -879,15 +928,24 @@ fn run_connection(
                     Frame::Incomplete => break,
                     Frame::Invalid(why) => {
                         tracing::info!(peer = %addr, why, "closing TCP connection: cannot frame");
+                        if let Some(slot) = &slot {
+                            slot.closed("unframeable");
+                        }
                         break 'read;
                     }
                 }
+            }
+            if buffer.is_empty() {
+                partial_since = None;
+            } else if partial_since.is_none() {
+                partial_since = Some(now);
             }
         }
         connections
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&addr);
+        drop(slot);
     });
     sender
 }

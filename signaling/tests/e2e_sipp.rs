@@ -13,7 +13,8 @@
 //! 32500 / 32600, relay 32700-32799, gRPC 25650), the mutual TLS test (SIP 25760 and
 //! 25770, media 32900 / 33000, relay 33100-33199, gRPC 25660) and the recording tests (SIP
 //! 25780, 25790, 25800 and 25810, media 33300 / 33400, 33600 / 33700, 34000 / 34100 and
-//! 34400 / 34500, relay 33500-33599, 33800-33899, 34200-34299 and 34600-34699).
+//! 34400 / 34500, relay 33500-33599, 33800-33899, 34200-34299 and 34600-34699), and the TCP
+//! limits test (SIP 25820, relay 34800-34899).
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
@@ -2029,4 +2030,113 @@ fn a_reflect_call_is_tapped_live_by_an_analyser_over_grpc() {
     let rows = service.stop();
     assert_eq!(rows[0]["media_mode"], "reflect");
     assert_eq!(rows[0]["media_verdict"], "ok", "{:?}", rows[0]);
+}
+
+/// SIP over TCP cannot be used to take signaling's descriptors: a connection that brings no
+/// complete message (nothing, or half of one) is closed 10 s after its accept, one that
+/// leaves a later message half sent 10 s after it began; one source holds at most 32
+/// connections and the 33rd is closed at once; a connection that speaks SIP stays. Each is
+/// counted by reason.
+#[test]
+fn tcp_connections_that_bring_nothing_or_half_a_message_are_closed_and_a_source_is_capped() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let ports = Ports {
+        sip: 25820,
+        uac: 25821,
+        uas: 25822,
+        uac_media: 34700,
+        uas_media: 34720,
+        relay: 34800..34900,
+    };
+    let service = Service::start("tcp-limits", &ports, &[]);
+    let connect = || TcpStream::connect(("127.0.0.1", ports.sip)).expect("connect");
+    let options = |stream: &mut TcpStream, n: u32| {
+        let local = stream.local_addr().unwrap();
+        write!(
+            stream,
+            "OPTIONS sip:127.0.0.1:{} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKtcp{n}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=p{n}\r\nTo: <sip:127.0.0.1>\r\n\
+             Call-ID: tcp-limits-{n}\r\nCSeq: {n} OPTIONS\r\nContent-Length: 0\r\n\r\n",
+            ports.sip
+        )
+        .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut answer = [0u8; 2048];
+        let n = stream.read(&mut answer).expect("an answer");
+        assert!(answer[..n].starts_with(b"SIP/2.0 "), "{:?}", &answer[..n]);
+    };
+    // Closed by the server: the read ends (EOF or reset), it does not time out.
+    let closed_within = |stream: &mut TcpStream, limit: Duration| {
+        stream.set_read_timeout(Some(limit)).unwrap();
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => !matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    };
+    let mut good = connect();
+    options(&mut good, 1);
+    let mut stalled = connect();
+    options(&mut stalled, 3);
+    stalled
+        .write_all(
+            b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKst\r\n",
+        )
+        .unwrap();
+    let mut silent: Vec<TcpStream> = (0..29).map(|_| connect()).collect();
+    let mut half = connect();
+    half.write_all(
+        b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKhalf\r\n",
+    )
+    .unwrap();
+    // 32 held from 127.0.0.1: the next one is closed at once.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut extra = connect();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(2)),
+        "the 33rd connection of one source was kept"
+    );
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut half, Duration::from_secs(15)),
+        "half a message kept open"
+    );
+    for stream in &mut silent {
+        assert!(
+            closed_within(stream, Duration::from_secs(15)),
+            "a silent connection kept open"
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(8),
+        "closed after the 10 s allowance, not before: {:?}",
+        started.elapsed()
+    );
+    // The connection that spoke SIP is still there and still answered.
+    options(&mut good, 2);
+    let metrics = service.metrics();
+    for line in [
+        "signaling_tcp_connections_closed_total{reason=\"no_message\"} 30",
+        "signaling_tcp_connections_closed_total{reason=\"partial_message\"} 1",
+        "signaling_tcp_connections_closed_total{reason=\"per_source_limit\"} 1",
+        "signaling_tcp_connections 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
+    let log = service.log();
+    assert_eq!(
+        log.matches("TCP connection refused").count(),
+        1,
+        "logged once for the source:\n{log}"
+    );
 }
