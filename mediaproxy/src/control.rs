@@ -57,6 +57,12 @@ pub enum ControlError {
     FailedPrecondition(String),
     #[error("no free RTP port pair left in {0}")]
     PortsExhausted(PortRange),
+    /// The process ran out of file descriptors (EMFILE/ENFILE): the ports are free, the
+    /// sockets cannot be made.
+    #[error(
+        "out of file descriptors ({0}): the media proxy cannot open the call's sockets; its ports are free. Raise its descriptor limit (LimitNOFILE, ulimit -n) or find what holds descriptors"
+    )]
+    DescriptorsExhausted(String),
     #[error("node is draining and takes no new calls")]
     Draining,
     #[error("internal error: {0}")]
@@ -67,6 +73,20 @@ impl From<WorkerGone> for ControlError {
     fn from(error: WorkerGone) -> Self {
         Self::Internal(error.to_string())
     }
+}
+
+/// Why no port pair could be bound.
+enum BindFailure {
+    /// Every pair of the range is taken (or unbindable).
+    Exhausted,
+    /// The process has no descriptor left for the sockets.
+    Descriptors(String),
+}
+
+/// EMFILE (this process's limit) or ENFILE (the system's).
+fn out_of_descriptors(error: &std::io::Error) -> bool {
+    // Linux: EMFILE 24, ENFILE 23.
+    matches!(error.raw_os_error(), Some(23 | 24))
 }
 
 /// A media line's local port pair.
@@ -342,23 +362,33 @@ impl Control {
         let mut bound = Vec::new();
         for &kind in &media[existing_media.len()..] {
             match self.bind_pair(&mut state.pool, now) {
-                Some((rtp_port, rtp, rtcp)) => bound.push(NewMedia {
+                Ok((rtp_port, rtp, rtcp)) => bound.push(NewMedia {
                     kind,
                     rtp_port,
                     rtp,
                     rtcp,
                 }),
-                None => {
+                Err(failure) => {
                     for new in bound {
                         state.pool.release(now, new.rtp_port);
                     }
+                    let (reason, error) = match failure {
+                        BindFailure::Exhausted => (
+                            "ports_exhausted",
+                            ControlError::PortsExhausted(self.settings.ports),
+                        ),
+                        BindFailure::Descriptors(why) => (
+                            "descriptors_exhausted",
+                            ControlError::DescriptorsExhausted(why),
+                        ),
+                    };
                     self.metrics
                         .allocation_failures
-                        .with_label_values(&["ports_exhausted"])
+                        .with_label_values(&[reason])
                         .inc();
                     self.refresh_port_gauge(&mut state.pool, now);
-                    tracing::warn!(%call_id, range = %self.settings.ports, "port range exhausted");
-                    return Err(ControlError::PortsExhausted(self.settings.ports));
+                    tracing::warn!(%call_id, range = %self.settings.ports, "allocation refused: {error}");
+                    return Err(error);
                 }
             }
         }
@@ -401,14 +431,16 @@ impl Control {
     }
 
     /// Takes pairs from the pool until both ports bind; a pair another process holds is
-    /// skipped (and retried after the quarantine), never leaked.
+    /// skipped (and retried after the quarantine), never leaked. Out of descriptors, the pair
+    /// goes back at once and the search stops: every other pair would fail the same way,
+    /// and the range is not what is exhausted.
     fn bind_pair(
         &self,
         pool: &mut PortPool,
         now: Instant,
-    ) -> Option<(u16, std::net::UdpSocket, std::net::UdpSocket)> {
+    ) -> Result<(u16, std::net::UdpSocket, std::net::UdpSocket), BindFailure> {
         for _ in 0..pool.total_pairs() {
-            let port = pool.take(now)?;
+            let port = pool.take(now).ok_or(BindFailure::Exhausted)?;
             let rtp = bind_udp(
                 SocketAddr::new(self.settings.media_ip, port),
                 &self.settings,
@@ -418,15 +450,19 @@ impl Control {
                 &self.settings,
             );
             match (rtp, rtcp) {
-                (Ok(rtp), Ok(rtcp)) => return Some((port, rtp, rtcp)),
+                (Ok(rtp), Ok(rtcp)) => return Ok((port, rtp, rtcp)),
                 (rtp, rtcp) => {
                     let error = rtp.err().or(rtcp.err());
+                    if let Some(error) = error.as_ref().filter(|e| out_of_descriptors(e)) {
+                        pool.give_back(port);
+                        return Err(BindFailure::Descriptors(error.to_string()));
+                    }
                     tracing::info!(port, ?error, "RTP port pair unavailable, skipped");
                     pool.skip(now, port);
                 }
             }
         }
-        None
+        Err(BindFailure::Exhausted)
     }
 
     fn refresh_port_gauge(&self, pool: &mut PortPool, now: Instant) {

@@ -102,6 +102,12 @@ impl PortPool {
         self.release(now, port);
     }
 
+    /// A pair taken and not used through no fault of its own (the process had no descriptor
+    /// to bind it with): free again at once, first in line.
+    pub fn give_back(&mut self, port: u16) {
+        self.free.push_front(port);
+    }
+
     fn expire(&mut self, now: Instant) {
         while let Some(&(until, port)) = self.quarantine.front() {
             if until > now {

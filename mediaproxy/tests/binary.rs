@@ -255,10 +255,27 @@ struct LoggedProxy {
 
 impl LoggedProxy {
     fn start(dir: &std::path::Path, args: &[&str]) -> Self {
+        Self::start_limited(dir, args, None)
+    }
+
+    /// [`LoggedProxy::start`] with the descriptor limit (soft and hard) set to `nofile`.
+    fn start_limited(dir: &std::path::Path, args: &[&str], nofile: Option<u32>) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let log_path = dir.join("mediaproxy.log");
         let log_file = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(BIN)
+        let mut command = match nofile {
+            None => Command::new(BIN),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.args([
+                    "-c",
+                    &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+                    BIN,
+                ]);
+                sh
+            }
+        };
+        let child = command
             .args(["--grpc", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
             .args(args)
             .env("MEDIAPROXY_LOG", "info")
@@ -865,4 +882,87 @@ fn json_logs_are_one_object_per_line_with_the_same_fields() {
     let (code, stderr) = run_to_end(&["--log-format", "xml"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--log-format"), "{stderr}");
+}
+
+/// Out of file descriptors with its ports free, the proxy says so: the allocation is refused
+/// as descriptors exhausted (never "no free RTP port pair"), counted under its own reason,
+/// the ports are not quarantined, and once descriptors are back allocations work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_is_told_apart_from_out_of_ports() {
+    use proto::v1 as pb;
+    let dir = std::env::temp_dir().join(format!("mp-nofile-{}", std::process::id()));
+    // 200 ports (100 pairs) but 64 descriptors: the descriptors run out first.
+    let proxy = LoggedProxy::start_limited(
+        &dir,
+        &["--ports", "22100-22299", "--node-id", "fd-test"],
+        Some(64),
+    );
+    let mut client =
+        pb::media_proxy_client::MediaProxyClient::connect(format!("http://{}", proxy.grpc))
+            .await
+            .unwrap();
+    let allocate = |n: usize| pb::AllocateRequest {
+        call_id: format!("fd-{n}"),
+        leg: pb::Leg::Caller as i32,
+        owner: "fd".into(),
+        media: vec![pb::MediaKind::Audio as i32],
+        lease_timeout_ms: 0,
+        reflect: false,
+    };
+    let mut allocated = 0;
+    let refusal = loop {
+        match client.allocate(allocate(allocated)).await {
+            Ok(_) => allocated += 1,
+            Err(status) => break status,
+        }
+        assert!(allocated < 100, "64 descriptors held 100 port pairs?");
+    };
+    assert!(
+        allocated > 0,
+        "not even one call: {refusal:?}\n{}",
+        proxy.log()
+    );
+    assert_eq!(
+        refusal.code(),
+        tonic::Code::ResourceExhausted,
+        "{refusal:?}"
+    );
+    assert!(
+        refusal.message().contains("out of file descriptors"),
+        "{}",
+        refusal.message()
+    );
+    assert!(
+        !refusal.message().contains("no free RTP port pair"),
+        "{}",
+        refusal.message()
+    );
+    let status = client
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.ports_free as usize,
+        200 - 2 * allocated,
+        "only the allocated calls' ports are taken"
+    );
+    // A call released gives its descriptors back: the next allocation works.
+    client
+        .release(pb::ReleaseRequest {
+            call_id: "fd-0".into(),
+            reason: "done".into(),
+        })
+        .await
+        .unwrap();
+    client
+        .allocate(allocate(1000))
+        .await
+        .expect("descriptors back");
+    assert!(
+        proxy.log().contains("out of file descriptors"),
+        "{}",
+        proxy.log()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
