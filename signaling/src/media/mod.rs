@@ -122,8 +122,9 @@ pub(crate) enum MediaError {
     /// The proxy could not be reached, did not answer within the deadline, or is draining.
     #[error("media proxy unavailable: {0}")]
     Unavailable(String),
-    /// The proxy has no free ports.
-    #[error("media proxy out of ports: {0}")]
+    /// The proxy has no free ports, or no file descriptors for the sockets (the text says
+    /// which).
+    #[error("media proxy out of resources: {0}")]
     Exhausted(String),
     /// The proxy refused what the SDP asked for (an address family it cannot reach, a
     /// media line it cannot relay).
