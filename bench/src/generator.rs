@@ -71,10 +71,7 @@ pub(crate) fn phones(
         .map(|s| s.local_addr().map(|a| a.port()))
         .collect::<std::io::Result<_>>()?;
     let per_call = (0..calls)
-        .map(|call| match shape {
-            Shape::Shared => [ports[0], ports[1]],
-            Shape::Phones => [ports[2 * call], ports[2 * call + 1]],
-        })
+        .map(|call| [0, 1].map(|side| ports[socket_of(shape, call, side)]))
         .collect();
     Ok((sockets, per_call))
 }
@@ -101,10 +98,7 @@ pub(crate) struct Stream {
 
 /// One phone socket of the generator: nonblocking, with buffers big enough for a burst of
 /// every stream at once (forced past `rmem_max` when the process may, as root can).
-pub(crate) fn phone_socket(
-    ip: std::net::Ipv4Addr,
-    streams: usize,
-) -> anyhow::Result<std::net::UdpSocket> {
+fn phone_socket(ip: std::net::Ipv4Addr, streams: usize) -> anyhow::Result<std::net::UdpSocket> {
     let socket = std::net::UdpSocket::bind((ip, 0))?;
     socket.set_nonblocking(true)?;
     let bytes = (streams * 4096).clamp(1 << 20, 256 << 20);

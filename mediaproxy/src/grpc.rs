@@ -33,7 +33,7 @@ pub struct Service {
     /// Certificate common names of operators (`--tls-operator`).
     operators: Arc<[String]>,
     /// gRPC health, told when a Drain request starts or ends draining.
-    health: Option<tonic_health::server::HealthReporter>,
+    health: tonic_health::server::HealthReporter,
 }
 
 /// Who sent a request: under mutual TLS, its certificate's common name, and whether that
@@ -54,20 +54,16 @@ impl Client {
 impl Service {
     /// The service; clients whose certificate's common name is in `operators` see and may
     /// act on every owner's calls.
-    pub fn new(control: Arc<Control>, operators: &[String]) -> Self {
+    pub fn new(
+        control: Arc<Control>,
+        operators: &[String],
+        health: tonic_health::server::HealthReporter,
+    ) -> Self {
         Self {
             control,
             operators: operators.into(),
-            health: None,
+            health,
         }
-    }
-
-    /// Reports draining in gRPC health too: `mediaproxy.v1.MediaProxy` is NOT_SERVING while
-    /// the node drains (readiness probes and load balancers stop sending it new calls); the
-    /// process's own status ("") stays SERVING.
-    pub fn with_health(mut self, health: tonic_health::server::HealthReporter) -> Self {
-        self.health = Some(health);
-        self
     }
 
     fn client<T>(&self, request: &Request<T>) -> Client {
@@ -691,20 +687,26 @@ impl MediaProxy for Service {
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let _timer = self.timer("drain");
-        let drain = request.into_inner().drain;
-        self.control.set_draining(drain);
-        if let Some(health) = &self.health {
-            if drain {
-                health
-                    .set_not_serving::<proto::v1::media_proxy_server::MediaProxyServer<Self>>()
-                    .await;
-            } else {
-                health
-                    .set_serving::<proto::v1::media_proxy_server::MediaProxyServer<Self>>()
-                    .await;
-            }
-        }
+        set_draining(&self.control, &self.health, request.into_inner().drain).await;
         Ok(Response::new(status_to_wire(&self.control)))
+    }
+}
+
+/// Starts or ends draining (a Drain request, or SIGTERM): new calls are refused, and gRPC
+/// health says `mediaproxy.v1.MediaProxy` is NOT_SERVING while the node drains (readiness
+/// probes and load balancers stop sending it new calls); the process's own status ("")
+/// stays SERVING.
+pub(crate) async fn set_draining(
+    control: &Control,
+    health: &tonic_health::server::HealthReporter,
+    draining: bool,
+) {
+    use proto::v1::media_proxy_server::MediaProxyServer;
+    control.set_draining(draining);
+    if draining {
+        health.set_not_serving::<MediaProxyServer<Service>>().await;
+    } else {
+        health.set_serving::<MediaProxyServer<Service>>().await;
     }
 }
 

@@ -237,8 +237,7 @@ impl MediaProxy {
         let drain = async {
             shutdown.await;
             tracing::info!(grace = ?shutdown_grace, sessions = control.session_count(), "shutting down: draining");
-            control.set_draining(true);
-            health.set_not_serving::<MediaProxyServer<Service>>().await;
+            crate::grpc::set_draining(&control, &health, true).await;
             let deadline = Instant::now() + shutdown_grace;
             while control.session_count() > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -322,13 +321,11 @@ async fn serve_grpc<H: tonic_health::pb::health_server::Health>(
             .add_service(health.clone())
             .add_service(reflection)
             .add_service(reflection_v1alpha)
-            .add_service(MediaProxyServer::new(
-                Service::new(
-                    control.clone(),
-                    tls.as_ref().map_or(&[][..], |t| &t.operators),
-                )
-                .with_health(reporter.clone()),
-            ))
+            .add_service(MediaProxyServer::new(Service::new(
+                control.clone(),
+                tls.as_ref().map_or(&[][..], |t| &t.operators),
+                reporter.clone(),
+            )))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
                 let (restart, stop) = (restart.clone(), stop.clone());
                 async move {

@@ -10,39 +10,19 @@
 //! 25903, B 25904 and 25905, PostgreSQL 25906, Prometheus 25907; relay ports 35400-35499
 //! (A) and 35500-35599 (B); SIPp UAC 25910, UAS 25911, media 35600 / 35700.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::calls::{Ports, uac, uas};
-use common::{Scratch, cdr_table, eventually, number, sibling};
+use common::{
+    Scratch, cdr_table, deploy, eventually, http_get, must, number, percent_encode, run, sibling,
+};
 use signaling::cdr::Target;
 
 const PROJECT: &str = "sipmedia-test";
-
-fn deploy() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-/// Runs a command to its end; (success, stdout and stderr).
-fn run(program: &str, args: &[&str], env: &[(&str, String)]) -> (bool, String) {
-    let output = Command::new(program)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
-}
-
-fn must(program: &str, args: &[&str], env: &[(&str, String)]) -> String {
-    let (ok, text) = run(program, args, env);
-    assert!(ok, "{program} {args:?} failed:\n{text}");
-    text
-}
 
 /// Why containers cannot run here, if they cannot.
 fn containers_unavailable() -> Option<String> {
@@ -74,16 +54,12 @@ fn nix_is_root() -> bool {
 /// The images the stack uses: the base and support images once per machine (kept), ours
 /// from this build's binaries every run (debug info stripped, as a release would be).
 fn build_images(dir: &Scratch) {
-    must(
-        deploy().join("containers/build-base").to_str().unwrap(),
-        &[],
-        &[],
-    );
-    let support = deploy().join("containers/Containerfile.support");
+    must(deploy("containers/build-base").to_str().unwrap(), &[], &[]);
+    let support = deploy("containers/Containerfile.support");
     for target in ["postgres", "prometheus"] {
         let image = format!("localhost/sipmedia/{target}:latest");
         if !run("podman", &["image", "exists", &image], &[]).0 {
-            build_image(&support, target, &deploy().join("containers"), &[]);
+            build_image(&support, target, &deploy("containers"), &[]);
         }
     }
     let context = dir.join("context");
@@ -99,7 +75,7 @@ fn build_images(dir: &Scratch) {
             &[],
         );
     }
-    let containerfile = deploy().join("containers/Containerfile");
+    let containerfile = deploy("containers/Containerfile");
     for target in ["signaling", "mediaproxy"] {
         build_image(
             &containerfile,
@@ -133,7 +109,7 @@ struct Stack {
 
 impl Stack {
     fn compose(&self, args: &[&str]) -> (bool, String) {
-        let file = deploy().join("compose.yml");
+        let file = deploy("compose.yml");
         let mut all = vec!["-p", PROJECT, "-f", file.to_str().unwrap()];
         all.extend_from_slice(args);
         run("podman-compose", &all, &self.env)
@@ -154,28 +130,12 @@ impl Drop for Stack {
     }
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| body.to_owned())
-}
-
 /// The value of a PromQL query's first sample, if any.
 fn prometheus_value(query: &str) -> Option<f64> {
-    let encoded: String = query
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let body = http_get(25907, &format!("/api/v1/query?query={encoded}"))?;
+    let body = http_get(
+        25907,
+        &format!("/api/v1/query?query={}", percent_encode(query)),
+    )?;
     let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
     answer["data"]["result"][0]["value"][1]
         .as_str()?
@@ -193,7 +153,7 @@ fn the_compose_stack_carries_a_call_into_postgres_and_prometheus() {
     build_images(&dir);
 
     // The stack's Prometheus configuration with this test's ports and a 1 s interval.
-    let shipped = std::fs::read_to_string(deploy().join("prometheus/compose.yml")).unwrap();
+    let shipped = std::fs::read_to_string(deploy("prometheus/compose.yml")).unwrap();
     let config = shipped
         .replace("15s", "1s")
         .replace("127.0.0.1:9465", "127.0.0.1:25901")
@@ -211,7 +171,7 @@ fn the_compose_stack_carries_a_call_into_postgres_and_prometheus() {
             "-p",
             PROJECT,
             "-f",
-            deploy().join("compose.yml").to_str().unwrap(),
+            deploy("compose.yml").to_str().unwrap(),
             "down",
             "-v",
         ],

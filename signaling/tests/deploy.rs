@@ -10,45 +10,15 @@
 //! ports; signaling's embedded proxy the next 100); Prometheus 25879.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::Scratch;
 use common::calls::{MediaProxy, Ports, Service, start_mediaproxy_with};
+use common::{Scratch, deploy, http_get, must, percent_encode};
 
 const PROMETHEUS: u16 = 25879;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace root")
-        .to_path_buf()
-}
-
-fn deploy(path: &str) -> PathBuf {
-    repo().join("deploy").join(path)
-}
-
-/// Runs a command; panics with its output unless it exits 0; returns its stdout.
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} cannot run ({e}): is it installed?"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed:\n{text}"
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// Both services, side by side: signaling with its embedded proxy, and a standalone proxy.
 struct Both {
@@ -86,7 +56,7 @@ impl Both {
         // answered (within half a second of the start).
         let up = common::eventually(Duration::from_secs(10), || {
             http_get(signaling_metrics, "/metrics")
-                .contains("signaling_mediaproxy_up{node=\"embedded\"} 1")
+                .is_some_and(|m| m.contains("signaling_mediaproxy_up{node=\"embedded\"} 1"))
         });
         assert!(up, "signaling never saw its embedded media proxy up");
         Self {
@@ -98,26 +68,9 @@ impl Both {
     }
 }
 
-/// The body of an HTTP GET on loopback.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("listening");
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "{head}"
-    );
-    body.to_owned()
-}
-
 /// The metric names documented in `docs/metrics.md` (first column of its tables).
 fn documented_metrics() -> Vec<String> {
-    let catalogue = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
+    let catalogue = std::fs::read_to_string(deploy("../docs/metrics.md")).unwrap();
     let names: Vec<String> = catalogue
         .lines()
         .filter_map(|line| line.strip_prefix("| `"))
@@ -160,8 +113,8 @@ const EXPOSED_ON_FIRST_EVENT: [&str; 3] = [
 #[test]
 fn both_services_expose_every_documented_metric_and_pass_promtool() {
     let both = Both::start(0);
-    let signaling = http_get(both.signaling_metrics, "/metrics");
-    let proxy = http_get(both.proxy_metrics, "/metrics");
+    let signaling = http_get(both.signaling_metrics, "/metrics").expect("signaling's metrics");
+    let proxy = http_get(both.proxy_metrics, "/metrics").expect("the proxy's metrics");
     for (service, text) in [("signaling", &signaling), ("mediaproxy", &proxy)] {
         let mut check = Command::new("promtool")
             .args(["check", "metrics"])
@@ -252,15 +205,23 @@ fn prometheus_configuration_and_rules_pass_promtool_and_their_unit_tests() {
     // Hosts, the compose stack, Kubernetes: each configuration loads the rules.
     for config in ["prometheus.yml", "compose.yml", "kubernetes.yml"] {
         let path = deploy(&format!("prometheus/{config}"));
-        let out = run("promtool", &["check", "config", path.to_str().unwrap()]);
+        let out = must(
+            "promtool",
+            &["check", "config", path.to_str().unwrap()],
+            &[],
+        );
         assert!(
             out.contains("SUCCESS: 1 rule files found"),
             "{config}: {out}"
         );
     }
-    let out = run("promtool", &["check", "rules", rules.to_str().unwrap()]);
+    let out = must(
+        "promtool",
+        &["check", "rules", rules.to_str().unwrap()],
+        &[],
+    );
     assert!(out.contains("SUCCESS"), "{out}");
-    let out = run("promtool", &["test", "rules", tests.to_str().unwrap()]);
+    let out = must("promtool", &["test", "rules", tests.to_str().unwrap()], &[]);
     assert!(out.contains("SUCCESS"), "{out}");
     // Every alert the operations guide promises is defined.
     let text = std::fs::read_to_string(&rules).unwrap();
@@ -277,7 +238,7 @@ fn prometheus_configuration_and_rules_pass_promtool_and_their_unit_tests() {
             text.contains(&format!("alert: {alert}\n")),
             "{alert} missing"
         );
-        let guide = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+        let guide = std::fs::read_to_string(deploy("../docs/operations.md")).unwrap();
         assert!(
             guide.contains(&format!("`{alert}`")),
             "docs/operations.md does not explain {alert}"
@@ -414,8 +375,9 @@ fn a_real_prometheus_scrapes_both_services_and_answers_the_dashboard() {
             .expect("prometheus is installed (apt-get install prometheus)"),
     );
     let query = |promql: &str| -> serde_json::Value {
-        let path = format!("/api/v1/query?query={}", encode(promql));
-        serde_json::from_str(&http_get(PROMETHEUS, &path)).expect("a JSON answer")
+        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        let body = http_get(PROMETHEUS, &path).expect("Prometheus answers 200");
+        serde_json::from_str(&body).expect("a JSON answer")
     };
     let results = |promql: &str| -> usize {
         query(promql)["data"]["result"]
@@ -473,18 +435,6 @@ impl Drop for Prometheus {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Percent-encodes a query parameter.
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Both systemd units pass `systemd-analyze verify` (where systemd is installed), name
@@ -548,7 +498,7 @@ fn kubernetes_documents(files: &[String]) -> Vec<serde_json::Value> {
                   print(json.dumps([d for f in sys.argv[1:] for d in yaml.safe_load_all(open(f)) if d]))";
     let mut args = vec!["-c", script];
     args.extend(files.iter().map(String::as_str));
-    serde_json::from_str(&run("python3", &args)).expect("JSON from PyYAML")
+    serde_json::from_str(&must("python3", &args, &[])).expect("JSON from PyYAML")
 }
 
 fn duration_seconds(text: &str) -> u64 {

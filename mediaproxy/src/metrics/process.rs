@@ -46,7 +46,7 @@ struct ProcessCollector {
 impl ProcessCollector {
     fn new() -> Self {
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
-        Self {
+        let collector = Self {
             cpu: Counter::new(
                 "process_cpu_seconds_total",
                 "Total user and system CPU time spent in seconds.",
@@ -72,16 +72,23 @@ impl ProcessCollector {
             .expect("valid metric"),
             threads: gauge("process_threads", "Number of OS threads in the process."),
             scrape: Mutex::new(()),
+        };
+        // The start time does not change: read once (boot time plus the start in ticks).
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        if let (Some(stat), Some(boot)) = (
+            read("/proc/self/stat").as_deref().and_then(Stat::parse),
+            read("/proc/stat").as_deref().and_then(boot_time),
+        ) {
+            collector
+                .start_time
+                .set(boot as f64 + stat.start_ticks as f64 / ticks);
         }
+        collector
     }
 
     fn refresh(&self) {
         let ticks = rustix::param::clock_ticks_per_second() as f64;
-        if let Some(stat) = std::fs::read_to_string("/proc/self/stat")
-            .ok()
-            .as_deref()
-            .and_then(Stat::parse)
-        {
+        if let Some(stat) = read("/proc/self/stat").as_deref().and_then(Stat::parse) {
             let cpu = (stat.utime + stat.stime) as f64 / ticks;
             let advance = cpu - self.cpu.get();
             if advance > 0.0 {
@@ -91,14 +98,6 @@ impl ProcessCollector {
             self.virtual_memory.set(stat.vsize);
             self.resident_memory
                 .set(stat.rss_pages * rustix::param::page_size() as i64);
-            if let Some(boot) = std::fs::read_to_string("/proc/stat")
-                .ok()
-                .as_deref()
-                .and_then(boot_time)
-            {
-                self.start_time
-                    .set(boot as f64 + stat.start_ticks as f64 / ticks);
-            }
         }
         if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
             // The directory handle being read is itself one of the entries.
@@ -173,6 +172,10 @@ impl Stat {
             rss_pages: field(24)?,
         })
     }
+}
+
+fn read(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()
 }
 
 /// The boot time (seconds since the epoch) from `/proc/stat`'s `btime` line.

@@ -732,12 +732,9 @@ impl Core {
 /// An empty Accept admits nothing.
 fn accepts_sdp(headers: &crate::sip::message::Headers) -> bool {
     headers.values("Accept").any(|range| {
-        let range = range
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        matches!(range.as_str(), "application/sdp" | "application/*" | "*/*")
+        matches!(
+            super::media_type(range).as_str(),
+            "application/sdp" | "application/*" | "*/*"
+        )
     })
 }

@@ -836,14 +836,19 @@ fn foreign_body(request: &Request) -> Option<String> {
     if request.body.is_empty() {
         return None;
     }
-    let kind = request.headers.get("Content-Type")?;
-    let kind = kind
+    let kind = media_type(request.headers.get("Content-Type")?);
+    (kind != "application/sdp" && !kind.starts_with("multipart/")).then_some(kind)
+}
+
+/// The media type of a Content-Type or Accept value, lowercase and without parameters
+/// (`Application/SDP; charset=x` is `application/sdp`).
+fn media_type(value: &str) -> String {
+    value
         .split(';')
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
-    (kind != "application/sdp" && !kind.starts_with("multipart/")).then_some(kind)
+        .to_ascii_lowercase()
 }
 
 fn response(request: &Request, status: u16, reason: &str, to_tag: Option<&str>) -> Response {

@@ -305,3 +305,63 @@ impl Pki {
         self.dir.join(file).to_str().unwrap().to_owned()
     }
 }
+
+/// A file of the workspace's `deploy/` folder.
+pub fn deploy(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(path)
+}
+
+/// Runs a command to its end with `env` added: (success, stdout then stderr).
+pub fn run(program: &str, args: &[&str], env: &[(&str, String)]) -> (bool, String) {
+    let output = command_output(program, args, env);
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+/// Runs a command that must succeed (panicking with both outputs if not); its stdout.
+pub fn must(program: &str, args: &[&str], env: &[(&str, String)]) -> String {
+    let output = command_output(program, args, env);
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn command_output(program: &str, args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    Command::new(program)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("{program} cannot run ({e}): is it installed?"))
+}
+
+/// The body of a `GET path` on 127.0.0.1:`port` answered 200; None when it cannot connect
+/// or the answer is not a 200.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    (head.starts_with("HTTP/1.") && head.contains(" 200 ")).then(|| body.to_owned())
+}
+
+/// Percent-encodes a query parameter (everything but RFC 3986's unreserved characters).
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
