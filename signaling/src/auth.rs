@@ -1,13 +1,28 @@
 //! HTTP Digest authentication for SIP (RFC 3261 section 22, RFC 7616 algorithms as RFC 8760
 //! applies them to SIP): MD5 and SHA-256, `qop=auth`, nonces that expire.
 //!
-//! Nonces are stateless: `<issued unix seconds, hex>.<MAC>` where the MAC is SHA-256 over a
-//! per-process secret, the time and the realm. A nonce this server did not issue fails; an
-//! expired but genuine one answers `stale=true` so the phone retries with the new nonce
-//! without asking the user again. Pure: the caller passes the time.
+//! Nonces are `<issued unix seconds, hex>.<salt>.<MAC>`: a random salt makes every challenge's
+//! nonce unique (two phones challenged in the same second must not share one, or the second's
+//! first nonce count would look like a replay), and the MAC is HMAC-SHA-256 keyed by a
+//! per-process secret over the time, the salt and the realm: nothing is stored per challenge. The
+//! response is checked first, in constant time, against the user's password or stored HA1;
+//! only a right response then has its nonce judged. A right response over a nonce that
+//! expired, that another process issued (a restart), or whose nonce count was already used
+//! (a replay, RFC 7616 section 3.4: the count must grow) answers `stale=true`, so the phone
+//! retries with a fresh nonce without asking its user again and a replayer gets nothing.
+//! Nonce counts are the only state: the highest count seen per live nonce, bounded.
+//! Pure: the caller passes the time.
 
+use std::collections::HashMap;
+
+use hmac::{Hmac, KeyInit, Mac};
 use md5::Md5;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Live nonces whose counts are remembered; past this the oldest half is forgotten (their
+/// next use answers stale, which costs a phone one more round trip, never a failure).
+const MAX_NONCES: usize = 262_144;
 
 /// Digest algorithms offered and accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +47,7 @@ impl Algorithm {
         }
     }
 
-    fn hash(self, data: &str) -> String {
+    pub(crate) fn hash(self, data: &str) -> String {
         match self {
             Self::Md5 => hex(&Md5::digest(data.as_bytes())),
             Self::Sha256 => hex(&Sha256::digest(data.as_bytes())),
@@ -44,13 +59,36 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What a user's answers are checked against: the password, or the HA1 hashes stored in
+/// its place (`MD5(user:realm:password)`, `SHA-256(user:realm:password)`, lower-case hex).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Secret<'a> {
+    pub(crate) password: Option<&'a str>,
+    pub(crate) ha1_md5: Option<&'a str>,
+    pub(crate) ha1_sha256: Option<&'a str>,
+}
+
+impl Secret<'_> {
+    fn ha1(&self, algorithm: Algorithm, username: &str, realm: &str) -> Option<String> {
+        if let Some(password) = self.password {
+            return Some(algorithm.hash(&format!("{username}:{realm}:{password}")));
+        }
+        match algorithm {
+            Algorithm::Md5 => self.ha1_md5,
+            Algorithm::Sha256 => self.ha1_sha256,
+        }
+        .map(str::to_ascii_lowercase)
+    }
+}
+
 /// What checking an Authorization header concluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// The credentials are right; the authenticated user name.
     Authenticated(String),
-    /// Right password, but the nonce expired: challenge again with `stale=true`.
-    Stale,
+    /// Right password, but the nonce expired, is not this process's or its count was
+    /// used already: challenge again with `stale=true`.
+    Stale(&'static str),
     /// Wrong or unusable credentials; the reason is for logs, never for the peer.
     Rejected(&'static str),
 }
@@ -139,11 +177,12 @@ fn parse_auth_params(text: &str) -> Vec<(String, String)> {
 }
 
 /// Issues challenges and checks answers for one realm.
-#[derive(Clone)]
 pub(crate) struct DigestAuth {
     realm: String,
     secret: [u8; 32],
     nonce_lifetime: u64,
+    /// Per live nonce, the highest nonce count accepted (0: used without `qop`).
+    counts: HashMap<String, (u64, u32)>,
 }
 
 impl std::fmt::Debug for DigestAuth {
@@ -168,6 +207,7 @@ impl DigestAuth {
             realm: realm.to_owned(),
             secret,
             nonce_lifetime: nonce_lifetime_secs,
+            counts: HashMap::new(),
         }
     }
 
@@ -175,17 +215,71 @@ impl DigestAuth {
         &self.realm
     }
 
-    fn mac(&self, issued: u64) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(self.secret);
-        hasher.update(issued.to_be_bytes());
-        hasher.update(self.realm.as_bytes());
-        hex(&hasher.finalize()[..16])
+    fn mac(&self, issued: u64, salt: &str) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.secret)
+            .expect("HMAC takes keys of any length");
+        mac.update(&issued.to_be_bytes());
+        mac.update(salt.as_bytes());
+        mac.update(b"\0");
+        mac.update(self.realm.as_bytes());
+        mac
     }
 
-    /// A fresh nonce for `now` (unix seconds).
+    /// Whether `nonce` is one this process issued, and when.
+    fn issued(&self, nonce: &str, now: u64) -> Option<u64> {
+        let mut parts = nonce.split('.');
+        let (issued, salt, tag) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let issued = u64::from_str_radix(issued, 16).ok()?;
+        let tag = unhex(tag)?;
+        if tag.len() != 16 || issued > now + 5 {
+            return None;
+        }
+        self.mac(issued, salt).verify_truncated_left(&tag).ok()?;
+        Some(issued)
+    }
+
+    /// Nonces whose counts are remembered (bounded by `MAX_NONCES`).
+    #[cfg(test)]
+    pub(crate) fn nonces_tracked(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Accepts `count` for `nonce` if it is higher than any accepted before.
+    fn count(&mut self, now: u64, nonce: &str, issued: u64, count: u32) -> bool {
+        if let Some((_, highest)) = self.counts.get_mut(nonce) {
+            if count <= *highest {
+                return false;
+            }
+            *highest = count;
+            return true;
+        }
+        if self.counts.len() >= MAX_NONCES {
+            let lifetime = self.nonce_lifetime;
+            self.counts
+                .retain(|_, (issued, _)| now.saturating_sub(*issued) <= lifetime);
+            if self.counts.len() >= MAX_NONCES {
+                let mut ages: Vec<u64> = self.counts.values().map(|(i, _)| *i).collect();
+                ages.sort_unstable();
+                let cut = ages[ages.len() / 2];
+                self.counts.retain(|_, (issued, _)| *issued > cut);
+            }
+        }
+        self.counts.insert(nonce.to_owned(), (issued, count));
+        true
+    }
+
+    /// A fresh nonce for `now` (unix seconds), unique to this challenge.
     pub(crate) fn nonce(&self, now: u64) -> String {
-        format!("{now:x}.{}", self.mac(now))
+        let mut salt = [0u8; 8];
+        // The salt need not be secret, only unique: a failing OS source leaves it zero and
+        // the nonce still bound by the MAC.
+        let _ = getrandom::fill(&mut salt);
+        let salt = hex(&salt);
+        let tag = self.mac(now, &salt).finalize().into_bytes();
+        format!("{now:x}.{salt}.{}", hex(&tag[..16]))
     }
 
     /// The `WWW-Authenticate`/`Proxy-Authenticate` values to send, each with `qop="auth"`:
@@ -209,17 +303,15 @@ impl DigestAuth {
             .collect()
     }
 
-    /// Checks credentials against the user's password (`None`: unknown user).
+    /// Checks credentials against the user's secret (`None`: unknown user, which costs the
+    /// same hashing as a known one).
     pub(crate) fn verify(
-        &self,
+        &mut self,
         now: u64,
         method: &str,
         credentials: &Credentials,
-        password: Option<&str>,
+        secret: Option<Secret<'_>>,
     ) -> Verdict {
-        let Some(password) = password else {
-            return Verdict::Rejected("unknown user");
-        };
         if credentials.realm != self.realm {
             return Verdict::Rejected("wrong realm");
         }
@@ -230,41 +322,68 @@ impl DigestAuth {
                 None => return Verdict::Rejected("unsupported algorithm"),
             },
         };
-        let Some((issued, mac)) = credentials.nonce.split_once('.') else {
-            return Verdict::Rejected("not our nonce");
-        };
-        let Ok(issued) = u64::from_str_radix(issued, 16) else {
-            return Verdict::Rejected("not our nonce");
-        };
-        if mac != self.mac(issued) || issued > now + 5 {
-            return Verdict::Rejected("not our nonce");
-        }
-        let ha1 = algorithm.hash(&format!(
-            "{}:{}:{password}",
-            credentials.username, credentials.realm
-        ));
+        let known = secret.is_some();
+        let ha1 = secret
+            .and_then(|s| s.ha1(algorithm, &credentials.username, &credentials.realm))
+            // An unknown user (or one without a hash for this algorithm) is checked against
+            // a hash nobody answers to, so that it takes as long as a known one.
+            .unwrap_or_else(|| algorithm.hash(&format!("{}:\0unknown", credentials.realm)));
         let ha2 = algorithm.hash(&format!("{method}:{}", credentials.uri));
-        let expected = match credentials.qop.as_deref() {
+        let (expected, count) = match credentials.qop.as_deref() {
             Some(qop) if qop.eq_ignore_ascii_case("auth") => {
                 let (Some(nc), Some(cnonce)) = (&credentials.nc, &credentials.cnonce) else {
                     return Verdict::Rejected("qop without nc or cnonce");
                 };
-                algorithm.hash(&format!(
+                let Ok(count) = u32::from_str_radix(nc, 16) else {
+                    return Verdict::Rejected("unreadable nonce count");
+                };
+                if nc.len() != 8 || count == 0 {
+                    return Verdict::Rejected("unreadable nonce count");
+                }
+                let expected = algorithm.hash(&format!(
                     "{ha1}:{}:{nc}:{cnonce}:auth:{ha2}",
                     credentials.nonce
-                ))
+                ));
+                (expected, count)
             }
             Some(_) => return Verdict::Rejected("unsupported qop"),
-            None => algorithm.hash(&format!("{ha1}:{}:{ha2}", credentials.nonce)),
+            None => (
+                algorithm.hash(&format!("{ha1}:{}:{ha2}", credentials.nonce)),
+                0,
+            ),
         };
-        if expected != credentials.response {
-            return Verdict::Rejected("wrong response");
+        let right: bool = expected
+            .as_bytes()
+            .ct_eq(credentials.response.as_bytes())
+            .into();
+        if !right || !known {
+            return Verdict::Rejected(if known {
+                "wrong response"
+            } else {
+                "unknown user"
+            });
         }
+        let Some(issued) = self.issued(&credentials.nonce, now) else {
+            return Verdict::Stale("not our nonce");
+        };
         if now.saturating_sub(issued) > self.nonce_lifetime {
-            return Verdict::Stale;
+            return Verdict::Stale("expired nonce");
+        }
+        if !self.count(now, &credentials.nonce, issued, count) {
+            return Verdict::Stale("nonce count used already");
         }
         Verdict::Authenticated(credentials.username.clone())
     }
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
 }
 
 #[cfg(test)]
@@ -301,51 +420,180 @@ mod tests {
         }
     }
 
+    fn password(text: &str) -> Option<Secret<'_>> {
+        Some(Secret {
+            password: Some(text),
+            ..Secret::default()
+        })
+    }
+
+    fn with_count(mut credentials: Credentials, auth: &DigestAuth, nc: &str) -> Credentials {
+        let ha1 = Algorithm::Md5.hash(&format!("alice:{}:secret", auth.realm()));
+        let ha2 = Algorithm::Md5.hash("REGISTER:sip:example.com");
+        credentials.nc = Some(nc.into());
+        credentials.response =
+            Algorithm::Md5.hash(&format!("{ha1}:{}:{nc}:abc:auth:{ha2}", credentials.nonce));
+        credentials
+    }
+
     #[test]
     fn sha256_and_md5_answers_are_checked() {
-        let auth = DigestAuth::with_secret("example.com", [7; 32], 300);
-        let nonce = auth.nonce(1000);
+        let mut auth = DigestAuth::with_secret("example.com", [7; 32], 300);
         for algorithm in [Algorithm::Sha256, Algorithm::Md5] {
-            let good = answer(&auth, &nonce, algorithm, "secret");
-            assert_eq!(
-                auth.verify(1010, "REGISTER", &good, Some("secret")),
-                Verdict::Authenticated("alice".into())
-            );
+            let nonce = auth.nonce(1000 + algorithm as u64);
             let wrong = answer(&auth, &nonce, algorithm, "guess");
             assert_eq!(
-                auth.verify(1010, "REGISTER", &wrong, Some("secret")),
+                auth.verify(1010, "REGISTER", &wrong, password("secret")),
                 Verdict::Rejected("wrong response")
             );
+            let good = answer(&auth, &nonce, algorithm, "secret");
+            assert_eq!(
+                auth.verify(1010, "REGISTER", &good, password("secret")),
+                Verdict::Authenticated("alice".into())
+            );
         }
-        let good = answer(&auth, &nonce, Algorithm::Sha256, "secret");
+        let good = answer(&auth, &auth.nonce(1002), Algorithm::Sha256, "secret");
         assert_eq!(
             auth.verify(1010, "REGISTER", &good, None),
             Verdict::Rejected("unknown user")
         );
         assert_eq!(
-            auth.verify(1010, "INVITE", &good, Some("secret")),
+            auth.verify(1010, "INVITE", &good, password("secret")),
             Verdict::Rejected("wrong response")
         );
     }
 
     #[test]
-    fn expired_nonces_are_stale_and_forged_ones_rejected() {
-        let auth = DigestAuth::with_secret("example.com", [7; 32], 300);
+    fn stored_ha1_hashes_check_like_the_password() {
+        let mut auth = DigestAuth::with_secret("example.com", [7; 32], 300);
+        let md5 = Algorithm::Md5.hash("alice:example.com:secret");
+        let sha = Algorithm::Sha256
+            .hash("alice:example.com:secret")
+            .to_uppercase();
+        let stored = Secret {
+            password: None,
+            ha1_md5: Some(&md5),
+            ha1_sha256: Some(&sha),
+        };
+        for (n, algorithm) in [Algorithm::Md5, Algorithm::Sha256].into_iter().enumerate() {
+            let good = answer(&auth, &auth.nonce(1000 + n as u64), algorithm, "secret");
+            assert_eq!(
+                auth.verify(1010, "REGISTER", &good, Some(stored)),
+                Verdict::Authenticated("alice".into())
+            );
+        }
+        // Only an MD5 hash stored: a SHA-256 answer cannot be right.
+        let md5_only = Secret {
+            ha1_sha256: None,
+            ..stored
+        };
+        let good = answer(&auth, &auth.nonce(1003), Algorithm::Sha256, "secret");
+        assert_eq!(
+            auth.verify(1010, "REGISTER", &good, Some(md5_only)),
+            Verdict::Rejected("wrong response")
+        );
+    }
+
+    #[test]
+    fn expired_nonces_are_stale_and_forged_ones_too_only_when_the_response_is_right() {
+        let mut auth = DigestAuth::with_secret("example.com", [7; 32], 300);
         let nonce = auth.nonce(1000);
         let good = answer(&auth, &nonce, Algorithm::Sha256, "secret");
         assert_eq!(
-            auth.verify(1301, "REGISTER", &good, Some("secret")),
-            Verdict::Stale
+            auth.verify(1301, "REGISTER", &good, password("secret")),
+            Verdict::Stale("expired nonce")
         );
+        // Another process's nonce (a restart) with the right password: stale, no failure.
         let other = DigestAuth::with_secret("example.com", [8; 32], 300);
-        let forged = answer(&auth, &other.nonce(1000), Algorithm::Sha256, "secret");
+        let foreign = answer(&auth, &other.nonce(1000), Algorithm::Sha256, "secret");
         assert_eq!(
-            auth.verify(1010, "REGISTER", &forged, Some("secret")),
-            Verdict::Rejected("not our nonce")
+            auth.verify(1010, "REGISTER", &foreign, password("secret")),
+            Verdict::Stale("not our nonce")
+        );
+        let forged = answer(&auth, "3e8.00.00112233", Algorithm::Sha256, "guess");
+        assert_eq!(
+            auth.verify(1010, "REGISTER", &forged, password("secret")),
+            Verdict::Rejected("wrong response")
+        );
+        // A nonce with a tag changed in its last byte is not ours.
+        let mut tampered = nonce.clone();
+        let last = if tampered.ends_with('0') { '1' } else { '0' };
+        tampered.pop();
+        tampered.push(last);
+        let tampered = answer(&auth, &tampered, Algorithm::Sha256, "secret");
+        assert_eq!(
+            auth.verify(1010, "REGISTER", &tampered, password("secret")),
+            Verdict::Stale("not our nonce")
         );
         let challenges = auth.challenges(1301, true);
         assert!(challenges[0].contains("algorithm=MD5") && challenges[0].contains("stale=true"));
         assert!(challenges[1].contains("algorithm=SHA-256"));
+    }
+
+    #[test]
+    fn a_replayed_nonce_count_is_stale_and_a_growing_one_is_accepted() {
+        let mut auth = DigestAuth::with_secret("example.com", [7; 32], 300);
+        let nonce = auth.nonce(1000);
+        let first = answer(&auth, &nonce, Algorithm::Md5, "secret");
+        assert_eq!(
+            auth.verify(1001, "REGISTER", &first, password("secret")),
+            Verdict::Authenticated("alice".into())
+        );
+        assert_eq!(
+            auth.verify(1002, "REGISTER", &first, password("secret")),
+            Verdict::Stale("nonce count used already"),
+            "the same request sent again by someone who captured it"
+        );
+        let third = with_count(first.clone(), &auth, "00000003");
+        assert_eq!(
+            auth.verify(1003, "REGISTER", &third, password("secret")),
+            Verdict::Authenticated("alice".into())
+        );
+        let second = with_count(first, &auth, "00000002");
+        assert_eq!(
+            auth.verify(1004, "REGISTER", &second, password("secret")),
+            Verdict::Stale("nonce count used already")
+        );
+        assert_eq!(auth.nonces_tracked(), 1);
+        assert_ne!(
+            auth.nonce(1000),
+            auth.nonce(1000),
+            "every challenge its own nonce"
+        );
+    }
+
+    #[test]
+    fn an_answer_without_qop_uses_its_nonce_once() {
+        let mut auth = DigestAuth::with_secret("example.com", [7; 32], 300);
+        let nonce = auth.nonce(1000);
+        let ha1 = Algorithm::Md5.hash("alice:example.com:secret");
+        let ha2 = Algorithm::Md5.hash("REGISTER:sip:example.com");
+        let credentials = Credentials {
+            username: "alice".into(),
+            realm: "example.com".into(),
+            nonce: nonce.clone(),
+            uri: "sip:example.com".into(),
+            response: Algorithm::Md5.hash(&format!("{ha1}:{nonce}:{ha2}")),
+            ..Credentials::default()
+        };
+        assert_eq!(
+            auth.verify(1001, "REGISTER", &credentials, password("secret")),
+            Verdict::Authenticated("alice".into())
+        );
+        assert_eq!(
+            auth.verify(1002, "REGISTER", &credentials, password("secret")),
+            Verdict::Stale("nonce count used already")
+        );
+    }
+
+    #[test]
+    fn the_nonce_table_is_bounded() {
+        let mut auth = DigestAuth::with_secret("example.com", [7; 32], 300);
+        for n in 0..(MAX_NONCES as u64 + 10) {
+            let nonce = format!("{n}");
+            assert!(auth.count(n / 1000, &nonce, n / 1000, 1));
+        }
+        assert!(auth.nonces_tracked() <= MAX_NONCES);
     }
 
     #[test]

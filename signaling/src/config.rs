@@ -272,6 +272,21 @@ pub struct Options {
     /// Most calls at once; more INVITEs are answered 503 [default: 2000].
     #[arg(long, env = "SIGNALING_MAX_CALLS", value_name = "N")]
     pub max_calls: Option<usize>,
+    /// Requests per second one source address may start outside dialogs (INVITE, REGISTER,
+    /// OPTIONS), in bursts of twice that; over it they are answered 503 with Retry-After,
+    /// and a source that keeps on is dropped. Trusted sources have no budget. 0 disables
+    /// [default: 50].
+    #[arg(long, env = "SIGNALING_SOURCE_RATE", value_name = "N")]
+    pub source_rate: Option<f64>,
+    /// Wrong digest answers from one source before it is banned (and four times that at one
+    /// user, from addresses it never used, before the user is guarded). 0 disables
+    /// [default: 5].
+    #[arg(long, env = "SIGNALING_AUTH_MAX_FAILURES", value_name = "N")]
+    pub auth_max_failures: Option<u32>,
+    /// The first ban; each further ban of the same source doubles, at most an hour
+    /// [default: 60s].
+    #[arg(long, env = "SIGNALING_AUTH_BAN", value_name = "DURATION")]
+    pub auth_ban: Option<HumanDuration>,
     /// HTTP listen address for /metrics and the admin endpoints [default: 127.0.0.1:9465].
     #[arg(long, env = "SIGNALING_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -328,11 +343,16 @@ pub enum Command {
     Health(crate::health::HealthArgs),
 }
 
-/// One user of the users file.
+/// One user of the users file: a `password`, or in its place the HA1 hashes digest needs
+/// (`ha1` = MD5 of `user:realm:password`, `ha1-sha256` = SHA-256 of the same, hex), so the
+/// file need not hold passwords. A hash is bound to the realm: changing `--realm` needs new
+/// hashes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct User {
-    pub password: String,
+    pub password: Option<String>,
+    pub ha1: Option<String>,
+    pub ha1_sha256: Option<String>,
     /// Media mode for calls from this user (overrides --media-mode).
     pub media_mode: Option<MediaMode>,
     /// Record calls from this user (overrides the route's `;record=` and --record).
@@ -425,6 +445,8 @@ pub struct Config {
     pub cdr_spool: PathBuf,
     pub cdr_queue: usize,
     pub max_calls: usize,
+    /// Per-source request budget and password-guessing bans.
+    pub limits: crate::guard::Limits,
     pub metrics: SocketAddr,
     pub realm: String,
     pub ring_timeout: Duration,
@@ -436,7 +458,10 @@ pub struct Config {
     pub media: MediaConfig,
 }
 
-const KEYS: [&str; 21] = [
+const KEYS: [&str; 24] = [
+    "source-rate",
+    "auth-max-failures",
+    "auth-ban",
     "mediaproxy-ca",
     "mediaproxy-cert",
     "mediaproxy-key",
@@ -476,6 +501,22 @@ fn pick<T>(upper: Vec<T>, lower: Vec<T>) -> Vec<T> {
 pub fn read_users(path: &Path) -> Result<BTreeMap<String, User>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
     let file: UsersFile = toml::from_str(&text).map_err(|e| file_error(path, e))?;
+    for (name, user) in &file.users {
+        let hex = |value: &Option<String>, field: &str, len: usize| match value {
+            Some(v) if v.len() != len || !v.bytes().all(|b| b.is_ascii_hexdigit()) => Err(
+                file_error(path, format!("users.{name}.{field}: not {len} hex digits")),
+            ),
+            _ => Ok(()),
+        };
+        hex(&user.ha1, "ha1", 32)?;
+        hex(&user.ha1_sha256, "ha1-sha256", 64)?;
+        if user.password.is_none() && user.ha1.is_none() && user.ha1_sha256.is_none() {
+            return Err(file_error(
+                path,
+                format!("users.{name}: needs password, ha1 or ha1-sha256"),
+            ));
+        }
+    }
     Ok(file.users)
 }
 
@@ -579,6 +620,31 @@ impl Config {
         if max_calls == 0 {
             return Err(invalid("max-calls", "must be at least 1".into()));
         }
+        let defaults = crate::guard::Limits::default();
+        let source_rate = upper
+            .source_rate
+            .or(lower.source_rate)
+            .unwrap_or(defaults.source_rate);
+        if !source_rate.is_finite() || source_rate < 0.0 {
+            return Err(invalid(
+                "source-rate",
+                format!("{source_rate}: must be 0 (no budget) or a positive rate"),
+            ));
+        }
+        let limits = crate::guard::Limits {
+            source_rate,
+            max_failures: upper
+                .auth_max_failures
+                .or(lower.auth_max_failures)
+                .unwrap_or(defaults.max_failures),
+            ban: upper
+                .auth_ban
+                .or(lower.auth_ban)
+                .map_or(defaults.ban, |d| d.0),
+        };
+        if limits.max_failures > 0 && limits.ban.is_zero() {
+            return Err(invalid("auth-ban", "must be longer than 0s".into()));
+        }
         let media = upper.media.or(lower.media).resolve().map_err(|e| match e {
             mediaproxy::config::ConfigError::Invalid { option, message } => {
                 ConfigError::Invalid { option, message }
@@ -624,6 +690,7 @@ impl Config {
             cdr_spool,
             cdr_queue,
             max_calls,
+            limits,
             metrics: upper
                 .metrics
                 .or(lower.metrics)
@@ -797,7 +864,12 @@ mod tests {
     fn shipped_examples_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
         let users = read_users(&dir.join("users.toml")).unwrap();
-        assert_eq!(users.len(), 2);
+        assert_eq!(users.len(), 3);
+        assert!(
+            users
+                .values()
+                .any(|u| u.password.is_none() && u.ha1.is_some())
+        );
         let text = std::fs::read_to_string(dir.join("signaling.toml")).unwrap();
         let mut options = Options::from_toml(&text).unwrap();
         options.users = Some(dir.join("users.toml"));

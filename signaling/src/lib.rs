@@ -4,7 +4,9 @@
 //!
 //! - [`sip`]: RFC 3261 messages, URIs and headers, parsed and written without I/O.
 //! - [`sdp`]: reading SDP for the relay and the line-based rewrite through the proxy.
-//! - [`auth`]: digest authentication (MD5, SHA-256, qop=auth, expiring stateless nonces).
+//! - [`auth`]: digest authentication (MD5, SHA-256, qop=auth, HMAC-bound expiring nonces,
+//!   nonce counts that must grow, passwords or stored HA1 hashes).
+//! - [`guard`]: per-source request budgets and password-guessing bans (pure).
 //! - [`registrar`]: REGISTER bindings with expiry (RFC 3261 section 10.3).
 //! - [`transaction`]: RFC 3261 section 17 client and server transactions with their timers.
 //! - [`dialog`]: RFC 3261 section 12 dialogs and the requests built from them.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod diagnosis;
 pub(crate) mod dialog;
 pub mod export;
+pub mod guard;
 pub mod health;
 pub(crate) mod ids;
 pub(crate) mod media;

@@ -48,6 +48,12 @@ pub(crate) struct Metrics {
     pub(crate) mediaproxy_duration: HistogramVec,
     pub(crate) recording_requests: IntCounterVec,
     pub(crate) auth_failures: IntCounterVec,
+    /// Bans begun after failed authentications, by scope (`source`, `user`).
+    pub(crate) auth_bans: IntCounterVec,
+    /// Sources banned now.
+    pub(crate) banned_sources: IntGauge,
+    /// Requests over their source's budget, by action (`rejected` 503, `dropped`).
+    pub(crate) requests_limited: IntCounterVec,
     /// Inbound SIP TCP connections open.
     pub(crate) tcp_connections: IntGauge,
     /// Inbound SIP TCP connections refused or closed by a limit, by reason.
@@ -117,6 +123,24 @@ impl Metrics {
             "Requests whose digest credentials were wrong or unusable, by method.",
             "method",
             &["REGISTER", "INVITE", "other"],
+        );
+        let auth_bans = counter(
+            "signaling_auth_bans_total",
+            "Bans begun after failed authentications: a source banned (everything it sends \
+             dropped) or a user guarded (answers from addresses it never used refused).",
+            "scope",
+            &["source", "user"],
+        );
+        let banned_sources = gauge(
+            "signaling_banned_sources",
+            "Source addresses banned now after failed authentications.",
+        );
+        let requests_limited = counter(
+            "signaling_requests_limited_total",
+            "Requests over their source's budget (--source-rate): answered 503 with \
+             Retry-After (rejected) or, flooding or banned, not answered (dropped).",
+            "action",
+            &["rejected", "dropped"],
         );
         let tcp_connections = registered(
             &registry,
@@ -253,6 +277,9 @@ impl Metrics {
             mediaproxy_duration,
             recording_requests,
             auth_failures,
+            auth_bans,
+            banned_sources,
+            requests_limited,
             setup,
             tcp_connections,
             tcp_closed,

@@ -308,6 +308,7 @@ impl Signaling {
                 max_call_duration: config.max_call_duration,
                 keepalive: config.keepalive,
                 max_calls: config.max_calls,
+                limits: config.limits,
             },
             auth,
             Registrar::new(Policy::default()),
@@ -321,6 +322,7 @@ impl Signaling {
         let cdr = Arc::new(cdr);
         let mut shutdown = std::pin::pin!(shutdown);
         let mut draining_until: Option<Instant> = None;
+        let mut guard_ticked: Option<Instant> = None;
         let idle = Duration::from_secs(3600);
 
         loop {
@@ -484,6 +486,12 @@ impl Signaling {
                     Output::AuthFailed { method } => {
                         metrics.auth_failures.with_label_values(&[method]).inc();
                     }
+                    Output::Banned { scope } => {
+                        metrics.auth_bans.with_label_values(&[scope]).inc();
+                    }
+                    Output::Limited { action } => {
+                        metrics.requests_limited.with_label_values(&[action]).inc();
+                    }
                     Output::Finish(record) => {
                         if let Some(answer) = record.answer {
                             metrics
@@ -519,6 +527,12 @@ impl Signaling {
             metrics.calls_in_memory.set(core.calls_in_memory() as i64);
             metrics.transactions.set(core.transactions_alive() as i64);
             metrics.timers.set(core.pending_timers() as i64);
+            if guard_ticked
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1))
+            {
+                metrics.banned_sources.set(core.guard_tick(now) as i64);
+                guard_ticked = Some(now);
+            }
             while finishing.try_join_next().is_some() {}
             if let Some(deadline) = draining_until
                 && (core.active_calls() == 0 || now >= deadline)

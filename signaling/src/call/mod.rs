@@ -50,6 +50,7 @@ pub(crate) use self::recording::{RecordingIntent, RecordingRefused, RecordingTar
 use crate::auth::DigestAuth;
 use crate::config::{Cidr, MediaMode, Route, User};
 use crate::dialog::Dialog;
+use crate::guard::{Admission, Guard};
 use crate::ids::Ids;
 use crate::media::{MediaError, RecordingAction};
 use crate::registrar::Registrar;
@@ -224,6 +225,17 @@ pub(crate) enum Output {
         /// `REGISTER`, `INVITE` or `other`.
         method: &'static str,
     },
+    /// A source was banned or a user guarded after failed authentications
+    /// (`signaling_auth_bans_total{scope}`; logged when it began).
+    Banned {
+        /// `source` or `user`.
+        scope: &'static str,
+    },
+    /// A request over its source's budget was answered 503 (`rejected`) or dropped
+    /// (`dropped`, a flood or a banned source): `signaling_requests_limited_total{action}`.
+    Limited {
+        action: &'static str,
+    },
     /// The call ended: release its media (if relayed) and write its CDR.
     Finish(CallRecord),
 }
@@ -245,6 +257,8 @@ pub(crate) struct Settings {
     pub(crate) keepalive: Duration,
     /// Most calls at once; more INVITEs are answered 503.
     pub(crate) max_calls: usize,
+    /// Per-source request budget and password-guessing bans.
+    pub(crate) limits: crate::guard::Limits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -422,6 +436,7 @@ impl Call {
 pub(crate) struct Core {
     settings: Settings,
     auth: DigestAuth,
+    guard: Guard,
     registrar: Registrar,
     ids: Ids,
     transactions: Transactions<TxTag>,
@@ -446,6 +461,7 @@ impl Core {
         ids: Ids,
     ) -> Self {
         Self {
+            guard: Guard::new(settings.limits),
             settings,
             auth,
             registrar,
@@ -669,11 +685,71 @@ impl Core {
             tracing::info!(peer = %from.addr, "request with an unreadable Via dropped");
             return;
         }
+        if !self.admit(now, from, &request) {
+            return;
+        }
         match self.transactions.on_request(now, from, request) {
             Received::Absorbed => {}
             Received::Ack { request } => self.on_ack(now, request),
             Received::Request { tx, request } => self.on_new_request(now, unix, from, tx, request),
         }
+    }
+
+    /// Admits a request before any work is done for it; false when it was answered 503
+    /// statelessly or dropped. Requests of a call that is up always pass (a ban is for what a
+    /// source tries next, never a cut of calls already admitted); a banned source gets
+    /// nothing else through, whatever tags it writes; everything else that is answerable
+    /// spends its source's budget: a To tag is the sender's to write, so only a live call
+    /// makes a request in-dialog here (its Call-ID and a To tag, or an ACK or CANCEL of its
+    /// INVITE). REGISTER is never part of a call. ACK and CANCEL
+    /// cannot be answered 503 and belong to an INVITE already admitted (or cost a 481).
+    /// Trusted sources have neither budget nor ban.
+    fn admit(&mut self, now: Instant, from: Peer, request: &Request) -> bool {
+        let ip = from.addr.ip();
+        if self.settings.trusted.iter().any(|c| c.contains(ip)) {
+            return true;
+        }
+        if request.method != Method::Register
+            && self.by_call_id.contains_key(request.call_id())
+            && (matches!(request.method, Method::Ack | Method::Cancel)
+                || NameAddr::parse(request.headers.get("To").unwrap_or(""))
+                    .is_some_and(|to| to.tag().is_some()))
+        {
+            return true;
+        }
+        let user = claimed_user(request);
+        if self.guard.drops(now, ip, user.as_deref()) {
+            self.push(Output::Limited { action: "dropped" });
+            return false;
+        }
+        if matches!(request.method, Method::Ack | Method::Cancel) {
+            return true;
+        }
+        let (admission, started) = self.guard.admit(now, ip, user.as_deref());
+        if started {
+            tracing::warn!(source = %ip, rate = self.settings.limits.source_rate, "source over its request budget: answered 503, then dropped while it keeps on");
+        }
+        match admission {
+            Admission::Pass => true,
+            Admission::Reject { retry_after } => {
+                self.push(Output::Limited { action: "rejected" });
+                let tag = self.ids.tag();
+                let mut answer = response(request, 503, "Service Unavailable", Some(&tag));
+                answer.headers.push("Retry-After", retry_after.to_string());
+                self.send(from, answer.to_bytes());
+                false
+            }
+            Admission::Drop => {
+                self.push(Output::Limited { action: "dropped" });
+                false
+            }
+        }
+    }
+
+    /// Housekeeping of the abuse limits, about once a second; the sources banned now (the
+    /// `signaling_banned_sources` gauge).
+    pub(crate) fn guard_tick(&mut self, now: Instant) -> usize {
+        self.guard.tick(now)
     }
 
     fn on_new_request(&mut self, now: Instant, unix: u64, from: Peer, tx: TxId, request: Request) {
@@ -849,6 +925,25 @@ fn media_type(value: &str) -> String {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase()
+}
+
+/// Who a request says it is: its credentials' user name, else its To user (REGISTER) or
+/// From user (anything else).
+fn claimed_user(request: &Request) -> Option<String> {
+    let credentials = request
+        .headers
+        .all("Authorization")
+        .chain(request.headers.all("Proxy-Authorization"))
+        .find_map(crate::auth::Credentials::parse);
+    if let Some(credentials) = credentials {
+        return Some(credentials.username);
+    }
+    let header = if request.method == Method::Register {
+        "To"
+    } else {
+        "From"
+    };
+    NameAddr::parse(request.headers.get(header)?)?.uri.user
 }
 
 fn response(request: &Request, status: u16, reason: &str, to_tag: Option<&str>) -> Response {

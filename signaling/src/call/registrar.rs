@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use super::{ALLOW, Core, Output, response};
-use crate::auth::{Credentials, Verdict};
+use crate::auth::{Credentials, Secret, Verdict};
+use crate::guard::Ban;
 use crate::registrar::{RegisterError, RegisterRequest};
 use crate::sip::header::NameAddr;
 use crate::sip::message::{Request, reason_phrase};
@@ -66,19 +67,28 @@ impl Core {
             self.challenge(now, tx, request, unix, false, proxy);
             return None;
         };
-        let password = self
-            .settings
-            .users
-            .get(&credentials.username)
-            .map(|u| u.password.clone());
-        match self.auth.verify(
-            unix,
-            request.method.as_str(),
-            &credentials,
-            password.as_deref(),
-        ) {
-            Verdict::Authenticated(user) => Some(user),
-            Verdict::Stale => {
+        let ip = from.addr.ip();
+        let verdict = if self.guard.refuses(now, ip, &credentials.username) {
+            // A guarded user answered from an address it never used: refused unchecked,
+            // exactly as a wrong password is.
+            Verdict::Rejected("user guarded against guessing")
+        } else {
+            let user = self.settings.users.get(&credentials.username);
+            let secret = user.map(|u| Secret {
+                password: u.password.as_deref(),
+                ha1_md5: u.ha1.as_deref(),
+                ha1_sha256: u.ha1_sha256.as_deref(),
+            });
+            self.auth
+                .verify(unix, request.method.as_str(), &credentials, secret)
+        };
+        match verdict {
+            Verdict::Authenticated(user) => {
+                self.guard.succeeded(now, ip, &user);
+                Some(user)
+            }
+            Verdict::Stale(why) => {
+                tracing::debug!(peer = %from.addr, user = %credentials.username, why, "stale nonce, challenged again");
                 self.challenge(now, tx, request, unix, true, proxy);
                 None
             }
@@ -90,10 +100,39 @@ impl Core {
                     _ => "other",
                 };
                 self.out.push_back(Output::AuthFailed { method });
+                for ban in self.guard.failed(now, ip, &credentials.username) {
+                    self.banned(ban);
+                }
                 self.challenge(now, tx, request, unix, false, proxy);
                 None
             }
         }
+    }
+
+    /// Logs a ban once, as it begins, and counts it.
+    fn banned(&mut self, ban: Ban) {
+        match &ban {
+            Ban::Source {
+                source,
+                failures,
+                length,
+            } => {
+                tracing::warn!(%source, failures, ban = ?length, "source banned after failed authentications: everything it sends is dropped until the ban ends");
+            }
+            Ban::User {
+                user,
+                failures,
+                length,
+            } => {
+                tracing::warn!(%user, failures, ban = ?length, "user guarded after failed authentications from addresses it never used: answers from those are refused until the guard ends");
+            }
+        }
+        self.out.push_back(Output::Banned {
+            scope: match ban {
+                Ban::Source { .. } => "source",
+                Ban::User { .. } => "user",
+            },
+        });
     }
 
     pub(super) fn on_register(

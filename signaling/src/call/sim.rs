@@ -65,6 +65,7 @@ pub(super) fn settings() -> Settings {
         max_call_duration: Duration::from_secs(3600),
         keepalive: Duration::ZERO,
         max_calls: 100_000,
+        limits: crate::guard::Limits::default(),
     }
 }
 

@@ -1226,7 +1226,9 @@ fn recording_policy_user_beats_route_beats_default_and_direct_calls_cannot_be_re
     config.users.insert(
         "alice".into(),
         crate::config::User {
-            password: "x".into(),
+            password: Some("x".into()),
+            ha1: None,
+            ha1_sha256: None,
             media_mode: None,
             record: Some(true),
         },
@@ -1234,7 +1236,9 @@ fn recording_policy_user_beats_route_beats_default_and_direct_calls_cannot_be_re
     config.users.insert(
         "carol".into(),
         crate::config::User {
-            password: "x".into(),
+            password: Some("x".into()),
+            ha1: None,
+            ha1_sha256: None,
             media_mode: None,
             record: None,
         },
@@ -1387,4 +1391,157 @@ fn a_caller_that_accepts_no_sdp_gets_406() {
         assert!(responses(&sim.take(A), 406).is_empty(), "{accept}");
         assert_eq!(requests(&sim.take(B), "INVITE").len(), 1, "{accept}");
     }
+}
+
+/// The `Authorization` value answering `challenge` (a `WWW-`/`Proxy-Authenticate` value)
+/// for `user` with `password`, MD5 and `qop=auth`.
+fn digest(challenge: &str, method: &str, uri: &str, user: &str, password: &str) -> String {
+    use crate::auth::Algorithm;
+    let field = |name: &str| {
+        let start = challenge.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        challenge[start..].split('"').next().unwrap().to_owned()
+    };
+    let (realm, nonce) = (field("realm"), field("nonce"));
+    let ha1 = Algorithm::Md5.hash(&format!("{user}:{realm}:{password}"));
+    let ha2 = Algorithm::Md5.hash(&format!("{method}:{uri}"));
+    let response = Algorithm::Md5.hash(&format!("{ha1}:{nonce}:00000001:c0ffee:auth:{ha2}"));
+    format!(
+        "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{response}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c0ffee\""
+    )
+}
+
+#[test]
+fn a_banned_source_gets_nothing_through_whatever_tags_it_writes_but_its_call_that_is_up_goes_on() {
+    use crate::sip::{Peer, Transport};
+    // A guesser at its own address, not trusted, that has a call up as alice.
+    let guesser = Peer {
+        transport: Transport::Udp,
+        addr: "192.0.2.7:5061".parse().unwrap(),
+    };
+    let mut config = settings();
+    config.trusted.clear();
+    config.users.insert(
+        "alice".into(),
+        crate::config::User {
+            password: Some("secret".into()),
+            ha1: None,
+            ha1_sha256: None,
+            media_mode: None,
+            record: None,
+        },
+    );
+    let mut sim = Sim::new(config);
+    sim.send(guesser, &invite("up", "z9hG4bKup1", SDP));
+    sim.run(20 * MS);
+    let challenge = responses(&sim.take(guesser), 407)[0]
+        .headers
+        .get("Proxy-Authenticate")
+        .unwrap()
+        .to_owned();
+    let authorized = invite("up", "z9hG4bKup2", SDP).replace(
+        "CSeq: 1 INVITE\n",
+        &format!(
+            "CSeq: 2 INVITE\nProxy-Authorization: {}\n",
+            digest(&challenge, "INVITE", "sip:bob@127.0.0.1", "alice", "secret")
+        ),
+    );
+    sim.send(guesser, &authorized);
+    sim.run(20 * MS);
+    let to_b = requests(&sim.take(B), "INVITE")[0].clone();
+    sim.send(B, &answer(&to_b, "200 OK", Some("bt"), SDP));
+    sim.run(20 * MS);
+    let a_to = responses(&sim.take(guesser), 200)[0]
+        .headers
+        .get("To")
+        .unwrap()
+        .to_owned();
+    let dialog = Phone {
+        call_id: "up",
+        from: A_FROM,
+        to: &a_to,
+        port: 5061,
+    };
+    sim.send(guesser, &dialog.request("ACK", 2, "z9hG4bKupa", ""));
+    sim.run(20 * MS);
+
+    // Nine wrong passwords for alice: four forgiven as typing mistakes at her own address,
+    // the fifth forgets the pair and counts against the address, four more ban it.
+    let register = |n: u32, to_tag: &str, authorization: &str| {
+        format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.7:5061;branch=z9hG4bKreg{n}\n\
+             From: <sip:alice@127.0.0.1>;tag=r{n}\nTo: <sip:alice@127.0.0.1>{to_tag}\nCall-ID: reg{n}\n\
+             CSeq: 1 REGISTER\nContact: <sip:alice@192.0.2.7:5061>\nMax-Forwards: 70\n\
+             {authorization}Content-Length: 0\n\n"
+        )
+    };
+    for n in 0..9 {
+        sim.send(guesser, &register(n, "", ""));
+        sim.run(20 * MS);
+        let challenge = responses(&sim.take(guesser), 401)[0]
+            .headers
+            .get("WWW-Authenticate")
+            .unwrap()
+            .to_owned();
+        let guess = digest(
+            &challenge,
+            "REGISTER",
+            "sip:127.0.0.1",
+            "alice",
+            &format!("guess{n}"),
+        );
+        sim.send(
+            guesser,
+            &register(100 + n, "", &format!("Authorization: {guess}\n")),
+        );
+        sim.run(20 * MS);
+        assert_eq!(
+            responses(&sim.take(guesser), 401).len(),
+            1,
+            "guess {n} is checked and refused"
+        );
+    }
+    assert!(
+        sim.outputs
+            .iter()
+            .any(|o| matches!(o, Output::Banned { scope: "source" })),
+        "the address is banned"
+    );
+
+    // Banned: a REGISTER, with or without a To tag of its own making, and an OPTIONS
+    // claiming a dialog, all go unanswered and unread.
+    sim.send(guesser, &register(200, "", ""));
+    sim.send(guesser, &register(201, ";tag=forged", ""));
+    sim.send(
+        guesser,
+        &Phone {
+            call_id: "no-such-call",
+            from: "<sip:mallory@192.0.2.7>;tag=m",
+            to: "<sip:bob@127.0.0.1>;tag=forged",
+            port: 5061,
+        }
+        .request("OPTIONS", 1, "z9hG4bKopt", ""),
+    );
+    sim.run(20 * MS);
+    assert!(
+        sim.take(guesser).is_empty(),
+        "nothing answered while banned"
+    );
+    let dropped = sim
+        .outputs
+        .iter()
+        .filter(|o| matches!(o, Output::Limited { action: "dropped" }))
+        .count();
+    assert_eq!(dropped, 3);
+
+    // Its call that was up goes on: its BYE reaches the callee and is answered.
+    sim.send(guesser, &dialog.request("BYE", 3, "z9hG4bKupb", ""));
+    sim.run(20 * MS);
+    let bye = requests(&sim.take(B), "BYE")[0].clone();
+    sim.send(B, &answer(&bye, "200 OK", None, ""));
+    sim.run(20 * MS);
+    assert_eq!(responses(&sim.take(guesser), 200).len(), 1, "BYE answered");
+    assert_eq!(sim.records().len(), 1);
+    assert_eq!(sim.records()[0].hangup_side, HangupSide::Caller);
+    assert_clean(&mut sim);
 }
