@@ -109,11 +109,11 @@ impl From<ControlError> for Status {
     }
 }
 
-fn call_id(text: &str) -> Result<CallId, Status> {
+pub(crate) fn call_id(text: &str) -> Result<CallId, Status> {
     CallId::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-fn owner(text: &str) -> Result<Owner, Status> {
+pub(crate) fn owner(text: &str) -> Result<Owner, Status> {
     Owner::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
@@ -125,7 +125,7 @@ fn peer_identity<T>(request: &Request<T>) -> Option<String> {
 
 /// The owner a request speaks for: under mutual TLS its certificate's name qualifies the name
 /// it sends (`<CN>:<owner>`), so no client can act as another's owner.
-fn qualified(identity: Option<&str>, field: &str) -> Result<Owner, Status> {
+pub(crate) fn qualified(identity: Option<&str>, field: &str) -> Result<Owner, Status> {
     match identity {
         Some(name) => owner(&format!("{name}:{field}")),
         None => owner(field),
@@ -143,12 +143,12 @@ fn belongs(identity: Option<&str>, owner: &Owner) -> bool {
 }
 
 /// A wire leg as the domain one; UNSPECIFIED and unknown values are refused.
-fn leg_from_wire(value: i32) -> Result<Leg, Status> {
+pub(crate) fn leg_from_wire(value: i32) -> Result<Leg, Status> {
     Leg::from_wire(value).map_err(|e| Status::invalid_argument(e.0))
 }
 
 /// A wire media kind as the domain one; UNSPECIFIED is refused naming `field`.
-fn kind_from_wire(value: i32, field: &str) -> Result<MediaKind, Status> {
+pub(crate) fn kind_from_wire(value: i32, field: &str) -> Result<MediaKind, Status> {
     MediaKind::from_wire(value, field).map_err(|e| Status::invalid_argument(e.0))
 }
 
@@ -158,7 +158,7 @@ fn port(value: u32, field: &str) -> Result<u16, Status> {
 }
 
 /// Converts one `RemoteMedia`, checking that the relay can reach the address family.
-fn remote_from_wire(
+pub(crate) fn remote_from_wire(
     position: usize,
     wire: &pb::RemoteMedia,
     media_ip: IpAddr,
@@ -387,7 +387,7 @@ fn allocation_to_wire(allocation: Allocation, node_id: &str) -> pb::AllocateResp
     }
 }
 
-fn lease_timeout(ms: u64) -> Option<Duration> {
+pub(crate) fn lease_timeout(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
 }
 

@@ -18,6 +18,7 @@
 //! - [`recording`]: the recorder thread: WAV recordings, pcap, the live audio tap.
 //! - [`relay`]: worker threads that own sockets and sessions and run the hot path.
 //! - [`control`]: the control plane: calls, leases, idempotent allocate/release.
+//! - `fuzzing` (hidden): entry points of the fuzz targets in `fuzz/`.
 //! - [`grpc`]: the `mediaproxy.v1` gRPC service, converting wire types to domain types.
 //! - [`identity`]: a client's name under mutual TLS (its certificate's common name).
 //! - [`metrics`]: Prometheus registry and the `/metrics` and `/healthz` HTTP endpoints.
@@ -30,6 +31,8 @@ pub mod audio;
 pub mod client;
 pub mod config;
 pub mod control;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod identity;
 pub mod logging;

@@ -1,12 +1,18 @@
 //! The RTP port pool: even RTP ports, RTCP on the next odd port, from a configured range.
 //!
-//! Released pairs wait out a quarantine before they are handed out again, so that late
-//! packets of an ended call never reach a new one. A pair whose bind failed (another process
-//! holds it) goes to the back of the quarantine too: it is skipped now and retried later,
-//! never lost. Pure bookkeeping; binding is the caller's job.
+//! Pairs are handed out in random order (as rtpengine does): the next call's ports cannot be
+//! guessed from the last one's, so a stranger who saw one call's ports cannot aim RTP at the
+//! next call's before its phones do. Released pairs wait out a quarantine before they are
+//! handed out again, so that late packets of an ended call never reach a new one. A pair
+//! whose bind failed (another process holds it) goes to the back of the quarantine too: it
+//! is skipped now and retried later, never lost. Pure bookkeeping; binding is the caller's
+//! job.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 
 /// An inclusive port range as given on the command line (`--ports 30000-39999`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,23 +79,45 @@ pub struct PortPool {
     quarantine: VecDeque<(Instant, u16)>,
     quarantine_for: Duration,
     total_pairs: usize,
+    /// Picks among the free pairs; seeded from the operating system.
+    rng: StdRng,
 }
 
 impl PortPool {
+    /// A pool over `range` whose order is seeded from the operating system (a failing OS
+    /// source leaves it seeded by the clock: the order is then guessable, never wrong).
     pub fn new(range: PortRange, quarantine_for: Duration) -> Self {
+        let mut seed = [0u8; 32];
+        if getrandom::fill(&mut seed).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            seed[..16].copy_from_slice(&nanos.to_le_bytes());
+        }
+        Self::with_seed(range, quarantine_for, seed)
+    }
+
+    /// A pool whose order is fixed by `seed` (tests).
+    pub fn with_seed(range: PortRange, quarantine_for: Duration, seed: [u8; 32]) -> Self {
         let free: VecDeque<u16> = range.pairs().collect();
         Self {
             total_pairs: free.len(),
             free,
             quarantine: VecDeque::new(),
             quarantine_for,
+            rng: StdRng::from_seed(seed),
         }
     }
 
-    /// Takes the next free RTP port (the pair is `port`, `port + 1`).
+    /// Takes a free RTP port at random (the pair is `port`, `port + 1`).
     pub fn take(&mut self, now: Instant) -> Option<u16> {
         self.expire(now);
-        self.free.pop_front()
+        if self.free.is_empty() {
+            return None;
+        }
+        let index = self.rng.random_range(0..self.free.len());
+        self.free.swap_remove_back(index)
     }
 
     /// Returns a pair whose call ended; usable again after the quarantine.
@@ -103,9 +131,9 @@ impl PortPool {
     }
 
     /// A pair taken and not used through no fault of its own (the process had no descriptor
-    /// to bind it with): free again at once, first in line.
+    /// to bind it with): free again at once.
     pub fn give_back(&mut self, port: u16) {
-        self.free.push_front(port);
+        self.free.push_back(port);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -145,6 +173,46 @@ mod tests {
         assert!("30000-30000".parse::<PortRange>().is_err());
         assert!("30000".parse::<PortRange>().is_err());
         assert!("a-b".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn ports_are_handed_out_in_an_order_that_cannot_be_guessed() {
+        let range: PortRange = "40000-49999".parse().unwrap();
+        let now = Instant::now();
+        let order = |seed: u8| {
+            let mut pool = PortPool::with_seed(range, Duration::from_secs(5), [seed; 32]);
+            (0..200)
+                .map(|_| pool.take(now).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let (one, other) = (order(1), order(2));
+        assert_ne!(one, other, "another seed, another order");
+        assert_eq!(one, order(1), "a seed repeats its order");
+        // Not a walk: few consecutive takes are neighbours, and they spread over the range.
+        let neighbours = one.windows(2).filter(|w| w[0].abs_diff(w[1]) == 2).count();
+        assert!(neighbours < 5, "{neighbours} neighbouring takes in {one:?}");
+        assert!(one.iter().any(|&p| p < 42000) && one.iter().any(|&p| p > 48000));
+        let mut unique = one.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), one.len(), "no pair twice");
+        // Every pair is handed out once before the pool is empty.
+        let mut pool = PortPool::new("40000-40099".parse().unwrap(), Duration::from_secs(5));
+        let mut all: Vec<u16> = std::iter::from_fn(|| pool.take(now)).collect();
+        all.sort_unstable();
+        assert_eq!(all, (40000..40099).step_by(2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_pair_given_back_is_free_again_at_once() {
+        let now = Instant::now();
+        let mut pool = PortPool::new("40000-40003".parse().unwrap(), Duration::from_secs(5));
+        let port = pool.take(now).unwrap();
+        pool.give_back(port);
+        assert_eq!(pool.free_pairs(now), pool.total_pairs());
+        let mut both = [pool.take(now).unwrap(), pool.take(now).unwrap()];
+        both.sort_unstable();
+        assert_eq!(both, [40000, 40002]);
     }
 
     #[test]

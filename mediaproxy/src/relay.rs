@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::io::IoSliceMut;
+use std::io::IoSlice;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -26,10 +26,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use rustix::buffer::spare_capacity;
 use rustix::event::epoll;
-use rustix::net::SendFlags;
+use rustix::net::{RecvFlags, SendFlags};
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 use tokio::sync::{broadcast, oneshot};
 
@@ -51,17 +51,9 @@ const TICK: Duration = Duration::from_millis(100);
 const EVENTS: usize = 1024;
 /// Largest datagram a worker receives (the UDP maximum).
 const BUFFER_LEN: usize = 65_536;
-/// Datagrams received per `recvmmsg` call.
+/// Datagrams read from one socket before they are relayed together (a run of them out of
+/// one socket in one `sendmmsg`).
 const BATCH: usize = 8;
-
-fn to_std(address: SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = address.as_sockaddr_in() {
-        return Some(SocketAddr::V4((*v4).into()));
-    }
-    address
-        .as_sockaddr_in6()
-        .map(|v6| SocketAddr::V6((*v6).into()))
-}
 /// Datagrams read from one socket before the worker serves the others: a flooded port
 /// (a stranger, a looping peer) must not starve the rest of the worker's calls.
 const READ_BUDGET: usize = 64;
@@ -425,6 +417,71 @@ fn clear(fd: &OwnedFd) {
     let _ = rustix::io::read(fd, &mut counter);
 }
 
+/// A datagram of a receive batch to be sent on: out of which socket, to where, and which
+/// buffer of the batch holds it.
+#[derive(Clone, Copy)]
+struct Forward {
+    via: SocketRef,
+    to: SocketAddr,
+    rtcp: bool,
+    buffer: usize,
+    len: usize,
+}
+
+impl Forward {
+    const NONE: Self = Self {
+        via: SocketRef {
+            leg: Leg::Caller,
+            media: 0,
+            component: Component::Rtp,
+        },
+        to: SocketAddr::V4(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::UNSPECIFIED,
+            0,
+        )),
+        rtcp: false,
+        buffer: 0,
+        len: 0,
+    };
+}
+
+/// Sends a run of datagrams out of one socket; how many left (the first ones: a full send
+/// buffer or an error stops the run, and the rest count as send errors, as a failed
+/// `sendto` does).
+fn send_run(
+    out: &UdpSocket,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    buffers: &[[u8; BUFFER_LEN]],
+    run: &[Forward],
+) -> usize {
+    if let [one] = run {
+        let data = &buffers[one.buffer][..one.len];
+        return usize::from(rustix::net::sendto(out, data, SendFlags::empty(), &one.to).is_ok());
+    }
+    let slices: [[IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|n| {
+        [IoSlice::new(
+            run.get(n).map_or(&[][..], |f| &buffers[f.buffer][..f.len]),
+        )]
+    });
+    let addresses: [Option<SockaddrStorage>; BATCH] =
+        std::array::from_fn(|n| run.get(n).map(|f| SockaddrStorage::from(f.to)));
+    let no_control: [ControlMessage<'_>; 0] = [];
+    loop {
+        match sendmmsg(
+            out.as_raw_fd(),
+            headers,
+            &slices[..run.len()],
+            &addresses[..run.len()],
+            no_control,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(results) => return results.count(),
+            Err(Errno::EINTR) => {}
+            Err(_) => return 0,
+        }
+    }
+}
+
 struct Worker {
     index: usize,
     io: WorkerIo,
@@ -474,8 +531,8 @@ impl Worker {
 
     fn run(mut self) {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(EVENTS);
-        // recvmmsg message headers (raw pointers inside, so made on this thread).
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        // sendmmsg message headers (raw pointers inside, so made on this thread).
+        let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
         let mut revisit = Vec::new();
         let no_wait = Timespec {
             tv_sec: 0,
@@ -510,11 +567,13 @@ impl Worker {
                         clear(&self.io.ticker);
                         self.tick(now);
                     }
-                    token => self.drain_socket(&mut headers, token as usize, now),
+                    token => {
+                        self.drain_socket(&mut send_headers, token as usize, now);
+                    }
                 }
             }
             for token in revisit.drain(..) {
-                self.drain_socket(&mut headers, token, now);
+                self.drain_socket(&mut send_headers, token, now);
             }
             self.hand_off_capture();
         }
@@ -542,13 +601,12 @@ impl Worker {
     }
 
     /// Receives the datagrams waiting on one socket (up to [`READ_BUDGET`]) and relays or
-    /// drops each. Datagrams come in batches of up to [`BATCH`] per `recvmmsg`; a batch that
-    /// is not full means the queue was empty, so the usual extra read that only returns
-    /// `EAGAIN` is saved (on Linux every new datagram raises a new edge, so nothing is
-    /// missed).
+    /// drops each, in batches of up to [`BATCH`]: the socket is read until it is empty
+    /// (edge-triggered polling reports it again only when a new datagram arrives), and each
+    /// batch's forwards leave together.
     fn drain_socket(
         &mut self,
-        headers: &mut MultiHeaders<SockaddrStorage>,
+        send_headers: &mut MultiHeaders<SockaddrStorage>,
         token: usize,
         now: Instant,
     ) {
@@ -575,39 +633,37 @@ impl Worker {
             let Some(socket) = slot.sockets[socket_index].as_ref() else {
                 return;
             };
+            // One recvfrom per datagram until the queue is empty: a relay socket usually holds
+            // one datagram per wake-up (a phone sends every 20 ms), and then two recvfrom
+            // cost less than one recvmmsg, which copies a message header per slot and makes
+            // its own empty read (measured: docs/decisions.md, 2026-12-07).
             let mut received = [(0usize, None::<SocketAddr>); BATCH];
-            let count = {
-                let mut slices: [[IoSliceMut<'_>; 1]; BATCH] =
-                    buffers.each_mut().map(|b| [IoSliceMut::new(b)]);
-                match recvmmsg(
-                    socket.as_raw_fd(),
-                    headers,
-                    slices.iter_mut(),
-                    MsgFlags::MSG_DONTWAIT,
-                    None,
-                ) {
-                    Ok(results) => {
-                        let mut count = 0;
-                        for (entry, message) in received.iter_mut().zip(results) {
-                            *entry = (message.bytes, message.address.and_then(to_std));
-                            count += 1;
-                        }
-                        count
+            let mut count = 0;
+            while count < BATCH {
+                match rustix::net::recvfrom(socket, &mut buffers[count][..], RecvFlags::DONTWAIT) {
+                    Ok((_, len, source)) => {
+                        received[count] = (
+                            len.min(BUFFER_LEN),
+                            source.and_then(|a| SocketAddr::try_from(a).ok()),
+                        );
+                        count += 1;
                     }
-                    Err(Errno::EAGAIN) => {
+                    Err(rustix::io::Errno::AGAIN) => {
                         drained = true;
                         break;
                     }
-                    Err(Errno::EINTR) => continue,
+                    Err(rustix::io::Errno::INTR) => {}
                     Err(error) => {
                         // ICMP errors queued on the socket surface here; the next read goes on.
                         tracing::debug!(%error, "relay receive error");
                         read += 1;
-                        continue;
+                        break;
                     }
                 }
-            };
+            }
             read += count;
+            let mut forwards = [Forward::NONE; BATCH];
+            let mut forwarding = 0;
             for (index, &(len, source)) in received[..count].iter().enumerate() {
                 let Some(source) = source else { continue };
                 let data = &buffers[index][..len];
@@ -635,26 +691,45 @@ impl Worker {
                 }
                 match verdict {
                     Verdict::Forward { via, to, rtcp } => {
-                        let sent = slot.sockets[via.index()]
-                            .as_ref()
-                            .map(|out| rustix::net::sendto(out, data, SendFlags::empty(), &to));
-                        match sent {
-                            Some(Ok(_)) => {
-                                slot.session.record_sent(now, via, rtcp, len);
-                                counters.packets[direction] += 1;
-                                counters.bytes[direction] += len as u64;
-                            }
-                            _ => {
-                                slot.session.record_send_error(at);
-                                counters.dropped[DropReason::SendError.index()] += 1;
-                            }
-                        }
+                        forwards[forwarding] = Forward {
+                            via,
+                            to,
+                            rtcp,
+                            buffer: index,
+                            len,
+                        };
+                        forwarding += 1;
                     }
                     Verdict::Drop(reason) => counters.dropped[reason.index()] += 1,
                 }
             }
-            if count < BATCH {
-                drained = true;
+            // The batch's forwards leave together: a run of them through one socket (a burst
+            // from one phone, a video frame) in one sendmmsg, a lone one by sendto.
+            let mut start = 0;
+            while start < forwarding {
+                let via = forwards[start].via;
+                let end = forwards[start..forwarding]
+                    .iter()
+                    .position(|f| f.via != via)
+                    .map_or(forwarding, |n| start + n);
+                let run = &forwards[start..end];
+                let sent = slot.sockets[via.index()]
+                    .as_ref()
+                    .map_or(0, |out| send_run(out, send_headers, &buffers[..], run));
+                for (n, forward) in run.iter().enumerate() {
+                    if n < sent {
+                        slot.session
+                            .record_sent(now, via, forward.rtcp, forward.len);
+                        counters.packets[direction] += 1;
+                        counters.bytes[direction] += forward.len as u64;
+                    } else {
+                        slot.session.record_send_error(at);
+                        counters.dropped[DropReason::SendError.index()] += 1;
+                    }
+                }
+                start = end;
+            }
+            if drained {
                 break;
             }
         }
@@ -908,5 +983,64 @@ fn event_kind_label(event: &Event) -> &'static str {
         EventKind::OneWayMedia { .. } => "one_way_media",
         EventKind::RecordingFinished { .. } => "recording_finished",
         EventKind::SessionReleased { .. } => "session_released",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward(buffer: usize, len: usize, to: SocketAddr, media: usize) -> Forward {
+        Forward {
+            via: SocketRef {
+                leg: Leg::Callee,
+                media,
+                component: Component::Rtp,
+            },
+            to,
+            rtcp: false,
+            buffer,
+            len,
+        }
+    }
+
+    #[test]
+    fn a_run_leaves_in_order_in_one_send_and_a_lone_datagram_by_itself() {
+        let out = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (one, two) = (
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+        );
+        for phone in [&one, &two] {
+            phone
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+        }
+        let mut buffers = vec![[0u8; BUFFER_LEN]; BATCH];
+        for (n, buffer) in buffers.iter_mut().enumerate() {
+            buffer[..4].copy_from_slice(&[n as u8; 4]);
+        }
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        // A run of five, the fourth to another destination: each goes where it was told.
+        let (to_one, to_two) = (one.local_addr().unwrap(), two.local_addr().unwrap());
+        let run: Vec<Forward> = (0..5)
+            .map(|n| forward(n, 4 + n, if n == 3 { to_two } else { to_one }, 0))
+            .collect();
+        assert_eq!(send_run(&out, &mut headers, &buffers, &run), 5);
+        let mut received = [0u8; 64];
+        for n in [0, 1, 2, 4] {
+            let (len, from) = one.recv_from(&mut received).unwrap();
+            assert_eq!((len, from), (4 + n, out.local_addr().unwrap()));
+            assert_eq!(received[0], n as u8, "in order");
+        }
+        let (len, _) = two.recv_from(&mut received).unwrap();
+        assert_eq!((len, received[0]), (7, 3));
+        // A lone one.
+        assert_eq!(
+            send_run(&out, &mut headers, &buffers, &[forward(6, 4, to_one, 0)]),
+            1
+        );
+        assert_eq!(one.recv_from(&mut received).unwrap().0, 4);
+        assert_eq!(received[0], 6);
     }
 }

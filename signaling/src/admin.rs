@@ -16,13 +16,24 @@
 //!
 //! The SIP core is owned by one task; handlers ask it through a channel ([`AdminQuery`]),
 //! so reading state never takes a lock the SIP path could wait on.
+//!
+//! The endpoints show who is registered where and who calls whom, and one of them starts
+//! recordings, so they answer clients on this host only, unless `--admin-token` is set: then
+//! a remote client that presents it (`Authorization: Bearer TOKEN`, compared in constant
+//! time) is answered too. Others get 403 (no token configured) or 401. `/metrics` and
+//! `/healthz` beside them carry no identities and stay open to whoever reaches the listener.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::call::{CallSummary, RecordingRefused};
@@ -75,8 +86,12 @@ struct AdminState {
     pool: Pool,
 }
 
-/// The admin routes.
-pub(crate) fn router(queries: mpsc::Sender<AdminQuery>, pool: Pool) -> Router {
+/// The admin routes, behind [`gate`].
+pub(crate) fn router(
+    queries: mpsc::Sender<AdminQuery>,
+    pool: Pool,
+    token: Option<String>,
+) -> Router {
     Router::new()
         .route("/admin/calls", get(calls))
         .route("/admin/calls/{call_id}", get(call))
@@ -84,6 +99,72 @@ pub(crate) fn router(queries: mpsc::Sender<AdminQuery>, pool: Pool) -> Router {
         .route("/admin/mediaproxies", get(mediaproxies))
         .route("/admin/calls/{call_id}/recording/{action}", post(recording))
         .with_state(AdminState { queries, pool })
+        .layer(middleware::from_fn_with_state(
+            token.map(Arc::<str>::from),
+            gate,
+        ))
+}
+
+/// Whether a client may use the admin endpoints.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    Pass,
+    /// Remote, and no token is configured: 403.
+    LocalOnly,
+    /// Remote without the right token: 401.
+    Unauthorized,
+}
+
+fn admission(token: Option<&str>, peer: IpAddr, authorization: Option<&str>) -> Admission {
+    let local = peer.is_loopback()
+        || matches!(peer, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+    if local {
+        return Admission::Pass;
+    }
+    let Some(token) = token else {
+        return Admission::LocalOnly;
+    };
+    let presented = authorization
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(presented) if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) => {
+            Admission::Pass
+        }
+        _ => Admission::Unauthorized,
+    }
+}
+
+async fn gate(
+    State(token): State<Option<Arc<str>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match admission(token.as_deref(), peer.ip(), authorization) {
+        Admission::Pass => next.run(request).await,
+        Admission::LocalOnly => {
+            tracing::info!(%peer, path = %request.uri().path(), "admin request from another host refused: no --admin-token is set");
+            (
+                StatusCode::FORBIDDEN,
+                "the admin endpoints answer clients on this host only; set --admin-token to open them to others\n",
+            )
+                .into_response()
+        }
+        Admission::Unauthorized => {
+            tracing::info!(%peer, path = %request.uri().path(), "admin request without the right token refused");
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "a bearer token is required\n",
+            )
+                .into_response()
+        }
+    }
 }
 
 fn json(value: &impl Serialize) -> Response {
@@ -274,5 +355,47 @@ async fn recording(
             recording,
         }),
         Some(Err(error)) => (error.status(), format!("{error}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef-token";
+
+    #[test]
+    fn local_clients_pass_and_remote_ones_need_the_token() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let local6: IpAddr = "::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.10".parse().unwrap();
+        for peer in [local, local6, mapped] {
+            assert_eq!(admission(None, peer, None), Admission::Pass);
+            assert_eq!(admission(Some(TOKEN), peer, None), Admission::Pass);
+        }
+        assert_eq!(admission(None, remote, None), Admission::LocalOnly);
+        assert_eq!(
+            admission(None, remote, Some(&format!("Bearer {TOKEN}"))),
+            Admission::LocalOnly,
+            "no token configured: nothing a client says opens it"
+        );
+        assert_eq!(
+            admission(Some(TOKEN), remote, None),
+            Admission::Unauthorized
+        );
+        assert_eq!(
+            admission(Some(TOKEN), remote, Some("Bearer 0123456789abcdef-tokem")),
+            Admission::Unauthorized
+        );
+        assert_eq!(
+            admission(Some(TOKEN), remote, Some(TOKEN)),
+            Admission::Unauthorized,
+            "the scheme is part of it"
+        );
+        assert_eq!(
+            admission(Some(TOKEN), remote, Some(&format!("Bearer {TOKEN}"))),
+            Admission::Pass
+        );
     }
 }

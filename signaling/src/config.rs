@@ -290,6 +290,10 @@ pub struct Options {
     /// HTTP listen address for /metrics and the admin endpoints [default: 127.0.0.1:9465].
     #[arg(long, env = "SIGNALING_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Bearer token that opens the admin endpoints (/admin/...) to clients that are not on
+    /// this host; without it they answer local clients only (16 characters at least).
+    #[arg(long, env = "SIGNALING_ADMIN_TOKEN", value_name = "TOKEN")]
+    pub admin_token: Option<String>,
     /// Digest realm [default: the --sip host].
     #[arg(long, env = "SIGNALING_REALM", value_name = "REALM")]
     pub realm: Option<String>,
@@ -448,6 +452,8 @@ pub struct Config {
     /// Per-source request budget and password-guessing bans.
     pub limits: crate::guard::Limits,
     pub metrics: SocketAddr,
+    /// Opens the admin endpoints to remote clients that present it (`--admin-token`).
+    pub admin_token: Option<String>,
     pub realm: String,
     pub ring_timeout: Duration,
     pub max_call_duration: Duration,
@@ -458,7 +464,8 @@ pub struct Config {
     pub media: MediaConfig,
 }
 
-const KEYS: [&str; 24] = [
+const KEYS: [&str; 25] = [
+    "admin-token",
     "source-rate",
     "auth-max-failures",
     "auth-ban",
@@ -620,6 +627,15 @@ impl Config {
         if max_calls == 0 {
             return Err(invalid("max-calls", "must be at least 1".into()));
         }
+        let admin_token = upper.admin_token.or(lower.admin_token);
+        if let Some(token) = &admin_token
+            && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(invalid(
+                "admin-token",
+                "must be 16 or more printable characters without spaces".into(),
+            ));
+        }
         let defaults = crate::guard::Limits::default();
         let source_rate = upper
             .source_rate
@@ -695,6 +711,7 @@ impl Config {
                 .metrics
                 .or(lower.metrics)
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9465))),
+            admin_token,
             realm: upper
                 .realm
                 .or(lower.realm)
@@ -858,6 +875,20 @@ mod tests {
                 .unwrap_err()
                 .contains("sipp")
         );
+        for (options, option) in [
+            (&["--admin-token", "short"][..], "--admin-token"),
+            (&["--source-rate=-1"][..], "--source-rate"),
+            (&["--auth-ban", "0s"][..], "--auth-ban"),
+        ] {
+            let cli = parse(options).unwrap();
+            let error = Config::resolve(cli.options, Options::default())
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(option), "{error}");
+        }
+        let cli = parse(&["--admin-token", "a-long-enough-token"]).unwrap();
+        let config = Config::resolve(cli.options, Options::default()).unwrap();
+        assert_eq!(config.admin_token.as_deref(), Some("a-long-enough-token"));
     }
 
     #[test]

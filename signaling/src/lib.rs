@@ -7,6 +7,7 @@
 //! - [`auth`]: digest authentication (MD5, SHA-256, qop=auth, HMAC-bound expiring nonces,
 //!   nonce counts that must grow, passwords or stored HA1 hashes).
 //! - [`guard`]: per-source request budgets and password-guessing bans (pure).
+//! - `fuzzing` (hidden): entry points of the fuzz targets in `fuzz/`.
 //! - [`registrar`]: REGISTER bindings with expiry (RFC 3261 section 10.3).
 //! - [`transaction`]: RFC 3261 section 17 client and server transactions with their timers.
 //! - [`dialog`]: RFC 3261 section 12 dialogs and the requests built from them.
@@ -29,6 +30,8 @@ pub mod config;
 pub mod diagnosis;
 pub(crate) mod dialog;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod health;
 pub(crate) mod ids;

@@ -198,7 +198,7 @@ impl Signaling {
         let http_stop = stop.clone();
         let http_draining = draining.clone();
         let (admin_tx, mut admin_rx) = mpsc::channel::<AdminQuery>(64);
-        let admin = crate::admin::router(admin_tx, pool.clone());
+        let admin = crate::admin::router(admin_tx, pool.clone(), config.admin_token.clone());
         tasks.spawn(async move {
             if let Err(error) = mediaproxy::metrics::serve_http_with(
                 http,

@@ -921,7 +921,16 @@ fn only_the_caller_sends_one_way_names_the_silent_callee() {
         "{diagnosis}"
     );
     // The callee leg's relay port, as the callee's SDP got it, and what it had announced.
-    let callee_port = ports.callee_relay_port();
+    let callee_port: u16 = diagnosis
+        .split("no packet reached 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("a relay port in {diagnosis}"));
+    assert!(
+        ports.relay.contains(&callee_port) && callee_port.is_multiple_of(2),
+        "{callee_port} is an RTP port of the relay range"
+    );
     assert!(
         diagnosis.contains(&format!(
             "no packet reached 127.0.0.1:{callee_port} from the callee (SDP said 127.0.0.1:{})",
@@ -1004,8 +1013,8 @@ fn a_callee_sending_from_another_port_than_its_sdp_is_latched_and_named() {
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
     let natted = UdpSocket::bind(("127.0.0.1", ports.uas_media + 10)).unwrap();
-    let callee_relay_port = ports.callee_relay_port();
     std::thread::sleep(Duration::from_millis(800));
+    let callee_relay_port = service.callee_relay_port();
     send_rtp(natted, ([127, 0, 0, 1], callee_relay_port).into(), 150);
     expect_success(caller, "UAC", &service);
     expect_success(callee, "UAS", &service);

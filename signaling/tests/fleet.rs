@@ -222,6 +222,9 @@ fn mediaproxy(lan: &Lan, host: &Host, extra: &[&str]) -> Running {
 }
 
 /// Signaling, running on its host.
+/// The bearer token that opens signaling's admin endpoints to the other hosts.
+const ADMIN_TOKEN: &str = "fleet-admin-token-0123";
+
 struct Signaling {
     process: Running,
     host: Host,
@@ -246,7 +249,10 @@ impl Signaling {
                     "=sip:10.77.0.22:5060",
                 ])
                 .args(["--cdr", &format!("sqlite://{}", database.display())])
-                .args(["--metrics", "127.0.0.1:9090", "--log", "info"])
+                // Reachable from the other hosts; the admin endpoints open to them only with
+                // the token.
+                .args(["--metrics", "0.0.0.0:9090", "--log", "info"])
+                .args(["--admin-token", ADMIN_TOKEN])
                 .args(extra)
                 .env("NO_COLOR", "1")
                 .stdout(file.try_clone().unwrap())
@@ -472,6 +478,34 @@ fn calls_spread_over_three_hosts_and_a_drained_host_takes_no_new_call() {
     assert!(ok && status.contains("draining    yes"), "{status}");
     service.wait_nodes("drain seen", |view| view.contains("\"draining\": true"));
     let second = caller(&uac, &sig, "uac_pcmu_pcap.xml", 5070, 3);
+    // From another host the admin endpoints want the token; /metrics does not.
+    let from_phone = |path: &str, token: Option<&str>| {
+        let mut curl = uac.command("curl");
+        curl.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ]);
+        if let Some(token) = token {
+            curl.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        let output = curl
+            .arg(format!("http://{}:9090{path}", sig.address))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(from_phone("/admin/calls", None), "401");
+    assert_eq!(
+        from_phone("/admin/calls", Some("fleet-admin-token-0124")),
+        "401"
+    );
+    assert_eq!(from_phone("/admin/calls", Some(ADMIN_TOKEN)), "200");
+    assert_eq!(from_phone("/metrics", None), "200");
     service.expect(first, "first callers");
     service.expect(second, "second callers");
     service.expect(phone, "callee");

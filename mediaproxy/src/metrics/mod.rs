@@ -272,9 +272,13 @@ pub async fn serve_http_with(
             draining,
         })
         .merge(extra);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The client's address reaches handlers that ask for it (signaling's admin gate).
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {

@@ -29,12 +29,6 @@ impl Ports {
     pub fn relay_arg(&self) -> String {
         format!("{}-{}", self.relay.start, self.relay.end - 1)
     }
-
-    /// The callee leg's RTP port: the second pair allocated in the range (the caller's
-    /// leg is allocated first).
-    pub fn callee_relay_port(&self) -> u16 {
-        self.relay.start + 2
-    }
 }
 
 pub fn ports(n: u16) -> Ports {
@@ -141,6 +135,18 @@ impl Service {
     /// GETs a path of the HTTP endpoint (`--metrics`); returns the whole response.
     pub fn get(&self, path: &str) -> String {
         self.http("GET", path)
+    }
+
+    /// The relay port the callee was given in SDP for the one call up now (the pool hands
+    /// ports out in random order), read from `/admin/calls`.
+    pub fn callee_relay_port(&self) -> u16 {
+        let calls = self.get("/admin/calls");
+        calls
+            .split("\"callee_ports\": [")
+            .nth(1)
+            .and_then(|rest| rest.split([']', ',']).next())
+            .and_then(|port| port.trim().parse().ok())
+            .unwrap_or_else(|| panic!("a call with callee ports: {calls}"))
     }
 
     /// Sends `method path` to the HTTP endpoint (`--metrics`); returns the whole response.
