@@ -258,6 +258,29 @@ fn family(address: IpAddr) -> &'static str {
     if address.is_ipv4() { "IP4" } else { "IP6" }
 }
 
+/// Where the port (`4000` or `4000/2`) lies in an `m=` value, split into fields by white
+/// space as [`parse`] reads it; None without a third field (the protocol).
+fn port_field(value: &str) -> Option<std::ops::Range<usize>> {
+    let mut fields: [Option<std::ops::Range<usize>>; 3] = [None, None, None];
+    let mut found = 0;
+    let mut start = None;
+    for (i, c) in value.char_indices().chain([(value.len(), ' ')]) {
+        if !c.is_whitespace() {
+            start.get_or_insert(i);
+        } else if let Some(begin) = start.take() {
+            fields[found] = Some(begin..i);
+            found += 1;
+            if found == fields.len() {
+                break;
+            }
+        }
+    }
+    let [_kind, port, Some(_protocol)] = fields else {
+        return None;
+    };
+    port
+}
+
 /// Rewrites `c=`, `m=` ports, `a=rtcp:` and the `o=` version; copies everything else.
 pub fn rewrite(sdp: &str, plan: &Rewrite) -> Result<String, SdpError> {
     let mut out = String::with_capacity(sdp.len() + 64);
@@ -268,20 +291,20 @@ pub fn rewrite(sdp: &str, plan: &Rewrite) -> Result<String, SdpError> {
         let rewritten = if let Some(value) = line.strip_prefix("m=") {
             let index = media_index.map_or(0, |i| i + 1);
             media_index = Some(index);
-            let mut parts = value.splitn(3, ' ');
-            let (Some(kind), Some(port), Some(rest)) = (parts.next(), parts.next(), parts.next())
-            else {
+            let Some(port) = port_field(value) else {
                 return Err(error(format!("malformed m= line {value:?}")));
             };
-            let (number, count) = match port.split_once('/') {
+            let (number, count) = match value[port.clone()].split_once('/') {
                 Some((number, count)) => (number, Some(count)),
-                None => (port, None),
+                None => (&value[port.clone()], None),
             };
+            // Only the port changes; the separators around it stay as they came.
+            let (before, after) = (&value[..port.start], &value[port.end..]);
             match (number, port_of(Some(index))) {
                 ("0", _) | (_, None) => None,
                 (_, Some(new)) => Some(match count {
-                    Some(count) => format!("m={kind} {new}/{count} {rest}"),
-                    None => format!("m={kind} {new} {rest}"),
+                    Some(count) => format!("m={before}{new}/{count}{after}"),
+                    None => format!("m={before}{new}{after}"),
                 }),
             }
         } else if let Some(value) = line.strip_prefix("c=") {
@@ -344,6 +367,25 @@ mod tests {
         let names: Vec<&str> = audio.codecs.iter().map(|c| c.encoding.as_str()).collect();
         assert_eq!(names, vec!["PCMU", "PCMA", "telephone-event"]);
         assert_eq!(sdp.origin_version, Some(1));
+    }
+
+    /// Found by the `sdp_rewrite` fuzz target: the reader split an `m=` line at any white
+    /// space, the rewrite at single spaces only, so a line with two spaces (or a tab) read
+    /// fine and was then refused, or worse, rewritten with the port in the wrong field.
+    #[test]
+    fn an_m_line_with_extra_white_space_keeps_it_and_gets_its_port() {
+        for (line, expected) in [
+            ("m=audio  17616 RTP/AVP 0", "m=audio  30000 RTP/AVP 0"),
+            ("m=audio\t17616\tRTP/AVP 0", "m=audio\t30000\tRTP/AVP 0"),
+            ("m= audio 17616/2 RTP/AVP 0", "m= audio 30000/2 RTP/AVP 0"),
+        ] {
+            let sdp = format!("v=0\r\nc=IN IP4 10.0.0.7\r\n{line}\r\n");
+            assert_eq!(parse(&sdp).unwrap().media[0].port, 17616, "{line}");
+            let out = rewrite(&sdp, &plan(vec![Some(30000)])).unwrap();
+            assert!(out.contains(&format!("{expected}\r\n")), "{line}: {out}");
+            assert_eq!(parse(&out).unwrap().media[0].port, 30000);
+        }
+        assert!(rewrite("v=0\r\nm=audio 4000\r\n", &plan(vec![Some(30000)])).is_err());
     }
 
     #[test]

@@ -350,10 +350,15 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         if line.starts_with(' ') || line.starts_with('\t') {
             match current.as_mut() {
                 Some((_, value)) => {
-                    if !value.is_empty() {
-                        value.push(' ');
+                    // A continuation of only white space adds nothing (found by fuzzing: it
+                    // left a trailing space that a second parse trimmed away).
+                    let more = line.trim();
+                    if !more.is_empty() {
+                        if !value.is_empty() {
+                            value.push(' ');
+                        }
+                        value.push_str(more);
                     }
-                    value.push_str(line.trim());
                 }
                 None => return Err(fail("Folded line before any header", request, headers)),
             }
@@ -826,6 +831,24 @@ m: \"Joe, Smith\" <sip:joe@z>, <sip:joe@w>\r\nCSeq: 8 OPTIONS\r\nX-Unknown: kept
         let written = String::from_utf8(r.to_bytes()).unwrap();
         assert!(written.contains("Call-ID: folded-id\r\n"));
         assert!(written.contains("X-Unknown: kept\r\n"));
+    }
+
+    /// Found by the `sip_message` fuzz target: a folded continuation of only white space left
+    /// a trailing space in the value, so the message written back parsed differently.
+    #[test]
+    fn a_blank_continuation_line_adds_nothing_to_the_value() {
+        let text = "OPTIONS sip:carol@chicago.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP a.example.com;branch=z9hG4bK1\r\nFrom: <sip:x@y>;tag=a\r\n\
+To: <sip:carol@chicago.com>\r\nCall-ID: folded\r\n \r\n\t\r\nCSeq: 8 OPTIONS\r\n\
+Subject: a\r\n \r\n b\r\nContent-Length: 0\r\n\r\n";
+        let r = request(text);
+        assert_eq!(r.call_id(), "folded");
+        assert_eq!(r.headers.get("Subject"), Some("a b"));
+        let written = r.to_bytes();
+        assert_eq!(
+            request(std::str::from_utf8(&written).unwrap()).to_bytes(),
+            written
+        );
     }
 
     #[test]
