@@ -941,3 +941,74 @@ async fn each_media_line_relays_to_the_same_line_of_the_other_leg() {
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_owner_past_its_quota_is_refused_new_calls_and_others_are_not() {
+    let mut proxy = TestProxy::start(
+        "21780-21799",
+        MediaOptions {
+            max_sessions_per_owner: Some(2),
+            ..MediaOptions::default()
+        },
+    )
+    .await;
+    proxy
+        .try_allocate("quota-1", CALLER, "sig-a", 1)
+        .await
+        .unwrap();
+    proxy
+        .try_allocate("quota-2", CALLER, "sig-a", 1)
+        .await
+        .unwrap();
+    let refused = proxy
+        .try_allocate("quota-3", CALLER, "sig-a", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("sig-a holds 2 calls")
+            && refused.message().contains("--max-sessions-per-owner"),
+        "{}",
+        refused.message()
+    );
+    // The other leg of a call it holds is no new call; another owner has its own quota.
+    proxy
+        .try_allocate("quota-2", CALLEE, "sig-a", 1)
+        .await
+        .unwrap();
+    proxy
+        .try_allocate("quota-b", CALLER, "sig-b", 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        proxy
+            .metric(
+                "mediaproxy_allocation_failures_total",
+                &[("reason", "owner_quota")]
+            )
+            .await,
+        Some(1.0)
+    );
+    // A released call frees a place.
+    proxy.release("quota-1").await;
+    proxy
+        .try_allocate("quota-3", CALLER, "sig-a", 1)
+        .await
+        .unwrap();
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_before_it_is_read() {
+    let mut proxy = TestProxy::start("21800-21809", MediaOptions::default()).await;
+    let huge = "x".repeat(mediaproxy::server::MAX_REQUEST_BYTES);
+    let refused = proxy
+        .try_allocate(&huge, CALLER, "owner-1", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    assert!(refused.message().contains("too large"), "{refused:?}");
+    // The connection and the node go on serving.
+    proxy.allocate("after-huge", CALLER, 1).await;
+    proxy.shutdown().await;
+}

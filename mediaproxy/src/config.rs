@@ -114,6 +114,11 @@ pub struct MediaOptions {
     /// Time a released port pair waits before reuse [default: 2s].
     #[arg(long, env = "MEDIAPROXY_PORT_QUARANTINE", value_name = "DURATION")]
     pub port_quarantine: Option<HumanDuration>,
+    /// Most calls one owner (a signaling instance) may hold on this node; its next new call
+    /// is refused RESOURCE_EXHAUSTED, so signaling places it on another node. 0: no quota
+    /// [default: 0].
+    #[arg(long, env = "MEDIAPROXY_MAX_SESSIONS_PER_OWNER", value_name = "N")]
+    pub max_sessions_per_owner: Option<usize>,
     /// DSCP value marked on relayed packets (IPv4 TOS / IPv6 traffic class); 46 = EF
     /// (expedited forwarding, RFC 3246), 0 = unmarked [default: 46].
     #[arg(long, env = "MEDIAPROXY_DSCP", value_name = "0-63")]
@@ -223,6 +228,8 @@ pub struct MediaConfig {
     pub timing: Timing,
     pub lease_timeout: Duration,
     pub port_quarantine: Duration,
+    /// Calls one owner may hold at once (None: no quota).
+    pub max_sessions_per_owner: Option<usize>,
     /// DSCP of relayed packets (0 = unmarked).
     pub dscp: u8,
     /// Socket buffer size in bytes (0 = kernel default).
@@ -394,6 +401,7 @@ impl MediaOptions {
             one_way_after: self.one_way_after.or(lower.one_way_after),
             lease_timeout: self.lease_timeout.or(lower.lease_timeout),
             port_quarantine: self.port_quarantine.or(lower.port_quarantine),
+            max_sessions_per_owner: self.max_sessions_per_owner.or(lower.max_sessions_per_owner),
             dscp: self.dscp.or(lower.dscp),
             socket_buffer: self.socket_buffer.or(lower.socket_buffer),
             control_nice: self.control_nice.or(lower.control_nice),
@@ -468,6 +476,7 @@ impl MediaOptions {
             timing,
             lease_timeout: positive("lease-timeout", self.lease_timeout, Duration::from_secs(30))?,
             port_quarantine: self.port_quarantine.map_or(Duration::from_secs(2), |d| d.0),
+            max_sessions_per_owner: self.max_sessions_per_owner.filter(|&n| n > 0),
             dscp: match self.dscp.unwrap_or(46) {
                 dscp @ 0..=63 => dscp,
                 other => return Err(invalid("dscp", format!("{other} is not between 0 and 63"))),

@@ -40,6 +40,8 @@ pub struct ControlSettings {
     pub ports: PortRange,
     pub port_quarantine: Duration,
     pub lease_timeout: Duration,
+    /// Calls one owner may hold at once (None: no quota).
+    pub max_sessions_per_owner: Option<usize>,
     /// DSCP marked on relayed packets (0 = unmarked).
     pub dscp: u8,
     /// Socket buffer size in bytes (0 = kernel default).
@@ -65,6 +67,9 @@ pub enum ControlError {
     DescriptorsExhausted(String),
     #[error("node is draining and takes no new calls")]
     Draining,
+    /// The owner holds as many calls as its quota allows (`--max-sessions-per-owner`).
+    #[error("{owner} holds {limit} calls on this node, its quota (--max-sessions-per-owner)")]
+    QuotaExceeded { owner: Owner, limit: usize },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -338,6 +343,16 @@ impl Control {
                         .with_label_values(&["draining"])
                         .inc();
                     return Err(ControlError::Draining);
+                }
+                if let Some(limit) = self.settings.max_sessions_per_owner
+                    && state.leases.get(&owner).is_some_and(|l| l.calls >= limit)
+                {
+                    self.metrics
+                        .allocation_failures
+                        .with_label_values(&["owner_quota"])
+                        .inc();
+                    tracing::warn!(%call_id, %owner, limit, "allocation refused: the owner's quota is used up");
+                    return Err(ControlError::QuotaExceeded { owner, limit });
                 }
                 (self.relay.pick(), Vec::new())
             }
@@ -1065,6 +1080,7 @@ mod tests {
             ports: PortRange { min: 0, max: 0 },
             port_quarantine: Duration::ZERO,
             lease_timeout: Duration::ZERO,
+            max_sessions_per_owner: None,
             dscp,
             socket_buffer,
         }

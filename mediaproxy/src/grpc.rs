@@ -100,9 +100,9 @@ impl From<ControlError> for Status {
             ControlError::InvalidArgument(_) => Self::invalid_argument(message),
             ControlError::NotFound(_) => Self::not_found(message),
             ControlError::FailedPrecondition(_) => Self::failed_precondition(message),
-            ControlError::PortsExhausted(_) | ControlError::DescriptorsExhausted(_) => {
-                Self::resource_exhausted(message)
-            }
+            ControlError::PortsExhausted(_)
+            | ControlError::DescriptorsExhausted(_)
+            | ControlError::QuotaExceeded { .. } => Self::resource_exhausted(message),
             ControlError::Draining => Self::unavailable(message),
             ControlError::Internal(_) => Self::internal(message),
         }

@@ -52,6 +52,11 @@ pub struct MediaProxy {
     tls: Option<crate::config::TlsFiles>,
 }
 
+/// Largest gRPC request message accepted; larger ones are refused RESOURCE_EXHAUSTED.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// gRPC requests served at once on one connection.
+const REQUESTS_PER_CONNECTION: usize = 1024;
+
 async fn listen(what: &'static str, address: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(address)
         .await
@@ -126,6 +131,7 @@ impl MediaProxy {
                 ports: media.ports,
                 port_quarantine: media.port_quarantine,
                 lease_timeout: media.lease_timeout,
+                max_sessions_per_owner: media.max_sessions_per_owner,
                 dscp: media.dscp,
                 socket_buffer: media.socket_buffer,
             },
@@ -291,7 +297,10 @@ async fn serve_grpc<H: tonic_health::pb::health_server::Health>(
             .try_clone()
             .and_then(TcpListener::from_std)
             .map_err(failed)?;
-        let mut builder = tonic::transport::Server::builder();
+        // Requests in progress per connection (event and tap streams included): a client
+        // past it waits instead of piling work on the node.
+        let mut builder = tonic::transport::Server::builder()
+            .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION);
         if let Some(files) = &tls {
             // A client must show a certificate of one of these CAs (tonic refuses the
             // handshake otherwise); its common name qualifies its owner (grpc.rs).
@@ -321,11 +330,16 @@ async fn serve_grpc<H: tonic_health::pb::health_server::Health>(
             .add_service(health.clone())
             .add_service(reflection)
             .add_service(reflection_v1alpha)
-            .add_service(MediaProxyServer::new(Service::new(
-                control.clone(),
-                tls.as_ref().map_or(&[][..], |t| &t.operators),
-                reporter.clone(),
-            )))
+            .add_service(
+                MediaProxyServer::new(Service::new(
+                    control.clone(),
+                    tls.as_ref().map_or(&[][..], |t| &t.operators),
+                    reporter.clone(),
+                ))
+                // The largest real request (an update of 8 media lines with every codec of
+                // their SDP) is a few KiB; tonic's default would take 4 MiB per message.
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
                 let (restart, stop) = (restart.clone(), stop.clone());
                 async move {

@@ -68,7 +68,12 @@ pub const RECORDING_OUTCOMES: [&str; 3] = ["complete", "failed", "no_audio"];
 /// `reason` values of `mediaproxy_decode_errors_total`.
 pub const DECODE_ERRORS: [&str; 2] = ["unknown_payload_type", "undecodable"];
 
-pub const ALLOCATION_FAILURES: [&str; 3] = ["ports_exhausted", "descriptors_exhausted", "draining"];
+pub const ALLOCATION_FAILURES: [&str; 4] = [
+    "ports_exhausted",
+    "descriptors_exhausted",
+    "draining",
+    "owner_quota",
+];
 /// Event kind label values.
 pub const EVENT_KINDS: [&str; 6] = [
     "first_packet",
