@@ -87,7 +87,15 @@ async fn two_legs_relay_both_ways_with_exact_counts() {
     // A retried release (lost reply) answers the same final statistics.
     let again = proxy.release("call-both-ways").await;
     assert!(again.already_released);
+    assert_eq!(again.release_reason, "released");
     assert_eq!(again.stats.unwrap(), final_stats);
+    // Kept compact: one tombstone, its encoded answer and bookkeeping under 1 KiB.
+    assert_eq!(proxy.metric("mediaproxy_tombstones", &[]).await, Some(1.0));
+    let kept = proxy
+        .metric("mediaproxy_tombstone_bytes", &[])
+        .await
+        .unwrap();
+    assert!(kept > 100.0 && kept < 1024.0, "{kept}");
     // The ports are closed: nothing is relayed any more.
     c.caller.send(c.to_caller_leg, &g711(99, 0xaaaa)).await;
     c.callee.expect_silence(Duration::from_millis(200)).await;

@@ -7,7 +7,10 @@
 //! - allocate is keyed by (call id, leg): a retry returns the ports of the first attempt;
 //! - release moves the call to a *tombstone* holding its final statistics for
 //!   [`TOMBSTONE_TTL`]; a retried release (or a release after the proxy ended the call itself)
-//!   gets the same statistics with `already_released`.
+//!   gets the same statistics with `already_released`. A tombstone keeps only the answer
+//!   such a release gets, encoded once (425 bytes for an audio call, against 1 064 for the
+//!   figures' structs alone), and all of them together take at most [`TOMBSTONE_BYTES`]:
+//!   past that the oldest go first, counted in `mediaproxy_tombstones_evicted_total`.
 //!
 //! The state lock is held only for bookkeeping and socket binds, never across an await.
 
@@ -28,8 +31,13 @@ use crate::types::{CallId, Codec, Leg, MediaKind, Owner, ReleaseReason, RemoteMe
 
 /// How long final statistics of a released call stay available to a retried release.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
-/// At most this many tombstones are kept (oldest dropped first).
-const TOMBSTONE_LIMIT: usize = 100_000;
+/// Memory all tombstones may take (their encoded answers and the bookkeeping around each);
+/// the oldest are evicted first past it. 64 MiB holds about 115 000 audio calls (585 bytes
+/// each): the full ten minutes of them up to 190 calls/s.
+pub const TOMBSTONE_BYTES: usize = 64 << 20;
+/// Bookkeeping per tombstone besides its answer: the call id's text, the map and queue
+/// entries, the allocation headers.
+const TOMBSTONE_OVERHEAD: usize = 160;
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -136,7 +144,7 @@ pub struct Released {
 /// Answer to a release.
 #[derive(Debug, Clone)]
 pub struct ReleaseOutcome {
-    pub released: Arc<Released>,
+    pub figures: Figures,
     pub already_released: bool,
 }
 
@@ -198,7 +206,32 @@ struct Lease {
 enum Tombstone {
     /// A release is under way; wait for it.
     Pending(watch::Receiver<Option<Arc<Released>>>),
-    Done(Arc<Released>),
+    /// Released: the answer a retried release gets, encoded (see [`crate::grpc::encode_release`]).
+    Done {
+        owner: Owner,
+        answer: Arc<[u8]>,
+        /// When it was made (its place in `tombstone_order`).
+        at: Instant,
+    },
+}
+
+impl Tombstone {
+    /// What it counts against [`TOMBSTONE_BYTES`].
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Pending(_) => 0,
+            Self::Done { answer, .. } => answer.len() + TOMBSTONE_OVERHEAD,
+        }
+    }
+}
+
+/// The final figures a release answers with.
+#[derive(Debug, Clone)]
+pub enum Figures {
+    /// Taken from the call as it ended.
+    Fresh(Arc<Released>),
+    /// Kept in a tombstone: the release answer as first encoded.
+    Kept(Arc<[u8]>),
 }
 
 struct State {
@@ -207,6 +240,49 @@ struct State {
     leases: HashMap<Owner, Lease>,
     tombstones: HashMap<CallId, Tombstone>,
     tombstone_order: VecDeque<(Instant, CallId)>,
+    /// What the tombstones take together (see [`Tombstone::bytes`]).
+    tombstone_bytes: usize,
+}
+
+impl State {
+    /// Keeps a released call's tombstone, evicting the oldest while all of them take more
+    /// than `cap` bytes; how many were evicted.
+    fn keep_tombstone(
+        &mut self,
+        now: Instant,
+        call_id: &CallId,
+        tombstone: Tombstone,
+        cap: usize,
+    ) -> u64 {
+        self.tombstone_bytes += tombstone.bytes();
+        if let Some(old) = self.tombstones.insert(call_id.clone(), tombstone) {
+            self.tombstone_bytes -= old.bytes();
+        }
+        self.tombstone_order.push_back((now, call_id.clone()));
+        let mut evicted = 0;
+        while self.tombstone_bytes > cap {
+            let Some((at, old)) = self.tombstone_order.pop_front() else {
+                break;
+            };
+            if self.forget_tombstone(&old, Some(at)) {
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    /// Forgets the tombstone of `call_id` if it is the one made at `at` (any, when None).
+    fn forget_tombstone(&mut self, call_id: &CallId, at: Option<Instant>) -> bool {
+        let matches = match self.tombstones.get(call_id) {
+            Some(Tombstone::Done { at: made, .. }) => at.is_none_or(|at| at == *made),
+            Some(Tombstone::Pending(_)) => at.is_none(),
+            None => false,
+        };
+        if matches && let Some(tombstone) = self.tombstones.remove(call_id) {
+            self.tombstone_bytes -= tombstone.bytes();
+        }
+        matches
+    }
 }
 
 /// The control plane of one media proxy.
@@ -251,6 +327,7 @@ impl Control {
                 leases: HashMap::new(),
                 tombstones: HashMap::new(),
                 tombstone_order: VecDeque::new(),
+                tombstone_bytes: 0,
             }),
             metrics,
             events,
@@ -300,7 +377,7 @@ impl Control {
             return Some(entry.owner.clone());
         }
         match state.tombstones.get(call_id) {
-            Some(Tombstone::Done(released)) => Some(released.snapshot.owner.clone()),
+            Some(Tombstone::Done { owner, .. }) => Some(owner.clone()),
             _ => None,
         }
     }
@@ -430,7 +507,7 @@ impl Control {
         }
         let all = leg_media.clone();
         let was_existing = !existing_media.is_empty();
-        state.tombstones.remove(&call_id);
+        state.forget_tombstone(&call_id, None);
         self.metrics.sessions.set(state.calls.len() as i64);
         self.refresh_port_gauge(&mut state.pool, now);
         self.relay
@@ -584,16 +661,19 @@ impl Control {
         enum Found {
             Live(CallEntry, watch::Sender<Option<Arc<Released>>>),
             Pending(watch::Receiver<Option<Arc<Released>>>),
-            Done(Arc<Released>),
+            Done(Arc<[u8]>),
         }
         let found = {
             let mut state = self.lock();
             match state.calls.remove(call_id) {
                 Some(entry) => {
                     let (done, pending) = watch::channel(None);
-                    state
+                    if let Some(old) = state
                         .tombstones
-                        .insert(call_id.clone(), Tombstone::Pending(pending));
+                        .insert(call_id.clone(), Tombstone::Pending(pending))
+                    {
+                        state.tombstone_bytes -= old.bytes();
+                    }
                     if let Some(lease) = state.leases.get_mut(&entry.owner) {
                         lease.calls = lease.calls.saturating_sub(1);
                     }
@@ -601,7 +681,7 @@ impl Control {
                     Found::Live(entry, done)
                 }
                 None => match state.tombstones.get(call_id) {
-                    Some(Tombstone::Done(released)) => Found::Done(released.clone()),
+                    Some(Tombstone::Done { answer, .. }) => Found::Done(answer.clone()),
                     Some(Tombstone::Pending(pending)) => Found::Pending(pending.clone()),
                     None => return Err(ControlError::NotFound(call_id.clone())),
                 },
@@ -609,9 +689,9 @@ impl Control {
         };
         let (entry, done) = match found {
             Found::Live(entry, done) => (entry, done),
-            Found::Done(released) => {
+            Found::Done(answer) => {
                 return Ok(ReleaseOutcome {
-                    released,
+                    figures: Figures::Kept(answer),
                     already_released: true,
                 });
             }
@@ -623,7 +703,7 @@ impl Control {
                     .clone()
                     .expect("waited for Some");
                 return Ok(ReleaseOutcome {
-                    released,
+                    figures: Figures::Fresh(released),
                     already_released: true,
                 });
             }
@@ -679,15 +759,19 @@ impl Control {
                 }
             }
             self.refresh_port_gauge(&mut state.pool, now);
-            state
-                .tombstones
-                .insert(call_id.clone(), Tombstone::Done(released.clone()));
-            state.tombstone_order.push_back((now, call_id.clone()));
-            while state.tombstone_order.len() > TOMBSTONE_LIMIT {
-                if let Some((_, old)) = state.tombstone_order.pop_front() {
-                    state.tombstones.remove(&old);
-                }
+            let tombstone = Tombstone::Done {
+                owner: entry.owner.clone(),
+                answer: crate::grpc::encode_release(&released, &self.settings.node_id).into(),
+                at: now,
+            };
+            let evicted = state.keep_tombstone(now, call_id, tombstone, TOMBSTONE_BYTES);
+            if evicted > 0 {
+                self.metrics.tombstones_evicted.inc_by(evicted);
             }
+            self.metrics.tombstones.set(state.tombstones.len() as i64);
+            self.metrics
+                .tombstone_bytes
+                .set(state.tombstone_bytes as i64);
         }
         let _ = done.send(Some(released.clone()));
         self.metrics
@@ -706,7 +790,7 @@ impl Control {
         );
         tracing::info!(%call_id, reason = reason.as_str(), "session released");
         Ok(ReleaseOutcome {
-            released,
+            figures: Figures::Fresh(released),
             already_released: false,
         })
     }
@@ -909,12 +993,14 @@ impl Control {
                 if now.saturating_duration_since(*at) < TOMBSTONE_TTL {
                     break;
                 }
-                if let Some((_, old)) = state.tombstone_order.pop_front()
-                    && matches!(state.tombstones.get(&old), Some(Tombstone::Done(_)))
-                {
-                    state.tombstones.remove(&old);
+                if let Some((at, old)) = state.tombstone_order.pop_front() {
+                    state.forget_tombstone(&old, Some(at));
                 }
             }
+            self.metrics.tombstones.set(state.tombstones.len() as i64);
+            self.metrics
+                .tombstone_bytes
+                .set(state.tombstone_bytes as i64);
             self.refresh_port_gauge(&mut state.pool, now);
             state
                 .calls
@@ -1115,5 +1201,152 @@ mod tests {
             bind_udp(taken, &settings(46, 0)).is_err(),
             "no SO_REUSEADDR/PORT sharing"
         );
+    }
+}
+
+#[cfg(test)]
+mod tombstone_tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::rtp::build_rtp;
+    use crate::session::{Component, Session, SocketRef, Timing};
+    use crate::types::{Direction, RemoteTarget};
+
+    /// The figures of an audio call that carried 20 s of G.711 both ways, as released.
+    fn released(call: &str) -> Released {
+        let now = Instant::now();
+        let mut session = Session::new(
+            CallId::parse(call).unwrap(),
+            Owner::parse("signaling-1:sig").unwrap(),
+            WallClock::now(),
+            Timing::default(),
+            now,
+        );
+        let phones: [SocketAddr; 2] = [
+            "192.0.2.10:17616".parse().unwrap(),
+            "198.51.100.20:16004".parse().unwrap(),
+        ];
+        for (leg, phone, port) in [
+            (Leg::Caller, phones[0], 30000),
+            (Leg::Callee, phones[1], 30002),
+        ] {
+            session.add_media(leg, MediaKind::Audio, port);
+            let remote = RemoteMedia {
+                index: 0,
+                target: RemoteTarget::Address {
+                    rtp: phone,
+                    rtcp: SocketAddr::new(phone.ip(), phone.port() + 1),
+                },
+                codecs: vec![Codec {
+                    payload_type: 0,
+                    encoding: "PCMU".into(),
+                    clock_rate: 8000,
+                    channels: 1,
+                }],
+                direction: Direction::SendRecv,
+            };
+            session.update(now, leg, &[remote]).unwrap();
+        }
+        for seq in 0..1000u16 {
+            let at = now + Duration::from_millis(u64::from(seq) * 20);
+            for (leg, phone) in [(Leg::Caller, phones[0]), (Leg::Callee, phones[1])] {
+                let packet = build_rtp(0, seq, u32::from(seq) * 160, 0x1234, &[0xff; 160]);
+                let socket = SocketRef {
+                    leg,
+                    media: 0,
+                    component: Component::Rtp,
+                };
+                if let crate::session::Verdict::Forward { via, rtcp, .. } =
+                    session.handle_packet(at, socket, phone, &packet)
+                {
+                    session.record_sent(at, via, rtcp, packet.len());
+                }
+            }
+        }
+        Released {
+            snapshot: session.snapshot(),
+            reason: ReleaseReason::Released,
+            recording: RecordingInfo::off(),
+        }
+    }
+
+    fn state() -> State {
+        State {
+            calls: HashMap::new(),
+            pool: PortPool::new("40000-40003".parse().unwrap(), Duration::ZERO),
+            leases: HashMap::new(),
+            tombstones: HashMap::new(),
+            tombstone_order: VecDeque::new(),
+            tombstone_bytes: 0,
+        }
+    }
+
+    fn kept(owner: &str, answer: &[u8], at: Instant) -> Tombstone {
+        Tombstone::Done {
+            owner: Owner::parse(owner).unwrap(),
+            answer: answer.into(),
+            at,
+        }
+    }
+
+    #[test]
+    fn a_released_audio_call_is_kept_in_a_few_hundred_bytes() {
+        let figures = released("a-call-id-as-long-as-phones-make-them@192.0.2.10");
+        let answer = crate::grpc::encode_release(&figures, "mp-1");
+        // What the figures take in memory: the structs and their vectors.
+        let in_memory = std::mem::size_of::<Released>()
+            + figures
+                .snapshot
+                .legs
+                .iter()
+                .map(|leg| {
+                    std::mem::size_of_val(leg)
+                        + leg.media.len() * std::mem::size_of::<crate::session::MediaSnapshot>()
+                })
+                .sum::<usize>();
+        assert!(answer.len() < 500, "{} bytes", answer.len());
+        assert!(
+            answer.len() * 2 < in_memory,
+            "{} bytes kept against {in_memory} in memory",
+            answer.len()
+        );
+    }
+
+    #[test]
+    fn tombstones_past_the_memory_cap_go_oldest_first() {
+        let mut state = state();
+        let start = Instant::now();
+        let answer = [7u8; 340];
+        let each = 340 + TOMBSTONE_OVERHEAD;
+        let cap = 10 * each;
+        let mut evicted = 0;
+        for n in 0..15u64 {
+            let call = CallId::parse(&format!("call-{n}")).unwrap();
+            let at = start + Duration::from_millis(n);
+            evicted += state.keep_tombstone(at, &call, kept("sig", &answer, at), cap);
+        }
+        assert_eq!(evicted, 5);
+        assert_eq!(state.tombstones.len(), 10);
+        assert_eq!(state.tombstone_bytes, 10 * each);
+        assert!(
+            !state
+                .tombstones
+                .contains_key(&CallId::parse("call-4").unwrap())
+        );
+        assert!(
+            state
+                .tombstones
+                .contains_key(&CallId::parse("call-5").unwrap())
+        );
+        // A call id used again (allocated anew) forgets its tombstone and its bytes; the old
+        // queue entry later finds nothing of its own to evict.
+        assert!(state.forget_tombstone(&CallId::parse("call-5").unwrap(), None));
+        assert_eq!(state.tombstone_bytes, 9 * each);
+        let again = CallId::parse("call-5").unwrap();
+        let later = start + Duration::from_secs(1);
+        state.keep_tombstone(later, &again, kept("sig", &answer, later), cap);
+        assert!(!state.forget_tombstone(&again, Some(start + Duration::from_millis(5))));
+        assert!(state.tombstones.contains_key(&again), "the newer one stays");
     }
 }

@@ -18,13 +18,16 @@ use tokio_stream::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::control::{AllocateRequest, Allocation, Control, ControlError, LocalMedia};
+use crate::control::{
+    AllocateRequest, Allocation, Control, ControlError, Figures, LocalMedia, Released,
+};
 use crate::recording::{RecordingInfo, RecordingStatus};
 use crate::session::{CallSnapshot, CounterSnapshot, Event, EventKind, MediaSnapshot};
 use crate::types::{
     CallId, Codec, Direction, DropReason, Leg, MediaKind, Owner, ReleaseReason, RemoteMedia,
     RemoteTarget,
 };
+use prost::Message as _;
 
 /// The gRPC service; cheap to clone.
 #[derive(Clone)]
@@ -335,6 +338,25 @@ fn stats_to_wire(
     }
 }
 
+fn release_to_wire(released: &Released, node_id: &str) -> pb::ReleaseResponse {
+    pb::ReleaseResponse {
+        stats: Some(stats_to_wire(
+            &released.snapshot,
+            Some(&released.recording),
+            node_id,
+        )),
+        already_released: false,
+        release_reason: released.reason.as_str().to_owned(),
+    }
+}
+
+/// The compact form a released call's tombstone keeps: the release answer encoded once
+/// (protobuf's varints and absent zero fields make it 425 bytes for an audio call, against
+/// 1 064 for the figures' structs), decoded again for a retried release.
+pub(crate) fn encode_release(released: &Released, node_id: &str) -> Vec<u8> {
+    release_to_wire(released, node_id).encode_to_vec()
+}
+
 fn event_to_wire(event: &Event, node_id: &str) -> pb::Event {
     use pb::event::Kind;
     let kind = match &event.kind {
@@ -466,15 +488,15 @@ impl MediaProxy for Service {
         if !outcome.already_released {
             tracing::debug!(call_id = %id, reason = %request.reason.chars().take(64).collect::<String>(), "released by owner");
         }
-        Ok(Response::new(pb::ReleaseResponse {
-            stats: Some(stats_to_wire(
-                &outcome.released.snapshot,
-                Some(&outcome.released.recording),
-                &self.control.settings().node_id,
-            )),
-            already_released: outcome.already_released,
-            release_reason: outcome.released.reason.as_str().to_owned(),
-        }))
+        let mut answer = match outcome.figures {
+            Figures::Fresh(released) => {
+                release_to_wire(&released, &self.control.settings().node_id)
+            }
+            Figures::Kept(encoded) => pb::ReleaseResponse::decode(&encoded[..])
+                .map_err(|e| Status::internal(format!("a kept release answer: {e}")))?,
+        };
+        answer.already_released = outcome.already_released;
+        Ok(Response::new(answer))
     }
 
     async fn query_stats(

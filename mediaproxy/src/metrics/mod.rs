@@ -55,6 +55,12 @@ pub struct Metrics {
     pub tap_frames_dropped: IntCounter,
     /// Sessions ended, by reason.
     pub released: IntCounterVec,
+    /// Released calls whose final figures are kept for a retried release.
+    pub tombstones: IntGauge,
+    /// Memory those take (encoded answers and bookkeeping).
+    pub tombstone_bytes: IntGauge,
+    /// Kept figures dropped before their time because the memory cap was reached.
+    pub tombstones_evicted: IntCounter,
     /// Allocations refused, by reason.
     pub allocation_failures: IntCounterVec,
     /// Media events emitted, by kind.
@@ -193,6 +199,18 @@ impl Metrics {
                 "Audio tap frames dropped because a subscriber read too slowly.",
             ),
             released,
+            tombstones: gauge(
+                "mediaproxy_tombstones",
+                "Released calls whose final figures are kept for a retried release.",
+            ),
+            tombstone_bytes: gauge(
+                "mediaproxy_tombstone_bytes",
+                "Memory taken by the kept final figures of released calls.",
+            ),
+            tombstones_evicted: plain(
+                "mediaproxy_tombstones_evicted_total",
+                "Kept final figures dropped before their 10 minutes because their memory cap was reached.",
+            ),
             allocation_failures,
             events,
             grpc_duration,
