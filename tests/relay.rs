@@ -391,7 +391,13 @@ async fn exhaustion_is_refused_and_counted_and_ports_come_back_after_quarantine(
     assert_eq!(early.code(), tonic::Code::ResourceExhausted);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let b = proxy.allocate("call-b", CALLER, 1).await;
-    assert_eq!(b.media[0].rtp_port, a.media[0].rtp_port);
+    // Either freed pair (the pool draws at random).
+    assert!(
+        [21120, 21122].contains(&b.media[0].rtp_port),
+        "{} (call-a had {})",
+        b.media[0].rtp_port,
+        a.media[0].rtp_port
+    );
     assert_eq!(
         proxy.metric("mediaproxy_ports_capacity", &[]).await,
         Some(4.0)

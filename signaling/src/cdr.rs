@@ -56,6 +56,25 @@ pub struct Cdr {
     pub media: Vec<CdrMedia>,
 }
 
+/// A call that is up, kept durably in `cdr_open` from its answer until its CDR is written,
+/// so that a crash of signaling still leaves its CDR (completed at the next start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenCall {
+    pub call_id: String,
+    pub b_call_id: String,
+    pub caller: String,
+    pub callee: String,
+    pub start_time_ms: i64,
+    pub answer_time_ms: i64,
+    pub media_mode: String,
+    pub media_node: Option<String>,
+    /// The gRPC URL of the node: where the release of the completion goes.
+    pub media_endpoint: Option<String>,
+    /// Whether a media session exists to release.
+    pub relayed: bool,
+    pub media_address: Option<String>,
+}
+
 /// One `cdr_media` row: one media line of one leg of a call.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CdrMedia {
@@ -410,6 +429,18 @@ CREATE TABLE cdr_media (
     source_changes BIGINT NOT NULL
 );
 CREATE INDEX cdr_media_call_id ON cdr_media (call_id, start_time);",
+    "CREATE TABLE cdr_open (
+    call_id TEXT NOT NULL,
+    start_time BIGINT NOT NULL,
+    instance TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (call_id, start_time)
+);
+CREATE INDEX cdr_open_instance ON cdr_open (instance);
+CREATE TABLE cdr_instance (
+    instance TEXT NOT NULL PRIMARY KEY,
+    alive_at BIGINT NOT NULL
+);",
 ];
 
 /// A store error; `transient` ones (the database unreachable, a connection broken) are
@@ -499,6 +530,15 @@ impl postgres::types::ToSql for Value {
     }
 
     postgres::types::to_sql_checked!();
+}
+
+/// Forgets a call's open record once its CDR is written (in the same transaction).
+const CLOSE_SQL: &str = "DELETE FROM cdr_open WHERE call_id = $1 AND start_time = $2";
+
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The idempotent insert of one row of `table` (`$1..$n` works on both databases).
@@ -676,35 +716,127 @@ impl Store {
                 let inserted = transaction
                     .prepare_cached(cdr_sql)?
                     .execute(rusqlite::params_from_iter(values.iter()))?;
-                if inserted == 0 {
-                    return Ok(false);
+                if inserted > 0 {
+                    for m in &cdr.media {
+                        let values = media_values(cdr, m);
+                        transaction
+                            .prepare_cached(media_sql)?
+                            .execute(rusqlite::params_from_iter(values.iter()))?;
+                    }
                 }
-                for m in &cdr.media {
-                    let values = media_values(cdr, m);
-                    transaction
-                        .prepare_cached(media_sql)?
-                        .execute(rusqlite::params_from_iter(values.iter()))?;
-                }
+                transaction
+                    .prepare_cached(CLOSE_SQL)?
+                    .execute(rusqlite::params![cdr.call_id, cdr.start_time_ms])?;
                 transaction.commit()?;
+                Ok(inserted > 0)
             }
             Self::Postgres(c) => {
                 let mut transaction = c.transaction()?;
                 let values = cdr_values(cdr);
                 let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
                     values.iter().map(|v| v as _).collect();
-                if transaction.execute(cdr_sql, &refs)? == 0 {
-                    return Ok(false);
+                let inserted = transaction.execute(cdr_sql, &refs)? > 0;
+                if inserted {
+                    for m in &cdr.media {
+                        let values = media_values(cdr, m);
+                        let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                            values.iter().map(|v| v as _).collect();
+                        transaction.execute(media_sql, &refs)?;
+                    }
                 }
-                for m in &cdr.media {
-                    let values = media_values(cdr, m);
-                    let refs: Vec<&(dyn postgres::types::ToSql + Sync)> =
-                        values.iter().map(|v| v as _).collect();
-                    transaction.execute(media_sql, &refs)?;
-                }
+                transaction.execute(CLOSE_SQL, &[&cdr.call_id, &cdr.start_time_ms])?;
                 transaction.commit()?;
+                Ok(inserted)
             }
         }
-        Ok(true)
+    }
+
+    /// Keeps (or updates) the durable record of a call that is up, as `instance`'s.
+    pub fn keep_open(
+        &mut self,
+        instance: &str,
+        call: &OpenCall,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let record = serde_json::to_string(call).map_err(|e| StoreError {
+            message: e.to_string(),
+            transient: false,
+        })?;
+        const SQL: &str = "INSERT INTO cdr_open (call_id, start_time, instance, record) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (call_id, start_time) \
+             DO UPDATE SET record = excluded.record";
+        match self {
+            Self::Sqlite(c) => {
+                c.prepare_cached(SQL)?.execute(rusqlite::params![
+                    call.call_id,
+                    call.start_time_ms,
+                    instance,
+                    record
+                ])?;
+            }
+            Self::Postgres(c) => {
+                c.execute(
+                    SQL,
+                    &[&call.call_id, &call.start_time_ms, &instance, &record],
+                )?;
+            }
+        }
+        self.alive(instance, now_ms)
+    }
+
+    /// Records that `instance` is alive at `now_ms` (its heartbeat: one row per instance).
+    pub fn alive(&mut self, instance: &str, now_ms: i64) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO cdr_instance (instance, alive_at) VALUES ($1, $2) \
+             ON CONFLICT (instance) DO UPDATE SET alive_at = excluded.alive_at";
+        match self {
+            Self::Sqlite(c) => {
+                c.prepare_cached(SQL)?
+                    .execute(rusqlite::params![instance, now_ms])?;
+            }
+            Self::Postgres(c) => {
+                c.execute(SQL, &[&instance, &now_ms])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Open calls left by a process that stopped without ending them: `instance`'s own (this
+    /// process is its successor; ask before its first heartbeat) and any whose instance's
+    /// heartbeat is older than `stale_before_ms` (another instance that died). Each with the
+    /// last time its instance was known alive.
+    pub fn orphans(
+        &mut self,
+        instance: &str,
+        stale_before_ms: i64,
+    ) -> Result<Vec<(OpenCall, i64)>, StoreError> {
+        const SQL: &str = "SELECT o.record, COALESCE(i.alive_at, 0) FROM cdr_open o \
+             LEFT JOIN cdr_instance i ON i.instance = o.instance \
+             WHERE o.instance = $1 OR COALESCE(i.alive_at, 0) < $2 ORDER BY o.start_time";
+        let rows: Vec<(String, i64)> = match self {
+            Self::Sqlite(c) => {
+                let mut statement = c.prepare_cached(SQL)?;
+                statement
+                    .query_map(rusqlite::params![instance, stale_before_ms], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            Self::Postgres(c) => c
+                .query(SQL, &[&instance, &stale_before_ms])?
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect(),
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(record, alive_at)| match serde_json::from_str(&record) {
+                Ok(call) => Some((call, alive_at)),
+                Err(error) => {
+                    tracing::error!(%error, "unreadable open call record skipped");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Rows of `table` (`cdr` or `cdr_media`) whose `start_time` is in `[from_ms, to_ms)`, in
@@ -796,10 +928,24 @@ pub struct WriterOptions {
     pub spool: PathBuf,
     /// How long a graceful shutdown keeps trying to reach the database.
     pub close_grace: Duration,
+    /// Who this process is among the signaling instances sharing the database (its host and
+    /// SIP address): the owner of the open call records it keeps.
+    pub instance: String,
 }
+
+/// How often the writer records that this instance is alive: a crashed instance's calls end
+/// at most this long before it did.
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// Another instance's open calls whose heartbeat is older than this are taken as orphans.
+pub const ORPHANED_AFTER: Duration = Duration::from_secs(60);
 
 enum Message {
     Write(Box<Cdr>),
+    /// Keep a durable record of a call that is up (best effort: none while the database is
+    /// unreachable).
+    Open(Box<OpenCall>),
+    /// The open calls a stopped process left, as found when the writer started.
+    Orphans(mpsc::Sender<Vec<(OpenCall, i64)>>),
     /// Reply when everything queued before this message is stored (tests, admin).
     Flush(mpsc::Sender<()>),
 }
@@ -852,6 +998,7 @@ impl CdrWriter {
                     retry_at: Instant::now(),
                     backoff: MIN_BACKOFF,
                     outage_logged: false,
+                    orphans: Vec::new(),
                 }
                 .run(&receiver);
             })
@@ -886,6 +1033,28 @@ impl CdrWriter {
         {
             tracing::error!("CDR writer is gone; CDR lost");
         }
+    }
+
+    /// Keeps a durable record of a call that is up, until its CDR is written; never blocks.
+    pub fn open(&self, call: OpenCall) {
+        if let Some(sender) = &self.sender {
+            let _ = sender.send(Message::Open(Box::new(call)));
+        }
+    }
+
+    /// The open calls a stopped process left behind (this instance's predecessor's, and
+    /// other instances' whose heartbeat had stopped), as found when the writer started, each
+    /// with its last sign of life; taken once (empty afterwards, and when the database could
+    /// not be asked).
+    pub fn orphans(&self, timeout: Duration) -> Vec<(OpenCall, i64)> {
+        let (tx, rx) = mpsc::channel();
+        let Some(sender) = &self.sender else {
+            return Vec::new();
+        };
+        if sender.send(Message::Orphans(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.recv_timeout(timeout).unwrap_or_default()
     }
 
     /// Waits until everything queued so far is stored (or `timeout` passes); false on timeout.
@@ -924,19 +1093,42 @@ struct Worker {
     retry_at: Instant,
     backoff: Duration,
     outage_logged: bool,
+    /// Open calls a stopped process left, found at the start (taken by [`Message::Orphans`]).
+    orphans: Vec<(OpenCall, i64)>,
 }
 
 impl Worker {
     fn run(mut self, receiver: &mpsc::Receiver<Message>) {
+        // Before this instance's first heartbeat: its predecessor's last one is the end of
+        // the calls it left.
+        if let Some(store) = self.store.as_mut() {
+            let stale_before = unix_ms_now() - ORPHANED_AFTER.as_millis() as i64;
+            self.orphans = store
+                .orphans(&self.options.instance, stale_before)
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "cannot read the open call records");
+                    Vec::new()
+                });
+        }
         self.load_spool();
         let mut flushes: Vec<mpsc::Sender<()>> = Vec::new();
+        let mut heartbeat = Instant::now();
         loop {
             self.metrics.queued.set(self.pending.len() as i64);
+            if Instant::now() >= heartbeat {
+                heartbeat = Instant::now() + HEARTBEAT;
+                if let Some(store) = self.store.as_mut()
+                    && let Err(error) = store.alive(&self.options.instance, unix_ms_now())
+                {
+                    tracing::warn!(%error, "cannot mark the open calls alive");
+                }
+            }
             let wait = if self.pending.is_empty() {
-                Duration::from_secs(3600)
+                HEARTBEAT
             } else {
                 self.retry_at.saturating_duration_since(Instant::now())
-            };
+            }
+            .min(heartbeat.saturating_duration_since(Instant::now()));
             match receiver.recv_timeout(wait) {
                 Ok(message) => self.accept(message, &mut flushes),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -986,6 +1178,18 @@ impl Worker {
                 }
             }
             Message::Flush(reply) => flushes.push(reply),
+            Message::Open(call) => {
+                let Some(store) = self.store.as_mut() else {
+                    tracing::debug!(call_id = %call.call_id, "database unreachable: no durable record of the call");
+                    return;
+                };
+                if let Err(error) = store.keep_open(&self.options.instance, &call, unix_ms_now()) {
+                    tracing::warn!(call_id = %call.call_id, %error, "cannot keep a durable record of the call");
+                }
+            }
+            Message::Orphans(reply) => {
+                let _ = reply.send(std::mem::take(&mut self.orphans));
+            }
         }
     }
 

@@ -34,6 +34,19 @@ impl WallAnchor {
         };
         ms as i64
     }
+
+    /// The instant of `unix_ms` milliseconds since the Unix epoch (the start, for an
+    /// instant before it).
+    pub(crate) fn at(&self, unix_ms: i64) -> Instant {
+        let unix_ms = u64::try_from(unix_ms).unwrap_or(0);
+        if unix_ms >= self.unix_ms {
+            self.instant + std::time::Duration::from_millis(unix_ms - self.unix_ms)
+        } else {
+            self.instant
+                .checked_sub(std::time::Duration::from_millis(self.unix_ms - unix_ms))
+                .unwrap_or(self.instant)
+        }
+    }
 }
 
 /// What releasing a call's media gave.

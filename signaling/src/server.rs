@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{AdminQuery, RecordingError};
 use crate::auth::DigestAuth;
 use crate::call::{CallRecord, Core, Input, Output, RecordingTarget, Settings};
-use crate::cdr::{Cdr, CdrWriter, WriterOptions};
+use crate::cdr::{Cdr, CdrWriter, OpenCall, WriterOptions};
 use crate::completion::{Release, WallAnchor, cdr_row};
 use crate::config::Config;
 use crate::diagnosis::{Evidence, Snapshot};
@@ -69,6 +69,15 @@ pub struct Signaling {
     cdr: CdrWriter,
 }
 
+/// This host's name, for the instance name of the open call records.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "signaling".to_owned())
+}
+
 fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -92,6 +101,7 @@ impl Signaling {
                 queue_limit: config.cdr_queue,
                 spool: config.cdr_spool.clone(),
                 close_grace: Duration::from_secs(5),
+                instance: format!("{}/{address}", host_name()),
             },
             metrics.cdr.clone(),
         )
@@ -320,6 +330,14 @@ impl Signaling {
         };
         let mut finishing = tokio::task::JoinSet::new();
         let cdr = Arc::new(cdr);
+        // Calls a stopped process left up: their CDRs are completed now.
+        {
+            let (pool, cdr, metrics, evidence) =
+                (pool.clone(), cdr.clone(), metrics.clone(), evidence.clone());
+            finishing.spawn(async move {
+                complete_orphans(&pool, &cdr, &metrics, &evidence, clock).await;
+            });
+        }
         let mut shutdown = std::pin::pin!(shutdown);
         let mut draining_until: Option<Instant> = None;
         let mut guard_ticked: Option<Instant> = None;
@@ -492,6 +510,7 @@ impl Signaling {
                     Output::Limited { action } => {
                         metrics.requests_limited.with_label_values(&[action]).inc();
                     }
+                    Output::Answered(record) => cdr.open(open_call(&record, clock)),
                     Output::Finish(record) => {
                         if let Some(answer) = record.answer {
                             metrics
@@ -613,8 +632,8 @@ async fn complete_record(
         .remove(&record.call_id)
         .unwrap_or_default();
     let node = record.media_endpoint.as_deref().and_then(|e| pool.node(e));
-    let release = if let (true, Some(node)) = (record.relayed, node) {
-        match node
+    let release = match (record.relayed, node, record.media_endpoint.as_deref()) {
+        (true, Some(node), _) => match node
             .client
             .release(&record.call_id, record.hangup_side.as_str())
             .await
@@ -624,11 +643,101 @@ async fn complete_record(
                 tracing::error!(call_id = %record.call_id, %error, "media release failed; CDR without final counts");
                 Release::Failed(error)
             }
-        }
-    } else {
-        Release::NotRelayed
+        },
+        // A call a stopped process left: its node is not one of this process's (an embedded
+        // proxy dies with its process).
+        (true, None, Some(endpoint)) => Release::Failed(MediaError::Unavailable(format!(
+            "{endpoint} is not a media proxy of this process"
+        ))),
+        _ => Release::NotRelayed,
     };
     cdr_row(&record, &release, &seen, clock)
+}
+
+/// The durable record of a call that is up (`cdr_open`).
+fn open_call(record: &CallRecord, clock: WallAnchor) -> OpenCall {
+    OpenCall {
+        call_id: record.call_id.clone(),
+        b_call_id: record.b_call_id.clone(),
+        caller: record.caller.clone(),
+        callee: record.callee.clone(),
+        start_time_ms: clock.unix_ms(record.start),
+        answer_time_ms: clock.unix_ms(record.answer.unwrap_or(record.end)),
+        media_mode: record.media_mode.as_str().to_owned(),
+        media_node: record.media_node.clone(),
+        media_endpoint: record.media_endpoint.clone(),
+        relayed: record.relayed,
+        media_address: record.media_address.map(|a| a.to_string()),
+    }
+}
+
+/// The record of a call a stopped process left up, ended at its last sign of life.
+fn orphan_record(call: &OpenCall, alive_at_ms: i64, clock: WallAnchor) -> CallRecord {
+    let answer = clock.at(call.answer_time_ms);
+    CallRecord {
+        call_id: call.call_id.clone(),
+        b_call_id: call.b_call_id.clone(),
+        caller: call.caller.clone(),
+        callee: call.callee.clone(),
+        start: clock.at(call.start_time_ms),
+        answer: Some(answer),
+        end: clock.at(alive_at_ms.max(call.answer_time_ms)),
+        disposition: crate::call::Disposition::Answered,
+        sip_status: 200,
+        hangup_side: crate::call::HangupSide::System,
+        media_mode: call
+            .media_mode
+            .parse()
+            .unwrap_or(crate::config::MediaMode::Relay),
+        media_node: call.media_node.clone(),
+        media_endpoint: call.media_endpoint.clone(),
+        media_moves: Vec::new(),
+        relayed: call.relayed,
+        media_address: call.media_address.as_deref().and_then(|a| a.parse().ok()),
+        end_reason: crate::call::CRASHED.to_owned(),
+        recording: crate::call::RecordingIntent::default(),
+    }
+}
+
+/// Completes the CDRs of the calls a stopped signaling process left up: its own
+/// predecessor's (this instance after a crash or kill -9) and those of other instances whose
+/// heartbeat stopped. Each is released on its node if this process knows the node (which
+/// then answers the final figures it kept), and written ended by the system at its last
+/// sign of life.
+async fn complete_orphans(
+    pool: &Pool,
+    cdr: &Arc<CdrWriter>,
+    metrics: &Metrics,
+    evidence: &EvidenceMap,
+    clock: WallAnchor,
+) {
+    let reader = cdr.clone();
+    let orphans = tokio::task::spawn_blocking(move || reader.orphans(Duration::from_secs(10)))
+        .await
+        .unwrap_or_default();
+    if orphans.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        calls = orphans.len(),
+        "calls were up when a signaling process stopped; completing their CDRs"
+    );
+    for (call, alive_at_ms) in orphans {
+        let row = complete_record(
+            pool,
+            evidence,
+            clock,
+            orphan_record(&call, alive_at_ms, clock),
+        )
+        .await;
+        metrics.calls.with_label_values(&[&row.disposition]).inc();
+        metrics
+            .verdicts
+            .with_label_values(&[&row.media_verdict])
+            .inc();
+        tracing::info!(call_id = %row.call_id, verdict = %row.media_verdict, diagnosis = %row.media_diagnosis, "orphaned call completed");
+        cdr.write(row);
+    }
 }
 
 /// What the health watch of a node reports: `signaling_mediaproxy_up{node}`, and the live

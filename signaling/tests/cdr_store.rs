@@ -7,8 +7,8 @@ use common::Scratch;
 use std::time::Duration;
 
 use signaling::cdr::{
-    CDR_COLUMNS, CDR_MEDIA_COLUMNS, Cdr, CdrMedia, CdrWriter, MIGRATIONS, Store, Target, Value,
-    WriterMetrics, WriterOptions,
+    CDR_COLUMNS, CDR_MEDIA_COLUMNS, Cdr, CdrMedia, CdrWriter, MIGRATIONS, OpenCall, Store, Target,
+    Value, WriterMetrics, WriterOptions,
 };
 
 fn sqlite(dir: &Scratch) -> Target {
@@ -204,6 +204,7 @@ fn spool_is_replayed_at_start(target: Target, name: &str) {
             queue_limit: 100,
             spool: spool.clone(),
             close_grace: Duration::from_secs(1),
+            instance: "test-host/127.0.0.1:5060".into(),
         },
         metrics(),
     )
@@ -220,6 +221,87 @@ fn spool_is_replayed_at_start(target: Target, name: &str) {
     );
     assert!(!spool.exists(), "the spool is gone once replayed");
     assert!(!spool.with_extension("replaying").exists());
+}
+
+fn open_call(id: &str, start: i64) -> OpenCall {
+    OpenCall {
+        call_id: id.into(),
+        b_call_id: format!("b-{id}"),
+        caller: "alice".into(),
+        callee: "bob".into(),
+        start_time_ms: start,
+        answer_time_ms: start + 1000,
+        media_mode: "relay".into(),
+        media_node: Some("mp-1".into()),
+        media_endpoint: Some("http://10.0.1.11:50051".into()),
+        relayed: true,
+        media_address: Some("203.0.113.5".into()),
+    }
+}
+
+/// A call that is up is kept until its CDR is written; what a stopped process left is found
+/// by its successor (same instance, at once) and by others (once its heartbeat is stale).
+fn open_calls_outlive_their_process(target: Target) {
+    let mut store = Store::open(&target).unwrap();
+    let mine = "host-a/10.0.0.1:5060";
+    let other = "host-b/10.0.0.2:5060";
+    store
+        .keep_open(mine, &open_call("up-1", 1_000), 2_000)
+        .unwrap();
+    store
+        .keep_open(mine, &open_call("up-2", 1_500), 2_000)
+        .unwrap();
+    store
+        .keep_open(other, &open_call("theirs", 1_200), 2_000)
+        .unwrap();
+    store.alive(other, 4_000).unwrap();
+    // Kept again (the media moved): one record, the newer one.
+    let mut moved = open_call("up-2", 1_500);
+    moved.media_node = Some("mp-2".into());
+    store.keep_open(mine, &moved, 3_000).unwrap();
+    // up-1 ends normally: its CDR is written and its open record goes with it.
+    assert!(store.insert(&call("up-1", 1_000)).unwrap());
+    store.alive(mine, 9_000).unwrap();
+    // The successor of `mine` finds its one call left, alive at the last heartbeat; the
+    // other instance's call is not stale yet.
+    let found = store.orphans(mine, 1_000).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, moved);
+    assert_eq!(found[0].1, 9_000);
+    // Once its heartbeat is old, another instance's call is an orphan too, ended at that
+    // instance's last heartbeat.
+    let found = store.orphans(mine, 5_000).unwrap();
+    assert_eq!(found[0].1, 4_000);
+    let ids: Vec<&str> = found.iter().map(|(c, _)| c.call_id.as_str()).collect();
+    assert_eq!(ids, ["theirs", "up-2"]);
+    // Completing them (their CDRs written) leaves nothing open.
+    for (open, alive) in found {
+        let mut row = call(&open.call_id, open.start_time_ms);
+        row.end_time_ms = alive;
+        assert!(store.insert(&row).unwrap());
+    }
+    assert!(store.orphans(mine, i64::MAX).unwrap().is_empty());
+    // A CDR written twice still closes the record (the second insert writes nothing).
+    store
+        .keep_open(mine, &open_call("twice", 7_000), 8_000)
+        .unwrap();
+    assert!(store.insert(&call("twice", 7_000)).unwrap());
+    store
+        .keep_open(mine, &open_call("twice", 7_000), 8_000)
+        .unwrap();
+    assert!(!store.insert(&call("twice", 7_000)).unwrap());
+    assert!(store.orphans(mine, i64::MAX).unwrap().is_empty());
+}
+
+#[test]
+fn sqlite_open_calls_outlive_their_process() {
+    let dir = Scratch::new("cdr-store-open");
+    open_calls_outlive_their_process(sqlite(&dir));
+}
+
+#[test]
+fn postgres_open_calls_outlive_their_process() {
+    open_calls_outlive_their_process(postgres("open"));
 }
 
 #[test]
@@ -280,6 +362,7 @@ fn a_database_outage_queues_cdrs_and_loses_none() {
             queue_limit: 100,
             spool: spool.clone(),
             close_grace: Duration::from_secs(1),
+            instance: "test-host/127.0.0.1:5060".into(),
         },
         metrics.clone(),
     )
@@ -316,6 +399,7 @@ fn a_database_outage_queues_cdrs_and_loses_none() {
             queue_limit: 100,
             spool: spool.clone(),
             close_grace: Duration::from_secs(1),
+            instance: "test-host/127.0.0.1:5060".into(),
         },
         metrics.clone(),
     )
@@ -361,6 +445,7 @@ fn a_full_queue_overflows_to_the_spool_not_to_nowhere() {
             queue_limit: 2,
             spool: spool.clone(),
             close_grace: Duration::from_millis(200),
+            instance: "test-host/127.0.0.1:5060".into(),
         },
         metrics.clone(),
     )

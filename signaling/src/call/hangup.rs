@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use super::{
-    CALL_TIMERS, CallRecord, CallRef, CallTimer, Core, Disposition, Flow, HangupSide, LINGER,
-    Output, Side, State, TxTag, response,
+    CALL_TIMERS, CallRef, CallTimer, Core, Disposition, Flow, HangupSide, LINGER, Output, Side,
+    State, TxTag, response,
 };
 use crate::sip::message::{Method, Request, reason_phrase};
 use crate::transaction::TxId;
@@ -264,31 +264,8 @@ impl Core {
         self.active -= 1;
         // RFC 3261 section 15.1.2: pending requests of the dialog get 487.
         let pending = record.reinvite.take();
-        let disposition = if record.answer.is_some() {
-            Disposition::Answered
-        } else {
-            disposition
-        };
-        let out = CallRecord {
-            call_id: record.a.call_id.clone(),
-            b_call_id: record.b.call_id.clone(),
-            caller: record.caller.clone(),
-            callee: record.callee.clone(),
-            start: record.start,
-            answer: record.answer,
-            end: now,
-            disposition,
-            sip_status: if record.answer.is_some() { 200 } else { status },
-            hangup_side: hangup,
-            media_mode: record.mode,
-            media_node: record.media.as_ref().map(|m| m.node.clone()),
-            media_endpoint: record.media.as_ref().map(|m| m.endpoint.clone()),
-            media_moves: record.moves.clone(),
-            relayed: record.allocation_requested,
-            media_address: record.media.as_ref().map(|m| m.advertised),
-            end_reason: reason,
-            recording: record.recording.clone(),
-        };
+        let out = record.record(now, disposition, status, hangup, reason);
+        let disposition = out.disposition;
         if let Some(pending) = pending {
             self.reply(now, pending.server, &pending.request, 487);
         }

@@ -63,6 +63,9 @@ use crate::transaction::{Expired, Received, TIMEOUT, Transactions, TxId};
 
 pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER";
 
+/// The end reason of a call whose durable record outlived its signaling process.
+pub(crate) const CRASHED: &str = "signaling stopped with the call up (a crash, kill -9 or power loss); ended at its last sign of life before that";
+
 /// Driver-visible handle of a call.
 pub(crate) type CallRef = u64;
 
@@ -236,6 +239,10 @@ pub(crate) enum Output {
     Limited {
         action: &'static str,
     },
+    /// The call is up (answered, or its media moved to another node): keep a durable record
+    /// of it, so that a crash of this process still leaves its CDR (completed at the next
+    /// start, ended at the last sign of life). The record ends "now", by the system.
+    Answered(CallRecord),
     /// The call ended: release its media (if relayed) and write its CDR.
     Finish(CallRecord),
 }
@@ -400,6 +407,43 @@ struct Call {
 }
 
 impl Call {
+    /// The call's record as if it ended at `now` (an answered call is `answered` with 200,
+    /// whatever `disposition` and `status` say).
+    fn record(
+        &self,
+        now: Instant,
+        disposition: Disposition,
+        status: u16,
+        hangup: HangupSide,
+        reason: String,
+    ) -> CallRecord {
+        let answered = self.answer.is_some();
+        CallRecord {
+            call_id: self.a.call_id.clone(),
+            b_call_id: self.b.call_id.clone(),
+            caller: self.caller.clone(),
+            callee: self.callee.clone(),
+            start: self.start,
+            answer: self.answer,
+            end: now,
+            disposition: if answered {
+                Disposition::Answered
+            } else {
+                disposition
+            },
+            sip_status: if answered { 200 } else { status },
+            hangup_side: hangup,
+            media_mode: self.mode,
+            media_node: self.media.as_ref().map(|m| m.node.clone()),
+            media_endpoint: self.media.as_ref().map(|m| m.endpoint.clone()),
+            media_moves: self.moves.clone(),
+            relayed: self.allocation_requested,
+            media_address: self.media.as_ref().map(|m| m.advertised),
+            end_reason: reason,
+            recording: self.recording.clone(),
+        }
+    }
+
     fn dialog(&mut self, side: Side) -> &mut Dialog {
         match side {
             Side::A => &mut self.a,

@@ -173,6 +173,16 @@ impl Core {
             after_s,
         });
         record.media = Some(plan);
+        if record.answer.is_some() {
+            let open = record.record(
+                now,
+                Disposition::Answered,
+                200,
+                HangupSide::System,
+                super::CRASHED.to_owned(),
+            );
+            self.push(Output::Answered(open));
+        }
         self.restart_recording_after_move(call);
         for side in [Side::A, Side::B] {
             let Some(record) = self.calls.get_mut(&call) else {

@@ -1545,3 +1545,42 @@ fn a_banned_source_gets_nothing_through_whatever_tags_it_writes_but_its_call_tha
     assert_eq!(sim.records()[0].hangup_side, HangupSide::Caller);
     assert_clean(&mut sim);
 }
+
+/// At the answer the core asks for a durable record of the call (so a crash still leaves its
+/// CDR), once; the record ends "now" by the system, and the finished call's own record
+/// replaces it.
+#[test]
+fn an_answered_call_is_recorded_durably_once_at_the_answer() {
+    let mut sim = Sim::new(settings());
+    let call = establish(&mut sim, "durable");
+    let open: Vec<&super::CallRecord> = sim
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Answered(record) => Some(record),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].call_id, "durable");
+    assert!(open[0].answer.is_some());
+    assert_eq!(open[0].hangup_side, HangupSide::System);
+    assert_eq!(open[0].disposition, Disposition::Answered);
+    assert_eq!(open[0].end_reason, super::CRASHED);
+    assert!(sim.records().is_empty(), "no CDR while the call is up");
+    let bye = Phone {
+        call_id: "durable",
+        from: A_FROM,
+        to: &call.a_to,
+        port: 5061,
+    }
+    .request("BYE", 2, "z9hG4bKdurableb", "");
+    sim.send(A, &bye);
+    sim.run(20 * MS);
+    let to_b = requests(&sim.take(B), "BYE")[0].clone();
+    sim.send(B, &answer(&to_b, "200 OK", None, ""));
+    sim.run(20 * MS);
+    assert_eq!(sim.records().len(), 1);
+    assert_eq!(sim.records()[0].hangup_side, HangupSide::Caller);
+    assert_clean(&mut sim);
+}

@@ -1,0 +1,107 @@
+//! Signaling killed with `kill -9` while a call is up: the call still gets its CDR row. At
+//! the answer signaling keeps a durable record of the call (`cdr_open`) and records that it
+//! is alive every 2 s; the restarted process finds the record its predecessor left, releases
+//! the call on its media proxy (which answers the real final figures), and writes the row
+//! ended by the system at the predecessor's last sign of life.
+//!
+//! Port plan: SIP 25990-25992, the media proxy's gRPC 25995; SIPp media 36800 and 36900;
+//! relay 37600-37699.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+mod common;
+
+use common::Scratch;
+use common::calls::{Ports, Service, start_mediaproxy, uac, uas};
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn number(row: &std::collections::HashMap<String, String>, column: &str) -> i64 {
+    row[column]
+        .parse()
+        .unwrap_or_else(|_| panic!("{column}: {row:?}"))
+}
+
+#[test]
+fn a_call_up_when_signaling_is_killed_gets_its_cdr_with_real_figures_at_the_restart() {
+    let ports = Ports {
+        sip: 25990,
+        uac: 25991,
+        uas: 25992,
+        uac_media: 36800,
+        uas_media: 36900,
+        relay: 37700..37800,
+    };
+    let (_proxy, url) = start_mediaproxy(25995, "37600-37699", "mp-crash");
+    let dir = Scratch::new("crash-cdr");
+    let cdr = format!("sqlite://{}", dir.join("cdr.db").display());
+    let options = [
+        "--trusted",
+        "127.0.0.0/8",
+        "--mediaproxy",
+        &url,
+        "--cdr",
+        &cdr,
+    ];
+    let mut first = Service::start("crash-first", &ports, &options);
+    let _callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    // Three seconds into the 5 s of audio, the process dies without a word.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !first
+        .get("/admin/calls")
+        .contains("\"state\": \"confirmed\"")
+    {
+        assert!(Instant::now() < deadline, "no call up:\n{}", first.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(3000));
+    let killed_at = unix_ms();
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(first.table("cdr").is_empty(), "no CDR before the restart");
+
+    let second = Service::start("crash-second", &ports, &options);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while second.table("cdr").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no CDR for the call after the restart:\n{}",
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = second.log();
+    let (rows, media, _) = second.stop_all();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["disposition"], "answered", "{row:?}");
+    assert_eq!(row["hangup_side"], "system", "{row:?}");
+    assert!(
+        row["end_reason"].starts_with("signaling stopped with the call up"),
+        "{row:?}"
+    );
+    // Ended at the last heartbeat (every 2 s) before the kill.
+    let (answer, end) = (number(row, "answer_time"), number(row, "end_time"));
+    assert!(
+        end >= answer && end <= killed_at && end >= killed_at - 2500,
+        "answer {answer}, end {end}, killed at {killed_at}"
+    );
+    assert_eq!(number(row, "duration_ms"), end - answer);
+    // The media proxy still held the call: its real final figures, both ways.
+    assert_eq!(row["media_node"], "mp-crash", "{row:?}");
+    assert_eq!(row["media_verdict"], "ok", "{row:?}");
+    assert!(number(row, "caller_audio_packets") >= 100, "{row:?}");
+    assert!(number(row, "callee_audio_packets") >= 100, "{row:?}");
+    assert_eq!(media.len(), 2, "{media:?}");
+    assert!(
+        log.contains("calls were up when a signaling process stopped"),
+        "{log}"
+    );
+}
