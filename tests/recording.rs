@@ -161,6 +161,7 @@ async fn call(proxy: &mut TestProxy, id: &str, codec: TestCodec, reflect: bool) 
                 call_id: id.into(),
                 leg: leg as i32,
                 media: vec![remote(phone, codec)],
+                ..Default::default()
             })
             .await
             .expect("update");

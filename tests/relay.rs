@@ -168,6 +168,10 @@ async fn latches_a_nat_rewritten_source_in_the_window_and_refuses_a_late_strange
         stranger.send(local(&a, false), &g711(seq, 666)).await;
     }
     callee.expect_silence(Duration::from_millis(200)).await;
+    // Nor is it answered: the relay sends only where SDP or latching pointed (no reflector).
+    callee.send(local(&b, false), &g711(3, 2)).await;
+    assert_eq!(nat.receive(1, WAIT).await.len(), 1);
+    stranger.expect_silence(Duration::from_millis(100)).await;
     nat.send(local(&a, false), &g711(2, 1)).await;
     assert_eq!(callee.receive(1, WAIT).await.len(), 1);
     let caller = media_of(&proxy.stats("call-nat").await, CALLER).clone();
@@ -488,6 +492,7 @@ async fn bad_requests_get_clear_errors_and_bad_packets_are_counted_drops() {
                 rtp_port: 4000,
                 ..Default::default()
             }],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -508,6 +513,7 @@ async fn bad_requests_get_clear_errors_and_bad_packets_are_counted_drops() {
                 rtp_port: 70000,
                 ..Default::default()
             }],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -527,6 +533,7 @@ async fn bad_requests_get_clear_errors_and_bad_packets_are_counted_drops() {
                 rtp_port: 4000,
                 ..Default::default()
             }],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -865,6 +872,7 @@ async fn each_media_line_relays_to_the_same_line_of_the_other_leg() {
                 call_id: "call-lines".into(),
                 leg: leg as i32,
                 media,
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -819,6 +819,7 @@ async fn grpc_call(
                     }],
                     direction: pb::Direction::Sendrecv as i32,
                 }],
+                ..Default::default()
             })
             .await?;
     }

@@ -1245,6 +1245,7 @@ mod tombstone_tests {
                     channels: 1,
                 }],
                 direction: Direction::SendRecv,
+                signaling_ip: None,
             };
             session.update(now, leg, &[remote]).unwrap();
         }

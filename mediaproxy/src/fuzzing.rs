@@ -35,6 +35,7 @@ fn remote(rtp: SocketAddr) -> RemoteMedia {
             },
         ],
         direction: Direction::SendRecv,
+        signaling_ip: Some(rtp.ip()),
     }
 }
 
@@ -123,6 +124,7 @@ pub fn grpc_requests(data: &[u8]) {
     }
     if let Ok(request) = pb::UpdateRequest::decode(data) {
         let _ = grpc::call_id(&request.call_id);
+        let _ = grpc::signaling_ip(&request.signaling_address);
         let _ = grpc::leg_from_wire(request.leg);
         for media_ip in ["0.0.0.0", "127.0.0.1", "::1"] {
             let media_ip = media_ip.parse().expect("an address");

@@ -219,6 +219,20 @@ pub(crate) fn remote_from_wire(
         target,
         codecs,
         direction: Direction::from_wire(wire.direction),
+        signaling_ip: None,
+    })
+}
+
+/// An update's `signaling_address`: None when empty.
+pub(crate) fn signaling_ip(text: &str) -> Result<Option<IpAddr>, Status> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        Status::invalid_argument(format!(
+            "signaling_address {text:?} is not an IPv4 or IPv6 address"
+        ))
     })
 }
 
@@ -457,11 +471,17 @@ impl MediaProxy for Service {
         let id = call_id(&request.call_id)?;
         self.check_call(&client, &id)?;
         let media_ip = self.control.settings().media_ip;
+        let signaling = signaling_ip(&request.signaling_address)?;
         let remotes = request
             .media
             .iter()
             .enumerate()
-            .map(|(i, m)| remote_from_wire(i, m, media_ip))
+            .map(|(i, m)| {
+                remote_from_wire(i, m, media_ip).map(|mut remote| {
+                    remote.signaling_ip = signaling;
+                    remote
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let allocation = self
             .control

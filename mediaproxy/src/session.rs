@@ -18,13 +18,16 @@
 //!    better (rank: exact address and port > same address > same port > anything) takes the
 //!    latch over; packets from other sources are dropped as `unknown_source`.
 //! 4. After the window the latch is fixed: a stranger spraying packets at a live port cannot
-//!    steal the stream.
+//!    steal the stream. One exception: a latch on a source that does not match the SDP's
+//!    address (a guess: a NAT that also changed the address, or a stranger who sprayed the
+//!    port before the phone's first packet) gives way to the first source that does, at any
+//!    time, so an early spray cannot lock the real phone out.
 //! 5. An update with the same SDP address keeps the latch and lets the next packet open a new
 //!    window from any source (a phone that moved networks re-INVITEs); an update with a new
 //!    address drops the latch and sends to the new address until its first packet.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::quality::RtpQuality;
@@ -200,6 +203,8 @@ impl Counters {
 struct Latch {
     /// Address from SDP (None before the first update, on hold, or disabled).
     sdp: Option<SocketAddr>,
+    /// The IP the leg's SIP comes from (a NATed phone's media comes from it too).
+    signaling_ip: Option<IpAddr>,
     /// Current latched source.
     source: Option<SocketAddr>,
     rank: u8,
@@ -221,10 +226,15 @@ enum Admission {
     Reject,
 }
 
-fn rank(source: SocketAddr, sdp: Option<SocketAddr>) -> u8 {
+/// The rank of a source at the address the SDP gave (exactly, or its IP with another port as
+/// a NAT rewrites it).
+const EXPECTED: u8 = 2;
+
+fn rank(source: SocketAddr, sdp: Option<SocketAddr>, signaling_ip: Option<IpAddr>) -> u8 {
     match sdp {
         Some(sdp) if sdp == source => 3,
-        Some(sdp) if sdp.ip() == source.ip() => 2,
+        Some(sdp) if sdp.ip() == source.ip() => EXPECTED,
+        _ if signaling_ip == Some(source.ip()) => EXPECTED,
         Some(sdp) if sdp.port() == source.port() => 1,
         _ => 0,
     }
@@ -234,7 +244,7 @@ impl Latch {
     fn admit(&mut self, now: Instant, source: SocketAddr, window: Duration) -> Admission {
         let Some(current) = self.source else {
             self.source = Some(source);
-            self.rank = rank(source, self.sdp);
+            self.rank = rank(source, self.sdp, self.signaling_ip);
             self.window_until = Some(now + window);
             self.relearn = false;
             return if self.ever_latched {
@@ -247,13 +257,18 @@ impl Latch {
         if current == source {
             if self.relearn {
                 self.relearn = false;
-                self.rank = rank(source, self.sdp);
+                self.rank = rank(source, self.sdp, self.signaling_ip);
                 self.window_until = Some(now + window);
             }
             return Admission::Accept;
         }
-        let new_rank = rank(source, self.sdp);
+        let new_rank = rank(source, self.sdp, self.signaling_ip);
         let switch = if self.relearn {
+            true
+        } else if self.rank < EXPECTED && new_rank >= EXPECTED {
+            // A source at the address the SDP gave beats a guess at any time: a stranger
+            // that sprayed the port before the phone's first packet cannot keep it once the
+            // phone is heard, window or not.
             true
         } else {
             self.window_until.is_some_and(|until| now < until) && new_rank > self.rank
@@ -278,7 +293,10 @@ impl Latch {
         }
     }
 
-    fn set_sdp(&mut self, sdp: Option<SocketAddr>, silenced: bool) {
+    fn set_sdp(&mut self, sdp: Option<SocketAddr>, signaling_ip: Option<IpAddr>, silenced: bool) {
+        if signaling_ip.is_some() {
+            self.signaling_ip = signaling_ip;
+        }
         if sdp.is_some() && sdp != self.sdp {
             // A new address: send there until a packet shows where the leg really is.
             self.source = None;
@@ -364,9 +382,15 @@ impl Media {
     }
 
     /// Applies one SDP target to both latches.
-    fn set_sdp(&mut self, rtp: Option<SocketAddr>, rtcp: Option<SocketAddr>, silenced: bool) {
-        self.rtp_latch.set_sdp(rtp, silenced);
-        self.rtcp_latch.set_sdp(rtcp, silenced);
+    fn set_sdp(
+        &mut self,
+        rtp: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+        signaling_ip: Option<IpAddr>,
+        silenced: bool,
+    ) {
+        self.rtp_latch.set_sdp(rtp, signaling_ip, silenced);
+        self.rtcp_latch.set_sdp(rtcp, signaling_ip, silenced);
     }
 
     fn clock_for(&mut self, payload_type: u8) -> Option<u32> {
@@ -511,15 +535,15 @@ impl Session {
                 RemoteTarget::Address { rtp, rtcp } => {
                     media.mux = rtcp == rtp;
                     media.disabled = false;
-                    media.set_sdp(Some(rtp), Some(rtcp), false);
+                    media.set_sdp(Some(rtp), Some(rtcp), remote.signaling_ip, false);
                 }
                 RemoteTarget::Hold => {
                     media.disabled = false;
-                    media.set_sdp(None, None, true);
+                    media.set_sdp(None, None, remote.signaling_ip, true);
                 }
                 RemoteTarget::Disabled => {
                     media.disabled = true;
-                    media.set_sdp(None, None, true);
+                    media.set_sdp(None, None, remote.signaling_ip, true);
                 }
             }
             media.updated = true;
@@ -958,6 +982,7 @@ mod tests {
             },
             codecs: Vec::new(),
             direction: Direction::SendRecv,
+            signaling_ip: None,
         }
     }
 
@@ -1121,6 +1146,81 @@ mod tests {
         let late = now + Duration::from_secs(4);
         assert_eq!(
             s.handle_packet(late, rtp_at(Leg::Caller), addr(CALLER_SDP), &packet(3)),
+            Verdict::Drop(DropReason::UnknownSource)
+        );
+    }
+
+    #[test]
+    fn a_stranger_spraying_before_the_phone_cannot_keep_the_port_when_the_phone_comes() {
+        let now = Instant::now();
+        let mut s = started(now);
+        // Before the caller's first packet a stranger sprays its port; it is a guess (rank
+        // 0) and is relayed, as a phone behind an address-changing NAT would be.
+        let stranger = addr("203.0.113.66:4444");
+        assert!(matches!(
+            s.handle_packet(now, rtp_at(Leg::Caller), stranger, &packet(1)),
+            Verdict::Forward { .. }
+        ));
+        // The phone answers late, long after the window: from its SDP address it takes over.
+        let late = now + Duration::from_secs(10);
+        assert!(matches!(
+            s.handle_packet(late, rtp_at(Leg::Caller), addr(CALLER_SDP), &packet(2)),
+            Verdict::Forward { .. }
+        ));
+        // From then on the stranger is refused and counted, and cannot come back.
+        for seq in 3..6 {
+            assert_eq!(
+                s.handle_packet(late, rtp_at(Leg::Caller), stranger, &packet(seq)),
+                Verdict::Drop(DropReason::UnknownSource)
+            );
+        }
+        let snap = s.snapshot();
+        let media = &snap.legs[0].media[0];
+        assert_eq!(media.latched_rtp, Some(addr(CALLER_SDP)));
+        assert_eq!(media.drops[DropReason::UnknownSource.index()], 3);
+        // A phone at the SDP's address with a NAT-rewritten port (rank 2) wins the same way.
+        let mut s = started(now);
+        s.handle_packet(now, rtp_at(Leg::Caller), stranger, &packet(1));
+        let nat = addr("10.0.0.7:40000");
+        assert!(matches!(
+            s.handle_packet(late, rtp_at(Leg::Caller), nat, &packet(2)),
+            Verdict::Forward { .. }
+        ));
+        assert_eq!(s.snapshot().legs[0].media[0].latched_rtp, Some(nat));
+    }
+
+    #[test]
+    fn a_natted_phone_is_known_by_its_signaling_address_and_beats_an_earlier_stranger() {
+        let now = Instant::now();
+        let mut s = session(now);
+        // The caller's SDP names its private address; its SIP came from its NAT's public one.
+        let mut private = remote("192.168.1.20:4000");
+        private.signaling_ip = Some("198.51.100.7".parse().unwrap());
+        s.update(now, Leg::Caller, &[private]).unwrap();
+        s.update(now, Leg::Callee, &[remote(CALLEE_SDP)]).unwrap();
+        let stranger = addr("203.0.113.66:4444");
+        s.handle_packet(now, rtp_at(Leg::Caller), stranger, &packet(1));
+        // Its media comes from the public address with a port the NAT chose, seconds later.
+        let phone = addr("198.51.100.7:61000");
+        let late = now + Duration::from_secs(10);
+        assert!(matches!(
+            s.handle_packet(late, rtp_at(Leg::Caller), phone, &packet(2)),
+            Verdict::Forward { .. }
+        ));
+        assert_eq!(
+            s.handle_packet(late, rtp_at(Leg::Caller), stranger, &packet(3)),
+            Verdict::Drop(DropReason::UnknownSource)
+        );
+        assert_eq!(s.snapshot().legs[0].media[0].latched_rtp, Some(phone));
+        // Without the signaling address both are guesses: the first keeps the port after
+        // the window (what the proxy cannot tell apart, it does not switch).
+        let mut s = session(now);
+        s.update(now, Leg::Caller, &[remote("192.168.1.20:4000")])
+            .unwrap();
+        s.update(now, Leg::Callee, &[remote(CALLEE_SDP)]).unwrap();
+        s.handle_packet(now, rtp_at(Leg::Caller), stranger, &packet(1));
+        assert_eq!(
+            s.handle_packet(late, rtp_at(Leg::Caller), phone, &packet(2)),
             Verdict::Drop(DropReason::UnknownSource)
         );
     }

@@ -36,6 +36,9 @@ pub struct RemoteMedia {
     pub target: RemoteTarget,
     pub codecs: Vec<Codec>,
     pub direction: Direction,
+    /// Where the leg's SIP messages come from: a phone behind a NAT sends its media from
+    /// that address too, so a source with this IP ranks with the SDP's address.
+    pub signaling_ip: Option<std::net::IpAddr>,
 }
 
 /// The destination part of a [`RemoteMedia`].

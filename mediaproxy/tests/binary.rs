@@ -711,6 +711,7 @@ async fn phone_call(
                     codecs: codecs.clone(),
                     direction: pb::Direction::Sendrecv as i32,
                 }],
+                ..Default::default()
             })
             .await
             .unwrap();

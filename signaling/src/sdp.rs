@@ -41,6 +41,9 @@ pub struct MediaLine {
 pub struct SessionDescription {
     pub origin_version: Option<u64>,
     pub media: Vec<MediaLine>,
+    /// Not part of the SDP: the IP the SIP message carrying it came from, set by the call
+    /// layer for the media proxy (a NATed phone's media comes from there too).
+    pub signaling_ip: Option<IpAddr>,
 }
 
 /// Splits into lines, keeping each line's ending.
@@ -240,6 +243,7 @@ pub fn parse(sdp: &str) -> Result<SessionDescription, SdpError> {
     Ok(SessionDescription {
         origin_version,
         media,
+        signaling_ip: None,
     })
 }
 

@@ -138,6 +138,11 @@ impl Signaling {
         )
         .map_err(|e| StartError::MediaProxy(e.to_string()))?
         .with_dns_failures(metrics.dns_failures.clone());
+        let pool = if embedded.is_some() {
+            pool.in_process()
+        } else {
+            pool
+        };
         // Names are resolved now, so the first calls have nodes; a name that does not resolve
         // yet only warns (its nodes come with a later refresh).
         pool.refresh().await;

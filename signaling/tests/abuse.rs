@@ -6,7 +6,8 @@
 //! 127.0.0.3.
 //!
 //! Port plan: SIP 25950 (svcrack, +3 the control without bans), 25960 (svwar), 25970
-//! (flood); SIPp media 36000-36999 by test; relay 37000-37599; attacker source ports
+//! (flood); SIPp media 36000-36999 by test; relay 10800-11399 (below the kernel's ephemeral
+//! range); attacker source ports
 //! 25955-25959, 25965-25969, 25975.
 
 use std::net::UdpSocket;
@@ -85,7 +86,7 @@ fn a_password_guesser_is_banned_before_it_finds_the_password_and_the_real_user_s
         uas: 25958,
         uac_media: 36000,
         uas_media: 36100,
-        relay: 37000..37100,
+        relay: 10800..10900,
     };
     let unguarded = Service::start(
         "svcrack-open",
@@ -105,7 +106,7 @@ fn a_password_guesser_is_banned_before_it_finds_the_password_and_the_real_user_s
         uas: 25952,
         uac_media: 36200,
         uas_media: 36300,
-        relay: 37100..37200,
+        relay: 10900..11000,
     };
     let service = Service::start("svcrack", &ports, &["--users", &users]);
     let output = svcrack(&dir, ports.sip, 25955);
@@ -176,7 +177,7 @@ fn a_user_name_scan_learns_no_user_names() {
         uas: 25962,
         uac_media: 36400,
         uas_media: 36500,
-        relay: 37200..37300,
+        relay: 11000..11100,
     };
     let service = Service::start("svwar", &ports, &["--users", &users]);
     let names = dir.join("names.txt");
@@ -242,7 +243,7 @@ fn a_register_flood_from_one_source_leaves_real_users_at_full_success() {
         uas: 25972,
         uac_media: 36600,
         uas_media: 36700,
-        relay: 37300..37600,
+        relay: 11100..11400,
     };
     let service = Service::start("flood", &ports, &["--users", &users]);
     let stop = Arc::new(AtomicBool::new(false));

@@ -5,7 +5,7 @@
 //! ended by the system at the predecessor's last sign of life.
 //!
 //! Port plan: SIP 25990-25992, the media proxy's gRPC 25995; SIPp media 36800 and 36900;
-//! relay 37600-37699.
+//! relay 11400-11599 (below the kernel's ephemeral range).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,9 +35,9 @@ fn a_call_up_when_signaling_is_killed_gets_its_cdr_with_real_figures_at_the_rest
         uas: 25992,
         uac_media: 36800,
         uas_media: 36900,
-        relay: 37700..37800,
+        relay: 11500..11600,
     };
-    let (_proxy, url) = start_mediaproxy(25995, "37600-37699", "mp-crash");
+    let (_proxy, url) = start_mediaproxy(25995, "11400-11499", "mp-crash");
     let dir = Scratch::new("crash-cdr");
     let cdr = format!("sqlite://{}", dir.join("cdr.db").display());
     let options = [

@@ -669,9 +669,11 @@ fn a_partitioned_host_loses_its_call_and_is_cleaned_up_when_it_returns() {
         assert!(partitioned.elapsed() < Duration::from_secs(3), "not moved");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Longer than a request's deadline (2 s) and the HTTP/2 keepalive (2 s): the release
-    // signaling sent the node after the move is lost with the dropped connection.
-    std::thread::sleep(Duration::from_millis(4000));
+    // Longer than the release signaling sent the node after the move takes to give up: two
+    // attempts of a 2 s deadline with a pause between (it was 4 s, and a second attempt
+    // still in flight at the mend released the session itself now and then, so nothing was
+    // left to sweep).
+    std::thread::sleep(Duration::from_millis(6500));
     cut.mend();
     service.wait_nodes("the node back", |view| {
         view.matches("\"state\": \"up\"").count() == 2

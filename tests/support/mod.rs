@@ -143,6 +143,7 @@ impl TestProxy {
                 call_id: call.into(),
                 leg: leg as i32,
                 media: vec![pcmu_media(0, rtp, rtcp)],
+                ..Default::default()
             })
             .await
             .expect("update succeeds");

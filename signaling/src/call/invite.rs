@@ -271,10 +271,11 @@ impl Core {
         self.active += 1;
         tracing::info!(%call_id, mode = if relayed { mode.as_str() } else { "direct" }, recorded, "new call");
         match offer {
-            Some(offer) if relayed => {
+            Some(mut offer) if relayed => {
                 if let Some(record) = self.calls.get_mut(&call) {
                     record.allocation_requested = true;
                     record.last_sdp[Side::A.index()] = Some(record.a_invite.body.clone());
+                    offer.signaling_ip = Some(record.a.peer.addr.ip());
                 }
                 self.push(super::Output::Allocate {
                     call,
@@ -476,7 +477,8 @@ impl Core {
                         .and_then(|t| sdp::parse(t).ok())
                 })
                 .flatten();
-            if let Some(offer) = late_offer {
+            if let Some(mut offer) = late_offer {
+                offer.signaling_ip = Some(record.b.peer.addr.ip());
                 record.state = State::LateOfferPending;
                 record.held_answer = Some(response);
                 record.allocation_requested = true;

@@ -466,7 +466,12 @@ impl Call {
     }
 
     /// Points `from`'s media leg at its new SDP, on the call's node.
-    fn media_update(&self, from: Side, sdp: SessionDescription) -> Option<Output> {
+    fn media_update(&self, from: Side, mut sdp: SessionDescription) -> Option<Output> {
+        let dialog = match from {
+            Side::A => &self.a,
+            Side::B => &self.b,
+        };
+        sdp.signaling_ip = Some(dialog.peer.addr.ip());
         self.media.as_ref().map(|plan| Output::UpdateMedia {
             endpoint: plan.endpoint.clone(),
             call_id: self.a.call_id.clone(),

@@ -79,11 +79,13 @@ impl Core {
                         .as_deref()
                         .and_then(|body| body_sdp(body).ok().flatten())
                 };
-                let (Some(caller), Some(callee)) = (sdp(Side::A), sdp(Side::B)) else {
+                let (Some(mut caller), Some(mut callee)) = (sdp(Side::A), sdp(Side::B)) else {
                     let reason = format!("{why}; no SDP of both legs to move the call with");
                     self.end_answered(now, call, HangupSide::System, reason);
                     return;
                 };
+                caller.signaling_ip = Some(record.a.peer.addr.ip());
+                callee.signaling_ip = Some(record.b.peer.addr.ip());
                 tracing::warn!(call_id = %record.a.call_id, %node, reason, "media node lost; moving the call");
                 record.relocating = Some(Relocation {
                     from: node,

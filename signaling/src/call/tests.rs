@@ -586,17 +586,26 @@ fn plan() -> MediaPlan {
 
 /// Answers the last allocation the core asked for.
 fn allocated(sim: &mut Sim, result: Result<MediaPlan, MediaError>) -> Leg {
-    let (call, leg) = sim
+    let (call, leg, signaling_ip) = sim
         .outputs
         .iter()
         .rev()
         .find_map(|o| match o {
             Output::Allocate {
-                call, offer_leg, ..
-            } => Some((*call, *offer_leg)),
+                call,
+                offer_leg,
+                offer,
+                ..
+            } => Some((*call, *offer_leg, offer.signaling_ip)),
             _ => None,
         })
         .expect("an allocation");
+    // The proxy is told where the offering leg's SIP came from (its NAT's public side).
+    assert_eq!(
+        signaling_ip,
+        Some(std::net::IpAddr::from([127, 0, 0, 1])),
+        "the offer's signaling address"
+    );
     sim.input(Input::MediaReady { call, result });
     leg
 }

@@ -301,6 +301,24 @@ async fn a_slow_node_is_marked_down_within_a_second_and_calls_go_to_the_good_one
     stop.cancel();
 }
 
+/// Found by the soak test: with the machine's CPU taken by other work, the embedded proxy
+/// (in the same process) answered two health checks late, was declared lost, and its calls
+/// were ended. A node in this process lives and dies with it: late answers are not a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_proxy_answering_late_is_never_declared_lost() {
+    let (slow, _) = faulty(Fault::Slow(Duration::from_secs(3))).await;
+    let pool = pool(std::slice::from_ref(&slow), None).in_process();
+    let (stop, mut lost) = watch_all(&pool);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_ne!(state_of(&pool, &slow), NodeState::Down);
+    assert!(
+        pool.node(&slow).unwrap().health().misses >= 2,
+        "the checks did miss"
+    );
+    assert!(lost.try_recv().is_err(), "nobody was told it was lost");
+    stop.cancel();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_status_counts_as_a_missed_check() {
     let (broken, _) = faulty(Fault::MalformedStatus).await;

@@ -472,6 +472,10 @@ impl MediaClient {
                 call_id: call_id.to_owned(),
                 leg: leg.to_wire(),
                 media: media.clone(),
+                signaling_address: sdp
+                    .signaling_ip
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default(),
             };
             async move { client.update(request).await }
         })

@@ -129,6 +129,15 @@ impl Headers {
         Self(Vec::new())
     }
 
+    /// Header lines held.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The first value of a header (whole line).
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
@@ -296,8 +305,9 @@ impl Message {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct ParseError {
-    /// The status to answer a request with: 400, or 505 (a SIP version other than 2.0), or
-    /// 416 (a Request-URI scheme other than sip, sips, tel).
+    /// The status to answer a request with: 400, or 505 (a SIP version other than 2.0), 416
+    /// (a Request-URI scheme other than sip, sips, tel), 413 (a body over [`MAX_BODY`]) or
+    /// 513 (more than [`MAX_HEADER_FIELDS`] header fields).
     pub status: u16,
     /// For the reason phrase of the answer, e.g. "Bad Content-Length".
     pub reason: String,
@@ -366,6 +376,11 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         }
         if let Some((name, value)) = current.take() {
             headers.push(&name, value);
+            if headers.len() > MAX_HEADER_FIELDS {
+                let mut error = fail("Too many header fields", request, headers);
+                error.status = 513;
+                return Err(error);
+            }
         }
         if line.is_empty() {
             continue;
@@ -397,6 +412,11 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
             let Ok(length) = text.trim().parse::<usize>() else {
                 return Err(fail("Bad Content-Length", request, headers));
             };
+            if length > MAX_BODY {
+                let mut error = fail("Request Entity Too Large", request, headers);
+                error.status = 413;
+                return Err(error);
+            }
             if rest.len() < length {
                 return Err(fail("Body shorter than Content-Length", request, headers));
             }
@@ -612,6 +632,12 @@ pub enum Frame {
 
 /// Longest header section accepted on a stream before giving up on it.
 const MAX_HEADER: usize = 64 * 1024;
+/// Largest body accepted: SDP of a video call with every codec is a few KiB; a bigger
+/// Content-Length is refused (413 for a datagram; a stream is closed, as no frame of it can
+/// be trusted) instead of buffered.
+pub const MAX_BODY: usize = 32 * 1024;
+/// Most header fields in one message (after unfolding); more is refused 513.
+pub const MAX_HEADER_FIELDS: usize = 256;
 
 /// Cuts the first message out of a stream buffer by its Content-Length.
 pub fn frame(buffer: &[u8]) -> Frame {
@@ -651,6 +677,9 @@ pub fn frame(buffer: &[u8]) -> Frame {
         }
     }
     let length = length.unwrap_or(0);
+    if length > MAX_BODY {
+        return Frame::Invalid("Content-Length over the 32 KiB a body may have");
+    }
     let total = skip + end + separator + length;
     if buffer.len() >= total {
         Frame::Complete(total)
@@ -831,6 +860,37 @@ m: \"Joe, Smith\" <sip:joe@z>, <sip:joe@w>\r\nCSeq: 8 OPTIONS\r\nX-Unknown: kept
         let written = String::from_utf8(r.to_bytes()).unwrap();
         assert!(written.contains("Call-ID: folded-id\r\n"));
         assert!(written.contains("X-Unknown: kept\r\n"));
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_413_and_too_many_headers_513_and_a_stream_is_cut() {
+        let big = format!(
+            "INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP a.example.com;branch=z9hG4bK1\r\n\
+From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: big\r\n\
+CSeq: 1 INVITE\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{}",
+            MAX_BODY + 1,
+            "v".repeat(MAX_BODY + 1)
+        );
+        let error = parse(big.as_bytes()).unwrap_err();
+        assert_eq!((error.status, error.request), (413, true));
+        assert_eq!(error.headers.call_id(), "big", "enough to answer");
+        assert!(matches!(frame(big.as_bytes()), Frame::Invalid(_)));
+        let mut many = String::from(
+            "OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/UDP a.example.com;branch=z9hG4bK2\r\n\
+From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\nCall-ID: many\r\nCSeq: 1 OPTIONS\r\n",
+        );
+        for n in 0..MAX_HEADER_FIELDS {
+            many.push_str(&format!("X-Filler-{n}: {n}\r\n"));
+        }
+        many.push_str("Content-Length: 0\r\n\r\n");
+        let error = parse(many.as_bytes()).unwrap_err();
+        assert_eq!(error.status, 513, "{}", error.reason);
+        // Right at the limits is fine.
+        let ok = big.replace(
+            &format!("Content-Length: {}", MAX_BODY + 1),
+            &format!("Content-Length: {MAX_BODY}"),
+        );
+        assert!(parse(ok.as_bytes()).is_ok());
     }
 
     /// Found by the `sip_message` fuzz target: a folded continuation of only white space left
