@@ -6,7 +6,7 @@
 //! 127.0.0.3.
 //!
 //! Port plan: SIP 25950 (svcrack, +3 the control without bans), 25960 (svwar), 25970
-//! (flood); SIPp media 36000-36999 by test; relay 10800-11399 (below the kernel's ephemeral
+//! (flood); SIPp media 17000-17799 by test; relay 10800-11399 (below the kernel's ephemeral
 //! range); attacker source ports
 //! 25955-25959, 25965-25969, 25975.
 
@@ -84,8 +84,8 @@ fn a_password_guesser_is_banned_before_it_finds_the_password_and_the_real_user_s
         sip: 25953,
         uac: 25954,
         uas: 25958,
-        uac_media: 36000,
-        uas_media: 36100,
+        uac_media: 17000,
+        uas_media: 17100,
         relay: 10800..10900,
     };
     let unguarded = Service::start(
@@ -104,8 +104,8 @@ fn a_password_guesser_is_banned_before_it_finds_the_password_and_the_real_user_s
         sip: 25950,
         uac: 25951,
         uas: 25952,
-        uac_media: 36200,
-        uas_media: 36300,
+        uac_media: 17200,
+        uas_media: 17300,
         relay: 10900..11000,
     };
     let service = Service::start("svcrack", &ports, &["--users", &users]);
@@ -175,8 +175,8 @@ fn a_user_name_scan_learns_no_user_names() {
         sip: 25960,
         uac: 25961,
         uas: 25962,
-        uac_media: 36400,
-        uas_media: 36500,
+        uac_media: 17400,
+        uas_media: 17500,
         relay: 11000..11100,
     };
     let service = Service::start("svwar", &ports, &["--users", &users]);
@@ -241,8 +241,8 @@ fn a_register_flood_from_one_source_leaves_real_users_at_full_success() {
         sip: 25970,
         uac: 25971,
         uas: 25972,
-        uac_media: 36600,
-        uas_media: 36700,
+        uac_media: 17600,
+        uas_media: 17700,
         relay: 11100..11400,
     };
     let service = Service::start("flood", &ports, &["--users", &users]);

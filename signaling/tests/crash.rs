@@ -4,7 +4,7 @@
 //! the call on its media proxy (which answers the real final figures), and writes the row
 //! ended by the system at the predecessor's last sign of life.
 //!
-//! Port plan: SIP 25990-25992, the media proxy's gRPC 25995; SIPp media 36800 and 36900;
+//! Port plan: SIP 25990-25992, the media proxy's gRPC 25995; SIPp media 17800 and 17900;
 //! relay 11400-11599 (below the kernel's ephemeral range).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,8 +33,8 @@ fn a_call_up_when_signaling_is_killed_gets_its_cdr_with_real_figures_at_the_rest
         sip: 25990,
         uac: 25991,
         uas: 25992,
-        uac_media: 36800,
-        uas_media: 36900,
+        uac_media: 17800,
+        uas_media: 17900,
         relay: 11500..11600,
     };
     let (_proxy, url) = start_mediaproxy(25995, "11400-11499", "mp-crash");

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{Pki, Rows, Running, SIGNALING, Scratch, cdr_table, number, scenarios, sibling};
+use common::{
+    Pki, Rows, Running, SIGNALING, Scratch, cdr_table, eventually, number, scenarios, sibling,
+};
 use signaling::cdr::Target;
 
 /// 5 s of 20 ms packets (250) plus the DTMF event of the pcap: at least 240 must arrive.
@@ -695,13 +697,18 @@ fn a_partitioned_host_loses_its_call_and_is_cleaned_up_when_it_returns() {
     }
     service.expect(call, "caller");
     service.expect(phone, "callee");
-    let metrics = service.get("/metrics");
+    // Counted when the node's answer to the release arrives, which can be a little after the
+    // node shows no session any more.
+    let swept = format!(
+        "signaling_media_sessions_swept_total{{node=\"{}\"}} 1",
+        cut.name
+    );
     assert!(
-        metrics.contains(&format!(
-            "signaling_media_sessions_swept_total{{node=\"{}\"}} 1",
-            cut.name
-        )),
-        "{metrics}"
+        eventually(Duration::from_secs(3), || service
+            .get("/metrics")
+            .contains(&swept)),
+        "{}",
+        service.get("/metrics")
     );
     let (rows, _) = service.stop();
     assert_eq!(rows.len(), 1, "{rows:?}");

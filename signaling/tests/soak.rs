@@ -7,8 +7,10 @@
 //! also checks that memory stays flat within 5 % once the proxy's 10-minute retention of
 //! released calls' figures has passed (docs/reliability.md has its figures).
 //!
-//! Port plan: SIP 25996-25998; SIPp media 35000 and 35500; relay 10000-10799 (below the
-//! kernel's ephemeral range: a released relay port must not become another test's phone).
+//! Port plan: SIP 25996-25998; the callee's media 11900, the callers' 12000 up (SIPp's
+//! `[auto_media_port]` moves 4 ports a call, modulo 10 000); relay 10000-10799. All below the
+//! kernel's ephemeral range (32768 up): a port that sees this traffic must never be a port
+//! another test's phone was given.
 
 use std::time::{Duration, Instant};
 
@@ -97,8 +99,8 @@ fn steady_calls_with_media_leak_nothing_and_lose_no_cdr() {
         sip: 25996,
         uac: 25997,
         uas: 25998,
-        uac_media: 35000,
-        uas_media: 35500,
+        uac_media: 12000,
+        uas_media: 11900,
         relay: 10000..10800,
     };
     let service = Service::start(
