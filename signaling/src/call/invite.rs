@@ -546,13 +546,7 @@ impl Core {
         };
         record.state = State::Answered;
         record.answer = Some(now);
-        let open = record.record(
-            now,
-            Disposition::Answered,
-            200,
-            HangupSide::System,
-            super::CRASHED.to_owned(),
-        );
+        let open = record.open_record(now);
         self.push(super::Output::Answered(open));
         let max = self.settings.max_call_duration;
         self.set_timer(now, call, CallTimer::MaxDuration, max);

@@ -407,6 +407,18 @@ struct Call {
 }
 
 impl Call {
+    /// The durable record of the call while it is up ([`Output::Answered`]): ended now, by
+    /// the system, because its process stopped.
+    fn open_record(&self, now: Instant) -> CallRecord {
+        self.record(
+            now,
+            Disposition::Answered,
+            200,
+            HangupSide::System,
+            CRASHED.to_owned(),
+        )
+    }
+
     /// The call's record as if it ended at `now` (an answered call is `answered` with 200,
     /// whatever `disposition` and `status` say).
     fn record(

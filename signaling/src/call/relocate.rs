@@ -176,13 +176,7 @@ impl Core {
         });
         record.media = Some(plan);
         if record.answer.is_some() {
-            let open = record.record(
-                now,
-                Disposition::Answered,
-                200,
-                HangupSide::System,
-                super::CRASHED.to_owned(),
-            );
+            let open = record.open_record(now);
             self.push(Output::Answered(open));
         }
         self.restart_recording_after_move(call);
