@@ -645,11 +645,16 @@ impl Config {
 }
 
 fn default_node_id() -> String {
+    host_name().unwrap_or_else(|| "mediaproxy".to_owned())
+}
+
+/// This host's name (None when the kernel has none to give); signaling names its instance
+/// by it too.
+pub fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_owned())
         .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "mediaproxy".to_owned())
 }
 
 #[cfg(test)]

@@ -101,19 +101,60 @@ struct Source {
     refilled: Instant,
     /// Over budget since this many requests (logged once when it starts).
     limited: bool,
-    failures: u32,
-    last_failure: Option<Instant>,
-    banned_until: Option<Instant>,
-    bans: u32,
+    strikes: Strikes,
     seen: Instant,
 }
 
+/// Wrong answers counted against a source or a user, and the bans they brought.
 #[derive(Debug, Default)]
-struct UserGuard {
+struct Strikes {
     failures: u32,
     last_failure: Option<Instant>,
-    guarded_until: Option<Instant>,
+    /// Banned (a source) or guarded (a user) until then.
+    until: Option<Instant>,
     bans: u32,
+}
+
+impl Strikes {
+    fn active(&self, now: Instant) -> bool {
+        self.until.is_some_and(|until| until > now)
+    }
+
+    /// Whether there is anything left to remember at `now`: a ban in force, or failures
+    /// not yet forgiven (a day once it was ever banned, so a patient guesser meets a longer
+    /// ban).
+    fn remembered(&self, now: Instant) -> bool {
+        let memory = if self.bans > 0 {
+            BAN_MEMORY
+        } else {
+            FAILURE_MEMORY
+        };
+        self.active(now)
+            || self
+                .last_failure
+                .is_some_and(|at| now.saturating_duration_since(at) < memory)
+    }
+
+    /// One more wrong answer; when it reaches `threshold`, a ban begins (the first lasting
+    /// `first`, each further one twice the last): its failures and length.
+    fn strike(&mut self, now: Instant, threshold: u32, first: Duration) -> Option<(u32, Duration)> {
+        if self
+            .last_failure
+            .is_some_and(|at| now.saturating_duration_since(at) > FAILURE_MEMORY)
+        {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        self.last_failure = Some(now);
+        if self.failures < threshold {
+            return None;
+        }
+        let (failures, length) = (self.failures, ban_length(first, self.bans));
+        self.until = Some(now + length);
+        self.bans += 1;
+        self.failures = 0;
+        Some((failures, length))
+    }
 }
 
 #[derive(Debug)]
@@ -127,7 +168,7 @@ struct Known {
 pub(crate) struct Guard {
     limits: Limits,
     sources: HashMap<IpAddr, Source>,
-    users: HashMap<String, UserGuard>,
+    users: HashMap<String, Strikes>,
     known: HashMap<(IpAddr, String), Known>,
     purged: Option<Instant>,
 }
@@ -181,10 +222,7 @@ impl Guard {
                     tokens,
                     refilled: now,
                     limited: false,
-                    failures: 0,
-                    last_failure: None,
-                    banned_until: None,
-                    bans: 0,
+                    strikes: Strikes::default(),
                     seen: now,
                 },
             );
@@ -197,30 +235,11 @@ impl Guard {
     pub(crate) fn purge(&mut self, now: Instant) {
         let idle = Duration::from_secs(60);
         self.sources.retain(|_, s| {
-            s.banned_until.is_some_and(|until| until > now)
-                || now.saturating_duration_since(s.seen) < idle
-                || s.last_failure.is_some_and(|at| {
-                    let memory = if s.bans > 0 {
-                        BAN_MEMORY
-                    } else {
-                        FAILURE_MEMORY
-                    };
-                    now.saturating_duration_since(at) < memory
-                })
+            now.saturating_duration_since(s.seen) < idle || s.strikes.remembered(now)
         });
         self.known
             .retain(|_, k| now.saturating_duration_since(k.since) < KNOWN_FOR);
-        self.users.retain(|_, u| {
-            u.guarded_until.is_some_and(|until| until > now)
-                || u.last_failure.is_some_and(|at| {
-                    let memory = if u.bans > 0 {
-                        BAN_MEMORY
-                    } else {
-                        FAILURE_MEMORY
-                    };
-                    now.saturating_duration_since(at) < memory
-                })
-        });
+        self.users.retain(|_, u| u.remembered(now));
     }
 
     fn is_known(&self, now: Instant, ip: IpAddr, user: Option<&str>) -> bool {
@@ -234,10 +253,7 @@ impl Guard {
     /// Whether everything from `ip` is dropped: it is banned, and `user` (who the request
     /// claims to be) has not authenticated from there lately.
     pub(crate) fn drops(&self, now: Instant, ip: IpAddr, user: Option<&str>) -> bool {
-        self.sources
-            .get(&ip)
-            .and_then(|s| s.banned_until)
-            .is_some_and(|until| until > now)
+        self.sources.get(&ip).is_some_and(|s| s.strikes.active(now))
             && !self.is_known(now, ip, user)
     }
 
@@ -257,7 +273,7 @@ impl Guard {
             return (Admission::Pass, false);
         };
         source.seen = now;
-        if source.banned_until.is_some_and(|until| until > now) && !known {
+        if source.strikes.active(now) && !known {
             return (Admission::Drop, false);
         }
         if rate <= 0.0 {
@@ -288,16 +304,13 @@ impl Guard {
         if self.is_known(now, ip, Some(user)) {
             return false;
         }
-        self.users
-            .get(user)
-            .and_then(|u| u.guarded_until)
-            .is_some_and(|until| until > now)
+        self.users.get(user).is_some_and(|u| u.active(now))
     }
 
     /// A right answer: the pair becomes known and the source's failures are forgiven.
     pub(crate) fn succeeded(&mut self, now: Instant, ip: IpAddr, user: &str) {
         if let Some(source) = self.sources.get_mut(&ip) {
-            source.failures = 0;
+            source.strikes.failures = 0;
         }
         let key = (ip, user.to_owned());
         if !self.known.contains_key(&key) && self.known.len() >= MAX_KNOWN {
@@ -334,48 +347,27 @@ impl Guard {
             }
             self.known.remove(&key);
         }
-        if let Some(source) = self.source(now, ip) {
-            if source
-                .last_failure
-                .is_some_and(|at| now.saturating_duration_since(at) > FAILURE_MEMORY)
-            {
-                source.failures = 0;
-            }
-            source.failures += 1;
-            source.last_failure = Some(now);
-            if source.failures >= max {
-                let length = ban_length(first, source.bans);
-                bans.push(Ban::Source {
-                    source: ip,
-                    failures: source.failures,
-                    length,
-                });
-                source.banned_until = Some(now + length);
-                source.bans += 1;
-                source.failures = 0;
-            }
+        if let Some(source) = self.source(now, ip)
+            && let Some((failures, length)) = source.strikes.strike(now, max, first)
+        {
+            bans.push(Ban::Source {
+                source: ip,
+                failures,
+                length,
+            });
         }
-        if self.users.len() < MAX_SOURCES || self.users.contains_key(user) {
-            let guard = self.users.entry(user.to_owned()).or_default();
-            if guard
-                .last_failure
-                .is_some_and(|at| now.saturating_duration_since(at) > FAILURE_MEMORY)
-            {
-                guard.failures = 0;
-            }
-            guard.failures += 1;
-            guard.last_failure = Some(now);
-            if guard.failures >= max.saturating_mul(USER_FACTOR) {
-                let length = ban_length(first, guard.bans);
-                bans.push(Ban::User {
-                    user: user.to_owned(),
-                    failures: guard.failures,
-                    length,
-                });
-                guard.guarded_until = Some(now + length);
-                guard.bans += 1;
-                guard.failures = 0;
-            }
+        if (self.users.len() < MAX_SOURCES || self.users.contains_key(user))
+            && let Some((failures, length)) = self.users.entry(user.to_owned()).or_default().strike(
+                now,
+                max.saturating_mul(USER_FACTOR),
+                first,
+            )
+        {
+            bans.push(Ban::User {
+                user: user.to_owned(),
+                failures,
+                length,
+            });
         }
         bans
     }
@@ -384,7 +376,7 @@ impl Guard {
     pub(crate) fn banned_sources(&self, now: Instant) -> usize {
         self.sources
             .values()
-            .filter(|s| s.banned_until.is_some_and(|until| until > now))
+            .filter(|s| s.strikes.active(now))
             .count()
     }
 

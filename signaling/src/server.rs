@@ -69,15 +69,6 @@ pub struct Signaling {
     cdr: CdrWriter,
 }
 
-/// This host's name, for the instance name of the open call records.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "signaling".to_owned())
-}
-
 fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -101,7 +92,10 @@ impl Signaling {
                 queue_limit: config.cdr_queue,
                 spool: config.cdr_spool.clone(),
                 close_grace: Duration::from_secs(5),
-                instance: format!("{}/{address}", host_name()),
+                instance: format!(
+                    "{}/{address}",
+                    mediaproxy::config::host_name().unwrap_or_else(|| "signaling".to_owned())
+                ),
             },
             metrics.cdr.clone(),
         )
@@ -528,21 +522,7 @@ impl Signaling {
                         let evidence = evidence.clone();
                         finishing.spawn(async move {
                             let row = complete_record(&pool, &evidence, clock, record).await;
-                            metrics.calls.with_label_values(&[&row.disposition]).inc();
-                            metrics
-                                .verdicts
-                                .with_label_values(&[&row.media_verdict])
-                                .inc();
-                            tracing::info!(
-                                call_id = %row.call_id,
-                                disposition = %row.disposition,
-                                verdict = %row.media_verdict,
-                                caller_packets = row.caller_audio_packets,
-                                callee_packets = row.callee_audio_packets,
-                                diagnosis = %row.media_diagnosis,
-                                "media verdict"
-                            );
-                            cdr.write(row);
+                            write_row(&metrics, &cdr, row);
                         });
                     }
                 }
@@ -735,14 +715,27 @@ async fn complete_orphans(
             orphan_record(&call, alive_at_ms, clock),
         )
         .await;
-        metrics.calls.with_label_values(&[&row.disposition]).inc();
-        metrics
-            .verdicts
-            .with_label_values(&[&row.media_verdict])
-            .inc();
-        tracing::info!(call_id = %row.call_id, verdict = %row.media_verdict, diagnosis = %row.media_diagnosis, "orphaned call completed");
-        cdr.write(row);
+        write_row(metrics, cdr, row);
     }
+}
+
+/// Counts a finished call's row, logs its verdict and hands it to the CDR writer.
+fn write_row(metrics: &Metrics, cdr: &CdrWriter, row: Cdr) {
+    metrics.calls.with_label_values(&[&row.disposition]).inc();
+    metrics
+        .verdicts
+        .with_label_values(&[&row.media_verdict])
+        .inc();
+    tracing::info!(
+        call_id = %row.call_id,
+        disposition = %row.disposition,
+        verdict = %row.media_verdict,
+        caller_packets = row.caller_audio_packets,
+        callee_packets = row.callee_audio_packets,
+        diagnosis = %row.media_diagnosis,
+        "media verdict"
+    );
+    cdr.write(row);
 }
 
 /// What the health watch of a node reports: `signaling_mediaproxy_up{node}`, and the live
