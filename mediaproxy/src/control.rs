@@ -970,9 +970,16 @@ impl Control {
         }
     }
 
-    /// Releases the calls of owners whose lease ran out and forgets old tombstones. Run
-    /// periodically by the server.
+    /// Follows a step of the wall clock, releases the calls of owners whose lease ran out and
+    /// forgets old tombstones. Run periodically by the server.
     pub async fn sweep(&self) {
+        if let Some(step) = self.clock.follow() {
+            tracing::warn!(
+                step_seconds = step as f64 / 1000.0,
+                "the wall clock stepped; reported times follow it from now on"
+            );
+            self.metrics.clock_steps.inc();
+        }
         let now = Instant::now();
         let expired: Vec<CallId> = {
             let mut state = self.lock();

@@ -897,7 +897,7 @@ impl Worker {
                 let session = Session::new(
                     call_id.clone(),
                     owner,
-                    self.shared.clock,
+                    self.shared.clock.clone(),
                     self.shared.timing,
                     now,
                 );

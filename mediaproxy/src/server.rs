@@ -104,7 +104,7 @@ impl MediaProxy {
             metrics: metrics.clone(),
             events: events.clone(),
             notices: notice_tx,
-            clock,
+            clock: clock.clone(),
             timing: media.timing,
         };
         let (recorder, sinks) = Recorder::start(
@@ -116,7 +116,7 @@ impl MediaProxy {
                 } else {
                     media.media_ip
                 },
-                clock,
+                clock: clock.clone(),
                 nice: media.control_nice,
             },
             metrics.clone(),

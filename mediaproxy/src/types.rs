@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use proto::domain::parse_id;
@@ -53,26 +54,61 @@ pub enum RemoteTarget {
 }
 
 /// Ties monotonic instants to wall-clock milliseconds without a syscall per conversion.
-#[derive(Debug, Clone, Copy)]
+///
+/// Every copy shares the steps of the wall clock seen so far ([`WallClock::follow`]): times
+/// reported after a step (an NTP correction, a resumed VM) are on the new wall clock, while
+/// every timer and duration stays on the monotonic clock.
+#[derive(Debug, Clone)]
 pub struct WallClock {
     instant: Instant,
     unix_ms: u64,
+    /// The wall clock's steps since `instant`, in milliseconds (forward positive).
+    steps_ms: Arc<AtomicI64>,
+}
+
+/// How far the wall clock may drift from its projection before it counts as stepped. NTP
+/// slews both clocks alike; only a step parts them.
+pub const CLOCK_STEP_MS: i64 = 1000;
+
+fn system_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl WallClock {
     pub fn now() -> Self {
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         Self {
             instant: Instant::now(),
-            unix_ms,
+            unix_ms: system_unix_ms(),
+            steps_ms: Arc::new(AtomicI64::new(0)),
         }
+    }
+
+    /// Milliseconds since the epoch at `self.instant`, on the wall clock as last followed.
+    fn base_ms(&self) -> u64 {
+        self.unix_ms
+            .saturating_add_signed(self.steps_ms.load(Ordering::Relaxed))
+    }
+
+    /// Reads the wall clock and, when it has moved more than [`CLOCK_STEP_MS`] from this
+    /// clock's projection, moves every copy onto it; returns the step in milliseconds.
+    pub fn follow(&self) -> Option<i64> {
+        self.follow_at(Instant::now(), system_unix_ms())
+    }
+
+    fn follow_at(&self, now: Instant, unix_ms: u64) -> Option<i64> {
+        let step = unix_ms as i64 - self.unix_ms(now) as i64;
+        if step.abs() <= CLOCK_STEP_MS {
+            return None;
+        }
+        self.steps_ms.fetch_add(step, Ordering::Relaxed);
+        Some(step)
     }
 
     /// Microseconds since the Unix epoch at `at` (for pcap records).
     pub fn unix_us(&self, at: Instant) -> u64 {
-        let base = self.unix_ms * 1000;
+        let base = self.base_ms() * 1000;
         match at.checked_duration_since(self.instant) {
             Some(after) => base + after.as_micros() as u64,
             None => base.saturating_sub(self.instant.duration_since(at).as_micros() as u64),
@@ -80,11 +116,10 @@ impl WallClock {
     }
 
     pub fn unix_ms(&self, at: Instant) -> u64 {
+        let base = self.base_ms();
         match at.checked_duration_since(self.instant) {
-            Some(after) => self.unix_ms + after.as_millis() as u64,
-            None => self
-                .unix_ms
-                .saturating_sub(self.instant.duration_since(at).as_millis() as u64),
+            Some(after) => base + after.as_millis() as u64,
+            None => base.saturating_sub(self.instant.duration_since(at).as_millis() as u64),
         }
     }
 }
@@ -173,5 +208,25 @@ mod tests {
         let clock = WallClock::now();
         let later = clock.instant + std::time::Duration::from_millis(1500);
         assert_eq!(clock.unix_ms(later), clock.unix_ms + 1500);
+    }
+
+    #[test]
+    fn every_copy_of_the_wall_clock_follows_a_step() {
+        let clock = WallClock::now();
+        let copy = clock.clone();
+        let at = clock.instant + std::time::Duration::from_secs(10);
+        assert_eq!(clock.follow_at(at, clock.unix_ms + 10_800), None);
+        assert_eq!(
+            clock.follow_at(at, clock.unix_ms + 10_000 - 3_600_000),
+            Some(-3_600_000)
+        );
+        assert_eq!(copy.unix_ms(at), clock.unix_ms + 10_000 - 3_600_000);
+        assert_eq!(
+            copy.unix_us(at),
+            (clock.unix_ms + 10_000 - 3_600_000) * 1000
+        );
+        // Back again, from the stepped projection.
+        assert_eq!(clock.follow_at(at, clock.unix_ms + 10_000), Some(3_600_000));
+        assert_eq!(copy.unix_ms(at), clock.unix_ms + 10_000);
     }
 }

@@ -535,7 +535,8 @@ impl postgres::types::ToSql for Value {
 /// Forgets a call's open record once its CDR is written (in the same transaction).
 const CLOSE_SQL: &str = "DELETE FROM cdr_open WHERE call_id = $1 AND start_time = $2";
 
-fn unix_ms_now() -> i64 {
+/// The wall clock in milliseconds since the Unix epoch.
+pub(crate) fn unix_ms_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

@@ -17,13 +17,45 @@ use crate::diagnosis::{self, Evidence, MediaReport, Verdict};
 use crate::media::{FinalStats, MediaError};
 
 /// Ties the core's monotonic instants to wall-clock milliseconds for the CDR's times.
+///
+/// Every duration is measured on the monotonic clock; only the projection onto the wall clock
+/// uses this anchor, and the driver moves it when the wall clock steps ([`WallAnchor::follow`]).
+/// A call's row is projected with one anchor, so its times stay in order and its duration is
+/// the one measured whatever the wall clock did during the call.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WallAnchor {
     pub(crate) instant: Instant,
     pub(crate) unix_ms: u64,
 }
 
+/// How far the wall clock may drift from its projection before it counts as stepped. NTP
+/// slews both clocks alike; only a step (a correction, a resumed VM, an operator) parts them.
+pub(crate) const CLOCK_STEP: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl WallAnchor {
+    /// The anchor of this moment.
+    pub(crate) fn now() -> Self {
+        Self {
+            instant: Instant::now(),
+            unix_ms: crate::cdr::unix_ms_now() as u64,
+        }
+    }
+
+    /// Re-anchors on the wall clock read at `now` (`unix_ms`) when it has stepped more than
+    /// [`CLOCK_STEP`] from this anchor's projection; returns the step in milliseconds (positive:
+    /// forward). The latest reading wins: a step is usually a correction.
+    pub(crate) fn follow(&mut self, now: Instant, unix_ms: u64) -> Option<i64> {
+        let step = unix_ms as i64 - self.unix_ms(now);
+        if step.unsigned_abs() <= CLOCK_STEP.as_millis() as u64 {
+            return None;
+        }
+        *self = Self {
+            instant: now,
+            unix_ms,
+        };
+        Some(step)
+    }
+
     /// Milliseconds since the Unix epoch at `at`.
     pub(crate) fn unix_ms(&self, at: Instant) -> i64 {
         let ms = match at.checked_duration_since(self.instant) {
@@ -412,6 +444,26 @@ mod tests {
             last: Some(RecordingAction::Start { pcap: false }),
             ..RecordingIntent::default()
         }
+    }
+
+    #[test]
+    fn a_wall_clock_step_moves_the_anchor_and_never_a_duration() {
+        let (record, mut clock) = record(true);
+        let at = record.start + Duration::from_secs(30);
+        // Within a second of the projection: slewing and jitter, not a step.
+        assert_eq!(clock.follow(at, 1_800_000_030_900), None);
+        assert_eq!(clock.unix_ms(at), 1_800_000_030_000);
+        // An hour back, mid-call: the anchor follows it...
+        assert_eq!(clock.follow(at, 1_799_996_430_000), Some(-3_600_000));
+        let row = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), clock);
+        // ...and the row is projected whole on the new time: in order, the measured length.
+        assert_eq!(row.start_time_ms, 1_799_996_400_000);
+        assert_eq!(row.answer_time_ms, Some(1_799_996_401_500));
+        assert_eq!(row.end_time_ms, 1_799_996_461_500);
+        assert_eq!(row.duration_ms, 60_000);
+        // Forward again: the step is reported with its sign.
+        assert_eq!(clock.follow(at, 1_800_007_230_000), Some(10_800_000));
+        assert_eq!(clock.unix_ms(record.end), 1_800_007_261_500);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub(crate) struct Metrics {
     pub(crate) mediaproxy_up: IntGaugeVec,
     pub(crate) media_moves: IntCounterVec,
     pub(crate) dns_failures: IntCounter,
+    /// Steps of the wall clock seen (CDR times follow them; timers never do).
+    pub(crate) clock_steps: IntCounter,
     pub(crate) sessions_swept: IntCounterVec,
     pub(crate) mediaproxy_duration: HistogramVec,
     pub(crate) recording_requests: IntCounterVec,
@@ -259,9 +261,14 @@ impl Metrics {
                 "CDRs written to the spool file instead of the database.",
             ),
         };
+        let clock_steps = plain_counter(
+            "signaling_clock_steps_total",
+            "Steps of the wall clock of more than a second seen (CDR times follow the new time; timers and durations use the monotonic clock).",
+        );
         Self {
             registry,
             cdr,
+            clock_steps,
             calls,
             active_calls,
             calls_in_memory,

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mediaproxy::server::MediaProxy;
 use proto::domain::Leg;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{AdminQuery, RecordingError};
 use crate::auth::DigestAuth;
 use crate::call::{CallRecord, Core, Input, Output, RecordingTarget, Settings};
-use crate::cdr::{Cdr, CdrWriter, OpenCall, WriterOptions};
+use crate::cdr::{Cdr, CdrWriter, OpenCall, WriterOptions, unix_ms_now};
 use crate::completion::{Release, WallAnchor, cdr_row};
 use crate::config::Config;
 use crate::diagnosis::{Evidence, Snapshot};
@@ -67,12 +67,6 @@ pub struct Signaling {
     embedded: Option<MediaProxy>,
     pool: Pool,
     cdr: CdrWriter,
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Signaling {
@@ -323,10 +317,7 @@ impl Signaling {
             Registrar::new(Policy::default()),
             ids,
         );
-        let clock = WallAnchor {
-            instant: Instant::now(),
-            unix_ms: now_unix_ms(),
-        };
+        let mut clock = WallAnchor::now();
         let mut finishing = tokio::task::JoinSet::new();
         let cdr = Arc::new(cdr);
         // Calls a stopped process left up: their CDRs are completed now.
@@ -391,7 +382,17 @@ impl Signaling {
                 }
             };
             let now = Instant::now();
-            let unix = now_unix_ms() / 1000;
+            let unix_ms = unix_ms_now() as u64;
+            if let Some(step) = clock.follow(now, unix_ms) {
+                // Timers run on the monotonic clock and do not notice; the CDRs' times follow
+                // the new wall clock, their durations stay the measured ones.
+                tracing::warn!(
+                    step_seconds = step as f64 / 1000.0,
+                    "the wall clock stepped; CDR times follow it from now on"
+                );
+                metrics.clock_steps.inc();
+            }
+            let unix = unix_ms / 1000;
             if let Some(input) = input {
                 if let Input::Message {
                     message: Message::Request(request),
@@ -758,7 +759,7 @@ impl HealthReport for NodeReport {
     }
 
     fn sessions(&self, node: &str, sessions: Vec<(String, Vec<crate::diagnosis::MediaFigures>)>) {
-        let at_unix_ms = now_unix_ms();
+        let at_unix_ms = unix_ms_now() as u64;
         let mut map = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
         for (call_id, media) in sessions {
             map.entry(call_id).or_default().seen(Snapshot {

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub tombstone_bytes: IntGauge,
     /// Kept figures dropped before their time because the memory cap was reached.
     pub tombstones_evicted: IntCounter,
+    /// Steps of the wall clock seen (reported times follow them; timers never do).
+    pub clock_steps: IntCounter,
     /// Allocations refused, by reason.
     pub allocation_failures: IntCounterVec,
     /// Media events emitted, by kind.
@@ -210,6 +212,10 @@ impl Metrics {
             tombstones_evicted: plain(
                 "mediaproxy_tombstones_evicted_total",
                 "Kept final figures dropped before their 10 minutes because their memory cap was reached.",
+            ),
+            clock_steps: plain(
+                "mediaproxy_clock_steps_total",
+                "Steps of the wall clock of more than a second seen (times reported after it follow the new time; leases, timers and durations use the monotonic clock).",
             ),
             allocation_failures,
             events,

@@ -51,9 +51,14 @@ pub struct Service {
 
 impl Service {
     pub fn start(name: &str, ports: &Ports, extra: &[&str]) -> Self {
-        let dir = Scratch::new(&format!("sig-e2e-{name}"));
+        Self::start_in(Scratch::new(&format!("sig-e2e-{name}")), ports, extra, &[])
+    }
+
+    /// Like [`Service::start`], in `dir`, with `env` set for the process.
+    pub fn start_in(dir: Scratch, ports: &Ports, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = std::fs::File::create(dir.join("signaling.log")).unwrap();
         let mut command = Command::new(BIN);
+        command.envs(env.iter().copied());
         if !extra.contains(&"--sip") {
             command.args(["--sip", &format!("127.0.0.1:{}", ports.sip)]);
         }
