@@ -1034,3 +1034,113 @@ async fn an_oversized_request_is_refused_before_it_is_read() {
     proxy.allocate("after-huge", CALLER, 1).await;
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_client_past_its_rates_is_refused_and_others_are_not() {
+    let mut proxy = TestProxy::start(
+        "21810-21829",
+        MediaOptions {
+            grpc_rate: Some(10),
+            allocate_rate: Some(3),
+            ..MediaOptions::default()
+        },
+    )
+    .await;
+    // A second's worth of allocations at once; the next is refused, naming the flag.
+    for n in 0..3 {
+        proxy
+            .try_allocate(&format!("rate-{n}"), CALLER, "sig-a", 1)
+            .await
+            .unwrap();
+    }
+    let refused = proxy
+        .try_allocate("rate-3", CALLER, "sig-a", 1)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("client 127.0.0.1")
+            && refused.message().contains("--allocate-rate"),
+        "{}",
+        refused.message()
+    );
+    // Another client (another address) has a budget of its own.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.grpc))
+        .unwrap()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .connect()
+        .await
+        .unwrap();
+    let mut other = pb::media_proxy_client::MediaProxyClient::new(channel.clone());
+    other
+        .allocate(pb::AllocateRequest {
+            call_id: "rate-other".into(),
+            leg: CALLER as i32,
+            owner: "sig-b".into(),
+            media: vec![pb::MediaKind::Audio as i32],
+            ..pb::AllocateRequest::default()
+        })
+        .await
+        .unwrap();
+    // Any request: of a burst of 60 against 10 per second (4 already taken), what passes is
+    // what was left plus what the burst's length refilled.
+    let started = std::time::Instant::now();
+    let mut passed = 0;
+    let mut limited = 0;
+    for _ in 0..60 {
+        match proxy
+            .client
+            .list_sessions(pb::ListSessionsRequest {
+                owner: "sig-a".into(),
+            })
+            .await
+        {
+            Ok(_) => passed += 1,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(status.message().contains("--grpc-rate"), "{status:?}");
+                limited += 1;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let budget = 6 + (10.0 * elapsed).ceil() as u32;
+    assert!(
+        passed >= 6 && passed <= budget && limited >= 20,
+        "{passed} passed, {limited} limited in {elapsed:.2} s"
+    );
+    // Health checks are never limited.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        proxy
+            .metric(
+                "mediaproxy_grpc_rate_limited_total",
+                &[("kind", "allocation")]
+            )
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        proxy
+            .metric("mediaproxy_grpc_rate_limited_total", &[("kind", "request")])
+            .await,
+        Some(f64::from(limited))
+    );
+    // A second later the budget is back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    proxy
+        .try_allocate("rate-3", CALLER, "sig-a", 1)
+        .await
+        .unwrap();
+    proxy.shutdown().await;
+}

@@ -119,6 +119,16 @@ pub struct MediaOptions {
     /// [default: 0].
     #[arg(long, env = "MEDIAPROXY_MAX_SESSIONS_PER_OWNER", value_name = "N")]
     pub max_sessions_per_owner: Option<usize>,
+    /// gRPC requests per second one client (its certificate's name under mutual TLS, else
+    /// its IP address) may make, with a second's worth at once; past it requests are refused
+    /// RESOURCE_EXHAUSTED. 0: no limit [default: 20000].
+    #[arg(long, env = "MEDIAPROXY_GRPC_RATE", value_name = "N")]
+    pub grpc_rate: Option<u32>,
+    /// Allocate requests per second one client may make (a call takes two); past it they are
+    /// refused RESOURCE_EXHAUSTED and signaling tries another node. 0: no limit
+    /// [default: 4000].
+    #[arg(long, env = "MEDIAPROXY_ALLOCATE_RATE", value_name = "N")]
+    pub allocate_rate: Option<u32>,
     /// DSCP value marked on relayed packets (IPv4 TOS / IPv6 traffic class); 46 = EF
     /// (expedited forwarding, RFC 3246), 0 = unmarked [default: 46].
     #[arg(long, env = "MEDIAPROXY_DSCP", value_name = "0-63")]
@@ -230,6 +240,8 @@ pub struct MediaConfig {
     pub port_quarantine: Duration,
     /// Calls one owner may hold at once (None: no quota).
     pub max_sessions_per_owner: Option<usize>,
+    /// Requests per second of one gRPC client.
+    pub client_rates: crate::ratelimit::ClientRates,
     /// DSCP of relayed packets (0 = unmarked).
     pub dscp: u8,
     /// Socket buffer size in bytes (0 = kernel default).
@@ -402,6 +414,8 @@ impl MediaOptions {
             lease_timeout: self.lease_timeout.or(lower.lease_timeout),
             port_quarantine: self.port_quarantine.or(lower.port_quarantine),
             max_sessions_per_owner: self.max_sessions_per_owner.or(lower.max_sessions_per_owner),
+            grpc_rate: self.grpc_rate.or(lower.grpc_rate),
+            allocate_rate: self.allocate_rate.or(lower.allocate_rate),
             dscp: self.dscp.or(lower.dscp),
             socket_buffer: self.socket_buffer.or(lower.socket_buffer),
             control_nice: self.control_nice.or(lower.control_nice),
@@ -477,6 +491,17 @@ impl MediaOptions {
             lease_timeout: positive("lease-timeout", self.lease_timeout, Duration::from_secs(30))?,
             port_quarantine: self.port_quarantine.map_or(Duration::from_secs(2), |d| d.0),
             max_sessions_per_owner: self.max_sessions_per_owner.filter(|&n| n > 0),
+            client_rates: {
+                let default = crate::ratelimit::ClientRates::DEFAULT;
+                crate::ratelimit::ClientRates {
+                    requests: self
+                        .grpc_rate
+                        .map_or(default.requests, std::num::NonZeroU32::new),
+                    allocations: self
+                        .allocate_rate
+                        .map_or(default.allocations, std::num::NonZeroU32::new),
+                }
+            },
             dscp: match self.dscp.unwrap_or(46) {
                 dscp @ 0..=63 => dscp,
                 other => return Err(invalid("dscp", format!("{other} is not between 0 and 63"))),

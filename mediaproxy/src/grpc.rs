@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proto::v1 as pb;
 use proto::v1::media_proxy_server::MediaProxy;
@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::control::{
     AllocateRequest, Allocation, Control, ControlError, Figures, LocalMedia, Released,
 };
+use crate::ratelimit::{Charge, RateLimiter};
 use crate::recording::{RecordingInfo, RecordingStatus};
 use crate::session::{CallSnapshot, CounterSnapshot, Event, EventKind, MediaSnapshot};
 use crate::types::{
@@ -37,6 +38,8 @@ pub struct Service {
     operators: Arc<[String]>,
     /// gRPC health, told when a Drain request starts or ends draining.
     health: tonic_health::server::HealthReporter,
+    /// Each client's budget of requests (charged by [`limit_requests`]) and allocations.
+    limiter: Arc<RateLimiter>,
 }
 
 /// Who sent a request: under mutual TLS, its certificate's common name, and whether that
@@ -61,11 +64,13 @@ impl Service {
         control: Arc<Control>,
         operators: &[String],
         health: tonic_health::server::HealthReporter,
+        limiter: Arc<RateLimiter>,
     ) -> Self {
         Self {
             control,
             operators: operators.into(),
             health,
+            limiter,
         }
     }
 
@@ -118,6 +123,27 @@ pub(crate) fn call_id(text: &str) -> Result<CallId, Status> {
 
 pub(crate) fn owner(text: &str) -> Result<Owner, Status> {
     Owner::parse(text).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+/// The name a client's request budget is kept under: its certificate's common name under
+/// mutual TLS, else the IP address it connects from.
+fn budget_key<T>(request: &Request<T>) -> String {
+    peer_identity(request)
+        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The service's interceptor: every request takes from its client's budget, and one past it
+/// is refused `RESOURCE_EXHAUSTED` before it is decoded further.
+pub fn limit_requests(
+    limiter: Arc<RateLimiter>,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request| {
+        limiter
+            .charge(&budget_key(&request), Charge::Request, Instant::now())
+            .map_err(|limited| Status::resource_exhausted(limited.message))?;
+        Ok(request)
+    }
 }
 
 /// The common name of the client's certificate, under mutual TLS.
@@ -437,6 +463,9 @@ impl MediaProxy for Service {
         request: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::AllocateResponse>, Status> {
         let _timer = self.timer("allocate");
+        self.limiter
+            .charge(&budget_key(&request), Charge::Allocation, Instant::now())
+            .map_err(|limited| Status::resource_exhausted(limited.message))?;
         let client = self.client(&request);
         let request = request.into_inner();
         let media = request

@@ -39,6 +39,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ports;
 pub mod quality;
+pub mod ratelimit;
 pub mod recording;
 pub mod relay;
 pub mod rtp;

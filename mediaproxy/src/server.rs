@@ -14,11 +14,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::config::{Config, MediaConfig};
 use crate::control::{Control, ControlSettings};
-use crate::grpc::Service;
+use crate::grpc::{Service, limit_requests};
 use crate::metrics::{Metrics, serve_http};
+use crate::ratelimit::{ClientRates, RateLimiter};
 use crate::recording::{Recorder, RecorderSettings};
 use crate::relay::{Notice, Relay, Shared};
 use crate::types::{ReleaseReason, WallClock};
@@ -50,6 +52,8 @@ pub struct MediaProxy {
     lease_timeout: Duration,
     /// Mutual TLS of the gRPC link; None is plaintext.
     tls: Option<crate::config::TlsFiles>,
+    /// Requests per second of one gRPC client.
+    client_rates: ClientRates,
 }
 
 /// Largest gRPC request message accepted; larger ones are refused RESOURCE_EXHAUSTED.
@@ -149,6 +153,7 @@ impl MediaProxy {
             shutdown_grace,
             lease_timeout: media.lease_timeout,
             tls: None,
+            client_rates: media.client_rates,
         })
     }
 
@@ -180,6 +185,7 @@ impl MediaProxy {
             shutdown_grace,
             lease_timeout,
             tls,
+            client_rates,
         } = self;
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -208,10 +214,12 @@ impl MediaProxy {
         health.set_serving::<MediaProxyServer<Service>>().await;
         let grpc_server = {
             let stop = stop.clone();
+            let limiter = Arc::new(RateLimiter::new(client_rates, control.metrics().clone()));
             let server = serve_grpc(
                 grpc,
                 tls,
                 control.clone(),
+                limiter,
                 (health_service, health.clone()),
                 stop.clone(),
             );
@@ -277,6 +285,7 @@ async fn serve_grpc<H: tonic_health::pb::health_server::Health>(
     listener: TcpListener,
     mut tls: Option<crate::config::TlsFiles>,
     control: Arc<Control>,
+    limiter: Arc<RateLimiter>,
     (health, reporter): (
         tonic_health::pb::health_server::HealthServer<H>,
         tonic_health::server::HealthReporter,
@@ -330,16 +339,18 @@ async fn serve_grpc<H: tonic_health::pb::health_server::Health>(
             .add_service(health.clone())
             .add_service(reflection)
             .add_service(reflection_v1alpha)
-            .add_service(
+            .add_service(InterceptedService::new(
                 MediaProxyServer::new(Service::new(
                     control.clone(),
                     tls.as_ref().map_or(&[][..], |t| &t.operators),
                     reporter.clone(),
+                    limiter.clone(),
                 ))
                 // The largest real request (an update of 8 media lines with every codec of
                 // their SDP) is a few KiB; tonic's default would take 4 MiB per message.
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
+                limit_requests(limiter.clone()),
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
                 let (restart, stop) = (restart.clone(), stop.clone());
                 async move {

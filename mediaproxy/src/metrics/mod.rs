@@ -65,17 +65,19 @@ pub struct Metrics {
     pub clock_steps: IntCounter,
     /// Allocations refused, by reason.
     pub allocation_failures: IntCounterVec,
+    /// gRPC requests refused because their client was past its rate, by kind.
+    pub grpc_rate_limited: IntCounterVec,
     /// Media events emitted, by kind.
     pub events: IntCounterVec,
     pub grpc_duration: HistogramVec,
 }
 
-/// Allocation failure label values.
 /// `outcome` values of `mediaproxy_recordings_finished_total`.
 pub const RECORDING_OUTCOMES: [&str; 3] = ["complete", "failed", "no_audio"];
 /// `reason` values of `mediaproxy_decode_errors_total`.
 pub const DECODE_ERRORS: [&str; 2] = ["unknown_payload_type", "undecodable"];
 
+/// `reason` values of `mediaproxy_allocation_failures_total`.
 pub const ALLOCATION_FAILURES: [&str; 4] = [
     "ports_exhausted",
     "descriptors_exhausted",
@@ -134,6 +136,12 @@ impl Metrics {
             "Allocate requests refused.",
             "reason",
             &ALLOCATION_FAILURES,
+        );
+        let grpc_rate_limited = counter(
+            "mediaproxy_grpc_rate_limited_total",
+            "gRPC requests refused RESOURCE_EXHAUSTED because their client was past its rate (--grpc-rate, --allocate-rate).",
+            "kind",
+            &["request", "allocation"],
         );
         let events = counter(
             "mediaproxy_events_total",
@@ -218,6 +226,7 @@ impl Metrics {
                 "Steps of the wall clock of more than a second seen (times reported after it follow the new time; leases, timers and durations use the monotonic clock).",
             ),
             allocation_failures,
+            grpc_rate_limited,
             events,
             grpc_duration,
             registry,
