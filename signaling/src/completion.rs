@@ -100,17 +100,21 @@ pub(crate) fn cdr_row(
     evidence: &Evidence,
     clock: WallAnchor,
 ) -> Cdr {
+    let (answer_time_ms, end_time_ms) = (
+        record.answer.map(|a| clock.unix_ms(a)),
+        clock.unix_ms(record.end),
+    );
     let mut row = Cdr {
         call_id: record.call_id.clone(),
         b_call_id: record.b_call_id.clone(),
         caller: record.caller.clone(),
         callee: record.callee.clone(),
         start_time_ms: clock.unix_ms(record.start),
-        answer_time_ms: record.answer.map(|a| clock.unix_ms(a)),
-        end_time_ms: clock.unix_ms(record.end),
-        duration_ms: record.answer.map_or(0, |a| {
-            record.end.saturating_duration_since(a).as_millis() as i64
-        }),
+        answer_time_ms,
+        end_time_ms,
+        // The difference of the projected times (one anchor, so the measured length), never
+        // a millisecond off from what a reader computes from the row.
+        duration_ms: answer_time_ms.map_or(0, |answer| (end_time_ms - answer).max(0)),
         disposition: record.disposition.as_str().to_owned(),
         sip_status: i64::from(record.sip_status),
         hangup_side: record.hangup_side.as_str().to_owned(),
@@ -461,6 +465,15 @@ mod tests {
         assert_eq!(row.answer_time_ms, Some(1_799_996_401_500));
         assert_eq!(row.end_time_ms, 1_799_996_461_500);
         assert_eq!(row.duration_ms, 60_000);
+        // Times that fall between milliseconds: the duration is still end minus answer.
+        let mut odd = record.clone();
+        odd.answer = Some(record.start + Duration::from_micros(1_500_900));
+        odd.end = record.start + Duration::from_micros(61_500_200);
+        let row = cdr_row(&odd, &Release::NotRelayed, &Evidence::default(), clock);
+        assert_eq!(
+            row.duration_ms,
+            row.end_time_ms - row.answer_time_ms.unwrap()
+        );
         // Forward again: the step is reported with its sign.
         assert_eq!(clock.follow(at, 1_800_007_230_000), Some(10_800_000));
         assert_eq!(clock.unix_ms(record.end), 1_800_007_261_500);

@@ -1162,6 +1162,7 @@ fn a_database_outage_during_calls_loses_no_cdr() {
         &ports,
         &["--trusted", "127.0.0.0/8", "--cdr", &through_gate],
     );
+    let baseline = service.held();
     gate.close();
     call_between(
         &ports,
@@ -1198,6 +1199,8 @@ fn a_database_outage_during_calls_loses_no_cdr() {
         "{}",
         service.metrics()
     );
+    // The connection cut by the outage is replaced, not added to.
+    service.gives_back(baseline, 0);
     let rows = service.stop();
     let dispositions: Vec<&str> = rows.iter().map(|r| r["disposition"].as_str()).collect();
     assert_eq!(dispositions, ["busy", "answered"], "{rows:?}");
@@ -1903,6 +1906,7 @@ fn a_full_recordings_disk_ends_the_recording_not_the_call_and_the_cdr_says_so() 
     let _unmount = Unmount(mount.clone());
     let ports = recording_ports(25800, 34000, 34200);
     let service = recording_service("full-disk", &ports, &mount, true);
+    let baseline = service.held();
     call_between(
         &ports,
         &service,
@@ -1912,6 +1916,8 @@ fn a_full_recordings_disk_ends_the_recording_not_the_call_and_the_cdr_says_so() 
         "uac_pcap_until_bye.xml",
         &[],
     );
+    // The failed recording's files are closed, the call's ports and session given back.
+    service.gives_back(baseline, 0);
     let rows = service.stop();
     assert_eq!(rows.len(), 1, "the CDR is written: {rows:?}");
     let cdr = &rows[0];

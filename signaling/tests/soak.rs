@@ -64,28 +64,14 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn metric(metrics: &str, name: &str) -> i64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let bare = series.split('{').next()?;
-            (bare == name).then(|| value.parse::<f64>().ok())?
-        })
-        .map_or(-1, |v| v as i64)
-}
-
 fn sample(service: &Service, started: Instant) -> Sample {
-    let pid = service.child.id();
-    let metrics = service.metrics();
+    let held = service.held();
     Sample {
         at_s: started.elapsed().as_secs(),
-        rss_kib: status_kib(pid, "VmRSS:"),
-        descriptors: std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        sessions: metric(&metrics, "mediaproxy_sessions"),
-        ports_free: metric(&metrics, "mediaproxy_ports_free"),
+        rss_kib: status_kib(service.child.id(), "VmRSS:"),
+        descriptors: held.descriptors,
+        sessions: held.sessions,
+        ports_free: held.ports_free,
         cdrs: service.table("cdr").len(),
     }
 }

@@ -42,6 +42,29 @@ pub fn ports(n: u16) -> Ports {
     }
 }
 
+/// What a running service holds that calls take and must give back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// Open file descriptors of the process.
+    pub descriptors: usize,
+    /// `mediaproxy_sessions` of the embedded proxy.
+    pub sessions: i64,
+    /// `mediaproxy_ports_free` of the embedded proxy.
+    pub ports_free: i64,
+}
+
+/// The value of the first series of metric `name` in a scrape (-1 when absent).
+pub fn metric(metrics: &str, name: &str) -> i64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let bare = series.split('{').next()?;
+            (bare == name).then(|| value.parse::<f64>().ok())?
+        })
+        .map_or(-1, |v| v as i64)
+}
+
 /// The signaling binary, running.
 pub struct Service {
     pub child: Child,
@@ -135,6 +158,40 @@ impl Service {
     /// GETs `/metrics` of the running service.
     pub fn metrics(&self) -> String {
         self.get("/metrics")
+    }
+
+    /// What the service holds now that calls take and must give back.
+    pub fn held(&self) -> Held {
+        let metrics = self.metrics();
+        Held {
+            descriptors: std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+                .map(|d| d.count())
+                .unwrap_or(0),
+            sessions: metric(&metrics, "mediaproxy_sessions"),
+            ports_free: metric(&metrics, "mediaproxy_ports_free"),
+        }
+    }
+
+    /// Waits until the service holds no more than at `baseline`: no media session, every
+    /// port free again (released ports sit out a quarantine first), descriptors back to the
+    /// baseline (within `slack`: a database connection reopened after an outage, say).
+    pub fn gives_back(&self, baseline: Held, slack: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = self.held();
+            if now.sessions == 0
+                && now.ports_free == baseline.ports_free
+                && now.descriptors <= baseline.descriptors + slack
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service holds {now:?} against {baseline:?} at the start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// GETs a path of the HTTP endpoint (`--metrics`); returns the whole response.
