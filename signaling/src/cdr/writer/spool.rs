@@ -1,0 +1,143 @@
+//! The spool file: CDRs the database could not take, one JSON object per line, replayed
+//! first at the next start (inserts are idempotent, so a replay after a crash between a
+//! commit and the cleanup writes nothing twice).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use super::Worker;
+use crate::cdr::{Cdr, Target};
+
+impl Worker {
+    /// Appends CDRs to the spool file (one JSON object per line).
+    pub(super) fn spool(&self, cdrs: &[Cdr]) {
+        let result = (|| -> std::io::Result<()> {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.options.spool)?;
+            for cdr in cdrs {
+                let line = serde_json::to_string(cdr).map_err(std::io::Error::other)?;
+                writeln!(file, "{line}")?;
+            }
+            file.sync_data()
+        })();
+        match result {
+            Ok(()) => {
+                self.metrics.spooled.inc_by(cdrs.len() as u64);
+                tracing::warn!(
+                    count = cdrs.len(),
+                    spool = %self.options.spool.display(),
+                    "CDRs written to the spool file; the next start replays them"
+                );
+            }
+            Err(error) => {
+                for cdr in cdrs {
+                    // Last resort: the record in the log, whole.
+                    tracing::error!(
+                        spool = %self.options.spool.display(),
+                        %error,
+                        cdr = %serde_json::to_string(cdr).unwrap_or_default(),
+                        "CDR could not be stored or spooled"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Moves a spool file left by an earlier run into the queue. The file is renamed first
+    /// and removed once every record from it is stored, so a crash meanwhile loses nothing.
+    pub(super) fn load_spool(&mut self) {
+        let spool = &self.options.spool;
+        let replay = spool.with_extension("replaying");
+        let mut sources = Vec::new();
+        if replay.exists() {
+            sources.push(replay.clone());
+        }
+        if spool.exists() {
+            sources.push(spool.clone());
+        }
+        if sources.is_empty() {
+            return;
+        }
+        let mut records = Vec::new();
+        for path in &sources {
+            let Ok(file) = File::open(path) else {
+                continue;
+            };
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Cdr>(&line) {
+                    Ok(cdr) => records.push(cdr),
+                    Err(error) if !line.trim().is_empty() => {
+                        tracing::error!(%error, line, "unreadable line in the CDR spool file; kept in the log only");
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        // One file to replay from now on.
+        let merged = (|| -> std::io::Result<()> {
+            let mut file = File::create(replay.with_extension("replaying.tmp"))?;
+            for cdr in &records {
+                let line = serde_json::to_string(cdr).map_err(std::io::Error::other)?;
+                writeln!(file, "{line}")?;
+            }
+            file.sync_data()?;
+            std::fs::rename(replay.with_extension("replaying.tmp"), &replay)?;
+            if spool.exists() {
+                std::fs::remove_file(spool)?;
+            }
+            Ok(())
+        })();
+        if let Err(error) = merged {
+            tracing::error!(%error, spool = %spool.display(), "cannot prepare the CDR spool replay; will retry at next start");
+            return;
+        }
+        tracing::info!(
+            count = records.len(),
+            spool = %spool.display(),
+            "replaying CDRs left in the spool file"
+        );
+        self.replaying = Some((replay, records.len()));
+        self.pending.extend(records);
+        if self.replaying.as_ref().is_some_and(|(_, n)| *n == 0) {
+            self.replayed_one();
+        }
+    }
+
+    pub(super) fn replayed_one(&mut self) {
+        if let Some((path, left)) = self.replaying.as_mut() {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                let _ = std::fs::remove_file(&*path);
+                self.replaying = None;
+            }
+        }
+    }
+}
+
+/// Path of the spool file beside `--cdr` when none is configured.
+pub fn default_spool(target: &Target) -> PathBuf {
+    match target {
+        Target::Sqlite(path) => {
+            let mut name = path.file_name().unwrap_or_default().to_os_string();
+            name.push(".spool");
+            path.with_file_name(name)
+        }
+        Target::Postgres(_) => Path::new("cdr-spool.jsonl").to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spool_sits_beside_a_sqlite_database() {
+        assert_eq!(
+            default_spool(&Target::Sqlite("/data/cdr.db".into())),
+            PathBuf::from("/data/cdr.db.spool")
+        );
+    }
+}
