@@ -7,14 +7,11 @@
 //! - allocate is keyed by (call id, leg): a retry returns the ports of the first attempt;
 //! - release moves the call to a *tombstone* holding its final statistics for
 //!   [`TOMBSTONE_TTL`]; a retried release (or a release after the proxy ended the call itself)
-//!   gets the same statistics with `already_released`. A tombstone keeps only the answer
-//!   such a release gets, encoded once (425 bytes for an audio call, against 1 064 for the
-//!   figures' structs alone), and all of them together take at most [`TOMBSTONE_BYTES`]:
-//!   past that the oldest go first, counted in `mediaproxy_tombstones_evicted_total`.
+//!   gets the same statistics with `already_released` (the [`crate::tombstone`] module).
 //!
 //! The state lock is held only for bookkeeping and socket binds, never across an await.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,17 +24,9 @@ use crate::ports::{PortPool, PortRange};
 use crate::recording::{CallAudioLines, Recorder, RecorderError, RecordingInfo, TapFrame};
 use crate::relay::{NewMedia, Relay, WorkerGone};
 use crate::session::{CallSnapshot, Event, EventKind, MAX_MEDIA, UpdateError};
+pub use crate::tombstone::{TOMBSTONE_BYTES, TOMBSTONE_TTL};
+use crate::tombstone::{Tombstone, Tombstones};
 use crate::types::{CallId, Codec, Leg, MediaKind, Owner, ReleaseReason, RemoteMedia, WallClock};
-
-/// How long final statistics of a released call stay available to a retried release.
-pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
-/// Memory all tombstones may take (their encoded answers and the bookkeeping around each);
-/// the oldest are evicted first past it. 64 MiB holds about 115 000 audio calls (585 bytes
-/// each): the full ten minutes of them up to 190 calls/s.
-pub const TOMBSTONE_BYTES: usize = 64 << 20;
-/// Bookkeeping per tombstone besides its answer: the call id's text, the map and queue
-/// entries, the allocation headers.
-const TOMBSTONE_OVERHEAD: usize = 160;
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
@@ -203,28 +192,6 @@ struct Lease {
     calls: usize,
 }
 
-enum Tombstone {
-    /// A release is under way; wait for it.
-    Pending(watch::Receiver<Option<Arc<Released>>>),
-    /// Released: the answer a retried release gets, encoded (see [`crate::grpc::encode_release`]).
-    Done {
-        owner: Owner,
-        answer: Arc<[u8]>,
-        /// When it was made (its place in `tombstone_order`).
-        at: Instant,
-    },
-}
-
-impl Tombstone {
-    /// What it counts against [`TOMBSTONE_BYTES`].
-    fn bytes(&self) -> usize {
-        match self {
-            Self::Pending(_) => 0,
-            Self::Done { answer, .. } => answer.len() + TOMBSTONE_OVERHEAD,
-        }
-    }
-}
-
 /// The final figures a release answers with.
 #[derive(Debug, Clone)]
 pub enum Figures {
@@ -238,51 +205,7 @@ struct State {
     calls: HashMap<CallId, CallEntry>,
     pool: PortPool,
     leases: HashMap<Owner, Lease>,
-    tombstones: HashMap<CallId, Tombstone>,
-    tombstone_order: VecDeque<(Instant, CallId)>,
-    /// What the tombstones take together (see [`Tombstone::bytes`]).
-    tombstone_bytes: usize,
-}
-
-impl State {
-    /// Keeps a released call's tombstone, evicting the oldest while all of them take more
-    /// than `cap` bytes; how many were evicted.
-    fn keep_tombstone(
-        &mut self,
-        now: Instant,
-        call_id: &CallId,
-        tombstone: Tombstone,
-        cap: usize,
-    ) -> u64 {
-        self.tombstone_bytes += tombstone.bytes();
-        if let Some(old) = self.tombstones.insert(call_id.clone(), tombstone) {
-            self.tombstone_bytes -= old.bytes();
-        }
-        self.tombstone_order.push_back((now, call_id.clone()));
-        let mut evicted = 0;
-        while self.tombstone_bytes > cap {
-            let Some((at, old)) = self.tombstone_order.pop_front() else {
-                break;
-            };
-            if self.forget_tombstone(&old, Some(at)) {
-                evicted += 1;
-            }
-        }
-        evicted
-    }
-
-    /// Forgets the tombstone of `call_id` if it is the one made at `at` (any, when None).
-    fn forget_tombstone(&mut self, call_id: &CallId, at: Option<Instant>) -> bool {
-        let matches = match self.tombstones.get(call_id) {
-            Some(Tombstone::Done { at: made, .. }) => at.is_none_or(|at| at == *made),
-            Some(Tombstone::Pending(_)) => at.is_none(),
-            None => false,
-        };
-        if matches && let Some(tombstone) = self.tombstones.remove(call_id) {
-            self.tombstone_bytes -= tombstone.bytes();
-        }
-        matches
-    }
+    tombstones: Tombstones,
 }
 
 /// The control plane of one media proxy.
@@ -325,9 +248,7 @@ impl Control {
                 calls: HashMap::new(),
                 pool,
                 leases: HashMap::new(),
-                tombstones: HashMap::new(),
-                tombstone_order: VecDeque::new(),
-                tombstone_bytes: 0,
+                tombstones: Tombstones::new(TOMBSTONE_BYTES),
             }),
             metrics,
             events,
@@ -507,7 +428,7 @@ impl Control {
         }
         let all = leg_media.clone();
         let was_existing = !existing_media.is_empty();
-        state.forget_tombstone(&call_id, None);
+        state.tombstones.forget(&call_id, None);
         self.metrics.sessions.set(state.calls.len() as i64);
         self.refresh_port_gauge(&mut state.pool, now);
         self.relay
@@ -555,6 +476,11 @@ impl Control {
             }
         }
         Err(BindFailure::Exhausted)
+    }
+
+    fn publish_tombstones(&self, tombstones: &Tombstones) {
+        self.metrics.tombstones.set(tombstones.len() as i64);
+        self.metrics.tombstone_bytes.set(tombstones.bytes() as i64);
     }
 
     fn refresh_port_gauge(&self, pool: &mut PortPool, now: Instant) {
@@ -668,12 +594,7 @@ impl Control {
             match state.calls.remove(call_id) {
                 Some(entry) => {
                     let (done, pending) = watch::channel(None);
-                    if let Some(old) = state
-                        .tombstones
-                        .insert(call_id.clone(), Tombstone::Pending(pending))
-                    {
-                        state.tombstone_bytes -= old.bytes();
-                    }
+                    state.tombstones.pending(call_id, pending);
                     if let Some(lease) = state.leases.get_mut(&entry.owner) {
                         lease.calls = lease.calls.saturating_sub(1);
                     }
@@ -764,14 +685,11 @@ impl Control {
                 answer: crate::grpc::encode_release(&released, &self.settings.node_id).into(),
                 at: now,
             };
-            let evicted = state.keep_tombstone(now, call_id, tombstone, TOMBSTONE_BYTES);
+            let evicted = state.tombstones.keep(now, call_id, tombstone);
             if evicted > 0 {
                 self.metrics.tombstones_evicted.inc_by(evicted);
             }
-            self.metrics.tombstones.set(state.tombstones.len() as i64);
-            self.metrics
-                .tombstone_bytes
-                .set(state.tombstone_bytes as i64);
+            self.publish_tombstones(&state.tombstones);
         }
         let _ = done.send(Some(released.clone()));
         self.metrics
@@ -996,18 +914,8 @@ impl Control {
                 }
                 state.leases.remove(owner);
             }
-            while let Some((at, _)) = state.tombstone_order.front() {
-                if now.saturating_duration_since(*at) < TOMBSTONE_TTL {
-                    break;
-                }
-                if let Some((at, old)) = state.tombstone_order.pop_front() {
-                    state.forget_tombstone(&old, Some(at));
-                }
-            }
-            self.metrics.tombstones.set(state.tombstones.len() as i64);
-            self.metrics
-                .tombstone_bytes
-                .set(state.tombstone_bytes as i64);
+            state.tombstones.expire(now, TOMBSTONE_TTL);
+            self.publish_tombstones(&state.tombstones);
             self.refresh_port_gauge(&mut state.pool, now);
             state
                 .calls
@@ -1208,153 +1116,5 @@ mod tests {
             bind_udp(taken, &settings(46, 0)).is_err(),
             "no SO_REUSEADDR/PORT sharing"
         );
-    }
-}
-
-#[cfg(test)]
-mod tombstone_tests {
-    use std::net::SocketAddr;
-
-    use super::*;
-    use crate::rtp::build_rtp;
-    use crate::session::{Component, Session, SocketRef, Timing};
-    use crate::types::{Direction, RemoteTarget};
-
-    /// The figures of an audio call that carried 20 s of G.711 both ways, as released.
-    fn released(call: &str) -> Released {
-        let now = Instant::now();
-        let mut session = Session::new(
-            CallId::parse(call).unwrap(),
-            Owner::parse("signaling-1:sig").unwrap(),
-            WallClock::now(),
-            Timing::default(),
-            now,
-        );
-        let phones: [SocketAddr; 2] = [
-            "192.0.2.10:17616".parse().unwrap(),
-            "198.51.100.20:16004".parse().unwrap(),
-        ];
-        for (leg, phone, port) in [
-            (Leg::Caller, phones[0], 30000),
-            (Leg::Callee, phones[1], 30002),
-        ] {
-            session.add_media(leg, MediaKind::Audio, port);
-            let remote = RemoteMedia {
-                index: 0,
-                target: RemoteTarget::Address {
-                    rtp: phone,
-                    rtcp: SocketAddr::new(phone.ip(), phone.port() + 1),
-                },
-                codecs: vec![Codec {
-                    payload_type: 0,
-                    encoding: "PCMU".into(),
-                    clock_rate: 8000,
-                    channels: 1,
-                }],
-                direction: Direction::SendRecv,
-                signaling_ip: None,
-            };
-            session.update(now, leg, &[remote]).unwrap();
-        }
-        for seq in 0..1000u16 {
-            let at = now + Duration::from_millis(u64::from(seq) * 20);
-            for (leg, phone) in [(Leg::Caller, phones[0]), (Leg::Callee, phones[1])] {
-                let packet = build_rtp(0, seq, u32::from(seq) * 160, 0x1234, &[0xff; 160]);
-                let socket = SocketRef {
-                    leg,
-                    media: 0,
-                    component: Component::Rtp,
-                };
-                if let crate::session::Verdict::Forward { via, rtcp, .. } =
-                    session.handle_packet(at, socket, phone, &packet)
-                {
-                    session.record_sent(at, via, rtcp, packet.len());
-                }
-            }
-        }
-        Released {
-            snapshot: session.snapshot(),
-            reason: ReleaseReason::Released,
-            recording: RecordingInfo::off(),
-        }
-    }
-
-    fn state() -> State {
-        State {
-            calls: HashMap::new(),
-            pool: PortPool::new("40000-40003".parse().unwrap(), Duration::ZERO),
-            leases: HashMap::new(),
-            tombstones: HashMap::new(),
-            tombstone_order: VecDeque::new(),
-            tombstone_bytes: 0,
-        }
-    }
-
-    fn kept(owner: &str, answer: &[u8], at: Instant) -> Tombstone {
-        Tombstone::Done {
-            owner: Owner::parse(owner).unwrap(),
-            answer: answer.into(),
-            at,
-        }
-    }
-
-    #[test]
-    fn a_released_audio_call_is_kept_in_a_few_hundred_bytes() {
-        let figures = released("a-call-id-as-long-as-phones-make-them@192.0.2.10");
-        let answer = crate::grpc::encode_release(&figures, "mp-1");
-        // What the figures take in memory: the structs and their vectors.
-        let in_memory = std::mem::size_of::<Released>()
-            + figures
-                .snapshot
-                .legs
-                .iter()
-                .map(|leg| {
-                    std::mem::size_of_val(leg)
-                        + leg.media.len() * std::mem::size_of::<crate::session::MediaSnapshot>()
-                })
-                .sum::<usize>();
-        assert!(answer.len() < 500, "{} bytes", answer.len());
-        assert!(
-            answer.len() * 2 < in_memory,
-            "{} bytes kept against {in_memory} in memory",
-            answer.len()
-        );
-    }
-
-    #[test]
-    fn tombstones_past_the_memory_cap_go_oldest_first() {
-        let mut state = state();
-        let start = Instant::now();
-        let answer = [7u8; 340];
-        let each = 340 + TOMBSTONE_OVERHEAD;
-        let cap = 10 * each;
-        let mut evicted = 0;
-        for n in 0..15u64 {
-            let call = CallId::parse(&format!("call-{n}")).unwrap();
-            let at = start + Duration::from_millis(n);
-            evicted += state.keep_tombstone(at, &call, kept("sig", &answer, at), cap);
-        }
-        assert_eq!(evicted, 5);
-        assert_eq!(state.tombstones.len(), 10);
-        assert_eq!(state.tombstone_bytes, 10 * each);
-        assert!(
-            !state
-                .tombstones
-                .contains_key(&CallId::parse("call-4").unwrap())
-        );
-        assert!(
-            state
-                .tombstones
-                .contains_key(&CallId::parse("call-5").unwrap())
-        );
-        // A call id used again (allocated anew) forgets its tombstone and its bytes; the old
-        // queue entry later finds nothing of its own to evict.
-        assert!(state.forget_tombstone(&CallId::parse("call-5").unwrap(), None));
-        assert_eq!(state.tombstone_bytes, 9 * each);
-        let again = CallId::parse("call-5").unwrap();
-        let later = start + Duration::from_secs(1);
-        state.keep_tombstone(later, &again, kept("sig", &answer, later), cap);
-        assert!(!state.forget_tombstone(&again, Some(start + Duration::from_millis(5))));
-        assert!(state.tombstones.contains_key(&again), "the newer one stays");
     }
 }

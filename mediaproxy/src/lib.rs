@@ -45,4 +45,5 @@ pub mod relay;
 pub mod rtp;
 pub mod server;
 pub mod session;
+pub mod tombstone;
 pub mod types;
