@@ -6,29 +6,15 @@
 //! timeout, one-way media) queue up for [`Session::poll_event`]. Everything takes `now`, so
 //! tests drive it with made-up instants.
 //!
-//! # Latching policy
-//!
-//! Each local socket (RTP and RTCP of each media line of each leg) latches independently:
-//!
-//! 1. Before the leg's first update the proxy does not know the leg: packets are dropped as
-//!    `before_latching`.
-//! 2. Until a packet arrives, packets for the leg go to the SDP address.
-//! 3. The first packet latches its source at once (media flows without delay) and opens a
-//!    learning window (`latch_window`). Inside the window a source that matches the SDP
-//!    better (rank: exact address and port > same address > same port > anything) takes the
-//!    latch over; packets from other sources are dropped as `unknown_source`.
-//! 4. After the window the latch is fixed: a stranger spraying packets at a live port cannot
-//!    steal the stream. One exception: a latch on a source that does not match the SDP's
-//!    address (a guess: a NAT that also changed the address, or a stranger who sprayed the
-//!    port before the phone's first packet) gives way to the first source that does, at any
-//!    time, so an early spray cannot lock the real phone out.
-//! 5. An update with the same SDP address keeps the latch and lets the next packet open a new
-//!    window from any source (a phone that moved networks re-INVITEs); an update with a new
-//!    address drops the latch and sends to the new address until its first packet.
+//! Latching (which source a local socket accepts and sends back to) is the [`latch`] module.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+
+mod latch;
+
+use latch::{Admission, Latch};
 
 use crate::quality::RtpQuality;
 use crate::rtp::{Datagram, Malformed, classify};
@@ -195,118 +181,6 @@ impl Counters {
         self.bytes += len as u64;
         self.first.get_or_insert(now);
         self.last = Some(now);
-    }
-}
-
-/// Latch state of one local socket.
-#[derive(Debug, Clone, Default)]
-struct Latch {
-    /// Address from SDP (None before the first update, on hold, or disabled).
-    sdp: Option<SocketAddr>,
-    /// The IP the leg's SIP comes from (a NATed phone's media comes from it too).
-    signaling_ip: Option<IpAddr>,
-    /// Current latched source.
-    source: Option<SocketAddr>,
-    rank: u8,
-    /// End of the learning window.
-    window_until: Option<Instant>,
-    /// Set by an update: the next packet opens a new window from any source.
-    relearn: bool,
-    /// Whether any packet was ever latched here (first-packet event sent).
-    ever_latched: bool,
-    /// The leg declared hold (`c=0.0.0.0`) or a disabled line: send nothing.
-    silenced: bool,
-}
-
-/// How a packet's source fared against the latch.
-enum Admission {
-    Accept,
-    First,
-    Changed { from: SocketAddr },
-    Reject,
-}
-
-/// The rank of a source at the address the SDP gave (exactly, or its IP with another port as
-/// a NAT rewrites it).
-const EXPECTED: u8 = 2;
-
-fn rank(source: SocketAddr, sdp: Option<SocketAddr>, signaling_ip: Option<IpAddr>) -> u8 {
-    match sdp {
-        Some(sdp) if sdp == source => 3,
-        Some(sdp) if sdp.ip() == source.ip() => EXPECTED,
-        _ if signaling_ip == Some(source.ip()) => EXPECTED,
-        Some(sdp) if sdp.port() == source.port() => 1,
-        _ => 0,
-    }
-}
-
-impl Latch {
-    fn admit(&mut self, now: Instant, source: SocketAddr, window: Duration) -> Admission {
-        let Some(current) = self.source else {
-            self.source = Some(source);
-            self.rank = rank(source, self.sdp, self.signaling_ip);
-            self.window_until = Some(now + window);
-            self.relearn = false;
-            return if self.ever_latched {
-                Admission::Accept
-            } else {
-                self.ever_latched = true;
-                Admission::First
-            };
-        };
-        if current == source {
-            if self.relearn {
-                self.relearn = false;
-                self.rank = rank(source, self.sdp, self.signaling_ip);
-                self.window_until = Some(now + window);
-            }
-            return Admission::Accept;
-        }
-        let new_rank = rank(source, self.sdp, self.signaling_ip);
-        let switch = if self.relearn {
-            true
-        } else if self.rank < EXPECTED && new_rank >= EXPECTED {
-            // A source at the address the SDP gave beats a guess at any time: a stranger
-            // that sprayed the port before the phone's first packet cannot keep it once the
-            // phone is heard, window or not.
-            true
-        } else {
-            self.window_until.is_some_and(|until| now < until) && new_rank > self.rank
-        };
-        if !switch {
-            return Admission::Reject;
-        }
-        if self.relearn {
-            self.relearn = false;
-            self.window_until = Some(now + window);
-        }
-        self.source = Some(source);
-        self.rank = new_rank;
-        Admission::Changed { from: current }
-    }
-
-    fn destination(&self) -> Option<SocketAddr> {
-        if self.silenced {
-            None
-        } else {
-            self.source.or(self.sdp)
-        }
-    }
-
-    fn set_sdp(&mut self, sdp: Option<SocketAddr>, signaling_ip: Option<IpAddr>, silenced: bool) {
-        if signaling_ip.is_some() {
-            self.signaling_ip = signaling_ip;
-        }
-        if sdp.is_some() && sdp != self.sdp {
-            // A new address: send there until a packet shows where the leg really is.
-            self.source = None;
-        } else {
-            self.relearn = true;
-        }
-        if sdp.is_some() {
-            self.sdp = sdp;
-        }
-        self.silenced = silenced;
     }
 }
 
