@@ -14,6 +14,9 @@ use super::{Rows, Running, Scratch, cdr_table, scenarios, sibling};
 
 const BIN: &str = super::SIGNALING;
 
+/// 5 s of 20 ms packets (250) plus the DTMF event of the pcap: at least 240 must arrive.
+pub const MIN_PACKETS: i64 = 240;
+
 pub struct Ports {
     pub sip: u16,
     pub uac: u16,
