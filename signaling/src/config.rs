@@ -287,6 +287,11 @@ pub struct Options {
     /// [default: 60s].
     #[arg(long, env = "SIGNALING_AUTH_BAN", value_name = "DURATION")]
     pub auth_ban: Option<HumanDuration>,
+    /// SIP TCP connections one source address may hold at once; the next is closed at
+    /// accept. Phones behind one office NAT share an address: size it for the largest site
+    /// [default: 256].
+    #[arg(long, env = "SIGNALING_TCP_PER_SOURCE", value_name = "N")]
+    pub tcp_per_source: Option<usize>,
     /// HTTP listen address for /metrics and the admin endpoints [default: 127.0.0.1:9465].
     #[arg(long, env = "SIGNALING_METRICS", value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
@@ -451,6 +456,8 @@ pub struct Config {
     pub max_calls: usize,
     /// Per-source request budget and password-guessing bans.
     pub limits: crate::guard::Limits,
+    /// SIP TCP connections one source may hold.
+    pub tcp_per_source: usize,
     pub metrics: SocketAddr,
     /// Opens the admin endpoints to remote clients that present it (`--admin-token`).
     pub admin_token: Option<String>,
@@ -464,8 +471,9 @@ pub struct Config {
     pub media: MediaConfig,
 }
 
-const KEYS: [&str; 25] = [
+const KEYS: [&str; 26] = [
     "admin-token",
+    "tcp-per-source",
     "source-rate",
     "auth-max-failures",
     "auth-ban",
@@ -661,6 +669,16 @@ impl Config {
         if limits.max_failures > 0 && limits.ban.is_zero() {
             return Err(invalid("auth-ban", "must be longer than 0s".into()));
         }
+        let tcp_per_source = upper
+            .tcp_per_source
+            .or(lower.tcp_per_source)
+            .unwrap_or(crate::tcp::PER_SOURCE);
+        if tcp_per_source == 0 {
+            return Err(invalid(
+                "tcp-per-source",
+                "must be 1 or more (0 would refuse every TCP connection)".into(),
+            ));
+        }
         let media = upper.media.or(lower.media).resolve().map_err(|e| match e {
             mediaproxy::config::ConfigError::Invalid { option, message } => {
                 ConfigError::Invalid { option, message }
@@ -707,6 +725,7 @@ impl Config {
             cdr_queue,
             max_calls,
             limits,
+            tcp_per_source,
             metrics: upper
                 .metrics
                 .or(lower.metrics)
@@ -879,6 +898,7 @@ mod tests {
             (&["--admin-token", "short"][..], "--admin-token"),
             (&["--source-rate=-1"][..], "--source-rate"),
             (&["--auth-ban", "0s"][..], "--auth-ban"),
+            (&["--tcp-per-source", "0"][..], "--tcp-per-source"),
         ] {
             let cli = parse(options).unwrap();
             let error = Config::resolve(cli.options, Options::default())

@@ -231,7 +231,7 @@ impl Signaling {
             .get()
             .map_or(1024, |(soft, _)| soft);
         let limits = crate::tcp::Limits::new(
-            crate::tcp::PER_SOURCE,
+            config.tcp_per_source,
             crate::tcp::global_cap(nofile, config.max_calls),
             metrics.tcp_connections.clone(),
             metrics.tcp_closed.clone(),

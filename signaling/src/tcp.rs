@@ -1,10 +1,10 @@
 //! Limits on SIP over TCP, so that connections cannot take what calls need: a connection must
 //! bring a complete message within [`FIRST_MESSAGE`] of its accept and finish a message it
 //! started within [`PARTIAL_MESSAGE`], and one silent for [`IDLE`] is closed; one source may
-//! hold [`PER_SOURCE`] connections, all sources together a global cap that leaves descriptors
-//! for the media proxy's sockets. What is refused or closed is counted in
-//! `signaling_tcp_connections_closed_total{reason}` and logged at most once a minute per
-//! source.
+//! hold `--tcp-per-source` ([`PER_SOURCE`]) connections, all sources together a global cap
+//! that leaves descriptors for the media proxy's sockets. What is refused or closed is
+//! counted in `signaling_tcp_connections_closed_total{reason}` and logged at most once a
+//! minute per source.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,8 +19,9 @@ pub(crate) const FIRST_MESSAGE: Duration = Duration::from_secs(10);
 pub(crate) const PARTIAL_MESSAGE: Duration = Duration::from_secs(10);
 /// A connection that sends nothing (not even a CRLF keep-alive, RFC 5626) this long is closed.
 pub(crate) const IDLE: Duration = Duration::from_secs(600);
-/// Connections one source address may hold at once.
-pub(crate) const PER_SOURCE: usize = 32;
+/// Connections one source address may hold at once, unless `--tcp-per-source` says: enough for
+/// an office of TCP phones behind one NAT, a sliver of the descriptors.
+pub(crate) const PER_SOURCE: usize = 256;
 /// Descriptors kept for everything but inbound TCP: the media proxy's four sockets per call
 /// (embedded), database connections, outbound connections, files.
 const RESERVE_PER_CALL: usize = 4;

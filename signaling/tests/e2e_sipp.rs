@@ -1068,8 +1068,8 @@ fn the_admin_endpoint_shows_live_calls_with_their_media() {
 
 /// SIP over TCP cannot be used to take signaling's descriptors: a connection that brings no
 /// complete message (nothing, or half of one) is closed 10 s after its accept, one that
-/// leaves a later message half sent 10 s after it began; one source holds at most 32
-/// connections and the 33rd is closed at once; a connection that speaks SIP stays. Each is
+/// leaves a later message half sent 10 s after it began; one source holds at most
+/// `--tcp-per-source` (32 here) connections and the 33rd is closed at once; a connection that speaks SIP stays. Each is
 /// counted by reason.
 #[test]
 fn tcp_connections_that_bring_nothing_or_half_a_message_are_closed_and_a_source_is_capped() {
@@ -1083,7 +1083,7 @@ fn tcp_connections_that_bring_nothing_or_half_a_message_are_closed_and_a_source_
         uas_media: 34720,
         relay: 34800..34900,
     };
-    let service = Service::start("tcp-limits", &ports, &[]);
+    let service = Service::start("tcp-limits", &ports, &["--tcp-per-source", "32"]);
     let connect = || TcpStream::connect(("127.0.0.1", ports.sip)).expect("connect");
     let options = |stream: &mut TcpStream, n: u32| {
         let local = stream.local_addr().unwrap();
