@@ -430,6 +430,65 @@ fn a_database_outage_queues_cdrs_and_loses_none() {
     assert_eq!(store.rows("cdr_media", 0, i64::MAX).unwrap().1.len(), 14);
 }
 
+/// The durable record of a call answered while the database is down is written once it is
+/// back (a crash after that still gets the call its row); a call that ends before that needs
+/// none: its row closes it.
+#[test]
+fn a_call_answered_during_an_outage_gets_its_durable_record_when_the_database_is_back() {
+    let url = common::postgres_database("open_outage");
+    let gate = common::Gate::new(common::postgres_address(&url));
+    let dir = Scratch::new("cdr-open-outage");
+    let metrics = metrics();
+    let instance = "test-host/127.0.0.1:5062";
+    let writer = CdrWriter::start(
+        Target::Postgres(gate.url(&url)),
+        WriterOptions {
+            queue_limit: 100,
+            spool: dir.join("cdr.spool"),
+            close_grace: Duration::from_secs(1),
+            instance: instance.into(),
+        },
+        metrics.clone(),
+    )
+    .unwrap();
+    assert!(writer.flush(Duration::from_secs(10)));
+    gate.close();
+    writer.open(open_call("up-during", 5_000));
+    writer.open(open_call("ended-during", 6_000));
+    writer.write(call("ended-during", 6_000));
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut direct = Store::open(&Target::Postgres(url.clone())).unwrap();
+    assert!(
+        direct.orphans(instance, 0).unwrap().is_empty(),
+        "nothing reached the database while it was cut off"
+    );
+    gate.open();
+    assert!(
+        common::eventually(Duration::from_secs(20), || {
+            direct
+                .orphans(instance, 0)
+                .unwrap()
+                .iter()
+                .any(|(open, _)| open.call_id == "up-during")
+        }),
+        "the record of the call that is up was written once the database came back"
+    );
+    assert!(writer.flush(Duration::from_secs(10)));
+    let open: Vec<String> = direct
+        .orphans(instance, 0)
+        .unwrap()
+        .into_iter()
+        .map(|(open, _)| open.call_id)
+        .collect();
+    assert_eq!(
+        open,
+        ["up-during"],
+        "the ended call has its row, not a record"
+    );
+    assert_eq!(direct.rows("cdr", 0, i64::MAX).unwrap().1.len(), 1);
+    writer.close();
+}
+
 #[test]
 fn a_full_queue_overflows_to_the_spool_not_to_nowhere() {
     let url = common::postgres_database("overflow");

@@ -105,6 +105,7 @@ impl CdrWriter {
                     backoff: MIN_BACKOFF,
                     outage_logged: false,
                     orphans: Vec::new(),
+                    unsaved: VecDeque::new(),
                 }
                 .run(&receiver);
             })
@@ -201,6 +202,9 @@ struct Worker {
     outage_logged: bool,
     /// Open calls a stopped process left, found at the start (taken by [`Message::Orphans`]).
     orphans: Vec<(OpenCall, i64)>,
+    /// Records of calls that are up which the database has not taken yet (down at the
+    /// answer): written once it is back, forgotten when the call's CDR comes first.
+    unsaved: VecDeque<OpenCall>,
 }
 
 impl Worker {
@@ -229,7 +233,7 @@ impl Worker {
                     tracing::warn!(%error, "cannot mark the open calls alive");
                 }
             }
-            let wait = if self.pending.is_empty() {
+            let wait = if self.pending.is_empty() && self.unsaved.is_empty() {
                 HEARTBEAT
             } else {
                 self.retry_at.saturating_duration_since(Instant::now())
@@ -246,6 +250,7 @@ impl Worker {
             }
             if Instant::now() >= self.retry_at {
                 self.write_pending();
+                self.save_open();
             }
             self.metrics.queued.set(self.pending.len() as i64);
             if self.pending.is_empty() {
@@ -277,6 +282,10 @@ impl Worker {
     fn accept(&mut self, message: Message, flushes: &mut Vec<mpsc::Sender<()>>) {
         match message {
             Message::Write(cdr) => {
+                // Its record is closed with the row; one never written need not be.
+                self.unsaved.retain(|open| {
+                    open.call_id != cdr.call_id || open.start_time_ms != cdr.start_time_ms
+                });
                 if self.pending.len() >= self.options.queue_limit {
                     self.spool(std::slice::from_ref(&cdr));
                 } else {
@@ -285,12 +294,15 @@ impl Worker {
             }
             Message::Flush(reply) => flushes.push(reply),
             Message::Open(call) => {
-                let Some(store) = self.store.as_mut() else {
-                    tracing::debug!(call_id = %call.call_id, "database unreachable: no durable record of the call");
-                    return;
-                };
-                if let Err(error) = store.keep_open(&self.options.instance, &call, unix_ms_now()) {
-                    tracing::warn!(call_id = %call.call_id, %error, "cannot keep a durable record of the call");
+                if self.unsaved.len() >= self.options.queue_limit
+                    && let Some(dropped) = self.unsaved.pop_front()
+                {
+                    tracing::warn!(call_id = %dropped.call_id, "too many calls wait for a durable record; the oldest has none");
+                }
+                self.unsaved.push_back(*call);
+                // While the database is down the retry comes with the next attempt.
+                if self.store.is_some() {
+                    self.save_open();
                 }
             }
             Message::Orphans(reply) => {
@@ -299,27 +311,67 @@ impl Worker {
         }
     }
 
+    /// Opens the database when it is not open; false (a retry scheduled) when it cannot be.
+    fn connect(&mut self) -> bool {
+        if self.store.is_some() {
+            return true;
+        }
+        match Store::open(&self.target) {
+            Ok(store) => {
+                if self.outage_logged {
+                    tracing::info!(
+                        cdr = %self.target.display(),
+                        queued = self.pending.len(),
+                        open_calls = self.unsaved.len(),
+                        "CDR database reachable again; writing the queue"
+                    );
+                }
+                self.store = Some(store);
+                true
+            }
+            Err(error) => {
+                self.failed(&error);
+                false
+            }
+        }
+    }
+
+    /// Writes the records of calls that are up the database has not taken yet, in order,
+    /// until none is left or the database fails.
+    fn save_open(&mut self) {
+        while !self.unsaved.is_empty() {
+            if !self.connect() {
+                return;
+            }
+            let (Some(store), Some(call)) = (self.store.as_mut(), self.unsaved.front()) else {
+                return;
+            };
+            let call_id = call.call_id.clone();
+            match store.keep_open(&self.options.instance, call, unix_ms_now()) {
+                Ok(()) => {
+                    self.unsaved.pop_front();
+                    self.backoff = MIN_BACKOFF;
+                    self.outage_logged = false;
+                }
+                Err(error) if !error.transient && self.store_is_alive() => {
+                    tracing::warn!(%call_id, %error, "the database refused the durable record of the call");
+                    self.unsaved.pop_front();
+                }
+                Err(error) => {
+                    self.store = None;
+                    self.failed(&error);
+                    return;
+                }
+            }
+        }
+    }
+
     /// Writes pending CDRs in order until the queue is empty or the database fails.
     fn write_pending(&mut self) {
         while let Some(cdr) = self.pending.pop_front() {
-            if self.store.is_none() {
-                match Store::open(&self.target) {
-                    Ok(store) => {
-                        if self.outage_logged {
-                            tracing::info!(
-                                cdr = %self.target.display(),
-                                queued = self.pending.len(),
-                                "CDR database reachable again; writing the queue"
-                            );
-                        }
-                        self.store = Some(store);
-                    }
-                    Err(error) => {
-                        self.pending.push_front(cdr);
-                        self.failed(&error);
-                        return;
-                    }
-                }
+            if !self.connect() {
+                self.pending.push_front(cdr);
+                return;
             }
             let Some(store) = self.store.as_mut() else {
                 self.pending.push_front(cdr);
