@@ -379,12 +379,17 @@ fn a_database_outage_queues_cdrs_and_loses_none() {
     );
     assert_eq!(metrics.queued.get(), 5);
     assert!(metrics.errors.get() >= 1);
+    // What waits is journaled beside the spool (a kill now would lose nothing).
+    let journal = dir.join("cdr.queue");
+    let journaled = std::fs::read_to_string(&journal).unwrap();
+    assert_eq!(journaled.lines().count(), 5, "{journaled}");
     gate.open();
     assert!(
         writer.flush(Duration::from_secs(20)),
         "the queue drains once the database is back"
     );
     assert_eq!(metrics.queued.get(), 0);
+    assert!(!journal.exists(), "the journal goes with the queue");
     // Cut off again and shut down: the rest goes to the spool, and the next start writes it.
     gate.close();
     writer.write(call("at-shutdown", 100));

@@ -4,8 +4,12 @@
 //! the call on its media proxy (which answers the real final figures), and writes the row
 //! ended by the system at the predecessor's last sign of life.
 //!
+//! And a kill in the middle of a database outage: the CDRs waiting for the database are in
+//! the outage journal beside the spool file, and the next start writes them.
+//!
 //! Port plan: SIP 25990-25992, the media proxy's gRPC 25995; SIPp media 17800 and 17900;
-//! relay 11400-11599 (below the kernel's ephemeral range).
+//! relay 11400-11599 (below the kernel's ephemeral range). The outage test: SIP
+//! 25996-25998, SIPp media 17820 and 17920, relay 11700-11799.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -104,4 +108,70 @@ fn a_call_up_when_signaling_is_killed_gets_its_cdr_with_real_figures_at_the_rest
         log.contains("calls were up when a signaling process stopped"),
         "{log}"
     );
+}
+
+#[test]
+fn cdrs_waiting_for_a_database_that_is_down_survive_a_kill() {
+    let ports = Ports {
+        sip: 25996,
+        uac: 25997,
+        uas: 25998,
+        uac_media: 17820,
+        uas_media: 17920,
+        relay: 11700..11800,
+    };
+    let url = common::postgres_database("crash_outage");
+    let gate = common::Gate::new(common::postgres_address(&url));
+    let through_gate = gate.url(&url);
+    let dir = Scratch::new("crash-outage");
+    let spool = dir.join("cdr.spool").display().to_string();
+    let options = [
+        "--trusted",
+        "127.0.0.0/8",
+        "--cdr",
+        &through_gate,
+        "--cdr-spool",
+        &spool,
+    ];
+    let mut first = Service::start("crash-outage-first", &ports, &options);
+    gate.close();
+    let callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    common::calls::expect_success(caller, "UAC", &first);
+    common::calls::expect_success(callee, "UAS", &first);
+    // The call's CDR waits for the database, in memory and in the journal.
+    let journal = dir.join("cdr.queue");
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            std::fs::read_to_string(&journal).is_ok_and(|text| text.lines().count() == 1)
+        }),
+        "the waiting CDR is journaled:\n{}",
+        first.log()
+    );
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    gate.open();
+
+    let second = Service::start("crash-outage-second", &ports, &options);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while second.table("cdr").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the journaled CDR was not written after the restart:\n{}",
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = second.log();
+    let (rows, _, _) = second.stop_all();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["disposition"], "answered", "{:?}", rows[0]);
+    assert_eq!(rows[0]["hangup_side"], "caller", "{:?}", rows[0]);
+    assert_eq!(rows[0]["media_verdict"], "ok", "{:?}", rows[0]);
+    assert!(
+        log.contains("replaying CDRs left in the spool file"),
+        "{log}"
+    );
+    assert!(!journal.exists(), "the journal is gone once written");
 }

@@ -106,6 +106,8 @@ impl CdrWriter {
                     outage_logged: false,
                     orphans: Vec::new(),
                     unsaved: VecDeque::new(),
+                    fresh: 0,
+                    journaled: false,
                 }
                 .run(&receiver);
             })
@@ -205,6 +207,10 @@ struct Worker {
     /// Records of calls that are up which the database has not taken yet (down at the
     /// answer): written once it is back, forgotten when the call's CDR comes first.
     unsaved: VecDeque<OpenCall>,
+    /// CDRs at the back of `pending` not yet in the outage journal (see [`Worker::journal`]).
+    fresh: usize,
+    /// Whether the outage journal file exists.
+    journaled: bool,
 }
 
 impl Worker {
@@ -252,6 +258,7 @@ impl Worker {
                 self.write_pending();
                 self.save_open();
             }
+            self.journal();
             self.metrics.queued.set(self.pending.len() as i64);
             if self.pending.is_empty() {
                 for flush in flushes.drain(..) {
@@ -276,6 +283,8 @@ impl Worker {
             let left: Vec<Cdr> = self.pending.drain(..).collect();
             self.spool(&left);
         }
+        // Everything is stored or spooled: the journal holds nothing of its own.
+        self.journal();
         self.metrics.queued.set(0);
     }
 
@@ -290,6 +299,7 @@ impl Worker {
                     self.spool(std::slice::from_ref(&cdr));
                 } else {
                     self.pending.push_back(*cdr);
+                    self.fresh += 1;
                 }
             }
             Message::Flush(reply) => flushes.push(reply),
@@ -383,6 +393,7 @@ impl Worker {
                         tracing::info!(call_id = %cdr.call_id, "CDR already stored; skipped");
                     }
                     self.metrics.written.inc();
+                    self.fresh = self.fresh.min(self.pending.len());
                     self.backoff = MIN_BACKOFF;
                     self.outage_logged = false;
                     self.replayed_one();
@@ -398,6 +409,7 @@ impl Worker {
                         );
                         self.metrics.errors.inc();
                         self.spool(&[cdr]);
+                        self.fresh = self.fresh.min(self.pending.len());
                         self.replayed_one();
                         continue;
                     }

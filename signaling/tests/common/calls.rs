@@ -99,8 +99,10 @@ impl Service {
                 target
             }
         };
+        if !extra.contains(&"--cdr-spool") {
+            command.args(["--cdr-spool", &dir.join("cdr.spool").display().to_string()]);
+        }
         let child = command
-            .args(["--cdr-spool", &dir.join("cdr.spool").display().to_string()])
             .args(["--ports", &ports.relay_arg()])
             .args(if extra.contains(&"--max-calls") {
                 &[][..]

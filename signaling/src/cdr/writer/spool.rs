@@ -1,6 +1,11 @@
 //! The spool file: CDRs the database could not take, one JSON object per line, replayed
 //! first at the next start (inserts are idempotent, so a replay after a crash between a
 //! commit and the cleanup writes nothing twice).
+//!
+//! Beside it, the outage journal (the spool's name with the extension `queue`): while the
+//! database is down, every CDR that waits in memory is appended there too (one `fsync` per
+//! batch), so a process killed in the middle of an outage loses none; the journal is removed
+//! once the queue is written, and replayed like the spool by the next start.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -9,21 +14,58 @@ use std::path::{Path, PathBuf};
 use super::Worker;
 use crate::cdr::{Cdr, Target};
 
+/// Appends CDRs to `path`, one JSON object per line, and syncs it.
+fn append(path: &Path, cdrs: &[Cdr]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    for cdr in cdrs {
+        let line = serde_json::to_string(cdr).map_err(std::io::Error::other)?;
+        writeln!(file, "{line}")?;
+    }
+    file.sync_data()
+}
+
 impl Worker {
+    /// The outage journal's path.
+    fn journal_path(&self) -> PathBuf {
+        self.options.spool.with_extension("queue")
+    }
+
+    /// Keeps the outage journal in step with the queue: appends the CDRs that wait and are
+    /// not in it yet, and removes it once nothing waits.
+    pub(super) fn journal(&mut self) {
+        let path = self.journal_path();
+        if self.pending.is_empty() {
+            self.fresh = 0;
+            if self.journaled {
+                if let Err(error) = std::fs::remove_file(&path)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(%error, journal = %path.display(), "cannot remove the CDR outage journal; the next start replays it (inserts are idempotent)");
+                }
+                self.journaled = false;
+            }
+            return;
+        }
+        if self.fresh == 0 {
+            return;
+        }
+        let from = self.pending.len() - self.fresh.min(self.pending.len());
+        let waiting: Vec<Cdr> = self.pending.range(from..).cloned().collect();
+        match append(&path, &waiting) {
+            Ok(()) => {
+                self.fresh = 0;
+                self.journaled = true;
+            }
+            Err(error) => {
+                // Kept in memory as before; said once per batch.
+                tracing::error!(%error, journal = %path.display(), count = waiting.len(), "cannot journal the waiting CDRs; a kill now would lose them");
+            }
+        }
+    }
+
     /// Appends CDRs to the spool file (one JSON object per line).
     pub(super) fn spool(&self, cdrs: &[Cdr]) {
-        let result = (|| -> std::io::Result<()> {
-            let mut file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.options.spool)?;
-            for cdr in cdrs {
-                let line = serde_json::to_string(cdr).map_err(std::io::Error::other)?;
-                writeln!(file, "{line}")?;
-            }
-            file.sync_data()
-        })();
-        match result {
+        match append(&self.options.spool, cdrs) {
             Ok(()) => {
                 self.metrics.spooled.inc_by(cdrs.len() as u64);
                 tracing::warn!(
@@ -51,12 +93,12 @@ impl Worker {
     pub(super) fn load_spool(&mut self) {
         let spool = &self.options.spool;
         let replay = spool.with_extension("replaying");
+        let journal = self.journal_path();
         let mut sources = Vec::new();
-        if replay.exists() {
-            sources.push(replay.clone());
-        }
-        if spool.exists() {
-            sources.push(spool.clone());
+        for path in [&replay, spool, &journal] {
+            if path.exists() {
+                sources.push(path.clone());
+            }
         }
         if sources.is_empty() {
             return;
@@ -85,8 +127,10 @@ impl Worker {
             }
             file.sync_data()?;
             std::fs::rename(replay.with_extension("replaying.tmp"), &replay)?;
-            if spool.exists() {
-                std::fs::remove_file(spool)?;
+            for left in [spool, &journal] {
+                if left.exists() {
+                    std::fs::remove_file(left)?;
+                }
             }
             Ok(())
         })();
