@@ -113,25 +113,14 @@ fn a_wall_clock_stepped_forward_and_back_leaves_timers_alone_and_cdrs_sane() {
     let callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);
     std::thread::sleep(Duration::from_millis(300));
     let caller = uac(&ports, "uac_register_auth_call.xml", &["-inf", "users.csv"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !service
-        .get("/admin/calls")
-        .contains("\"state\": \"confirmed\"")
-    {
-        assert!(Instant::now() < deadline, "no call up:\n{}", service.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    service.wait_call_up();
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&offset, "+3600\n").unwrap();
     // Signaling's driver and the embedded proxy's sweep each see it.
     wait_log(&service, "the wall clock stepped", 2);
     expect_success(caller, "UAC", &service);
     expect_success(callee, "UAS", &service);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while service.table("cdr").is_empty() {
-        assert!(Instant::now() < deadline, "no CDR:\n{}", service.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    service.wait_first_cdr(Duration::from_secs(10), "no CDR");
     // The call ran its course (no timer fired early) and its row is on the new time whole.
     let rows = service.table("cdr");
     assert_sane(&rows[0], unix_ms() + HOUR_MS);

@@ -11,7 +11,7 @@
 //! relay 11400-11599 (below the kernel's ephemeral range). The outage test: SIP
 //! 25996-25998, SIPp media 17820 and 17920, relay 11700-11799.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod common;
 
@@ -57,14 +57,7 @@ fn a_call_up_when_signaling_is_killed_gets_its_cdr_with_real_figures_at_the_rest
     std::thread::sleep(Duration::from_millis(300));
     let _caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
     // Three seconds into the 5 s of audio, the process dies without a word.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !first
-        .get("/admin/calls")
-        .contains("\"state\": \"confirmed\"")
-    {
-        assert!(Instant::now() < deadline, "no call up:\n{}", first.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    first.wait_call_up();
     std::thread::sleep(Duration::from_millis(3000));
     let killed_at = unix_ms();
     first.child.kill().unwrap();
@@ -72,15 +65,10 @@ fn a_call_up_when_signaling_is_killed_gets_its_cdr_with_real_figures_at_the_rest
     assert!(first.table("cdr").is_empty(), "no CDR before the restart");
 
     let second = Service::start("crash-second", &ports, &options);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while second.table("cdr").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no CDR for the call after the restart:\n{}",
-            second.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    second.wait_first_cdr(
+        Duration::from_secs(10),
+        "no CDR for the call after the restart",
+    );
     let log = second.log();
     let (rows, media, _) = second.stop_all();
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -154,15 +142,10 @@ fn cdrs_waiting_for_a_database_that_is_down_survive_a_kill() {
     gate.open();
 
     let second = Service::start("crash-outage-second", &ports, &options);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while second.table("cdr").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the journaled CDR was not written after the restart:\n{}",
-            second.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    second.wait_first_cdr(
+        Duration::from_secs(20),
+        "the journaled CDR was not written after the restart",
+    );
     let log = second.log();
     let (rows, _, _) = second.stop_all();
     assert_eq!(rows.len(), 1, "{rows:?}");

@@ -165,6 +165,27 @@ impl Service {
         self.get("/metrics")
     }
 
+    /// Waits until a call is up (confirmed), as `/admin/calls` shows it.
+    pub fn wait_call_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .get("/admin/calls")
+            .contains("\"state\": \"confirmed\"")
+        {
+            assert!(Instant::now() < deadline, "no call up:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to `timeout` until the `cdr` table holds a row; `what` says which.
+    pub fn wait_first_cdr(&self, timeout: Duration, what: &str) {
+        let deadline = Instant::now() + timeout;
+        while self.table("cdr").is_empty() {
+            assert!(Instant::now() < deadline, "{what}:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// What the service holds now that calls take and must give back.
     pub fn held(&self) -> Held {
         let metrics = self.metrics();
