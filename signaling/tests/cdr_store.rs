@@ -266,18 +266,20 @@ fn open_calls_outlive_their_process(target: Target) {
     // other instance's call is not stale yet.
     let found = store.orphans(mine, 1_000).unwrap();
     assert_eq!(found.len(), 1, "{found:?}");
-    assert_eq!(found[0].0, moved);
-    assert_eq!(found[0].1, 9_000);
+    assert_eq!(found[0].call, moved);
+    assert_eq!(found[0].alive_at_ms, 9_000);
+    assert_eq!(found[0].instance, mine);
     // Once its heartbeat is old, another instance's call is an orphan too, ended at that
     // instance's last heartbeat.
     let found = store.orphans(mine, 5_000).unwrap();
-    assert_eq!(found[0].1, 4_000);
-    let ids: Vec<&str> = found.iter().map(|(c, _)| c.call_id.as_str()).collect();
+    assert_eq!(found[0].alive_at_ms, 4_000);
+    assert_eq!(found[0].instance, other);
+    let ids: Vec<&str> = found.iter().map(|o| o.call.call_id.as_str()).collect();
     assert_eq!(ids, ["theirs", "up-2"]);
     // Completing them (their CDRs written) leaves nothing open.
-    for (open, alive) in found {
-        let mut row = call(&open.call_id, open.start_time_ms);
-        row.end_time_ms = alive;
+    for orphan in found {
+        let mut row = call(&orphan.call.call_id, orphan.call.start_time_ms);
+        row.end_time_ms = orphan.alive_at_ms;
         assert!(store.insert(&row).unwrap());
     }
     assert!(store.orphans(mine, i64::MAX).unwrap().is_empty());
@@ -474,7 +476,7 @@ fn a_call_answered_during_an_outage_gets_its_durable_record_when_the_database_is
                 .orphans(instance, 0)
                 .unwrap()
                 .iter()
-                .any(|(open, _)| open.call_id == "up-during")
+                .any(|orphan| orphan.call.call_id == "up-during")
         }),
         "the record of the call that is up was written once the database came back"
     );
@@ -483,7 +485,7 @@ fn a_call_answered_during_an_outage_gets_its_durable_record_when_the_database_is
         .orphans(instance, 0)
         .unwrap()
         .into_iter()
-        .map(|(open, _)| open.call_id)
+        .map(|orphan| orphan.call.call_id)
         .collect();
     assert_eq!(
         open,
@@ -491,6 +493,68 @@ fn a_call_answered_during_an_outage_gets_its_durable_record_when_the_database_is
         "the ended call has its row, not a record"
     );
     assert_eq!(direct.rows("cdr", 0, i64::MAX).unwrap().1.len(), 1);
+    writer.close();
+}
+
+/// Another instance whose heartbeat looks a minute old by this host's clock is not taken for
+/// dead while its heartbeat still moves (its host's clock is behind): its calls are left to
+/// it. Once it stops, they are completed.
+#[test]
+fn an_instance_whose_clock_is_behind_keeps_its_calls() {
+    let dir = Scratch::new("cdr-skewed-clock");
+    let target = sqlite(&dir);
+    let behind = "host-behind/10.0.0.9:5060";
+    let hour_ago = {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        now - 3_600_000
+    };
+    let mut store = Store::open(&target).unwrap();
+    store
+        .keep_open(behind, &open_call("theirs", hour_ago - 10_000), hour_ago)
+        .unwrap();
+    // The other instance lives on, its clock an hour behind ours: it beats every 500 ms.
+    let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let heart = {
+        let (target, beating) = (target.clone(), beating.clone());
+        std::thread::spawn(move || {
+            let mut store = Store::open(&target).unwrap();
+            let mut n = 0;
+            while beating.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 500;
+                store.alive(behind, hour_ago + n).unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    let start = |name: &str| {
+        CdrWriter::start(
+            target.clone(),
+            WriterOptions {
+                queue_limit: 100,
+                spool: dir.join(&format!("{name}.spool")),
+                close_grace: Duration::from_secs(1),
+                instance: format!("host-a/{name}"),
+            },
+            metrics(),
+        )
+        .unwrap()
+    };
+    let writer = start("first");
+    assert!(
+        writer.orphans(Duration::from_secs(15)).is_empty(),
+        "a live instance's call was taken for an orphan"
+    );
+    writer.close();
+    // It stops: the same age, and now it does not move.
+    beating.store(false, std::sync::atomic::Ordering::Relaxed);
+    heart.join().unwrap();
+    let writer = start("second");
+    let orphans = writer.orphans(Duration::from_secs(15));
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(orphans[0].0.call_id, "theirs");
     writer.close();
 }
 

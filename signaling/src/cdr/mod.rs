@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::diagnosis::MediaFigures;
 
 pub use schema::{CDR_COLUMNS, CDR_MEDIA_COLUMNS, MIGRATIONS, Value};
-pub use store::{Store, StoreError, Target};
+pub use store::{Orphan, Store, StoreError, Target};
 pub use writer::{
     CdrWriter, HEARTBEAT, ORPHANED_AFTER, WriterMetrics, WriterOptions, default_spool,
 };

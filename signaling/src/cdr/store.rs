@@ -1,6 +1,7 @@
 //! Where CDRs live ([`Target`]) and the open, migrated database ([`Store`]): inserts, the
 //! durable records of calls that are up, heartbeats and reads, on SQLite and PostgreSQL.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -11,6 +12,16 @@ use super::schema::{
     media_values,
 };
 use super::{Cdr, OpenCall};
+
+/// An open call a stopped process left (see [`Store::orphans`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Orphan {
+    pub call: OpenCall,
+    /// The instance that kept it.
+    pub instance: String,
+    /// That instance's last heartbeat, by its own clock.
+    pub alive_at_ms: i64,
+}
 
 /// A store error; `transient` ones (the database unreachable, a connection broken) are
 /// retried, the others are reported as configuration or schema problems.
@@ -352,41 +363,65 @@ impl Store {
 
     /// Open calls left by a process that stopped without ending them: `instance`'s own (this
     /// process is its successor; ask before its first heartbeat) and any whose instance's
-    /// heartbeat is older than `stale_before_ms` (another instance that died). Each with the
-    /// last time its instance was known alive.
+    /// heartbeat is older than `stale_before_ms` (another instance that died, or whose
+    /// clock is behind: see [`Store::heartbeats`]). Each with its instance and the last
+    /// time that instance was known alive.
     pub fn orphans(
         &mut self,
         instance: &str,
         stale_before_ms: i64,
-    ) -> Result<Vec<(OpenCall, i64)>, StoreError> {
-        const SQL: &str = "SELECT o.record, COALESCE(i.alive_at, 0) FROM cdr_open o \
+    ) -> Result<Vec<Orphan>, StoreError> {
+        const SQL: &str = "SELECT o.record, o.instance, COALESCE(i.alive_at, 0) FROM cdr_open o \
              LEFT JOIN cdr_instance i ON i.instance = o.instance \
              WHERE o.instance = $1 OR COALESCE(i.alive_at, 0) < $2 ORDER BY o.start_time";
-        let rows: Vec<(String, i64)> = match self {
+        let rows: Vec<(String, String, i64)> = match self {
             Self::Sqlite(c) => {
                 let mut statement = c.prepare_cached(SQL)?;
                 statement
                     .query_map(rusqlite::params![instance, stale_before_ms], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                     })?
                     .collect::<Result<Vec<_>, _>>()?
             }
             Self::Postgres(c) => c
                 .query(SQL, &[&instance, &stale_before_ms])?
                 .iter()
-                .map(|row| (row.get(0), row.get(1)))
+                .map(|row| (row.get(0), row.get(1), row.get(2)))
                 .collect(),
         };
         Ok(rows
             .into_iter()
-            .filter_map(|(record, alive_at)| match serde_json::from_str(&record) {
-                Ok(call) => Some((call, alive_at)),
-                Err(error) => {
-                    tracing::error!(%error, "unreadable open call record skipped");
-                    None
-                }
-            })
+            .filter_map(
+                |(record, instance, alive_at_ms)| match serde_json::from_str(&record) {
+                    Ok(call) => Some(Orphan {
+                        call,
+                        instance,
+                        alive_at_ms,
+                    }),
+                    Err(error) => {
+                        tracing::error!(%error, "unreadable open call record skipped");
+                        None
+                    }
+                },
+            )
             .collect())
+    }
+
+    /// Every instance's last heartbeat, as it wrote it. Read twice a few heartbeats apart it
+    /// tells a live instance (it moved) from a dead one without comparing two hosts' clocks.
+    pub fn heartbeats(&mut self) -> Result<HashMap<String, i64>, StoreError> {
+        const SQL: &str = "SELECT instance, alive_at FROM cdr_instance";
+        Ok(match self {
+            Self::Sqlite(c) => c
+                .prepare_cached(SQL)?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<HashMap<_, _>, _>>()?,
+            Self::Postgres(c) => c
+                .query(SQL, &[])?
+                .iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect(),
+        })
     }
 
     /// Rows of `table` (`cdr` or `cdr_media`) whose `start_time` is in `[from_ms, to_ms)`, in

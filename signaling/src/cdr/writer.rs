@@ -188,6 +188,43 @@ impl CdrWriter {
     }
 }
 
+/// How long a starting writer watches the heartbeats of other instances whose calls look
+/// orphaned: more than two heartbeats, so a live one is seen to move.
+const LIVENESS_WATCH: Duration = Duration::from_secs(5);
+
+/// The open calls stopped processes left: `instance`'s own predecessor's, and other
+/// instances' whose heartbeat looks older than [`ORPHANED_AFTER`] and does not move while
+/// watched for [`LIVENESS_WATCH`]. Judging another instance by its heartbeat's age alone would
+/// compare two hosts' clocks: one running more than a minute behind would look dead, and its
+/// live calls would be released.
+fn find_orphans(store: &mut Store, instance: &str) -> Result<Vec<(OpenCall, i64)>, StoreError> {
+    let stale_before = unix_ms_now() - ORPHANED_AFTER.as_millis() as i64;
+    let mut found = store.orphans(instance, stale_before)?;
+    if found.iter().any(|o| o.instance != instance) {
+        let before = store.heartbeats()?;
+        thread::sleep(LIVENESS_WATCH);
+        let after = store.heartbeats()?;
+        found.retain(|orphan| {
+            let moved = orphan.instance != instance
+                && before.get(&orphan.instance) != after.get(&orphan.instance);
+            if moved {
+                tracing::warn!(
+                    other = %orphan.instance,
+                    call_id = %orphan.call.call_id,
+                    heartbeat_age_s = (unix_ms_now() - orphan.alive_at_ms) / 1000,
+                    "another instance's heartbeat looks old by this host's clock but it is alive: \
+                     the hosts' clocks differ (check NTP); its calls are left to it"
+                );
+            }
+            !moved
+        });
+    }
+    Ok(found
+        .into_iter()
+        .map(|orphan| (orphan.call, orphan.alive_at_ms))
+        .collect())
+}
+
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -218,13 +255,10 @@ impl Worker {
         // Before this instance's first heartbeat: its predecessor's last one is the end of
         // the calls it left.
         if let Some(store) = self.store.as_mut() {
-            let stale_before = unix_ms_now() - ORPHANED_AFTER.as_millis() as i64;
-            self.orphans = store
-                .orphans(&self.options.instance, stale_before)
-                .unwrap_or_else(|error| {
-                    tracing::warn!(%error, "cannot read the open call records");
-                    Vec::new()
-                });
+            self.orphans = find_orphans(store, &self.options.instance).unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot read the open call records");
+                Vec::new()
+            });
         }
         self.load_spool();
         let mut flushes: Vec<mpsc::Sender<()>> = Vec::new();
