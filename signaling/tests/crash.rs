@@ -8,8 +8,9 @@
 //! the outage journal beside the spool file, and the next start writes them.
 //!
 //! Port plan: SIP 25990-25992, the media proxy's gRPC 25995; SIPp media 17800 and 17900;
-//! relay 11400-11599 (below the kernel's ephemeral range). The outage test: SIP
-//! 25996-25998, SIPp media 17820 and 17920, relay 11700-11799.
+//! relay 11400-11599 (below the kernel's ephemeral range). The outage tests: SIP
+//! 25996-25998, SIPp media 17820 and 17920, relay 11700-11799; SIP 25983-25985, the media
+//! proxy's gRPC 25986, SIPp media 17840 and 17940, relay 11800-11899.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -157,4 +158,82 @@ fn cdrs_waiting_for_a_database_that_is_down_survive_a_kill() {
         "{log}"
     );
     assert!(!journal.exists(), "the journal is gone once written");
+}
+
+/// Answered while the database is down, then killed: the call's durable record was only in
+/// the writer, so it is journaled beside the spool (kept touched every heartbeat), and the
+/// next start completes it like its own instance's orphans.
+#[test]
+fn a_call_answered_during_a_database_outage_and_killed_with_it_up_gets_its_row() {
+    let ports = Ports {
+        sip: 25983,
+        uac: 25984,
+        uas: 25985,
+        uac_media: 17840,
+        uas_media: 17940,
+        relay: 11850..11900,
+    };
+    let (_proxy, mediaproxy) = start_mediaproxy(25986, "11800-11849", "mp-crash-outage");
+    let url = common::postgres_database("crash_open_outage");
+    let gate = common::Gate::new(common::postgres_address(&url));
+    let through_gate = gate.url(&url);
+    let dir = Scratch::new("crash-open-outage");
+    let spool = dir.join("cdr.spool").display().to_string();
+    let options = [
+        "--trusted",
+        "127.0.0.0/8",
+        "--mediaproxy",
+        &mediaproxy,
+        "--cdr",
+        &through_gate,
+        "--cdr-spool",
+        &spool,
+    ];
+    let mut first = Service::start("crash-open-outage-first", &ports, &options);
+    gate.close();
+    let _callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let _caller = uac(&ports, "uac_pcmu_pcap.xml", &[]);
+    first.wait_call_up();
+    let journal = dir.join("cdr.open");
+    assert!(
+        common::eventually(Duration::from_secs(5), || journal.exists()),
+        "the record of the call is journaled:\n{}",
+        first.log()
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let killed_at = unix_ms();
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    gate.open();
+
+    let second = Service::start("crash-open-outage-second", &ports, &options);
+    second.wait_first_cdr(
+        Duration::from_secs(20),
+        "no CDR for the call up at the kill after the restart",
+    );
+    let log = second.log();
+    let (rows, _, _) = second.stop_all();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["disposition"], "answered", "{row:?}");
+    assert_eq!(row["hangup_side"], "system", "{row:?}");
+    assert!(
+        row["end_reason"].starts_with("signaling stopped with the call up"),
+        "{row:?}"
+    );
+    // Ended at the journal's last touch (every 2 s) before the kill.
+    let end = number(row, "end_time");
+    assert!(
+        end <= killed_at && end >= killed_at - 2500,
+        "end {end}, killed at {killed_at}"
+    );
+    // The media proxy still held the call: its real figures.
+    assert_eq!(row["media_verdict"], "ok", "{row:?}");
+    assert!(number(row, "caller_audio_packets") >= 100, "{row:?}");
+    assert!(
+        log.contains("a process killed during a database outage left calls that were up"),
+        "{log}"
+    );
+    assert!(!journal.exists() && !dir.join("cdr.open-orphans").exists());
 }

@@ -6,7 +6,7 @@
 
 mod spool;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
@@ -108,6 +108,8 @@ impl CdrWriter {
                     unsaved: VecDeque::new(),
                     fresh: 0,
                     journaled: false,
+                    open_in_file: HashSet::new(),
+                    open_orphans_file: None,
                 }
                 .run(&receiver);
             })
@@ -248,6 +250,12 @@ struct Worker {
     fresh: usize,
     /// Whether the outage journal file exists.
     journaled: bool,
+    /// The records of calls that are up which the open-call journal holds (see
+    /// [`Worker::open_journal`]).
+    open_in_file: HashSet<(String, i64)>,
+    /// Orphans read from the open-call journal a killed predecessor left: that file, removed
+    /// once they are handed over.
+    open_orphans_file: Option<PathBuf>,
 }
 
 impl Worker {
@@ -260,6 +268,7 @@ impl Worker {
                 Vec::new()
             });
         }
+        self.load_open_journal();
         self.load_spool();
         let mut flushes: Vec<mpsc::Sender<()>> = Vec::new();
         let mut heartbeat = Instant::now();
@@ -272,6 +281,7 @@ impl Worker {
                 {
                     tracing::warn!(%error, "cannot mark the open calls alive");
                 }
+                self.touch_open_journal();
             }
             let wait = if self.pending.is_empty() && self.unsaved.is_empty() {
                 HEARTBEAT
@@ -293,6 +303,7 @@ impl Worker {
                 self.save_open();
             }
             self.journal();
+            self.open_journal();
             self.metrics.queued.set(self.pending.len() as i64);
             if self.pending.is_empty() {
                 for flush in flushes.drain(..) {
@@ -319,6 +330,7 @@ impl Worker {
         }
         // Everything is stored or spooled: the journal holds nothing of its own.
         self.journal();
+        self.open_journal();
         self.metrics.queued.set(0);
     }
 
@@ -351,6 +363,9 @@ impl Worker {
             }
             Message::Orphans(reply) => {
                 let _ = reply.send(std::mem::take(&mut self.orphans));
+                if let Some(path) = self.open_orphans_file.take() {
+                    let _ = std::fs::remove_file(path);
+                }
             }
         }
     }

@@ -6,13 +6,39 @@
 //! database is down, every CDR that waits in memory is appended there too (one `fsync` per
 //! batch), so a process killed in the middle of an outage loses none; the journal is removed
 //! once the queue is written, and replayed like the spool by the next start.
+//!
+//! And the open-call journal (extension `open`): the durable records of calls that are up
+//! which the database has not taken (it was down at their answer), as lines that open and
+//! close them; its modification time is kept fresh every heartbeat while it exists. A process
+//! killed during an outage leaves it, and the next start completes those calls like the
+//! orphans of its own instance, ended at the file's last touch.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
+
 use super::Worker;
-use crate::cdr::{Cdr, Target};
+use crate::cdr::{Cdr, OpenCall, Target};
+
+/// One line of the open-call journal.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OpenLine {
+    Open(OpenCall),
+    Closed { call_id: String, start_time_ms: i64 },
+}
+
+fn append_lines(path: &Path, lines: &[OpenLine]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    for line in lines {
+        let text = serde_json::to_string(line).map_err(std::io::Error::other)?;
+        writeln!(file, "{text}")?;
+    }
+    file.sync_data()
+}
 
 /// Appends CDRs to `path`, one JSON object per line, and syncs it.
 fn append(path: &Path, cdrs: &[Cdr]) -> std::io::Result<()> {
@@ -25,6 +51,126 @@ fn append(path: &Path, cdrs: &[Cdr]) -> std::io::Result<()> {
 }
 
 impl Worker {
+    fn open_journal_path(&self) -> PathBuf {
+        self.options.spool.with_extension("open")
+    }
+
+    /// Keeps the open-call journal in step with the records the database has not taken:
+    /// opens the new ones, closes the ones saved or ended, removes the file once none is left.
+    pub(super) fn open_journal(&mut self) {
+        let path = self.open_journal_path();
+        let key = |call: &OpenCall| (call.call_id.clone(), call.start_time_ms);
+        let waiting: HashSet<(String, i64)> = self.unsaved.iter().map(key).collect();
+        if waiting.is_empty() {
+            if !self.open_in_file.is_empty() {
+                if let Err(error) = std::fs::remove_file(&path)
+                    && error.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(%error, journal = %path.display(), "cannot remove the open-call journal");
+                }
+                self.open_in_file.clear();
+            }
+            return;
+        }
+        let mut lines: Vec<OpenLine> = self
+            .unsaved
+            .iter()
+            .filter(|call| !self.open_in_file.contains(&key(call)))
+            .map(|call| OpenLine::Open(call.clone()))
+            .collect();
+        lines.extend(
+            self.open_in_file
+                .iter()
+                .filter(|k| !waiting.contains(*k))
+                .map(|(call_id, start_time_ms)| OpenLine::Closed {
+                    call_id: call_id.clone(),
+                    start_time_ms: *start_time_ms,
+                }),
+        );
+        if lines.is_empty() {
+            return;
+        }
+        match append_lines(&path, &lines) {
+            Ok(()) => self.open_in_file = waiting,
+            Err(error) => {
+                tracing::error!(%error, journal = %path.display(), "cannot journal the records of calls that are up; a kill now would lose their CDRs");
+            }
+        }
+    }
+
+    /// Marks the open-call journal, if there is one, as alive now (its modification time is
+    /// the end of its calls should this process be killed).
+    pub(super) fn touch_open_journal(&self) {
+        if self.open_in_file.is_empty() {
+            return;
+        }
+        let touched = OpenOptions::new()
+            .write(true)
+            .open(self.open_journal_path())
+            .and_then(|file| file.set_modified(std::time::SystemTime::now()));
+        if let Err(error) = touched {
+            tracing::warn!(%error, "cannot mark the open-call journal alive");
+        }
+    }
+
+    /// Takes the open-call journal a killed predecessor left: its calls still open become
+    /// orphans of this instance, ended at the file's last touch.
+    pub(super) fn load_open_journal(&mut self) {
+        let path = self.open_journal_path();
+        let taken = path.with_extension("open-orphans");
+        // An earlier start that was stopped before handing its orphans over left this.
+        let source = if taken.exists() {
+            taken.clone()
+        } else {
+            path.clone()
+        };
+        let Ok(file) = File::open(&source) else {
+            return;
+        };
+        let alive_at_ms = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut open: Vec<OpenCall> = Vec::new();
+        for line in BufReader::new(file).lines().map_while(Result::ok) {
+            match serde_json::from_str::<OpenLine>(&line) {
+                Ok(OpenLine::Open(call)) => open.push(call),
+                Ok(OpenLine::Closed {
+                    call_id,
+                    start_time_ms,
+                }) => open.retain(|c| c.call_id != call_id || c.start_time_ms != start_time_ms),
+                Err(error) if !line.trim().is_empty() => {
+                    tracing::error!(%error, line, "unreadable line in the open-call journal");
+                }
+                Err(_) => {}
+            }
+        }
+        if source == path
+            && let Err(error) = std::fs::rename(&path, &taken)
+        {
+            tracing::error!(%error, journal = %path.display(), "cannot take the open-call journal; its calls wait for the next start");
+            return;
+        }
+        if !open.is_empty() {
+            tracing::warn!(
+                calls = open.len(),
+                "a process killed during a database outage left calls that were up; completing them"
+            );
+        }
+        for call in open {
+            let known = self
+                .orphans
+                .iter()
+                .any(|(o, _)| o.call_id == call.call_id && o.start_time_ms == call.start_time_ms);
+            if !known {
+                self.orphans.push((call, alive_at_ms));
+            }
+        }
+        self.open_orphans_file = Some(taken);
+    }
+
     /// The outage journal's path.
     fn journal_path(&self) -> PathBuf {
         self.options.spool.with_extension("queue")
