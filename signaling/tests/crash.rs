@@ -26,6 +26,26 @@ fn unix_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// A row the restarted process completed for a call up at the kill: ended by the system at
+/// the last sign of life (every 2 s) before `killed_at`, with the media proxy's real figures.
+fn assert_ended_by_the_kill(row: &std::collections::HashMap<String, String>, killed_at: i64) {
+    assert_eq!(row["disposition"], "answered", "{row:?}");
+    assert_eq!(row["hangup_side"], "system", "{row:?}");
+    assert!(
+        row["end_reason"].starts_with("signaling stopped with the call up"),
+        "{row:?}"
+    );
+    let (answer, end) = (number(row, "answer_time"), number(row, "end_time"));
+    assert!(
+        end >= answer && end <= killed_at && end >= killed_at - 2500,
+        "answer {answer}, end {end}, killed at {killed_at}"
+    );
+    assert_eq!(number(row, "duration_ms"), end - answer);
+    assert_eq!(row["media_verdict"], "ok", "{row:?}");
+    assert!(number(row, "caller_audio_packets") >= 100, "{row:?}");
+    assert!(number(row, "callee_audio_packets") >= 100, "{row:?}");
+}
+
 fn number(row: &std::collections::HashMap<String, String>, column: &str) -> i64 {
     row[column]
         .parse()
@@ -73,25 +93,9 @@ fn a_call_up_when_signaling_is_killed_gets_its_cdr_with_real_figures_at_the_rest
     let log = second.log();
     let (rows, media, _) = second.stop_all();
     assert_eq!(rows.len(), 1, "{rows:?}");
-    let row = &rows[0];
-    assert_eq!(row["disposition"], "answered", "{row:?}");
-    assert_eq!(row["hangup_side"], "system", "{row:?}");
-    assert!(
-        row["end_reason"].starts_with("signaling stopped with the call up"),
-        "{row:?}"
-    );
-    // Ended at the last heartbeat (every 2 s) before the kill.
-    let (answer, end) = (number(row, "answer_time"), number(row, "end_time"));
-    assert!(
-        end >= answer && end <= killed_at && end >= killed_at - 2500,
-        "answer {answer}, end {end}, killed at {killed_at}"
-    );
-    assert_eq!(number(row, "duration_ms"), end - answer);
-    // The media proxy still held the call: its real final figures, both ways.
-    assert_eq!(row["media_node"], "mp-crash", "{row:?}");
-    assert_eq!(row["media_verdict"], "ok", "{row:?}");
-    assert!(number(row, "caller_audio_packets") >= 100, "{row:?}");
-    assert!(number(row, "callee_audio_packets") >= 100, "{row:?}");
+    // Ended at the last heartbeat before the kill; the media proxy still held the call.
+    assert_ended_by_the_kill(&rows[0], killed_at);
+    assert_eq!(rows[0]["media_node"], "mp-crash", "{:?}", rows[0]);
     assert_eq!(media.len(), 2, "{media:?}");
     assert!(
         log.contains("calls were up when a signaling process stopped"),
@@ -215,22 +219,8 @@ fn a_call_answered_during_a_database_outage_and_killed_with_it_up_gets_its_row()
     let log = second.log();
     let (rows, _, _) = second.stop_all();
     assert_eq!(rows.len(), 1, "{rows:?}");
-    let row = &rows[0];
-    assert_eq!(row["disposition"], "answered", "{row:?}");
-    assert_eq!(row["hangup_side"], "system", "{row:?}");
-    assert!(
-        row["end_reason"].starts_with("signaling stopped with the call up"),
-        "{row:?}"
-    );
-    // Ended at the journal's last touch (every 2 s) before the kill.
-    let end = number(row, "end_time");
-    assert!(
-        end <= killed_at && end >= killed_at - 2500,
-        "end {end}, killed at {killed_at}"
-    );
-    // The media proxy still held the call: its real figures.
-    assert_eq!(row["media_verdict"], "ok", "{row:?}");
-    assert!(number(row, "caller_audio_packets") >= 100, "{row:?}");
+    // Ended at the journal's last touch before the kill, with the proxy's real figures.
+    assert_ended_by_the_kill(&rows[0], killed_at);
     assert!(
         log.contains("a process killed during a database outage left calls that were up"),
         "{log}"

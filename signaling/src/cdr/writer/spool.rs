@@ -31,20 +31,11 @@ enum OpenLine {
     Closed { call_id: String, start_time_ms: i64 },
 }
 
-fn append_lines(path: &Path, lines: &[OpenLine]) -> std::io::Result<()> {
+/// Appends `items` to `path`, one JSON object per line, and syncs it.
+fn append<T: Serialize>(path: &Path, items: &[T]) -> std::io::Result<()> {
     let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-    for line in lines {
-        let text = serde_json::to_string(line).map_err(std::io::Error::other)?;
-        writeln!(file, "{text}")?;
-    }
-    file.sync_data()
-}
-
-/// Appends CDRs to `path`, one JSON object per line, and syncs it.
-fn append(path: &Path, cdrs: &[Cdr]) -> std::io::Result<()> {
-    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
-    for cdr in cdrs {
-        let line = serde_json::to_string(cdr).map_err(std::io::Error::other)?;
+    for item in items {
+        let line = serde_json::to_string(item).map_err(std::io::Error::other)?;
         writeln!(file, "{line}")?;
     }
     file.sync_data()
@@ -90,7 +81,7 @@ impl Worker {
         if lines.is_empty() {
             return;
         }
-        match append_lines(&path, &lines) {
+        match append(&path, &lines) {
             Ok(()) => self.open_in_file = waiting,
             Err(error) => {
                 tracing::error!(%error, journal = %path.display(), "cannot journal the records of calls that are up; a kill now would lose their CDRs");
