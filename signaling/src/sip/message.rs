@@ -326,6 +326,14 @@ fn fail(reason: impl Into<String>, request: bool, headers: Headers) -> ParseErro
     }
 }
 
+impl ParseError {
+    /// The same error answered with `status` instead of 400.
+    fn answered(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+}
+
 /// Where the header section ends: (index of the blank line, length of the separator).
 fn header_end(data: &[u8]) -> Option<(usize, usize)> {
     let crlf = data.windows(4).position(|w| w == b"\r\n\r\n");
@@ -377,9 +385,7 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
         if let Some((name, value)) = current.take() {
             headers.push(&name, value);
             if headers.len() > MAX_HEADER_FIELDS {
-                let mut error = fail("Too many header fields", request, headers);
-                error.status = 513;
-                return Err(error);
+                return Err(fail("Too many header fields", request, headers).answered(513));
             }
         }
         if line.is_empty() {
@@ -410,9 +416,7 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
     // without one passed, 257 were written, the copy was refused).
     let written = headers.len() + usize::from(headers.get("Content-Length").is_none());
     if written > MAX_HEADER_FIELDS {
-        let mut error = fail("Too many header fields", request, headers);
-        error.status = 513;
-        return Err(error);
+        return Err(fail("Too many header fields", request, headers).answered(513));
     }
     check_framing_headers(&headers).map_err(|reason| fail(reason, request, headers.clone()))?;
     let rest = &data[end + separator..];
@@ -422,9 +426,7 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
                 return Err(fail("Bad Content-Length", request, headers));
             };
             if length > MAX_BODY {
-                let mut error = fail("Request Entity Too Large", request, headers);
-                error.status = 413;
-                return Err(error);
+                return Err(fail("Request Entity Too Large", request, headers).answered(413));
             }
             if rest.len() < length {
                 return Err(fail("Body shorter than Content-Length", request, headers));
@@ -453,15 +455,12 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
                             .chain(minor.bytes())
                             .all(|b| b.is_ascii_digit())
                 });
-            let mut error = fail(
+            return Err(fail(
                 format!("Unsupported version {}", truncate(version)),
                 true,
                 headers,
-            );
-            if other_version {
-                error.status = 505;
-            }
-            return Err(error);
+            )
+            .answered(if other_version { 505 } else { 400 }));
         }
         // Schemes we route; anything else is 416 (RFC 3261 section 8.2.2.1).
         let Some((scheme, _)) = uri.split_once(':') else {
@@ -471,13 +470,12 @@ pub fn parse(data: &[u8]) -> Result<Message, ParseError> {
             .iter()
             .any(|known| scheme.eq_ignore_ascii_case(known))
         {
-            let mut error = fail(
+            return Err(fail(
                 format!("Unsupported URI scheme {}", truncate(scheme)),
                 true,
                 headers,
-            );
-            error.status = 416;
-            return Err(error);
+            )
+            .answered(416));
         }
         if !method.bytes().all(is_token_char) {
             return Err(fail("Malformed method", true, headers));
