@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proto::domain::parse_id;
 pub use proto::domain::{CallId, Codec, Direction, InvalidId, Leg, MediaKind};
@@ -78,9 +78,14 @@ fn system_unix_ms() -> u64 {
 
 impl WallClock {
     pub fn now() -> Self {
+        Self::anchored(Instant::now(), system_unix_ms())
+    }
+
+    /// A clock on which `instant` is `unix_ms` milliseconds since the Unix epoch.
+    pub fn anchored(instant: Instant, unix_ms: u64) -> Self {
         Self {
-            instant: Instant::now(),
-            unix_ms: system_unix_ms(),
+            instant,
+            unix_ms,
             steps_ms: Arc::new(AtomicI64::new(0)),
         }
     }
@@ -97,7 +102,8 @@ impl WallClock {
         self.follow_at(Instant::now(), system_unix_ms())
     }
 
-    fn follow_at(&self, now: Instant, unix_ms: u64) -> Option<i64> {
+    /// [`WallClock::follow`] with the wall clock read by the caller: `unix_ms` at `now`.
+    pub fn follow_at(&self, now: Instant, unix_ms: u64) -> Option<i64> {
         let step = unix_ms as i64 - self.unix_ms(now) as i64;
         if step.abs() <= CLOCK_STEP_MS {
             return None;
@@ -120,6 +126,19 @@ impl WallClock {
         match at.checked_duration_since(self.instant) {
             Some(after) => base + after.as_millis() as u64,
             None => base.saturating_sub(self.instant.duration_since(at).as_millis() as u64),
+        }
+    }
+
+    /// The instant that was `unix_ms` milliseconds since the Unix epoch on this clock (the
+    /// anchor's instant, for one before the process's monotonic clock began).
+    pub fn at(&self, unix_ms: u64) -> Instant {
+        let base = self.base_ms();
+        if unix_ms >= base {
+            self.instant + Duration::from_millis(unix_ms - base)
+        } else {
+            self.instant
+                .checked_sub(Duration::from_millis(base - unix_ms))
+                .unwrap_or(self.instant)
         }
     }
 }

@@ -15,71 +15,7 @@ use crate::call::{CallRecord, MediaMove};
 use crate::cdr::{Cdr, CdrMedia};
 use crate::diagnosis::{self, Evidence, MediaReport, Verdict};
 use crate::media::{FinalStats, MediaError};
-
-/// Ties the core's monotonic instants to wall-clock milliseconds for the CDR's times.
-///
-/// Every duration is measured on the monotonic clock; only the projection onto the wall clock
-/// uses this anchor, and the driver moves it when the wall clock steps ([`WallAnchor::follow`]).
-/// A call's row is projected with one anchor, so its times stay in order and its duration is
-/// the one measured whatever the wall clock did during the call.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WallAnchor {
-    pub(crate) instant: Instant,
-    pub(crate) unix_ms: u64,
-}
-
-/// How far the wall clock may drift from its projection before it counts as stepped. NTP
-/// slews both clocks alike; only a step (a correction, a resumed VM, an operator) parts them.
-pub(crate) const CLOCK_STEP: std::time::Duration = std::time::Duration::from_secs(1);
-
-impl WallAnchor {
-    /// The anchor of this moment.
-    pub(crate) fn now() -> Self {
-        Self {
-            instant: Instant::now(),
-            unix_ms: crate::cdr::unix_ms_now() as u64,
-        }
-    }
-
-    /// Re-anchors on the wall clock read at `now` (`unix_ms`) when it has stepped more than
-    /// [`CLOCK_STEP`] from this anchor's projection; returns the step in milliseconds (positive:
-    /// forward). The latest reading wins: a step is usually a correction.
-    pub(crate) fn follow(&mut self, now: Instant, unix_ms: u64) -> Option<i64> {
-        let step = unix_ms as i64 - self.unix_ms(now);
-        if step.unsigned_abs() <= CLOCK_STEP.as_millis() as u64 {
-            return None;
-        }
-        *self = Self {
-            instant: now,
-            unix_ms,
-        };
-        Some(step)
-    }
-
-    /// Milliseconds since the Unix epoch at `at`.
-    pub(crate) fn unix_ms(&self, at: Instant) -> i64 {
-        let ms = match at.checked_duration_since(self.instant) {
-            Some(after) => self.unix_ms + after.as_millis() as u64,
-            None => self
-                .unix_ms
-                .saturating_sub(self.instant.duration_since(at).as_millis() as u64),
-        };
-        ms as i64
-    }
-
-    /// The instant of `unix_ms` milliseconds since the Unix epoch (the start, for an
-    /// instant before it).
-    pub(crate) fn at(&self, unix_ms: i64) -> Instant {
-        let unix_ms = u64::try_from(unix_ms).unwrap_or(0);
-        if unix_ms >= self.unix_ms {
-            self.instant + std::time::Duration::from_millis(unix_ms - self.unix_ms)
-        } else {
-            self.instant
-                .checked_sub(std::time::Duration::from_millis(self.unix_ms - unix_ms))
-                .unwrap_or(self.instant)
-        }
-    }
-}
+use mediaproxy::types::WallClock;
 
 /// What releasing a call's media gave.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,18 +34,18 @@ pub(crate) fn cdr_row(
     record: &CallRecord,
     release: &Release,
     evidence: &Evidence,
-    clock: WallAnchor,
+    clock: &WallClock,
 ) -> Cdr {
-    let (answer_time_ms, end_time_ms) = (
-        record.answer.map(|a| clock.unix_ms(a)),
-        clock.unix_ms(record.end),
-    );
+    // Every instant is projected through one clock (which follows steps of the wall clock), so
+    // the row's times stay in order and its duration is the measured one.
+    let ms = |at: Instant| clock.unix_ms(at) as i64;
+    let (answer_time_ms, end_time_ms) = (record.answer.map(ms), ms(record.end));
     let mut row = Cdr {
         call_id: record.call_id.clone(),
         b_call_id: record.b_call_id.clone(),
         caller: record.caller.clone(),
         callee: record.callee.clone(),
-        start_time_ms: clock.unix_ms(record.start),
+        start_time_ms: ms(record.start),
         answer_time_ms,
         end_time_ms,
         // The difference of the projected times (one anchor, so the measured length), never
@@ -352,12 +288,11 @@ mod tests {
     use crate::diagnosis::{Flow, MediaFigures, Snapshot};
     use crate::media::{Recording, RecordingAction};
 
-    fn record(answered: bool) -> (CallRecord, WallAnchor) {
+    const START_MS: u64 = 1_800_000_000_000;
+
+    fn record(answered: bool) -> (CallRecord, WallClock) {
         let start = Instant::now();
-        let clock = WallAnchor {
-            instant: start,
-            unix_ms: 1_800_000_000_000,
-        };
+        let clock = WallClock::anchored(start, START_MS);
         let record = CallRecord {
             call_id: "a-leg".into(),
             b_call_id: "b-leg".into(),
@@ -452,14 +387,14 @@ mod tests {
 
     #[test]
     fn a_wall_clock_step_moves_the_anchor_and_never_a_duration() {
-        let (record, mut clock) = record(true);
+        let (record, clock) = record(true);
         let at = record.start + Duration::from_secs(30);
         // Within a second of the projection: slewing and jitter, not a step.
-        assert_eq!(clock.follow(at, 1_800_000_030_900), None);
+        assert_eq!(clock.follow_at(at, 1_800_000_030_900), None);
         assert_eq!(clock.unix_ms(at), 1_800_000_030_000);
-        // An hour back, mid-call: the anchor follows it...
-        assert_eq!(clock.follow(at, 1_799_996_430_000), Some(-3_600_000));
-        let row = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), clock);
+        // An hour back, mid-call: the clock follows it...
+        assert_eq!(clock.follow_at(at, 1_799_996_430_000), Some(-3_600_000));
+        let row = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), &clock);
         // ...and the row is projected whole on the new time: in order, the measured length.
         assert_eq!(row.start_time_ms, 1_799_996_400_000);
         assert_eq!(row.answer_time_ms, Some(1_799_996_401_500));
@@ -469,13 +404,13 @@ mod tests {
         let mut odd = record.clone();
         odd.answer = Some(record.start + Duration::from_micros(1_500_900));
         odd.end = record.start + Duration::from_micros(61_500_200);
-        let row = cdr_row(&odd, &Release::NotRelayed, &Evidence::default(), clock);
+        let row = cdr_row(&odd, &Release::NotRelayed, &Evidence::default(), &clock);
         assert_eq!(
             row.duration_ms,
             row.end_time_ms - row.answer_time_ms.unwrap()
         );
         // Forward again: the step is reported with its sign.
-        assert_eq!(clock.follow(at, 1_800_007_230_000), Some(10_800_000));
+        assert_eq!(clock.follow_at(at, 1_800_007_230_000), Some(10_800_000));
         assert_eq!(clock.unix_ms(record.end), 1_800_007_261_500);
     }
 
@@ -483,7 +418,12 @@ mod tests {
     fn a_recorded_call_carries_the_recordings_path_packets_and_length() {
         let (mut record, clock) = record(true);
         record.recording = by_policy();
-        let row = cdr_row(&record, &recorded("", 6000, 0), &Evidence::default(), clock);
+        let row = cdr_row(
+            &record,
+            &recorded("", 6000, 0),
+            &Evidence::default(),
+            &clock,
+        );
         assert!(row.has_recording);
         assert_eq!(
             row.recording_path.as_deref(),
@@ -505,7 +445,7 @@ mod tests {
         let (mut record, clock) = record(true);
         record.recording = by_policy();
         let full = recorded("writing a-leg.wav: No space left on device", 1500, 0);
-        let row = cdr_row(&record, &full, &Evidence::default(), clock);
+        let row = cdr_row(&record, &full, &Evidence::default(), &clock);
         assert!(row.has_recording, "the salvaged files still play");
         assert_eq!(row.recording_packets, 1500);
         assert_eq!(row.media_verdict, "ok", "the call's media was fine");
@@ -520,7 +460,7 @@ mod tests {
             &record,
             &recorded("", 5900, 100),
             &Evidence::default(),
-            clock,
+            &clock,
         );
         assert!(
             behind
@@ -529,7 +469,7 @@ mod tests {
             "{}",
             behind.media_diagnosis
         );
-        let silent = cdr_row(&record, &recorded("", 0, 0), &Evidence::default(), clock);
+        let silent = cdr_row(&record, &recorded("", 0, 0), &Evidence::default(), &clock);
         assert!(
             silent
                 .media_diagnosis
@@ -548,7 +488,7 @@ mod tests {
                 .into(),
         );
         let release = released(two_way(), true);
-        let row = cdr_row(&record, &release, &Evidence::default(), clock);
+        let row = cdr_row(&record, &release, &Evidence::default(), &clock);
         assert!(!row.has_recording);
         assert_eq!(row.recording_path, None);
         assert!(
@@ -560,7 +500,7 @@ mod tests {
         );
         // Direct mode: nothing could record it.
         record.relayed = false;
-        let direct = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), clock);
+        let direct = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), &clock);
         assert!(
             direct
                 .media_diagnosis
@@ -570,7 +510,7 @@ mod tests {
         );
         // Not recorded, not asked: the diagnosis says nothing of recording.
         let (plain, clock) = self::record(true);
-        let row = cdr_row(&plain, &release, &Evidence::default(), clock);
+        let row = cdr_row(&plain, &release, &Evidence::default(), &clock);
         assert!(
             !row.media_diagnosis.contains("record"),
             "{}",
@@ -582,7 +522,7 @@ mod tests {
             by_policy: true,
             ..RecordingIntent::default()
         };
-        let row = cdr_row(&unanswered, &release, &Evidence::default(), clock);
+        let row = cdr_row(&unanswered, &release, &Evidence::default(), &clock);
         assert!(
             !row.media_diagnosis.contains("record"),
             "{}",
@@ -600,7 +540,7 @@ mod tests {
             ],
             true,
         );
-        let row = cdr_row(&record, &release, &Evidence::default(), clock);
+        let row = cdr_row(&record, &release, &Evidence::default(), &clock);
         assert_eq!(row.start_time_ms, 1_800_000_000_000);
         assert_eq!(row.answer_time_ms, Some(1_800_000_001_500));
         assert_eq!(row.end_time_ms, 1_800_000_061_500);
@@ -625,7 +565,7 @@ mod tests {
     fn a_session_the_proxy_had_ended_says_so_in_the_diagnosis() {
         let (record, clock) = record(true);
         let release = released(vec![audio(Leg::Caller, 10, "192.0.2.1:4000")], false);
-        let row = cdr_row(&record, &release, &Evidence::default(), clock);
+        let row = cdr_row(&record, &release, &Evidence::default(), &clock);
         assert_eq!(row.media_verdict, "one_way");
         assert!(
             row.media_diagnosis
@@ -639,17 +579,17 @@ mod tests {
     fn direct_and_unanswered_calls_are_explained_without_figures() {
         let (mut record, clock) = record(true);
         record.relayed = false;
-        let row = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), clock);
+        let row = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), &clock);
         assert_eq!(row.media_verdict, "direct");
         assert_eq!(row.caller_audio_packets, 0);
         let (record, clock) = self::record(false);
-        let row = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), clock);
+        let row = cdr_row(&record, &Release::NotRelayed, &Evidence::default(), &clock);
         assert_eq!(row.media_verdict, "not_answered");
         assert_eq!(row.media_diagnosis, "not answered: CANCEL from the caller");
         assert_eq!(row.duration_ms, 0);
         assert_eq!(row.answer_time_ms, None);
         let early = released(vec![audio(Leg::Callee, 30, "192.0.2.2:5000")], true);
-        let row = cdr_row(&record, &early, &Evidence::default(), clock);
+        let row = cdr_row(&record, &early, &Evidence::default(), &clock);
         assert_eq!(row.media_verdict, "not_answered");
         assert!(
             row.media_diagnosis
@@ -676,7 +616,7 @@ mod tests {
             ],
             true,
         );
-        let row = cdr_row(&record, &release, &Evidence::default(), clock);
+        let row = cdr_row(&record, &release, &Evidence::default(), &clock);
         assert_eq!(row.media_verdict, "ok");
         assert_eq!(row.media_node.as_deref(), Some("node-2"));
         assert!(
@@ -701,7 +641,7 @@ mod tests {
         let mut evidence = Evidence::default();
         evidence.seen(Snapshot {
             node: "node-1".into(),
-            at_unix_ms: clock.unix_ms + 10_000,
+            at_unix_ms: START_MS + 10_000,
             media: vec![
                 audio(Leg::Caller, 500, "192.0.2.1:4000"),
                 audio(Leg::Callee, 490, "192.0.2.2:5000"),
@@ -714,7 +654,7 @@ mod tests {
             ],
             true,
         );
-        let row = cdr_row(&record, &release, &evidence, clock);
+        let row = cdr_row(&record, &release, &evidence, &clock);
         assert_eq!(
             (row.caller_audio_packets, row.callee_audio_packets),
             (750, 730)
@@ -737,14 +677,14 @@ mod tests {
         // Seen 58.5 s into the call, which ended at 61.5 s.
         evidence.seen(Snapshot {
             node: "node-1".into(),
-            at_unix_ms: clock.unix_ms + 58_500,
+            at_unix_ms: START_MS + 58_500,
             media: vec![
                 audio(Leg::Caller, 2900, "192.0.2.1:4000"),
                 audio(Leg::Callee, 0, "192.0.2.2:5000"),
             ],
         });
         let lost = Release::Failed(MediaError::Unavailable("connection refused".into()));
-        let row = cdr_row(&record, &lost, &evidence, clock);
+        let row = cdr_row(&record, &lost, &evidence, &clock);
         assert_eq!(row.media_verdict, "one_way");
         assert_eq!(
             (row.caller_audio_packets, row.callee_audio_packets),
@@ -768,7 +708,7 @@ mod tests {
             last_seen: Vec::new(),
         };
         let lost = Release::Failed(MediaError::Unavailable("connection refused".into()));
-        let row = cdr_row(&record, &lost, &evidence, clock);
+        let row = cdr_row(&record, &lost, &evidence, &clock);
         assert_eq!(row.media_verdict, "one_way");
         assert!(
             row.media_diagnosis.starts_with(

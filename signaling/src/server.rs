@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mediaproxy::server::MediaProxy;
+use mediaproxy::types::WallClock;
 use proto::domain::Leg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -23,7 +24,7 @@ use crate::admin::{AdminQuery, RecordingError};
 use crate::auth::DigestAuth;
 use crate::call::{CallRecord, Core, Input, Output, RecordingTarget, Settings};
 use crate::cdr::{Cdr, CdrWriter, OpenCall, WriterOptions, unix_ms_now};
-use crate::completion::{Release, WallAnchor, cdr_row};
+use crate::completion::{Release, cdr_row};
 use crate::config::Config;
 use crate::diagnosis::{Evidence, Snapshot};
 use crate::ids::Ids;
@@ -317,15 +318,20 @@ impl Signaling {
             Registrar::new(Policy::default()),
             ids,
         );
-        let mut clock = WallAnchor::now();
+        let clock = WallClock::now();
         let mut finishing = tokio::task::JoinSet::new();
         let cdr = Arc::new(cdr);
         // Calls a stopped process left up: their CDRs are completed now.
         {
-            let (pool, cdr, metrics, evidence) =
-                (pool.clone(), cdr.clone(), metrics.clone(), evidence.clone());
+            let (pool, cdr, metrics, evidence, clock) = (
+                pool.clone(),
+                cdr.clone(),
+                metrics.clone(),
+                evidence.clone(),
+                clock.clone(),
+            );
             finishing.spawn(async move {
-                complete_orphans(&pool, &cdr, &metrics, &evidence, clock).await;
+                complete_orphans(&pool, &cdr, &metrics, &evidence, &clock).await;
             });
         }
         let mut shutdown = std::pin::pin!(shutdown);
@@ -383,7 +389,7 @@ impl Signaling {
             };
             let now = Instant::now();
             let unix_ms = unix_ms_now() as u64;
-            if let Some(step) = clock.follow(now, unix_ms) {
+            if let Some(step) = clock.follow_at(now, unix_ms) {
                 // Timers run on the monotonic clock and do not notice; the CDRs' times follow
                 // the new wall clock, their durations stay the measured ones.
                 tracing::warn!(
@@ -510,7 +516,7 @@ impl Signaling {
                     Output::Limited { action } => {
                         metrics.requests_limited.with_label_values(&[action]).inc();
                     }
-                    Output::Answered(record) => cdr.open(open_call(&record, clock)),
+                    Output::Answered(record) => cdr.open(open_call(&record, &clock)),
                     Output::Finish(record) => {
                         if let Some(answer) = record.answer {
                             metrics
@@ -521,8 +527,9 @@ impl Signaling {
                         let cdr = cdr.clone();
                         let metrics = metrics.clone();
                         let evidence = evidence.clone();
+                        let clock = clock.clone();
                         finishing.spawn(async move {
-                            let row = complete_record(&pool, &evidence, clock, record).await;
+                            let row = complete_record(&pool, &evidence, &clock, record).await;
                             write_row(&metrics, &cdr, row);
                         });
                     }
@@ -609,7 +616,7 @@ type EvidenceMap = Arc<Mutex<HashMap<String, Evidence>>>;
 async fn complete_record(
     pool: &Pool,
     evidence: &EvidenceMap,
-    clock: WallAnchor,
+    clock: &WallClock,
     record: CallRecord,
 ) -> Cdr {
     let seen = evidence
@@ -641,14 +648,14 @@ async fn complete_record(
 }
 
 /// The durable record of a call that is up (`cdr_open`).
-fn open_call(record: &CallRecord, clock: WallAnchor) -> OpenCall {
+fn open_call(record: &CallRecord, clock: &WallClock) -> OpenCall {
     OpenCall {
         call_id: record.call_id.clone(),
         b_call_id: record.b_call_id.clone(),
         caller: record.caller.clone(),
         callee: record.callee.clone(),
-        start_time_ms: clock.unix_ms(record.start),
-        answer_time_ms: clock.unix_ms(record.answer.unwrap_or(record.end)),
+        start_time_ms: clock.unix_ms(record.start) as i64,
+        answer_time_ms: clock.unix_ms(record.answer.unwrap_or(record.end)) as i64,
         media_mode: record.media_mode.as_str().to_owned(),
         media_node: record.media_node.clone(),
         media_endpoint: record.media_endpoint.clone(),
@@ -658,16 +665,17 @@ fn open_call(record: &CallRecord, clock: WallAnchor) -> OpenCall {
 }
 
 /// The record of a call a stopped process left up, ended at its last sign of life.
-fn orphan_record(call: &OpenCall, alive_at_ms: i64, clock: WallAnchor) -> CallRecord {
-    let answer = clock.at(call.answer_time_ms);
+fn orphan_record(call: &OpenCall, alive_at_ms: i64, clock: &WallClock) -> CallRecord {
+    let at = |unix_ms: i64| clock.at(u64::try_from(unix_ms).unwrap_or(0));
+    let answer = at(call.answer_time_ms);
     CallRecord {
         call_id: call.call_id.clone(),
         b_call_id: call.b_call_id.clone(),
         caller: call.caller.clone(),
         callee: call.callee.clone(),
-        start: clock.at(call.start_time_ms),
+        start: at(call.start_time_ms),
         answer: Some(answer),
-        end: clock.at(alive_at_ms.max(call.answer_time_ms)),
+        end: at(alive_at_ms.max(call.answer_time_ms)),
         disposition: crate::call::Disposition::Answered,
         sip_status: 200,
         hangup_side: crate::call::HangupSide::System,
@@ -695,7 +703,7 @@ async fn complete_orphans(
     cdr: &Arc<CdrWriter>,
     metrics: &Metrics,
     evidence: &EvidenceMap,
-    clock: WallAnchor,
+    clock: &WallClock,
 ) {
     let reader = cdr.clone();
     let orphans = tokio::task::spawn_blocking(move || reader.orphans(Duration::from_secs(10)))
