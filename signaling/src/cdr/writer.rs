@@ -246,7 +246,9 @@ struct Worker {
     /// Records of calls that are up which the database has not taken yet (down at the
     /// answer): written once it is back, forgotten when the call's CDR comes first.
     unsaved: VecDeque<OpenCall>,
-    /// CDRs at the back of `pending` not yet in the outage journal (see [`Worker::journal`]).
+    /// CDRs added at the back of `pending` since the outage journal last took them (see
+    /// [`Worker::journal`]); writes take from the front, so those still waiting are the last
+    /// `min(fresh, pending.len())`.
     fresh: usize,
     /// Whether the outage journal file exists.
     journaled: bool,
@@ -442,7 +444,6 @@ impl Worker {
                         tracing::info!(call_id = %cdr.call_id, "CDR already stored; skipped");
                     }
                     self.metrics.written.inc();
-                    self.fresh = self.fresh.min(self.pending.len());
                     self.backoff = MIN_BACKOFF;
                     self.outage_logged = false;
                     self.replayed_one();
@@ -458,8 +459,7 @@ impl Worker {
                         );
                         self.metrics.errors.inc();
                         self.spool(&[cdr]);
-                        self.fresh = self.fresh.min(self.pending.len());
-                        self.replayed_one();
+                            self.replayed_one();
                         continue;
                     }
                     self.pending.push_front(cdr);
