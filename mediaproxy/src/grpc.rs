@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 use crate::control::{
     AllocateRequest, Allocation, Control, ControlError, Figures, LocalMedia, Released,
 };
-use crate::ratelimit::{Charge, RateLimiter};
+use crate::ratelimit::{Charge, Limited, RateLimiter};
 use crate::recording::{RecordingInfo, RecordingStatus};
 use crate::session::{CallSnapshot, CounterSnapshot, Event, EventKind, MediaSnapshot};
 use crate::types::{
@@ -127,10 +127,16 @@ pub(crate) fn owner(text: &str) -> Result<Owner, Status> {
 
 /// The name a client's request budget is kept under: its certificate's common name under
 /// mutual TLS, else the IP address it connects from.
-fn budget_key<T>(request: &Request<T>) -> String {
-    peer_identity(request)
-        .or_else(|| request.remote_addr().map(|a| a.ip().to_string()))
+fn budget_key(identity: Option<String>, remote: Option<SocketAddr>) -> String {
+    identity
+        .or_else(|| remote.map(|a| a.ip().to_string()))
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+impl From<Limited> for Status {
+    fn from(limited: Limited) -> Self {
+        Self::resource_exhausted(limited.message)
+    }
 }
 
 /// The service's interceptor: every request takes from its client's budget, and one past it
@@ -139,9 +145,8 @@ pub fn limit_requests(
     limiter: Arc<RateLimiter>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request| {
-        limiter
-            .charge(&budget_key(&request), Charge::Request, Instant::now())
-            .map_err(|limited| Status::resource_exhausted(limited.message))?;
+        let key = budget_key(peer_identity(&request), request.remote_addr());
+        limiter.charge(&key, Charge::Request, Instant::now())?;
         Ok(request)
     }
 }
@@ -463,10 +468,10 @@ impl MediaProxy for Service {
         request: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::AllocateResponse>, Status> {
         let _timer = self.timer("allocate");
-        self.limiter
-            .charge(&budget_key(&request), Charge::Allocation, Instant::now())
-            .map_err(|limited| Status::resource_exhausted(limited.message))?;
         let client = self.client(&request);
+        let key = budget_key(client.name.clone(), request.remote_addr());
+        self.limiter
+            .charge(&key, Charge::Allocation, Instant::now())?;
         let request = request.into_inner();
         let media = request
             .media

@@ -459,7 +459,7 @@ impl Worker {
                         );
                         self.metrics.errors.inc();
                         self.spool(&[cdr]);
-                            self.replayed_one();
+                        self.replayed_one();
                         continue;
                     }
                     self.pending.push_front(cdr);
