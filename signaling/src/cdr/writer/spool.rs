@@ -18,6 +18,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::Worker;
@@ -29,6 +30,23 @@ use crate::cdr::{Cdr, OpenCall, Target};
 enum OpenLine {
     Open(OpenCall),
     Closed { call_id: String, start_time_ms: i64 },
+}
+
+/// The JSON objects of `file`, one per line; an unreadable line is logged (it stays in the
+/// log only) and skipped.
+fn read_lines<T: DeserializeOwned>(file: File, what: &str) -> Vec<T> {
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|line| !line.trim().is_empty())
+        .filter_map(|line| match serde_json::from_str(&line) {
+            Ok(item) => Some(item),
+            Err(error) => {
+                tracing::error!(%error, line, "unreadable line in {what}; kept in the log only");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Appends `items` to `path`, one JSON object per line, and syncs it.
@@ -125,17 +143,13 @@ impl Worker {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_millis() as i64);
         let mut open: Vec<OpenCall> = Vec::new();
-        for line in BufReader::new(file).lines().map_while(Result::ok) {
-            match serde_json::from_str::<OpenLine>(&line) {
-                Ok(OpenLine::Open(call)) => open.push(call),
-                Ok(OpenLine::Closed {
+        for line in read_lines::<OpenLine>(file, "the open-call journal") {
+            match line {
+                OpenLine::Open(call) => open.push(call),
+                OpenLine::Closed {
                     call_id,
                     start_time_ms,
-                }) => open.retain(|c| c.call_id != call_id || c.start_time_ms != start_time_ms),
-                Err(error) if !line.trim().is_empty() => {
-                    tracing::error!(%error, line, "unreadable line in the open-call journal");
-                }
-                Err(_) => {}
+                } => open.retain(|c| c.call_id != call_id || c.start_time_ms != start_time_ms),
             }
         }
         if source == path
@@ -245,15 +259,7 @@ impl Worker {
             let Ok(file) = File::open(path) else {
                 continue;
             };
-            for line in BufReader::new(file).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Cdr>(&line) {
-                    Ok(cdr) => records.push(cdr),
-                    Err(error) if !line.trim().is_empty() => {
-                        tracing::error!(%error, line, "unreadable line in the CDR spool file; kept in the log only");
-                    }
-                    Err(_) => {}
-                }
-            }
+            records.extend(read_lines::<Cdr>(file, "the CDR spool file"));
         }
         // One file to replay from now on.
         let merged = (|| -> std::io::Result<()> {
