@@ -185,8 +185,9 @@ impl RateLimiter {
         Err(Limited { message })
     }
 
-    /// Clients remembered now (for tests).
-    pub fn clients(&self) -> usize {
+    /// Clients remembered now.
+    #[cfg(test)]
+    fn clients(&self) -> usize {
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
