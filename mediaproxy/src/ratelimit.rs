@@ -138,20 +138,30 @@ impl RateLimiter {
             return Ok(());
         };
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if clients.len() >= CLIENTS_KEPT && !clients.contains_key(client) {
+        let known = clients.contains_key(client);
+        if !known && clients.len() >= CLIENTS_KEPT {
             clients.retain(|_, b| now.saturating_duration_since(b.seen) < Duration::from_secs(1));
         }
-        let key = if clients.len() >= CLIENTS_KEPT && !clients.contains_key(client) {
-            SHARED
-        } else {
+        let key = if known || clients.len() < CLIENTS_KEPT {
             client
+        } else {
+            SHARED
         };
-        let budget = clients.entry(key.to_owned()).or_insert_with(|| Budget {
-            requests: None,
-            allocations: None,
-            seen: now,
-            logged: None,
-        });
+        // A known client's request allocates nothing (the common case, on every request).
+        if !clients.contains_key(key) {
+            clients.insert(
+                key.to_owned(),
+                Budget {
+                    requests: None,
+                    allocations: None,
+                    seen: now,
+                    logged: None,
+                },
+            );
+        }
+        let Some(budget) = clients.get_mut(key) else {
+            return Ok(());
+        };
         budget.seen = now;
         let bucket = match charge {
             Charge::Request => &mut budget.requests,
