@@ -159,7 +159,7 @@ fn a_wall_clock_stepped_forward_and_back_leaves_timers_alone_and_cdrs_sane() {
     let caller = uac(&ports, "uac_register_auth_call.xml", &["-inf", "users.csv"]);
     expect_success(caller, "UAC", &service);
     expect_success(callee, "UAS", &service);
-    service.gives_back(baseline, 0);
+    service.gives_back(baseline);
     let metrics = service.metrics();
     let (rows, log) = service.stop_with_log();
     assert_eq!(rows.len(), 2, "{rows:?}\n{log}");

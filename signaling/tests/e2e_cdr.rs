@@ -174,7 +174,7 @@ fn a_database_outage_during_calls_loses_no_cdr() {
         service.metrics()
     );
     // The connection cut by the outage is replaced, not added to.
-    service.gives_back(baseline, 0);
+    service.gives_back(baseline);
     let rows = service.stop();
     let dispositions: Vec<&str> = rows.iter().map(|r| r["disposition"].as_str()).collect();
     assert_eq!(dispositions, ["busy", "answered"], "{rows:?}");

@@ -256,7 +256,7 @@ fn a_full_recordings_disk_ends_the_recording_not_the_call_and_the_cdr_says_so() 
         &[],
     );
     // The failed recording's files are closed, the call's ports and session given back.
-    service.gives_back(baseline, 0);
+    service.gives_back(baseline);
     let rows = service.stop();
     assert_eq!(rows.len(), 1, "the CDR is written: {rows:?}");
     let cdr = &rows[0];

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use signaling::cdr::Target;
 
-use super::{Rows, Running, Scratch, cdr_table, scenarios, sibling};
+use super::{Rows, Running, Scratch, cdr_table, eventually, scenarios, sibling};
 
 const BIN: &str = super::SIGNALING;
 
@@ -167,23 +167,17 @@ impl Service {
 
     /// Waits until a call is up (confirmed), as `/admin/calls` shows it.
     pub fn wait_call_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self
-            .get("/admin/calls")
-            .contains("\"state\": \"confirmed\"")
-        {
-            assert!(Instant::now() < deadline, "no call up:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let up = eventually(Duration::from_secs(10), || {
+            self.get("/admin/calls")
+                .contains("\"state\": \"confirmed\"")
+        });
+        assert!(up, "no call up:\n{}", self.log());
     }
 
     /// Waits up to `timeout` until the `cdr` table holds a row; `what` says which.
     pub fn wait_first_cdr(&self, timeout: Duration, what: &str) {
-        let deadline = Instant::now() + timeout;
-        while self.table("cdr").is_empty() {
-            assert!(Instant::now() < deadline, "{what}:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let written = eventually(timeout, || !self.table("cdr").is_empty());
+        assert!(written, "{what}:\n{}", self.log());
     }
 
     /// What the service holds now that calls take and must give back.
@@ -200,24 +194,20 @@ impl Service {
 
     /// Waits until the service holds no more than at `baseline`: no media session, every
     /// port free again (released ports sit out a quarantine first), descriptors back to the
-    /// baseline (within `slack`: a database connection reopened after an outage, say).
-    pub fn gives_back(&self, baseline: Held, slack: usize) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let now = self.held();
-            if now.sessions == 0
+    /// baseline.
+    pub fn gives_back(&self, baseline: Held) {
+        let mut now = self.held();
+        let given_back = eventually(Duration::from_secs(15), || {
+            now = self.held();
+            now.sessions == 0
                 && now.ports_free == baseline.ports_free
-                && now.descriptors <= baseline.descriptors + slack
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the service holds {now:?} against {baseline:?} at the start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+                && now.descriptors <= baseline.descriptors
+        });
+        assert!(
+            given_back,
+            "the service holds {now:?} against {baseline:?} at the start:\n{}",
+            self.log()
+        );
     }
 
     /// GETs a path of the HTTP endpoint (`--metrics`); returns the whole response.
