@@ -7,63 +7,16 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser};
 use serde::Deserialize;
 
-pub use crate::logging::LogFormat;
-use crate::ports::PortRange;
+pub use crate::ports::PortRange;
 use crate::session::Timing;
-
-/// A duration written as `250ms`, `3s`, `5m`, `1h` (a bare number means seconds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl FromStr for HumanDuration {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 3s, 5m, 1h)"))?;
-        let seconds = match unit.trim() {
-            "" | "s" => value,
-            "ms" => value / 1000.0,
-            "m" | "min" => value * 60.0,
-            "h" => value * 3600.0,
-            other => {
-                return Err(format!(
-                    "unknown duration unit {other:?} (use ms, s, m or h)"
-                ));
-            }
-        };
-        Duration::try_from_secs_f64(seconds)
-            .map(Self)
-            .map_err(|_| format!("{text:?} is out of range"))
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Seconds(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Seconds(seconds) => Ok(Self(Duration::from_secs(seconds))),
-            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
-        }
-    }
-}
+pub use service_kit::config::{ConfigError, HumanDuration};
+use service_kit::config::{host_name, invalid, modified, read_pem, split_table};
+pub use service_kit::logging::LogFormat;
 
 impl<'de> Deserialize<'de> for PortRange {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -214,18 +167,6 @@ pub struct Cli {
     pub options: Options,
 }
 
-/// A configuration problem; the message names the option.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("--{option}: {message}")]
-    Invalid {
-        option: &'static str,
-        message: String,
-    },
-}
-
 /// The checked media relay settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MediaConfig {
@@ -235,13 +176,13 @@ pub struct MediaConfig {
     pub ports: PortRange,
     pub recordings: PathBuf,
     pub workers: usize,
-    pub timing: Timing,
+    pub(crate) timing: Timing,
     pub lease_timeout: Duration,
     pub port_quarantine: Duration,
     /// Calls one owner may hold at once (None: no quota).
     pub max_sessions_per_owner: Option<usize>,
     /// Requests per second of one gRPC client.
-    pub client_rates: crate::ratelimit::ClientRates,
+    pub(crate) client_rates: crate::ratelimit::ClientRates,
     /// DSCP of relayed packets (0 = unmarked).
     pub dscp: u8,
     /// Socket buffer size in bytes (0 = kernel default).
@@ -304,40 +245,9 @@ impl TlsFiles {
     }
 }
 
-/// When each of `paths` last changed (None where it cannot be read): what a watcher of
-/// certificate files compares between two polls. `signaling` watches its own with it.
-pub fn modified(paths: &[PathBuf]) -> Vec<Option<std::time::SystemTime>> {
-    paths
-        .iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
-}
-
 impl std::fmt::Debug for TlsFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TlsFiles { .. }")
-    }
-}
-
-/// Reads one PEM file of the TLS options, checking it holds what `what` says (`CERTIFICATE`,
-/// `PRIVATE KEY`); the error names `option`. `signaling` reads its own TLS files with it.
-pub fn read_pem(option: &'static str, path: &Path, what: &str) -> Result<Vec<u8>, ConfigError> {
-    let data = std::fs::read(path)
-        .map_err(|e| invalid(option, format!("cannot read {}: {e}", path.display())))?;
-    let text = String::from_utf8_lossy(&data);
-    if !text.contains("-----BEGIN ") || !text.contains(what) {
-        return Err(invalid(
-            option,
-            format!("{} holds no PEM {what}", path.display()),
-        ));
-    }
-    Ok(data)
-}
-
-fn invalid(option: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        option,
-        message: message.into(),
     }
 }
 
@@ -351,19 +261,6 @@ pub fn read_file(path: &Path) -> Result<Options, ConfigError> {
         path: path.to_owned(),
         message,
     })
-}
-
-/// Splits a TOML table into the keys named in `keys` and the rest. Lets one flat file feed
-/// two option structs that each refuse unknown keys (serde cannot combine `flatten` with
-/// `deny_unknown_fields`).
-pub fn split_table(mut table: toml::Table, keys: &[&str]) -> (toml::Table, toml::Table) {
-    let mut own = toml::Table::new();
-    for key in keys {
-        if let Some(value) = table.remove(*key) {
-            own.insert((*key).to_owned(), value);
-        }
-    }
-    (own, table)
 }
 
 impl Options {
@@ -673,15 +570,6 @@ fn default_node_id() -> String {
     host_name().unwrap_or_else(|| "mediaproxy".to_owned())
 }
 
-/// This host's name (None when the kernel has none to give); signaling names its instance
-/// by it too.
-pub fn host_name() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,24 +644,6 @@ mod tests {
             "{problem}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(
-            "250ms".parse::<HumanDuration>().unwrap().0,
-            Duration::from_millis(250)
-        );
-        assert_eq!(
-            "3".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            "2m".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(120)
-        );
-        assert!("3 parsecs".parse::<HumanDuration>().is_err());
-        assert!("soon".parse::<HumanDuration>().is_err());
     }
 
     #[test]

@@ -24,30 +24,33 @@ use crate::ports::{PortPool, PortRange};
 use crate::recording::{CallAudioLines, Recorder, RecorderError, RecordingInfo, TapFrame};
 use crate::relay::{NewMedia, Relay, WorkerGone};
 use crate::session::{CallSnapshot, Event, EventKind, MAX_MEDIA, UpdateError};
-pub use crate::tombstone::{TOMBSTONE_BYTES, TOMBSTONE_TTL};
+pub(crate) use crate::tombstone::{EncodeRelease, Released, TOMBSTONE_BYTES, TOMBSTONE_TTL};
 use crate::tombstone::{Tombstone, Tombstones};
 use crate::types::{CallId, Codec, Leg, MediaKind, Owner, ReleaseReason, RemoteMedia, WallClock};
 
 /// Settings of the control plane.
 #[derive(Debug, Clone)]
-pub struct ControlSettings {
-    pub node_id: String,
-    pub media_ip: IpAddr,
-    pub advertise_ip: IpAddr,
-    pub ports: PortRange,
-    pub port_quarantine: Duration,
-    pub lease_timeout: Duration,
+pub(crate) struct ControlSettings {
+    pub(crate) node_id: String,
+    pub(crate) media_ip: IpAddr,
+    pub(crate) advertise_ip: IpAddr,
+    pub(crate) ports: PortRange,
+    pub(crate) port_quarantine: Duration,
+    pub(crate) lease_timeout: Duration,
     /// Calls one owner may hold at once (None: no quota).
-    pub max_sessions_per_owner: Option<usize>,
+    pub(crate) max_sessions_per_owner: Option<usize>,
     /// DSCP marked on relayed packets (0 = unmarked).
-    pub dscp: u8,
+    pub(crate) dscp: u8,
     /// Socket buffer size in bytes (0 = kernel default).
-    pub socket_buffer: usize,
+    pub(crate) socket_buffer: usize,
+    /// How a released call's answer is encoded for its tombstone: the gRPC edge's encoding,
+    /// handed down so that the control plane never calls up into the edge.
+    pub(crate) encode_release: EncodeRelease,
 }
 
 /// Errors of control operations, each mapping to one gRPC status.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum ControlError {
+pub(crate) enum ControlError {
     #[error("{0}")]
     InvalidArgument(String),
     #[error("no call {0} on this node")]
@@ -93,71 +96,62 @@ fn out_of_descriptors(error: &std::io::Error) -> bool {
 
 /// A media line's local port pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LocalMedia {
-    pub index: usize,
-    pub kind: MediaKind,
-    pub rtp_port: u16,
+pub(crate) struct LocalMedia {
+    pub(crate) index: usize,
+    pub(crate) kind: MediaKind,
+    pub(crate) rtp_port: u16,
 }
 
 /// Answer to an allocate or update.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allocation {
-    pub call_id: CallId,
-    pub leg: Leg,
-    pub advertised: IpAddr,
-    pub media: Vec<LocalMedia>,
-    pub existing: bool,
+pub(crate) struct Allocation {
+    pub(crate) call_id: CallId,
+    pub(crate) leg: Leg,
+    pub(crate) advertised: IpAddr,
+    pub(crate) media: Vec<LocalMedia>,
+    pub(crate) existing: bool,
 }
 
 /// What an allocate asks for.
 #[derive(Debug, Clone)]
-pub struct AllocateRequest {
-    pub call_id: CallId,
-    pub leg: Leg,
-    pub owner: Owner,
-    pub media: Vec<MediaKind>,
-    pub lease_timeout: Option<Duration>,
+pub(crate) struct AllocateRequest {
+    pub(crate) call_id: CallId,
+    pub(crate) leg: Leg,
+    pub(crate) owner: Owner,
+    pub(crate) media: Vec<MediaKind>,
+    pub(crate) lease_timeout: Option<Duration>,
     /// The call is in `reflect` mode: analysers may tap its audio.
-    pub reflect: bool,
-}
-
-/// Final statistics of a released call.
-#[derive(Debug, Clone)]
-pub struct Released {
-    pub snapshot: CallSnapshot,
-    pub reason: ReleaseReason,
-    /// The call's recording as it ended (`Off` if it was never recorded).
-    pub recording: RecordingInfo,
+    pub(crate) reflect: bool,
 }
 
 /// Answer to a release.
 #[derive(Debug, Clone)]
-pub struct ReleaseOutcome {
-    pub figures: Figures,
-    pub already_released: bool,
+pub(crate) struct ReleaseOutcome {
+    pub(crate) figures: Figures,
+    pub(crate) already_released: bool,
 }
 
 /// Node status.
 #[derive(Debug, Clone)]
-pub struct Status {
-    pub node_id: String,
-    pub instance_id: String,
-    pub advertised: IpAddr,
-    pub sessions: usize,
-    pub ports_free: usize,
-    pub ports_total: usize,
-    pub packets_per_second: f64,
-    pub draining: bool,
-    pub uptime: Duration,
-    pub owners: usize,
+pub(crate) struct Status {
+    pub(crate) node_id: String,
+    pub(crate) instance_id: String,
+    pub(crate) advertised: IpAddr,
+    pub(crate) sessions: usize,
+    pub(crate) ports_free: usize,
+    pub(crate) ports_total: usize,
+    pub(crate) packets_per_second: f64,
+    pub(crate) draining: bool,
+    pub(crate) uptime: Duration,
+    pub(crate) owners: usize,
 }
 
 /// Answer to a lease renewal.
 #[derive(Debug, Clone)]
-pub struct LeaseState {
-    pub sessions: usize,
-    pub timeout: Duration,
-    pub instance_id: String,
+pub(crate) struct LeaseState {
+    pub(crate) sessions: usize,
+    pub(crate) timeout: Duration,
+    pub(crate) instance_id: String,
 }
 
 struct CallEntry {
@@ -194,7 +188,7 @@ struct Lease {
 
 /// The final figures a release answers with.
 #[derive(Debug, Clone)]
-pub enum Figures {
+pub(crate) enum Figures {
     /// Taken from the call as it ended.
     Fresh(Arc<Released>),
     /// Kept in a tombstone: the release answer as first encoded.
@@ -209,7 +203,7 @@ struct State {
 }
 
 /// The control plane of one media proxy.
-pub struct Control {
+pub(crate) struct Control {
     settings: ControlSettings,
     relay: Relay,
     recorder: Recorder,
@@ -227,7 +221,7 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(
+    pub(crate) fn new(
         settings: ControlSettings,
         relay: Relay,
         recorder: Recorder,
@@ -269,30 +263,30 @@ impl Control {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn settings(&self) -> &ControlSettings {
+    pub(crate) fn settings(&self) -> &ControlSettings {
         &self.settings
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    pub fn draining_flag(&self) -> Arc<AtomicBool> {
+    pub(crate) fn draining_flag(&self) -> Arc<AtomicBool> {
         self.draining.clone()
     }
 
     /// Media events as they happen; `None` marks the end (the proxy is stopping).
-    pub fn subscribe(&self) -> broadcast::Receiver<Option<Arc<Event>>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Option<Arc<Event>>> {
         self.events.subscribe()
     }
 
     /// Ends every event stream after the events already queued.
-    pub fn close_event_streams(&self) {
+    pub(crate) fn close_event_streams(&self) {
         let _ = self.events.send(None);
     }
 
     /// The owner of a call, live or released (None when the proxy does not know it).
-    pub fn owner_of(&self, call_id: &CallId) -> Option<Owner> {
+    pub(crate) fn owner_of(&self, call_id: &CallId) -> Option<Owner> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = state.calls.get(call_id) {
             return Some(entry.owner.clone());
@@ -303,12 +297,8 @@ impl Control {
         }
     }
 
-    pub fn instance_id(&self) -> &str {
-        &self.instance_id
-    }
-
     /// Allocates port pairs for one leg (idempotent, see the module docs).
-    pub fn allocate(&self, request: AllocateRequest) -> Result<Allocation, ControlError> {
+    pub(crate) fn allocate(&self, request: AllocateRequest) -> Result<Allocation, ControlError> {
         let AllocateRequest {
             call_id,
             leg,
@@ -498,7 +488,7 @@ impl Control {
     }
 
     /// Applies a leg's SDP and starts relaying towards it.
-    pub async fn update(
+    pub(crate) async fn update(
         &self,
         call_id: CallId,
         leg: Leg,
@@ -546,7 +536,7 @@ impl Control {
     }
 
     /// Live statistics of one call.
-    pub async fn query(&self, call_id: &CallId) -> Result<CallSnapshot, ControlError> {
+    pub(crate) async fn query(&self, call_id: &CallId) -> Result<CallSnapshot, ControlError> {
         let worker = self.entry_worker(call_id)?;
         self.relay
             .query(worker, call_id.clone())
@@ -555,7 +545,11 @@ impl Control {
     }
 
     /// Turns per-packet debug logging of one call on or off.
-    pub async fn set_debug(&self, call_id: &CallId, enabled: bool) -> Result<(), ControlError> {
+    pub(crate) async fn set_debug(
+        &self,
+        call_id: &CallId,
+        enabled: bool,
+    ) -> Result<(), ControlError> {
         let worker = self.entry_worker(call_id)?;
         if self
             .relay
@@ -569,7 +563,10 @@ impl Control {
     }
 
     /// Live statistics of every call, optionally of one owner.
-    pub async fn list(&self, owner: Option<&Owner>) -> Result<Vec<CallSnapshot>, ControlError> {
+    pub(crate) async fn list(
+        &self,
+        owner: Option<&Owner>,
+    ) -> Result<Vec<CallSnapshot>, ControlError> {
         let mut all = self.relay.list().await?;
         if let Some(owner) = owner {
             all.retain(|snapshot| &snapshot.owner == owner);
@@ -579,7 +576,7 @@ impl Control {
     }
 
     /// Ends a call (idempotent, see the module docs).
-    pub async fn release(
+    pub(crate) async fn release(
         &self,
         call_id: &CallId,
         reason: ReleaseReason,
@@ -682,7 +679,7 @@ impl Control {
             self.refresh_port_gauge(&mut state.pool, now);
             let tombstone = Tombstone::Done {
                 owner: entry.owner.clone(),
-                answer: crate::grpc::encode_release(&released, &self.settings.node_id).into(),
+                answer: (self.settings.encode_release)(&released, &self.settings.node_id).into(),
                 at: now,
             };
             let evicted = state.tombstones.keep(now, call_id, tombstone);
@@ -776,7 +773,7 @@ impl Control {
     }
 
     /// Starts or resumes recording a call; `stem` names its files (default: the call id).
-    pub async fn start_recording(
+    pub(crate) async fn start_recording(
         &self,
         call_id: &CallId,
         stem: Option<String>,
@@ -790,7 +787,10 @@ impl Control {
     }
 
     /// Pauses a call's recording (the paused time is silent in the files).
-    pub async fn pause_recording(&self, call_id: &CallId) -> Result<RecordingInfo, ControlError> {
+    pub(crate) async fn pause_recording(
+        &self,
+        call_id: &CallId,
+    ) -> Result<RecordingInfo, ControlError> {
         match self.existing_capture(call_id)? {
             Some(capture) => self.recorder.pause(capture).await.map_err(recorder_error),
             None => Ok(RecordingInfo::off()),
@@ -799,7 +799,10 @@ impl Control {
 
     /// Stops a call's recording and closes its files. A call that cannot be tapped stops
     /// being copied to the recorder (a later start copies it again).
-    pub async fn stop_recording(&self, call_id: &CallId) -> Result<RecordingInfo, ControlError> {
+    pub(crate) async fn stop_recording(
+        &self,
+        call_id: &CallId,
+    ) -> Result<RecordingInfo, ControlError> {
         let Some(capture) = self.existing_capture(call_id)? else {
             return Ok(RecordingInfo::off());
         };
@@ -822,7 +825,7 @@ impl Control {
     }
 
     /// The recording state of a call.
-    pub async fn recording(&self, call_id: &CallId) -> Result<RecordingInfo, ControlError> {
+    pub(crate) async fn recording(&self, call_id: &CallId) -> Result<RecordingInfo, ControlError> {
         match self.existing_capture(call_id)? {
             Some(capture) => self.recorder.query(capture).await.map_err(recorder_error),
             None => Ok(RecordingInfo::off()),
@@ -830,7 +833,7 @@ impl Control {
     }
 
     /// Subscribes to a `reflect` call's decoded audio.
-    pub async fn tap(
+    pub(crate) async fn tap(
         &self,
         call_id: &CallId,
         leg: Option<Leg>,
@@ -866,12 +869,12 @@ impl Control {
 
     /// Stops the recorder, closing every recording still open (after the calls' release at
     /// shutdown, nothing should be).
-    pub fn stop_recorder(&self) {
+    pub(crate) fn stop_recorder(&self) {
         self.recorder.shutdown();
     }
 
     /// Renews every call of an owner.
-    pub fn renew_lease(&self, owner: &Owner, timeout: Option<Duration>) -> LeaseState {
+    pub(crate) fn renew_lease(&self, owner: &Owner, timeout: Option<Duration>) -> LeaseState {
         let now = Instant::now();
         let mut state = self.lock();
         let lease = renew(
@@ -890,7 +893,7 @@ impl Control {
 
     /// Follows a step of the wall clock, releases the calls of owners whose lease ran out and
     /// forgets old tombstones. Run periodically by the server.
-    pub async fn sweep(&self) {
+    pub(crate) async fn sweep(&self) {
         if let Some(step) = self.clock.follow() {
             tracing::warn!(
                 step_seconds = step as f64 / 1000.0,
@@ -948,18 +951,18 @@ impl Control {
     }
 
     /// Releases every call (shutdown).
-    pub async fn release_all(&self, reason: ReleaseReason) {
+    pub(crate) async fn release_all(&self, reason: ReleaseReason) {
         let calls: Vec<CallId> = self.lock().calls.keys().cloned().collect();
         for call_id in calls {
             let _ = self.release(&call_id, reason).await;
         }
     }
 
-    pub fn session_count(&self) -> usize {
+    pub(crate) fn session_count(&self) -> usize {
         self.lock().calls.len()
     }
 
-    pub fn status(&self) -> Status {
+    pub(crate) fn status(&self) -> Status {
         let now = Instant::now();
         let mut state = self.lock();
         let owners = state
@@ -983,7 +986,7 @@ impl Control {
         }
     }
 
-    pub fn set_draining(&self, draining: bool) {
+    pub(crate) fn set_draining(&self, draining: bool) {
         if self.draining.swap(draining, Ordering::Relaxed) != draining {
             tracing::info!(draining, "drain state changed");
         }
@@ -1084,6 +1087,7 @@ mod tests {
             max_sessions_per_owner: None,
             dscp,
             socket_buffer,
+            encode_release: crate::grpc::encode_release,
         }
     }
 

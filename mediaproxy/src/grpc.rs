@@ -32,7 +32,7 @@ use prost::Message as _;
 
 /// The gRPC service; cheap to clone.
 #[derive(Clone)]
-pub struct Service {
+pub(crate) struct Service {
     control: Arc<Control>,
     /// Certificate common names of operators (`--tls-operator`).
     operators: Arc<[String]>,
@@ -60,7 +60,7 @@ impl Client {
 impl Service {
     /// The service; clients whose certificate's common name is in `operators` see and may
     /// act on every owner's calls.
-    pub fn new(
+    pub(crate) fn new(
         control: Arc<Control>,
         operators: &[String],
         health: tonic_health::server::HealthReporter,
@@ -141,7 +141,7 @@ impl From<Limited> for Status {
 
 /// The service's interceptor: every request takes from its client's budget, and one past it
 /// is refused `RESOURCE_EXHAUSTED` before it is decoded further.
-pub fn limit_requests(
+pub(crate) fn limit_requests(
     limiter: Arc<RateLimiter>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request| {

@@ -26,7 +26,7 @@ fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 }
 
 /// The subject's common name of a DER certificate.
-pub fn common_name(certificate: &[u8]) -> Option<String> {
+pub(crate) fn common_name(certificate: &[u8]) -> Option<String> {
     const CONTEXT_VERSION: u8 = 0xa0;
     const COMMON_NAME: [u8; 3] = [0x55, 0x04, 0x03];
     let (_, certificate, _) = element(certificate)?;

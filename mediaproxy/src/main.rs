@@ -22,7 +22,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    mediaproxy::logging::init(filter, config.log_format);
+    service_kit::logging::init(filter, config.log_format);
     // Every call holds four sockets per media line; the default soft limit (often 1024)
     // would cap a node at a few hundred calls.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         .on_thread_start({
             // The relay workers are spawned later from this (main) thread and keep its priority.
             let nice = config.media.control_nice;
-            move || mediaproxy::relay::lower_control_thread(nice)
+            move || service_kit::thread::lower_control_thread(nice)
         })
         .enable_all()
         .build()

@@ -23,16 +23,18 @@ pub struct PortRange {
 
 impl PortRange {
     /// Even RTP ports whose RTCP port (RTP + 1) also lies in the range.
-    pub fn pairs(&self) -> impl Iterator<Item = u16> + use<> {
+    pub(crate) fn pairs(&self) -> impl Iterator<Item = u16> + use<> {
         let first = self.min + (self.min % 2);
         let max = self.max;
         (first..max).step_by(2).filter(move |port| *port < max)
     }
 
+    /// How many RTP/RTCP port pairs the range holds.
     pub fn pair_count(&self) -> usize {
         self.pairs().count()
     }
 
+    /// Whether `port` lies in the range.
     pub fn contains(&self, port: u16) -> bool {
         (self.min..=self.max).contains(&port)
     }
@@ -74,7 +76,7 @@ impl std::fmt::Display for PortRange {
 
 /// Free and quarantined RTP ports.
 #[derive(Debug)]
-pub struct PortPool {
+pub(crate) struct PortPool {
     free: VecDeque<u16>,
     quarantine: VecDeque<(Instant, u16)>,
     quarantine_for: Duration,
@@ -86,7 +88,7 @@ pub struct PortPool {
 impl PortPool {
     /// A pool over `range` whose order is seeded from the operating system (a failing OS
     /// source leaves it seeded by the clock: the order is then guessable, never wrong).
-    pub fn new(range: PortRange, quarantine_for: Duration) -> Self {
+    pub(crate) fn new(range: PortRange, quarantine_for: Duration) -> Self {
         let mut seed = [0u8; 32];
         if getrandom::fill(&mut seed).is_err() {
             let nanos = std::time::SystemTime::now()
@@ -99,7 +101,7 @@ impl PortPool {
     }
 
     /// A pool whose order is fixed by `seed` (tests).
-    pub fn with_seed(range: PortRange, quarantine_for: Duration, seed: [u8; 32]) -> Self {
+    pub(crate) fn with_seed(range: PortRange, quarantine_for: Duration, seed: [u8; 32]) -> Self {
         let free: VecDeque<u16> = range.pairs().collect();
         Self {
             total_pairs: free.len(),
@@ -111,7 +113,7 @@ impl PortPool {
     }
 
     /// Takes a free RTP port at random (the pair is `port`, `port + 1`).
-    pub fn take(&mut self, now: Instant) -> Option<u16> {
+    pub(crate) fn take(&mut self, now: Instant) -> Option<u16> {
         self.expire(now);
         if self.free.is_empty() {
             return None;
@@ -121,18 +123,18 @@ impl PortPool {
     }
 
     /// Returns a pair whose call ended; usable again after the quarantine.
-    pub fn release(&mut self, now: Instant, port: u16) {
+    pub(crate) fn release(&mut self, now: Instant, port: u16) {
         self.quarantine.push_back((now + self.quarantine_for, port));
     }
 
     /// A pair that could not be bound: skip it for now, retry after the quarantine.
-    pub fn skip(&mut self, now: Instant, port: u16) {
+    pub(crate) fn skip(&mut self, now: Instant, port: u16) {
         self.release(now, port);
     }
 
     /// A pair taken and not used through no fault of its own (the process had no descriptor
     /// to bind it with): free again at once.
-    pub fn give_back(&mut self, port: u16) {
+    pub(crate) fn give_back(&mut self, port: u16) {
         self.free.push_back(port);
     }
 
@@ -147,12 +149,12 @@ impl PortPool {
     }
 
     /// Pairs that can be handed out now.
-    pub fn free_pairs(&mut self, now: Instant) -> usize {
+    pub(crate) fn free_pairs(&mut self, now: Instant) -> usize {
         self.expire(now);
         self.free.len()
     }
 
-    pub fn total_pairs(&self) -> usize {
+    pub(crate) fn total_pairs(&self) -> usize {
         self.total_pairs
     }
 }

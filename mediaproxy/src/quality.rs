@@ -9,7 +9,7 @@ const WINDOW: i64 = 128;
 
 /// Loss, duplicates, reordering and jitter of the RTP one leg sent.
 #[derive(Debug, Clone, Default)]
-pub struct RtpQuality {
+pub(crate) struct RtpQuality {
     ssrc: Option<u32>,
     /// Extended highest sequence number of the current sequence space.
     highest: i64,
@@ -22,10 +22,10 @@ pub struct RtpQuality {
     /// Expected and received of earlier spaces (previous SSRCs or resyncs).
     expected_before: u64,
     received_before: u64,
-    pub duplicates: u64,
-    pub out_of_order: u64,
-    pub ssrc_changes: u32,
-    pub last_payload_type: u8,
+    pub(crate) duplicates: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) ssrc_changes: u32,
+    pub(crate) last_payload_type: u8,
     /// Previous transit time, for the jitter of the next packet; None after a stream change.
     last_transit: Option<u32>,
     /// Jitter scaled by 16, in timestamp units, as in A.8.
@@ -39,7 +39,7 @@ impl RtpQuality {
     /// Accounts one RTP packet. `arrival` is the arrival time in units of `clock_rate`
     /// (wrapping), or None when jitter must not be computed for this packet (unknown clock
     /// rate, telephone events whose timestamps do not advance).
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         ssrc: u32,
         sequence: u16,
@@ -140,25 +140,25 @@ impl RtpQuality {
         self.last_transit = Some(transit);
     }
 
-    pub fn ssrc(&self) -> u32 {
+    pub(crate) fn ssrc(&self) -> u32 {
         self.ssrc.unwrap_or(0)
     }
 
     /// Packets expected from the sequence numbers seen, over every sequence space (A.3).
-    pub fn expected(&self) -> u64 {
+    pub(crate) fn expected(&self) -> u64 {
         self.expected_before + self.expected_in_space()
     }
 
     /// Expected minus distinct received (A.3 "cumulative number of packets lost").
-    pub fn lost(&self) -> i64 {
+    pub(crate) fn lost(&self) -> i64 {
         self.expected() as i64 - (self.received_before + self.received) as i64
     }
 
-    pub fn jitter_ms(&self) -> f64 {
+    pub(crate) fn jitter_ms(&self) -> f64 {
         self.to_ms(self.jitter_q4)
     }
 
-    pub fn max_jitter_ms(&self) -> f64 {
+    pub(crate) fn max_jitter_ms(&self) -> f64 {
         self.to_ms(self.max_jitter_q4)
     }
 

@@ -18,18 +18,18 @@ use crate::metrics::Metrics;
 
 /// Requests per second one client may make; `None` is no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientRates {
+pub(crate) struct ClientRates {
     /// Any request of the media proxy service.
-    pub requests: Option<NonZeroU32>,
+    pub(crate) requests: Option<NonZeroU32>,
     /// `Allocate` requests (a call takes two, one per leg).
-    pub allocations: Option<NonZeroU32>,
+    pub(crate) allocations: Option<NonZeroU32>,
 }
 
 impl ClientRates {
     /// 20 000 requests and 4 000 allocations per second: about three and two times what one
     /// signaling instance asks at 1 000 calls/s (two allocations, one or two updates, a
     /// release per call, and its lease renewals).
-    pub const DEFAULT: Self = Self {
+    pub(crate) const DEFAULT: Self = Self {
         requests: NonZeroU32::new(20_000),
         allocations: NonZeroU32::new(4_000),
     };
@@ -37,7 +37,7 @@ impl ClientRates {
 
 /// What a request costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Charge {
+pub(crate) enum Charge {
     Request,
     Allocation,
 }
@@ -107,7 +107,7 @@ const SHARED: &str = "(others)";
 
 /// The budgets of every client, shared by the gRPC interceptor and the `Allocate` handler.
 #[derive(Debug)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     rates: ClientRates,
     clients: Mutex<HashMap<String, Budget>>,
     metrics: Arc<Metrics>,
@@ -115,12 +115,12 @@ pub struct RateLimiter {
 
 /// A request refused for its client's rate.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limited {
-    pub message: String,
+pub(crate) struct Limited {
+    pub(crate) message: String,
 }
 
 impl RateLimiter {
-    pub fn new(rates: ClientRates, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(rates: ClientRates, metrics: Arc<Metrics>) -> Self {
         Self {
             rates,
             clients: Mutex::new(HashMap::new()),
@@ -129,7 +129,7 @@ impl RateLimiter {
     }
 
     /// Charges `client` one request of kind `charge`; refused when its bucket is empty.
-    pub fn charge(&self, client: &str, charge: Charge, now: Instant) -> Result<(), Limited> {
+    pub(crate) fn charge(&self, client: &str, charge: Charge, now: Instant) -> Result<(), Limited> {
         let rate = match charge {
             Charge::Request => self.rates.requests,
             Charge::Allocation => self.rates.allocations,

@@ -58,43 +58,18 @@ const BATCH: usize = 8;
 /// (a stranger, a looping peer) must not starve the rest of the worker's calls.
 const READ_BUDGET: usize = 64;
 
-/// Lowers the calling thread's priority by `nice` (on Linux the nice value belongs to a
-/// thread, and threads inherit it from their creator). Called at the start of every control
-/// thread (the gRPC and metrics runtime, SIP in signaling) so that a relay worker sharing a
-/// core with them wins it when packets arrive: a call set up on the control path must not
-/// delay the media of live calls. Relay workers must therefore be spawned from a thread that
-/// was not lowered (the main thread). Raising a nice value needs no privilege. A thread
-/// started by a control thread (tokio's blocking pool) inherits the lowered value and is not
-/// lowered again: the target is the process's own nice value plus `nice`, whatever the
-/// thread was handed.
-pub fn lower_control_thread(nice: u8) {
-    static BASELINE: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-    if nice == 0 {
-        return;
-    }
-    let current = rustix::process::getpriority_process(None).unwrap_or(0);
-    // The first control thread runs at the process's own value (it was started from a
-    // thread nobody lowered).
-    let target = (*BASELINE.get_or_init(|| current) + i32::from(nice)).min(19);
-    if current < target
-        && let Err(error) = rustix::process::nice(target - current)
-    {
-        tracing::warn!(%error, nice, "cannot lower the priority of a control thread");
-    }
-}
-
 /// A newly bound media line handed to a worker.
 #[derive(Debug)]
-pub struct NewMedia {
-    pub kind: MediaKind,
-    pub rtp_port: u16,
-    pub rtp: std::net::UdpSocket,
-    pub rtcp: std::net::UdpSocket,
+pub(crate) struct NewMedia {
+    pub(crate) kind: MediaKind,
+    pub(crate) rtp_port: u16,
+    pub(crate) rtp: std::net::UdpSocket,
+    pub(crate) rtcp: std::net::UdpSocket,
 }
 
 /// Something a worker tells the control plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notice {
+pub(crate) enum Notice {
     /// The call had no media for its timeout; the control plane releases it.
     Expired { call_id: CallId },
 }
@@ -138,13 +113,13 @@ enum Command {
 
 /// What workers share with the control plane (all thread-safe, none taken per packet).
 #[derive(Clone)]
-pub struct Shared {
-    pub metrics: Arc<Metrics>,
+pub(crate) struct Shared {
+    pub(crate) metrics: Arc<Metrics>,
     /// Media events; `None` marks the end of the stream (shutdown).
-    pub events: broadcast::Sender<Option<Arc<Event>>>,
-    pub notices: tokio::sync::mpsc::UnboundedSender<Notice>,
-    pub clock: WallClock,
-    pub timing: Timing,
+    pub(crate) events: broadcast::Sender<Option<Arc<Event>>>,
+    pub(crate) notices: tokio::sync::mpsc::UnboundedSender<Notice>,
+    pub(crate) clock: WallClock,
+    pub(crate) timing: Timing,
 }
 
 struct WorkerHandle {
@@ -156,18 +131,18 @@ struct WorkerHandle {
 }
 
 /// The set of relay workers.
-pub struct Relay {
+pub(crate) struct Relay {
     workers: Vec<WorkerHandle>,
 }
 
 /// The worker thread is gone (it panicked or was stopped).
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("relay worker {0} is not running")]
-pub struct WorkerGone(pub usize);
+pub(crate) struct WorkerGone(pub usize);
 
 impl Relay {
     /// Starts one worker thread per capture sink (the recorder made one per worker).
-    pub fn start(shared: &Shared, sinks: Vec<CaptureSink>) -> io::Result<Self> {
+    pub(crate) fn start(shared: &Shared, sinks: Vec<CaptureSink>) -> io::Result<Self> {
         let mut workers = Vec::with_capacity(sinks.len());
         for (index, sink) in sinks.into_iter().enumerate() {
             let io = WorkerIo::new()?;
@@ -189,7 +164,7 @@ impl Relay {
     }
 
     /// The worker with the fewest sessions, for a new call.
-    pub fn pick(&self) -> usize {
+    pub(crate) fn pick(&self) -> usize {
         self.workers
             .iter()
             .enumerate()
@@ -211,7 +186,7 @@ impl Relay {
     }
 
     /// Hands bound sockets for new media lines of a leg to a worker.
-    pub fn add_media(
+    pub(crate) fn add_media(
         &self,
         worker: usize,
         call_id: CallId,
@@ -230,7 +205,7 @@ impl Relay {
         )
     }
 
-    pub async fn update(
+    pub(crate) async fn update(
         &self,
         worker: usize,
         call_id: CallId,
@@ -250,7 +225,7 @@ impl Relay {
         answer.await.map_err(|_| WorkerGone(worker))
     }
 
-    pub async fn query(
+    pub(crate) async fn query(
         &self,
         worker: usize,
         call_id: CallId,
@@ -261,7 +236,7 @@ impl Relay {
     }
 
     /// Turns per-packet logging of one call on or off; false if the worker has no such call.
-    pub async fn set_debug(
+    pub(crate) async fn set_debug(
         &self,
         worker: usize,
         call_id: CallId,
@@ -280,7 +255,7 @@ impl Relay {
     }
 
     /// Snapshots of every session on every worker.
-    pub async fn list(&self) -> Result<Vec<CallSnapshot>, WorkerGone> {
+    pub(crate) async fn list(&self) -> Result<Vec<CallSnapshot>, WorkerGone> {
         let mut all = Vec::new();
         for worker in 0..self.workers.len() {
             let (reply, answer) = oneshot::channel();
@@ -291,7 +266,7 @@ impl Relay {
     }
 
     /// Removes a session, closing its sockets; returns its final statistics.
-    pub async fn release(
+    pub(crate) async fn release(
         &self,
         worker: usize,
         call_id: CallId,
@@ -303,7 +278,7 @@ impl Relay {
 
     /// Starts (`Some`) or stops copying a call's accepted datagrams to the recorder under
     /// capture id `capture`; false if the worker has no such call.
-    pub async fn set_capture(
+    pub(crate) async fn set_capture(
         &self,
         worker: usize,
         call_id: CallId,
@@ -322,7 +297,7 @@ impl Relay {
     }
 
     /// Stops every worker and waits for the threads.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         for index in 0..self.workers.len() {
             let _ = self.send(index, Command::Stop);
         }

@@ -138,6 +138,7 @@ impl MediaProxy {
                 max_sessions_per_owner: media.max_sessions_per_owner,
                 dscp: media.dscp,
                 socket_buffer: media.socket_buffer,
+                encode_release: crate::grpc::encode_release,
             },
             relay,
             recorder,
@@ -169,8 +170,9 @@ impl MediaProxy {
             .expect("bound listener has an address")
     }
 
-    pub fn control(&self) -> Arc<Control> {
-        self.control.clone()
+    /// The proxy's metrics, for an embedder that serves them on its own `/metrics`.
+    pub fn registry(&self) -> prometheus::Registry {
+        self.control.metrics().registry.clone()
     }
 
     /// Serves until `shutdown` completes, then drains: new allocations are refused, existing
@@ -243,7 +245,7 @@ impl MediaProxy {
             metrics,
             vec![
                 control.metrics().registry.clone(),
-                crate::metrics::process::registry("mediaproxy", env!("CARGO_PKG_VERSION")),
+                service_kit::metrics::process::registry("mediaproxy", env!("CARGO_PKG_VERSION")),
             ],
             control.draining_flag(),
             async move { http_stop.cancelled().await },

@@ -23,17 +23,17 @@ use crate::types::{
 };
 
 /// Media lines per leg. Sockets per session are `2 legs x MAX_MEDIA x 2`.
-pub const MAX_MEDIA: usize = 8;
+pub(crate) const MAX_MEDIA: usize = 8;
 /// Number of distinct [`SocketRef`] indexes in a session.
-pub const SOCKETS_PER_SESSION: usize = 2 * MAX_MEDIA * 2;
+pub(crate) const SOCKETS_PER_SESSION: usize = 2 * MAX_MEDIA * 2;
 
 /// Timing policy of sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    pub latch_window: Duration,
-    pub media_timeout: Duration,
-    pub hold_timeout: Duration,
-    pub one_way_after: Duration,
+pub(crate) struct Timing {
+    pub(crate) latch_window: Duration,
+    pub(crate) media_timeout: Duration,
+    pub(crate) hold_timeout: Duration,
+    pub(crate) one_way_after: Duration,
 }
 
 impl Default for Timing {
@@ -49,24 +49,24 @@ impl Default for Timing {
 
 /// The RTP or RTCP socket of a media line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Component {
+pub(crate) enum Component {
     Rtp,
     Rtcp,
 }
 
 /// Names one local socket of a session: leg, media line, component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SocketRef {
-    pub leg: Leg,
-    pub media: usize,
-    pub component: Component,
+pub(crate) struct SocketRef {
+    pub(crate) leg: Leg,
+    pub(crate) media: usize,
+    pub(crate) component: Component,
 }
 
 impl SocketRef {
     /// Dense index below [`SOCKETS_PER_SESSION`], used in poll tokens and the relay's socket
     /// table. A media line's four sockets (both legs, RTP and RTCP) are adjacent, so the
     /// socket a packet arrives on and the one it leaves by share a cache line.
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         let component = match self.component {
             Component::Rtp => 0,
             Component::Rtcp => 1,
@@ -74,7 +74,7 @@ impl SocketRef {
         self.media * 4 + self.leg.index() * 2 + component
     }
 
-    pub fn from_index(index: usize) -> Option<Self> {
+    pub(crate) fn from_index(index: usize) -> Option<Self> {
         if index >= SOCKETS_PER_SESSION {
             return None;
         }
@@ -98,7 +98,7 @@ impl SocketRef {
 
 /// What to do with one received datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Send the datagram unchanged out of local socket `via` to `to`.
     Forward {
         via: SocketRef,
@@ -110,18 +110,18 @@ pub enum Verdict {
 
 /// Something worth telling the owner, produced by packets or timers.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub call_id: CallId,
-    pub owner: Owner,
+pub(crate) struct Event {
+    pub(crate) call_id: CallId,
+    pub(crate) owner: Owner,
     /// The leg concerned (for one-way media: the silent one).
-    pub leg: Leg,
-    pub media: usize,
-    pub unix_ms: u64,
-    pub kind: EventKind,
+    pub(crate) leg: Leg,
+    pub(crate) media: usize,
+    pub(crate) unix_ms: u64,
+    pub(crate) kind: EventKind,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum EventKind {
+pub(crate) enum EventKind {
     FirstPacket {
         source: SocketAddr,
         sdp: Option<SocketAddr>,
@@ -149,13 +149,13 @@ pub enum EventKind {
 
 /// Timer outcome: the session has had no media for its timeout and should be released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Expired {
-    pub idle: Duration,
+pub(crate) struct Expired {
+    pub(crate) idle: Duration,
 }
 
 /// Error from [`Session::update`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UpdateError {
+pub(crate) enum UpdateError {
     #[error("leg {0} has no ports allocated")]
     LegNotAllocated(&'static str),
     #[error("media index {index} was not allocated for leg {leg} (it has {allocated})")]
@@ -168,11 +168,11 @@ pub enum UpdateError {
 
 /// Packets, bytes and first/last arrival of one flow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub packets: u64,
-    pub bytes: u64,
-    pub first: Option<Instant>,
-    pub last: Option<Instant>,
+pub(crate) struct Counters {
+    pub(crate) packets: u64,
+    pub(crate) bytes: u64,
+    pub(crate) first: Option<Instant>,
+    pub(crate) last: Option<Instant>,
 }
 
 impl Counters {
@@ -185,7 +185,7 @@ impl Counters {
 }
 
 /// Per-media-line drop counters, indexed by [`DropReason::index`].
-pub type Drops = [u64; DropReason::ALL.len()];
+pub(crate) type Drops = [u64; DropReason::ALL.len()];
 
 /// State of one media line of one leg.
 #[derive(Debug, Clone)]
@@ -323,7 +323,7 @@ impl LegState {
 
 /// The relay state of one call.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     call_id: CallId,
     owner: Owner,
     clock: WallClock,
@@ -337,7 +337,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(
+    pub(crate) fn new(
         call_id: CallId,
         owner: Owner,
         clock: WallClock,
@@ -357,17 +357,13 @@ impl Session {
         }
     }
 
-    pub fn call_id(&self) -> &CallId {
+    pub(crate) fn call_id(&self) -> &CallId {
         &self.call_id
-    }
-
-    pub fn owner(&self) -> &Owner {
-        &self.owner
     }
 
     /// Appends a media line to a leg (creating the leg) and returns its index, or None when
     /// the leg already has [`MAX_MEDIA`] lines.
-    pub fn add_media(&mut self, leg: Leg, kind: MediaKind, rtp_port: u16) -> Option<usize> {
+    pub(crate) fn add_media(&mut self, leg: Leg, kind: MediaKind, rtp_port: u16) -> Option<usize> {
         let state = self.legs[leg.index()].get_or_insert_with(LegState::default);
         if state.media.len() >= MAX_MEDIA {
             return None;
@@ -379,13 +375,8 @@ impl Session {
         Some(state.media.len() - 1)
     }
 
-    /// Media lines a leg has (0 if the leg does not exist).
-    pub fn media_count(&self, leg: Leg) -> usize {
-        self.legs[leg.index()].as_ref().map_or(0, |l| l.media.len())
-    }
-
     /// Applies a leg's SDP. Opens a new latching window (see the module docs).
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         now: Instant,
         leg: Leg,
@@ -445,7 +436,7 @@ impl Session {
     }
 
     /// Decides what to do with one datagram received on local socket `at` from `source`.
-    pub fn handle_packet(
+    pub(crate) fn handle_packet(
         &mut self,
         now: Instant,
         at: SocketRef,
@@ -580,7 +571,7 @@ impl Session {
     }
 
     /// The driver sent a forwarded datagram of `len` bytes out of `via`.
-    pub fn record_sent(&mut self, now: Instant, via: SocketRef, rtcp: bool, len: usize) {
+    pub(crate) fn record_sent(&mut self, now: Instant, via: SocketRef, rtcp: bool, len: usize) {
         if let Some(media) = self.media_mut(via) {
             if rtcp {
                 media.rtcp_sent.count(now, len);
@@ -591,17 +582,17 @@ impl Session {
     }
 
     /// The driver failed to send a datagram received on `from`.
-    pub fn record_send_error(&mut self, from: SocketRef) {
+    pub(crate) fn record_send_error(&mut self, from: SocketRef) {
         self.drop_at(from, DropReason::SendError);
     }
 
     /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub(crate) fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
     /// Runs the media timeout and one-way detection.
-    pub fn poll_timers(&mut self, now: Instant) -> Option<Expired> {
+    pub(crate) fn poll_timers(&mut self, now: Instant) -> Option<Expired> {
         let started = self.started?;
         if self.timed_out {
             return None;
@@ -674,7 +665,7 @@ impl Session {
     }
 
     /// Statistics as they stand.
-    pub fn snapshot(&self) -> CallSnapshot {
+    pub(crate) fn snapshot(&self) -> CallSnapshot {
         let clock = &self.clock;
         let ms = |t: Option<Instant>| t.map_or(0, |t| clock.unix_ms(t));
         let counters = |c: &Counters| CounterSnapshot {
@@ -736,7 +727,7 @@ impl Session {
     }
 
     /// The proxy port of one local socket (0 for a media line that does not exist).
-    pub fn local_port(&self, at: SocketRef) -> u16 {
+    pub(crate) fn local_port(&self, at: SocketRef) -> u16 {
         self.legs[at.leg.index()]
             .as_ref()
             .and_then(|leg| leg.media.get(at.media))
@@ -769,68 +760,62 @@ fn push_event(
 
 /// Statistics of a call (live or final).
 #[derive(Debug, Clone, PartialEq)]
-pub struct CallSnapshot {
-    pub call_id: CallId,
-    pub owner: Owner,
-    pub created_unix_ms: u64,
-    pub released_unix_ms: u64,
-    pub legs: Vec<LegSnapshot>,
+pub(crate) struct CallSnapshot {
+    pub(crate) call_id: CallId,
+    pub(crate) owner: Owner,
+    pub(crate) created_unix_ms: u64,
+    pub(crate) released_unix_ms: u64,
+    pub(crate) legs: Vec<LegSnapshot>,
     /// Captured packets of this call the recorder could not take (its queue was full).
-    pub recorder_dropped: u64,
-}
-
-impl CallSnapshot {
-    pub fn leg(&self, leg: Leg) -> Option<&LegSnapshot> {
-        self.legs.iter().find(|l| l.leg == leg)
-    }
+    pub(crate) recorder_dropped: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct LegSnapshot {
-    pub leg: Leg,
-    pub media: Vec<MediaSnapshot>,
+pub(crate) struct LegSnapshot {
+    pub(crate) leg: Leg,
+    pub(crate) media: Vec<MediaSnapshot>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct MediaSnapshot {
-    pub index: usize,
-    pub kind: MediaKind,
-    pub local_rtp_port: u16,
-    pub local_rtcp_port: u16,
-    pub sdp_rtp: Option<SocketAddr>,
-    pub sdp_rtcp: Option<SocketAddr>,
-    pub latched_rtp: Option<SocketAddr>,
-    pub latched_rtcp: Option<SocketAddr>,
-    pub rtp_received: CounterSnapshot,
-    pub rtcp_received: CounterSnapshot,
-    pub rtp_sent: CounterSnapshot,
-    pub rtcp_sent: CounterSnapshot,
-    pub quality: QualitySnapshot,
-    pub drops: Drops,
-    pub recorded_packets: u64,
-    pub source_changes: u32,
-    pub direction: Direction,
+pub(crate) struct MediaSnapshot {
+    pub(crate) index: usize,
+    pub(crate) kind: MediaKind,
+    pub(crate) local_rtp_port: u16,
+    pub(crate) local_rtcp_port: u16,
+    pub(crate) sdp_rtp: Option<SocketAddr>,
+    pub(crate) sdp_rtcp: Option<SocketAddr>,
+    pub(crate) latched_rtp: Option<SocketAddr>,
+    pub(crate) latched_rtcp: Option<SocketAddr>,
+    pub(crate) rtp_received: CounterSnapshot,
+    pub(crate) rtcp_received: CounterSnapshot,
+    pub(crate) rtp_sent: CounterSnapshot,
+    pub(crate) rtcp_sent: CounterSnapshot,
+    pub(crate) quality: QualitySnapshot,
+    pub(crate) drops: Drops,
+    pub(crate) recorded_packets: u64,
+    pub(crate) source_changes: u32,
+    pub(crate) direction: Direction,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CounterSnapshot {
-    pub packets: u64,
-    pub bytes: u64,
-    pub first_unix_ms: u64,
-    pub last_unix_ms: u64,
+pub(crate) struct CounterSnapshot {
+    pub(crate) packets: u64,
+    pub(crate) bytes: u64,
+    pub(crate) first_unix_ms: u64,
+    pub(crate) last_unix_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct QualitySnapshot {
-    pub ssrc: u32,
-    pub expected: u64,
-    pub lost: i64,
-    pub duplicates: u64,
-    pub out_of_order: u64,
-    pub jitter_ms: f64,
-    pub max_jitter_ms: f64,
-    pub ssrc_changes: u32,
-    pub last_payload_type: u8,
+pub(crate) struct QualitySnapshot {
+    pub(crate) ssrc: u32,
+    pub(crate) expected: u64,
+    pub(crate) lost: i64,
+    pub(crate) duplicates: u64,
+    pub(crate) out_of_order: u64,
+    pub(crate) jitter_ms: f64,
+    pub(crate) max_jitter_ms: f64,
+    pub(crate) ssrc_changes: u32,
+    pub(crate) last_payload_type: u8,
 }
 
 #[cfg(test)]

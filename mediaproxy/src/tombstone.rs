@@ -14,24 +14,37 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::control::Released;
-use crate::types::{CallId, Owner};
+use crate::recording::RecordingInfo;
+use crate::session::CallSnapshot;
+use crate::types::{CallId, Owner, ReleaseReason};
 
 /// How long final statistics of a released call stay available to a retried release.
-pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+pub(crate) const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 /// Memory all tombstones may take (their encoded answers and the bookkeeping around each);
 /// the oldest are evicted first past it. 64 MiB holds about 115 000 audio calls (585 bytes
 /// each): the full ten minutes of them up to 190 calls/s.
-pub const TOMBSTONE_BYTES: usize = 64 << 20;
+pub(crate) const TOMBSTONE_BYTES: usize = 64 << 20;
 /// Bookkeeping per tombstone besides its answer: the call id's text, the map and queue
 /// entries, the allocation headers.
 const TOMBSTONE_OVERHEAD: usize = 160;
+
+/// Final statistics of a released call.
+#[derive(Debug, Clone)]
+pub(crate) struct Released {
+    pub(crate) snapshot: CallSnapshot,
+    pub(crate) reason: ReleaseReason,
+    /// The call's recording as it ended (`Off` if it was never recorded).
+    pub(crate) recording: RecordingInfo,
+}
+
+/// Encodes a released call's answer for its tombstone, given the node's id.
+pub(crate) type EncodeRelease = fn(&Released, &str) -> Vec<u8>;
 
 /// A released call, or one being released.
 pub(crate) enum Tombstone {
     /// A release is under way; wait for it.
     Pending(watch::Receiver<Option<Arc<Released>>>),
-    /// Released: the answer a retried release gets, encoded (see [`crate::grpc::encode_release`]).
+    /// Released: the answer a retried release gets, encoded (see [`EncodeRelease`]).
     Done {
         owner: Owner,
         answer: Arc<[u8]>,
@@ -146,7 +159,6 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::control::Released;
     use crate::recording::RecordingInfo;
     use crate::rtp::build_rtp;
     use crate::session::{Component, Session, SocketRef, Timing};

@@ -32,8 +32,8 @@ pub fn parse_id(text: &str, field: &'static str, max: usize) -> Result<Arc<str>,
     Ok(Arc::from(text))
 }
 
-/// The one id of a call (DESIGN section 5): relay, recording and CDR are keyed by it. It is
-/// the caller leg's SIP Call-ID.
+/// The one id of a call (docs/architecture.md, "Call identity"): relay, recording and CDR are
+/// keyed by it. It is the caller leg's SIP Call-ID.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallId(Arc<str>);
 

@@ -4,7 +4,7 @@
 //! field; this crate compiles it and holds the domain types both services speak. Generated
 //! types stay at the edges: each service converts them into these types in its gRPC module
 //! (the proxy's server in `mediaproxy::grpc`, signaling's client in `signaling::media`), so
-//! neither service depends on the other's internals (DESIGN section 1).
+//! neither service depends on the other's internals (docs/contributing.md, "The crate wall").
 //!
 //! # Layout
 //! - [`v1`]: generated messages, the `MediaProxy` client and server.

@@ -1,5 +1,6 @@
 //! The end of a call: its CDR row, built without I/O from what the core recorded and what the
-//! media proxy's release returned (STYLE: pure completion, thin driver).
+//! media proxy's release returned (docs/contributing.md, "Protocol logic without sockets or
+//! clocks").
 //!
 //! The driver awaits the release over gRPC and hands the outcome to [`cdr_row`]; everything
 //! the row says (times, disposition, packet totals, verdict, diagnosis) is decided here, so
@@ -15,7 +16,7 @@ use crate::call::{CallRecord, MediaMove};
 use crate::cdr::{Cdr, CdrMedia};
 use crate::diagnosis::{self, Evidence, MediaReport, Verdict};
 use crate::media::{FinalStats, MediaError};
-use mediaproxy::types::WallClock;
+use service_kit::clock::WallClock;
 
 /// What releasing a call's media gave.
 #[derive(Debug, Clone, PartialEq)]

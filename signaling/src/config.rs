@@ -9,13 +9,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser};
-use mediaproxy::config::{HumanDuration, MediaConfig, MediaOptions, split_table};
-use mediaproxy::logging::LogFormat;
+use mediaproxy::config::{MediaConfig, MediaOptions};
 use serde::Deserialize;
+pub use service_kit::config::ConfigError;
+use service_kit::config::{HumanDuration, split_table};
+use service_kit::logging::LogFormat;
 
 use crate::sip::uri::Uri;
 
-/// Per-call media handling (DESIGN section 4).
+/// Per-call media handling (docs/architecture.md, "Media modes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MediaMode {
@@ -375,18 +377,6 @@ struct UsersFile {
     users: BTreeMap<String, User>,
 }
 
-/// A configuration problem; the message names the option.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("--{option}: {message}")]
-    Invalid {
-        option: &'static str,
-        message: String,
-    },
-}
-
 /// Mutual TLS towards `https://` media proxies: the CA's certificate and ours (PEM), and the
 /// files they came from (watched, and read again when they change).
 #[derive(Clone, PartialEq, Eq)]
@@ -401,17 +391,7 @@ pub struct ClientTls {
 impl ClientTls {
     /// Reads the three files, checking each holds the PEM it must.
     pub fn read(ca: &Path, cert: &Path, key: &Path) -> Result<Self, ConfigError> {
-        let pem = |option: &'static str, path: &Path, what: &str| {
-            mediaproxy::config::read_pem(option, path, what).map_err(|e| match e {
-                mediaproxy::config::ConfigError::Invalid { option, message } => {
-                    ConfigError::Invalid { option, message }
-                }
-                other => ConfigError::Invalid {
-                    option,
-                    message: other.to_string(),
-                },
-            })
-        };
+        let pem = service_kit::config::read_pem;
         Ok(Self {
             ca: pem("mediaproxy-ca", ca, "CERTIFICATE")?,
             cert: pem("mediaproxy-cert", cert, "CERTIFICATE")?,
@@ -428,7 +408,7 @@ impl ClientTls {
 
     /// When each file last changed (None where it cannot be read).
     pub fn modified(&self) -> Vec<Option<std::time::SystemTime>> {
-        mediaproxy::config::modified(&self.paths)
+        service_kit::config::modified(&self.paths)
     }
 }
 
@@ -679,14 +659,7 @@ impl Config {
                 "must be 1 or more (0 would refuse every TCP connection)".into(),
             ));
         }
-        let media = upper.media.or(lower.media).resolve().map_err(|e| match e {
-            mediaproxy::config::ConfigError::Invalid { option, message } => {
-                ConfigError::Invalid { option, message }
-            }
-            mediaproxy::config::ConfigError::File { path, message } => {
-                ConfigError::File { path, message }
-            }
-        })?;
+        let media = upper.media.or(lower.media).resolve()?;
         if mediaproxies.is_empty() && media.ports.contains(sip.port()) && media.media_ip == sip.ip()
         {
             return Err(invalid(

@@ -1,4 +1,4 @@
-//! The media verdict of a call and its diagnosis in plain words (DESIGN section 6), computed
+//! The media verdict of a call and its diagnosis in plain words (docs/cdr.md), computed
 //! from the media proxy's final per-leg statistics. Pure: no I/O, so every case is a unit test.
 //!
 //! The verdict answers "did audio flow both ways?"; the diagnosis answers "if not, why, and

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    mediaproxy::logging::init(filter, config.log_format);
+    service_kit::logging::init(filter, config.log_format);
     if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(%error, "cannot raise the open file limit");
     }
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
         0
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .on_thread_start(move || mediaproxy::relay::lower_control_thread(control_nice))
+        .on_thread_start(move || service_kit::thread::lower_control_thread(control_nice))
         .enable_all()
         .build()
     {

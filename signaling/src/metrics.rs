@@ -1,10 +1,11 @@
-//! Prometheus metrics of signaling (names fixed by DESIGN section 7; catalogue in
-//! `docs/metrics.md`). Served on `--metrics` together with the embedded media proxy's.
+//! Prometheus metrics of signaling (stable names: docs/metrics.md, "Stable names and bounded
+//! labels"; catalogue in `docs/metrics.md`). Served on `--metrics` together with the embedded
+//! media proxy's.
 
-use mediaproxy::metrics::registered;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+use service_kit::metrics::registered;
 
 /// Request method label values; anything else counts as `other`.
 pub(crate) const METHODS: [&str; 15] = [
@@ -75,7 +76,7 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, label: &str, values: &[&str]| {
-            mediaproxy::metrics::counter_vec(&registry, name, help, label, values)
+            service_kit::metrics::counter_vec(&registry, name, help, label, values)
         };
         let calls = counter(
             "signaling_calls_total",
@@ -329,7 +330,7 @@ mod tests {
         assert_eq!(metrics.requests.with_label_values(&["INVITE"]).get(), 1);
         assert_eq!(metrics.requests.with_label_values(&["other"]).get(), 1);
         assert_eq!(metrics.responses.with_label_values(&["4xx"]).get(), 1);
-        let text = mediaproxy::metrics::render(std::slice::from_ref(&metrics.registry));
+        let text = service_kit::metrics::render(std::slice::from_ref(&metrics.registry));
         assert!(!text.contains("FROBNICATE"));
     }
 }

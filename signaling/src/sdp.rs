@@ -1,11 +1,11 @@
 //! SDP (RFC 4566, RFC 3264): reading what the relay needs, and rewriting an offer or answer so
-//! media flows through the media proxy (DESIGN section 4).
+//! media flows through the media proxy (docs/architecture.md, "SDP rewrite rules").
 //!
 //! The rewrite is line-based on purpose: only the session and media `c=` addresses, the `m=`
 //! ports, `a=rtcp:` and the `o=` version change; every other line, unknown attributes, `i=`,
 //! `a=crypto`, T.38 `m=image` sections and all, is copied byte for byte with its own line
 //! ending. Media lines with port 0 stay as they are, and so does a hold address (`0.0.0.0`).
-//! Re-serialising a parsed model instead loses lines (DESIGN section 9 measured it).
+//! Re-serialising a parsed model instead loses lines (measured: docs/decisions.md).
 
 use std::net::IpAddr;
 

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mediaproxy::server::MediaProxy;
-use mediaproxy::types::WallClock;
 use proto::domain::Leg;
+use service_kit::clock::WallClock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -89,7 +89,7 @@ impl Signaling {
                 close_grace: Duration::from_secs(5),
                 instance: format!(
                     "{}/{address}",
-                    mediaproxy::config::host_name().unwrap_or_else(|| "signaling".to_owned())
+                    service_kit::config::host_name().unwrap_or_else(|| "signaling".to_owned())
                 ),
             },
             metrics.cdr.clone(),
@@ -193,10 +193,10 @@ impl Signaling {
         let mut tasks = tokio::task::JoinSet::new();
         let mut registries = vec![
             metrics.registry.clone(),
-            mediaproxy::metrics::process::registry("signaling", env!("CARGO_PKG_VERSION")),
+            service_kit::metrics::process::registry("signaling", env!("CARGO_PKG_VERSION")),
         ];
         if let Some(proxy) = &embedded {
-            registries.push(proxy.control().metrics().registry.clone());
+            registries.push(proxy.registry());
         }
         let draining = Arc::new(AtomicBool::new(false));
         let http_stop = stop.clone();
@@ -204,7 +204,7 @@ impl Signaling {
         let (admin_tx, mut admin_rx) = mpsc::channel::<AdminQuery>(64);
         let admin = crate::admin::router(admin_tx, pool.clone(), config.admin_token.clone());
         tasks.spawn(async move {
-            if let Err(error) = mediaproxy::metrics::serve_http_with(
+            if let Err(error) = service_kit::metrics::serve_http_with(
                 http,
                 registries,
                 http_draining,

@@ -190,7 +190,7 @@ mod tests {
     fn limits(per_source: usize, global: usize) -> Arc<Limits> {
         let registry = prometheus::Registry::new();
         let open = IntGauge::new("open", "open").unwrap();
-        let closed = mediaproxy::metrics::counter_vec(
+        let closed = service_kit::metrics::counter_vec(
             &registry,
             "closed",
             "closed",

@@ -438,7 +438,7 @@ impl Drop for Prometheus {
 }
 
 /// Both systemd units pass `systemd-analyze verify` (where systemd is installed), name
-/// binaries and configuration where the README says to install them, and stop by SIGTERM
+/// binaries and configuration where docs/deploying.md says to install them, and stop by SIGTERM
 /// with a stop timeout longer than the drain grace.
 #[test]
 fn the_systemd_units_verify() {

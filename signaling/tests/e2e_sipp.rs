@@ -116,7 +116,8 @@ fn extra_dtmf_bytes(cdr: &HashMap<String, String>) -> i64 {
 
 #[test]
 fn callee_hangs_up_and_the_relay_is_still_counted_and_released() {
-    // DESIGN section 5: a BYE on the callee's Call-ID must end the same media session.
+    // docs/architecture.md, "Call identity": a BYE on the callee's Call-ID must end the same
+    // media session.
     let ports = ports(1);
     let service = Service::start("callee-bye", &ports, &["--trusted", "127.0.0.0/8"]);
     call_between(

@@ -1,7 +1,7 @@
 //! The fleet on real hosts: signaling, two or three media proxies and the two SIPp phones each
 //! run in a Linux network namespace of their own, cabled by veth pairs to a bridge, so every
-//! gRPC request, SIP message and RTP packet crosses a network between hosts (DESIGN section 8,
-//! docs/operations.md).
+//! gRPC request, SIP message and RTP packet crosses a network between hosts
+//! (docs/architecture.md, "Several hosts"; docs/operations.md).
 //!
 //! Each test builds its own LAN (namespaces named after the test and the process, so tests run
 //! in parallel, each on its own 10.77.0.0/24) and tears it down when it ends, passed or not.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use mediaproxy::audio::analysis;
 use mediaproxy::client::{Connection, run_tool, status_text};
-use mediaproxy::recording::wav::WavWriter;
+use mediaproxy::wav::WavWriter;
 use proto::v1 as pb;
 
 #[derive(Debug, Parser)]

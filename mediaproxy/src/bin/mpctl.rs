@@ -1,5 +1,5 @@
 //! `mpctl`: the operator's command line for a media proxy, over the same gRPC contract
-//! signaling uses (`mediaproxy.v1`). See `mpctl --help` and the README's operations section.
+//! signaling uses (`mediaproxy.v1`). See `mpctl --help` and docs/operations.md.
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use mediaproxy::client::{Connection, run_tool, status_text};
-use mediaproxy::types::{Leg, MediaKind};
+use proto::domain::{Leg, MediaKind};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
 use tonic::transport::Channel;

@@ -16,47 +16,47 @@ use crate::types::Leg;
 /// Batches in flight between all workers and the recorder. A worker hands one over per
 /// wake-up that captured something (thousands a second under load) and the recorder takes
 /// them every 20 ms tick: 4096 hold well over 100 ms of the busiest worker's wake-ups.
-pub const QUEUE_BATCHES: usize = 4096;
+pub(crate) const QUEUE_BATCHES: usize = 4096;
 
 /// One captured datagram.
 #[derive(Debug, Clone, Copy)]
-pub struct Captured {
+pub(crate) struct Captured {
     /// The capture (call) it belongs to.
-    pub capture: u64,
+    pub(crate) capture: u64,
     /// The worker's slot of the call, for the worker's own bookkeeping.
-    pub slot: u32,
-    pub leg: Leg,
-    pub media: u8,
-    pub rtcp: bool,
-    pub at: Instant,
-    pub source: SocketAddr,
+    pub(crate) slot: u32,
+    pub(crate) leg: Leg,
+    pub(crate) media: u8,
+    pub(crate) rtcp: bool,
+    pub(crate) at: Instant,
+    pub(crate) source: SocketAddr,
     /// The proxy port it arrived on.
-    pub local_port: u16,
+    pub(crate) local_port: u16,
     start: u32,
     len: u32,
 }
 
 /// Datagrams captured by one worker during one wake-up.
 #[derive(Debug, Default)]
-pub struct Batch {
-    pub worker: usize,
+pub(crate) struct Batch {
+    pub(crate) worker: usize,
     bytes: Vec<u8>,
-    pub packets: Vec<Captured>,
+    pub(crate) packets: Vec<Captured>,
 }
 
 impl Batch {
     /// The datagram of a packet record of this batch.
-    pub fn data(&self, packet: &Captured) -> &[u8] {
+    pub(crate) fn data(&self, packet: &Captured) -> &[u8] {
         let start = packet.start as usize;
         &self.bytes[start..start + packet.len as usize]
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.packets.is_empty()
     }
 
     /// Empties the batch, keeping its capacity.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.bytes.clear();
         self.packets.clear();
     }
@@ -64,19 +64,19 @@ impl Batch {
 
 /// Where a datagram came from and went in.
 #[derive(Debug, Clone, Copy)]
-pub struct Origin {
-    pub capture: u64,
-    pub slot: u32,
-    pub leg: Leg,
-    pub media: u8,
-    pub rtcp: bool,
-    pub source: SocketAddr,
-    pub local_port: u16,
+pub(crate) struct Origin {
+    pub(crate) capture: u64,
+    pub(crate) slot: u32,
+    pub(crate) leg: Leg,
+    pub(crate) media: u8,
+    pub(crate) rtcp: bool,
+    pub(crate) source: SocketAddr,
+    pub(crate) local_port: u16,
 }
 
 /// A worker's end of the hand-off.
 #[derive(Debug)]
-pub struct CaptureSink {
+pub(crate) struct CaptureSink {
     worker: usize,
     queue: SyncSender<Batch>,
     recycled: Receiver<Batch>,
@@ -97,7 +97,7 @@ impl CaptureSink {
     }
 
     /// Copies one datagram into the current batch.
-    pub fn push(&mut self, origin: Origin, at: Instant, data: &[u8]) {
+    pub(crate) fn push(&mut self, origin: Origin, at: Instant, data: &[u8]) {
         let start = self.current.bytes.len() as u32;
         self.current.bytes.extend_from_slice(data);
         self.current.packets.push(Captured {
@@ -116,7 +116,7 @@ impl CaptureSink {
 
     /// Hands the current batch to the recorder without blocking; `dropped` sees each packet
     /// of a batch that could not be handed over (the recorder is behind, or gone).
-    pub fn hand_off(&mut self, mut dropped: impl FnMut(&Captured)) {
+    pub(crate) fn hand_off(&mut self, mut dropped: impl FnMut(&Captured)) {
         if self.current.is_empty() {
             return;
         }

@@ -28,9 +28,9 @@
 //! date is the recording's start, in UTC.
 
 mod call_audio;
-pub mod capture;
+pub(crate) mod capture;
 mod layout;
-pub mod pcap;
+pub(crate) mod pcap;
 mod tap;
 pub mod wav;
 
@@ -52,9 +52,9 @@ use crate::metrics::Metrics;
 use crate::types::{CallId, Codec, Leg, WallClock};
 
 /// How often the recorder takes audio out of the timelines.
-pub const TICK: Duration = Duration::from_millis(20);
+pub(crate) const TICK: Duration = Duration::from_millis(20);
 /// How long audio waits for late and reordered packets before it is written.
-pub const JITTER_WINDOW: Duration = Duration::from_millis(120);
+pub(crate) const JITTER_WINDOW: Duration = Duration::from_millis(120);
 /// How often WAV headers are brought up to date (the most a crash can lose).
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Ticks between the periodic flushes of calls nobody taps (recording only).
@@ -64,23 +64,23 @@ const CATCH_UP_EVERY: usize = 32;
 /// Tap frames per second (20 ms each).
 const FRAMES_PER_SECOND: u32 = 50;
 /// Frames a tap subscriber may have unread before new ones are dropped.
-pub const TAP_QUEUE: usize = 100;
+pub(crate) const TAP_QUEUE: usize = 100;
 
 /// What the recorder needs to know of the proxy.
 #[derive(Debug, Clone)]
-pub struct RecorderSettings {
+pub(crate) struct RecorderSettings {
     /// Where recordings go (`--recordings`).
-    pub directory: PathBuf,
+    pub(crate) directory: PathBuf,
     /// The relay's address, the destination of packets in pcap files.
-    pub media_ip: IpAddr,
-    pub clock: WallClock,
+    pub(crate) media_ip: IpAddr,
+    pub(crate) clock: WallClock,
     /// Nice value added to the recorder thread, so relay workers sharing its core win it.
-    pub nice: u8,
+    pub(crate) nice: u8,
 }
 
 /// Where a call's recording is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordingStatus {
+pub(crate) enum RecordingStatus {
     Off,
     Recording,
     Paused,
@@ -89,25 +89,25 @@ pub enum RecordingStatus {
 
 /// A recording's state, as StartRecording, QueryStats and Release report it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RecordingInfo {
-    pub status: RecordingStatus,
+pub(crate) struct RecordingInfo {
+    pub(crate) status: RecordingStatus,
     /// The stereo WAV file.
-    pub path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     /// Every file of the recording (WAVs, sidecar, pcap).
-    pub files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     /// RTP packets whose audio was written.
-    pub packets: u64,
+    pub(crate) packets: u64,
     /// Packets written per leg (caller, callee).
-    pub leg_packets: [u64; 2],
-    pub duration_ms: u64,
+    pub(crate) leg_packets: [u64; 2],
+    pub(crate) duration_ms: u64,
     /// Sample rate of the WAV files; 0 before the first audio packet.
-    pub sample_rate: u32,
+    pub(crate) sample_rate: u32,
     /// What went wrong, if anything (the recording is then partial or absent).
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl RecordingInfo {
-    pub fn off() -> Self {
+    pub(crate) fn off() -> Self {
         Self {
             status: RecordingStatus::Off,
             path: None,
@@ -123,38 +123,38 @@ impl RecordingInfo {
 
 /// 20 ms of one leg's decoded audio, for a tap subscriber.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TapFrame {
-    pub call_id: CallId,
-    pub leg: Leg,
-    pub media: u8,
+pub(crate) struct TapFrame {
+    pub(crate) call_id: CallId,
+    pub(crate) leg: Leg,
+    pub(crate) media: u8,
     /// Wall-clock time of the frame's first sample.
-    pub unix_ms: u64,
+    pub(crate) unix_ms: u64,
     /// Frames of this leg sent to this subscriber before this one.
-    pub sequence: u32,
+    pub(crate) sequence: u32,
     /// Samples of this leg at `sample_rate` before this frame (a timestamp that stays aligned
     /// between the legs).
-    pub position: u64,
+    pub(crate) position: u64,
     /// The codec the leg's audio was last decoded from ("" before any).
-    pub encoding: &'static str,
-    pub sample_rate: u32,
-    pub pcm: Vec<i16>,
+    pub(crate) encoding: &'static str,
+    pub(crate) sample_rate: u32,
+    pub(crate) pcm: Vec<i16>,
     /// Frames of this subscriber dropped (it read too slowly) before this one.
-    pub dropped_before: u64,
+    pub(crate) dropped_before: u64,
 }
 
 /// The audio lines of a call the recorder decodes, and their codecs.
 #[derive(Debug, Clone)]
-pub struct CallAudioLines {
-    pub call_id: CallId,
+pub(crate) struct CallAudioLines {
+    pub(crate) call_id: CallId,
     /// Index of the first audio media line of each leg.
-    pub audio: [Option<u8>; 2],
+    pub(crate) audio: [Option<u8>; 2],
     /// That line's codec map from each leg's SDP.
-    pub codecs: [Vec<Codec>; 2],
+    pub(crate) codecs: [Vec<Codec>; 2],
 }
 
 /// Why the recorder could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RecorderError {
+pub(crate) enum RecorderError {
     #[error("the recorder is not running")]
     Gone,
     #[error("{0}")]
@@ -203,14 +203,14 @@ enum Order {
 }
 
 /// The control plane's handle on the recorder thread.
-pub struct Recorder {
+pub(crate) struct Recorder {
     orders: Sender<Order>,
     thread: std::sync::Mutex<Option<thread::JoinHandle<()>>>,
 }
 
 impl Recorder {
     /// Starts the recorder thread and returns one capture sink per relay worker.
-    pub fn start(
+    pub(crate) fn start(
         workers: usize,
         settings: RecorderSettings,
         metrics: Arc<Metrics>,
@@ -237,7 +237,7 @@ impl Recorder {
         let thread = thread::Builder::new()
             .name("recorder".into())
             .spawn(move || {
-                crate::relay::lower_control_thread(state.settings.nice);
+                service_kit::thread::lower_control_thread(state.settings.nice);
                 state.run()
             })?;
         Ok((
@@ -254,12 +254,17 @@ impl Recorder {
     }
 
     /// Starts decoding a call's audio (for a recording or a tap).
-    pub fn open(&self, capture: u64, lines: CallAudioLines) -> Result<(), RecorderError> {
+    pub(crate) fn open(&self, capture: u64, lines: CallAudioLines) -> Result<(), RecorderError> {
         self.send(Order::Open { capture, lines })
     }
 
     /// A leg's audio line has a new codec map (a new SDP).
-    pub fn codecs(&self, capture: u64, leg: Leg, codecs: Vec<Codec>) -> Result<(), RecorderError> {
+    pub(crate) fn codecs(
+        &self,
+        capture: u64,
+        leg: Leg,
+        codecs: Vec<Codec>,
+    ) -> Result<(), RecorderError> {
         self.send(Order::Codecs {
             capture,
             leg,
@@ -268,7 +273,7 @@ impl Recorder {
     }
 
     /// Starts (or resumes) recording a call.
-    pub async fn start_recording(
+    pub(crate) async fn start_recording(
         &self,
         capture: u64,
         stem: Option<String>,
@@ -293,25 +298,25 @@ impl Recorder {
         answer.await.map_err(|_| RecorderError::Gone)
     }
 
-    pub async fn pause(&self, capture: u64) -> Result<RecordingInfo, RecorderError> {
+    pub(crate) async fn pause(&self, capture: u64) -> Result<RecordingInfo, RecorderError> {
         self.ask(|reply| Order::Pause { capture, reply }).await
     }
 
-    pub async fn stop(&self, capture: u64) -> Result<RecordingInfo, RecorderError> {
+    pub(crate) async fn stop(&self, capture: u64) -> Result<RecordingInfo, RecorderError> {
         self.ask(|reply| Order::Stop { capture, reply }).await
     }
 
-    pub async fn query(&self, capture: u64) -> Result<RecordingInfo, RecorderError> {
+    pub(crate) async fn query(&self, capture: u64) -> Result<RecordingInfo, RecorderError> {
         self.ask(|reply| Order::Query { capture, reply }).await
     }
 
     /// Ends a call's audio: closes its recording and its tap streams.
-    pub async fn close(&self, capture: u64) -> Result<RecordingInfo, RecorderError> {
+    pub(crate) async fn close(&self, capture: u64) -> Result<RecordingInfo, RecorderError> {
         self.ask(|reply| Order::Close { capture, reply }).await
     }
 
     /// Subscribes to a call's decoded audio (one leg, or both), at `rate` Hz (0: the codec's).
-    pub fn subscribe(
+    pub(crate) fn subscribe(
         &self,
         capture: u64,
         leg: Option<Leg>,
@@ -328,7 +333,7 @@ impl Recorder {
     }
 
     /// Closes every recording and stops the thread.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         let _ = self.orders.send(Order::Shutdown);
         let thread = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
         if let Some(thread) = thread {

@@ -15,13 +15,13 @@ const SNAPLEN: u32 = 65_535;
 
 /// A pcap file being written.
 #[derive(Debug)]
-pub struct PcapWriter {
+pub(crate) struct PcapWriter {
     file: BufWriter<File>,
     bytes: u64,
 }
 
 impl PcapWriter {
-    pub fn create(path: &Path) -> io::Result<Self> {
+    pub(crate) fn create(path: &Path) -> io::Result<Self> {
         let file = File::options().write(true).create_new(true).open(path)?;
         let mut writer = Self {
             file: BufWriter::with_capacity(64 * 1024, file),
@@ -41,7 +41,7 @@ impl PcapWriter {
     }
 
     /// Appends one datagram from `source` to `destination`, received at `unix_us`.
-    pub fn write(
+    pub(crate) fn write(
         &mut self,
         unix_us: u64,
         source: SocketAddr,
@@ -96,15 +96,15 @@ impl PcapWriter {
         Ok(())
     }
 
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
     }
 
-    pub fn finish(mut self) -> io::Result<u64> {
+    pub(crate) fn finish(mut self) -> io::Result<u64> {
         self.file.flush()?;
         self.file.get_ref().sync_data()?;
         Ok(self.bytes)

@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use proto::domain::Leg;
 
+use super::MediaError;
 use super::{
     ALLOW, Call, CallRecord, CallRef, CallTimer, Core, Disposition, Flow, HangupSide, MediaPlan,
     RecordingIntent, Side, State, TxTag, body_sdp, relayed_response, response, transport_named,
 };
 use crate::config::MediaMode;
 use crate::dialog::Dialog;
-use crate::media::MediaError;
 use crate::sdp;
 use crate::sip::Peer;
 use crate::sip::header::NameAddr;

@@ -1,5 +1,5 @@
 //! The B2BUA call layer, on top of the transaction and dialog layers, without sockets or
-//! clocks (STYLE habit 1).
+//! clocks (docs/contributing.md).
 //!
 //! The driver feeds [`Input`]s (parsed SIP messages, media proxy answers) with `now` into
 //! [`Core::handle`], takes what to do from [`Core::poll_output`] (send bytes, ask the media
@@ -10,7 +10,7 @@
 //!
 //! Every call has two SIP dialogs with different Call-IDs; both map to one [`Call`] keyed by
 //! a [`CallRef`]. The caller's Call-ID is also the media session id and the CDR's `call_id`
-//! (DESIGN section 5): a BYE on either leg releases the same session.
+//! (docs/architecture.md, "Call identity"): a BYE on either leg releases the same session.
 //!
 //! # Layout (one file per flow)
 //!
@@ -27,6 +27,7 @@
 mod hangup;
 mod invite;
 mod keepalive;
+mod media;
 pub(crate) mod record;
 pub(crate) mod recording;
 mod registrar;
@@ -45,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use proto::domain::Leg;
 
+pub(crate) use self::media::{MediaError, MediaPlan, RecordingAction};
 pub(crate) use self::record::{CallRecord, CallSummary, Disposition, HangupSide, MediaMove};
 pub(crate) use self::recording::{RecordingIntent, RecordingRefused, RecordingTarget};
 use crate::auth::DigestAuth;
@@ -52,7 +54,6 @@ use crate::config::{Cidr, MediaMode, Route, User};
 use crate::dialog::Dialog;
 use crate::guard::{Admission, Guard};
 use crate::ids::Ids;
-use crate::media::{MediaError, RecordingAction};
 use crate::registrar::Registrar;
 use crate::sdp::{self, Rewrite, SdpError, SessionDescription};
 use crate::sip::header::NameAddr;
@@ -68,20 +69,6 @@ pub(crate) const CRASHED: &str = "signaling stopped with the call up (a crash, k
 
 /// Driver-visible handle of a call.
 pub(crate) type CallRef = u64;
-
-/// What the media proxy gave a call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MediaPlan {
-    /// The node's id (its `--node-id`), for CDRs and logs.
-    pub(crate) node: String,
-    /// The gRPC URL the call's media requests go to (call affinity).
-    pub(crate) endpoint: String,
-    pub(crate) advertised: IpAddr,
-    /// RTP ports per media line on the caller leg (go into the SDP sent to the caller).
-    pub(crate) caller_ports: Vec<u16>,
-    /// RTP ports per media line on the callee leg (go into the SDP sent to the callee).
-    pub(crate) callee_ports: Vec<u16>,
-}
 
 /// Which dialog of a call: the caller's (A) or the callee's (B).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::config::MediaMode;
 
-/// How a call ended (DESIGN section 6).
+/// How a call ended (docs/cdr.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Disposition {
     Answered,

@@ -5,8 +5,8 @@
 //! for the CDR to say what happened when the proxy could not ([`RecordingIntent`]).
 
 use super::{Call, CallRef, Core, Output, State};
+use super::{MediaError, RecordingAction};
 use crate::config::MediaMode;
-use crate::media::{MediaError, RecordingAction};
 
 /// What the core asked of a call's recording, and how the asking went.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

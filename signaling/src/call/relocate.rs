@@ -1,4 +1,4 @@
-//! Moving a call's media when its node is lost (DESIGN section 8): the driver sets the call up
+//! Moving a call's media when its node is lost (docs/operations.md): the driver sets the call up
 //! on another node from the last SDP of each leg ([`Output::Relocate`]), and the core offers
 //! each phone the new relay address and ports in a re-INVITE of its own (RFC 3261 section 14,
 //! RFC 3264 section 8: a new offer with a higher `o=` version). If no node can take the call,
@@ -7,12 +7,12 @@
 
 use std::time::{Duration, Instant};
 
+use super::MediaError;
 use super::{
     CallRef, CallTimer, Core, Disposition, Flow, HangupSide, MediaMove, MediaPlan, Output, Side,
     State, TxTag, body_sdp,
 };
 use crate::config::MediaMode;
-use crate::media::MediaError;
 use crate::sip::message::Response;
 use crate::transaction::TxId;
 

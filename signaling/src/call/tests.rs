@@ -10,8 +10,8 @@ use proto::domain::Leg;
 
 use super::sim::{A, B, Fault, Phone, SDP, Sim, answer, invite, requests, responses, settings};
 use super::{Disposition, HangupSide, Input, MediaPlan, Output};
+use super::{MediaError, RecordingAction};
 use crate::config::MediaMode;
-use crate::media::{MediaError, RecordingAction};
 use crate::sip::message::{Message, Request};
 use crate::transaction::{T1, TIMEOUT};
 

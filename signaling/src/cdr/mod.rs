@@ -1,4 +1,4 @@
-//! Call detail records (DESIGN section 6): one row per call in `cdr` and one row per media
+//! Call detail records (docs/cdr.md): one row per call in `cdr` and one row per media
 //! line and leg in `cdr_media`, in SQLite (`sqlite://PATH`) or PostgreSQL (`postgres://...`)
 //! with the same versioned schema.
 //!

@@ -215,7 +215,7 @@ async fn faulty(fault: Fault) -> (String, Arc<AtomicUsize>) {
 /// A real media proxy in process (node id `good`, 20 ports from `first_port`), with `tls`.
 async fn good(first_port: u16, tls: Option<mediaproxy::config::TlsFiles>) -> String {
     let media = mediaproxy::config::MediaOptions {
-        ports: Some(mediaproxy::ports::PortRange {
+        ports: Some(mediaproxy::config::PortRange {
             min: first_port,
             max: first_port + 19,
         }),

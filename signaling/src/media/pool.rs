@@ -1,6 +1,6 @@
-//! A fleet of media proxy nodes (DESIGN section 8): placement of new calls, allocation that
-//! moves on to the next node when one refuses, and a health watch per node that notices a dead
-//! or restarted node within about a second.
+//! A fleet of media proxy nodes (docs/architecture.md, "Several hosts"): placement of new
+//! calls, allocation that moves on to the next node when one refuses, and a health watch per
+//! node that notices a dead or restarted node within about a second.
 //!
 //! # Placement policy
 //!

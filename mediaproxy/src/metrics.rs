@@ -1,91 +1,79 @@
-//! Prometheus metrics of the media proxy (names fixed by DESIGN section 7; catalogue in
-//! `docs/metrics.md`) and the HTTP endpoints `/metrics` and `/healthz`.
+//! Prometheus metrics of the media proxy (stable names: docs/metrics.md, "Stable names and
+//! bounded labels"; catalogue in `docs/metrics.md`) and the HTTP endpoints `/metrics` and
+//! `/healthz`.
 //!
 //! The registry belongs to one proxy instance, not to the process, so several proxies (tests,
 //! signaling's embedded proxy) live side by side. Relay workers do not touch these counters
 //! per packet: they count locally and add their totals every tick (see [`crate::relay`]).
 
-use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+pub(crate) use service_kit::metrics::{counter_vec, registered, serve_http};
 
 use crate::types::{DropReason, ReleaseReason};
 
-pub mod process;
-
 /// Relay direction label values: where the packet came from and where it went.
-pub const DIRECTIONS: [&str; 2] = ["caller_to_callee", "callee_to_caller"];
+pub(crate) const DIRECTIONS: [&str; 2] = ["caller_to_callee", "callee_to_caller"];
 
 /// Every metric of one media proxy.
 #[derive(Debug, Clone)]
-pub struct Metrics {
-    pub registry: Registry,
+pub(crate) struct Metrics {
+    pub(crate) registry: Registry,
     /// Packets relayed (RTP and RTCP), by direction.
-    pub packets: IntCounterVec,
+    pub(crate) packets: IntCounterVec,
     /// UDP payload bytes relayed, by direction.
-    pub bytes: IntCounterVec,
+    pub(crate) bytes: IntCounterVec,
     /// Packets received and not relayed, by reason.
-    pub dropped: IntCounterVec,
-    pub sessions: IntGauge,
-    pub ports_free: IntGauge,
+    pub(crate) dropped: IntCounterVec,
+    pub(crate) sessions: IntGauge,
+    pub(crate) ports_free: IntGauge,
     /// Ports (RTP and RTCP) in the range usable as pairs.
-    pub ports_capacity: IntGauge,
-    pub recordings: IntGauge,
+    pub(crate) ports_capacity: IntGauge,
+    pub(crate) recordings: IntGauge,
     /// Recordings ended, by outcome ([`RECORDING_OUTCOMES`]).
-    pub recordings_finished: IntCounterVec,
+    pub(crate) recordings_finished: IntCounterVec,
     /// WAV and pcap bytes written by recordings.
-    pub recording_bytes: IntCounter,
+    pub(crate) recording_bytes: IntCounter,
     /// Captured packets the recorder could not take (its hand-off queue was full).
-    pub recorder_dropped: IntCounter,
+    pub(crate) recorder_dropped: IntCounter,
     /// Audio packets not decoded, by reason ([`DECODE_ERRORS`]).
-    pub decode_errors: IntCounterVec,
+    pub(crate) decode_errors: IntCounterVec,
     /// Live audio tap streams open.
-    pub tap_subscribers: IntGauge,
+    pub(crate) tap_subscribers: IntGauge,
     /// Tap frames not delivered because the subscriber was not reading fast enough.
-    pub tap_frames_dropped: IntCounter,
+    pub(crate) tap_frames_dropped: IntCounter,
     /// Sessions ended, by reason.
-    pub released: IntCounterVec,
+    pub(crate) released: IntCounterVec,
     /// Released calls whose final figures are kept for a retried release.
-    pub tombstones: IntGauge,
+    pub(crate) tombstones: IntGauge,
     /// Memory those take (encoded answers and bookkeeping).
-    pub tombstone_bytes: IntGauge,
+    pub(crate) tombstone_bytes: IntGauge,
     /// Kept figures dropped before their time because the memory cap was reached.
-    pub tombstones_evicted: IntCounter,
+    pub(crate) tombstones_evicted: IntCounter,
     /// Steps of the wall clock seen (reported times follow them; timers never do).
-    pub clock_steps: IntCounter,
+    pub(crate) clock_steps: IntCounter,
     /// Allocations refused, by reason.
-    pub allocation_failures: IntCounterVec,
+    pub(crate) allocation_failures: IntCounterVec,
     /// gRPC requests refused because their client was past its rate, by kind.
-    pub grpc_rate_limited: IntCounterVec,
+    pub(crate) grpc_rate_limited: IntCounterVec,
     /// Media events emitted, by kind.
-    pub events: IntCounterVec,
-    pub grpc_duration: HistogramVec,
+    pub(crate) events: IntCounterVec,
+    pub(crate) grpc_duration: HistogramVec,
 }
 
 /// `outcome` values of `mediaproxy_recordings_finished_total`.
-pub const RECORDING_OUTCOMES: [&str; 3] = ["complete", "failed", "no_audio"];
+pub(crate) const RECORDING_OUTCOMES: [&str; 3] = ["complete", "failed", "no_audio"];
 /// `reason` values of `mediaproxy_decode_errors_total`.
-pub const DECODE_ERRORS: [&str; 2] = ["unknown_payload_type", "undecodable"];
+pub(crate) const DECODE_ERRORS: [&str; 2] = ["unknown_payload_type", "undecodable"];
 
 /// `reason` values of `mediaproxy_allocation_failures_total`.
-pub const ALLOCATION_FAILURES: [&str; 4] = [
+pub(crate) const ALLOCATION_FAILURES: [&str; 4] = [
     "ports_exhausted",
     "descriptors_exhausted",
     "draining",
     "owner_quota",
 ];
 /// Event kind label values.
-pub const EVENT_KINDS: [&str; 6] = [
+pub(crate) const EVENT_KINDS: [&str; 6] = [
     "first_packet",
     "source_changed",
     "media_timeout",
@@ -95,7 +83,7 @@ pub const EVENT_KINDS: [&str; 6] = [
 ];
 
 impl Metrics {
-    pub fn new(node_id: &str) -> Self {
+    pub(crate) fn new(node_id: &str) -> Self {
         let registry =
             Registry::new_custom(None, Some([("node".to_owned(), node_id.to_owned())].into()))
                 .expect("static registry labels are valid");
@@ -231,108 +219,5 @@ impl Metrics {
             grpc_duration,
             registry,
         }
-    }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
-        render(std::slice::from_ref(&self.registry))
-    }
-}
-
-/// Registers a metric and hands it back (every metric here is registered exactly once, so a
-/// clash is a programming error).
-pub fn registered<M: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: M,
-) -> M {
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("unique metric");
-    metric
-}
-
-/// Registers a counter family with one label, every expected label value present from the
-/// start (at 0), so dashboards see the series before the first event.
-pub fn counter_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    label: &str,
-    values: &[&str],
-) -> IntCounterVec {
-    let vec = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-    for value in values {
-        vec.with_label_values(&[*value]);
-    }
-    registered(registry, vec)
-}
-
-/// The Prometheus text exposition of several registries (names must not clash).
-pub fn render(registries: &[Registry]) -> String {
-    let families: Vec<_> = registries.iter().flat_map(Registry::gather).collect();
-    let mut out = Vec::new();
-    TextEncoder::new()
-        .encode(&families, &mut out)
-        .expect("text encoding into a Vec cannot fail");
-    String::from_utf8(out).expect("the text format is UTF-8")
-}
-
-#[derive(Clone)]
-struct HttpState {
-    registries: Arc<Vec<Registry>>,
-    draining: Arc<AtomicBool>,
-}
-
-/// Serves `/metrics` (every registry given) and `/healthz` (200 "ok", or 503 "draining" once
-/// draining started, so a load balancer stops sending new work) until `shutdown` completes.
-pub async fn serve_http(
-    listener: tokio::net::TcpListener,
-    registries: Vec<Registry>,
-    draining: Arc<AtomicBool>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    serve_http_with(listener, registries, draining, Router::new(), shutdown).await
-}
-
-/// Like [`serve_http`], with more routes (signaling's admin endpoints) beside the two.
-pub async fn serve_http_with(
-    listener: tokio::net::TcpListener,
-    registries: Vec<Registry>,
-    draining: Arc<AtomicBool>,
-    extra: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/metrics", get(render_metrics))
-        .route("/healthz", get(health))
-        .with_state(HttpState {
-            registries: Arc::new(registries),
-            draining,
-        })
-        .merge(extra);
-    // The client's address reaches handlers that ask for it (signaling's admin gate).
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
-
-async fn render_metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        render(&state.registries),
-    )
-}
-
-async fn health(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.draining.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else {
-        (StatusCode::OK, "ok\n")
     }
 }
