@@ -107,7 +107,7 @@ fn a_wall_clock_stepped_forward_and_back_leaves_timers_alone_and_cdrs_sane() {
         ],
     );
 
-    let baseline = service.held();
+    let baseline = service.settled();
     // Alice registers (Expires 300, digest) and calls; two seconds into the call the clock
     // jumps an hour ahead.
     let callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);

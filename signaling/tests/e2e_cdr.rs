@@ -136,7 +136,7 @@ fn a_database_outage_during_calls_loses_no_cdr() {
         &ports,
         &["--trusted", "127.0.0.0/8", "--cdr", &through_gate],
     );
-    let baseline = service.held();
+    let baseline = service.settled();
     gate.close();
     call_between(
         &ports,

@@ -245,7 +245,7 @@ fn a_full_recordings_disk_ends_the_recording_not_the_call_and_the_cdr_says_so() 
     let _unmount = Unmount(mount.clone());
     let ports = recording_ports(25800, 34000, 34200);
     let service = recording_service("full-disk", &ports, &mount, true);
-    let baseline = service.held();
+    let baseline = service.settled();
     call_between(
         &ports,
         &service,

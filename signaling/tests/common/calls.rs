@@ -192,6 +192,27 @@ impl Service {
         }
     }
 
+    /// What the service holds once it has settled after its start: its links to the media
+    /// proxy made (a gRPC connection is two descriptors in an embedded proxy's process) and
+    /// the descriptor count the same over a second. A baseline taken before then can miss a
+    /// connection still being made on a loaded machine.
+    pub fn settled(&self) -> Held {
+        let mut last = self.held();
+        let mut steady = 0;
+        eventually(Duration::from_secs(10), || {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = self.held();
+            steady = if now == last && now.ports_free > 0 {
+                steady + 1
+            } else {
+                0
+            };
+            last = now;
+            steady >= 4
+        });
+        last
+    }
+
     /// Waits until the service holds no more than at `baseline`: no media session, every
     /// port free again (released ports sit out a quarantine first), descriptors back to the
     /// baseline.
