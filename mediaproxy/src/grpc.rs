@@ -23,7 +23,7 @@ use crate::control::{
 };
 use crate::ratelimit::{Charge, Limited, RateLimiter};
 use crate::recording::{RecordingInfo, RecordingStatus};
-use crate::session::{CallSnapshot, CounterSnapshot, Event, EventKind, MediaSnapshot};
+use crate::session::{CallSnapshot, Event, EventKind, MediaSnapshot};
 use crate::types::{
     CallId, Codec, Direction, DropReason, Leg, MediaKind, Owner, ReleaseReason, RemoteMedia,
     RemoteTarget,
@@ -283,15 +283,6 @@ fn address_text(address: Option<SocketAddr>) -> String {
     address.map(|a| a.to_string()).unwrap_or_default()
 }
 
-fn counters_to_wire(c: &CounterSnapshot) -> pb::Counters {
-    pb::Counters {
-        packets: c.packets,
-        bytes: c.bytes,
-        first_unix_ms: c.first_unix_ms,
-        last_unix_ms: c.last_unix_ms,
-    }
-}
-
 fn media_to_wire(m: &MediaSnapshot) -> pb::MediaStats {
     let drop = |reason: DropReason| m.drops[reason.index()];
     pb::MediaStats {
@@ -303,21 +294,11 @@ fn media_to_wire(m: &MediaSnapshot) -> pb::MediaStats {
         sdp_rtcp_address: address_text(m.sdp_rtcp),
         latched_rtp_source: address_text(m.latched_rtp),
         latched_rtcp_source: address_text(m.latched_rtcp),
-        rtp_received: Some(counters_to_wire(&m.rtp_received)),
-        rtcp_received: Some(counters_to_wire(&m.rtcp_received)),
-        rtp_sent: Some(counters_to_wire(&m.rtp_sent)),
-        rtcp_sent: Some(counters_to_wire(&m.rtcp_sent)),
-        quality: Some(pb::RtpQuality {
-            ssrc: m.quality.ssrc,
-            expected: m.quality.expected,
-            lost: m.quality.lost,
-            duplicates: m.quality.duplicates,
-            out_of_order: m.quality.out_of_order,
-            jitter_ms: m.quality.jitter_ms,
-            max_jitter_ms: m.quality.max_jitter_ms,
-            ssrc_changes: m.quality.ssrc_changes,
-            last_payload_type: u32::from(m.quality.last_payload_type),
-        }),
+        rtp_received: Some(m.rtp_received.into()),
+        rtcp_received: Some(m.rtcp_received.into()),
+        rtp_sent: Some(m.rtp_sent.into()),
+        rtcp_sent: Some(m.rtcp_sent.into()),
+        quality: Some(m.quality.into()),
         drops: Some(pb::Drops {
             unknown_source: drop(DropReason::UnknownSource),
             before_latching: drop(DropReason::BeforeLatching),

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 mod latch;
 
 use latch::{Admission, Latch};
+// What a snapshot reports: the figures both services speak, modelled once in `proto`.
+use proto::domain::{Counters as FlowCounters, RtpQuality as QualityFigures};
 
 use crate::quality::RtpQuality;
 use crate::rtp::{Datagram, Malformed, classify};
@@ -668,7 +670,7 @@ impl Session {
     pub(crate) fn snapshot(&self) -> CallSnapshot {
         let clock = &self.clock;
         let ms = |t: Option<Instant>| t.map_or(0, |t| clock.unix_ms(t));
-        let counters = |c: &Counters| CounterSnapshot {
+        let counters = |c: &Counters| FlowCounters {
             packets: c.packets,
             bytes: c.bytes,
             first_unix_ms: ms(c.first),
@@ -695,7 +697,7 @@ impl Session {
                         rtcp_received: counters(&m.rtcp_received),
                         rtp_sent: counters(&m.rtp_sent),
                         rtcp_sent: counters(&m.rtcp_sent),
-                        quality: QualitySnapshot {
+                        quality: QualityFigures {
                             ssrc: m.quality.ssrc(),
                             expected: m.quality.expected(),
                             lost: m.quality.lost(),
@@ -786,36 +788,15 @@ pub(crate) struct MediaSnapshot {
     pub(crate) sdp_rtcp: Option<SocketAddr>,
     pub(crate) latched_rtp: Option<SocketAddr>,
     pub(crate) latched_rtcp: Option<SocketAddr>,
-    pub(crate) rtp_received: CounterSnapshot,
-    pub(crate) rtcp_received: CounterSnapshot,
-    pub(crate) rtp_sent: CounterSnapshot,
-    pub(crate) rtcp_sent: CounterSnapshot,
-    pub(crate) quality: QualitySnapshot,
+    pub(crate) rtp_received: FlowCounters,
+    pub(crate) rtcp_received: FlowCounters,
+    pub(crate) rtp_sent: FlowCounters,
+    pub(crate) rtcp_sent: FlowCounters,
+    pub(crate) quality: QualityFigures,
     pub(crate) drops: Drops,
     pub(crate) recorded_packets: u64,
     pub(crate) source_changes: u32,
     pub(crate) direction: Direction,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct CounterSnapshot {
-    pub(crate) packets: u64,
-    pub(crate) bytes: u64,
-    pub(crate) first_unix_ms: u64,
-    pub(crate) last_unix_ms: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct QualitySnapshot {
-    pub(crate) ssrc: u32,
-    pub(crate) expected: u64,
-    pub(crate) lost: i64,
-    pub(crate) duplicates: u64,
-    pub(crate) out_of_order: u64,
-    pub(crate) jitter_ms: f64,
-    pub(crate) max_jitter_ms: f64,
-    pub(crate) ssrc_changes: u32,
-    pub(crate) last_payload_type: u8,
 }
 
 #[cfg(test)]

@@ -53,6 +53,111 @@ impl std::fmt::Display for CallId {
     }
 }
 
+/// A call id compares with the text it was parsed from (a log line, a test's literal).
+impl PartialEq<str> for CallId {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for CallId {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+/// Packet and byte counters of one flow (RTP or RTCP, received or sent), with the Unix
+/// milliseconds of its first and last packet (0 when none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub packets: u64,
+    /// UDP payload bytes.
+    pub bytes: u64,
+    pub first_unix_ms: u64,
+    pub last_unix_ms: u64,
+}
+
+impl From<pb::Counters> for Counters {
+    fn from(c: pb::Counters) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+            first_unix_ms: c.first_unix_ms,
+            last_unix_ms: c.last_unix_ms,
+        }
+    }
+}
+
+impl From<Counters> for pb::Counters {
+    fn from(c: Counters) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+            first_unix_ms: c.first_unix_ms,
+            last_unix_ms: c.last_unix_ms,
+        }
+    }
+}
+
+/// Receive quality of the RTP one leg sent on one media line, as RFC 3550 appendix A
+/// computes it: what the proxy measures and signaling's CDR and verdict read.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RtpQuality {
+    /// SSRC of the current stream.
+    pub ssrc: u32,
+    /// Packets expected from the sequence numbers seen (A.3), over every SSRC.
+    pub expected: u64,
+    /// Expected minus distinct packets received.
+    pub lost: i64,
+    /// Packets whose sequence number was already received.
+    pub duplicates: u64,
+    /// Packets that arrived after a higher sequence number.
+    pub out_of_order: u64,
+    /// Interarrival jitter (A.8) in milliseconds, current and the highest seen.
+    pub jitter_ms: f64,
+    pub max_jitter_ms: f64,
+    /// Times the SSRC changed.
+    pub ssrc_changes: u32,
+    /// Payload type of the last RTP packet.
+    pub last_payload_type: u8,
+}
+
+impl From<pb::RtpQuality> for RtpQuality {
+    /// A payload type over 127 (which RTP cannot carry) reads as 0.
+    fn from(q: pb::RtpQuality) -> Self {
+        Self {
+            ssrc: q.ssrc,
+            expected: q.expected,
+            lost: q.lost,
+            duplicates: q.duplicates,
+            out_of_order: q.out_of_order,
+            jitter_ms: q.jitter_ms,
+            max_jitter_ms: q.max_jitter_ms,
+            ssrc_changes: q.ssrc_changes,
+            last_payload_type: u8::try_from(q.last_payload_type)
+                .ok()
+                .filter(|pt| *pt < 128)
+                .unwrap_or(0),
+        }
+    }
+}
+
+impl From<RtpQuality> for pb::RtpQuality {
+    fn from(q: RtpQuality) -> Self {
+        Self {
+            ssrc: q.ssrc,
+            expected: q.expected,
+            lost: q.lost,
+            duplicates: q.duplicates,
+            out_of_order: q.out_of_order,
+            jitter_ms: q.jitter_ms,
+            max_jitter_ms: q.max_jitter_ms,
+            ssrc_changes: q.ssrc_changes,
+            last_payload_type: u32::from(q.last_payload_type),
+        }
+    }
+}
+
 /// Which side of the B2BUA call a leg faces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Leg {

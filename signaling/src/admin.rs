@@ -36,7 +36,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::call::{CallSummary, RecordingRefused};
+use crate::call::{CallId, CallSummary, Endpoint, RecordingRefused};
 use crate::cdr::CdrMedia;
 use crate::diagnosis::{self, MediaReport};
 use crate::media::pool::Pool;
@@ -206,7 +206,7 @@ async fn mediaproxies(State(state): State<AdminState>) -> Response {
             let health = node.health();
             let status = health.status.as_ref();
             NodeView {
-                url: node.endpoint().to_owned(),
+                url: node.endpoint().to_string(),
                 state: health.state.as_str(),
                 node_id: status.map(|s| s.node_id.clone()),
                 advertised_address: status.map(|s| s.advertised_address.clone()),
@@ -288,9 +288,11 @@ async fn call(State(state): State<AdminState>, Path(call_id): Path<String>) -> R
         .call
         .media_endpoint
         .as_deref()
-        .and_then(|e| state.pool.node(e));
-    if let Some(node) = node {
-        match node.client.query(&detail.call.call_id).await {
+        .and_then(|e| state.pool.node(&Endpoint::new(e)));
+    // The summary's call id is the call's key, checked when the call began.
+    let key = CallId::parse(&detail.call.call_id).ok();
+    if let (Some(node), Some(key)) = (node, key) {
+        match node.client.query(&key).await {
             Ok((figures, recording)) => {
                 detail.recording = recording;
                 detail.media = figures.iter().map(CdrMedia::from_figures).collect();

@@ -42,8 +42,12 @@ pub(crate) fn cdr_row(
     let ms = |at: Instant| clock.unix_ms(at) as i64;
     let (answer_time_ms, end_time_ms) = (record.answer.map(ms), ms(record.end));
     let mut row = Cdr {
-        call_id: record.call_id.clone(),
-        b_call_id: record.b_call_id.clone(),
+        call_id: record.call_id.to_string(),
+        b_call_id: record
+            .b_call_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         caller: record.caller.clone(),
         callee: record.callee.clone(),
         start_time_ms: ms(record.start),
@@ -284,10 +288,10 @@ mod tests {
     use proto::domain::MediaKind;
 
     use super::*;
-    use crate::call::{Disposition, HangupSide, RecordingIntent};
-    use crate::config::MediaMode;
+    use crate::call::{CallId, Disposition, HangupSide, RecordingIntent};
     use crate::diagnosis::{Flow, MediaFigures, Snapshot};
     use crate::media::{Recording, RecordingAction};
+    use crate::policy::MediaMode;
 
     const START_MS: u64 = 1_800_000_000_000;
 
@@ -295,8 +299,8 @@ mod tests {
         let start = Instant::now();
         let clock = WallClock::anchored(start, START_MS);
         let record = CallRecord {
-            call_id: "a-leg".into(),
-            b_call_id: "b-leg".into(),
+            call_id: CallId::parse("a-leg").unwrap(),
+            b_call_id: Some("b-leg".into()),
             caller: "alice".into(),
             callee: "bob".into(),
             start,

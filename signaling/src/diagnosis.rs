@@ -37,15 +37,11 @@ impl Verdict {
     }
 }
 
-/// Packet and byte counters of one flow, with the times of its first and last packet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Flow {
-    pub packets: u64,
-    pub bytes: u64,
-    /// Unix milliseconds; 0 when no packet.
-    pub first_unix_ms: u64,
-    pub last_unix_ms: u64,
-}
+/// Packet and byte counters of one flow, with the times of its first and last packet: the
+/// counters the media proxy reports, as both services model them.
+pub use proto::domain::Counters as Flow;
+/// Receive quality of one leg's RTP (RFC 3550 appendix A), as both services model it.
+pub use proto::domain::RtpQuality;
 
 /// Packets received from a leg and not relayed, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -77,13 +73,8 @@ pub struct MediaFigures {
     pub rtcp_in: Flow,
     pub rtp_out: Flow,
     pub rtcp_out: Flow,
-    pub expected: u64,
-    pub lost: i64,
-    pub duplicates: u64,
-    pub out_of_order: u64,
-    pub jitter_ms: f64,
-    pub max_jitter_ms: f64,
-    pub ssrc: u32,
+    /// Loss, duplicates, reordering and jitter of what the leg sent.
+    pub quality: RtpQuality,
     pub drops: Drops,
     pub recorded_packets: u64,
     pub source_changes: u32,
@@ -108,13 +99,7 @@ impl MediaFigures {
             rtcp_in: Flow::default(),
             rtp_out: Flow::default(),
             rtcp_out: Flow::default(),
-            expected: 0,
-            lost: 0,
-            duplicates: 0,
-            out_of_order: 0,
-            jitter_ms: 0.0,
-            max_jitter_ms: 0.0,
-            ssrc: 0,
+            quality: RtpQuality::default(),
             drops: Drops::default(),
             recorded_packets: 0,
             source_changes: 0,
@@ -332,12 +317,13 @@ fn leg_notes(report: &MediaReport, m: &MediaFigures, notes: &mut Vec<String>) {
             dropped.send_error
         ));
     }
-    if m.expected >= 50 && m.lost > 0 {
-        let percent = m.lost as f64 * 100.0 / m.expected as f64;
+    let q = &m.quality;
+    if q.expected >= 50 && q.lost > 0 {
+        let percent = q.lost as f64 * 100.0 / q.expected as f64;
         if percent >= 2.0 {
             notes.push(format!(
                 "{leg} audio lost {percent:.1} % of {} packets on the way to the proxy (jitter up to {:.1} ms)",
-                m.expected, m.max_jitter_ms
+                q.expected, q.max_jitter_ms
             ));
         }
     }
@@ -509,9 +495,9 @@ mod tests {
         caller.drops.unknown_source = 40;
         caller.drops.not_rtp = 3;
         let mut callee = line(Leg::Callee, 1000, "10.1.1.4:16004", "10.1.1.4:16004");
-        callee.expected = 1000;
-        callee.lost = 50;
-        callee.max_jitter_ms = 12.5;
+        callee.quality.expected = 1000;
+        callee.quality.lost = 50;
+        callee.quality.max_jitter_ms = 12.5;
         callee.drops.send_error = 7;
         let (_, text) = diagnose(&report(vec![caller, callee]));
         assert!(text.contains("40 packets from an unknown source reached the caller's port 30000"));

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use crate::sip::header::NameAddr;
 use crate::sip::message::{Headers, Method, Request, Response};
 use crate::sip::uri::host_text;
-use crate::sip::{Peer, Transport};
+use crate::sip::{Peer, SipCallId, Transport};
 
 /// Our own Via for a request leaving by `transport` with `branch` (RFC 3261 section 8.1.1.7),
 /// asking for `rport` (RFC 3581).
@@ -71,7 +71,7 @@ impl DialogError {
 /// One dialog, seen from our side.
 #[derive(Debug, Clone)]
 pub(crate) struct Dialog {
-    pub(crate) call_id: String,
+    pub(crate) call_id: SipCallId,
     pub(crate) local_tag: String,
     pub(crate) remote_tag: Option<String>,
     /// Our URI as the From of our requests (name-addr without tag).
@@ -101,7 +101,7 @@ impl Dialog {
             .or_else(|| NameAddr::parse(from).map(|f| f.uri.to_string()))
             .unwrap_or_else(|| request.uri.clone());
         Self {
-            call_id: request.call_id().to_owned(),
+            call_id: SipCallId::new(request.call_id()),
             local_tag,
             remote_tag: tag_of(Some(from)),
             local_uri: without_tag(request.headers.get("To").unwrap_or("")),
@@ -121,7 +121,7 @@ impl Dialog {
     /// The early dialog of a request we send: `local_uri` and `remote_uri` are the From and To
     /// (name-addr, no tags), `request_uri` the first remote target.
     pub(crate) fn uac(
-        call_id: String,
+        call_id: SipCallId,
         local_tag: String,
         local_uri: String,
         remote_uri: String,
@@ -248,7 +248,7 @@ impl Dialog {
         }
         headers.push("From", self.local_header());
         headers.push("To", self.remote_header());
-        headers.push("Call-ID", self.call_id.clone());
+        headers.push("Call-ID", self.call_id.to_string());
         headers.push("CSeq", format!("{cseq} {method}"));
         let request = Request {
             method,

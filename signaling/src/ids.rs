@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::sip::SipCallId;
+
 /// The magic cookie that opens every RFC 3261 branch (section 8.1.1.7).
 pub(crate) const BRANCH_COOKIE: &str = "z9hG4bK";
 
@@ -64,8 +66,8 @@ impl Ids {
     }
 
     /// A Call-ID: 128 random bits at our host.
-    pub(crate) fn call_id(&mut self, host: &str) -> String {
-        format!("{}@{host}", self.hex(2))
+    pub(crate) fn call_id(&mut self, host: &str) -> SipCallId {
+        SipCallId::new(&format!("{}@{host}", self.hex(2)))
     }
 }
 
@@ -83,7 +85,7 @@ mod tests {
         let branch = ids.branch();
         assert!(branch.starts_with("z9hG4bK") && branch.len() == 7 + 32);
         let call_id = ids.call_id("192.0.2.1");
-        assert!(call_id.ends_with("@192.0.2.1"));
+        assert!(call_id.as_str().ends_with("@192.0.2.1"));
         let mut again = Ids::from_seed([7; 32]);
         assert_eq!(again.tag(), tag);
         assert_eq!(again.branch(), branch);

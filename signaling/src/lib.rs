@@ -18,6 +18,7 @@
 //! - [`completion`]: a finished call's CDR row, from its record and its media's release (pure).
 //! - [`cdr`]: the CDR store (SQLite, PostgreSQL) and its writer thread; [`export`] reads it.
 //! - [`server`]: the driver (sockets, timers, tasks); [`admin`]: its read-only HTTP endpoints.
+//! - [`policy`]: media modes, routes, trusted networks and users, as the core reads them.
 //! - [`config`], [`metrics`].
 #![forbid(unsafe_code)]
 
@@ -37,6 +38,7 @@ pub mod health;
 pub(crate) mod ids;
 pub(crate) mod media;
 pub(crate) mod metrics;
+pub mod policy;
 pub(crate) mod registrar;
 pub mod sdp;
 pub mod server;

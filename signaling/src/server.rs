@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminQuery, RecordingError};
 use crate::auth::DigestAuth;
-use crate::call::{CallRecord, Core, Input, Output, RecordingTarget, Settings};
+use crate::call::{CallId, CallRecord, Core, Endpoint, Input, Output, RecordingTarget, Settings};
 use crate::cdr::{Cdr, CdrWriter, OpenCall, WriterOptions, unix_ms_now};
 use crate::completion::{Release, cdr_row};
 use crate::config::Config;
@@ -33,7 +33,7 @@ use crate::media::{MediaClient, MediaError, MediaEvent, Recording, RecordingActi
 use crate::metrics::Metrics;
 use crate::registrar::{Policy, Registrar};
 use crate::sip::message::{Frame, Message, frame, parse};
-use crate::sip::{Peer, Transport};
+use crate::sip::{Peer, SipCallId, Transport};
 
 /// Why signaling could not start.
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +171,7 @@ impl Signaling {
         self.pool
             .nodes()
             .iter()
-            .map(|n| n.endpoint().to_owned())
+            .map(|n| n.endpoint().to_string())
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -445,14 +445,14 @@ impl Signaling {
                         let metrics = metrics.clone();
                         tokio::spawn(async move {
                             let result = pool
-                                .relocate(&call_id, &caller, &callee, &lost, reflect)
+                                .relocate(&call_id, &caller, &callee, lost.as_ref(), reflect)
                                 .await;
                             let outcome = if result.is_ok() { "moved" } else { "failed" };
                             metrics.media_moves.with_label_values(&[outcome]).inc();
                             let _ = inputs.send(Input::Relocated { call, result }).await;
                             // The session left behind: freed now if the node is only cut off
                             // (a dead node's release just fails; its lease covers it).
-                            if let Some(old) = pool.node(&lost) {
+                            if let Some(old) = lost.and_then(|lost| pool.node(&lost)) {
                                 let _ = old.client.release(&call_id, "released").await;
                             }
                         });
@@ -610,7 +610,7 @@ async fn recording(
 }
 
 /// First-packet sources per call, from the proxy's events.
-type EvidenceMap = Arc<Mutex<HashMap<String, Evidence>>>;
+type EvidenceMap = Arc<Mutex<HashMap<CallId, Evidence>>>;
 
 /// Releases the call's media (if relayed) and builds its CDR row ([`cdr_row`]).
 async fn complete_record(
@@ -624,8 +624,8 @@ async fn complete_record(
         .unwrap_or_else(|p| p.into_inner())
         .remove(&record.call_id)
         .unwrap_or_default();
-    let node = record.media_endpoint.as_deref().and_then(|e| pool.node(e));
-    let release = match (record.relayed, node, record.media_endpoint.as_deref()) {
+    let node = record.media_endpoint.as_ref().and_then(|e| pool.node(e));
+    let release = match (record.relayed, node, record.media_endpoint.as_ref()) {
         (true, Some(node), _) => match node
             .client
             .release(&record.call_id, record.hangup_side.as_str())
@@ -650,27 +650,41 @@ async fn complete_record(
 /// The durable record of a call that is up (`cdr_open`).
 fn open_call(record: &CallRecord, clock: &WallClock) -> OpenCall {
     OpenCall {
-        call_id: record.call_id.clone(),
-        b_call_id: record.b_call_id.clone(),
+        call_id: record.call_id.to_string(),
+        b_call_id: record
+            .b_call_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         caller: record.caller.clone(),
         callee: record.callee.clone(),
         start_time_ms: clock.unix_ms(record.start) as i64,
         answer_time_ms: clock.unix_ms(record.answer.unwrap_or(record.end)) as i64,
         media_mode: record.media_mode.as_str().to_owned(),
         media_node: record.media_node.clone(),
-        media_endpoint: record.media_endpoint.clone(),
+        media_endpoint: record.media_endpoint.as_ref().map(ToString::to_string),
         relayed: record.relayed,
         media_address: record.media_address.map(|a| a.to_string()),
     }
 }
 
 /// The record of a call a stopped process left up, ended at its last sign of life.
-fn orphan_record(call: &OpenCall, alive_at_ms: i64, clock: &WallClock) -> CallRecord {
+///
+/// None for a record whose call id cannot be a call's key: none is ever written (the key was
+/// checked when the call's INVITE arrived), so such a row was not written by signaling.
+fn orphan_record(call: &OpenCall, alive_at_ms: i64, clock: &WallClock) -> Option<CallRecord> {
     let at = |unix_ms: i64| clock.at(u64::try_from(unix_ms).unwrap_or(0));
     let answer = at(call.answer_time_ms);
-    CallRecord {
-        call_id: call.call_id.clone(),
-        b_call_id: call.b_call_id.clone(),
+    let call_id = match CallId::parse(&call.call_id) {
+        Ok(call_id) => call_id,
+        Err(error) => {
+            tracing::error!(call_id = %call.call_id, %error, "a durable call record with an unusable call id; skipped");
+            return None;
+        }
+    };
+    Some(CallRecord {
+        call_id,
+        b_call_id: (!call.b_call_id.is_empty()).then(|| SipCallId::new(&call.b_call_id)),
         caller: call.caller.clone(),
         callee: call.callee.clone(),
         start: at(call.start_time_ms),
@@ -684,13 +698,13 @@ fn orphan_record(call: &OpenCall, alive_at_ms: i64, clock: &WallClock) -> CallRe
             .parse()
             .unwrap_or(crate::config::MediaMode::Relay),
         media_node: call.media_node.clone(),
-        media_endpoint: call.media_endpoint.clone(),
+        media_endpoint: call.media_endpoint.as_deref().map(Endpoint::new),
         media_moves: Vec::new(),
         relayed: call.relayed,
         media_address: call.media_address.as_deref().and_then(|a| a.parse().ok()),
         end_reason: crate::call::CRASHED.to_owned(),
         recording: crate::call::RecordingIntent::default(),
-    }
+    })
 }
 
 /// Completes the CDRs of the calls a stopped signaling process left up: its own
@@ -717,13 +731,10 @@ async fn complete_orphans(
         "calls were up when a signaling process stopped; completing their CDRs"
     );
     for (call, alive_at_ms) in orphans {
-        let row = complete_record(
-            pool,
-            evidence,
-            clock,
-            orphan_record(&call, alive_at_ms, clock),
-        )
-        .await;
+        let Some(record) = orphan_record(&call, alive_at_ms, clock) else {
+            continue;
+        };
+        let row = complete_record(pool, evidence, clock, record).await;
         write_row(metrics, cdr, row);
     }
 }
@@ -766,7 +777,7 @@ impl HealthReport for NodeReport {
             .set(i64::from(up));
     }
 
-    fn sessions(&self, node: &str, sessions: Vec<(String, Vec<crate::diagnosis::MediaFigures>)>) {
+    fn sessions(&self, node: &str, sessions: Vec<(CallId, Vec<crate::diagnosis::MediaFigures>)>) {
         let at_unix_ms = unix_ms_now() as u64;
         let mut map = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
         for (call_id, media) in sessions {

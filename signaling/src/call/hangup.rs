@@ -5,8 +5,8 @@
 use std::time::Instant;
 
 use super::{
-    CALL_TIMERS, CallRef, CallTimer, Core, Disposition, Flow, HangupSide, LINGER, Output, Side,
-    State, TxTag, response,
+    CALL_TIMERS, CallId, CallRef, CallTimer, Core, Disposition, Endpoint, Flow, HangupSide, LINGER,
+    Output, Side, State, TxTag, response,
 };
 use crate::sip::message::{Method, Request, reason_phrase};
 use crate::transaction::TxId;
@@ -183,11 +183,11 @@ impl Core {
     pub(super) fn on_media_ended(
         &mut self,
         now: Instant,
-        endpoint: &str,
-        call_id: &str,
+        endpoint: &Endpoint,
+        call_id: &CallId,
         reason: &str,
     ) {
-        let Some(&(call, Side::A)) = self.by_call_id.get(call_id) else {
+        let Some(&call) = self.by_key.get(call_id) else {
             return;
         };
         let Some(record) = self.calls.get(&call) else {
@@ -199,7 +199,7 @@ impl Core {
             || record
                 .media
                 .as_ref()
-                .is_some_and(|m| m.endpoint != endpoint)
+                .is_some_and(|m| m.endpoint != *endpoint)
         {
             return;
         }
@@ -235,7 +235,7 @@ impl Core {
         if record.finished {
             return;
         }
-        tracing::info!(call_id = %record.a.call_id, side = ?side, "leg stopped answering keepalives; ending the call");
+        tracing::info!(call_id = %record.key, side = ?side, "leg stopped answering keepalives; ending the call");
         let reason = format!(
             "the {} stopped answering in-dialog OPTIONS keepalives",
             side.party()

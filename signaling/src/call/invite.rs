@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use proto::domain::Leg;
 
-use super::MediaError;
 use super::{
-    ALLOW, Call, CallRecord, CallRef, CallTimer, Core, Disposition, Flow, HangupSide, MediaPlan,
-    RecordingIntent, Side, State, TxTag, body_sdp, relayed_response, response, transport_named,
+    ALLOW, Call, CallId, CallRecord, CallRef, CallTimer, Core, Disposition, Flow, HangupSide,
+    MediaError, MediaPlan, RecordingIntent, Side, State, TxTag, body_sdp, relayed_response,
+    response, transport_named,
 };
-use crate::config::MediaMode;
 use crate::dialog::Dialog;
+use crate::policy::MediaMode;
 use crate::sdp;
 use crate::sip::Peer;
 use crate::sip::header::NameAddr;
@@ -71,6 +71,7 @@ impl Core {
         &mut self,
         now: Instant,
         tx: TxId,
+        key: &CallId,
         request: &Request,
         status: u16,
         reason: &str,
@@ -87,8 +88,8 @@ impl Core {
             .and_then(|u| u.user)
             .unwrap_or_else(|| user(request.headers.get("To")));
         let record = CallRecord {
-            call_id: request.call_id().to_owned(),
-            b_call_id: String::new(),
+            call_id: key.clone(),
+            b_call_id: None,
             caller: user(request.headers.get("From")),
             callee,
             start: now,
@@ -118,9 +119,22 @@ impl Core {
         tx: TxId,
         request: Request,
     ) {
+        // The caller's Call-ID keys the call's media session, recording and CDR; one that
+        // cannot be such a key (over 256 characters, or not printable ASCII, which RFC 3261's
+        // `word` never is) is answered like a malformed request, before anything is kept.
+        let key = match CallId::parse(request.call_id()) {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::info!(call_id = request.call_id(), %error, "INVITE refused: its Call-ID cannot key a call");
+                let tag = self.ids.tag();
+                let answer = response(&request, 400, "Bad Request (Call-ID unusable)", Some(&tag));
+                self.transactions.respond(now, tx, &answer);
+                return;
+            }
+        };
         if self.draining {
             let reason = "signaling is shutting down (draining); INVITE refused";
-            self.reject_call(now, tx, &request, 503, reason);
+            self.reject_call(now, tx, &key, &request, 503, reason);
             return;
         }
         if self.active >= self.settings.max_calls {
@@ -128,7 +142,7 @@ impl Core {
                 "call limit reached ({} calls, --max-calls)",
                 self.settings.max_calls
             );
-            self.reject_call(now, tx, &request, 503, &reason);
+            self.reject_call(now, tx, &key, &request, 503, &reason);
             return;
         }
         // A From without a tag is an RFC 2543 caller's: taken as a null tag (RFC 3261
@@ -145,7 +159,7 @@ impl Core {
             && !accepts_sdp(&request.headers)
         {
             let reason = format!("the caller accepts only {accept}, our answer is application/sdp");
-            self.reject_call(now, tx, &request, 406, &reason);
+            self.reject_call(now, tx, &key, &request, 406, &reason);
             return;
         }
         let trusted = self
@@ -170,7 +184,7 @@ impl Core {
         let callee = uri.user.clone().unwrap_or_default();
         let Some((request_uri, target, policy)) = self.route(now, &callee) else {
             let reason = format!("no registered user and no route for {callee:?}");
-            self.reject_call(now, tx, &request, 404, &reason);
+            self.reject_call(now, tx, &key, &request, 404, &reason);
             return;
         };
         let mode = self
@@ -183,14 +197,14 @@ impl Core {
         let recorded = self.records(&caller, policy.record);
         if let Some(kind) = super::foreign_body(&request) {
             let reason = format!("the INVITE's body is {kind}, not application/sdp");
-            self.reject_call(now, tx, &request, 415, &reason);
+            self.reject_call(now, tx, &key, &request, 415, &reason);
             return;
         }
         let offer = match body_sdp(&request.body) {
             Ok(offer) => offer,
             Err(error) => {
                 let reason = format!("unusable SDP offer: {error}");
-                self.reject_call(now, tx, &request, 488, &reason);
+                self.reject_call(now, tx, &key, &request, 488, &reason);
                 return;
             }
         };
@@ -225,9 +239,10 @@ impl Core {
                 to.to_string()
             })
             .unwrap_or_else(|| format!("<{request_uri}>"));
-        let call_id = request.call_id().to_owned();
         let relayed = mode != MediaMode::Direct;
+        let a_call_id = crate::sip::SipCallId::new(request.call_id());
         let record = Call {
+            key: key.clone(),
             state: State::MediaPending,
             a: Dialog::uas(&request, a_tag, from),
             b: Dialog::uac(
@@ -265,11 +280,12 @@ impl Core {
                 ..RecordingIntent::default()
             },
         };
-        self.by_call_id.insert(call_id.clone(), (call, Side::A));
+        self.by_call_id.insert(a_call_id, (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
+        self.by_key.insert(key.clone(), call);
         self.calls.insert(call, record);
         self.active += 1;
-        tracing::info!(%call_id, mode = if relayed { mode.as_str() } else { "direct" }, recorded, "new call");
+        tracing::info!(call_id = %key, mode = if relayed { mode.as_str() } else { "direct" }, recorded, "new call");
         match offer {
             Some(mut offer) if relayed => {
                 if let Some(record) = self.calls.get_mut(&call) {
@@ -279,7 +295,7 @@ impl Core {
                 }
                 self.push(super::Output::Allocate {
                     call,
-                    call_id,
+                    call_id: key,
                     offer,
                     offer_leg: Leg::Caller,
                     reflect: mode == MediaMode::Reflect,
@@ -304,7 +320,7 @@ impl Core {
                 self.send_invite(now, call);
             }
             (State::MediaPending, Err(error)) => {
-                tracing::warn!(call_id = %record.a.call_id, %error, "media allocation failed");
+                tracing::warn!(call_id = %record.key, %error, "media allocation failed");
                 let status = error.sip_status();
                 self.fail_a(
                     now,
@@ -337,7 +353,7 @@ impl Core {
                 }
             }
             (State::LateOfferPending, Err(error)) => {
-                tracing::warn!(call_id = %record.a.call_id, %error, "media allocation failed (late offer)");
+                tracing::warn!(call_id = %record.key, %error, "media allocation failed (late offer)");
                 let status = error.sip_status();
                 let reason = format!("{error} (late offer)");
                 self.drop_held_answer(now, call);
@@ -354,7 +370,7 @@ impl Core {
                 // The call ended while its media was being allocated; the release that
                 // finishing asked for may have overtaken this allocation.
                 if let Some(endpoint) = record.media.as_ref().map(|m| m.endpoint.clone()) {
-                    let call_id = record.a.call_id.clone();
+                    let call_id = record.key.clone();
                     self.push(super::Output::ReleaseMedia { endpoint, call_id });
                 }
             }
@@ -439,7 +455,7 @@ impl Core {
                 // A 2xx after the call ended on the caller's side (CANCEL raced the 200,
                 // media lost, ring timeout): the callee believes the call is up. RFC 3261
                 // section 15: acknowledge it and hang up.
-                tracing::info!(call_id = %record.a.call_id, "2xx after the call ended: ACK and BYE");
+                tracing::info!(call_id = %record.key, "2xx after the call ended: ACK and BYE");
                 record.b.confirm(&response);
                 self.ack_b(call, Vec::new());
                 self.send_bye(now, call, Side::B);
@@ -482,7 +498,7 @@ impl Core {
                 record.state = State::LateOfferPending;
                 record.held_answer = Some(response);
                 record.allocation_requested = true;
-                let call_id = record.a.call_id.clone();
+                let call_id = record.key.clone();
                 let reflect = record.mode == MediaMode::Reflect;
                 self.push(super::Output::Allocate {
                     call,
@@ -562,7 +578,7 @@ impl Core {
         if record.b_tx != Some(tx) || record.state != State::Calling {
             return;
         }
-        tracing::info!(call_id = %record.a.call_id, "callee never answered the INVITE (Timer B)");
+        tracing::info!(call_id = %record.key, "callee never answered the INVITE (Timer B)");
         let reason = "callee never answered the INVITE (Timer B)".to_owned();
         self.fail_a(
             now,
@@ -701,7 +717,7 @@ impl Core {
         if record.state != State::Proceeding {
             return;
         }
-        tracing::info!(call_id = %record.a.call_id, "no answer before the ring timeout");
+        tracing::info!(call_id = %record.key, "no answer before the ring timeout");
         self.cancel_b(now, call);
         let reason = format!(
             "no answer within the ring timeout ({} s)",
@@ -726,7 +742,7 @@ impl Core {
         if record.state != State::Answered {
             return;
         }
-        tracing::info!(call_id = %record.a.call_id, "caller never acknowledged the 200");
+        tracing::info!(call_id = %record.key, "caller never acknowledged the 200");
         let reason = "caller never acknowledged the 200 (no ACK within 64 x T1 = 32 s)".to_owned();
         self.end_answered(now, call, HangupSide::System, reason);
     }

@@ -2,15 +2,53 @@
 //! failed (with the SIP status the caller gets), and what is done to a recording. The core
 //! owns these types; `crate::media`, the gRPC client, fills them in.
 
+use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
+
+pub(crate) use proto::domain::CallId;
+
+/// A media proxy node as signaling reaches it: the gRPC URL its requests go to. Every
+/// request of a call goes to its node (call affinity); the name the node gives itself
+/// (`--node-id`, for CDRs and logs) is [`MediaPlan::node`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Endpoint(Arc<str>);
+
+impl Endpoint {
+    pub(crate) fn new(url: &str) -> Self {
+        Self(Arc::from(url))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Endpoint {
+    fn from(url: &str) -> Self {
+        Self::new(url)
+    }
+}
+
+impl PartialEq<&str> for Endpoint {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// What the media proxy gave a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MediaPlan {
     /// The node's id (its `--node-id`), for CDRs and logs.
     pub(crate) node: String,
-    /// The gRPC URL the call's media requests go to (call affinity).
-    pub(crate) endpoint: String,
+    /// Where the call's media requests go (call affinity).
+    pub(crate) endpoint: Endpoint,
     pub(crate) advertised: IpAddr,
     /// RTP ports per media line on the caller leg (go into the SDP sent to the caller).
     pub(crate) caller_ports: Vec<u16>,

@@ -46,19 +46,19 @@ use std::time::{Duration, Instant};
 
 use proto::domain::Leg;
 
-pub(crate) use self::media::{MediaError, MediaPlan, RecordingAction};
+pub(crate) use self::media::{CallId, Endpoint, MediaError, MediaPlan, RecordingAction};
 pub(crate) use self::record::{CallRecord, CallSummary, Disposition, HangupSide, MediaMove};
 pub(crate) use self::recording::{RecordingIntent, RecordingRefused, RecordingTarget};
 use crate::auth::DigestAuth;
-use crate::config::{Cidr, MediaMode, Route, User};
 use crate::dialog::Dialog;
 use crate::guard::{Admission, Guard};
 use crate::ids::Ids;
+use crate::policy::{Cidr, MediaMode, Route, User};
 use crate::registrar::Registrar;
 use crate::sdp::{self, Rewrite, SdpError, SessionDescription};
 use crate::sip::header::NameAddr;
 use crate::sip::message::{Headers, Message, Method, ParseError, Request, Response};
-use crate::sip::{Peer, Transport};
+use crate::sip::{Peer, SipCallId, Transport};
 use crate::timer::TimerTable;
 use crate::transaction::{Expired, Received, TIMEOUT, Transactions, TxId};
 
@@ -127,21 +127,21 @@ pub(crate) enum Input {
     /// The media proxy ended a call's session itself (media timeout, lease expiry,
     /// shutdown): end the call on both legs.
     MediaEnded {
-        endpoint: String,
-        call_id: String,
+        endpoint: Endpoint,
+        call_id: CallId,
         reason: String,
     },
     /// The media node at `endpoint` is gone (stopped answering, or restarted without its
     /// sessions): its calls move to another node or end.
     MediaNodeLost {
-        endpoint: String,
+        endpoint: Endpoint,
         reason: String,
     },
     /// This instance's sessions on the node at `endpoint`, as listed at a lease renewal:
     /// those no call of ours has there are released once listed twice (`sweep`).
     MediaSessions {
-        endpoint: String,
-        call_ids: Vec<String>,
+        endpoint: Endpoint,
+        call_ids: Vec<CallId>,
     },
     /// The answer to an [`Output::Relocate`].
     Relocated {
@@ -168,7 +168,7 @@ pub(crate) enum Output {
     /// [`Input::MediaReady`].
     Allocate {
         call: CallRef,
-        call_id: String,
+        call_id: CallId,
         offer: SessionDescription,
         offer_leg: Leg,
         /// The call's audio may be tapped (reflect mode).
@@ -176,31 +176,32 @@ pub(crate) enum Output {
     },
     /// Update a leg with its latest SDP (no answer needed), on the call's node.
     UpdateMedia {
-        endpoint: String,
-        call_id: String,
+        endpoint: Endpoint,
+        call_id: CallId,
         leg: Leg,
         sdp: SessionDescription,
     },
     /// Release a media session that no call owns any more (its allocation came back after
     /// the call ended).
     ReleaseMedia {
-        endpoint: String,
-        call_id: String,
+        endpoint: Endpoint,
+        call_id: CallId,
     },
     /// Release a session found stale on its node in two listings in a row (a call that moved
     /// away or ended while the node was unreachable).
     ReleaseStale {
-        endpoint: String,
-        call_id: String,
+        endpoint: Endpoint,
+        call_id: CallId,
     },
     /// Set the call up again on another node than `lost`: allocate both legs for `caller`'s
     /// media lines, point each leg at its SDP, and answer with [`Input::Relocated`].
     Relocate {
         call: CallRef,
-        call_id: String,
+        call_id: CallId,
         caller: SessionDescription,
         callee: SessionDescription,
-        lost: String,
+        /// The node given up (None if the call had none yet).
+        lost: Option<Endpoint>,
         reflect: bool,
     },
     /// Start, pause or stop the recording of a call's session on its node (`target`), and
@@ -350,6 +351,9 @@ struct ReInvite {
 
 #[derive(Debug)]
 struct Call {
+    /// The call's one key: its media session, recording and CDR, whichever leg a request
+    /// comes on (the caller's Call-ID, checked as a key when the INVITE arrived).
+    key: CallId,
     state: State,
     /// The caller's dialog (we are its UAS) and the callee's (we are its UAC).
     a: Dialog,
@@ -418,8 +422,8 @@ impl Call {
     ) -> CallRecord {
         let answered = self.answer.is_some();
         CallRecord {
-            call_id: self.a.call_id.clone(),
-            b_call_id: self.b.call_id.clone(),
+            call_id: self.key.clone(),
+            b_call_id: Some(self.b.call_id.clone()),
             caller: self.caller.clone(),
             callee: self.callee.clone(),
             start: self.start,
@@ -473,7 +477,7 @@ impl Call {
         sdp.signaling_ip = Some(dialog.peer.addr.ip());
         self.media.as_ref().map(|plan| Output::UpdateMedia {
             endpoint: plan.endpoint.clone(),
-            call_id: self.a.call_id.clone(),
+            call_id: self.key.clone(),
             leg: from.leg(),
             sdp,
         })
@@ -489,14 +493,17 @@ pub(crate) struct Core {
     ids: Ids,
     transactions: Transactions<TxTag>,
     calls: HashMap<CallRef, Call>,
-    by_call_id: HashMap<String, (CallRef, Side)>,
+    /// Both legs' Call-IDs of every call, to the call and the leg's side.
+    by_call_id: HashMap<SipCallId, (CallRef, Side)>,
+    /// Every call by its key: what the media proxy's events and listings name.
+    by_key: HashMap<CallId, CallRef>,
     timers: TimerTable<(CallRef, CallTimer)>,
     next_call: CallRef,
     draining: bool,
     /// Calls not yet finished.
     active: usize,
     /// Per node endpoint, sessions the last listing found that no call of ours has there.
-    stale: HashMap<String, HashSet<String>>,
+    stale: HashMap<Endpoint, HashSet<CallId>>,
     out: VecDeque<Output>,
 }
 
@@ -517,6 +524,7 @@ impl Core {
             transactions: Transactions::default(),
             calls: HashMap::new(),
             by_call_id: HashMap::new(),
+            by_key: HashMap::new(),
             timers: TimerTable::default(),
             next_call: 1,
             draining: false,
@@ -534,14 +542,14 @@ impl Core {
         calls
             .into_iter()
             .map(|(_, c)| CallSummary {
-                call_id: c.a.call_id.clone(),
-                b_call_id: c.b.call_id.clone(),
+                call_id: c.key.to_string(),
+                b_call_id: c.b.call_id.to_string(),
                 caller: c.caller.clone(),
                 callee: c.callee.clone(),
                 state: format!("{:?}", c.state).to_lowercase(),
                 media_mode: c.mode.as_str(),
                 media_node: c.media.as_ref().map(|m| m.node.clone()),
-                media_endpoint: c.media.as_ref().map(|m| m.endpoint.clone()),
+                media_endpoint: c.media.as_ref().map(|m| m.endpoint.to_string()),
                 media_address: c.media.as_ref().map(|m| m.advertised.to_string()),
                 caller_ports: c
                     .media
@@ -916,7 +924,7 @@ impl Core {
                     if let Some(call) = self.calls.get_mut(&tag.call)
                         && call.reinvite_ok.is_some_and(|(_, _, t)| t == tx)
                     {
-                        tracing::info!(call_id = %call.a.call_id, "re-INVITE 2xx never acknowledged");
+                        tracing::info!(call_id = %call.key, "re-INVITE 2xx never acknowledged");
                         call.reinvite_ok = None;
                     }
                 }
@@ -943,6 +951,9 @@ impl Core {
                         {
                             self.by_call_id.remove(call_id);
                         }
+                    }
+                    if self.by_key.get(&record.key) == Some(&call) {
+                        self.by_key.remove(&record.key);
                     }
                 }
             }

@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use crate::config::MediaMode;
+use super::{CallId, Endpoint};
+use crate::policy::MediaMode;
+use crate::sip::SipCallId;
 
 /// How a call ended (docs/cdr.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +60,10 @@ impl HangupSide {
 /// The signaling half of a CDR; [`crate::completion::cdr_row`] adds the media's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CallRecord {
-    pub(crate) call_id: String,
-    pub(crate) b_call_id: String,
+    /// The call's key (its caller's Call-ID).
+    pub(crate) call_id: CallId,
+    /// The Call-ID of our dialog with the callee; None for a call refused before it.
+    pub(crate) b_call_id: Option<SipCallId>,
     pub(crate) caller: String,
     pub(crate) callee: String,
     pub(crate) start: Instant,
@@ -70,8 +74,8 @@ pub(crate) struct CallRecord {
     pub(crate) hangup_side: HangupSide,
     pub(crate) media_mode: MediaMode,
     pub(crate) media_node: Option<String>,
-    /// The gRPC URL of that node: where the release goes.
-    pub(crate) media_endpoint: Option<String>,
+    /// Where the release goes.
+    pub(crate) media_endpoint: Option<Endpoint>,
     /// Nodes the call's media moved away from, in order.
     pub(crate) media_moves: Vec<MediaMove>,
     /// Whether a media session exists to release.

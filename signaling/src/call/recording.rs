@@ -4,9 +4,9 @@
 //! media proxy does the recording; the core only decides when to ask and remembers enough
 //! for the CDR to say what happened when the proxy could not ([`RecordingIntent`]).
 
-use super::{Call, CallRef, Core, Output, State};
+use super::{Call, CallId, CallRef, Core, Endpoint, Output, State};
 use super::{MediaError, RecordingAction};
-use crate::config::MediaMode;
+use crate::policy::MediaMode;
 
 /// What the core asked of a call's recording, and how the asking went.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,8 +35,8 @@ impl RecordingIntent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RecordingTarget {
     pub(crate) call: CallRef,
-    pub(crate) endpoint: String,
-    pub(crate) call_id: String,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) call_id: CallId,
     pub(crate) file_stem: String,
 }
 
@@ -52,7 +52,7 @@ pub(crate) enum RecordingRefused {
 }
 
 /// The file stem of a recording started on the `restarts`-th node a call moved to.
-fn file_stem(call_id: &str, restarts: u32) -> String {
+fn file_stem(call_id: &CallId, restarts: u32) -> String {
     if restarts == 0 {
         String::new()
     } else {
@@ -67,8 +67,8 @@ impl Call {
         Some(RecordingTarget {
             call,
             endpoint: plan.endpoint.clone(),
-            call_id: self.a.call_id.clone(),
-            file_stem: file_stem(&self.a.call_id, self.recording.restarts),
+            call_id: self.key.clone(),
+            file_stem: file_stem(&self.key, self.recording.restarts),
         })
     }
 
@@ -163,7 +163,7 @@ impl Core {
         match result {
             Ok(()) => record.recording.failure = None,
             Err(error) => {
-                tracing::warn!(call_id = %record.a.call_id, action = action.as_str(), %error, "recording request failed");
+                tracing::warn!(call_id = %record.key, action = action.as_str(), %error, "recording request failed");
                 record.recording.failure = Some(format!("{} failed: {error}", action.as_str()));
             }
         }
@@ -176,8 +176,9 @@ mod tests {
 
     #[test]
     fn moved_recordings_get_their_own_file_names() {
-        assert_eq!(file_stem("abc@host", 0), "");
-        assert_eq!(file_stem("abc@host", 2), "abc@host-moved-2");
+        let call_id = CallId::parse("abc@host").unwrap();
+        assert_eq!(file_stem(&call_id, 0), "");
+        assert_eq!(file_stem(&call_id, 2), "abc@host-moved-2");
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl Core {
                 match record.rewrite_to(responder.other(), &body) {
                     Ok(rewritten) => body = rewritten,
                     Err(error) => {
-                        tracing::warn!(call_id = %record.a.call_id, %error, "re-INVITE answer cannot be relayed");
+                        tracing::warn!(call_id = %record.key, %error, "re-INVITE answer cannot be relayed");
                         self.reply(now, pending.server, &pending.request, 488);
                         return;
                     }
@@ -182,7 +182,7 @@ impl Core {
             return;
         }
         let pending = record.reinvite.take().expect("checked");
-        tracing::info!(call_id = %record.a.call_id, "re-INVITE not answered by the other leg (Timer B)");
+        tracing::info!(call_id = %record.key, "re-INVITE not answered by the other leg (Timer B)");
         self.reply(now, pending.server, &pending.request, 408);
     }
 }

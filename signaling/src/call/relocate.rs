@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use super::MediaError;
 use super::{
-    CallRef, CallTimer, Core, Disposition, Flow, HangupSide, MediaMove, MediaPlan, Output, Side,
-    State, TxTag, body_sdp,
+    CallRef, CallTimer, Core, Disposition, Endpoint, Flow, HangupSide, MediaMove, MediaPlan,
+    Output, Side, State, TxTag, body_sdp,
 };
-use crate::config::MediaMode;
+use crate::policy::MediaMode;
 use crate::sip::message::Response;
 use crate::transaction::TxId;
 
@@ -47,12 +47,12 @@ pub(super) struct Relocation {
 impl Core {
     /// Every call on the node at `endpoint` moves (answered calls) or fails (calls still
     /// being set up: their SDP went out with the lost node's address).
-    pub(super) fn on_node_lost(&mut self, now: Instant, endpoint: &str, reason: &str) {
+    pub(super) fn on_node_lost(&mut self, now: Instant, endpoint: &Endpoint, reason: &str) {
         let mut calls: Vec<CallRef> = self
             .calls
             .iter()
             .filter(|(_, c)| {
-                !c.finished && c.media.as_ref().is_some_and(|m| m.endpoint == endpoint)
+                !c.finished && c.media.as_ref().is_some_and(|m| m.endpoint == *endpoint)
             })
             .map(|(call, _)| *call)
             .collect();
@@ -86,7 +86,7 @@ impl Core {
                 };
                 caller.signaling_ip = Some(record.a.peer.addr.ip());
                 callee.signaling_ip = Some(record.b.peer.addr.ip());
-                tracing::warn!(call_id = %record.a.call_id, %node, reason, "media node lost; moving the call");
+                tracing::warn!(call_id = %record.key, %node, reason, "media node lost; moving the call");
                 record.relocating = Some(Relocation {
                     from: node,
                     reason: reason.to_owned(),
@@ -94,11 +94,8 @@ impl Core {
                     bodies: [Vec::new(), Vec::new()],
                     glare: [0, 0],
                 });
-                let lost = record
-                    .media
-                    .as_ref()
-                    .map_or_else(String::new, |m| m.endpoint.clone());
-                let call_id = record.a.call_id.clone();
+                let lost = record.media.as_ref().map(|m| m.endpoint.clone());
+                let call_id = record.key.clone();
                 let reflect = record.mode == MediaMode::Reflect;
                 self.push(Output::Relocate {
                     call,
@@ -137,7 +134,7 @@ impl Core {
             if let Ok(plan) = result
                 && let Some(record) = self.calls.get(&call)
             {
-                let call_id = record.a.call_id.clone();
+                let call_id = record.key.clone();
                 self.push(Output::ReleaseMedia {
                     endpoint: plan.endpoint,
                     call_id,
@@ -162,12 +159,12 @@ impl Core {
                     "media proxy {} lost ({}); no other node could take the call: {error}",
                     relocation.from, relocation.reason
                 );
-                tracing::warn!(call_id = %record.a.call_id, %reason, "call not moved");
+                tracing::warn!(call_id = %record.key, %reason, "call not moved");
                 self.end_answered(now, call, HangupSide::System, reason);
                 return;
             }
         };
-        tracing::info!(call_id = %record.a.call_id, from = %relocation.from, to = %plan.node, "media moved; re-INVITE of both legs");
+        tracing::info!(call_id = %record.key, from = %relocation.from, to = %plan.node, "media moved; re-INVITE of both legs");
         record.moves.push(MediaMove {
             from: relocation.from.clone(),
             reason: relocation.reason.clone(),
@@ -299,7 +296,7 @@ impl Core {
         }
         if done && let Some(record) = self.calls.get_mut(&call) {
             record.relocating = None;
-            tracing::info!(call_id = %record.a.call_id, "both legs moved to the new media node");
+            tracing::info!(call_id = %record.key, "both legs moved to the new media node");
         }
     }
 

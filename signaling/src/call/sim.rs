@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::{Core, Input, Output, Settings};
 use crate::auth::DigestAuth;
-use crate::config::{MediaMode, Route};
 use crate::ids::Ids;
+use crate::policy::{MediaMode, Route};
 use crate::registrar::{Policy, Registrar};
 use crate::sip::message::{Message, Request, Response, parse};
 use crate::sip::{Peer, Transport};

@@ -9,34 +9,34 @@
 
 use std::collections::HashSet;
 
-use super::{Core, Output, Side};
+use super::{CallId, Core, Endpoint, Output};
 
 impl Core {
-    pub(super) fn on_media_sessions(&mut self, endpoint: &str, call_ids: Vec<String>) {
-        let stale: HashSet<String> = call_ids
+    pub(super) fn on_media_sessions(&mut self, endpoint: &Endpoint, call_ids: Vec<CallId>) {
+        let stale: HashSet<CallId> = call_ids
             .into_iter()
             .filter(|call_id| !self.media_is_on(call_id, endpoint))
             .collect();
         let before = self.stale.remove(endpoint).unwrap_or_default();
-        let (mut release, keep): (Vec<String>, Vec<String>) =
+        let (mut release, keep): (Vec<CallId>, Vec<CallId>) =
             stale.into_iter().partition(|id| before.contains(id));
         release.sort_unstable();
         for call_id in release {
             self.push(Output::ReleaseStale {
-                endpoint: endpoint.to_owned(),
+                endpoint: endpoint.clone(),
                 call_id,
             });
         }
         if !keep.is_empty() {
             self.stale
-                .insert(endpoint.to_owned(), keep.into_iter().collect());
+                .insert(endpoint.clone(), keep.into_iter().collect());
         }
     }
 
     /// Whether the session `call_id` on `endpoint` belongs to a live call there, or may (its
     /// allocation or move is under way).
-    fn media_is_on(&self, call_id: &str, endpoint: &str) -> bool {
-        let Some(&(call, Side::A)) = self.by_call_id.get(call_id) else {
+    fn media_is_on(&self, call_id: &CallId, endpoint: &Endpoint) -> bool {
+        let Some(&call) = self.by_key.get(call_id) else {
             return false;
         };
         self.calls.get(&call).is_some_and(|record| {
@@ -45,7 +45,7 @@ impl Core {
                     || record
                         .media
                         .as_ref()
-                        .map_or(record.allocation_requested, |m| m.endpoint == endpoint))
+                        .map_or(record.allocation_requested, |m| m.endpoint == *endpoint))
         })
     }
 }

@@ -9,11 +9,16 @@ use std::time::Duration;
 use proto::domain::Leg;
 
 use super::sim::{A, B, Fault, Phone, SDP, Sim, answer, invite, requests, responses, settings};
-use super::{Disposition, HangupSide, Input, MediaPlan, Output};
+use super::{CallId, Disposition, HangupSide, Input, MediaPlan, Output};
 use super::{MediaError, RecordingAction};
-use crate::config::MediaMode;
+use crate::policy::MediaMode;
 use crate::sip::message::{Message, Request};
 use crate::transaction::{T1, TIMEOUT};
+
+/// A call's key, as a test writes it.
+fn key(text: &str) -> CallId {
+    CallId::parse(text).expect("a valid call id")
+}
 
 const MS: Duration = Duration::from_millis(1);
 
@@ -835,7 +840,7 @@ fn relocation(sim: &Sim) -> Option<(super::CallRef, u16, u16, String)> {
             *call,
             caller.media[0].port,
             callee.media[0].port,
-            lost.clone(),
+            lost.as_ref().map(ToString::to_string).unwrap_or_default(),
         )),
         _ => None,
     })
@@ -912,7 +917,7 @@ fn a_call_on_a_lost_node_moves_and_both_legs_are_offered_the_new_relay() {
         .outputs
         .iter()
         .filter_map(|o| match o {
-            Output::UpdateMedia { endpoint, leg, .. } => Some((endpoint.clone(), *leg)),
+            Output::UpdateMedia { endpoint, leg, .. } => Some((endpoint.to_string(), *leg)),
             _ => None,
         })
         .filter(|(endpoint, _)| endpoint == "http://n2")
@@ -925,7 +930,7 @@ fn a_call_on_a_lost_node_moves_and_both_legs_are_offered_the_new_relay() {
     // The lost node timing out its abandoned session says nothing about the call.
     sim.input(Input::MediaEnded {
         endpoint: "http://n1".into(),
-        call_id: "moved".into(),
+        call_id: key("moved"),
         reason: "timeout".into(),
     });
     sim.run(20 * MS);
@@ -945,7 +950,7 @@ fn a_call_on_a_lost_node_moves_and_both_legs_are_offered_the_new_relay() {
     let record = records[0];
     assert_eq!(record.media_node.as_deref(), Some("node-2"));
     assert_eq!(
-        record.media_endpoint.as_deref(),
+        record.media_endpoint.as_ref().map(|e| e.as_str()),
         Some("http://n2"),
         "released there"
     );
@@ -1077,7 +1082,9 @@ fn stale_releases(sim: &Sim) -> Vec<(String, String)> {
     sim.outputs
         .iter()
         .filter_map(|o| match o {
-            Output::ReleaseStale { endpoint, call_id } => Some((endpoint.clone(), call_id.clone())),
+            Output::ReleaseStale { endpoint, call_id } => {
+                Some((endpoint.to_string(), call_id.to_string()))
+            }
             _ => None,
         })
         .collect()
@@ -1089,7 +1096,7 @@ fn a_session_listed_twice_on_a_node_where_no_call_of_ours_is_gets_released() {
     relayed_call(&mut sim, "here");
     let listing = |endpoint: &str, ids: &[&str]| Input::MediaSessions {
         endpoint: endpoint.into(),
-        call_ids: ids.iter().map(|s| s.to_string()).collect(),
+        call_ids: ids.iter().map(|s| key(s)).collect(),
     };
     // n1 carries "here"; "gone" is no call of ours; n2 holds "here" too (left behind).
     sim.input(listing("http://n1", &["here", "gone"]));
@@ -1116,8 +1123,8 @@ fn recording_requests(sim: &Sim) -> Vec<(String, String, RecordingAction, String
         .iter()
         .filter_map(|o| match o {
             Output::Recording { target, action } => Some((
-                target.endpoint.clone(),
-                target.call_id.clone(),
+                target.endpoint.to_string(),
+                target.call_id.to_string(),
                 *action,
                 target.file_stem.clone(),
             )),
@@ -1234,7 +1241,7 @@ fn recording_policy_user_beats_route_beats_default_and_direct_calls_cannot_be_re
     config.record = true;
     config.users.insert(
         "alice".into(),
-        crate::config::User {
+        crate::policy::User {
             password: Some("x".into()),
             ha1: None,
             ha1_sha256: None,
@@ -1244,7 +1251,7 @@ fn recording_policy_user_beats_route_beats_default_and_direct_calls_cannot_be_re
     );
     config.users.insert(
         "carol".into(),
-        crate::config::User {
+        crate::policy::User {
             password: Some("x".into()),
             ha1: None,
             ha1_sha256: None,
@@ -1432,7 +1439,7 @@ fn a_banned_source_gets_nothing_through_whatever_tags_it_writes_but_its_call_tha
     config.trusted.clear();
     config.users.insert(
         "alice".into(),
-        crate::config::User {
+        crate::policy::User {
             password: Some("secret".into()),
             ha1: None,
             ha1_sha256: None,

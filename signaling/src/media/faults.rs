@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::tokio_stream::{self, Stream};
 use tonic::{Request, Response, Status};
 
+use super::CallId;
 use super::pool::{self, HealthReport, NodeState, Pool};
 use super::{ClientTls, MediaClient, MediaError};
 use crate::call::Input;
@@ -263,7 +264,7 @@ fn watch_all(pool: &Pool) -> (CancellationToken, tokio::sync::mpsc::Receiver<Inp
 }
 
 fn state_of(pool: &Pool, url: &str) -> NodeState {
-    pool.node(url).unwrap().health().state
+    pool.node(&url.into()).unwrap().health().state
 }
 
 async fn wait_state(pool: &Pool, url: &str, state: NodeState) {
@@ -293,7 +294,12 @@ async fn a_slow_node_is_marked_down_within_a_second_and_calls_go_to_the_good_one
     let offer = crate::sdp::parse(OFFER).unwrap();
     let placing = Instant::now();
     let plan = pool
-        .place("slow-1", &offer, proto::domain::Leg::Caller, false)
+        .place(
+            &CallId::parse("slow-1").unwrap(),
+            &offer,
+            proto::domain::Leg::Caller,
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(plan.node, "good");
@@ -312,7 +318,7 @@ async fn the_embedded_proxy_answering_late_is_never_declared_lost() {
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_ne!(state_of(&pool, &slow), NodeState::Down);
     assert!(
-        pool.node(&slow).unwrap().health().misses >= 2,
+        pool.node(&slow.as_str().into()).unwrap().health().misses >= 2,
         "the checks did miss"
     );
     assert!(lost.try_recv().is_err(), "nobody was told it was lost");
@@ -332,7 +338,7 @@ async fn a_malformed_status_counts_as_a_missed_check() {
     let (stop, _lost) = watch_all(&pool);
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_eq!(state_of(&pool, &broken), NodeState::Down, "never up");
-    assert!(pool.node(&broken).unwrap().health().misses >= 2);
+    assert!(pool.node(&broken.as_str().into()).unwrap().health().misses >= 2);
     assert!(pool.candidates(None).is_empty(), "no call goes to it");
     stop.cancel();
 }
@@ -348,12 +354,17 @@ async fn a_malformed_allocation_moves_the_call_to_the_next_node_and_releases_the
     let candidates: Vec<String> = pool
         .candidates(None)
         .iter()
-        .map(|n| n.endpoint().to_owned())
+        .map(|n| n.endpoint().to_string())
         .collect();
     assert_eq!(candidates[0], broken, "the broken node looks best");
     let offer = crate::sdp::parse(OFFER).unwrap();
     let plan = pool
-        .place("odd-1", &offer, proto::domain::Leg::Caller, false)
+        .place(
+            &CallId::parse("odd-1").unwrap(),
+            &offer,
+            proto::domain::Leg::Caller,
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(plan.node, "good");
@@ -468,7 +479,10 @@ async fn a_node_that_restarted_between_two_checks_is_reported_lost_at_once() {
     .expect("the restart was reported");
     assert_eq!(
         lost,
-        (node.clone(), "restarted without its calls".to_owned())
+        (
+            node.as_str().into(),
+            "restarted without its calls".to_owned()
+        )
     );
     assert_eq!(
         state_of(&pool, &node),

@@ -15,11 +15,11 @@ use std::time::Duration;
 use proto::domain::{Direction, Leg, MediaKind};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, Endpoint as Dial};
 
-pub(crate) use crate::call::{MediaError, MediaPlan, RecordingAction};
+pub(crate) use crate::call::{CallId, Endpoint, MediaError, MediaPlan, RecordingAction};
 pub(crate) use crate::config::ClientTls;
-use crate::diagnosis::{Drops, Flow, MediaFigures};
+use crate::diagnosis::{Drops, MediaFigures};
 use crate::sdp::SessionDescription;
 
 /// Deadline of one media proxy request.
@@ -85,16 +85,6 @@ impl Recording {
     }
 }
 
-fn flow(counters: Option<pb::Counters>) -> Flow {
-    let c = counters.unwrap_or_default();
-    Flow {
-        packets: c.packets,
-        bytes: c.bytes,
-        first_unix_ms: c.first_unix_ms,
-        last_unix_ms: c.last_unix_ms,
-    }
-}
-
 impl From<tonic::Status> for MediaError {
     fn from(status: tonic::Status) -> Self {
         let text = status_text(&status);
@@ -125,18 +115,11 @@ pub(crate) fn figures_from_wire(stats: &pb::CallStats) -> Result<Vec<MediaFigure
             f.sdp_rtcp.clone_from(&m.sdp_rtcp_address);
             f.latched_rtp.clone_from(&m.latched_rtp_source);
             f.latched_rtcp.clone_from(&m.latched_rtcp_source);
-            f.rtp_in = flow(m.rtp_received);
-            f.rtcp_in = flow(m.rtcp_received);
-            f.rtp_out = flow(m.rtp_sent);
-            f.rtcp_out = flow(m.rtcp_sent);
-            let q = m.quality.unwrap_or_default();
-            f.expected = q.expected;
-            f.lost = q.lost;
-            f.duplicates = q.duplicates;
-            f.out_of_order = q.out_of_order;
-            f.jitter_ms = q.jitter_ms;
-            f.max_jitter_ms = q.max_jitter_ms;
-            f.ssrc = q.ssrc;
+            f.rtp_in = m.rtp_received.unwrap_or_default().into();
+            f.rtcp_in = m.rtcp_received.unwrap_or_default().into();
+            f.rtp_out = m.rtp_sent.unwrap_or_default().into();
+            f.rtcp_out = m.rtcp_sent.unwrap_or_default().into();
+            f.quality = m.quality.unwrap_or_default().into();
             let d = m.drops.unwrap_or_default();
             f.drops = Drops {
                 unknown_source: d.unknown_source,
@@ -178,10 +161,10 @@ pub(crate) struct NodeStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum MediaEvent {
     /// The proxy released a session (by itself when `reason` is not `released`).
-    Released { call_id: String, reason: String },
+    Released { call_id: CallId, reason: String },
     /// The first RTP packet of a leg arrived from `source`.
     FirstPacket {
-        call_id: String,
+        call_id: CallId,
         leg: Leg,
         source: String,
     },
@@ -193,7 +176,7 @@ pub(crate) struct MediaClient {
     /// Shared by every clone, so [`MediaClient::reconnect`] reaches them all.
     client: Arc<RwLock<MediaProxyClient<Channel>>>,
     owner: String,
-    pub(crate) url: String,
+    pub(crate) url: Endpoint,
     durations: Option<prometheus::HistogramVec>,
 }
 
@@ -237,7 +220,7 @@ impl MediaClient {
         Ok(Self {
             client: Arc::new(RwLock::new(Self::connect(url, tls)?)),
             owner: owner.to_owned(),
-            url: url.to_owned(),
+            url: Endpoint::new(url),
             durations: None,
         })
     }
@@ -245,7 +228,7 @@ impl MediaClient {
     /// Swaps in a channel made with `tls` (new client certificate or CA): requests from now
     /// on dial with it; those in flight finish on the old channel.
     pub(crate) fn reconnect(&self, tls: &ClientTls) -> Result<(), InvalidUrl> {
-        let fresh = Self::connect(&self.url, Some(tls))?;
+        let fresh = Self::connect(self.url.as_str(), Some(tls))?;
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
@@ -263,7 +246,7 @@ impl MediaClient {
         tls: Option<&ClientTls>,
     ) -> Result<MediaProxyClient<Channel>, InvalidUrl> {
         let mut endpoint =
-            Endpoint::from_shared(url.to_owned()).map_err(|e| InvalidUrl(format!("{url}: {e}")))?;
+            Dial::from_shared(url.to_owned()).map_err(|e| InvalidUrl(format!("{url}: {e}")))?;
         if let (Some(tls), true) = (tls, url.starts_with("https://")) {
             let config = tonic::transport::ClientTlsConfig::new()
                 .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca))
@@ -297,7 +280,7 @@ impl MediaClient {
     /// offer came from) at it.
     pub(crate) async fn prepare(
         &self,
-        call_id: &str,
+        call_id: &CallId,
         offer: &SessionDescription,
         offer_leg: Leg,
         reflect: bool,
@@ -311,7 +294,7 @@ impl MediaClient {
     /// media lines, each pointed at its last SDP.
     pub(crate) async fn take_over(
         &self,
-        call_id: &str,
+        call_id: &CallId,
         caller: &SessionDescription,
         callee: &SessionDescription,
         reflect: bool,
@@ -325,7 +308,7 @@ impl MediaClient {
     /// `reflect`: the call's decoded audio may be tapped (`TapAudio`).
     async fn allocate_both(
         &self,
-        call_id: &str,
+        call_id: &CallId,
         offer: &SessionDescription,
         reflect: bool,
     ) -> Result<MediaPlan, MediaError> {
@@ -338,7 +321,7 @@ impl MediaClient {
             let answer = retried(|| {
                 let mut client = self.channel();
                 let request = pb::AllocateRequest {
-                    call_id: call_id.to_owned(),
+                    call_id: call_id.to_string(),
                     leg: leg.to_wire(),
                     owner: self.owner.clone(),
                     media: media.clone(),
@@ -395,7 +378,7 @@ impl MediaClient {
     /// Points a leg at the media of its latest SDP.
     pub(crate) async fn update(
         &self,
-        call_id: &str,
+        call_id: &CallId,
         leg: Leg,
         sdp: &SessionDescription,
     ) -> Result<(), MediaError> {
@@ -416,7 +399,7 @@ impl MediaClient {
         retried(|| {
             let mut client = self.channel();
             let request = pb::UpdateRequest {
-                call_id: call_id.to_owned(),
+                call_id: call_id.to_string(),
                 leg: leg.to_wire(),
                 media: media.clone(),
                 signaling_address: sdp
@@ -433,14 +416,14 @@ impl MediaClient {
     /// Releases a call and returns its final figures.
     pub(crate) async fn release(
         &self,
-        call_id: &str,
+        call_id: &CallId,
         reason: &str,
     ) -> Result<FinalStats, MediaError> {
         let _timer = self.timer("release");
         let answer = retried(|| {
             let mut client = self.channel();
             let request = pb::ReleaseRequest {
-                call_id: call_id.to_owned(),
+                call_id: call_id.to_string(),
                 reason: reason.to_owned(),
             };
             async move { client.release(request).await }
@@ -459,7 +442,7 @@ impl MediaClient {
     /// `file_stem` names the files (empty: the call id).
     pub(crate) async fn recording(
         &self,
-        call_id: &str,
+        call_id: &CallId,
         action: RecordingAction,
         file_stem: &str,
     ) -> Result<Option<Recording>, MediaError> {
@@ -470,7 +453,7 @@ impl MediaClient {
         });
         let mut client = self.channel();
         let control = pb::RecordingControlRequest {
-            call_id: call_id.to_owned(),
+            call_id: call_id.to_string(),
         };
         // Not retried: a start whose reply was lost is seen in the next statistics, and a
         // second one would change nothing anyway.
@@ -478,7 +461,7 @@ impl MediaClient {
             RecordingAction::Start { pcap } => {
                 client
                     .start_recording(pb::StartRecordingRequest {
-                        call_id: call_id.to_owned(),
+                        call_id: call_id.to_string(),
                         file_stem: file_stem.to_owned(),
                         pcap,
                     })
@@ -504,10 +487,17 @@ impl MediaClient {
             .await?
             .into_inner();
         while let Some(event) = stream.message().await? {
+            let Ok(call_id) = CallId::parse(&event.call_id) else {
+                tracing::debug!(
+                    call_id = event.call_id,
+                    "media event of an unreadable call id"
+                );
+                continue;
+            };
             let leg = Leg::from_wire(event.leg);
             match event.kind {
                 Some(pb::event::Kind::SessionReleased(released)) => seen(MediaEvent::Released {
-                    call_id: event.call_id,
+                    call_id,
                     reason: released.reason,
                 }),
                 Some(pb::event::Kind::FirstPacket(first)) if !first.rtcp => {
@@ -516,7 +506,7 @@ impl MediaClient {
                         continue;
                     };
                     seen(MediaEvent::FirstPacket {
-                        call_id: event.call_id,
+                        call_id,
                         leg,
                         source: first.source,
                     });
@@ -530,13 +520,13 @@ impl MediaClient {
     /// Live statistics of one call, and its recording if one was ever started.
     pub(crate) async fn query(
         &self,
-        call_id: &str,
+        call_id: &CallId,
     ) -> Result<(Vec<MediaFigures>, Option<Recording>), MediaError> {
         let _timer = self.timer("query_stats");
         let stats = self
             .channel()
             .query_stats(pb::QueryStatsRequest {
-                call_id: call_id.to_owned(),
+                call_id: call_id.to_string(),
             })
             .await?
             .into_inner();
@@ -547,7 +537,7 @@ impl MediaClient {
     /// Live statistics of every call this instance owns on the node, by call id.
     pub(crate) async fn list_sessions(
         &self,
-    ) -> Result<Vec<(String, Vec<MediaFigures>)>, MediaError> {
+    ) -> Result<Vec<(CallId, Vec<MediaFigures>)>, MediaError> {
         let _timer = self.timer("list_sessions");
         let answer = self
             .channel()
@@ -559,7 +549,12 @@ impl MediaClient {
         answer
             .sessions
             .iter()
-            .map(|stats| Ok((stats.call_id.clone(), figures_from_wire(stats)?)))
+            .map(|stats| {
+                let call_id = CallId::parse(&stats.call_id).map_err(|e| {
+                    MediaError::Failed(format!("session listing from {}: {e}", self.url))
+                })?;
+                Ok((call_id, figures_from_wire(stats)?))
+            })
             .collect()
     }
 

@@ -44,7 +44,7 @@ use proto::domain::Leg;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{InvalidUrl, MediaClient, MediaError, NodeStatus};
+use super::{CallId, Endpoint, InvalidUrl, MediaClient, MediaError, NodeStatus};
 use crate::call::{Input, MediaPlan};
 use crate::sdp::SessionDescription;
 
@@ -121,7 +121,7 @@ pub(crate) struct Node {
 }
 
 impl Node {
-    pub(crate) fn endpoint(&self) -> &str {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.client.url
     }
 
@@ -140,7 +140,7 @@ impl Node {
     pub(crate) fn name(&self) -> String {
         self.health()
             .status
-            .map_or_else(|| self.client.url.clone(), |s| s.node_id)
+            .map_or_else(|| self.client.url.to_string(), |s| s.node_id)
     }
 }
 
@@ -288,7 +288,7 @@ impl Pool {
     }
 
     /// The node at `endpoint`.
-    pub(crate) fn node(&self, endpoint: &str) -> Option<Node> {
+    pub(crate) fn node(&self, endpoint: &Endpoint) -> Option<Node> {
         self.nodes().into_iter().find(|n| n.endpoint() == endpoint)
     }
 
@@ -333,7 +333,7 @@ impl Pool {
                 .iter()
                 .filter(|n| n.source.as_deref() == Some(name.url.as_str()))
             {
-                let present = urls.iter().any(|u| u == node.endpoint());
+                let present = urls.iter().any(|u| u == node.endpoint().as_str());
                 node.update(|h| {
                     if h.retired == present {
                         h.retired = !present;
@@ -342,7 +342,7 @@ impl Pool {
                 });
             }
             for url in urls {
-                if nodes.iter().any(|n| n.endpoint() == url) {
+                if nodes.iter().any(|n| n.endpoint().as_str() == url) {
                     continue;
                 }
                 let tls = self.tls.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -374,7 +374,7 @@ impl Pool {
         for node in self
             .nodes()
             .iter()
-            .filter(|n| n.endpoint().starts_with("https://"))
+            .filter(|n| n.endpoint().as_str().starts_with("https://"))
         {
             node.client.reconnect(&tls)?;
         }
@@ -384,7 +384,7 @@ impl Pool {
 
     /// The nodes a new call may go to, best first (the placement policy above), without
     /// `exclude`.
-    pub(crate) fn candidates(&self, exclude: Option<&str>) -> Vec<Node> {
+    pub(crate) fn candidates(&self, exclude: Option<&Endpoint>) -> Vec<Node> {
         let nodes = self.nodes();
         let mut ranked: Vec<(usize, Health, &Node)> = nodes
             .iter()
@@ -407,8 +407,8 @@ impl Pool {
     /// Tries `attempt` on each candidate in turn until one takes the call.
     async fn on_some_node<F, Fut>(
         &self,
-        call_id: &str,
-        exclude: Option<&str>,
+        call_id: &CallId,
+        exclude: Option<&Endpoint>,
         attempt: F,
     ) -> Result<MediaPlan, MediaError>
     where
@@ -421,7 +421,7 @@ impl Pool {
             match attempt(node.clone()).await {
                 Ok(plan) => return Ok(plan),
                 Err(error) if node_refused(&error) => {
-                    tracing::warn!(node = %node.name(), %error, call_id, "media node refused the call; trying the next");
+                    tracing::warn!(node = %node.name(), %error, %call_id, "media node refused the call; trying the next");
                     if matches!(error, MediaError::Unavailable(_)) {
                         node.update(|h| {
                             if !h.in_process {
@@ -431,7 +431,7 @@ impl Pool {
                     }
                     // It may have allocated one leg before refusing the other.
                     let client = node.client.clone();
-                    let call_id = call_id.to_owned();
+                    let call_id = call_id.clone();
                     tokio::spawn(async move {
                         let _ = client.release(&call_id, "released").await;
                     });
@@ -446,7 +446,7 @@ impl Pool {
     /// Places a new call: both legs allocated on one node, `offer_leg` pointed at the offer.
     pub(crate) async fn place(
         &self,
-        call_id: &str,
+        call_id: &CallId,
         offer: &SessionDescription,
         offer_leg: Leg,
         reflect: bool,
@@ -464,17 +464,17 @@ impl Pool {
     /// last SDP.
     pub(crate) async fn relocate(
         &self,
-        call_id: &str,
+        call_id: &CallId,
         caller: &SessionDescription,
         callee: &SessionDescription,
-        lost: &str,
+        lost: Option<&Endpoint>,
         reflect: bool,
     ) -> Result<MediaPlan, MediaError> {
         let _timer = self
             .durations
             .with_label_values(&["relocate"])
             .start_timer();
-        self.on_some_node(call_id, Some(lost), |node| async move {
+        self.on_some_node(call_id, lost, |node| async move {
             node.client
                 .take_over(call_id, caller, callee, reflect)
                 .await
@@ -490,7 +490,7 @@ pub(crate) trait HealthReport: Send + 'static {
 
     /// Live figures of this instance's calls on `node` (every lease renewal), kept so a
     /// call's CDR still has them if the node dies.
-    fn sessions(&self, node: &str, sessions: Vec<(String, Vec<crate::diagnosis::MediaFigures>)>) {
+    fn sessions(&self, node: &str, sessions: Vec<(CallId, Vec<crate::diagnosis::MediaFigures>)>) {
         let _ = (node, sessions);
     }
 }
@@ -567,7 +567,7 @@ pub(crate) async fn watch(
         };
         if let Some(reason) = lost {
             let input = Input::MediaNodeLost {
-                endpoint: node.endpoint().to_owned(),
+                endpoint: node.endpoint().clone(),
                 reason: reason.to_owned(),
             };
             if inputs.send(input).await.is_err() {
@@ -578,7 +578,7 @@ pub(crate) async fn watch(
         if polls % RENEW_EVERY == 1 && node.health().state == NodeState::Up {
             let client = node.client.clone();
             let (report, name) = (report.clone(), node.name());
-            let (inputs, endpoint) = (inputs.clone(), node.endpoint().to_owned());
+            let (inputs, endpoint) = (inputs.clone(), node.endpoint().clone());
             tokio::spawn(async move {
                 if let Err(error) = client.renew().await {
                     tracing::warn!(url = %client.url, %error, "media proxy lease renewal failed");
@@ -616,7 +616,7 @@ mod tests {
             node.update(|h| {
                 h.state = state;
                 h.status = (state != NodeState::Unknown).then(|| NodeStatus {
-                    node_id: node.endpoint().to_owned(),
+                    node_id: node.endpoint().to_string(),
                     ports_total: 10_000,
                     draining,
                     advertised_address: "127.0.0.1".into(),
@@ -630,10 +630,11 @@ mod tests {
     }
 
     fn order(pool: &Pool, exclude: Option<&str>) -> Vec<u16> {
-        pool.candidates(exclude)
+        pool.candidates(exclude.map(Endpoint::new).as_ref())
             .iter()
             .map(|n| {
                 n.endpoint()
+                    .as_str()
                     .rsplit(':')
                     .next()
                     .unwrap()
@@ -734,7 +735,7 @@ mod tests {
         .with_dns_failures(failures.clone());
         assert!(pool.discovers());
         let urls = |nodes: Vec<Node>| -> Vec<String> {
-            nodes.iter().map(|n| n.endpoint().to_owned()).collect()
+            nodes.iter().map(|n| n.endpoint().to_string()).collect()
         };
         let offered = |pool: &Pool| urls(pool.candidates(None));
         assert_eq!(
@@ -746,7 +747,12 @@ mod tests {
         assert_eq!(urls(pool.refresh().await), ["http://10.0.0.3:50051"]);
         assert_eq!(pool.nodes().len(), 4);
         assert!(!offered(&pool).contains(&"http://10.0.0.1:50051".to_owned()));
-        assert!(pool.node("http://10.0.0.1:50051").unwrap().health().retired);
+        assert!(
+            pool.node(&"http://10.0.0.1:50051".into())
+                .unwrap()
+                .health()
+                .retired
+        );
         // A failed and an empty answer keep everything as it was.
         for _ in 0..2 {
             assert!(pool.refresh().await.is_empty());
