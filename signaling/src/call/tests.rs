@@ -1600,3 +1600,23 @@ fn an_answered_call_is_recorded_durably_once_at_the_answer() {
     assert_eq!(sim.records()[0].hangup_side, HangupSide::Caller);
     assert_clean(&mut sim);
 }
+
+#[test]
+fn an_invite_whose_call_id_cannot_key_a_call_is_refused_before_anything_is_kept() {
+    let mut sim = Sim::new(settings());
+    // Legal SIP, but 300 characters: more than a media session key may hold.
+    let long = "k".repeat(300);
+    sim.send(A, &invite(&long, "z9hG4bKlong", SDP));
+    sim.run(20 * MS);
+    let at_a = sim.take(A);
+    let refused = responses(&at_a, 400);
+    assert_eq!(refused.len(), 1, "{at_a:?}");
+    assert_eq!(refused[0].reason, "Bad Request (Call-ID unusable)");
+    assert!(sim.take(B).is_empty(), "the callee is never asked");
+    assert!(sim.records().is_empty(), "nothing was kept, so no record");
+    // A Call-ID at the limit still makes a call.
+    let at_limit = "k".repeat(256);
+    sim.send(A, &invite(&at_limit, "z9hG4bKlimit", SDP));
+    sim.run(20 * MS);
+    assert_eq!(requests(&sim.take(B), "INVITE").len(), 1);
+}
