@@ -306,7 +306,7 @@ fn recordings_dir(name: &str) -> PathBuf {
 /// A call in `codec` recorded from its first packet: the stereo file's left channel carries
 /// the caller's 440 Hz, the right the callee's 1000 Hz, the mixed file both, at the codec's
 /// rate, and the files last as long as the media.
-async fn tones_are_recorded_on_their_channels(codec: TestCodec, ports: &str, name: &str) {
+async fn tones_are_recorded_on_their_channels(codec: TestCodec, ports: u16, name: &str) {
     let dir = recordings_dir(name);
     let mut proxy = TestProxy::start(
         ports,
@@ -419,32 +419,30 @@ async fn tones_are_recorded_on_their_channels(codec: TestCodec, ports: &str, nam
 
 #[tokio::test]
 async fn pcmu_tones_land_on_their_channels_at_8_khz() {
-    tones_are_recorded_on_their_channels(TestCodec::Pcmu, "24000-24019", "pcmu").await;
+    tones_are_recorded_on_their_channels(TestCodec::Pcmu, 20, "pcmu").await;
 }
 
 #[tokio::test]
 async fn pcma_tones_land_on_their_channels_at_8_khz() {
-    tones_are_recorded_on_their_channels(TestCodec::Pcma, "24020-24039", "pcma").await;
+    tones_are_recorded_on_their_channels(TestCodec::Pcma, 20, "pcma").await;
 }
 
 #[tokio::test]
 async fn g722_tones_land_on_their_channels_at_16_khz() {
-    tones_are_recorded_on_their_channels(TestCodec::G722, "24040-24059", "g722").await;
+    tones_are_recorded_on_their_channels(TestCodec::G722, 20, "g722").await;
 }
 
 #[tokio::test]
 async fn opus_tones_land_on_their_channels_at_48_khz() {
-    tones_are_recorded_on_their_channels(TestCodec::Opus { channels: 1 }, "24060-24079", "opus")
-        .await;
+    tones_are_recorded_on_their_channels(TestCodec::Opus { channels: 1 }, 20, "opus").await;
 }
 
 #[tokio::test]
 async fn stereo_opus_is_recorded_as_one_channel_per_leg() {
-    tones_are_recorded_on_their_channels(TestCodec::Opus { channels: 2 }, "24080-24099", "opus2")
-        .await;
+    tones_are_recorded_on_their_channels(TestCodec::Opus { channels: 2 }, 20, "opus2").await;
 }
 
-async fn recording_proxy(ports: &str, dir: &Path) -> TestProxy {
+async fn recording_proxy(ports: u16, dir: &Path) -> TestProxy {
     TestProxy::start(
         ports,
         MediaOptions {
@@ -476,7 +474,7 @@ fn span(samples: &[i16], rate: u32, from: f64, to: f64) -> &[i16] {
 #[tokio::test]
 async fn pause_keeps_the_time_line_silent_and_stop_mid_call_closes_the_files() {
     let dir = recordings_dir("pause");
-    let mut proxy = recording_proxy("24100-24119", &dir).await;
+    let mut proxy = recording_proxy(20, &dir).await;
     let c = call(&mut proxy, "pause-call", TestCodec::Pcmu, false).await;
     let mut caller = Stream::new(TestCodec::Pcmu, CALLER_TONE, 1);
     let mut callee = Stream::new(TestCodec::Pcmu, CALLEE_TONE, 2);
@@ -535,7 +533,7 @@ async fn pause_keeps_the_time_line_silent_and_stop_mid_call_closes_the_files() {
 #[tokio::test]
 async fn a_recording_started_again_after_a_stop_gets_new_files_and_only_its_own_audio() {
     let dir = recordings_dir("again");
-    let mut proxy = recording_proxy("24140-24159", &dir).await;
+    let mut proxy = recording_proxy(20, &dir).await;
     let c = call(&mut proxy, "again-call", TestCodec::Pcmu, false).await;
     let mut caller = Stream::new(TestCodec::Pcmu, CALLER_TONE, 1);
     let mut callee = Stream::new(TestCodec::Pcmu, CALLEE_TONE, 2);
@@ -563,7 +561,7 @@ async fn a_recording_started_again_after_a_stop_gets_new_files_and_only_its_own_
 #[tokio::test]
 async fn gaps_are_silence_of_their_length_and_reordered_packets_land_in_place() {
     let dir = recordings_dir("gaps");
-    let mut proxy = recording_proxy("24120-24139", &dir).await;
+    let mut proxy = recording_proxy(20, &dir).await;
     let c = call(&mut proxy, "gap-call", TestCodec::Pcmu, false).await;
     start_recording(&mut proxy, &c.id, false).await;
     let mut caller = Stream::new(TestCodec::Pcmu, CALLER_TONE, 1);
@@ -608,7 +606,7 @@ async fn gaps_are_silence_of_their_length_and_reordered_packets_land_in_place() 
 #[tokio::test]
 async fn a_tap_subscriber_gets_both_legs_tones_resampled_and_other_calls_refuse_it() {
     let dir = recordings_dir("tap");
-    let mut proxy = recording_proxy("24200-24219", &dir).await;
+    let mut proxy = recording_proxy(20, &dir).await;
     let relayed = call(&mut proxy, "relay-only", TestCodec::Pcmu, false).await;
     let refused = proxy
         .client
@@ -747,7 +745,7 @@ async fn a_tap_subscriber_gets_both_legs_tones_resampled_and_other_calls_refuse_
 async fn a_pcap_holds_both_legs_packets_and_lease_expiry_closes_the_files() {
     let dir = recordings_dir("pcap");
     let mut proxy = TestProxy::start(
-        "24160-24179",
+        20,
         MediaOptions {
             recordings: Some(dir.clone()),
             lease_timeout: Some("1s".parse().unwrap()),
@@ -844,7 +842,7 @@ async fn a_full_disk_ends_the_recording_not_the_call() {
         println!("SKIPPED: mounting a small tmpfs needs root");
         return;
     };
-    let mut proxy = recording_proxy("24180-24199", &disk.0).await;
+    let mut proxy = recording_proxy(20, &disk.0).await;
     let c = call(&mut proxy, "full-disk", TestCodec::Pcmu, false).await;
     start_recording(&mut proxy, &c.id, false).await;
     let mut caller = Stream::new(TestCodec::Pcmu, CALLER_TONE, 1);

@@ -1,13 +1,15 @@
 //! The media proxy on loopback: real gRPC, real UDP sockets as phones.
 //!
-//! Each test runs its own proxy on its own port range (21000-21999 is reserved for this file,
-//! one block of 20 per test), so tests run in parallel.
+//! Each test runs its own proxy on a block of ports of its own (`testkit::ports`: nothing
+//! to number by hand), so tests run in parallel.
 
 use std::time::Duration;
 
 use mediaproxy::config::MediaOptions;
 use proto::v1 as pb;
-use tests::{Phone, TestProxy, eventually, g711, local, media_of, metric_value, pcmu_media};
+use tests::{
+    Phone, PortBlock, TestProxy, eventually, g711, local, media_of, metric_value, pcmu_media,
+};
 use tokio_stream::StreamExt;
 
 const WAIT: Duration = Duration::from_millis(500);
@@ -41,7 +43,7 @@ async fn call(proxy: &mut TestProxy, id: &str) -> Call {
 
 #[tokio::test]
 async fn two_legs_relay_both_ways_with_exact_counts() {
-    let mut proxy = TestProxy::start("21000-21019", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(20, MediaOptions::default()).await;
     let c = call(&mut proxy, "call-both-ways").await;
     for seq in 0..50 {
         c.caller.send(c.to_caller_leg, &g711(seq, 0xaaaa)).await;
@@ -104,7 +106,7 @@ async fn two_legs_relay_both_ways_with_exact_counts() {
 
 #[tokio::test]
 async fn a_burst_larger_than_a_batch_and_the_read_budget_arrives_whole_and_in_order() {
-    let mut proxy = TestProxy::start("21980-21999", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(20, MediaOptions::default()).await;
     let c = call(&mut proxy, "call-burst").await;
     // Back to back, so the proxy finds many datagrams queued on one socket: several
     // recvmmsg batches and a revisit after the per-socket read budget.
@@ -128,7 +130,7 @@ async fn latches_a_nat_rewritten_source_in_the_window_and_refuses_a_late_strange
         latch_window: Some("400ms".parse().unwrap()),
         ..MediaOptions::default()
     };
-    let mut proxy = TestProxy::start("21020-21039", media).await;
+    let mut proxy = TestProxy::start(20, media).await;
     let mut events = proxy.events("", "call-nat").await;
     // The caller's SDP names an address it never sends from (its private side of a NAT).
     let sdp_only = Phone::new().await;
@@ -194,7 +196,7 @@ async fn latches_a_nat_rewritten_source_in_the_window_and_refuses_a_late_strange
 
 #[tokio::test]
 async fn rtcp_is_relayed_between_the_rtcp_ports() {
-    let mut proxy = TestProxy::start("21040-21059", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(20, MediaOptions::default()).await;
     let caller_rtp = Phone::new().await;
     let caller_rtcp = Phone::new().await;
     let callee_rtp = Phone::new().await;
@@ -238,7 +240,7 @@ async fn rtcp_is_relayed_between_the_rtcp_ports() {
 
 #[tokio::test]
 async fn loss_duplicates_reordering_and_jitter_from_crafted_sequences() {
-    let mut proxy = TestProxy::start("21060-21079", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(20, MediaOptions::default()).await;
     let c = call(&mut proxy, "call-quality").await;
     for seq in [1u16, 2, 4, 3, 3, 7, 8, 10] {
         c.caller.send(c.to_caller_leg, &g711(seq, 42)).await;
@@ -276,7 +278,7 @@ async fn media_timeout_releases_the_call_and_says_so() {
         media_timeout: Some("700ms".parse().unwrap()),
         ..MediaOptions::default()
     };
-    let mut proxy = TestProxy::start("21080-21099", media).await;
+    let mut proxy = TestProxy::start(20, media).await;
     let mut events = proxy.events("", "").await;
     let _c = call(&mut proxy, "call-silent").await;
     let mut kinds = Vec::new();
@@ -315,7 +317,7 @@ async fn an_owner_that_stops_renewing_loses_its_calls_and_one_that_renews_keeps_
         lease_timeout: Some("800ms".parse().unwrap()),
         ..MediaOptions::default()
     };
-    let mut proxy = TestProxy::start("21100-21119", media).await;
+    let mut proxy = TestProxy::start(20, media).await;
     proxy
         .try_allocate("call-lost", CALLER, "crashed-sig", 1)
         .await
@@ -363,7 +365,7 @@ async fn exhaustion_is_refused_and_counted_and_ports_come_back_after_quarantine(
         port_quarantine: Some("300ms".parse().unwrap()),
         ..MediaOptions::default()
     };
-    let mut proxy = TestProxy::start("21120-21123", media).await;
+    let mut proxy = TestProxy::start(4, media).await;
     let a = proxy.allocate("call-a", CALLER, 1).await;
     proxy.allocate("call-a", CALLEE, 1).await;
     let refused = proxy
@@ -372,7 +374,7 @@ async fn exhaustion_is_refused_and_counted_and_ports_come_back_after_quarantine(
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
     assert!(
-        refused.message().contains("21120-21123"),
+        refused.message().contains(&proxy.ports.range_arg()),
         "{}",
         refused.message()
     );
@@ -397,7 +399,7 @@ async fn exhaustion_is_refused_and_counted_and_ports_come_back_after_quarantine(
     let b = proxy.allocate("call-b", CALLER, 1).await;
     // Either freed pair (the pool draws at random).
     assert!(
-        [21120, 21122].contains(&b.media[0].rtp_port),
+        [proxy.ports.port(0), proxy.ports.port(2)].contains(&(b.media[0].rtp_port as u16)),
         "{} (call-a had {})",
         b.media[0].rtp_port,
         a.media[0].rtp_port
@@ -411,21 +413,22 @@ async fn exhaustion_is_refused_and_counted_and_ports_come_back_after_quarantine(
 
 #[tokio::test]
 async fn a_port_held_by_another_process_is_skipped_not_leaked() {
-    let squatter = std::net::UdpSocket::bind("127.0.0.1:21140").unwrap();
-    let mut proxy = TestProxy::start("21140-21143", MediaOptions::default()).await;
+    let ports = PortBlock::take(4);
+    let squatter = std::net::UdpSocket::bind(("127.0.0.1", ports.port(0))).unwrap();
+    let mut proxy = TestProxy::start_on(ports, MediaOptions::default()).await;
     let first = proxy.allocate("call-skip", CALLER, 1).await;
-    assert_eq!(first.media[0].rtp_port, 21142);
+    assert_eq!(first.media[0].rtp_port, u32::from(proxy.ports.port(2)));
     // The skipped pair is not lost: once the other process lets go it is handed out again.
     drop(squatter);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let second = proxy.allocate("call-skip-2", CALLER, 1).await;
-    assert_eq!(second.media[0].rtp_port, 21140);
+    assert_eq!(second.media[0].rtp_port, u32::from(proxy.ports.port(0)));
     proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn reused_ports_carry_no_crosstalk_from_the_old_call() {
-    let mut proxy = TestProxy::start("21160-21163", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(4, MediaOptions::default()).await;
     let old = call(&mut proxy, "call-old").await;
     proxy.release("call-old").await;
     // Late packets of the old call during the quarantine reach nobody: the port is closed.
@@ -450,7 +453,7 @@ async fn reused_ports_carry_no_crosstalk_from_the_old_call() {
 
 #[tokio::test]
 async fn allocate_is_idempotent_and_extends_with_new_media_lines() {
-    let mut proxy = TestProxy::start("21180-21199", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(20, MediaOptions::default()).await;
     let first = proxy.allocate("call-idem", CALLER, 1).await;
     let retry = proxy.allocate("call-idem", CALLER, 1).await;
     assert!(!first.existing);
@@ -479,7 +482,7 @@ async fn allocate_is_idempotent_and_extends_with_new_media_lines() {
 
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_bad_packets_are_counted_drops() {
-    let mut proxy = TestProxy::start("21200-21219", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(20, MediaOptions::default()).await;
     let c = call(&mut proxy, "call-good").await;
     let bad_address = proxy
         .client
@@ -575,7 +578,7 @@ async fn bad_requests_get_clear_errors_and_bad_packets_are_counted_drops() {
 
 #[tokio::test]
 async fn metrics_and_health_match_what_was_relayed() {
-    let mut proxy = TestProxy::start("21220-21239", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(20, MediaOptions::default()).await;
     let c = call(&mut proxy, "call-metrics").await;
     for seq in 0..30 {
         c.caller.send(c.to_caller_leg, &g711(seq, 1)).await;
@@ -637,7 +640,7 @@ async fn metrics_and_health_match_what_was_relayed() {
 
 #[tokio::test]
 async fn draining_refuses_new_calls_and_keeps_relaying_existing_ones() {
-    let mut proxy = TestProxy::start("21240-21259", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(20, MediaOptions::default()).await;
     let c = call(&mut proxy, "call-before-drain").await;
     let status = proxy
         .client
@@ -700,7 +703,7 @@ async fn draining_refuses_new_calls_and_keeps_relaying_existing_ones() {
 
 #[tokio::test]
 async fn many_calls_relay_at_once_without_crosstalk() {
-    let mut proxy = TestProxy::start("21300-21699", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(400, MediaOptions::default()).await;
     let mut calls = Vec::new();
     for i in 0..40 {
         calls.push(call(&mut proxy, &format!("call-many-{i}")).await);
@@ -749,7 +752,7 @@ async fn many_calls_relay_at_once_without_crosstalk() {
 
 #[tokio::test]
 async fn shutdown_releases_what_is_left_after_the_grace() {
-    let mut proxy = TestProxy::start("21700-21719", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(20, MediaOptions::default()).await;
     let _c = call(&mut proxy, "call-at-shutdown").await;
     let mut events = proxy.events("", "").await;
     proxy.shutdown().await;
@@ -770,7 +773,7 @@ async fn a_silent_leg_is_reported_as_one_way_media() {
         one_way_after: Some("400ms".parse().unwrap()),
         ..MediaOptions::default()
     };
-    let mut proxy = TestProxy::start("21720-21739", media).await;
+    let mut proxy = TestProxy::start(20, media).await;
     let mut events = proxy.events("owner-1", "").await;
     let c = call(&mut proxy, "call-one-way").await;
     // The caller talks for a second; the callee never sends.
@@ -796,7 +799,7 @@ async fn a_silent_leg_is_reported_as_one_way_media() {
 /// tools, v1alpha for the older grpcurl and grpcui, Postman and Evans, which ask only that.
 #[tokio::test]
 async fn reflection_lists_the_services_in_v1_and_v1alpha() {
-    let proxy = TestProxy::start("21740-21759", MediaOptions::default()).await;
+    let proxy = TestProxy::start(20, MediaOptions::default()).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.grpc))
         .unwrap()
         .connect()
@@ -845,7 +848,7 @@ async fn reflection_lists_the_services_in_v1_and_v1alpha() {
 #[tokio::test]
 async fn each_media_line_relays_to_the_same_line_of_the_other_leg() {
     const LINES: usize = 3;
-    let mut proxy = TestProxy::start("21760-21779", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(20, MediaOptions::default()).await;
     let kinds = [
         pb::MediaKind::Audio,
         pb::MediaKind::Video,
@@ -967,7 +970,7 @@ async fn each_media_line_relays_to_the_same_line_of_the_other_leg() {
 #[tokio::test]
 async fn an_owner_past_its_quota_is_refused_new_calls_and_others_are_not() {
     let mut proxy = TestProxy::start(
-        "21780-21799",
+        20,
         MediaOptions {
             max_sessions_per_owner: Some(2),
             ..MediaOptions::default()
@@ -1022,7 +1025,7 @@ async fn an_owner_past_its_quota_is_refused_new_calls_and_others_are_not() {
 
 #[tokio::test]
 async fn an_oversized_request_is_refused_before_it_is_read() {
-    let mut proxy = TestProxy::start("21800-21809", MediaOptions::default()).await;
+    let mut proxy = TestProxy::start(10, MediaOptions::default()).await;
     let huge = "x".repeat(mediaproxy::server::MAX_REQUEST_BYTES);
     let refused = proxy
         .try_allocate(&huge, CALLER, "owner-1", 1)
@@ -1038,7 +1041,7 @@ async fn an_oversized_request_is_refused_before_it_is_read() {
 #[tokio::test]
 async fn a_client_past_its_rates_is_refused_and_others_are_not() {
     let mut proxy = TestProxy::start(
-        "21810-21829",
+        20,
         MediaOptions {
             grpc_rate: Some(10),
             allocate_rate: Some(3),

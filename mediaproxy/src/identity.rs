@@ -65,22 +65,17 @@ mod tests {
 
     #[test]
     fn the_subject_common_name_is_read_not_the_issuers() {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.distinguished_name
-            .push(rcgen::DnType::CommonName, "test-ca");
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut leaf = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
-        leaf.distinguished_name
-            .push(rcgen::DnType::OrganizationName, "ops");
-        leaf.distinguished_name
-            .push(rcgen::DnType::CommonName, "signaling-east");
-        let cert = leaf.signed_by(&key, &issuer).unwrap();
-        assert_eq!(common_name(cert.der()).as_deref(), Some("signaling-east"));
-        assert_eq!(common_name(ca_cert.der()).as_deref(), Some("test-ca"));
+        let ca = testkit::Ca::new("test");
+        let leaf = ca
+            .leaf("signaling-east")
+            .names(&["localhost"])
+            .organization("ops")
+            .sign();
+        assert_eq!(
+            common_name(&leaf.cert_der).as_deref(),
+            Some("signaling-east")
+        );
+        assert_eq!(common_name(ca.der()).as_deref(), Some("test CA"));
         assert_eq!(common_name(b"\x30\x03\x02\x01"), None, "truncated DER");
         assert_eq!(common_name(&[]), None);
     }

@@ -5,6 +5,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use testkit::Pki;
+use testkit::pki::Leaf;
+
 const BIN: &str = env!("CARGO_BIN_EXE_mediaproxy");
 
 fn run_to_end(args: &[&str]) -> (i32, String) {
@@ -424,60 +427,11 @@ async fn mpctl_lists_shows_debugs_and_drains_a_running_proxy() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// A CA and what it signs, as PEM files in a scratch folder.
-struct Pki {
-    dir: std::path::PathBuf,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mp-tls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
-        Self {
-            dir,
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).to_str().unwrap().to_owned()
-    }
-
-    /// A certificate for `cn` (also valid for 127.0.0.1 and localhost): (cert PEM, key PEM).
-    fn issue(&self, cn: &str) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        std::fs::write(self.dir.join(format!("{cn}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.dir.join(format!("{cn}.key")), key.serialize_pem()).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// A gRPC client of `url` trusting `ca`, showing `client` (cert, key) if any.
 async fn tls_client(
     url: &str,
     ca: &str,
-    client: Option<&(String, String)>,
+    client: Option<&Leaf>,
 ) -> Result<
     proto::v1::media_proxy_client::MediaProxyClient<tonic::transport::Channel>,
     tonic::transport::Error,
@@ -485,8 +439,11 @@ async fn tls_client(
     let mut tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca))
         .domain_name("localhost");
-    if let Some((cert, key)) = client {
-        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    if let Some(leaf) = client {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            &leaf.cert_pem,
+            &leaf.key_pem,
+        ));
     }
     let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
         .unwrap()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::calls::{Ports, Service, call_between, expect_success, sipp, strings, uas};
+use common::calls::{Ports, Scenario, Service, call, expect_success, sipp, strings, uas};
 use common::{Scratch, eventually};
 
 const USERS: &str = "[users.alice]\npassword = \"secret\"\n[users.bob]\npassword = \"secret\"\n";
@@ -289,14 +289,20 @@ fn a_register_flood_from_one_source_leaves_real_users_at_full_success() {
     let started = Instant::now();
     // Six real calls (REGISTER with digest, then an authenticated INVITE, 5 s of RTP) from
     // 127.0.0.1 during the flood: every one must succeed.
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_pcmu_echo.xml",
-        true,
-        &["-m", "6"],
-        "uac_register_auth_call.xml",
-        &["-inf", "users.csv", "-m", "6", "-l", "6", "-r", "2"],
+        Scenario::new("uas_pcmu_echo.xml").echo().args(&["-m", "6"]),
+        Scenario::new("uac_register_auth_call.xml").args(&[
+            "-inf",
+            "users.csv",
+            "-m",
+            "6",
+            "-l",
+            "6",
+            "-r",
+            "2",
+        ]),
     );
     let flooding = started.elapsed();
     stop.store(true, Ordering::Relaxed);

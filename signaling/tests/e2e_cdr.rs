@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::calls::{MIN_PACKETS, Service, call_between, ports};
+use common::calls::{MIN_PACKETS, Scenario, Service, call, ports};
 use common::number;
 use signaling::cdr::{Store, Target};
 
@@ -25,32 +25,23 @@ fn every_disposition_makes_exactly_one_postgres_row() {
         &["--trusted", "127.0.0.0/8", "--cdr", &url],
     );
     // answered (callee hangs up), busy, cancelled, and one nobody routes (404).
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_echo_then_bye.xml",
-        true,
-        &[],
-        "uac_pcap_until_bye.xml",
-        &[],
+        Scenario::new("uas_echo_then_bye.xml").echo(),
+        Scenario::new("uac_pcap_until_bye.xml"),
     );
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_busy.xml",
-        false,
-        &[],
-        "uac_expect_busy.xml",
-        &[],
+        Scenario::new("uas_busy.xml"),
+        Scenario::new("uac_expect_busy.xml"),
     );
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_ring_until_cancel.xml",
-        false,
-        &[],
-        "uac_cancel.xml",
-        &[],
+        Scenario::new("uas_ring_until_cancel.xml"),
+        Scenario::new("uac_cancel.xml"),
     );
     let rows = service.stop();
     let dispositions: Vec<&str> = rows.iter().map(|r| r["disposition"].as_str()).collect();
@@ -138,23 +129,17 @@ fn a_database_outage_during_calls_loses_no_cdr() {
     );
     let baseline = service.settled();
     gate.close();
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_busy.xml",
-        false,
-        &[],
-        "uac_expect_busy.xml",
-        &[],
+        Scenario::new("uas_busy.xml"),
+        Scenario::new("uac_expect_busy.xml"),
     );
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_pcmu_echo.xml",
-        true,
-        &[],
-        "uac_pcmu_pcap.xml",
-        &[],
+        Scenario::new("uas_pcmu_echo.xml").echo(),
+        Scenario::new("uac_pcmu_pcap.xml"),
     );
     // Both CDRs wait in the queue while the database is cut off.
     assert!(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::calls::{
-    MIN_PACKETS, MediaProxy, Ports, Service, call_between, expect_success, start_mediaproxy,
+    MIN_PACKETS, MediaProxy, Ports, Scenario, Service, call, expect_success, start_mediaproxy,
     start_mediaproxy_with, uac, uas,
 };
 use common::{Pki, number, sibling};
@@ -413,14 +413,11 @@ fn calls_relay_through_a_media_proxy_over_mutual_tls_and_a_stranger_gets_503() {
     options.extend(args.iter().map(String::as_str));
     let service = Service::start("mtls", &ports, &options);
     wait_nodes_up(&service, 1);
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_pcmu_echo.xml",
-        true,
-        &[],
-        "uac_pcmu_pcap.xml",
-        &[],
+        Scenario::new("uas_pcmu_echo.xml").echo(),
+        Scenario::new("uac_pcmu_pcap.xml"),
     );
     let rows = service.stop();
     assert_eq!(rows.len(), 1, "{rows:?}");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::calls::{MIN_PACKETS, Ports, Service, call_between, expect_success, uac, uas};
+use common::calls::{MIN_PACKETS, Ports, Scenario, Service, call, expect_success, uac, uas};
 use common::{Scratch, number};
 
 /// The port block of a recording test: SIP `sip` (+1 UAC, +2 UAS), SIPp media `media` (UAC)
@@ -77,14 +77,11 @@ fn record_policy_records_a_call_the_callee_hangs_up_into_playable_files() {
     let recordings = Scratch::new("sig-e2e-record-files");
     let directory = recordings.join("calls");
     let service = recording_service("record", &ports, &directory, true);
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_echo_then_bye.xml",
-        true,
-        &[],
-        "uac_pcap_until_bye.xml",
-        &[],
+        Scenario::new("uas_echo_then_bye.xml").echo(),
+        Scenario::new("uac_pcap_until_bye.xml"),
     );
     let metrics = service.metrics();
     let (rows, media, log) = service.stop_all();
@@ -246,14 +243,11 @@ fn a_full_recordings_disk_ends_the_recording_not_the_call_and_the_cdr_says_so() 
     let ports = recording_ports(25800, 34000, 34200);
     let service = recording_service("full-disk", &ports, &mount, true);
     let baseline = service.settled();
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_echo_then_bye.xml",
-        true,
-        &[],
-        "uac_pcap_until_bye.xml",
-        &[],
+        Scenario::new("uas_echo_then_bye.xml").echo(),
+        Scenario::new("uac_pcap_until_bye.xml"),
     );
     // The failed recording's files are closed, the call's ports and session given back.
     service.gives_back(baseline);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::calls::{
-    MIN_PACKETS, Ports, Service, call_between, expect_success, ports, sipp, start_mediaproxy,
+    MIN_PACKETS, Ports, Scenario, Service, call, expect_success, ports, sipp, start_mediaproxy,
     strings, traces, uac, uas,
 };
 use common::{Scratch, number};
@@ -36,14 +36,11 @@ fn caller_hangs_up_and_the_cdr_has_real_packet_counts() {
         !relay.is_empty() && relay.iter().all(|&n| n == 0),
         "{relay:?}"
     );
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_pcmu_echo.xml",
-        true,
-        &[],
-        "uac_pcmu_pcap.xml",
-        &[],
+        Scenario::new("uas_pcmu_echo.xml").echo(),
+        Scenario::new("uac_pcmu_pcap.xml"),
     );
     // The call's counters land once its media is released (asynchronously): poll briefly.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -120,14 +117,11 @@ fn callee_hangs_up_and_the_relay_is_still_counted_and_released() {
     // media session.
     let ports = ports(1);
     let service = Service::start("callee-bye", &ports, &["--trusted", "127.0.0.0/8"]);
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_echo_then_bye.xml",
-        true,
-        &[],
-        "uac_pcap_until_bye.xml",
-        &[],
+        Scenario::new("uas_echo_then_bye.xml").echo(),
+        Scenario::new("uac_pcap_until_bye.xml"),
     );
     let (rows, log) = service.stop_with_log();
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -153,14 +147,11 @@ fn callee_hangs_up_and_the_relay_is_still_counted_and_released() {
 fn busy_callee_gives_a_busy_cdr() {
     let ports = ports(2);
     let service = Service::start("busy", &ports, &["--trusted", "127.0.0.0/8"]);
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_busy.xml",
-        false,
-        &[],
-        "uac_expect_busy.xml",
-        &[],
+        Scenario::new("uas_busy.xml"),
+        Scenario::new("uac_expect_busy.xml"),
     );
     let rows = service.stop();
     let cdr = &rows[0];
@@ -175,14 +166,11 @@ fn busy_callee_gives_a_busy_cdr() {
 fn cancel_before_answer_cancels_both_legs() {
     let ports = ports(3);
     let service = Service::start("cancel", &ports, &["--trusted", "127.0.0.0/8"]);
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_ring_until_cancel.xml",
-        false,
-        &[],
-        "uac_cancel.xml",
-        &[],
+        Scenario::new("uas_ring_until_cancel.xml"),
+        Scenario::new("uac_cancel.xml"),
     );
     let rows = service.stop();
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -210,14 +198,11 @@ fn register_with_digest_then_call() {
     .unwrap();
     // No --trusted: the INVITE is challenged (407) like the REGISTER (401).
     let service = Service::start("register", &ports, &["--users", users.to_str().unwrap()]);
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_pcmu_echo.xml",
-        true,
-        &[],
-        "uac_register_auth_call.xml",
-        &["-inf", "users.csv"],
+        Scenario::new("uas_pcmu_echo.xml").echo(),
+        Scenario::new("uac_register_auth_call.xml").args(&["-inf", "users.csv"]),
     );
     // A guesser: unknown user, made-up response. Challenged again, and counted.
     let guesser = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -314,14 +299,11 @@ fn direct_mode_leaves_media_end_to_end() {
         &ports,
         &["--trusted", "127.0.0.0/8", "--media-mode", "direct"],
     );
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_pcmu_echo.xml",
-        true,
-        &[],
-        "uac_pcmu_pcap.xml",
-        &[],
+        Scenario::new("uas_pcmu_echo.xml").echo(),
+        Scenario::new("uac_pcmu_pcap.xml"),
     );
     let (rows, log) = service.stop_with_log();
     let cdr = &rows[0];
@@ -414,14 +396,19 @@ fn hold_and_resume_keep_the_same_relay_ports() {
     let ports = ports(7);
     let service = Service::start("hold", &ports, &["--trusted", "127.0.0.0/8"]);
     let (_traces, uas_trace, uac_trace) = traces("hold");
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_hold_resume.xml",
-        false,
-        &["-trace_msg", "-message_file", uas_trace.to_str().unwrap()],
-        "uac_hold_resume.xml",
-        &["-trace_msg", "-message_file", uac_trace.to_str().unwrap()],
+        Scenario::new("uas_hold_resume.xml").args(&[
+            "-trace_msg",
+            "-message_file",
+            uas_trace.to_str().unwrap(),
+        ]),
+        Scenario::new("uac_hold_resume.xml").args(&[
+            "-trace_msg",
+            "-message_file",
+            uac_trace.to_str().unwrap(),
+        ]),
     );
     let rows = service.stop();
     assert_eq!(rows[0]["disposition"], "answered");
@@ -505,14 +492,11 @@ fn a_callee_that_never_answers_times_out_as_no_answer() {
         &ports,
         &["--trusted", "127.0.0.0/8", "--ring-timeout", "1s"],
     );
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_ring_until_cancel.xml",
-        false,
-        &[],
-        "uac_expect_408.xml",
-        &[],
+        Scenario::new("uas_ring_until_cancel.xml"),
+        Scenario::new("uac_expect_408.xml"),
     );
     let rows = service.stop();
     assert_eq!(rows[0]["disposition"], "no_answer");
@@ -536,14 +520,11 @@ fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
         !control.is_empty() && control.iter().all(|&n| n == 0),
         "{control:?}"
     );
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_pcmu_echo.xml",
-        true,
-        &[],
-        "uac_pcmu_pcap.xml",
-        &[],
+        Scenario::new("uas_pcmu_echo.xml").echo(),
+        Scenario::new("uac_pcmu_pcap.xml"),
     );
     let rows = service.stop();
     proxy.kill();
@@ -752,14 +733,19 @@ fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
     let ports = ports(15);
     let service = Service::start("late-offer", &ports, &["--trusted", "127.0.0.0/8"]);
     let (_traces, uas_trace, uac_trace) = traces("late-offer");
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_late_offer.xml",
-        false,
-        &["-trace_msg", "-message_file", uas_trace.to_str().unwrap()],
-        "uac_late_offer.xml",
-        &["-trace_msg", "-message_file", uac_trace.to_str().unwrap()],
+        Scenario::new("uas_late_offer.xml").args(&[
+            "-trace_msg",
+            "-message_file",
+            uas_trace.to_str().unwrap(),
+        ]),
+        Scenario::new("uac_late_offer.xml").args(&[
+            "-trace_msg",
+            "-message_file",
+            uac_trace.to_str().unwrap(),
+        ]),
     );
     let rows = service.stop();
     assert_eq!(rows[0]["disposition"], "answered");
@@ -782,14 +768,19 @@ fn record_route_is_echoed_and_route_sets_are_followed_on_both_legs() {
     let ports = ports(16);
     let service = Service::start("record-route", &ports, &["--trusted", "127.0.0.0/8"]);
     let (_traces, uas_trace, uac_trace) = traces("record-route");
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_record_routed.xml",
-        true,
-        &["-trace_msg", "-message_file", uas_trace.to_str().unwrap()],
-        "uac_record_routed.xml",
-        &["-trace_msg", "-message_file", uac_trace.to_str().unwrap()],
+        Scenario::new("uas_record_routed.xml").echo().args(&[
+            "-trace_msg",
+            "-message_file",
+            uas_trace.to_str().unwrap(),
+        ]),
+        Scenario::new("uac_record_routed.xml").args(&[
+            "-trace_msg",
+            "-message_file",
+            uac_trace.to_str().unwrap(),
+        ]),
     );
     service.stop();
     let uac_text = std::fs::read_to_string(&uac_trace).unwrap();
@@ -867,14 +858,11 @@ fn answered_keepalives_do_not_disturb_a_healthy_call() {
         &["--trusted", "127.0.0.0/8", "--keepalive", "1s"],
     );
     // -aa: SIPp answers our keepalive OPTIONS on both sides.
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_pcmu_echo.xml",
-        true,
-        &["-aa"],
-        "uac_pcmu_pcap.xml",
-        &["-aa"],
+        Scenario::new("uas_pcmu_echo.xml").echo().args(&["-aa"]),
+        Scenario::new("uac_pcmu_pcap.xml").args(&["-aa"]),
     );
     let (rows, log) = service.stop_with_log();
     assert_eq!(rows[0]["hangup_side"], "caller", "{log}");
@@ -887,14 +875,11 @@ fn only_the_caller_sends_one_way_names_the_silent_callee() {
     let ports = ports(19);
     let service = Service::start("one-way", &ports, &["--trusted", "127.0.0.0/8"]);
     // The callee answers but sends nothing (no echo).
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_pcmu_echo.xml",
-        false,
-        &[],
-        "uac_pcmu_pcap.xml",
-        &[],
+        Scenario::new("uas_pcmu_echo.xml"),
+        Scenario::new("uac_pcmu_pcap.xml"),
     );
     let (rows, log) = service.stop_with_log();
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -939,14 +924,11 @@ fn only_the_caller_sends_one_way_names_the_silent_callee() {
 fn neither_side_sends_no_media_with_both_legs_explained() {
     let ports = ports(20);
     let service = Service::start("no-media", &ports, &["--trusted", "127.0.0.0/8"]);
-    call_between(
+    call(
         &ports,
         &service,
-        "uas_echo_then_bye.xml",
-        false,
-        &[],
-        "uac_silent_until_bye.xml",
-        &[],
+        Scenario::new("uas_echo_then_bye.xml"),
+        Scenario::new("uac_silent_until_bye.xml"),
     );
     let (rows, media, log) = service.stop_all();
     let cdr = &rows[0];

@@ -1,7 +1,6 @@
 //! Helpers for the workspace integration tests: a real media proxy on loopback ports, a real
 //! tonic client, UDP "phones", and a tiny HTTP client for `/metrics`.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,9 +13,12 @@ use tokio::net::UdpSocket;
 use tonic::transport::Channel;
 
 pub use mediaproxy::rtp::build_rtp;
+pub use testkit::{PortBlock, eventually_async as eventually, metric_value};
 
 /// A media proxy started in this process on ephemeral gRPC and metrics ports.
 pub struct TestProxy {
+    /// The relay's ports.
+    pub ports: PortBlock,
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
     pub client: MediaProxyClient<Channel>,
@@ -25,16 +27,23 @@ pub struct TestProxy {
 }
 
 impl TestProxy {
-    /// Starts a proxy relaying on `ports` (each test uses its own range so tests can run in
-    /// parallel), with `media` overriding other media options.
-    pub async fn start(ports: &str, media: MediaOptions) -> Self {
+    /// Starts a proxy relaying on a block of `ports` ports of its own (see
+    /// [`testkit::ports`]: tests run in parallel processes), with `media` overriding other
+    /// media options.
+    pub async fn start(ports: u16, media: MediaOptions) -> Self {
+        Self::start_on(PortBlock::take(ports), media).await
+    }
+
+    /// Like [`TestProxy::start`], on a block the test took itself (to hold one of its ports
+    /// first, say).
+    pub async fn start_on(ports: PortBlock, media: MediaOptions) -> Self {
         let options = Options {
             grpc: Some("127.0.0.1:0".parse().unwrap()),
             metrics: Some("127.0.0.1:0".parse().unwrap()),
             node_id: Some("test-node".into()),
             shutdown_grace: Some("1s".parse().unwrap()),
             media: MediaOptions {
-                ports: Some(ports.parse().unwrap()),
+                ports: Some(ports.range_arg().parse().unwrap()),
                 workers: media.workers.or(Some(2)),
                 port_quarantine: media.port_quarantine.or(Some("200ms".parse().unwrap())),
                 ..media
@@ -58,6 +67,7 @@ impl TestProxy {
             .await
             .expect("gRPC connects");
         Self {
+            ports,
             grpc,
             metrics,
             client,
@@ -221,23 +231,6 @@ pub fn pcmu_media(index: u32, rtp: SocketAddr, rtcp: Option<SocketAddr>) -> pb::
     }
 }
 
-/// Finds a sample in Prometheus text: the line of `name` whose labels include all `labels`.
-pub fn metric_value(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .find(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
 /// A minimal HTTP/1.0 GET.
 pub async fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(address)
@@ -324,24 +317,6 @@ pub fn local(allocation: &pb::AllocateResponse, rtcp: bool) -> SocketAddr {
 /// A 172-byte G.711 packet (12 header + 160 payload).
 pub fn g711(sequence: u16, ssrc: u32) -> Vec<u8> {
     build_rtp(0, sequence, u32::from(sequence) * 160, ssrc, &[0xd5; 160])
-}
-
-/// Polls `check` every 50 ms until it returns Some or `limit` passes.
-pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(value) = check().await {
-            return Some(value);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// First media line of a leg in call statistics.

@@ -382,54 +382,24 @@ async fn a_malformed_allocation_moves_the_call_to_the_next_node_and_releases_the
 }
 
 /// A CA's files, a node's server certificate for `names` (expired if `expired`) and a client
-/// certificate, in a fresh folder; the node's and the client's TLS settings.
+/// certificate, in a fresh folder (kept as long as the returned [`testkit::Pki`], since the
+/// TLS settings watch their files); the node's and the client's TLS settings.
 fn certificates(
     test: &str,
     names: &[&str],
     expired: bool,
-) -> (mediaproxy::config::TlsFiles, ClientTls) {
-    let dir = std::env::temp_dir().join(format!("signaling-faults-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let issue = |file: &str, names: Vec<String>, expired: bool| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, file);
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
-    };
-    issue(
-        "node",
-        names.iter().map(|n| n.to_string()).collect(),
-        expired,
-    );
-    issue("client", Vec::new(), false);
-    let server = mediaproxy::config::TlsFiles::read(
-        &dir.join("node.pem"),
-        &dir.join("node.key"),
-        &dir.join("ca.pem"),
-    )
-    .unwrap();
-    let client = ClientTls::read(
-        &dir.join("ca.pem"),
-        &dir.join("client.pem"),
-        &dir.join("client.key"),
-    )
-    .unwrap();
-    (server, client)
+) -> (testkit::Pki, mediaproxy::config::TlsFiles, ClientTls) {
+    let pki = testkit::Pki::new(&format!("signaling-faults-{test}"));
+    let node = pki.ca().leaf("node").names(names);
+    pki.write("node", if expired { node.expired() } else { node }.sign());
+    pki.write("client", pki.ca().leaf("client").sign());
+    let file = |name: &str| std::path::PathBuf::from(pki.path(name));
+    let server =
+        mediaproxy::config::TlsFiles::read(&file("node.pem"), &file("node.key"), &file("ca.pem"))
+            .unwrap();
+    let client =
+        ClientTls::read(&file("ca.pem"), &file("client.pem"), &file("client.key")).unwrap();
+    (pki, server, client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,7 +414,7 @@ async fn a_node_certificate_that_expired_or_names_another_host_is_refused_with_t
             "not valid for name",
         ),
     ] {
-        let (server, client) = certificates(test, &names, expired);
+        let (_pki, server, client) = certificates(test, &names, expired);
         let url = good(port, Some(server))
             .await
             .replace("http://", "https://");

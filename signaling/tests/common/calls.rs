@@ -58,14 +58,7 @@ pub struct Held {
 
 /// The value of the first series of metric `name` in a scrape (-1 when absent).
 pub fn metric(metrics: &str, name: &str) -> i64 {
-    metrics
-        .lines()
-        .find_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let bare = series.split('{').next()?;
-            (bare == name).then(|| value.parse::<f64>().ok())?
-        })
-        .map_or(-1, |v| v as i64)
+    testkit::metric_value(metrics, name, &[]).map_or(-1, |v| v as i64)
 }
 
 /// The signaling binary, running.
@@ -410,22 +403,49 @@ pub fn expect_success(mut sipp: Running, what: &str, service: &Service) {
     }
 }
 
-/// Starts a SIPp UAS with `uas_scenario` (echoing RTP when `echo`), then a SIPp UAC with
-/// `uac_scenario` against signaling, and waits until both succeeded.
-pub fn call_between(
-    ports: &Ports,
-    service: &Service,
-    uas_scenario: &str,
+/// One SIPp side of a test call: its scenario file (in `signaling/tests/sipp/`), whether it
+/// echoes the RTP it gets, and its further arguments.
+pub struct Scenario {
+    file: String,
     echo: bool,
-    uas_extra: &[&str],
-    uac_scenario: &str,
-    uac_extra: &[&str],
-) {
-    let callee = uas(ports, uas_scenario, echo, uas_extra);
+    args: Vec<String>,
+}
+
+impl Scenario {
+    pub fn new(file: &str) -> Self {
+        Self {
+            file: file.to_owned(),
+            echo: false,
+            args: Vec::new(),
+        }
+    }
+
+    /// Sends back every RTP packet it gets (`-rtp_echo`): a callee that talks as much as its
+    /// caller.
+    pub fn echo(mut self) -> Self {
+        self.echo = true;
+        self
+    }
+
+    /// More SIPp arguments (`-inf users.csv`, `-trace_msg -message_file FILE`, ...).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
+    fn extra(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+}
+
+/// One call through `service`: SIPp plays `callee` (started first) and then `caller`; waits
+/// until both ran their scenario to the end, or panics with signaling's log.
+pub fn call(ports: &Ports, service: &Service, callee: Scenario, caller: Scenario) {
+    let answering = uas(ports, &callee.file, callee.echo, &callee.extra());
     std::thread::sleep(Duration::from_millis(300));
-    let caller = uac(ports, uac_scenario, uac_extra);
-    expect_success(caller, "UAC", service);
-    expect_success(callee, "UAS", service);
+    let calling = uac(ports, &caller.file, &caller.extra());
+    expect_success(calling, "UAC", service);
+    expect_success(answering, "UAS", service);
 }
 
 /// A directory and paths in it for the SIPp message traces (`-trace_msg -message_file`) of one

@@ -132,45 +132,9 @@ pub fn postgres_address(url: &str) -> SocketAddr {
     rest.split('/').next().unwrap().parse().unwrap()
 }
 
-/// Polls `check` until it holds or `timeout` passes.
-pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    check()
-}
-
-/// A fresh directory for one test under the system's temporary directory, named after the
-/// test and the process. Removed when the test passes; kept when it fails (the thread is
-/// panicking), so that its logs, traces and databases can be read.
-pub struct Scratch(PathBuf);
-
-impl Scratch {
-    pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("kept for inspection: {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
+// Not every test binary uses all of them.
+#[allow(unused_imports)]
+pub use testkit::{Pki, Scratch, eventually};
 
 /// The `signaling` binary under test.
 pub const SIGNALING: &str = env!("CARGO_BIN_EXE_signaling");
@@ -257,52 +221,6 @@ impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// A CA and the certificates it signs, as PEM files in a scratch folder.
-pub struct Pki {
-    dir: Scratch,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    pub fn new(name: &str) -> Self {
-        let dir = Scratch::new(&format!("pki-{name}"));
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} CA"));
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
-        Self {
-            dir,
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// Issues `<cn>.pem` and `<cn>.key`, valid for 127.0.0.1 and localhost.
-    pub fn issue(&self, cn: &str) {
-        self.issue_for(cn, &["localhost", "127.0.0.1"]);
-    }
-
-    /// Issues `<cn>.pem` and `<cn>.key`, valid for `names` (host names or IP addresses).
-    pub fn issue_for(&self, cn: &str, names: &[&str]) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        std::fs::write(self.dir.join(&format!("{cn}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.dir.join(&format!("{cn}.key")), key.serialize_pem()).unwrap();
-    }
-
-    pub fn path(&self, file: &str) -> String {
-        self.dir.join(file).to_str().unwrap().to_owned()
     }
 }
 
