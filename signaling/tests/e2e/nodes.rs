@@ -13,13 +13,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::calls::{
+use crate::common::calls::{
     MIN_PACKETS, MediaProxy, Ports, Scenario, Service, call, expect_success, start_mediaproxy,
     start_mediaproxy_with, uac, uas,
 };
-use common::{Pki, number, sibling};
+use crate::common::{Pki, number, sibling};
 
 #[test]
 fn a_media_proxy_lost_mid_call_with_no_other_node_ends_the_call_with_an_explained_cdr() {

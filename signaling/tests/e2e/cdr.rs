@@ -2,23 +2,21 @@
 //! (the private server of `scripts/test`, or `TEST_POSTGRES_URL`), a database outage in the
 //! middle of calls, and the `export` command.
 //!
-//! Ports: the numbered blocks of `common::calls::ports` (see `e2e_sipp.rs`), n = 22 and 23.
+//! Ports: the numbered blocks of `common::calls::ports` (see `calls.rs`), n = 22 and 23.
 
 use std::process::Command;
 use std::time::Duration;
 
-mod common;
-
-use common::calls::{MIN_PACKETS, Scenario, Service, call, ports};
-use common::number;
+use crate::common::calls::{MIN_PACKETS, Scenario, Service, call, ports};
+use crate::common::number;
 use signaling::cdr::{Store, Target};
 
-const BIN: &str = common::SIGNALING;
+const BIN: &str = crate::common::SIGNALING;
 
 #[test]
 fn every_disposition_makes_exactly_one_postgres_row() {
     let ports = ports(22);
-    let url = common::postgres_database("e2e_dispositions");
+    let url = crate::common::postgres_database("e2e_dispositions");
     let service = Service::start(
         "postgres",
         &ports,
@@ -119,8 +117,8 @@ fn export_refuses_what_it_cannot_read() {
 #[test]
 fn a_database_outage_during_calls_loses_no_cdr() {
     let ports = ports(23);
-    let url = common::postgres_database("e2e_outage");
-    let gate = common::Gate::new(common::postgres_address(&url));
+    let url = crate::common::postgres_database("e2e_outage");
+    let gate = crate::common::Gate::new(crate::common::postgres_address(&url));
     let through_gate = gate.url(&url);
     let service = Service::start(
         "outage",
@@ -143,7 +141,7 @@ fn a_database_outage_during_calls_loses_no_cdr() {
     );
     // Both CDRs wait in the queue while the database is cut off.
     assert!(
-        common::eventually(Duration::from_secs(5), || service
+        crate::common::eventually(Duration::from_secs(5), || service
             .metrics()
             .contains("signaling_cdr_queue 2")),
         "{}",
@@ -152,7 +150,7 @@ fn a_database_outage_during_calls_loses_no_cdr() {
     assert!(service.log().contains("CDR database unavailable"));
     gate.open();
     assert!(
-        common::eventually(Duration::from_secs(20), || service
+        crate::common::eventually(Duration::from_secs(20), || service
             .metrics()
             .contains("signaling_cdr_written_total 2")),
         "{}",

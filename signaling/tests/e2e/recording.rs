@@ -9,10 +9,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-mod common;
-
-use common::calls::{MIN_PACKETS, Ports, Scenario, Service, call, expect_success, uac, uas};
-use common::{Scratch, number};
+use crate::common::calls::{MIN_PACKETS, Ports, Scenario, Service, call, expect_success, uac, uas};
+use crate::common::{Scratch, number};
 
 /// The port block of a recording test: SIP `sip` (+1 UAC, +2 UAS), SIPp media `media` (UAC)
 /// and `media + 100` (UAS), relay ports `relay..relay + 100`.
@@ -282,7 +280,7 @@ fn a_full_recordings_disk_ends_the_recording_not_the_call_and_the_cdr_says_so() 
 /// The one call in progress once answered, from `/admin/calls`: (call id, media endpoint).
 fn answered_call(service: &Service) -> (String, String) {
     let mut found = None;
-    let answered = common::eventually(Duration::from_secs(5), || {
+    let answered = crate::common::eventually(Duration::from_secs(5), || {
         let answer = service.get("/admin/calls");
         let body = answer.split("\r\n\r\n").nth(1).unwrap_or("[]");
         let calls: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
