@@ -328,3 +328,30 @@ pub fn media_of(stats: &pb::CallStats, leg: pb::Leg) -> &pb::MediaStats {
         .expect("leg present")
         .media[0]
 }
+
+/// A call with both legs allocated and pointed at two phones.
+pub struct Call {
+    pub caller: Phone,
+    pub callee: Phone,
+    /// Proxy address the caller sends to (caller leg).
+    pub to_caller_leg: std::net::SocketAddr,
+    /// Proxy address the callee sends to (callee leg).
+    pub to_callee_leg: std::net::SocketAddr,
+}
+
+/// Allocates both legs of call `id` (one audio line each) and points them at two new
+/// phones.
+pub async fn call(proxy: &mut TestProxy, id: &str) -> Call {
+    let caller = Phone::new().await;
+    let callee = Phone::new().await;
+    let a = proxy.allocate(id, pb::Leg::Caller, 1).await;
+    let b = proxy.allocate(id, pb::Leg::Callee, 1).await;
+    proxy.update(id, pb::Leg::Caller, caller.addr(), None).await;
+    proxy.update(id, pb::Leg::Callee, callee.addr(), None).await;
+    Call {
+        caller,
+        callee,
+        to_caller_leg: local(&a, false),
+        to_callee_leg: local(&b, false),
+    }
+}
