@@ -357,9 +357,16 @@ fn the_protocol_cores_read_no_clock_and_touch_no_io() {
         let files = if path.is_dir() {
             rust_files(&path)
         } else {
-            vec![path]
+            vec![path.clone()]
         };
-        let test_only = test_only_files(&files);
+        // A folder's test files may be declared by the module file beside it
+        // (`session/tests.rs` by `#[cfg(test)] mod tests;` in `session.rs`).
+        let beside = path.with_extension("rs");
+        let mut declaring = files.clone();
+        if path.is_dir() && beside.is_file() {
+            declaring.push(beside);
+        }
+        let test_only = test_only_files(&declaring);
         for file in files.iter().filter(|f| !test_only.contains(*f)) {
             let text = fs::read_to_string(file)
                 .unwrap_or_else(|e| panic!("{}: {e} (SANS_IO names it)", file.display()));

@@ -314,7 +314,7 @@ async fn serve_grpc<H: tonic_health::pb::health_server::Health>(
             .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION);
         if let Some(files) = &tls {
             // A client must show a certificate of one of these CAs (tonic refuses the
-            // handshake otherwise); its common name qualifies its owner (grpc.rs).
+            // handshake otherwise); its common name qualifies its owner (grpc/mod.rs).
             let config = tonic::transport::ServerTlsConfig::new()
                 .identity(tonic::transport::Identity::from_pem(
                     &files.cert,

@@ -1,18 +1,7 @@
-//! The data plane: worker threads that own relay sockets and sessions.
-//!
-//! Each worker is one OS thread running an epoll loop over the sockets of the sessions it
-//! owns. A session lives on exactly one worker for its whole life, so the hot path touches
-//! only that worker's memory: no lock, no allocation per packet, no await. The control plane
-//! talks to a worker through a command channel plus an eventfd that wakes it; answers come
-//! back on oneshot channels. Workers count relayed and dropped packets locally and add them to the
-//! Prometheus counters once per tick.
-//!
-//! Datagrams are received in batches with `recvmmsg` (see [`Worker::drain_socket`]); the
-//! verdict per packet is computed by the pure [`Session`] core. Sessions are spread over the
-//! workers by load. The loop's own system calls (epoll, send, eventfd, timerfd) are rustix's
-//! raw calls, not libc's wrappers: in a multi-threaded process glibc makes each of those a
-//! cancellation point, two extra calls per system call, and at low load the worker makes
-//! three system calls per packet (docs/decisions.md).
+//! A relay worker thread: its epoll loop, the commands it runs, reading a socket's datagrams
+//! in batches, asking the [`Session`] core for each one's verdict, and sending the forwards
+//! out (a run through one socket in one `sendmmsg`). The control plane's handle on the
+//! workers is [`Relay`](super::Relay), in `relay/mod.rs`.
 
 use std::collections::HashMap;
 use std::io;
@@ -22,7 +11,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -31,15 +19,13 @@ use rustix::buffer::spare_capacity;
 use rustix::event::epoll;
 use rustix::net::{RecvFlags, SendFlags};
 use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
-use tokio::sync::{broadcast, oneshot};
 
-use crate::metrics::Metrics;
+use super::{Command, NewMedia, Notice, Shared};
 use crate::recording::capture::{CaptureSink, Origin};
 use crate::session::{
-    CallSnapshot, Component, Event, SOCKETS_PER_SESSION, Session, SocketRef, Timing, UpdateError,
-    Verdict,
+    CallSnapshot, Component, Event, SOCKETS_PER_SESSION, Session, SocketRef, UpdateError, Verdict,
 };
-use crate::types::{CallId, DropReason, Leg, MediaKind, Owner, RemoteMedia, WallClock};
+use crate::types::{CallId, DropReason, Leg, Owner};
 
 /// Event data of the worker's eventfd (commands are waiting).
 const WAKER: u64 = u64::MAX;
@@ -57,263 +43,6 @@ const BATCH: usize = 8;
 /// Datagrams read from one socket before the worker serves the others: a flooded port
 /// (a stranger, a looping peer) must not starve the rest of the worker's calls.
 const READ_BUDGET: usize = 64;
-
-/// A newly bound media line handed to a worker.
-#[derive(Debug)]
-pub(crate) struct NewMedia {
-    pub(crate) kind: MediaKind,
-    pub(crate) rtp_port: u16,
-    pub(crate) rtp: std::net::UdpSocket,
-    pub(crate) rtcp: std::net::UdpSocket,
-}
-
-/// Something a worker tells the control plane.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Notice {
-    /// The call had no media for its timeout; the control plane releases it.
-    Expired { call_id: CallId },
-}
-
-enum Command {
-    AddMedia {
-        call_id: CallId,
-        owner: Owner,
-        leg: Leg,
-        media: Vec<NewMedia>,
-    },
-    Update {
-        call_id: CallId,
-        leg: Leg,
-        remotes: Vec<RemoteMedia>,
-        reply: oneshot::Sender<Result<(), UpdateError>>,
-    },
-    Query {
-        call_id: CallId,
-        reply: oneshot::Sender<Option<CallSnapshot>>,
-    },
-    List {
-        reply: oneshot::Sender<Vec<CallSnapshot>>,
-    },
-    Debug {
-        call_id: CallId,
-        enabled: bool,
-        reply: oneshot::Sender<bool>,
-    },
-    Release {
-        call_id: CallId,
-        reply: oneshot::Sender<Option<CallSnapshot>>,
-    },
-    Capture {
-        call_id: CallId,
-        capture: Option<u64>,
-        reply: oneshot::Sender<bool>,
-    },
-    Stop,
-}
-
-/// What workers share with the control plane (all thread-safe, none taken per packet).
-#[derive(Clone)]
-pub(crate) struct Shared {
-    pub(crate) metrics: Arc<Metrics>,
-    /// Media events; `None` marks the end of the stream (shutdown).
-    pub(crate) events: broadcast::Sender<Option<Arc<Event>>>,
-    pub(crate) notices: tokio::sync::mpsc::UnboundedSender<Notice>,
-    pub(crate) clock: WallClock,
-    pub(crate) timing: Timing,
-}
-
-struct WorkerHandle {
-    commands: mpsc::Sender<Command>,
-    /// The worker's eventfd: written after every command.
-    waker: Arc<OwnedFd>,
-    sessions: Arc<AtomicUsize>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-/// The set of relay workers.
-pub(crate) struct Relay {
-    workers: Vec<WorkerHandle>,
-}
-
-/// The worker thread is gone (it panicked or was stopped).
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("relay worker {0} is not running")]
-pub(crate) struct WorkerGone(pub usize);
-
-impl Relay {
-    /// Starts one worker thread per capture sink (the recorder made one per worker).
-    pub(crate) fn start(shared: &Shared, sinks: Vec<CaptureSink>) -> io::Result<Self> {
-        let mut workers = Vec::with_capacity(sinks.len());
-        for (index, sink) in sinks.into_iter().enumerate() {
-            let io = WorkerIo::new()?;
-            let waker = io.waker.clone();
-            let (commands, receiver) = mpsc::channel();
-            let sessions = Arc::new(AtomicUsize::new(0));
-            let worker = Worker::new(index, io, receiver, shared.clone(), sessions.clone(), sink);
-            let thread = thread::Builder::new()
-                .name(format!("relay-{index}"))
-                .spawn(move || worker.run())?;
-            workers.push(WorkerHandle {
-                commands,
-                waker,
-                sessions,
-                thread: Some(thread),
-            });
-        }
-        Ok(Self { workers })
-    }
-
-    /// The worker with the fewest sessions, for a new call.
-    pub(crate) fn pick(&self) -> usize {
-        self.workers
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, w)| w.sessions.load(Ordering::Relaxed))
-            .map_or(0, |(index, _)| index)
-    }
-
-    fn send(&self, worker: usize, command: Command) -> Result<(), WorkerGone> {
-        let handle = self.workers.get(worker).ok_or(WorkerGone(worker))?;
-        handle
-            .commands
-            .send(command)
-            .map_err(|_| WorkerGone(worker))?;
-        // A full counter (EAGAIN) means the worker has a wake-up pending already.
-        match rustix::io::write(&*handle.waker, &1u64.to_ne_bytes()) {
-            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
-            Err(_) => Err(WorkerGone(worker)),
-        }
-    }
-
-    /// Hands bound sockets for new media lines of a leg to a worker.
-    pub(crate) fn add_media(
-        &self,
-        worker: usize,
-        call_id: CallId,
-        owner: Owner,
-        leg: Leg,
-        media: Vec<NewMedia>,
-    ) -> Result<(), WorkerGone> {
-        self.send(
-            worker,
-            Command::AddMedia {
-                call_id,
-                owner,
-                leg,
-                media,
-            },
-        )
-    }
-
-    pub(crate) async fn update(
-        &self,
-        worker: usize,
-        call_id: CallId,
-        leg: Leg,
-        remotes: Vec<RemoteMedia>,
-    ) -> Result<Result<(), UpdateError>, WorkerGone> {
-        let (reply, answer) = oneshot::channel();
-        self.send(
-            worker,
-            Command::Update {
-                call_id,
-                leg,
-                remotes,
-                reply,
-            },
-        )?;
-        answer.await.map_err(|_| WorkerGone(worker))
-    }
-
-    pub(crate) async fn query(
-        &self,
-        worker: usize,
-        call_id: CallId,
-    ) -> Result<Option<CallSnapshot>, WorkerGone> {
-        let (reply, answer) = oneshot::channel();
-        self.send(worker, Command::Query { call_id, reply })?;
-        answer.await.map_err(|_| WorkerGone(worker))
-    }
-
-    /// Turns per-packet logging of one call on or off; false if the worker has no such call.
-    pub(crate) async fn set_debug(
-        &self,
-        worker: usize,
-        call_id: CallId,
-        enabled: bool,
-    ) -> Result<bool, WorkerGone> {
-        let (reply, answer) = oneshot::channel();
-        self.send(
-            worker,
-            Command::Debug {
-                call_id,
-                enabled,
-                reply,
-            },
-        )?;
-        answer.await.map_err(|_| WorkerGone(worker))
-    }
-
-    /// Snapshots of every session on every worker.
-    pub(crate) async fn list(&self) -> Result<Vec<CallSnapshot>, WorkerGone> {
-        let mut all = Vec::new();
-        for worker in 0..self.workers.len() {
-            let (reply, answer) = oneshot::channel();
-            self.send(worker, Command::List { reply })?;
-            all.extend(answer.await.map_err(|_| WorkerGone(worker))?);
-        }
-        Ok(all)
-    }
-
-    /// Removes a session, closing its sockets; returns its final statistics.
-    pub(crate) async fn release(
-        &self,
-        worker: usize,
-        call_id: CallId,
-    ) -> Result<Option<CallSnapshot>, WorkerGone> {
-        let (reply, answer) = oneshot::channel();
-        self.send(worker, Command::Release { call_id, reply })?;
-        answer.await.map_err(|_| WorkerGone(worker))
-    }
-
-    /// Starts (`Some`) or stops copying a call's accepted datagrams to the recorder under
-    /// capture id `capture`; false if the worker has no such call.
-    pub(crate) async fn set_capture(
-        &self,
-        worker: usize,
-        call_id: CallId,
-        capture: Option<u64>,
-    ) -> Result<bool, WorkerGone> {
-        let (reply, answer) = oneshot::channel();
-        self.send(
-            worker,
-            Command::Capture {
-                call_id,
-                capture,
-                reply,
-            },
-        )?;
-        answer.await.map_err(|_| WorkerGone(worker))
-    }
-
-    /// Stops every worker and waits for the threads.
-    pub(crate) fn stop(&mut self) {
-        for index in 0..self.workers.len() {
-            let _ = self.send(index, Command::Stop);
-        }
-        for worker in &mut self.workers {
-            if let Some(thread) = worker.thread.take() {
-                let _ = thread.join();
-            }
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Per-worker counters, published every tick.
 #[derive(Default)]
@@ -347,14 +76,14 @@ impl Slot {
 /// A worker's kernel objects: the epoll set of its sockets, the eventfd the control plane
 /// writes after every command, and the timerfd of its tick (a timer in the poll set rather
 /// than a timeout on every wait, which would arm and cancel a kernel timer per packet).
-struct WorkerIo {
+pub(super) struct WorkerIo {
     epoll: OwnedFd,
-    waker: Arc<OwnedFd>,
+    pub(super) waker: Arc<OwnedFd>,
     ticker: OwnedFd,
 }
 
 impl WorkerIo {
-    fn new() -> io::Result<Self> {
+    pub(super) fn new() -> io::Result<Self> {
         use rustix::event::{EventfdFlags, eventfd};
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let waker = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
@@ -468,7 +197,7 @@ fn send_run(
     }
 }
 
-struct Worker {
+pub(super) struct Worker {
     index: usize,
     io: WorkerIo,
     commands: mpsc::Receiver<Command>,
@@ -488,7 +217,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(
+    pub(super) fn new(
         index: usize,
         io: WorkerIo,
         commands: mpsc::Receiver<Command>,
@@ -515,7 +244,7 @@ impl Worker {
         }
     }
 
-    fn run(mut self) {
+    pub(super) fn run(mut self) {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(EVENTS);
         // sendmmsg message headers (raw pointers inside, so made on this thread).
         let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
