@@ -4,9 +4,10 @@
 
 use std::time::Instant;
 
+use super::messages::response;
 use super::{
     CALL_TIMERS, CallId, CallRef, CallTimer, Core, Disposition, Endpoint, Flow, HangupSide, LINGER,
-    Output, Side, State, TxTag, response,
+    Output, Side, State, TxTag,
 };
 use crate::sip::message::{Method, Request, reason_phrase};
 use crate::transaction::TxId;

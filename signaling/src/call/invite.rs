@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use proto::domain::Leg;
 
+use super::messages::{body_sdp, relayed_response, response, transport_named};
 use super::{
     ALLOW, Call, CallId, CallRecord, CallRef, CallTimer, Core, Disposition, Flow, HangupSide,
-    MediaError, MediaPlan, RecordingIntent, Side, State, TxTag, body_sdp, relayed_response,
-    response, transport_named,
+    MediaError, MediaPlan, RecordingIntent, Side, State, TxTag,
 };
 use crate::dialog::Dialog;
 use crate::policy::MediaMode;
@@ -195,7 +195,7 @@ impl Core {
             .or(policy.media_mode)
             .unwrap_or(self.settings.media_mode);
         let recorded = self.records(&caller, policy.record);
-        if let Some(kind) = super::foreign_body(&request) {
+        if let Some(kind) = super::messages::foreign_body(&request) {
             let reason = format!("the INVITE's body is {kind}, not application/sdp");
             self.reject_call(now, tx, &key, &request, 415, &reason);
             return;
@@ -626,7 +626,7 @@ impl Core {
         let mut body = response.body.clone();
         let mut update = None;
         if record.media.is_some() && !body.is_empty() {
-            let answer = super::body_sdp(&body)?.expect("a body");
+            let answer = super::messages::body_sdp(&body)?.expect("a body");
             body = record.rewrite_to(Side::A, &body)?;
             record.last_sdp[Side::B.index()] = Some(response.body.clone());
             update = record.media_update(Side::B, answer);
@@ -753,7 +753,7 @@ impl Core {
 fn accepts_sdp(headers: &crate::sip::message::Headers) -> bool {
     headers.values("Accept").any(|range| {
         matches!(
-            super::media_type(range).as_str(),
+            super::messages::media_type(range).as_str(),
             "application/sdp" | "application/*" | "*/*"
         )
     })

@@ -23,11 +23,23 @@
 //! - [`registrar`]: REGISTER with digest authentication, OPTIONS outside dialogs.
 //! - [`recording`]: recording by policy at the answer, by operators, and after a move.
 //! - [`record`]: the call's record for the CDR and its admin summary.
+//!
+//! Around the flows:
+//!
+//! - [`interface`]: what the driver and the core exchange ([`Input`], [`Output`],
+//!   [`Settings`]).
+//! - [`dispatch`]: each input and expired timer to its flow; the admission of requests.
+//! - [`messages`]: building responses, relaying the other leg's, rewriting SDP bodies.
+//! - [`media`]: the media types the core owns; [`sweep`]: releasing stale sessions.
+//! - this file: a call's state and timers, the core's output queue, deadline and plumbing.
 
+mod dispatch;
 mod hangup;
+mod interface;
 mod invite;
 mod keepalive;
 mod media;
+mod messages;
 pub(crate) mod record;
 pub(crate) mod recording;
 mod registrar;
@@ -40,27 +52,28 @@ mod sim;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use proto::domain::Leg;
 
+pub(crate) use self::interface::{Input, Output, Settings};
 pub(crate) use self::media::{CallId, Endpoint, MediaError, MediaPlan, RecordingAction};
+use self::messages::{response, rewrite_for};
 pub(crate) use self::record::{CallRecord, CallSummary, Disposition, HangupSide, MediaMove};
 pub(crate) use self::recording::{RecordingIntent, RecordingRefused, RecordingTarget};
 use crate::auth::DigestAuth;
 use crate::dialog::Dialog;
-use crate::guard::{Admission, Guard};
+use crate::guard::Guard;
 use crate::ids::Ids;
-use crate::policy::{Cidr, MediaMode, Route, User};
+use crate::policy::MediaMode;
 use crate::registrar::Registrar;
-use crate::sdp::{self, Rewrite, SdpError, SessionDescription};
-use crate::sip::header::NameAddr;
-use crate::sip::message::{Headers, Message, Method, ParseError, Request, Response};
-use crate::sip::{Peer, SipCallId, Transport};
+use crate::sdp::{SdpError, SessionDescription};
+use crate::sip::message::{Request, Response};
+use crate::sip::{Peer, SipCallId};
 use crate::timer::TimerTable;
-use crate::transaction::{Expired, Received, TIMEOUT, Transactions, TxId};
+use crate::transaction::{TIMEOUT, Transactions, TxId};
 
 pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER";
 
@@ -106,154 +119,6 @@ impl Side {
             Self::B => "callee",
         }
     }
-}
-
-/// Inputs to the core.
-#[derive(Debug)]
-pub(crate) enum Input {
-    Message {
-        from: Peer,
-        message: Message,
-    },
-    Malformed {
-        from: Peer,
-        error: ParseError,
-    },
-    /// The answer to an [`Output::Allocate`].
-    MediaReady {
-        call: CallRef,
-        result: Result<MediaPlan, MediaError>,
-    },
-    /// The media proxy ended a call's session itself (media timeout, lease expiry,
-    /// shutdown): end the call on both legs.
-    MediaEnded {
-        endpoint: Endpoint,
-        call_id: CallId,
-        reason: String,
-    },
-    /// The media node at `endpoint` is gone (stopped answering, or restarted without its
-    /// sessions): its calls move to another node or end.
-    MediaNodeLost {
-        endpoint: Endpoint,
-        reason: String,
-    },
-    /// This instance's sessions on the node at `endpoint`, as listed at a lease renewal:
-    /// those no call of ours has there are released once listed twice (`sweep`).
-    MediaSessions {
-        endpoint: Endpoint,
-        call_ids: Vec<CallId>,
-    },
-    /// The answer to an [`Output::Relocate`].
-    Relocated {
-        call: CallRef,
-        result: Result<MediaPlan, MediaError>,
-    },
-    /// The outcome of an [`Output::Recording`] or an operator's recording request.
-    RecordingDone {
-        call: CallRef,
-        action: RecordingAction,
-        result: Result<(), MediaError>,
-    },
-}
-
-/// Outputs the driver performs.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Output {
-    Send {
-        to: Peer,
-        data: Vec<u8>,
-    },
-    /// Allocate both legs for the offer's media lines, update `offer_leg` (the leg the offer
-    /// came from: the caller, or the callee for a late offer) and answer with
-    /// [`Input::MediaReady`].
-    Allocate {
-        call: CallRef,
-        call_id: CallId,
-        offer: SessionDescription,
-        offer_leg: Leg,
-        /// The call's audio may be tapped (reflect mode).
-        reflect: bool,
-    },
-    /// Update a leg with its latest SDP (no answer needed), on the call's node.
-    UpdateMedia {
-        endpoint: Endpoint,
-        call_id: CallId,
-        leg: Leg,
-        sdp: SessionDescription,
-    },
-    /// Release a media session that no call owns any more (its allocation came back after
-    /// the call ended).
-    ReleaseMedia {
-        endpoint: Endpoint,
-        call_id: CallId,
-    },
-    /// Release a session found stale on its node in two listings in a row (a call that moved
-    /// away or ended while the node was unreachable).
-    ReleaseStale {
-        endpoint: Endpoint,
-        call_id: CallId,
-    },
-    /// Set the call up again on another node than `lost`: allocate both legs for `caller`'s
-    /// media lines, point each leg at its SDP, and answer with [`Input::Relocated`].
-    Relocate {
-        call: CallRef,
-        call_id: CallId,
-        caller: SessionDescription,
-        callee: SessionDescription,
-        /// The node given up (None if the call had none yet).
-        lost: Option<Endpoint>,
-        reflect: bool,
-    },
-    /// Start, pause or stop the recording of a call's session on its node (`target`), and
-    /// answer with [`Input::RecordingDone`].
-    Recording {
-        target: RecordingTarget,
-        action: RecordingAction,
-    },
-    /// A request's digest credentials were wrong or unusable (counted per method in
-    /// `signaling_auth_failures_total`; the log line names the source and user).
-    AuthFailed {
-        /// `REGISTER`, `INVITE` or `other`.
-        method: &'static str,
-    },
-    /// A source was banned or a user guarded after failed authentications
-    /// (`signaling_auth_bans_total{scope}`; logged when it began).
-    Banned {
-        /// `source` or `user`.
-        scope: &'static str,
-    },
-    /// A request over its source's budget was answered 503 (`rejected`) or dropped
-    /// (`dropped`, a flood or a banned source): `signaling_requests_limited_total{action}`.
-    Limited {
-        action: &'static str,
-    },
-    /// The call is up (answered, or its media moved to another node): keep a durable record
-    /// of it, so that a crash of this process still leaves its CDR (completed at the next
-    /// start, ended at the last sign of life). The record ends "now", by the system.
-    Answered(CallRecord),
-    /// The call ended: release its media (if relayed) and write its CDR.
-    Finish(CallRecord),
-}
-
-/// Static settings of the core.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    /// Our SIP address (Via, Contact).
-    pub(crate) local: SocketAddr,
-    pub(crate) routes: Vec<Route>,
-    pub(crate) trusted: Vec<Cidr>,
-    pub(crate) users: BTreeMap<String, User>,
-    pub(crate) media_mode: MediaMode,
-    /// Record relayed calls from their answer (`--record`; routes and users override it).
-    pub(crate) record: bool,
-    pub(crate) ring_timeout: Duration,
-    pub(crate) max_call_duration: Duration,
-    /// In-dialog OPTIONS keepalive interval of answered calls; zero disables.
-    pub(crate) keepalive: Duration,
-    /// Most calls at once; more INVITEs are answered 503.
-    pub(crate) max_calls: usize,
-    /// Per-source request budget and password-guessing bans.
-    pub(crate) limits: crate::guard::Limits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -598,38 +463,6 @@ impl Core {
         self.transactions.len()
     }
 
-    /// Handles one input; `unix` is the wall clock in seconds (for digest nonces).
-    pub(crate) fn handle(&mut self, now: Instant, unix: u64, input: Input) {
-        match input {
-            Input::Message {
-                from,
-                message: Message::Request(request),
-            } => self.on_request(now, unix, from, request),
-            Input::Message {
-                from,
-                message: Message::Response(response),
-            } => self.on_response(now, response, from),
-            Input::Malformed { from, error } => self.on_malformed(from, error),
-            Input::MediaReady { call, result } => self.on_media(now, call, result),
-            Input::MediaEnded {
-                endpoint,
-                call_id,
-                reason,
-            } => self.on_media_ended(now, &endpoint, &call_id, &reason),
-            Input::MediaNodeLost { endpoint, reason } => self.on_node_lost(now, &endpoint, &reason),
-            Input::MediaSessions { endpoint, call_ids } => {
-                self.on_media_sessions(&endpoint, call_ids);
-            }
-            Input::Relocated { call, result } => self.on_relocated(now, call, result),
-            Input::RecordingDone {
-                call,
-                action,
-                result,
-            } => self.on_recording_done(call, action, result),
-        }
-        self.flush();
-    }
-
     /// The next thing for the driver to do.
     pub(crate) fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
@@ -641,17 +474,6 @@ impl Core {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    /// Runs every timer due at `now`.
-    pub(crate) fn handle_timeout(&mut self, now: Instant) {
-        for expired in self.transactions.handle_timeout(now) {
-            self.on_expired(now, expired);
-        }
-        while let Some((call, timer)) = self.timers.pop_expired(now) {
-            self.on_call_timer(now, call, timer);
-        }
-        self.flush();
     }
 
     // ---- plumbing ----------------------------------------------------------------------
@@ -707,411 +529,6 @@ impl Core {
             response.headers.push("Accept", "application/sdp");
         }
         self.transactions.respond(now, tx, &response);
-    }
-
-    // ---- dispatch ----------------------------------------------------------------------
-
-    fn on_malformed(&mut self, from: Peer, error: ParseError) {
-        tracing::info!(peer = %from.addr, reason = %error.reason, "malformed SIP message");
-        // Only requests with the headers a response needs get one; the rest are dropped.
-        if !error.request {
-            return;
-        }
-        let needed = ["Via", "From", "To", "Call-ID", "CSeq"];
-        if needed.iter().any(|h| error.headers.get(h).is_none()) {
-            return;
-        }
-        let mut headers = Headers::new();
-        for name in needed {
-            for value in error.headers.all(name) {
-                headers.push(name, value);
-            }
-        }
-        let response = Response {
-            status: error.status,
-            reason: error.reason.replace(['\r', '\n'], " "),
-            headers,
-            body: Vec::new(),
-        };
-        self.send(from, response.to_bytes());
-    }
-
-    fn on_request(&mut self, now: Instant, unix: u64, from: Peer, mut request: Request) {
-        if !crate::sip::header::stamp_via(&mut request.headers, from.addr) {
-            tracing::info!(peer = %from.addr, "request with an unreadable Via dropped");
-            return;
-        }
-        if !self.admit(now, from, &request) {
-            return;
-        }
-        match self.transactions.on_request(now, from, request) {
-            Received::Absorbed => {}
-            Received::Ack { request } => self.on_ack(now, request),
-            Received::Request { tx, request } => self.on_new_request(now, unix, from, tx, request),
-        }
-    }
-
-    /// Admits a request before any work is done for it; false when it was answered 503
-    /// statelessly or dropped. Requests of a call that is up always pass (a ban is for what a
-    /// source tries next, never a cut of calls already admitted); a banned source gets
-    /// nothing else through, whatever tags it writes; everything else that is answerable
-    /// spends its source's budget: a To tag is the sender's to write, so only a live call
-    /// makes a request in-dialog here (its Call-ID and a To tag, or an ACK or CANCEL of its
-    /// INVITE). REGISTER is never part of a call. ACK and CANCEL
-    /// cannot be answered 503 and belong to an INVITE already admitted (or cost a 481).
-    /// Trusted sources have neither budget nor ban.
-    fn admit(&mut self, now: Instant, from: Peer, request: &Request) -> bool {
-        let ip = from.addr.ip();
-        if self.settings.trusted.iter().any(|c| c.contains(ip)) {
-            return true;
-        }
-        if request.method != Method::Register
-            && self.by_call_id.contains_key(request.call_id())
-            && (matches!(request.method, Method::Ack | Method::Cancel)
-                || NameAddr::parse(request.headers.get("To").unwrap_or(""))
-                    .is_some_and(|to| to.tag().is_some()))
-        {
-            return true;
-        }
-        let user = claimed_user(request);
-        if self.guard.drops(now, ip, user.as_deref()) {
-            self.push(Output::Limited { action: "dropped" });
-            return false;
-        }
-        if matches!(request.method, Method::Ack | Method::Cancel) {
-            return true;
-        }
-        let (admission, started) = self.guard.admit(now, ip, user.as_deref());
-        if started {
-            tracing::warn!(source = %ip, rate = self.settings.limits.source_rate, "source over its request budget: answered 503, then dropped while it keeps on");
-        }
-        match admission {
-            Admission::Pass => true,
-            Admission::Reject { retry_after } => {
-                self.push(Output::Limited { action: "rejected" });
-                let tag = self.ids.tag();
-                let mut answer = response(request, 503, "Service Unavailable", Some(&tag));
-                answer.headers.push("Retry-After", retry_after.to_string());
-                self.send(from, answer.to_bytes());
-                false
-            }
-            Admission::Drop => {
-                self.push(Output::Limited { action: "dropped" });
-                false
-            }
-        }
-    }
-
-    /// Housekeeping of the abuse limits, about once a second; the sources banned now (the
-    /// `signaling_banned_sources` gauge).
-    pub(crate) fn guard_tick(&mut self, now: Instant) -> usize {
-        self.guard.tick(now)
-    }
-
-    fn on_new_request(&mut self, now: Instant, unix: u64, from: Peer, tx: TxId, request: Request) {
-        // RFC 3261 section 8.2.2.3: an extension the request requires and we do not
-        // implement (we implement none) is refused with 420, naming it. ACK and CANCEL get
-        // no answer of their own.
-        if !matches!(request.method, Method::Ack | Method::Cancel) {
-            let required: Vec<&str> = request
-                .headers
-                .values("Require")
-                .chain(request.headers.values("Proxy-Require"))
-                .map(str::trim)
-                .filter(|option| !option.is_empty())
-                .collect();
-            if !required.is_empty() {
-                tracing::info!(peer = %from.addr, options = %required.join(", "), "request requires unsupported extensions");
-                let tag = self.ids.tag();
-                let mut answer = response(&request, 420, "Bad Extension", Some(&tag));
-                answer.headers.push("Unsupported", required.join(", "));
-                self.transactions.respond(now, tx, &answer);
-                return;
-            }
-        }
-        if let Some(&(call, side)) = self.by_call_id.get(request.call_id()) {
-            let fresh_invite = request.method == Method::Invite
-                && NameAddr::parse(request.headers.get("To").unwrap_or(""))
-                    .is_some_and(|to| to.tag().is_none());
-            let finished = self.calls.get(&call).is_none_or(|c| c.finished);
-            if fresh_invite && finished {
-                // The same Call-ID again after its call ended (a phone retrying): a new call.
-                self.by_call_id.remove(request.call_id());
-            } else {
-                self.in_dialog(now, call, side, tx, request);
-                return;
-            }
-        }
-        if let Some(forwards) = request.headers.get("Max-Forwards")
-            && forwards.trim().parse::<u8>() == Ok(0)
-        {
-            self.reply(now, tx, &request, 483);
-            return;
-        }
-        match request.method {
-            Method::Register => self.on_register(now, unix, from, tx, &request),
-            Method::Options => self.on_options(now, tx, &request),
-            Method::Invite => self.on_invite(now, unix, from, tx, request),
-            Method::Bye | Method::Cancel => self.reply(now, tx, &request, 481),
-            Method::Other(_) => self.reply(now, tx, &request, 501),
-            _ => {
-                let tag = self.ids.tag();
-                let mut response = response(&request, 405, "Method Not Allowed", Some(&tag));
-                response.headers.push("Allow", ALLOW);
-                self.transactions.respond(now, tx, &response);
-            }
-        }
-    }
-
-    /// A new request inside one of a call's dialogs.
-    fn in_dialog(&mut self, now: Instant, call: CallRef, side: Side, tx: TxId, request: Request) {
-        let Some(record) = self.calls.get_mut(&call) else {
-            self.reply(now, tx, &request, 481);
-            return;
-        };
-        if let Err(error) = record.dialog(side).receive(&request) {
-            tracing::info!(call_id = request.call_id(), %error, "in-dialog request refused");
-            self.reply(now, tx, &request, error.status());
-            return;
-        }
-        match (side, &request.method) {
-            (_, Method::Invite) => self.on_reinvite(now, call, side, tx, request),
-            (_, Method::Bye) => self.on_bye(now, call, side, tx, &request),
-            (Side::A, Method::Cancel) => self.on_cancel(now, call, tx, &request),
-            (_, Method::Options) => {
-                let ok = response(&request, 200, "OK", None);
-                self.transactions.respond(now, tx, &ok);
-            }
-            _ => self.reply(now, tx, &request, 501),
-        }
-    }
-
-    fn on_response(&mut self, now: Instant, response: Response, from: Peer) {
-        let Some(answer) = self.transactions.on_response(now, response) else {
-            return;
-        };
-        let tag = answer.tag;
-        if !self.calls.contains_key(&tag.call) {
-            tracing::debug!(peer = %from.addr, "response for a call already forgotten");
-            return;
-        }
-        match tag.flow {
-            Flow::Invite => self.on_invite_response(now, tag.call, answer.response),
-            Flow::ReInvite => {
-                self.on_reinvite_response(now, tag.call, tag.side, answer.tx, answer.response)
-            }
-            Flow::Relocate => {
-                self.on_relocate_response(now, tag.call, tag.side, answer.tx, answer.response)
-            }
-            Flow::Keepalive => {
-                self.on_keepalive_response(now, tag.call, tag.side, &answer.response)
-            }
-            Flow::Hangup | Flow::Answer | Flow::ReInviteAnswer => {}
-        }
-    }
-
-    fn on_expired(&mut self, now: Instant, expired: Expired<TxTag>) {
-        match expired {
-            Expired::NoResponse { tx, tag, .. } => match tag.flow {
-                Flow::Invite => self.on_invite_timeout(now, tag.call, tx),
-                Flow::ReInvite => self.on_reinvite_timeout(now, tag.call, tx),
-                Flow::Relocate => self.on_relocate_timeout(now, tag.call, tag.side, tx),
-                _ => {}
-            },
-            Expired::NoAck { tx, tag: Some(tag) } => match tag.flow {
-                Flow::Answer => self.on_ack_timeout(now, tag.call),
-                Flow::ReInviteAnswer => {
-                    if let Some(call) = self.calls.get_mut(&tag.call)
-                        && call.reinvite_ok.is_some_and(|(_, _, t)| t == tx)
-                    {
-                        tracing::info!(call_id = %call.key, "re-INVITE 2xx never acknowledged");
-                        call.reinvite_ok = None;
-                    }
-                }
-                _ => {}
-            },
-            Expired::NoAck { tag: None, .. } => {}
-        }
-    }
-
-    fn on_call_timer(&mut self, now: Instant, call: CallRef, timer: CallTimer) {
-        match timer {
-            CallTimer::Ring => self.on_ring_timeout(now, call),
-            CallTimer::MaxDuration => self.on_max_duration(now, call),
-            CallTimer::Keepalive => self.on_keepalive(now, call),
-            CallTimer::KeepaliveTimeout(side) => self.on_keepalive_timeout(now, call, side),
-            CallTimer::Relocate(side) => self.send_relocation(now, call, side),
-            CallTimer::Linger => {
-                if let Some(record) = self.calls.remove(&call) {
-                    for call_id in [&record.a.call_id, &record.b.call_id] {
-                        if self
-                            .by_call_id
-                            .get(call_id)
-                            .is_some_and(|(c, _)| *c == call)
-                        {
-                            self.by_call_id.remove(call_id);
-                        }
-                    }
-                    if self.by_key.get(&record.key) == Some(&call) {
-                        self.by_key.remove(&record.key);
-                    }
-                }
-            }
-        }
-    }
-}
-
-// ---- building messages ---------------------------------------------------------------
-
-/// A response to `request` (RFC 3261 section 8.2.6): Via, From, To, Call-ID, CSeq copied;
-/// `to_tag` added when the To has none; Record-Route echoed in dialog-creating responses.
-/// The media type of a request's body when it is neither SDP nor multipart (whose SDP part is
-/// looked for by the SDP reader): such a body is answered 415, not read as SDP.
-fn foreign_body(request: &Request) -> Option<String> {
-    if request.body.is_empty() {
-        return None;
-    }
-    let kind = media_type(request.headers.get("Content-Type")?);
-    (kind != "application/sdp" && !kind.starts_with("multipart/")).then_some(kind)
-}
-
-/// The media type of a Content-Type or Accept value, lowercase and without parameters
-/// (`Application/SDP; charset=x` is `application/sdp`).
-fn media_type(value: &str) -> String {
-    value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
-}
-
-/// Who a request says it is: its credentials' user name, else its To user (REGISTER) or
-/// From user (anything else).
-fn claimed_user(request: &Request) -> Option<String> {
-    let credentials = request
-        .headers
-        .all("Authorization")
-        .chain(request.headers.all("Proxy-Authorization"))
-        .find_map(crate::auth::Credentials::parse);
-    if let Some(credentials) = credentials {
-        return Some(credentials.username);
-    }
-    let header = if request.method == Method::Register {
-        "To"
-    } else {
-        "From"
-    };
-    NameAddr::parse(request.headers.get(header)?)?.uri.user
-}
-
-fn response(request: &Request, status: u16, reason: &str, to_tag: Option<&str>) -> Response {
-    let mut headers = Headers::new();
-    for via in request.headers.all("Via") {
-        headers.push("Via", via);
-    }
-    headers.push("From", request.headers.get("From").unwrap_or(""));
-    let to = request.headers.get("To").unwrap_or("");
-    match (to_tag, NameAddr::parse(to)) {
-        (Some(tag), Some(mut to)) if to.tag().is_none() => {
-            to.set_tag(tag);
-            headers.push("To", to.to_string());
-        }
-        _ => headers.push("To", to),
-    }
-    headers.push("Call-ID", request.call_id());
-    headers.push("CSeq", request.headers.get("CSeq").unwrap_or(""));
-    if (101..300).contains(&status) {
-        // A UAS echoes Record-Route in dialog-creating responses (RFC 3261 12.1.1).
-        for route in request.headers.all("Record-Route") {
-            headers.push("Record-Route", route);
-        }
-    }
-    headers.push("Server", concat!("signaling/", env!("CARGO_PKG_VERSION")));
-    Response {
-        status,
-        reason: reason.to_owned(),
-        headers,
-        body: Vec::new(),
-    }
-}
-
-/// Our response to `request` carrying the other leg's `response` on: its status and reason,
-/// our Contact, and `body` (the SDP already rewritten) with its Content-Type.
-fn relayed_response(
-    request: &Request,
-    response: &Response,
-    to_tag: Option<&str>,
-    contact: &str,
-    body: Vec<u8>,
-) -> Response {
-    let mut relayed = self::response(request, response.status, &response.reason, to_tag);
-    relayed.headers.push("Contact", contact);
-    if !body.is_empty() {
-        relayed.headers.push(
-            "Content-Type",
-            response
-                .headers
-                .get("Content-Type")
-                .unwrap_or("application/sdp"),
-        );
-    }
-    relayed.body = body;
-    relayed
-}
-
-/// The SDP of a message body: None when there is no body, an error when it is not usable.
-fn body_sdp(body: &[u8]) -> Result<Option<SessionDescription>, SdpError> {
-    if body.is_empty() {
-        return Ok(None);
-    }
-    let text = std::str::from_utf8(body).map_err(|_| SdpError("body is not UTF-8".into()))?;
-    sdp::parse(text).map(Some)
-}
-
-/// Rewrites an SDP body for one leg of the relay: the proxy's address and that leg's ports,
-/// and the `o=` version raised by `bump` (0 keeps it).
-fn rewrite_for(
-    body: &[u8],
-    address: IpAddr,
-    ports: &[u16],
-    bump: u64,
-) -> Result<Vec<u8>, SdpError> {
-    let text = std::str::from_utf8(body).map_err(|_| SdpError("body is not UTF-8".into()))?;
-    let parsed = sdp::parse(text)?;
-    let plan = Rewrite {
-        address,
-        ports: parsed
-            .media
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.port != 0).then(|| ports.get(i).copied()).flatten())
-            .collect(),
-        origin_version: (bump > 0)
-            .then(|| parsed.origin_version.map(|v| v.wrapping_add(bump)))
-            .flatten(),
-    };
-    if parsed
-        .media
-        .iter()
-        .enumerate()
-        .any(|(i, m)| m.port != 0 && i >= ports.len())
-    {
-        return Err(SdpError(format!(
-            "{} media lines, the relay has ports for {}",
-            parsed.media.len(),
-            ports.len()
-        )));
-    }
-    sdp::rewrite(text, &plan).map(String::into_bytes)
-}
-
-/// The transport of a registered binding or route (`tcp`, else UDP).
-fn transport_named(name: &str) -> Transport {
-    if name == "tcp" {
-        Transport::Tcp
-    } else {
-        Transport::Udp
     }
 }
 

@@ -3,7 +3,8 @@
 
 use std::time::Instant;
 
-use super::{ALLOW, Core, Output, response};
+use super::messages::response;
+use super::{ALLOW, Core, Output};
 use crate::auth::{Credentials, Secret, Verdict};
 use crate::guard::Ban;
 use crate::registrar::{RegisterError, RegisterRequest};

@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use super::{CallRef, Core, Flow, ReInvite, Side, TxTag, body_sdp, relayed_response, response};
+use super::messages::{body_sdp, relayed_response, response};
+use super::{CallRef, Core, Flow, ReInvite, Side, TxTag};
 use crate::sip::message::{Method, Request, Response};
 use crate::transaction::TxId;
 
@@ -27,7 +28,7 @@ impl Core {
             self.reply(now, tx, &request, 491);
             return;
         }
-        if let Some(kind) = super::foreign_body(&request) {
+        if let Some(kind) = super::messages::foreign_body(&request) {
             tracing::info!(call_id = request.call_id(), %kind, "re-INVITE body is not SDP; 415");
             self.reply(now, tx, &request, 415);
             return;

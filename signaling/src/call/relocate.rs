@@ -8,9 +8,10 @@
 use std::time::{Duration, Instant};
 
 use super::MediaError;
+use super::messages::body_sdp;
 use super::{
     CallRef, CallTimer, Core, Disposition, Endpoint, Flow, HangupSide, MediaMove, MediaPlan,
-    Output, Side, State, TxTag, body_sdp,
+    Output, Side, State, TxTag,
 };
 use crate::policy::MediaMode;
 use crate::sip::message::Response;
