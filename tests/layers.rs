@@ -34,8 +34,8 @@ const SANS_IO: [&str; 12] = [
 ];
 
 /// What a sans-IO module may not name: clocks, sockets, threads, the async runtime, gRPC,
-/// and the modules that hold the command line or a gRPC client or server.
-const IO_WORDS: [&str; 17] = [
+/// and the modules that hold the command line, a gRPC client or server, or the driver.
+const IO_WORDS: [&str; 18] = [
     "Instant::now",
     "SystemTime::now",
     "tokio::",
@@ -53,6 +53,7 @@ const IO_WORDS: [&str; 17] = [
     "crate::media::",
     "crate::grpc",
     "crate::server",
+    "crate::driver",
 ];
 
 fn workspace() -> PathBuf {

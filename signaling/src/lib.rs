@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`sip`]: RFC 3261 messages, URIs and headers, parsed and written without I/O.
+//! - [`sip`]: RFC 3261 messages, URIs and headers, parsed and written without I/O
+//!   (`sip/message/`: headers, parser, framing, writer).
 //! - [`sdp`]: reading SDP for the relay and the line-based rewrite through the proxy.
 //! - [`auth`]: digest authentication (MD5, SHA-256, qop=auth, HMAC-bound expiring nonces,
 //!   nonce counts that must grow, passwords or stored HA1 hashes).
@@ -11,13 +12,17 @@
 //! - [`registrar`]: REGISTER bindings with expiry (RFC 3261 section 10.3).
 //! - [`transaction`]: RFC 3261 section 17 client and server transactions with their timers.
 //! - [`dialog`]: RFC 3261 section 12 dialogs and the requests built from them.
-//! - [`call`]: the sans-IO B2BUA: two dialogs bridged per call, one file per flow.
+//! - [`call`]: the sans-IO B2BUA: two dialogs bridged per call, one file per flow (its
+//!   inputs and outputs in `call/interface.rs`, their dispatch in `call/dispatch.rs`).
 //! - [`timer`]: deadlines as state; [`ids`]: random tags, branches and Call-IDs.
 //! - [`media`]: the gRPC client of the media proxy.
 //! - [`diagnosis`]: the media verdict and its plain-words diagnosis (pure).
 //! - [`completion`]: a finished call's CDR row, from its record and its media's release (pure).
 //! - [`cdr`]: the CDR store (SQLite, PostgreSQL) and its writer thread; [`export`] reads it.
-//! - [`server`]: the driver (sockets, timers, tasks); [`admin`]: its read-only HTTP endpoints.
+//! - [`driver`]: the driver (sockets, timers, tasks): `driver/mod.rs` serves, `perform.rs`
+//!   performs the core's outputs, `transport.rs` moves SIP over UDP and TCP, `nodes.rs`
+//!   watches the media proxies, `finish.rs` finishes calls into CDRs; [`admin`]: its
+//!   read-only HTTP endpoints.
 //! - [`policy`]: media modes, routes, trusted networks and users, as the core reads them.
 //! - [`config`], [`metrics`].
 #![forbid(unsafe_code)]
@@ -30,6 +35,7 @@ pub(crate) mod completion;
 pub mod config;
 pub mod diagnosis;
 pub(crate) mod dialog;
+pub mod driver;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -41,7 +47,6 @@ pub(crate) mod metrics;
 pub mod policy;
 pub(crate) mod registrar;
 pub mod sdp;
-pub mod server;
 pub mod sip;
 pub(crate) mod tcp;
 pub(crate) mod timer;

@@ -1,11 +1,11 @@
-//! The `signaling` binary: parses the configuration and runs [`signaling::server`].
+//! The `signaling` binary: parses the configuration and runs [`signaling::driver`].
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use signaling::config::{Cli, Command, Config};
-use signaling::server::Signaling;
+use signaling::driver::Signaling;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
