@@ -78,8 +78,9 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Files that only tests compile: `#[cfg(test)] mod name;` in their parent.
-fn test_only_files(files: &[PathBuf]) -> BTreeSet<PathBuf> {
+/// Files that only tests compile: `#[cfg(test)] mod name;` in their parent, as `name.rs` or
+/// as the folder `name/` with everything in it.
+fn test_only_files(files: &[PathBuf]) -> TestOnly {
     let mut test_only = BTreeSet::new();
     for file in files {
         let text = fs::read_to_string(file).expect("source file");
@@ -102,10 +103,19 @@ fn test_only_files(files: &[PathBuf]) -> BTreeSet<PathBuf> {
                 file.with_extension("")
             };
             test_only.insert(dir.join(format!("{name}.rs")));
-            test_only.insert(dir.join(name).join("mod.rs"));
+            test_only.insert(dir.join(name));
         }
     }
-    test_only
+    TestOnly(test_only)
+}
+
+/// Test-only files and folders.
+struct TestOnly(BTreeSet<PathBuf>);
+
+impl TestOnly {
+    fn contains(&self, file: &Path) -> bool {
+        self.0.iter().any(|place| file.starts_with(place))
+    }
 }
 
 /// The source without comments, string contents and `#[cfg(test)]` items, as (line number,
@@ -268,7 +278,7 @@ fn arrows(crate_dir: &Path) -> Arrows {
     let files = rust_files(&src);
     let test_only = test_only_files(&files);
     let mut arrows = Arrows::new();
-    for file in files.iter().filter(|f| !test_only.contains(*f)) {
+    for file in files.iter().filter(|f| !test_only.contains(f)) {
         let Some(from) = top_module(&src, file) else {
             continue;
         };
@@ -368,7 +378,7 @@ fn the_protocol_cores_read_no_clock_and_touch_no_io() {
             declaring.push(beside);
         }
         let test_only = test_only_files(&declaring);
-        for file in files.iter().filter(|f| !test_only.contains(*f)) {
+        for file in files.iter().filter(|f| !test_only.contains(f)) {
             let text = fs::read_to_string(file)
                 .unwrap_or_else(|e| panic!("{}: {e} (SANS_IO names it)", file.display()));
             for (number, line) in production_lines(&text) {
@@ -408,4 +418,22 @@ fn the_checker_sees_arrows_in_every_form_and_skips_tests_and_comments() {
     assert_eq!(circles(&arrows).len(), 1);
     arrows.remove(&("c".into(), "a".into()));
     assert!(circles(&arrows).is_empty());
+}
+
+#[test]
+fn a_test_module_declared_as_a_folder_is_test_code_with_everything_in_it() {
+    let dir = std::env::temp_dir().join(format!("layers-self-test-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.join("call/tests")).unwrap();
+    fs::write(dir.join("call.rs"), "mod flow;\n#[cfg(test)]\nmod tests;\n").unwrap();
+    fs::write(dir.join("call/flow.rs"), "use crate::media::X;\n").unwrap();
+    fs::write(dir.join("call/tests/mod.rs"), "mod basic;\n").unwrap();
+    fs::write(dir.join("call/tests/basic.rs"), "use std::fs;\n").unwrap();
+    let files = rust_files(&dir);
+    let test_only = test_only_files(&files);
+    assert!(test_only.contains(&dir.join("call/tests/mod.rs")));
+    assert!(test_only.contains(&dir.join("call/tests/basic.rs")));
+    assert!(!test_only.contains(&dir.join("call/flow.rs")));
+    assert!(!test_only.contains(&dir.join("call.rs")));
+    fs::remove_dir_all(&dir).unwrap();
 }
