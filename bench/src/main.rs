@@ -31,16 +31,22 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use generator::{Stream, generate};
+use measure::{cpu_seconds, nearest_rank, percentile, rss_kib, threads_cpu_seconds};
 use proto::v1 as pb;
 use proto::v1::media_proxy_client::MediaProxyClient;
+use recorded::{Recorded, record_all, recording_totals};
+use report::{Row, print_row, print_summary};
 
 mod churn;
 mod decode;
 mod forward;
 mod forward_uring;
 mod generator;
+mod measure;
 mod netns;
 mod ng;
+mod recorded;
+mod report;
 
 /// Which relay a point measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -309,216 +315,6 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_row(target: Target, calls: usize, row: &Row) {
-    let mut line = format!(
-        "{:<9} {:>6} {:>9.0} {:>9.0} {:>8.3} {:>5} {:>8} {:>8} {:>9} {:>7.1} {:>12.0} {:>9.2} {:>6.1} {:>7.2}ms {:>6}us",
-        target.name(),
-        calls,
-        row.offered_pps,
-        row.relayed_pps,
-        row.loss_percent,
-        row.duplicates,
-        row.p50_us,
-        row.p99_us,
-        row.p999_us,
-        row.proxy_cpu_percent,
-        row.packets_per_cpu_second,
-        row.rss_kib_per_call,
-        row.idle_cpu_percent,
-        row.setup_p99_ms,
-        row.lag99_us,
-    );
-    if let Some(churn) = &row.churn {
-        line += &format!(
-            " {:>8} {:>7.2}ms {:>5}",
-            churn.calls, churn.setup_p99_ms, churn.failures
-        );
-    }
-    println!("{line}");
-    if let Some((relay, recorder)) = row.threads {
-        println!(
-            "          ^ threads: relay workers {relay:.1}% of a core, recorder {recorder:.1}%"
-        );
-    }
-    if let Some(recorded) = &row.recorded {
-        println!(
-            "          ^ recorded {} calls: {} packets written, {} dropped by the recorder, {:.0} MiB of files",
-            recorded.recording,
-            recorded.packets,
-            recorded.dropped,
-            recorded.bytes as f64 / 1048576.0
-        );
-    }
-    if let Some(error) = row.churn.as_ref().and_then(|c| c.first_error.as_ref()) {
-        println!("          ^ churn: the first of the failed operations: {error}");
-    }
-    if row.offered_pps < 0.99 * row.intended_pps {
-        println!(
-            "          ^ the generator offered under 99 % of {:.0} packets/s: this row measures the generator, not the relay",
-            row.intended_pps
-        );
-    }
-}
-
-/// The lowest and the highest of positive figures.
-fn span(values: &[f64]) -> (f64, f64) {
-    let lowest = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let highest = values.iter().copied().fold(0.0, f64::max);
-    (lowest, highest)
-}
-
-/// The middle value (the mean of the two middle ones for an even count); NaN for none.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[middle],
-        _ => (values[middle - 1] + values[middle]) / 2.0,
-    }
-}
-
-/// After several rounds of one call count: each target's median efficiency with its range,
-/// and its ratio to the reference relay (rtpengine when measured, else the last target)
-/// taken round by round, so that both relays of a ratio ran minutes apart at most.
-fn print_summary(targets: &[Target], calls: usize, rows: &[Vec<Row>]) {
-    let reference = targets
-        .iter()
-        .position(|&t| t == Target::Rtpengine)
-        .unwrap_or(targets.len() - 1);
-    println!(
-        "summary   {calls} calls, {} rounds: median pkt/cpu-s (min-max), worst loss%, ratio to {} per round: median (min-max), median p50/p99 us",
-        rows[0].len(),
-        targets[reference].name()
-    );
-    for (index, target) in targets.iter().enumerate() {
-        let efficiency: Vec<f64> = rows[index]
-            .iter()
-            .map(|r| r.packets_per_cpu_second)
-            .collect();
-        let (lowest, highest) = span(&efficiency);
-        let loss = rows[index]
-            .iter()
-            .map(|r| r.loss_percent)
-            .fold(0.0, f64::max);
-        let ratios: Vec<f64> = rows[index]
-            .iter()
-            .zip(&rows[reference])
-            .map(|(row, reference)| row.packets_per_cpu_second / reference.packets_per_cpu_second)
-            .collect();
-        let (ratio_low, ratio_high) = span(&ratios);
-        let p50 = median(rows[index].iter().map(|r| r.p50_us as f64).collect());
-        let p99 = median(rows[index].iter().map(|r| r.p99_us as f64).collect());
-        println!(
-            "  {:<10} {:>9.0} ({:.0}-{:.0})  loss {:.3}  x{:.2} ({:.2}-{:.2})  p50 {:.0}  p99 {:.0}",
-            target.name(),
-            median(efficiency),
-            lowest,
-            highest,
-            loss,
-            median(ratios),
-            ratio_low,
-            ratio_high,
-            p50,
-            p99
-        );
-    }
-}
-
-struct Row {
-    offered_pps: f64,
-    relayed_pps: f64,
-    loss_percent: f64,
-    duplicates: u64,
-    p50_us: u64,
-    p99_us: u64,
-    p999_us: u64,
-    proxy_cpu_percent: f64,
-    packets_per_cpu_second: f64,
-    rss_kib_per_call: f64,
-    /// The relay's CPU with every call set up and no packets (timers, statistics).
-    idle_cpu_percent: f64,
-    setup_p99_ms: f64,
-    /// 99th percentile of how late the generator sent against its schedule.
-    lag99_us: u64,
-    intended_pps: f64,
-    /// With `--churn`: what the churn did.
-    churn: Option<ChurnRow>,
-    /// Target ours+rec: what the recordings hold.
-    recorded: Option<Recorded>,
-    /// Ours: CPU % of a core of the relay worker threads and of the recorder thread.
-    threads: Option<(f64, f64)>,
-}
-
-/// What the recordings of a point hold, from the proxy's recording states and the files.
-struct Recorded {
-    /// Calls whose recording was running at the end.
-    recording: usize,
-    /// RTP packets whose audio was written, and packets the recorder could not take.
-    packets: u64,
-    dropped: u64,
-    bytes: u64,
-}
-
-/// Starts recording every call of a point (ours+rec).
-async fn record_all(control: &mut Control, calls: usize) -> anyhow::Result<()> {
-    let Control::Grpc(client, _) = control else {
-        bail!("only our relay records");
-    };
-    for call in 0..calls {
-        client
-            .start_recording(pb::StartRecordingRequest {
-                call_id: format!("bench-{call}"),
-                file_stem: String::new(),
-                pcap: false,
-            })
-            .await
-            .with_context(|| format!("start recording bench-{call}"))?;
-    }
-    Ok(())
-}
-
-/// The recordings' totals at the end of a point.
-async fn recording_totals(
-    control: &mut Control,
-    calls: usize,
-    directory: &std::path::Path,
-) -> anyhow::Result<Recorded> {
-    let Control::Grpc(client, _) = control else {
-        bail!("only our relay records");
-    };
-    let mut totals = Recorded {
-        recording: 0,
-        packets: 0,
-        dropped: 0,
-        bytes: 0,
-    };
-    for call in 0..calls {
-        let stats = client
-            .query_stats(pb::QueryStatsRequest {
-                call_id: format!("bench-{call}"),
-            })
-            .await?
-            .into_inner();
-        let state = stats.recording.unwrap_or_default();
-        if state.state == pb::recording_state::State::Recording as i32 {
-            totals.recording += 1;
-        }
-        totals.packets += state.packets;
-        totals.dropped += state.dropped_packets;
-        for file in &state.files {
-            totals.bytes += std::fs::metadata(file).map_or(0, |m| m.len());
-        }
-    }
-    anyhow::ensure!(
-        totals.recording == calls,
-        "{} of {calls} recordings running in {}",
-        totals.recording,
-        directory.display()
-    );
-    Ok(totals)
-}
-
 struct Proxy(Child);
 
 impl Drop for Proxy {
@@ -548,63 +344,6 @@ fn free_tcp_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: &str, clock_ticks: f64) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat.rsplit_once(')').context("stat format")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = fields[11].parse()?;
-    let stime: f64 = fields[12].parse()?;
-    Ok((utime + stime) / clock_ticks)
-}
-
-/// CPU seconds the threads of a process whose names start with `prefix` have used (relay
-/// workers are `relay-N`, the recorder `recorder`); 0 for a process without such threads.
-fn threads_cpu_seconds(pid: &str, prefix: &str, clock_ticks: f64) -> f64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0.0;
-    };
-    tasks
-        .filter_map(|task| {
-            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
-            let (head, after) = stat.rsplit_once(')')?;
-            let name = head.split_once('(')?.1;
-            if !name.starts_with(prefix) {
-                return None;
-            }
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / clock_ticks)
-        })
-        .sum()
-}
-
-fn rss_kib(pid: &str) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
-}
-
-fn percentile(sorted: &[u32], p: f64) -> u64 {
-    u64::from(nearest_rank(sorted, p))
-}
-
-/// The value at fraction `p` of sorted values (nearest rank); the default for none.
-fn nearest_rank<T: Copy + Default>(sorted: &[T], p: f64) -> T {
-    if sorted.is_empty() {
-        return T::default();
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// How the benchmark sets calls up on the relay under test.
@@ -997,16 +736,4 @@ struct ChurnRow {
     /// Setups and releases that failed.
     failures: u64,
     first_error: Option<String>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_of_odd_and_even_counts_and_of_nothing() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert!(median(Vec::new()).is_nan());
-    }
 }
