@@ -36,12 +36,12 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::access::registrar::RegistrationSummary;
 use crate::call::{CallId, CallSummary, Endpoint, RecordingRefused};
 use crate::cdr::CdrMedia;
-use crate::diagnosis::{self, MediaReport};
+use crate::cdr::diagnosis::{self, MediaReport};
 use crate::media::pool::Pool;
 use crate::media::{MediaError, Recording, RecordingAction};
-use crate::registrar::RegistrationSummary;
 
 /// A question for the task that owns the SIP core.
 #[derive(Debug)]

@@ -231,7 +231,7 @@ pub struct Config {
     pub cdr_queue: usize,
     pub max_calls: usize,
     /// Per-source request budget and password-guessing bans.
-    pub limits: crate::guard::Limits,
+    pub limits: crate::access::guard::Limits,
     /// SIP TCP connections one source may hold.
     pub tcp_per_source: usize,
     pub metrics: SocketAddr,
@@ -420,7 +420,7 @@ impl Config {
                 "must be 16 or more printable characters without spaces".into(),
             ));
         }
-        let defaults = crate::guard::Limits::default();
+        let defaults = crate::access::guard::Limits::default();
         let source_rate = upper
             .source_rate
             .or(lower.source_rate)
@@ -431,7 +431,7 @@ impl Config {
                 format!("{source_rate}: must be 0 (no budget) or a positive rate"),
             ));
         }
-        let limits = crate::guard::Limits {
+        let limits = crate::access::guard::Limits {
             source_rate,
             max_failures: upper
                 .auth_max_failures

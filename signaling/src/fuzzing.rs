@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use crate::auth::{Credentials, DigestAuth, Secret};
+use crate::access::auth::{Credentials, DigestAuth, Secret};
 use crate::sdp::{Rewrite, parse as parse_sdp, rewrite};
 use crate::sip::message::{Frame, Message, frame, parse};
 
@@ -130,7 +130,7 @@ pub fn digest_credentials(data: &[u8]) {
             let verdict = auth.verify(1000, method, &credentials, secret);
             // A nonce this process never issued cannot authenticate anyone.
             assert!(
-                !matches!(verdict, crate::auth::Verdict::Authenticated(_)),
+                !matches!(verdict, crate::access::auth::Verdict::Authenticated(_)),
                 "authenticated with a nonce never issued: {text}"
             );
         }

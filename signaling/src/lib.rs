@@ -5,20 +5,20 @@
 //! - [`sip`]: RFC 3261 messages, URIs and headers, parsed and written without I/O
 //!   (`sip/message/`: headers, parser, framing, writer).
 //! - [`sdp`]: reading SDP for the relay and the line-based rewrite through the proxy.
-//! - [`auth`]: digest authentication (MD5, SHA-256, qop=auth, HMAC-bound expiring nonces,
-//!   nonce counts that must grow, passwords or stored HA1 hashes).
-//! - [`guard`]: per-source request budgets and password-guessing bans (pure).
+//! - [`access`]: who may do what, all pure: `auth` (digest: MD5, SHA-256, qop=auth,
+//!   HMAC-bound expiring nonces, nonce counts that must grow, passwords or stored HA1
+//!   hashes), `guard` (per-source request budgets, password-guessing bans), `registrar`
+//!   (REGISTER bindings with expiry, RFC 3261 section 10.3).
 //! - `fuzzing` (hidden): entry points of the fuzz targets in `fuzz/`.
-//! - [`registrar`]: REGISTER bindings with expiry (RFC 3261 section 10.3).
 //! - [`transaction`]: RFC 3261 section 17 client and server transactions with their timers.
 //! - [`dialog`]: RFC 3261 section 12 dialogs and the requests built from them.
 //! - [`call`]: the sans-IO B2BUA: two dialogs bridged per call, one file per flow (its
 //!   inputs and outputs in `call/interface.rs`, their dispatch in `call/dispatch.rs`).
 //! - [`timer`]: deadlines as state; [`ids`]: random tags, branches and Call-IDs.
 //! - [`media`]: the gRPC client of the media proxy.
-//! - [`diagnosis`]: the media verdict and its plain-words diagnosis (pure).
-//! - [`completion`]: a finished call's CDR row, from its record and its media's release (pure).
-//! - [`cdr`]: the CDR store (SQLite, PostgreSQL) and its writer thread; [`export`] reads it.
+//! - [`cdr`]: the end of a call: `cdr::completion` builds its row from its record and its
+//!   media's release, `cdr::diagnosis` gives the media verdict in plain words (both pure);
+//!   the store (SQLite, PostgreSQL) and its writer thread; [`export`] reads it.
 //! - [`driver`]: the driver (sockets, timers, tasks): `driver/mod.rs` serves, `perform.rs`
 //!   performs the core's outputs, `transport.rs` moves SIP over UDP and TCP, `nodes.rs`
 //!   watches the media proxies, `finish.rs` finishes calls into CDRs; [`admin`]: its
@@ -27,25 +27,21 @@
 //! - [`config`], [`metrics`].
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub(crate) mod admin;
-pub(crate) mod auth;
 pub(crate) mod call;
 pub mod cdr;
-pub(crate) mod completion;
 pub mod config;
-pub mod diagnosis;
 pub(crate) mod dialog;
 pub mod driver;
 pub mod export;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod guard;
 pub mod health;
 pub(crate) mod ids;
 pub(crate) mod media;
 pub(crate) mod metrics;
 pub mod policy;
-pub(crate) mod registrar;
 pub mod sdp;
 pub mod sip;
 pub(crate) mod tcp;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::messages::response;
 use super::{ALLOW, CallRef, CallTimer, Core, Flow, Input, Output, Side, TxTag};
-use crate::guard::Admission;
+use crate::access::guard::Admission;
 use crate::sip::Peer;
 use crate::sip::header::NameAddr;
 use crate::sip::message::{Headers, Message, Method, ParseError, Request, Response};
@@ -313,7 +313,7 @@ fn claimed_user(request: &Request) -> Option<String> {
         .headers
         .all("Authorization")
         .chain(request.headers.all("Proxy-Authorization"))
-        .find_map(crate::auth::Credentials::parse);
+        .find_map(crate::access::auth::Credentials::parse);
     if let Some(credentials) = credentials {
         return Some(credentials.username);
     }

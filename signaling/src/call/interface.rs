@@ -160,5 +160,5 @@ pub(crate) struct Settings {
     /// Most calls at once; more INVITEs are answered 503.
     pub(crate) max_calls: usize,
     /// Per-source request budget and password-guessing bans.
-    pub(crate) limits: crate::guard::Limits,
+    pub(crate) limits: crate::access::guard::Limits,
 }

@@ -63,12 +63,12 @@ pub(crate) use self::media::{CallId, Endpoint, MediaError, MediaPlan, RecordingA
 use self::messages::{response, rewrite_for};
 pub(crate) use self::record::{CallRecord, CallSummary, Disposition, HangupSide, MediaMove};
 pub(crate) use self::recording::{RecordingIntent, RecordingRefused, RecordingTarget};
-use crate::auth::DigestAuth;
+use crate::access::auth::DigestAuth;
+use crate::access::guard::Guard;
+use crate::access::registrar::Registrar;
 use crate::dialog::Dialog;
-use crate::guard::Guard;
 use crate::ids::Ids;
 use crate::policy::MediaMode;
-use crate::registrar::Registrar;
 use crate::sdp::{SdpError, SessionDescription};
 use crate::sip::message::{Request, Response};
 use crate::sip::{Peer, SipCallId};
@@ -435,7 +435,10 @@ impl Core {
     }
 
     /// Live registrations (admin endpoint).
-    pub(crate) fn registrations(&self, now: Instant) -> Vec<crate::registrar::RegistrationSummary> {
+    pub(crate) fn registrations(
+        &self,
+        now: Instant,
+    ) -> Vec<crate::access::registrar::RegistrationSummary> {
         self.registrar.summary(now)
     }
 

@@ -57,7 +57,7 @@ impl HangupSide {
     }
 }
 
-/// The signaling half of a CDR; [`crate::completion::cdr_row`] adds the media's figures.
+/// The signaling half of a CDR; [`crate::cdr::completion::cdr_row`] adds the media's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CallRecord {
     /// The call's key (its caller's Call-ID).

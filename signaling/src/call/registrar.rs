@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use super::messages::response;
 use super::{ALLOW, Core, Output};
-use crate::auth::{Credentials, Secret, Verdict};
-use crate::guard::Ban;
-use crate::registrar::{RegisterError, RegisterRequest};
+use crate::access::auth::{Credentials, Secret, Verdict};
+use crate::access::guard::Ban;
+use crate::access::registrar::{RegisterError, RegisterRequest};
 use crate::sip::header::NameAddr;
 use crate::sip::message::{Request, reason_phrase};
 use crate::sip::{Peer, Transport};

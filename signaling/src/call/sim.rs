@@ -11,10 +11,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::{Core, Input, Output, Settings};
-use crate::auth::DigestAuth;
+use crate::access::auth::DigestAuth;
+use crate::access::registrar::{Policy, Registrar};
 use crate::ids::Ids;
 use crate::policy::{MediaMode, Route};
-use crate::registrar::{Policy, Registrar};
 use crate::sip::message::{Message, Request, Response, parse};
 use crate::sip::{Peer, Transport};
 
@@ -65,7 +65,7 @@ pub(super) fn settings() -> Settings {
         max_call_duration: Duration::from_secs(3600),
         keepalive: Duration::ZERO,
         max_calls: 100_000,
-        limits: crate::guard::Limits::default(),
+        limits: crate::access::guard::Limits::default(),
     }
 }
 

@@ -14,13 +14,15 @@
 //! `writer` (the thread that writes, queues through outages and keeps the open calls'
 //! records) and its spool file.
 
+pub(crate) mod completion;
+pub mod diagnosis;
 mod schema;
 mod store;
 mod writer;
 
 use serde::{Deserialize, Serialize};
 
-use crate::diagnosis::MediaFigures;
+use crate::cdr::diagnosis::MediaFigures;
 
 pub use schema::{CDR_COLUMNS, CDR_MEDIA_COLUMNS, MIGRATIONS, Value};
 pub use store::{Orphan, Store, StoreError, Target};

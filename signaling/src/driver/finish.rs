@@ -8,8 +8,8 @@ use service_kit::clock::WallClock;
 
 use super::nodes::EvidenceMap;
 use crate::call::{CallId, CallRecord, Endpoint};
+use crate::cdr::completion::{Release, cdr_row};
 use crate::cdr::{Cdr, CdrWriter, OpenCall};
-use crate::completion::{Release, cdr_row};
 use crate::media::MediaError;
 use crate::media::pool::Pool;
 use crate::metrics::Metrics;

@@ -37,15 +37,15 @@ use self::finish::complete_orphans;
 use self::nodes::EvidenceMap;
 use self::perform::Performer;
 use self::transport::Connections;
+use crate::access::auth::DigestAuth;
+use crate::access::registrar::{Policy, Registrar};
 use crate::admin::AdminQuery;
-use crate::auth::DigestAuth;
 use crate::call::{Core, Input, Settings};
 use crate::cdr::{CdrWriter, WriterOptions, unix_ms_now};
 use crate::config::Config;
 use crate::ids::Ids;
 use crate::media::pool::Pool;
 use crate::metrics::Metrics;
-use crate::registrar::{Policy, Registrar};
 use crate::sip::message::Message;
 
 /// Why signaling could not start.

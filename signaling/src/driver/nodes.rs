@@ -13,8 +13,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallId, Input};
+use crate::cdr::diagnosis::{Evidence, Snapshot};
 use crate::cdr::unix_ms_now;
-use crate::diagnosis::{Evidence, Snapshot};
 use crate::media::pool::{HealthReport, Pool};
 use crate::media::{MediaClient, MediaEvent};
 use crate::metrics::Metrics;
@@ -105,7 +105,11 @@ impl HealthReport for NodeReport {
             .set(i64::from(up));
     }
 
-    fn sessions(&self, node: &str, sessions: Vec<(CallId, Vec<crate::diagnosis::MediaFigures>)>) {
+    fn sessions(
+        &self,
+        node: &str,
+        sessions: Vec<(CallId, Vec<crate::cdr::diagnosis::MediaFigures>)>,
+    ) {
         let at_unix_ms = unix_ms_now() as u64;
         let mut map = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
         for (call_id, media) in sessions {

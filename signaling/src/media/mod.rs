@@ -18,8 +18,9 @@ use proto::v1::media_proxy_client::MediaProxyClient;
 use tonic::transport::{Channel, Endpoint as Dial};
 
 pub(crate) use crate::call::{CallId, Endpoint, MediaError, MediaPlan, RecordingAction};
+pub(crate) use crate::cdr::completion::{FinalStats, Recording};
+use crate::cdr::diagnosis::{Drops, MediaFigures};
 pub(crate) use crate::config::ClientTls;
-use crate::diagnosis::{Drops, MediaFigures};
 use crate::sdp::SessionDescription;
 
 /// Deadline of one media proxy request.
@@ -30,37 +31,6 @@ const DEADLINE: Duration = Duration::from_secs(2);
 /// the kernel's retransmission timeout (about 15 minutes), holding requests that time out and
 /// bytes that arrive, stale, when the network heals; dropped, the next request dials afresh.
 const KEEPALIVE: Duration = Duration::from_secs(1);
-
-/// What Release returned.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct FinalStats {
-    pub(crate) media: Vec<MediaFigures>,
-    pub(crate) release_reason: String,
-    /// False when the proxy had already released the call by itself (the figures are its
-    /// tombstone's).
-    pub(crate) released_now: bool,
-    /// The call's recording, if one was ever started on this node.
-    pub(crate) recording: Option<Recording>,
-}
-
-/// A call's recording as the media proxy reports it (`RecordingState`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct Recording {
-    /// `recording`, `paused` or `finished`.
-    pub(crate) state: &'static str,
-    /// The stereo WAV on the proxy's host; empty until audio was written.
-    pub(crate) path: String,
-    /// Every file: stereo WAV, mixed WAV, sidecar JSON, pcap.
-    pub(crate) files: Vec<String>,
-    /// RTP packets whose audio was written.
-    pub(crate) packets: u64,
-    pub(crate) duration_ms: u64,
-    pub(crate) sample_rate: u32,
-    /// Captured packets the recorder could not take (it fell behind).
-    pub(crate) dropped_packets: u64,
-    /// What ended the writing early (a full disk); empty when nothing did.
-    pub(crate) error: String,
-}
 
 impl Recording {
     /// The recording a `RecordingState` describes; None for one that never started.

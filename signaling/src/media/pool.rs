@@ -490,7 +490,11 @@ pub(crate) trait HealthReport: Send + 'static {
 
     /// Live figures of this instance's calls on `node` (every lease renewal), kept so a
     /// call's CDR still has them if the node dies.
-    fn sessions(&self, node: &str, sessions: Vec<(CallId, Vec<crate::diagnosis::MediaFigures>)>) {
+    fn sessions(
+        &self,
+        node: &str,
+        sessions: Vec<(CallId, Vec<crate::cdr::diagnosis::MediaFigures>)>,
+    ) {
         let _ = (node, sessions);
     }
 }

@@ -135,7 +135,7 @@ fn a_caller_that_accepts_no_sdp_gets_406() {
 /// The `Authorization` value answering `challenge` (a `WWW-`/`Proxy-Authenticate` value)
 /// for `user` with `password`, MD5 and `qop=auth`.
 fn digest(challenge: &str, method: &str, uri: &str, user: &str, password: &str) -> String {
-    use crate::auth::Algorithm;
+    use crate::access::auth::Algorithm;
     let field = |name: &str| {
         let start = challenge.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
         challenge[start..].split('"').next().unwrap().to_owned()

@@ -12,11 +12,42 @@ use proto::domain::Leg;
 
 use std::fmt::Write as _;
 
+use crate::call::MediaError;
 use crate::call::{CallRecord, MediaMove};
+use crate::cdr::diagnosis::{self, Evidence, MediaFigures, MediaReport, Verdict};
 use crate::cdr::{Cdr, CdrMedia};
-use crate::diagnosis::{self, Evidence, MediaReport, Verdict};
-use crate::media::{FinalStats, MediaError};
 use service_kit::clock::WallClock;
+
+/// What Release returned.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct FinalStats {
+    pub(crate) media: Vec<MediaFigures>,
+    pub(crate) release_reason: String,
+    /// False when the proxy had already released the call by itself (the figures are its
+    /// tombstone's).
+    pub(crate) released_now: bool,
+    /// The call's recording, if one was ever started on this node.
+    pub(crate) recording: Option<Recording>,
+}
+
+/// A call's recording as the media proxy reports it (`RecordingState`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Recording {
+    /// `recording`, `paused` or `finished`.
+    pub(crate) state: &'static str,
+    /// The stereo WAV on the proxy's host; empty until audio was written.
+    pub(crate) path: String,
+    /// Every file: stereo WAV, mixed WAV, sidecar JSON, pcap.
+    pub(crate) files: Vec<String>,
+    /// RTP packets whose audio was written.
+    pub(crate) packets: u64,
+    pub(crate) duration_ms: u64,
+    pub(crate) sample_rate: u32,
+    /// Captured packets the recorder could not take (it fell behind).
+    pub(crate) dropped_packets: u64,
+    /// What ended the writing early (a full disk); empty when nothing did.
+    pub(crate) error: String,
+}
 
 /// What releasing a call's media gave.
 #[derive(Debug, Clone, PartialEq)]
@@ -289,7 +320,7 @@ mod tests {
 
     use super::*;
     use crate::call::{CallId, Disposition, HangupSide, RecordingIntent};
-    use crate::diagnosis::{Flow, MediaFigures, Snapshot};
+    use crate::cdr::diagnosis::{Flow, MediaFigures, Snapshot};
     use crate::media::{Recording, RecordingAction};
     use crate::policy::MediaMode;
 
