@@ -16,161 +16,23 @@
 //! | `uac` (SIPp callers: SIP 5060 media 6000, SIP 5070 media 7000) | 10.77.0.21 |
 //! | `uas` (SIPp callee, SIP 5060, media 6000, echoing RTP) | 10.77.0.22 |
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{
-    Pki, Rows, Running, SIGNALING, Scratch, cdr_table, eventually, number, scenarios, sibling,
-};
+use testkit::netns::{Host, Lan};
+
+use common::{Pki, Rows, Running, SIGNALING, cdr_table, eventually, number, scenarios, sibling};
 use signaling::cdr::Target;
 
 /// 5 s of 20 ms packets (250) plus the DTMF event of the pcap: at least 240 must arrive.
 const MIN_PACKETS: i64 = 240;
 
-/// Runs `ip` with `args`; `Err` with its message if it failed.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
-
-/// One test's network: a namespace holding the bridge, and one namespace per host.
-struct Lan {
-    prefix: String,
-    hosts: Vec<String>,
-    /// Logs, databases and certificates of the test.
-    dir: Scratch,
-}
-
-impl Lan {
-    /// The bridge's namespace, or `None` (after printing why) where namespaces cannot be made.
-    fn new(test: &str) -> Option<Self> {
-        let lan = Self {
-            prefix: format!("{test}-{}", std::process::id()),
-            hosts: Vec::new(),
-            dir: Scratch::new(&format!("fleet-{test}")),
-        };
-        let hub = lan.hub();
-        let _ = ip(&["netns", "del", &hub]);
-        let made = ip(&["netns", "add", &hub])
-            .and_then(|()| ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"]))
-            .and_then(|()| ip(&["-n", &hub, "link", "set", "br0", "up"]));
-        match made {
-            Ok(()) => Some(lan),
-            Err(error) => {
-                eprintln!(
-                    "SKIPPED {test}: network namespaces cannot be made here ({error}); these \
-                     tests need root and iproute2"
-                );
-                None
-            }
-        }
-    }
-
-    fn hub(&self) -> String {
-        format!("{}-lan", self.prefix)
-    }
-
-    /// A host `name` at 10.77.0.`octet`, cabled to the bridge.
-    fn host(&mut self, name: &str, octet: u8) -> Host {
-        let (ns, hub) = (format!("{}-{name}", self.prefix), self.hub());
-        let cable = format!("c{octet}");
-        let _ = ip(&["netns", "del", &ns]);
-        let address = format!("10.77.0.{octet}/24");
-        let steps: [&[&str]; 6] = [
-            &["netns", "add", &ns],
-            &[
-                "-n", &hub, "link", "add", &cable, "type", "veth", "peer", "name", "eth0", "netns",
-                &ns,
-            ],
-            &["-n", &hub, "link", "set", &cable, "master", "br0", "up"],
-            &["-n", &ns, "addr", "add", &address, "dev", "eth0"],
-            &["-n", &ns, "link", "set", "eth0", "up"],
-            &["-n", &ns, "link", "set", "lo", "up"],
-        ];
-        self.hosts.push(ns.clone());
-        for step in steps {
-            ip(step).unwrap_or_else(|e| panic!("host {name}: {e}"));
-        }
-        Host {
-            name: name.to_owned(),
-            ns,
-            hub,
-            cable,
-            address: Ipv4Addr::new(10, 77, 0, octet),
-        }
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in &self.hosts {
-            let _ = ip(&["netns", "del", ns]);
-            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
-        }
-        let _ = ip(&["netns", "del", &self.hub()]);
-    }
-}
-
-/// A host of the LAN.
-#[derive(Clone)]
-struct Host {
-    name: String,
-    ns: String,
-    hub: String,
-    cable: String,
-    address: Ipv4Addr,
-}
-
-impl Host {
-    /// `program` run on this host.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.ns]).arg(program);
-        command
-    }
-
-    /// Unplugs the host's cable: a network partition (its processes go on running).
-    fn cut(&self) {
-        ip(&["-n", &self.hub, "link", "set", &self.cable, "down"]).unwrap();
-    }
-
-    /// Plugs it back.
-    fn mend(&self) {
-        ip(&["-n", &self.hub, "link", "set", &self.cable, "up"]).unwrap();
-    }
-
-    /// Writes the host's `/etc/hosts` (`ip netns exec` mounts `/etc/netns/<ns>/hosts` over
-    /// it for processes started afterwards). Written in place, so a process already running
-    /// sees later versions too.
-    fn hosts_file(&self, lines: &str) {
-        let dir = PathBuf::from(format!("/etc/netns/{}", self.ns));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{lines}")).unwrap();
-    }
-
-    /// The host's gRPC URL (for a media proxy host).
-    fn grpc(&self, scheme: &str) -> String {
-        format!("{scheme}://{}:50051", self.address)
-    }
+/// The gRPC URL of a media proxy host.
+fn grpc_url(host: &Host, scheme: &str) -> String {
+    format!("{scheme}://{}:50051", host.address)
 }
 
 /// Waits until `log` holds `line`; panics if `process` exits first or 15 s pass.
@@ -455,7 +317,7 @@ fn pool(lan: &Lan, sig: &Host, nodes: &[Host]) -> (Vec<Running>, Signaling) {
     let proxies = nodes.iter().map(|n| mediaproxy(lan, n, &[])).collect();
     let options: Vec<String> = nodes
         .iter()
-        .flat_map(|n| ["--mediaproxy".to_owned(), n.grpc("http")])
+        .flat_map(|n| ["--mediaproxy".to_owned(), grpc_url(n, "http")])
         .collect();
     let service = Signaling::start(lan, sig, &strs(&options));
     service.wait_up(nodes.len());
@@ -476,7 +338,7 @@ fn calls_spread_over_three_hosts_and_a_drained_host_takes_no_new_call() {
     let first = caller(&uac, &sig, "uac_pcmu_pcap.xml", 5060, 3);
     std::thread::sleep(Duration::from_millis(1500));
     // mp1 is drained for maintenance while its call goes on.
-    let (ok, status) = mpctl(&sig, &nodes[0].grpc("http"), &["drain"]);
+    let (ok, status) = mpctl(&sig, &grpc_url(&nodes[0], "http"), &["drain"]);
     assert!(ok && status.contains("draining    yes"), "{status}");
     service.wait_nodes("drain seen", |view| view.contains("\"draining\": true"));
     let second = caller(&uac, &sig, "uac_pcmu_pcap.xml", 5070, 3);
@@ -683,10 +545,10 @@ fn a_partitioned_host_loses_its_call_and_is_cleaned_up_when_it_returns() {
     // The returned node still holds the moved call's session (nobody could release it);
     // signaling finds it in two listings in a row and releases it, long before the node's
     // own media timeout (60 s).
-    let (ok, listing) = mpctl(&sig, &cut.grpc("http"), &["sessions"]);
+    let (ok, listing) = mpctl(&sig, &grpc_url(&cut, "http"), &["sessions"]);
     assert!(ok, "{listing}");
     let back = Instant::now();
-    while sessions_on(&sig, &cut.grpc("http")) > 0 {
+    while sessions_on(&sig, &grpc_url(&cut, "http")) > 0 {
         assert!(
             back.elapsed() < Duration::from_secs(15),
             "stale session kept on {}: {listing}\n{}",
@@ -753,7 +615,7 @@ fn mutual_tls_across_hosts_refuses_strangers_and_rotates_without_a_restart() {
             "ops",
         ],
     );
-    let url = node.grpc("https");
+    let url = grpc_url(node, "https");
     let service = Signaling::start(
         &lan,
         &sig,
@@ -801,7 +663,7 @@ fn mutual_tls_across_hosts_refuses_strangers_and_rotates_without_a_restart() {
     assert!(!ok, "a certificate of another CA: {text}");
     let (ok, text) = mpctl(&uac, &url, &["--ca", &fleet_ca.path("ca.pem"), "status"]);
     assert!(!ok, "no client certificate: {text}");
-    let (ok, text) = mpctl(&uac, &node.grpc("http"), &["status"]);
+    let (ok, text) = mpctl(&uac, &grpc_url(node, "http"), &["status"]);
     assert!(!ok, "plaintext: {text}");
     service.expect(call, "caller");
     service.expect(phone, "callee");

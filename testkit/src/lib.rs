@@ -11,11 +11,13 @@
 //! - [`pki`]: a test certificate authority and the certificates it signs, in memory or as PEM
 //!   files.
 //! - [`scratch`]: a folder per test, kept when the test fails.
+//! - [`netns`]: hosts in network namespaces on a bridge, for tests across a network.
 //! - [`ports`]: blocks of free ports handed out across test processes, so no test file needs
 //!   a hand-numbered port plan.
 #![forbid(unsafe_code)]
 
 pub mod metrics;
+pub mod netns;
 pub mod pki;
 pub mod ports;
 pub mod scratch;
