@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use signaling::cdr::Target;
 
+use testkit::PortBlock;
+
 use super::{Rows, Running, Scratch, cdr_table, eventually, scenarios, sibling};
 
 const BIN: &str = super::SIGNALING;
@@ -28,20 +30,27 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Ports for one test's calls, from testkit's port blocks (no test numbers its ports by
+    /// hand): SIP for signaling, the SIPp caller and callee, and room for a second caller 5
+    /// above the first; 40 media ports for each SIPp side (a second caller's 20 above the
+    /// first's); 100 relay ports for the embedded proxy (50 pairs: the 20 calls the test
+    /// service allows, both legs).
+    pub fn take() -> Self {
+        let sip = PortBlock::take(8);
+        let (uac_media, uas_media) = (PortBlock::take(40), PortBlock::take(40));
+        Self {
+            sip: sip.port(0),
+            uac: sip.port(1),
+            uas: sip.port(2),
+            uac_media: uac_media.start(),
+            uas_media: uas_media.start(),
+            relay: PortBlock::take(100).range(),
+        }
+    }
+
     /// The relay range as `--ports` takes it.
     pub fn relay_arg(&self) -> String {
         format!("{}-{}", self.relay.start, self.relay.end - 1)
-    }
-}
-
-pub fn ports(n: u16) -> Ports {
-    Ports {
-        sip: 25000 + 10 * n,
-        uac: 25001 + 10 * n,
-        uas: 25002 + 10 * n,
-        uac_media: 26000 + 40 * n,
-        uas_media: 27000 + 40 * n,
-        relay: 28000 + 100 * n..28100 + 100 * n,
     }
 }
 

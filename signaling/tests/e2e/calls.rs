@@ -4,26 +4,23 @@
 //! media proxies and recording have modules of their own (`cdr.rs`, `nodes.rs`,
 //! `recording.rs`).
 //!
-//! Port plan (one block per test n < 25 across the modules of this binary, so tests run in
-//! parallel):
-//! SIP 25000 + 10 x n (signaling), +1 (SIPp UAC), +2 (SIPp UAS); SIPp media 26000 + 40 x n
-//! (UAC, +20 for a second UAC), 27000 + 40 x n (UAS); relay ports 28000 + 100 x n. The
-//! separate media proxy test uses gRPC port 25600; the TCP limits test has SIP 25820 and
-//! relay 34800-34899.
+//! Ports: each test takes its own from testkit's port blocks (`Ports::take`), so tests run
+//! in parallel with nothing numbered by hand; the separate media proxy test still uses gRPC
+//! port 25600.
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use crate::common::calls::{
-    MIN_PACKETS, Scenario, Service, call, expect_success, ports, sipp, start_mediaproxy, strings,
+    MIN_PACKETS, Ports, Scenario, Service, call, expect_success, sipp, start_mediaproxy, strings,
     traces, uac, uas,
 };
 use crate::common::{Scratch, number};
 
 #[test]
 fn caller_hangs_up_and_the_cdr_has_real_packet_counts() {
-    let ports = ports(0);
+    let ports = Ports::take();
     let service = Service::start("caller-bye", &ports, &["--trusted", "127.0.0.0/8"]);
     // With the embedded proxy, SIP and control threads yield to the relay workers.
     let (control, relay) = (service.nices("tokio-rt"), service.nices("relay-"));
@@ -114,7 +111,7 @@ fn extra_dtmf_bytes(cdr: &HashMap<String, String>) -> i64 {
 fn callee_hangs_up_and_the_relay_is_still_counted_and_released() {
     // docs/architecture.md, "Call identity": a BYE on the callee's Call-ID must end the same
     // media session.
-    let ports = ports(1);
+    let ports = Ports::take();
     let service = Service::start("callee-bye", &ports, &["--trusted", "127.0.0.0/8"]);
     call(
         &ports,
@@ -144,7 +141,7 @@ fn callee_hangs_up_and_the_relay_is_still_counted_and_released() {
 
 #[test]
 fn busy_callee_gives_a_busy_cdr() {
-    let ports = ports(2);
+    let ports = Ports::take();
     let service = Service::start("busy", &ports, &["--trusted", "127.0.0.0/8"]);
     call(
         &ports,
@@ -163,7 +160,7 @@ fn busy_callee_gives_a_busy_cdr() {
 
 #[test]
 fn cancel_before_answer_cancels_both_legs() {
-    let ports = ports(3);
+    let ports = Ports::take();
     let service = Service::start("cancel", &ports, &["--trusted", "127.0.0.0/8"]);
     call(
         &ports,
@@ -187,7 +184,7 @@ fn cancel_before_answer_cancels_both_legs() {
 
 #[test]
 fn register_with_digest_then_call() {
-    let ports = ports(4);
+    let ports = Ports::take();
     let dir = Scratch::new("sig-e2e-users");
     let users = dir.join("users.toml");
     std::fs::write(
@@ -292,7 +289,7 @@ fn register_with_digest_then_call() {
 
 #[test]
 fn direct_mode_leaves_media_end_to_end() {
-    let ports = ports(5);
+    let ports = Ports::take();
     let service = Service::start(
         "direct",
         &ports,
@@ -317,7 +314,7 @@ fn direct_mode_leaves_media_end_to_end() {
 
 #[test]
 fn malformed_requests_get_a_400_with_the_reason_and_service_goes_on() {
-    let ports = ports(6);
+    let ports = Ports::take();
     let service = Service::start("malformed", &ports, &["--trusted", "127.0.0.0/8"]);
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     socket
@@ -392,7 +389,7 @@ pub(crate) fn sdp_ports(trace: &str) -> Vec<u16> {
 
 #[test]
 fn hold_and_resume_keep_the_same_relay_ports() {
-    let ports = ports(7);
+    let ports = Ports::take();
     let service = Service::start("hold", &ports, &["--trusted", "127.0.0.0/8"]);
     let (_traces, uas_trace, uac_trace) = traces("hold");
     call(
@@ -448,7 +445,7 @@ fn hold_and_resume_keep_the_same_relay_ports() {
 
 #[test]
 fn an_unreachable_media_proxy_turns_into_503_not_a_hang() {
-    let ports = ports(8);
+    let ports = Ports::take();
     // Nothing listens on port 9 (discard) on loopback here: connections are refused.
     let service = Service::start(
         "no-proxy",
@@ -485,7 +482,7 @@ fn an_unreachable_media_proxy_turns_into_503_not_a_hang() {
 
 #[test]
 fn a_callee_that_never_answers_times_out_as_no_answer() {
-    let ports = ports(9);
+    let ports = Ports::take();
     let service = Service::start(
         "ring-timeout",
         &ports,
@@ -506,7 +503,7 @@ fn a_callee_that_never_answers_times_out_as_no_answer() {
 /// Starts the `mediaproxy` binary on a gRPC port; returns it and its URL once it listens.
 #[test]
 fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
-    let ports = ports(10);
+    let ports = Ports::take();
     let (mut proxy, url) = start_mediaproxy(25600, &ports.relay_arg(), "media-7");
     let service = Service::start(
         "separate-proxy",
@@ -542,7 +539,7 @@ fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
 
 #[test]
 fn a_call_without_media_is_ended_by_the_media_timeout_on_both_legs() {
-    let ports = ports(11);
+    let ports = Ports::take();
     let service = Service::start(
         "media-timeout",
         &ports,
@@ -571,7 +568,7 @@ fn a_call_without_media_is_ended_by_the_media_timeout_on_both_legs() {
 
 #[test]
 fn a_call_over_tcp_on_both_legs() {
-    let ports = ports(12);
+    let ports = Ports::take();
     // The default route is replaced by a TCP one; SIPp speaks TCP on both sides (-t t1).
     let route = format!("=sip:127.0.0.1:{};transport=tcp", ports.uas);
     let service = Service::start(
@@ -613,7 +610,7 @@ fn a_call_over_tcp_on_both_legs() {
 
 #[test]
 fn sigterm_drains_new_calls_get_503_and_the_live_call_keeps_its_cdr() {
-    let ports = ports(13);
+    let ports = Ports::take();
     let service = Service::start("drain", &ports, &["--trusted", "127.0.0.0/8"]);
     let callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);
     std::thread::sleep(Duration::from_millis(300));

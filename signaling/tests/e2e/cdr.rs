@@ -2,12 +2,12 @@
 //! (the private server of `scripts/test`, or `TEST_POSTGRES_URL`), a database outage in the
 //! middle of calls, and the `export` command.
 //!
-//! Ports: the numbered blocks of `common::calls::ports` (see `calls.rs`), n = 22 and 23.
+//! Ports: each test takes its own (`Ports::take`, testkit's port blocks).
 
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::calls::{MIN_PACKETS, Scenario, Service, call, ports};
+use crate::common::calls::{MIN_PACKETS, Ports, Scenario, Service, call};
 use crate::common::number;
 use signaling::cdr::{Store, Target};
 
@@ -15,7 +15,7 @@ const BIN: &str = crate::common::SIGNALING;
 
 #[test]
 fn every_disposition_makes_exactly_one_postgres_row() {
-    let ports = ports(22);
+    let ports = Ports::take();
     let url = crate::common::postgres_database("e2e_dispositions");
     let service = Service::start(
         "postgres",
@@ -116,7 +116,7 @@ fn export_refuses_what_it_cannot_read() {
 
 #[test]
 fn a_database_outage_during_calls_loses_no_cdr() {
-    let ports = ports(23);
+    let ports = Ports::take();
     let url = crate::common::postgres_database("e2e_outage");
     let gate = crate::common::Gate::new(crate::common::postgres_address(&url));
     let through_gate = gate.url(&url);

@@ -1,20 +1,20 @@
 //! End-to-end calls that exercise transports and what the media did: IPv6, a late offer,
 //! route sets, keepalives, one-way and silent calls explained, a latched source that differs
-//! from the SDP, the admin endpoint, TCP limits. The port plan is `calls.rs`'s.
+//! from the SDP, the admin endpoint, TCP limits. Ports: each test takes its own
+//! (`Ports::take`), but for the TCP limits test's SIP 25820 and relay 34800-34899.
 
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use crate::calls::sdp_ports;
 use crate::common::calls::{
-    MIN_PACKETS, Ports, Scenario, Service, call, expect_success, ports, sipp, strings, traces, uac,
-    uas,
+    MIN_PACKETS, Ports, Scenario, Service, call, expect_success, sipp, strings, traces, uac, uas,
 };
 use crate::common::number;
 
 #[test]
 fn an_ipv6_call_is_routed_with_its_sdp_rewritten_to_the_ipv6_relay() {
-    let ports = ports(14);
+    let ports = Ports::take();
     let route = format!("=sip:[::1]:{}", ports.uas);
     // The harness's own options use IPv4; these later ones win.
     let service = Service::start(
@@ -79,7 +79,7 @@ fn an_ipv6_call_is_routed_with_its_sdp_rewritten_to_the_ipv6_relay() {
 
 #[test]
 fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
-    let ports = ports(15);
+    let ports = Ports::take();
     let service = Service::start("late-offer", &ports, &["--trusted", "127.0.0.0/8"]);
     let (_traces, uas_trace, uac_trace) = traces("late-offer");
     call(
@@ -114,7 +114,7 @@ fn a_late_offer_is_relayed_offer_in_the_200_answer_in_the_ack() {
 
 #[test]
 fn record_route_is_echoed_and_route_sets_are_followed_on_both_legs() {
-    let ports = ports(16);
+    let ports = Ports::take();
     let service = Service::start("record-route", &ports, &["--trusted", "127.0.0.0/8"]);
     let (_traces, uas_trace, uac_trace) = traces("record-route");
     call(
@@ -162,7 +162,7 @@ fn record_route_is_echoed_and_route_sets_are_followed_on_both_legs() {
 
 #[test]
 fn keepalives_end_a_call_whose_callee_vanished() {
-    let ports = ports(17);
+    let ports = Ports::take();
     // Direct media: no media timeout can notice; only the in-dialog OPTIONS keepalive does.
     let service = Service::start(
         "keepalive-gone",
@@ -200,7 +200,7 @@ fn keepalives_end_a_call_whose_callee_vanished() {
 
 #[test]
 fn answered_keepalives_do_not_disturb_a_healthy_call() {
-    let ports = ports(18);
+    let ports = Ports::take();
     let service = Service::start(
         "keepalive-ok",
         &ports,
@@ -221,7 +221,7 @@ fn answered_keepalives_do_not_disturb_a_healthy_call() {
 
 #[test]
 fn only_the_caller_sends_one_way_names_the_silent_callee() {
-    let ports = ports(19);
+    let ports = Ports::take();
     let service = Service::start("one-way", &ports, &["--trusted", "127.0.0.0/8"]);
     // The callee answers but sends nothing (no echo).
     call(
@@ -271,7 +271,7 @@ fn only_the_caller_sends_one_way_names_the_silent_callee() {
 
 #[test]
 fn neither_side_sends_no_media_with_both_legs_explained() {
-    let ports = ports(20);
+    let ports = Ports::take();
     let service = Service::start("no-media", &ports, &["--trusted", "127.0.0.0/8"]);
     call(
         &ports,
@@ -323,7 +323,7 @@ fn send_rtp(from: UdpSocket, to: std::net::SocketAddr, count: u16) {
 
 #[test]
 fn a_callee_sending_from_another_port_than_its_sdp_is_latched_and_named() {
-    let ports = ports(21);
+    let ports = Ports::take();
     let service = Service::start("latched", &ports, &["--trusted", "127.0.0.0/8"]);
     // The callee (SIPp, not echoing) announces its -mp port; its RTP comes from 10 ports
     // higher, the way a phone behind a port-translating NAT looks to the proxy.
@@ -361,7 +361,7 @@ fn a_callee_sending_from_another_port_than_its_sdp_is_latched_and_named() {
 
 #[test]
 fn the_admin_endpoint_shows_live_calls_with_their_media() {
-    let ports = ports(24);
+    let ports = Ports::take();
     let service = Service::start("admin", &ports, &["--trusted", "127.0.0.0/8"]);
     let callee = uas(&ports, "uas_pcmu_echo.xml", true, &[]);
     std::thread::sleep(Duration::from_millis(300));
