@@ -36,6 +36,11 @@ impl Ports {
     /// first's); 100 relay ports for the embedded proxy (50 pairs: the 20 calls the test
     /// service allows, both legs).
     pub fn take() -> Self {
+        Self::take_relay(100)
+    }
+
+    /// [`Ports::take`] with `relay` relay ports (two media proxies of 100 each, say).
+    pub fn take_relay(relay: u16) -> Self {
         let sip = PortBlock::take(8);
         let (uac_media, uas_media) = (PortBlock::take(40), PortBlock::take(40));
         Self {
@@ -44,8 +49,13 @@ impl Ports {
             uas: sip.port(2),
             uac_media: uac_media.start(),
             uas_media: uas_media.start(),
-            relay: PortBlock::take(100).range(),
+            relay: PortBlock::take(relay).range(),
         }
+    }
+
+    /// Two consecutive ports for the gRPC listeners of one or two separate media proxies.
+    pub fn grpc() -> u16 {
+        PortBlock::take(2).start()
     }
 
     /// The relay range as `--ports` takes it.

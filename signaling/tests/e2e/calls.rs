@@ -5,8 +5,7 @@
 //! `recording.rs`).
 //!
 //! Ports: each test takes its own from testkit's port blocks (`Ports::take`), so tests run
-//! in parallel with nothing numbered by hand; the separate media proxy test still uses gRPC
-//! port 25600.
+//! in parallel with nothing numbered by hand.
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
@@ -504,7 +503,7 @@ fn a_callee_that_never_answers_times_out_as_no_answer() {
 #[test]
 fn a_separately_started_mediaproxy_relays_the_call_over_grpc() {
     let ports = Ports::take();
-    let (mut proxy, url) = start_mediaproxy(25600, &ports.relay_arg(), "media-7");
+    let (mut proxy, url) = start_mediaproxy(Ports::grpc(), &ports.relay_arg(), "media-7");
     let service = Service::start(
         "separate-proxy",
         &ports,

@@ -1,7 +1,7 @@
 //! End-to-end calls that exercise transports and what the media did: IPv6, a late offer,
 //! route sets, keepalives, one-way and silent calls explained, a latched source that differs
 //! from the SDP, the admin endpoint, TCP limits. Ports: each test takes its own
-//! (`Ports::take`), but for the TCP limits test's SIP 25820 and relay 34800-34899.
+//! (`Ports::take`: testkit's port blocks).
 
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
@@ -407,14 +407,7 @@ fn the_admin_endpoint_shows_live_calls_with_their_media() {
 fn tcp_connections_that_bring_nothing_or_half_a_message_are_closed_and_a_source_is_capped() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
-    let ports = Ports {
-        sip: 25820,
-        uac: 25821,
-        uas: 25822,
-        uac_media: 34700,
-        uas_media: 34720,
-        relay: 34800..34900,
-    };
+    let ports = Ports::take();
     let service = Service::start("tcp-limits", &ports, &["--tcp-per-source", "32"]);
     let connect = || TcpStream::connect(("127.0.0.1", ports.sip)).expect("connect");
     let options = |stream: &mut TcpStream, n: u32| {

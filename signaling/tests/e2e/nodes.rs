@@ -2,13 +2,7 @@
 //! killed mid-call (the call moves or ends with an explained CDR), a drained node, a crashed
 //! signaling's orphans, and the gRPC link over mutual TLS.
 //!
-//! Port plan: the lost-proxy test SIP 25710, media 30600 / 30700, relay 31000-31099, gRPC
-//! 25610; the two-proxy tests SIP 25720 and 25730, media 30800 / 30900 and 31400 / 31500,
-//! relay 31100-31299 and 31600-31799, gRPC 25620-25621 and 25630-25631; the drain test SIP
-//! 25740, second UAC 25743, media 32000 / 32020 / 32100, relay 32200-32399, gRPC
-//! 25640-25641; the orphan test SIP 25750, media 32500 / 32600, relay 32700-32799, gRPC
-//! 25650; the mutual TLS test SIP 25760 and 25770, media 32900 / 33000, relay 33100-33199,
-//! gRPC 25660.
+//! Ports: each test takes its own (`Ports::take`, `Ports::grpc`: testkit's port blocks).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,16 +15,8 @@ use crate::common::{Pki, number, sibling};
 
 #[test]
 fn a_media_proxy_lost_mid_call_with_no_other_node_ends_the_call_with_an_explained_cdr() {
-    // Outside the numbered blocks: SIP 25710.., media 30600/30700, relay 31000-31099.
-    let ports = Ports {
-        sip: 25710,
-        uac: 25711,
-        uas: 25712,
-        uac_media: 30600,
-        uas_media: 30700,
-        relay: 31000..31100,
-    };
-    let (mut proxy, url) = start_mediaproxy(25610, &ports.relay_arg(), "media-lost");
+    let ports = Ports::take();
+    let (mut proxy, url) = start_mediaproxy(Ports::grpc(), &ports.relay_arg(), "media-lost");
     let service = Service::start(
         "lost-proxy",
         &ports,
@@ -122,15 +108,8 @@ fn wait_nodes_up(service: &Service, nodes: usize) {
 
 #[test]
 fn calls_spread_over_a_pool_of_two_media_proxies() {
-    let ports = Ports {
-        sip: 25720,
-        uac: 25721,
-        uas: 25722,
-        uac_media: 30800,
-        uas_media: 30900,
-        relay: 31100..31300,
-    };
-    let nodes = two_mediaproxies(&ports, 25620);
+    let ports = Ports::take_relay(200);
+    let nodes = two_mediaproxies(&ports, Ports::grpc());
     let service = pool_service("pool-spread", &ports, [&nodes[0].1, &nodes[1].1]);
     let callee = uas(&ports, "uas_pcmu_echo.xml", true, &["-m", "4"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -159,15 +138,8 @@ fn calls_spread_over_a_pool_of_two_media_proxies() {
 
 #[test]
 fn a_media_proxy_killed_mid_call_moves_the_call_and_audio_resumes_on_the_other() {
-    let ports = Ports {
-        sip: 25730,
-        uac: 25731,
-        uas: 25732,
-        uac_media: 31400,
-        uas_media: 31500,
-        relay: 31600..31800,
-    };
-    let [mut a, mut b] = two_mediaproxies(&ports, 25630);
+    let ports = Ports::take_relay(200);
+    let [mut a, mut b] = two_mediaproxies(&ports, Ports::grpc());
     let started = Instant::now();
     let service = pool_service("pool-failover", &ports, [&a.1, &b.1]);
     let callee = uas(&ports, "uas_echo_moved.xml", true, &[]);
@@ -266,15 +238,8 @@ fn sessions_on(url: &str) -> u32 {
 
 #[test]
 fn a_drained_node_finishes_its_call_and_the_next_call_goes_elsewhere() {
-    let ports = Ports {
-        sip: 25740,
-        uac: 25741,
-        uas: 25742,
-        uac_media: 32000,
-        uas_media: 32100,
-        relay: 32200..32400,
-    };
-    let nodes = two_mediaproxies(&ports, 25640);
+    let ports = Ports::take_relay(200);
+    let nodes = two_mediaproxies(&ports, Ports::grpc());
     let service = pool_service("pool-drain", &ports, [&nodes[0].1, &nodes[1].1]);
     let callee = uas(&ports, "uas_pcmu_echo.xml", true, &["-m", "2"]);
     std::thread::sleep(Duration::from_millis(300));
@@ -298,8 +263,8 @@ fn a_drained_node_finishes_its_call_and_the_next_call_goes_elsewhere() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let second_ports = Ports {
-        uac: 25743,
-        uac_media: 32020,
+        uac: ports.uac + 2,
+        uac_media: ports.uac_media + 20,
         relay: ports.relay.clone(),
         ..ports
     };
@@ -327,16 +292,9 @@ fn a_drained_node_finishes_its_call_and_the_next_call_goes_elsewhere() {
 
 #[test]
 fn a_crashed_signaling_leaves_no_orphaned_session_once_its_lease_expires() {
-    let ports = Ports {
-        sip: 25750,
-        uac: 25751,
-        uas: 25752,
-        uac_media: 32500,
-        uas_media: 32600,
-        relay: 32700..32800,
-    };
+    let ports = Ports::take();
     let (_proxy, url) = start_mediaproxy_with(
-        25650,
+        Ports::grpc(),
         &ports.relay_arg(),
         "media-orphans",
         // Above signaling's renewal period (5 s), as it must be.
@@ -369,21 +327,14 @@ fn a_crashed_signaling_leaves_no_orphaned_session_once_its_lease_expires() {
 
 #[test]
 fn calls_relay_through_a_media_proxy_over_mutual_tls_and_a_stranger_gets_503() {
-    let ports = Ports {
-        sip: 25760,
-        uac: 25761,
-        uas: 25762,
-        uac_media: 32900,
-        uas_media: 33000,
-        relay: 33100..33200,
-    };
+    let ports = Ports::take();
     let fleet = Pki::new("fleet");
     fleet.issue("mediaproxy");
     fleet.issue("signaling-east");
     let rogue = Pki::new("rogue");
     rogue.issue("signaling-east");
     let (_proxy, url) = start_mediaproxy_with(
-        25660,
+        Ports::grpc(),
         &ports.relay_arg(),
         "media-tls",
         &[
@@ -424,10 +375,11 @@ fn calls_relay_through_a_media_proxy_over_mutual_tls_and_a_stranger_gets_503() {
     assert!(number(&rows[0], "caller_audio_packets") >= MIN_PACKETS);
     // The same name, signed by another CA: the proxy refuses it, so no node is ever up and
     // the call is answered 503 (and still leaves a CDR).
+    let fresh = Ports::take_relay(2);
     let stranger_ports = Ports {
-        sip: 25770,
-        uac: 25771,
-        uas: 25772,
+        sip: fresh.sip,
+        uac: fresh.uac,
+        uas: fresh.uas,
         relay: ports.relay.clone(),
         ..ports
     };

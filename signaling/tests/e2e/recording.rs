@@ -1,9 +1,7 @@
 //! End-to-end recording and the live tap: calls recorded by policy and by an operator into
 //! playable files, a full recordings disk, and a reflect call tapped by an analyser over gRPC.
 //!
-//! Port plan: SIP 25780, 25790, 25800 and 25810; media 33300 / 33400, 33600 / 33700,
-//! 34000 / 34100 and 34400 / 34500; relay 33500-33599, 33800-33899, 34200-34299 and
-//! 34600-34699.
+//! Ports: each test takes its own (`Ports::take`: testkit's port blocks).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -14,17 +12,6 @@ use crate::common::{Scratch, number};
 
 /// The port block of a recording test: SIP `sip` (+1 UAC, +2 UAS), SIPp media `media` (UAC)
 /// and `media + 100` (UAS), relay ports `relay..relay + 100`.
-fn recording_ports(sip: u16, media: u16, relay: u16) -> Ports {
-    Ports {
-        sip,
-        uac: sip + 1,
-        uas: sip + 2,
-        uac_media: media,
-        uas_media: media + 100,
-        relay: relay..relay + 100,
-    }
-}
-
 /// Signaling trusting loopback, recordings under `directory`, `--record` when `record`.
 fn recording_service(
     name: &str,
@@ -71,7 +58,7 @@ fn sidecar(stereo: &str) -> serde_json::Value {
 
 #[test]
 fn record_policy_records_a_call_the_callee_hangs_up_into_playable_files() {
-    let ports = recording_ports(25780, 33300, 33500);
+    let ports = Ports::take();
     let recordings = Scratch::new("sig-e2e-record-files");
     let directory = recordings.join("calls");
     let service = recording_service("record", &ports, &directory, true);
@@ -139,7 +126,7 @@ fn record_policy_records_a_call_the_callee_hangs_up_into_playable_files() {
 
 #[test]
 fn an_operator_starts_pauses_and_stops_a_recording_over_the_admin_endpoint() {
-    let ports = recording_ports(25790, 33600, 33800);
+    let ports = Ports::take();
     let recordings = Scratch::new("sig-e2e-admin-record-files");
     let directory = recordings.join("calls");
     let service = recording_service("admin-record", &ports, &directory, false);
@@ -238,7 +225,7 @@ fn a_full_recordings_disk_ends_the_recording_not_the_call_and_the_cdr_says_so() 
         }
     }
     let _unmount = Unmount(mount.clone());
-    let ports = recording_ports(25800, 34000, 34200);
+    let ports = Ports::take();
     let service = recording_service("full-disk", &ports, &mount, true);
     let baseline = service.settled();
     call(
@@ -305,7 +292,7 @@ fn answered_call(service: &Service) -> (String, String) {
 #[test]
 fn a_reflect_call_is_tapped_live_by_an_analyser_over_grpc() {
     use proto::v1 as pb;
-    let ports = recording_ports(25810, 34400, 34600);
+    let ports = Ports::take();
     let recordings = Scratch::new("sig-e2e-reflect-files");
     let service = Service::start(
         "reflect",
