@@ -3,9 +3,10 @@
 //! nextest runs every test in a process of its own, many at once, and a test that starts a
 //! service needs ports known before it starts (SIP, relay ranges, SIPp's media). Binding to
 //! port 0 gives one port, not a range, and the kernel may give the same port to a client
-//! socket a moment later. So blocks come from two ranges below the kernel's ephemeral ports
+//! socket a moment later. So blocks come from three ranges below the kernel's ephemeral ports
 //! (32768 up), clear of the fixed ports this project's services and peers use (SIP 5060,
-//! PostgreSQL 5432, metrics 9464/9465, Prometheus 9090), handed out round robin under a file
+//! PostgreSQL 5432, metrics 9464/9465, Prometheus 9090) and of the tests that still number
+//! their ports (10000-25999), handed out round robin under a file
 //! lock shared by every test process of the machine, and each port of a block is checked
 //! free (UDP and TCP) before the block is given.
 
@@ -15,7 +16,7 @@ use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::ops::Range;
 
 /// Where blocks come from.
-const SPANS: [Range<u16>; 2] = [2000..5000, 6000..9000];
+const SPANS: [Range<u16>; 3] = [2000..5000, 6000..9000, 26000..30000];
 /// The lock and the round-robin cursor, shared by every test process of the machine.
 const STATE: &str = "testkit-ports";
 
@@ -126,7 +127,8 @@ mod tests {
         assert_eq!(place(2000, 20), 2000);
         assert_eq!(place(2001, 20), 2002);
         assert_eq!(place(4990, 20), 6000, "does not straddle the gap");
-        assert_eq!(place(8990, 20), 2000, "wraps past the last span");
+        assert_eq!(place(8990, 20), 26000, "on to the next span");
+        assert_eq!(place(29990, 20), 2000, "wraps past the last span");
         assert_eq!(place(5500, 4), 6000);
     }
 
