@@ -88,6 +88,16 @@ pub(crate) struct CallRecord {
     pub(crate) recording: super::RecordingIntent,
 }
 
+impl CallRecord {
+    /// The callee leg's Call-ID as a CDR row stores it: empty for a call refused before it.
+    pub(crate) fn b_call_id_text(&self) -> String {
+        self.b_call_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+}
+
 /// A move of a call's media away from a lost node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct MediaMove {

@@ -74,11 +74,7 @@ pub(crate) fn cdr_row(
     let (answer_time_ms, end_time_ms) = (record.answer.map(ms), ms(record.end));
     let mut row = Cdr {
         call_id: record.call_id.to_string(),
-        b_call_id: record
-            .b_call_id
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        b_call_id: record.b_call_id_text(),
         caller: record.caller.clone(),
         callee: record.callee.clone(),
         start_time_ms: ms(record.start),

@@ -54,11 +54,7 @@ pub(super) async fn complete_record(
 pub(super) fn open_call(record: &CallRecord, clock: &WallClock) -> OpenCall {
     OpenCall {
         call_id: record.call_id.to_string(),
-        b_call_id: record
-            .b_call_id
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
+        b_call_id: record.b_call_id_text(),
         caller: record.caller.clone(),
         callee: record.callee.clone(),
         start_time_ms: clock.unix_ms(record.start) as i64,
