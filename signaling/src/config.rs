@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser};
+#[cfg(feature = "embedded")]
 use mediaproxy::config::{MediaConfig, MediaOptions};
 use serde::Deserialize;
 pub use service_kit::config::ConfigError;
@@ -134,6 +135,7 @@ pub struct Options {
     #[arg(long, env = "SIGNALING_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Media options of the embedded media proxy.
+    #[cfg(feature = "embedded")]
     #[command(flatten)]
     #[serde(skip)]
     pub media: MediaOptions,
@@ -244,6 +246,7 @@ pub struct Config {
     pub log: String,
     pub log_format: LogFormat,
     /// Settings of the embedded media proxy (used when `mediaproxies` is empty).
+    #[cfg(feature = "embedded")]
     pub media: MediaConfig,
 }
 
@@ -316,10 +319,20 @@ impl Options {
     pub fn from_toml(text: &str) -> Result<Self, String> {
         let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
         let (own, rest) = split_table(table, &KEYS);
+        #[cfg_attr(not(feature = "embedded"), allow(unused_mut))]
         let mut options: Self = own.try_into().map_err(|e: toml::de::Error| e.to_string())?;
-        options.media = rest
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string())?;
+        #[cfg(feature = "embedded")]
+        {
+            options.media = rest
+                .try_into()
+                .map_err(|e: toml::de::Error| e.to_string())?;
+        }
+        #[cfg(not(feature = "embedded"))]
+        if let Some(key) = rest.keys().next() {
+            return Err(format!(
+                "unknown field `{key}` (a media option: this build has no embedded media proxy)"
+            ));
+        }
         Ok(options)
     }
 }
@@ -455,7 +468,18 @@ impl Config {
                 "must be 1 or more (0 would refuse every TCP connection)".into(),
             ));
         }
+        #[cfg(not(feature = "embedded"))]
+        if mediaproxies.is_empty() {
+            return Err(invalid(
+                "mediaproxy",
+                "this build has no embedded media proxy (cargo feature `embedded`): give the \
+                 URL of at least one"
+                    .into(),
+            ));
+        }
+        #[cfg(feature = "embedded")]
         let media = upper.media.or(lower.media).resolve()?;
+        #[cfg(feature = "embedded")]
         if mediaproxies.is_empty() && media.ports.contains(sip.port()) && media.media_ip == sip.ip()
         {
             return Err(invalid(
@@ -465,6 +489,7 @@ impl Config {
         }
         // Every relayed call holds one pair per leg and media line: the embedded proxy's range
         // must at least hold --max-calls audio calls.
+        #[cfg(feature = "embedded")]
         if mediaproxies.is_empty() && media.ports.pair_count() < 2 * max_calls {
             return Err(invalid(
                 "ports",
@@ -518,6 +543,7 @@ impl Config {
                 .map_or(Duration::from_secs(30), |d| d.0),
             log: upper.log.or(lower.log).unwrap_or_else(|| "info".to_owned()),
             log_format: upper.log_format.or(lower.log_format).unwrap_or_default(),
+            #[cfg(feature = "embedded")]
             media,
         })
     }

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
     if let Err(error) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(%error, "cannot raise the open file limit");
     }
+    #[cfg(feature = "embedded")]
     if config.mediaproxies.is_empty() {
         if let Some(warning) = config.media.advertise_warning() {
             tracing::warn!("{warning}");
@@ -68,11 +69,14 @@ fn main() -> ExitCode {
     }
     // With an embedded proxy, SIP and the proxy's control share the host with its relay
     // workers (spawned later from this main thread): the workers come first.
+    #[cfg(feature = "embedded")]
     let control_nice = if config.mediaproxies.is_empty() {
         config.media.control_nice
     } else {
         0
     };
+    #[cfg(not(feature = "embedded"))]
+    let control_nice = 0;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .on_thread_start(move || service_kit::thread::lower_control_thread(control_nice))
         .enable_all()

@@ -16,6 +16,7 @@
 //! - [`finish`]: finishing calls: media release and CDR rows, durable records of calls that
 //!   are up, completing those a stopped process left.
 
+mod embedded;
 mod finish;
 mod nodes;
 mod perform;
@@ -27,12 +28,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mediaproxy::server::MediaProxy;
 use service_kit::clock::WallClock;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use self::embedded::Embedded;
 use self::finish::complete_orphans;
 use self::nodes::EvidenceMap;
 use self::perform::Performer;
@@ -76,7 +77,7 @@ pub struct Signaling {
     tcp: TcpListener,
     http: TcpListener,
     metrics: Arc<Metrics>,
-    embedded: Option<MediaProxy>,
+    embedded: Option<Embedded>,
     pool: Pool,
     cdr: CdrWriter,
 }
@@ -111,21 +112,7 @@ impl Signaling {
         })?;
         let owner = format!("signaling-{}-{}", address.port(), std::process::id());
         let (embedded, urls) = if config.mediaproxies.is_empty() {
-            let grpc = TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(|e| StartError::Embedded(e.to_string()))?;
-            let metrics = TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(|e| StartError::Embedded(e.to_string()))?;
-            let proxy = MediaProxy::with_listeners(
-                "embedded",
-                &config.media,
-                Duration::from_secs(5),
-                grpc,
-                metrics,
-            )
-            .map_err(|e| StartError::Embedded(e.to_string()))?;
-            let url = format!("http://{}", proxy.grpc_addr());
+            let (proxy, url) = Embedded::bind(&config).await?;
             (Some(proxy), vec![url])
         } else {
             (None, config.mediaproxies.clone())
@@ -230,7 +217,7 @@ impl Signaling {
         if let Some(proxy) = embedded {
             let proxy_stop = stop.clone();
             tasks.spawn(async move {
-                if let Err(error) = proxy.serve(proxy_stop.cancelled_owned()).await {
+                if let Err(error) = proxy.serve(proxy_stop).await {
                     tracing::error!(%error, "embedded media proxy failed");
                 }
             });
