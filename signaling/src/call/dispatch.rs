@@ -227,6 +227,9 @@ impl Core {
                 let ok = response(&request, 200, "OK", None);
                 self.transactions.respond(now, tx, &ok);
             }
+            (_, method) if super::relayed::relays(method) => {
+                self.relay_request(now, call, side, tx, request);
+            }
             _ => self.reply(now, tx, &request, 501),
         }
     }
@@ -251,6 +254,9 @@ impl Core {
             Flow::Keepalive => {
                 self.on_keepalive_response(now, tag.call, tag.side, &answer.response)
             }
+            Flow::Relayed => {
+                self.on_relayed_response(now, tag.call, answer.tx, &answer.response);
+            }
             Flow::Hangup | Flow::Answer | Flow::ReInviteAnswer => {}
         }
     }
@@ -261,6 +267,7 @@ impl Core {
                 Flow::Invite => self.on_invite_timeout(now, tag.call, tx),
                 Flow::ReInvite => self.on_reinvite_timeout(now, tag.call, tx),
                 Flow::Relocate => self.on_relocate_timeout(now, tag.call, tag.side, tx),
+                Flow::Relayed => self.on_relayed_timeout(now, tag.call, tx),
                 _ => {}
             },
             Expired::NoAck { tx, tag: Some(tag) } => match tag.flow {

@@ -270,6 +270,7 @@ impl Core {
         if let Some(pending) = pending {
             self.reply(now, pending.server, &pending.request, 487);
         }
+        self.abandon_relayed(now, call);
         for timer in CALL_TIMERS {
             self.stop_timer(call, timer);
         }

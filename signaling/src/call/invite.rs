@@ -279,6 +279,7 @@ impl Core {
                 by_policy: recorded,
                 ..RecordingIntent::default()
             },
+            relayed: Vec::new(),
         };
         self.by_call_id.insert(a_call_id, (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));

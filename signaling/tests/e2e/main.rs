@@ -6,6 +6,7 @@
 //!   draining);
 //! - `media`: transports and what the media did (IPv6, late offer, route sets, keepalives,
 //!   one-way and silent calls, a moved source, the admin endpoint, TCP limits);
+//! - `features`: what phones send inside a call (INFO, MESSAGE) relayed to the other leg;
 //! - `cdr`: CDR rows in a real PostgreSQL, a database outage during calls, `signaling export`;
 //! - `nodes`: separately started media proxies (a pool, a node lost or killed, draining,
 //!   orphans, mutual TLS);
@@ -18,6 +19,7 @@ mod common;
 
 mod calls;
 mod cdr;
+mod features;
 mod media;
 mod nodes;
 mod recording;

@@ -6,7 +6,7 @@
 //!
 //! One file per flow: [`basic`] (INVITE to BYE, retransmissions, CANCEL, timeouts),
 //! [`reinvite`], [`media`] (relayed media), [`relocate`] (moves and stale sessions),
-//! [`recording`] and [`admission`] (what a request must be to get in). This file holds what
+//! [`recording`], [`relayed`] (INFO, MESSAGE, NOTIFY across the legs) and [`admission`] (what a request must be to get in). This file holds what
 //! they share: establishing calls, relay settings and media plans, and the final check that
 //! nothing is left behind.
 
@@ -15,6 +15,7 @@ mod basic;
 mod media;
 mod recording;
 mod reinvite;
+mod relayed;
 mod relocate;
 
 use std::time::Duration;
