@@ -7,7 +7,8 @@
 //! back on oneshot channels. Workers count relayed and dropped packets locally and add them to the
 //! Prometheus counters once per tick.
 //!
-//! Datagrams are received in batches with `recvmmsg` (see
+//! Datagrams are read with `recvfrom` until the socket is empty, up to a batch of eight, and a
+//! batch's run out of one socket leaves in one `sendmmsg` (see
 //! [`worker::Worker::drain_socket`]); the verdict per packet is computed by the pure
 //! [`Session`](crate::session::Session) core. Sessions are spread over the workers by load.
 //! The loop's own system calls (epoll, send, eventfd, timerfd) are rustix's raw calls, not
