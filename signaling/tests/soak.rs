@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::calls::{Ports, Service};
+use common::calls::{Ports, Service, strings};
 use common::{Running, scenarios};
 
 fn seconds() -> u64 {
@@ -97,7 +97,6 @@ fn steady_calls_with_media_leak_nothing_and_lose_no_cdr() {
     let started = Instant::now();
     let baseline = sample(&service, started);
     let timeout = seconds + 120;
-    let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     let mut callee = sipp(
         &strings(&[
             "-sf",

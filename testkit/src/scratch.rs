@@ -1,6 +1,6 @@
 //! A folder per test.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// A fresh directory for one test under the system's temporary directory, named after the
 /// test and the process. Removed when the test passes; kept when it fails (the thread is
@@ -17,10 +17,6 @@ impl Scratch {
 
     pub fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
     }
 }
 

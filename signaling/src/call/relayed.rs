@@ -49,16 +49,15 @@ impl Core {
         tx: TxId,
         request: Request,
     ) {
-        let local = self.local();
-        let branch = self.ids.branch();
-        let Some(record) = self.calls.get_mut(&call) else {
-            self.reply(now, tx, &request, 481);
-            return;
-        };
-        if !record.state.answered() || record.finished {
-            self.reply(now, tx, &request, 501);
-            return;
+        match self.calls.get(&call) {
+            None => return self.reply(now, tx, &request, 481),
+            Some(record) if !record.state.answered() || record.finished => {
+                return self.reply(now, tx, &request, 501);
+            }
+            Some(_) => {}
         }
+        let (local, branch) = (self.local(), self.ids.branch());
+        let record = self.calls.get_mut(&call).expect("checked above");
         let other = side.other();
         let (peer, mut relayed) =
             record
