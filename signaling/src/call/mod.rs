@@ -19,7 +19,8 @@
 //! - [`reinvite`]: re-INVITEs relayed from either leg (hold, resume, codec change), glare.
 //! - [`hangup`]: BYE, CANCEL, failures, the media proxy ending a call, and finishing.
 //! - [`keepalive`]: in-dialog OPTIONS pings of answered calls.
-//! - [`relayed`]: INFO, MESSAGE and NOTIFY relayed across the legs of an answered call.
+//! - [`relayed`]: INFO, MESSAGE, NOTIFY and UPDATE relayed across the legs of an answered
+//!   call (an UPDATE's SDP through the relay like a re-INVITE's).
 //! - [`relocate`]: moving a call's media to another node when its node is lost.
 //! - [`registrar`]: REGISTER with digest authentication, OPTIONS outside dialogs.
 //! - [`recording`]: recording by policy at the answer, by operators, and after a move.
@@ -77,7 +78,8 @@ use crate::sip::{Peer, SipCallId};
 use crate::timer::TimerTable;
 use crate::transaction::{TIMEOUT, Transactions, TxId};
 
-pub(crate) const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, MESSAGE, NOTIFY";
+pub(crate) const ALLOW: &str =
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, MESSAGE, NOTIFY, UPDATE";
 
 /// The end reason of a call whose durable record outlived its signaling process.
 pub(crate) const CRASHED: &str = "signaling stopped with the call up (a crash, kill -9 or power loss); ended at its last sign of life before that";
@@ -195,7 +197,7 @@ enum Flow {
     Keepalive,
     /// A re-INVITE of ours that moves this side's media to another node (client).
     Relocate,
-    /// An INFO, MESSAGE or NOTIFY relayed to this side from the other (client).
+    /// An INFO, MESSAGE, NOTIFY or UPDATE relayed to this side from the other (client).
     Relayed,
 }
 
@@ -264,7 +266,7 @@ struct Call {
     /// A move in progress.
     relocating: Option<relocate::Relocation>,
     recording: RecordingIntent,
-    /// INFO, MESSAGE and NOTIFY relayed to the other leg, waiting for its answer.
+    /// INFO, MESSAGE, NOTIFY and UPDATE relayed to the other leg, waiting for its answer.
     relayed: Vec<relayed::Relayed>,
 }
 

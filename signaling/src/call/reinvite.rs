@@ -24,7 +24,11 @@ impl Core {
         };
         // A pending re-INVITE of either kind (a phone's, or ours moving the media) makes a
         // new one glare: 491, and the phone tries again later (RFC 3261 section 14.2).
-        if record.reinvite.is_some() || record.relocating.is_some() || !record.state.answered() {
+        if record.reinvite.is_some()
+            || record.relocating.is_some()
+            || record.relayed.iter().any(|r| r.offer)
+            || !record.state.answered()
+        {
             self.reply(now, tx, &request, 491);
             return;
         }

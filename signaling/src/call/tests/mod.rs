@@ -6,7 +6,8 @@
 //!
 //! One file per flow: [`basic`] (INVITE to BYE, retransmissions, CANCEL, timeouts),
 //! [`reinvite`], [`media`] (relayed media), [`relocate`] (moves and stale sessions),
-//! [`recording`], [`relayed`] (INFO, MESSAGE, NOTIFY across the legs) and [`admission`] (what a request must be to get in). This file holds what
+//! [`recording`], [`relayed`] (INFO, MESSAGE, NOTIFY across the legs), [`update`] and
+//! [`admission`] (what a request must be to get in). This file holds what
 //! they share: establishing calls, relay settings and media plans, and the final check that
 //! nothing is left behind.
 
@@ -17,6 +18,7 @@ mod recording;
 mod reinvite;
 mod relayed;
 mod relocate;
+mod update;
 
 use std::time::Duration;
 
@@ -49,8 +51,21 @@ const A_FROM: &str = "<sip:alice@127.0.0.1>;tag=af";
 
 /// A call from A to B, answered and acknowledged, on `sim`.
 fn establish(sim: &mut Sim, call_id: &str) -> Established {
+    establish_on(sim, call_id, false)
+}
+
+/// [`establish`] for relay settings: the media proxy answers with [`plan`].
+fn establish_relayed(sim: &mut Sim, call_id: &str) -> Established {
+    establish_on(sim, call_id, true)
+}
+
+fn establish_on(sim: &mut Sim, call_id: &str, relayed: bool) -> Established {
     sim.send(A, &invite(call_id, &format!("z9hG4bK{call_id}i"), SDP));
     sim.run(20 * MS);
+    if relayed {
+        allocated(sim, Ok(plan()));
+        sim.run(20 * MS);
+    }
     let to_b = requests(&sim.take(B), "INVITE")[0].clone();
     sim.send(B, &answer(&to_b, "180 Ringing", Some("bt"), ""));
     sim.send(B, &answer(&to_b, "200 OK", Some("bt"), SDP));
