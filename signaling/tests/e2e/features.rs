@@ -6,7 +6,7 @@ use crate::common::calls::{Ports, Scenario, Service, call};
 use crate::common::number;
 
 #[test]
-fn an_info_and_a_message_cross_the_call_and_their_answers_come_back() {
+fn an_info_a_message_and_an_update_cross_the_call_and_their_answers_come_back() {
     let ports = Ports::take();
     let service = Service::start("info", &ports, &["--trusted", "127.0.0.0/8"]);
     // The callee checks the INFO's DTMF body and type and refuses the MESSAGE with 415; the
@@ -18,7 +18,7 @@ fn an_info_and_a_message_cross_the_call_and_their_answers_come_back() {
         Scenario::new("uac_info.xml"),
     );
     let metrics = service.metrics();
-    for method in ["INFO", "MESSAGE"] {
+    for method in ["INFO", "MESSAGE", "UPDATE"] {
         let sample = format!("signaling_sip_requests_total{{method=\"{method}\"}} ");
         let counted = metrics
             .lines()
