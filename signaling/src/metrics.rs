@@ -57,6 +57,8 @@ pub(crate) struct Metrics {
     pub(crate) banned_sources: IntGauge,
     /// Requests over their source's budget, by action (`rejected` 503, `dropped`).
     pub(crate) requests_limited: IntCounterVec,
+    /// Transfers (REFER), by outcome (`completed`, `failed`, `refused`).
+    pub(crate) transfers: IntCounterVec,
     /// Inbound SIP TCP connections open.
     pub(crate) tcp_connections: IntGauge,
     /// Inbound SIP TCP connections refused or closed by a limit, by reason.
@@ -144,6 +146,14 @@ impl Metrics {
              Retry-After (rejected) or, flooding or banned, not answered (dropped).",
             "action",
             &["rejected", "dropped"],
+        );
+        let transfers = counter(
+            "signaling_transfers_total",
+            "Transfers asked by REFER: completed (the transferee talks to the target), failed \
+             (the target or the transferee did not take it; the call went on) or refused (the \
+             REFER itself: unroutable target, call not up, another pending, over budget).",
+            "outcome",
+            &["completed", "failed", "refused"],
         );
         let tcp_connections = registered(
             &registry,
@@ -288,6 +298,7 @@ impl Metrics {
             auth_bans,
             banned_sources,
             requests_limited,
+            transfers,
             setup,
             tcp_connections,
             tcp_closed,

@@ -236,6 +236,7 @@ fn open_call(id: &str, start: i64) -> OpenCall {
         media_endpoint: Some("http://10.0.1.11:50051".into()),
         relayed: true,
         media_address: Some("203.0.113.5".into()),
+        transferred_from: None,
     }
 }
 

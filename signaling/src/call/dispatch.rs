@@ -214,6 +214,27 @@ impl Core {
             self.reply(now, tx, &request, 481);
             return;
         };
+        if record.dialog(side).call_id.as_str() != request.call_id() {
+            // A dialog that left the call (a transferor's): its BYE crossing ours is
+            // answered, anything else no longer has a dialog here.
+            let status = if request.method == Method::Bye {
+                200
+            } else {
+                481
+            };
+            self.reply(now, tx, &request, status);
+            return;
+        }
+        if !matches!(request.method, Method::Cancel) && !tags_match(record.dialog(side), &request) {
+            // RFC 3261 section 12.2.2: a request whose tags name no dialog of ours (someone
+            // who knows the Call-ID but is not a party) gets 481.
+            tracing::info!(
+                call_id = request.call_id(),
+                "in-dialog request with foreign tags; 481"
+            );
+            self.reply(now, tx, &request, 481);
+            return;
+        }
         if let Err(error) = record.dialog(side).receive(&request) {
             tracing::info!(call_id = request.call_id(), %error, "in-dialog request refused");
             self.reply(now, tx, &request, error.status());
@@ -227,6 +248,7 @@ impl Core {
                 let ok = response(&request, 200, "OK", None);
                 self.transactions.respond(now, tx, &ok);
             }
+            (_, Method::Refer) => self.on_refer(now, call, side, tx, request),
             (_, method) if super::relayed::relays(method) => {
                 self.relay_request(now, call, side, tx, request);
             }
@@ -257,7 +279,17 @@ impl Core {
             Flow::Relayed => {
                 self.on_relayed_response(now, tag.call, answer.tx, &answer.response);
             }
-            Flow::Hangup | Flow::Answer | Flow::ReInviteAnswer => {}
+            Flow::Transfer => {
+                self.on_transfer_response(now, tag.call, answer.tx, answer.response);
+            }
+            Flow::TransferReInvite => self.on_transfer_reoffer_response(
+                now,
+                tag.call,
+                tag.side,
+                answer.tx,
+                answer.response,
+            ),
+            Flow::Hangup | Flow::Answer | Flow::ReInviteAnswer | Flow::Notify => {}
         }
     }
 
@@ -268,6 +300,9 @@ impl Core {
                 Flow::ReInvite => self.on_reinvite_timeout(now, tag.call, tx),
                 Flow::Relocate => self.on_relocate_timeout(now, tag.call, tag.side, tx),
                 Flow::Relayed => self.on_relayed_timeout(now, tag.call, tx),
+                Flow::Transfer | Flow::TransferReInvite => {
+                    self.on_transfer_timeout(now, tag.call, tx);
+                }
                 _ => {}
             },
             Expired::NoAck { tx, tag: Some(tag) } => match tag.flow {
@@ -293,9 +328,11 @@ impl Core {
             CallTimer::Keepalive => self.on_keepalive(now, call),
             CallTimer::KeepaliveTimeout(side) => self.on_keepalive_timeout(now, call, side),
             CallTimer::Relocate(side) => self.send_relocation(now, call, side),
+            CallTimer::TransferRing => self.on_transfer_ring_timeout(now, call),
             CallTimer::Linger => {
                 if let Some(record) = self.calls.remove(&call) {
-                    for call_id in [&record.a.call_id, &record.b.call_id] {
+                    let dialogs = [&record.a.call_id, &record.b.call_id];
+                    for call_id in dialogs.into_iter().chain(&record.departed) {
                         if self
                             .by_call_id
                             .get(call_id)
@@ -311,6 +348,21 @@ impl Core {
             }
         }
     }
+}
+
+/// Whether a request's tags are those of `dialog`: its To tag ours (when it has one) and its
+/// From tag the peer's (when the dialog knows it).
+fn tags_match(dialog: &crate::dialog::Dialog, request: &Request) -> bool {
+    let tag = |name: &str| {
+        NameAddr::parse(request.headers.get(name).unwrap_or(""))
+            .and_then(|n| n.tag().map(str::to_owned))
+    };
+    let to_ok = tag("To").is_none_or(|t| t == dialog.local_tag);
+    let from_ok = match (&dialog.remote_tag, tag("From")) {
+        (Some(ours), Some(theirs)) => *ours == theirs,
+        _ => true,
+    };
+    to_ok && from_ok
 }
 
 /// Who a request says it is: its credentials' user name, else its To user (REGISTER) or

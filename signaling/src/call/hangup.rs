@@ -23,11 +23,13 @@ impl Core {
     ) {
         let ok = response(bye, 200, "OK", None);
         self.transactions.respond(now, tx, &ok);
-        let Some(record) = self.calls.get(&call) else {
-            return;
-        };
-        if record.finished {
+        if self.calls.get(&call).is_none_or(|r| r.finished) {
             // A BYE crossing ours, or a retransmission after its transaction ended.
+            return;
+        }
+        if self.transferor_left(call, side) {
+            // A transferor leaving as its transfer goes on (many phones hang up right after
+            // the 202): the transfer decides how the call ends.
             return;
         }
         let hangup = if side == Side::A {
@@ -36,6 +38,9 @@ impl Core {
             HangupSide::Callee
         };
         let reason = format!("BYE from the {}", hangup.as_str());
+        let Some(record) = self.calls.get(&call) else {
+            return;
+        };
         match (record.state.answered(), side) {
             (true, _) => self.end_on(now, call, side, hangup, reason),
             // The caller may end an early dialog with BYE (RFC 3261 section 15): like a
@@ -271,6 +276,7 @@ impl Core {
             self.reply(now, pending.server, &pending.request, 487);
         }
         self.abandon_relayed(now, call);
+        self.abandon_transfer(now, call);
         for timer in CALL_TIMERS {
             self.stop_timer(call, timer);
         }

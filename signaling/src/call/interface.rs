@@ -134,6 +134,11 @@ pub(crate) enum Output {
     Limited {
         action: &'static str,
     },
+    /// A REFER was refused (`refused`), or a transfer `completed` or `failed`
+    /// (`signaling_transfers_total{outcome}`).
+    Transfer {
+        outcome: &'static str,
+    },
     /// The call is up (answered, or its media moved to another node): keep a durable record
     /// of it, so that a crash of this process still leaves its CDR (completed at the next
     /// start, ended at the last sign of life). The record ends "now", by the system.

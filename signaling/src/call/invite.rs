@@ -22,7 +22,7 @@ use crate::transaction::TxId;
 
 /// What a static route says of its calls' media (none for a registered user).
 #[derive(Debug, Clone, Copy, Default)]
-struct RoutePolicy {
+pub(super) struct RoutePolicy {
     media_mode: Option<MediaMode>,
     record: Option<bool>,
 }
@@ -30,7 +30,7 @@ struct RoutePolicy {
 impl Core {
     /// Where a call to `user` goes: a registered contact first, then the longest static
     /// route prefix. Returns (Request-URI, peer, the route's media policy).
-    fn route(&self, now: Instant, user: &str) -> Option<(String, Peer, RoutePolicy)> {
+    pub(super) fn route(&self, now: Instant, user: &str) -> Option<(String, Peer, RoutePolicy)> {
         if let Some(binding) = self.registrar.lookup(now, user).into_iter().next() {
             return Some((
                 binding.contact.uri.to_string(),
@@ -106,6 +106,8 @@ impl Core {
             media_address: None,
             end_reason: reason.to_owned(),
             recording: RecordingIntent::default(),
+            transferred_from: None,
+            transferred_to: None,
         };
         tracing::info!(call_id = %record.call_id, status, reason, "call rejected");
         self.push(super::Output::Finish(record));
@@ -280,6 +282,11 @@ impl Core {
                 ..RecordingIntent::default()
             },
             relayed: Vec::new(),
+            transfer: None,
+            transfers: 0,
+            transfer_notes: Vec::new(),
+            transferred_from: None,
+            departed: Vec::new(),
         };
         self.by_call_id.insert(a_call_id, (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
@@ -312,6 +319,9 @@ impl Core {
         call: CallRef,
         result: Result<MediaPlan, MediaError>,
     ) {
+        if self.transfer_allocating(call) {
+            return self.on_transfer_media(now, call, result);
+        }
         let Some(record) = self.calls.get_mut(&call) else {
             return;
         };

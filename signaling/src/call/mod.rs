@@ -21,6 +21,8 @@
 //! - [`keepalive`]: in-dialog OPTIONS pings of answered calls.
 //! - [`relayed`]: INFO, MESSAGE, NOTIFY and UPDATE relayed across the legs of an answered
 //!   call (an UPDATE's SDP through the relay like a re-INVITE's).
+//! - [`transfer`]: REFER: the transferee connected to the target by a new leg, the
+//!   transferor hung up, a record per pairing.
 //! - [`relocate`]: moving a call's media to another node when its node is lost.
 //! - [`registrar`]: REGISTER with digest authentication, OPTIONS outside dialogs.
 //! - [`recording`]: recording by policy at the answer, by operators, and after a move.
@@ -49,6 +51,7 @@ mod reinvite;
 mod relayed;
 mod relocate;
 mod sweep;
+mod transfer;
 
 #[cfg(test)]
 mod sim;
@@ -166,10 +169,13 @@ enum CallTimer {
     Linger,
     /// Offer this side the move to the new node again, after its 491 (glare).
     Relocate(Side),
+    /// A transfer's target rang too long.
+    TransferRing,
 }
 
 /// Every timer a call may have armed.
-const CALL_TIMERS: [CallTimer; 8] = [
+const CALL_TIMERS: [CallTimer; 9] = [
+    CallTimer::TransferRing,
     CallTimer::Relocate(Side::A),
     CallTimer::Relocate(Side::B),
     CallTimer::Ring,
@@ -199,6 +205,14 @@ enum Flow {
     Relocate,
     /// An INFO, MESSAGE, NOTIFY or UPDATE relayed to this side from the other (client).
     Relayed,
+    /// Our INVITE to a transfer's target, who takes this side's place (client).
+    Transfer,
+    /// The re-INVITE that moves this side, the transferee, onto a transfer's new pairing
+    /// (client).
+    TransferReInvite,
+    /// A NOTIFY telling this side, the transferor, how its REFER fares (client; its answer
+    /// changes nothing).
+    Notify,
 }
 
 /// The tag the call layer puts on its transactions.
@@ -268,6 +282,17 @@ struct Call {
     recording: RecordingIntent,
     /// INFO, MESSAGE, NOTIFY and UPDATE relayed to the other leg, waiting for its answer.
     relayed: Vec<relayed::Relayed>,
+    /// A transfer under way.
+    transfer: Option<transfer::Transfer>,
+    /// Transfers this call made (bounded by [`transfer::MAX_TRANSFERS`]).
+    transfers: u8,
+    /// Transfers that failed, in words, for the CDR's `end_reason`.
+    transfer_notes: Vec<String>,
+    /// The key of the call this one was transferred out of.
+    transferred_from: Option<CallId>,
+    /// Call-IDs of dialogs that left the call (a transferor's): their late requests get a
+    /// BYE answered, anything else 481.
+    departed: Vec<SipCallId>,
 }
 
 impl Call {
@@ -294,6 +319,11 @@ impl Call {
         reason: String,
     ) -> CallRecord {
         let answered = self.answer.is_some();
+        let end_reason = if self.transfer_notes.is_empty() {
+            reason
+        } else {
+            format!("{reason}; {}", self.transfer_notes.join("; "))
+        };
         CallRecord {
             call_id: self.key.clone(),
             b_call_id: Some(self.b.call_id.clone()),
@@ -315,8 +345,10 @@ impl Call {
             media_moves: self.moves.clone(),
             relayed: self.allocation_requested,
             media_address: self.media.as_ref().map(|m| m.advertised),
-            end_reason: reason,
+            end_reason,
             recording: self.recording.clone(),
+            transferred_from: self.transferred_from.clone(),
+            transferred_to: None,
         }
     }
 

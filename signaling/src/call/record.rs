@@ -86,6 +86,10 @@ pub(crate) struct CallRecord {
     pub(crate) end_reason: String,
     /// What was asked of the call's recording (the proxy's release says what came of it).
     pub(crate) recording: super::RecordingIntent,
+    /// The key of the call this pairing was transferred out of.
+    pub(crate) transferred_from: Option<CallId>,
+    /// The key of the pairing this call was transferred into.
+    pub(crate) transferred_to: Option<CallId>,
 }
 
 impl CallRecord {

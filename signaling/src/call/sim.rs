@@ -29,6 +29,8 @@ const fn udp(port: u16) -> Peer {
 pub(super) const CORE: Peer = udp(5060);
 pub(super) const A: Peer = udp(5061);
 pub(super) const B: Peer = udp(5062);
+/// A third phone: a transfer's target.
+pub(super) const C: Peer = udp(5063);
 
 /// What the channel does to the messages a rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

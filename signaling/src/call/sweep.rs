@@ -42,6 +42,7 @@ impl Core {
         self.calls.get(&call).is_some_and(|record| {
             !record.finished
                 && (record.relocating.is_some()
+                    || record.transfer_key() == Some(call_id)
                     || record
                         .media
                         .as_ref()

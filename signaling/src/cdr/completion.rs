@@ -90,6 +90,8 @@ pub(crate) fn cdr_row(
         media_node: record.media_node.clone(),
         end_reason: record.end_reason.clone(),
         media_address: record.media_address.map(|a| a.to_string()),
+        transferred_from: record.transferred_from.as_ref().map(ToString::to_string),
+        transferred_to: record.transferred_to.as_ref().map(ToString::to_string),
         ..Cdr::default()
     };
     let answered = record.answer.is_some();
@@ -352,6 +354,8 @@ mod tests {
                 "CANCEL from the caller".into()
             },
             recording: RecordingIntent::default(),
+            transferred_from: None,
+            transferred_to: None,
         };
         (record, clock)
     }

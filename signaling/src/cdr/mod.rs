@@ -60,6 +60,12 @@ pub struct Cdr {
     pub end_reason: String,
     /// The media address the proxy advertised in SDP.
     pub media_address: Option<String>,
+    /// The `call_id` of the call this pairing was transferred out of (docs/call-features.md).
+    #[serde(default)]
+    pub transferred_from: Option<String>,
+    /// The `call_id` of the pairing this call was transferred into.
+    #[serde(default)]
+    pub transferred_to: Option<String>,
     /// Per media line and leg.
     pub media: Vec<CdrMedia>,
 }
@@ -81,6 +87,9 @@ pub struct OpenCall {
     /// Whether a media session exists to release.
     pub relayed: bool,
     pub media_address: Option<String>,
+    /// The `call_id` of the call this pairing was transferred out of.
+    #[serde(default)]
+    pub transferred_from: Option<String>,
 }
 
 /// One `cdr_media` row: one media line of one leg of a call.

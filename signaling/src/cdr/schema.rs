@@ -79,6 +79,8 @@ pub const CDR_COLUMNS: &[&str] = &[
     "media_diagnosis",
     "end_reason",
     "media_address",
+    "transferred_from",
+    "transferred_to",
 ];
 
 pub(super) fn cdr_values(c: &Cdr) -> Vec<Value> {
@@ -108,6 +110,8 @@ pub(super) fn cdr_values(c: &Cdr) -> Vec<Value> {
         (&c.media_diagnosis).into(),
         (&c.end_reason).into(),
         (&c.media_address).into(),
+        (&c.transferred_from).into(),
+        (&c.transferred_to).into(),
     ]
 }
 
@@ -282,6 +286,8 @@ CREATE TABLE cdr_instance (
     instance TEXT NOT NULL PRIMARY KEY,
     alive_at BIGINT NOT NULL
 );",
+    "ALTER TABLE cdr ADD COLUMN transferred_from TEXT;
+ALTER TABLE cdr ADD COLUMN transferred_to TEXT;",
 ];
 
 /// Forgets a call's open record once its CDR is written (in the same transaction).

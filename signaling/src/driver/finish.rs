@@ -64,6 +64,7 @@ pub(super) fn open_call(record: &CallRecord, clock: &WallClock) -> OpenCall {
         media_endpoint: record.media_endpoint.as_ref().map(ToString::to_string),
         relayed: record.relayed,
         media_address: record.media_address.map(|a| a.to_string()),
+        transferred_from: record.transferred_from.as_ref().map(ToString::to_string),
     }
 }
 
@@ -103,6 +104,11 @@ fn orphan_record(call: &OpenCall, alive_at_ms: i64, clock: &WallClock) -> Option
         media_address: call.media_address.as_deref().and_then(|a| a.parse().ok()),
         end_reason: crate::call::CRASHED.to_owned(),
         recording: crate::call::RecordingIntent::default(),
+        transferred_from: call
+            .transferred_from
+            .as_deref()
+            .and_then(|k| CallId::parse(k).ok()),
+        transferred_to: None,
     })
 }
 

@@ -151,6 +151,9 @@ impl Performer<'_> {
             Output::Limited { action } => {
                 metrics.requests_limited.with_label_values(&[action]).inc();
             }
+            Output::Transfer { outcome } => {
+                metrics.transfers.with_label_values(&[outcome]).inc();
+            }
             Output::Answered(record) => cdr.open(open_call(&record, clock)),
             Output::Finish(record) => {
                 if let Some(answer) = record.answer {

@@ -6,7 +6,7 @@
 //!
 //! One file per flow: [`basic`] (INVITE to BYE, retransmissions, CANCEL, timeouts),
 //! [`reinvite`], [`media`] (relayed media), [`relocate`] (moves and stale sessions),
-//! [`recording`], [`relayed`] (INFO, MESSAGE, NOTIFY across the legs), [`update`] and
+//! [`recording`], [`relayed`] (INFO, MESSAGE, NOTIFY across the legs), [`update`], [`transfer`] and
 //! [`admission`] (what a request must be to get in). This file holds what
 //! they share: establishing calls, relay settings and media plans, and the final check that
 //! nothing is left behind.
@@ -18,6 +18,7 @@ mod recording;
 mod reinvite;
 mod relayed;
 mod relocate;
+mod transfer;
 mod update;
 
 use std::time::Duration;

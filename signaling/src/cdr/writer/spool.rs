@@ -28,7 +28,7 @@ use crate::cdr::{Cdr, OpenCall, Target};
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum OpenLine {
-    Open(OpenCall),
+    Open(Box<OpenCall>),
     Closed { call_id: String, start_time_ms: i64 },
 }
 
@@ -85,7 +85,7 @@ impl Worker {
             .unsaved
             .iter()
             .filter(|call| !self.open_in_file.contains(&key(call)))
-            .map(|call| OpenLine::Open(call.clone()))
+            .map(|call| OpenLine::Open(Box::new(call.clone())))
             .collect();
         lines.extend(
             self.open_in_file
@@ -145,7 +145,7 @@ impl Worker {
         let mut open: Vec<OpenCall> = Vec::new();
         for line in read_lines::<OpenLine>(file, "the open-call journal") {
             match line {
-                OpenLine::Open(call) => open.push(call),
+                OpenLine::Open(call) => open.push(*call),
                 OpenLine::Closed {
                     call_id,
                     start_time_ms,
