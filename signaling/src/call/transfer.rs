@@ -140,7 +140,14 @@ impl Core {
             return self.reply(now, tx, &request, 481);
         };
         let refuse = |core: &mut Self, status: u16, reason: &str, why: &str| {
-            tracing::info!(call_id = request.call_id(), status, why, "REFER refused");
+            let refer_to = request.headers.get("Refer-To").unwrap_or("");
+            tracing::info!(
+                call_id = request.call_id(),
+                status,
+                why,
+                refer_to,
+                "REFER refused"
+            );
             let tag = None;
             let answer = response(&request, status, reason, tag);
             core.transactions.respond(now, tx, &answer);

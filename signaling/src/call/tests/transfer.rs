@@ -427,3 +427,80 @@ fn refers_that_cannot_be_taken_are_refused_with_the_status_that_says_why() {
     }
     assert_clean(&mut sim);
 }
+
+#[test]
+fn a_transfer_by_the_caller_puts_the_target_in_the_callers_place() {
+    let mut sim = Sim::new(routed(MediaMode::Relay));
+    let call = establish_relayed(&mut sim, "xfer-a");
+    let alice = Phone {
+        call_id: "xfer-a",
+        from: A_FROM,
+        to: &call.a_to,
+        port: 5061,
+    };
+    let refer = alice.request("REFER", 2, "z9hG4bKra1", "").replace(
+        "Max-Forwards: 70\n",
+        "Max-Forwards: 70\nRefer-To: sip:carol@127.0.0.1\nRefer-Sub: false\n",
+    );
+    sim.send(A, &refer);
+    sim.run(20 * MS);
+    let at_a = sim.take(A);
+    let accepted = responses(&at_a, 202);
+    assert_eq!(accepted.len(), 1, "{at_a:?}");
+    assert_eq!(accepted[0].headers.get("Refer-Sub"), Some("false"));
+    assert!(
+        requests(&at_a, "NOTIFY").is_empty(),
+        "no subscription asked"
+    );
+    let to_c = requests(&sim.take(C), "INVITE")[0].clone();
+    assert!(
+        to_c.headers.get("From").unwrap().contains("sip:bob@"),
+        "from the transferee"
+    );
+    sim.send(C, &answer(&to_c, "200 OK", Some("ct"), CAROL_SDP));
+    sim.run(20 * MS);
+    let (new_call, offer_leg) = sim
+        .outputs
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Allocate {
+                call, offer_leg, ..
+            } => Some((*call, *offer_leg)),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(offer_leg, Leg::Caller, "carol takes the caller's leg");
+    sim.input(Input::MediaReady {
+        call: new_call,
+        result: Ok(plan2()),
+    });
+    sim.run(20 * MS);
+    let reinvite = requests(&sim.take(B), "INVITE")[0].clone();
+    assert_eq!(reinvite.call_id(), call.to_b.call_id());
+    assert!(text(&reinvite).contains("m=audio 31002"));
+    sim.send(B, &answer(&reinvite, "200 OK", None, SDP));
+    sim.run(20 * MS);
+    let ack = requests(&sim.take(C), "ACK")[0].clone();
+    assert!(text(&ack).contains("m=audio 31000"), "{}", text(&ack));
+    let bye = requests(&sim.take(A), "BYE")[0].clone();
+    sim.send(A, &answer(&bye, "200 OK", None, ""));
+    assert_eq!(sim.records()[0].hangup_side, HangupSide::Caller);
+    // Carol hangs up: bob gets the BYE.
+    let carol_from = format!("{};tag=ct", to_c.headers.get("To").unwrap());
+    let carol = Phone {
+        call_id: to_c.call_id(),
+        from: &carol_from,
+        to: to_c.headers.get("From").unwrap(),
+        port: 5063,
+    };
+    sim.send(C, &carol.request("BYE", 1, "z9hG4bKcbye", ""));
+    sim.run(20 * MS);
+    assert_eq!(responses(&sim.take(C), 200).len(), 1);
+    let bye = requests(&sim.take(B), "BYE")[0].clone();
+    sim.send(B, &answer(&bye, "200 OK", None, ""));
+    let new = sim.records()[1].clone();
+    assert_eq!((new.caller.as_str(), new.callee.as_str()), ("carol", "bob"));
+    assert_eq!(new.hangup_side, HangupSide::Caller);
+    assert_clean(&mut sim);
+}
