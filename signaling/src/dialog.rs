@@ -156,10 +156,29 @@ impl Dialog {
         }
     }
 
-    /// The peer's To tag from a provisional response (an early dialog).
+    /// An early dialog from a provisional response (RFC 3261 section 12.1.2): the peer's To
+    /// tag, and its Contact and Record-Route when it gives them (the PRACK of a reliable
+    /// provisional travels on them).
     pub(crate) fn early(&mut self, response: &Response) {
         if let Some(tag) = tag_of(response.headers.get("To")) {
             self.remote_tag = Some(tag);
+        }
+        if let Some(target) = response
+            .headers
+            .get("Contact")
+            .and_then(NameAddr::parse)
+            .map(|c| c.uri.to_string())
+        {
+            self.remote_target = target;
+        }
+        let mut route_set: Vec<String> = response
+            .headers
+            .values("Record-Route")
+            .map(str::to_owned)
+            .collect();
+        if !route_set.is_empty() {
+            route_set.reverse();
+            self.route_set = route_set;
         }
     }
 

@@ -55,6 +55,12 @@ impl Ids {
         low + std::time::Duration::from_millis(self.rng.next_u64() % span)
     }
 
+    /// The first RSeq of a call's reliable provisional responses (RFC 3262 section 3: random,
+    /// between 1 and 2^31 - 1).
+    pub(crate) fn rseq(&mut self) -> u32 {
+        (self.rng.next_u32() >> 1).max(1)
+    }
+
     /// A From/To tag: 64 random bits.
     pub(crate) fn tag(&mut self) -> String {
         self.hex(1)

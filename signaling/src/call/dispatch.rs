@@ -155,8 +155,8 @@ impl Core {
 
     fn on_new_request(&mut self, now: Instant, unix: u64, from: Peer, tx: TxId, request: Request) {
         // RFC 3261 section 8.2.2.3: an extension the request requires and we do not
-        // implement (we implement none) is refused with 420, naming it. ACK and CANCEL get
-        // no answer of their own.
+        // implement ([`super::SUPPORTED`] are those we do) is refused with 420, naming it.
+        // ACK and CANCEL get no answer of their own.
         if !matches!(request.method, Method::Ack | Method::Cancel) {
             let required: Vec<&str> = request
                 .headers
@@ -164,6 +164,11 @@ impl Core {
                 .chain(request.headers.values("Proxy-Require"))
                 .map(str::trim)
                 .filter(|option| !option.is_empty())
+                .filter(|option| {
+                    !super::SUPPORTED
+                        .iter()
+                        .any(|known| known.eq_ignore_ascii_case(option))
+                })
                 .collect();
             if !required.is_empty() {
                 tracing::info!(peer = %from.addr, options = %required.join(", "), "request requires unsupported extensions");
@@ -249,6 +254,7 @@ impl Core {
                 self.transactions.respond(now, tx, &ok);
             }
             (_, Method::Refer) => self.on_refer(now, call, side, tx, request),
+            (Side::A, Method::Prack) => self.on_prack(now, call, tx, &request),
             (_, method) if super::relayed::relays(method) => {
                 self.relay_request(now, call, side, tx, request);
             }
@@ -289,7 +295,7 @@ impl Core {
                 answer.tx,
                 answer.response,
             ),
-            Flow::Hangup | Flow::Answer | Flow::ReInviteAnswer | Flow::Notify => {}
+            Flow::Hangup | Flow::Answer | Flow::ReInviteAnswer | Flow::Notify | Flow::Prack => {}
         }
     }
 
@@ -329,6 +335,7 @@ impl Core {
             CallTimer::KeepaliveTimeout(side) => self.on_keepalive_timeout(now, call, side),
             CallTimer::Relocate(side) => self.send_relocation(now, call, side),
             CallTimer::TransferRing => self.on_transfer_ring_timeout(now, call),
+            CallTimer::Reliable => self.on_reliable_timer(now, call),
             CallTimer::Linger => {
                 if let Some(record) = self.calls.remove(&call) {
                     let dialogs = [&record.a.call_id, &record.b.call_id];

@@ -277,6 +277,7 @@ impl Core {
         }
         self.abandon_relayed(now, call);
         self.abandon_transfer(now, call);
+        self.settle_reliable(call);
         for timer in CALL_TIMERS {
             self.stop_timer(call, timer);
         }

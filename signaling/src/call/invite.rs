@@ -243,6 +243,7 @@ impl Core {
             .unwrap_or_else(|| format!("<{request_uri}>"));
         let relayed = mode != MediaMode::Direct;
         let a_call_id = crate::sip::SipCallId::new(request.call_id());
+        let reliability = super::reliable::Reliability::of(&request, self.ids.rseq());
         let record = Call {
             key: key.clone(),
             state: State::MediaPending,
@@ -287,6 +288,7 @@ impl Core {
             transfer_notes: Vec::new(),
             transferred_from: None,
             departed: Vec::new(),
+            reliability,
         };
         self.by_call_id.insert(a_call_id, (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
@@ -444,6 +446,7 @@ impl Core {
         record.b_invite_cseq = invite.cseq().map_or(1, |c| c.number);
         invite.headers.set("Max-Forwards", forwards.to_string());
         invite.headers.push("Allow", ALLOW);
+        invite.headers.push("Supported", "100rel");
         let tag = TxTag {
             call,
             side: Side::B,
@@ -481,6 +484,9 @@ impl Core {
             let first = record.state == State::Calling;
             record.state = State::Proceeding;
             record.b.early(&response);
+            if !self.prack_callee(now, call, &response) {
+                return;
+            }
             if first {
                 let ring = self.settings.ring_timeout;
                 self.set_timer(now, call, CallTimer::Ring, ring);
@@ -650,10 +656,18 @@ impl Core {
             body,
         );
         let tx = record.a_tx;
+        let reliable = record.reliability.reliable(&relayed);
         if let Some(update) = update {
             self.push(update);
         }
-        self.transactions.respond(now, tx, &relayed);
+        if reliable {
+            self.send_reliable(now, call, relayed);
+        } else {
+            if relayed.status >= 200 {
+                self.settle_reliable(call);
+            }
+            self.transactions.respond(now, tx, &relayed);
+        }
         Ok(())
     }
 

@@ -19,6 +19,7 @@
 //! - [`reinvite`]: re-INVITEs relayed from either leg (hold, resume, codec change), glare.
 //! - [`hangup`]: BYE, CANCEL, failures, the media proxy ending a call, and finishing.
 //! - [`keepalive`]: in-dialog OPTIONS pings of answered calls.
+//! - [`reliable`]: reliable provisional responses (100rel, PRACK) on each leg.
 //! - [`relayed`]: INFO, MESSAGE, NOTIFY and UPDATE relayed across the legs of an answered
 //!   call (an UPDATE's SDP through the relay like a re-INVITE's).
 //! - [`transfer`]: REFER: the transferee connected to the target by a new leg, the
@@ -49,6 +50,7 @@ pub(crate) mod recording;
 mod registrar;
 mod reinvite;
 mod relayed;
+mod reliable;
 mod relocate;
 mod sweep;
 mod transfer;
@@ -82,7 +84,10 @@ use crate::timer::TimerTable;
 use crate::transaction::{TIMEOUT, Transactions, TxId};
 
 pub(crate) const ALLOW: &str =
-    "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, MESSAGE, NOTIFY, UPDATE";
+    "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, MESSAGE, NOTIFY, UPDATE, REFER, PRACK";
+
+/// The extensions the core implements: a request that requires only these is taken.
+pub(crate) const SUPPORTED: &[&str] = &["100rel"];
 
 /// The end reason of a call whose durable record outlived its signaling process.
 pub(crate) const CRASHED: &str = "signaling stopped with the call up (a crash, kill -9 or power loss); ended at its last sign of life before that";
@@ -171,11 +176,14 @@ enum CallTimer {
     Relocate(Side),
     /// A transfer's target rang too long.
     TransferRing,
+    /// Resend the reliable provisional response the caller has not PRACKed.
+    Reliable,
 }
 
 /// Every timer a call may have armed.
-const CALL_TIMERS: [CallTimer; 9] = [
+const CALL_TIMERS: [CallTimer; 10] = [
     CallTimer::TransferRing,
+    CallTimer::Reliable,
     CallTimer::Relocate(Side::A),
     CallTimer::Relocate(Side::B),
     CallTimer::Ring,
@@ -213,6 +221,8 @@ enum Flow {
     /// A NOTIFY telling this side, the transferor, how its REFER fares (client; its answer
     /// changes nothing).
     Notify,
+    /// Our PRACK of the callee's reliable provisional (client; its answer changes nothing).
+    Prack,
 }
 
 /// The tag the call layer puts on its transactions.
@@ -293,6 +303,8 @@ struct Call {
     /// Call-IDs of dialogs that left the call (a transferor's): their late requests get a
     /// BYE answered, anything else 481.
     departed: Vec<SipCallId>,
+    /// Reliable provisional responses on both legs (RFC 3262).
+    reliability: reliable::Reliability,
 }
 
 impl Call {

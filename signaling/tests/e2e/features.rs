@@ -106,3 +106,31 @@ fn a_blind_transfer_moves_the_audio_to_the_target_with_a_cdr_row_per_pairing() {
         "the whole second tone reached carol: {new:?}"
     );
 }
+
+/// A caller that requires 100rel and a callee that sends its early media reliably: each leg
+/// PRACKs its own reliable 183 (the B2BUA both sends one and PRACKs one), then the call
+/// carries audio and leaves an ordinary CDR.
+#[test]
+fn reliable_provisionals_are_pracked_on_both_legs_and_the_call_carries_audio() {
+    let ports = Ports::take();
+    let service = Service::start("100rel", &ports, &["--trusted", "127.0.0.0/8"]);
+    call(
+        &ports,
+        &service,
+        Scenario::new("uas_100rel.xml").echo(),
+        Scenario::new("uac_100rel.xml"),
+    );
+    let rows = service.stop();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cdr = &rows[0];
+    assert_eq!(cdr["disposition"], "answered", "{cdr:?}");
+    assert!(
+        number(cdr, "caller_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+    assert!(
+        number(cdr, "callee_audio_packets") >= MIN_PACKETS,
+        "{cdr:?}"
+    );
+    assert_eq!(cdr["media_verdict"], "ok", "{cdr:?}");
+}

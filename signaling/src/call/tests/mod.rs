@@ -6,7 +6,7 @@
 //!
 //! One file per flow: [`basic`] (INVITE to BYE, retransmissions, CANCEL, timeouts),
 //! [`reinvite`], [`media`] (relayed media), [`relocate`] (moves and stale sessions),
-//! [`recording`], [`relayed`] (INFO, MESSAGE, NOTIFY across the legs), [`update`], [`transfer`] and
+//! [`recording`], [`relayed`] (INFO, MESSAGE, NOTIFY across the legs), [`update`], [`transfer`], [`reliable`] (100rel) and
 //! [`admission`] (what a request must be to get in). This file holds what
 //! they share: establishing calls, relay settings and media plans, and the final check that
 //! nothing is left behind.
@@ -17,6 +17,7 @@ mod media;
 mod recording;
 mod reinvite;
 mod relayed;
+mod reliable;
 mod relocate;
 mod transfer;
 mod update;
