@@ -127,6 +127,15 @@ pub struct Options {
     /// 408/481 or not at all within the interval ends the call. 0 disables [default: 30s].
     #[arg(long, env = "SIGNALING_KEEPALIVE", value_name = "DURATION")]
     pub keepalive: Option<HumanDuration>,
+    /// Session interval offered and accepted (RFC 4028 session timers, per leg): the side
+    /// that refreshes does so every half of it, a call whose refreshes stop ends
+    /// [default: 30m].
+    #[arg(long, env = "SIGNALING_SESSION_EXPIRES", value_name = "DURATION")]
+    pub session_expires: Option<HumanDuration>,
+    /// The shortest session interval accepted; shorter requests get 422 with this Min-SE
+    /// (at least 90s, RFC 4028) [default: 90s].
+    #[arg(long, env = "SIGNALING_MIN_SE", value_name = "DURATION")]
+    pub min_se: Option<HumanDuration>,
     /// Log filter, as RUST_LOG [default: info].
     #[arg(long, env = "SIGNALING_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -243,6 +252,10 @@ pub struct Config {
     pub ring_timeout: Duration,
     pub max_call_duration: Duration,
     pub keepalive: Duration,
+    /// RFC 4028 session interval offered and accepted.
+    pub session_expires: Duration,
+    /// RFC 4028 shortest session interval accepted.
+    pub min_se: Duration,
     pub log: String,
     pub log_format: LogFormat,
     /// Settings of the embedded media proxy (used when `mediaproxies` is empty).
@@ -250,7 +263,9 @@ pub struct Config {
     pub media: MediaConfig,
 }
 
-const KEYS: [&str; 26] = [
+const KEYS: [&str; 28] = [
+    "session-expires",
+    "min-se",
     "admin-token",
     "tcp-per-source",
     "source-rate",
@@ -424,6 +439,26 @@ impl Config {
         if max_calls == 0 {
             return Err(invalid("max-calls", "must be at least 1".into()));
         }
+        let min_se = upper
+            .min_se
+            .or(lower.min_se)
+            .map_or(Duration::from_secs(90), |d| d.0);
+        if min_se < Duration::from_secs(90) {
+            return Err(invalid(
+                "min-se",
+                "must be at least 90s (RFC 4028 section 4)".into(),
+            ));
+        }
+        let session_expires = upper
+            .session_expires
+            .or(lower.session_expires)
+            .map_or(Duration::from_secs(1800), |d| d.0);
+        if session_expires < min_se {
+            return Err(invalid(
+                "session-expires",
+                format!("must be at least --min-se ({}s)", min_se.as_secs()),
+            ));
+        }
         let admin_token = upper.admin_token.or(lower.admin_token);
         if let Some(token) = &admin_token
             && (token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()))
@@ -541,6 +576,8 @@ impl Config {
                 .keepalive
                 .or(lower.keepalive)
                 .map_or(Duration::from_secs(30), |d| d.0),
+            session_expires,
+            min_se,
             log: upper.log.or(lower.log).unwrap_or_else(|| "info".to_owned()),
             log_format: upper.log_format.or(lower.log_format).unwrap_or_default(),
             #[cfg(feature = "embedded")]
@@ -565,6 +602,23 @@ mod tests {
             MediaMode::Reflect
         );
         assert!("loud".parse::<MediaMode>().is_err());
+    }
+
+    #[test]
+    fn session_timer_bounds_are_checked_naming_the_field() {
+        let resolve =
+            |args: &[&str]| Config::resolve(parse(args).unwrap().options, Options::default());
+        let error = resolve(&["--min-se", "30s"]).unwrap_err().to_string();
+        assert!(error.contains("min-se") && error.contains("90"), "{error}");
+        let error = resolve(&["--min-se", "120s", "--session-expires", "100s"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("session-expires"), "{error}");
+        let config = resolve(&[]).unwrap();
+        assert_eq!(
+            (config.session_expires.as_secs(), config.min_se.as_secs()),
+            (1800, 90)
+        );
     }
 
     #[test]

@@ -295,6 +295,9 @@ impl Core {
                 answer.tx,
                 answer.response,
             ),
+            Flow::Refresh => {
+                self.on_refresh_response(now, tag.call, tag.side, answer.tx, &answer.response)
+            }
             Flow::Hangup | Flow::Answer | Flow::ReInviteAnswer | Flow::Notify | Flow::Prack => {}
         }
     }
@@ -309,6 +312,7 @@ impl Core {
                 Flow::Transfer | Flow::TransferReInvite => {
                     self.on_transfer_timeout(now, tag.call, tx);
                 }
+                Flow::Refresh => self.on_refresh_timeout(now, tag.call, tag.side, tx),
                 _ => {}
             },
             Expired::NoAck { tx, tag: Some(tag) } => match tag.flow {
@@ -336,6 +340,8 @@ impl Core {
             CallTimer::Relocate(side) => self.send_relocation(now, call, side),
             CallTimer::TransferRing => self.on_transfer_ring_timeout(now, call),
             CallTimer::Reliable => self.on_reliable_timer(now, call),
+            CallTimer::SessionRefresh(side) => self.send_refresh(now, call, side),
+            CallTimer::SessionExpiry(side) => self.on_session_expired(now, call, side),
             CallTimer::Linger => {
                 if let Some(record) = self.calls.remove(&call) {
                     let dialogs = [&record.a.call_id, &record.b.call_id];

@@ -162,6 +162,9 @@ pub(crate) struct Settings {
     pub(crate) max_call_duration: Duration,
     /// In-dialog OPTIONS keepalive interval of answered calls; zero disables.
     pub(crate) keepalive: Duration,
+    /// RFC 4028: the session interval we offer and accept, and the shortest we accept.
+    pub(crate) session_expires: Duration,
+    pub(crate) min_se: Duration,
     /// Most calls at once; more INVITEs are answered 503.
     pub(crate) max_calls: usize,
     /// Per-source request budget and password-guessing bans.

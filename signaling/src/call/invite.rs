@@ -164,6 +164,21 @@ impl Core {
             self.reject_call(now, tx, &key, &request, 406, &reason);
             return;
         }
+        // RFC 4028 section 8.1: a session interval below our Min-SE is refused 422 naming it.
+        let timers = match super::session_timer::SessionTimers::of(
+            &request,
+            self.settings.session_expires,
+            self.settings.min_se,
+        ) {
+            Ok(timers) => timers,
+            Err(min_se) => {
+                let tag = self.ids.tag();
+                let mut answer = response(&request, 422, "Session Interval Too Small", Some(&tag));
+                answer.headers.push("Min-SE", min_se.to_string());
+                self.transactions.respond(now, tx, &answer);
+                return;
+            }
+        };
         let trusted = self
             .settings
             .trusted
@@ -289,6 +304,7 @@ impl Core {
             transferred_from: None,
             departed: Vec::new(),
             reliability,
+            timers,
         };
         self.by_call_id.insert(a_call_id, (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
@@ -447,6 +463,7 @@ impl Core {
         invite.headers.set("Max-Forwards", forwards.to_string());
         invite.headers.push("Allow", ALLOW);
         invite.headers.push("Supported", "100rel");
+        self.offer_session_timer(call, &mut invite);
         let tag = TxTag {
             call,
             side: Side::B,
@@ -501,6 +518,7 @@ impl Core {
         }
         if success {
             record.b.confirm(&response);
+            self.callee_timer(call, &response);
             self.stop_timer(call, CallTimer::Ring);
             let record = self.calls.get_mut(&call).expect("call exists");
             let late_offer = (record.mode != MediaMode::Direct && !record.allocation_requested)
@@ -550,6 +568,13 @@ impl Core {
             }
             return;
         }
+        if status == 422 && self.retry_after_422(call, &response) {
+            if let Some(record) = self.calls.get_mut(&call) {
+                record.state = State::Calling;
+            }
+            self.send_invite(now, call);
+            return;
+        }
         // A final error from the callee (its transaction acknowledged it): pass it on.
         self.stop_timer(call, CallTimer::Ring);
         let record = self.calls.get_mut(&call).expect("call exists");
@@ -584,6 +609,7 @@ impl Core {
         let max = self.settings.max_call_duration;
         self.set_timer(now, call, CallTimer::MaxDuration, max);
         self.schedule_keepalive(now, call);
+        self.arm_session_timers(now, call);
         self.start_recording_at_answer(call);
     }
 
@@ -648,7 +674,7 @@ impl Core {
             record.last_sdp[Side::B.index()] = Some(response.body.clone());
             update = record.media_update(Side::B, answer);
         }
-        let relayed = relayed_response(
+        let mut relayed = relayed_response(
             &record.a_invite,
             response,
             Some(&record.a.local_tag),
@@ -657,6 +683,9 @@ impl Core {
         );
         let tx = record.a_tx;
         let reliable = record.reliability.reliable(&relayed);
+        if (200..300).contains(&relayed.status) {
+            self.caller_timer(call, &mut relayed);
+        }
         if let Some(update) = update {
             self.push(update);
         }

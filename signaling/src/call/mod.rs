@@ -24,6 +24,7 @@
 //!   call (an UPDATE's SDP through the relay like a re-INVITE's).
 //! - [`transfer`]: REFER: the transferee connected to the target by a new leg, the
 //!   transferor hung up, a record per pairing.
+//! - [`session_timer`]: RFC 4028 session timers, negotiated and refreshed per leg.
 //! - [`relocate`]: moving a call's media to another node when its node is lost.
 //! - [`registrar`]: REGISTER with digest authentication, OPTIONS outside dialogs.
 //! - [`recording`]: recording by policy at the answer, by operators, and after a move.
@@ -52,6 +53,7 @@ mod reinvite;
 mod relayed;
 mod reliable;
 mod relocate;
+mod session_timer;
 mod sweep;
 mod transfer;
 
@@ -87,7 +89,7 @@ pub(crate) const ALLOW: &str =
     "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, MESSAGE, NOTIFY, UPDATE, REFER, PRACK";
 
 /// The extensions the core implements: a request that requires only these is taken.
-pub(crate) const SUPPORTED: &[&str] = &["100rel"];
+pub(crate) const SUPPORTED: &[&str] = &["100rel", "timer"];
 
 /// The end reason of a call whose durable record outlived its signaling process.
 pub(crate) const CRASHED: &str = "signaling stopped with the call up (a crash, kill -9 or power loss); ended at its last sign of life before that";
@@ -178,10 +180,18 @@ enum CallTimer {
     TransferRing,
     /// Resend the reliable provisional response the caller has not PRACKed.
     Reliable,
+    /// Time for us to refresh this leg's session (RFC 4028).
+    SessionRefresh(Side),
+    /// This leg's phone did not refresh its session in time (RFC 4028).
+    SessionExpiry(Side),
 }
 
 /// Every timer a call may have armed.
-const CALL_TIMERS: [CallTimer; 10] = [
+const CALL_TIMERS: [CallTimer; 14] = [
+    CallTimer::SessionRefresh(Side::A),
+    CallTimer::SessionRefresh(Side::B),
+    CallTimer::SessionExpiry(Side::A),
+    CallTimer::SessionExpiry(Side::B),
     CallTimer::TransferRing,
     CallTimer::Reliable,
     CallTimer::Relocate(Side::A),
@@ -223,6 +233,8 @@ enum Flow {
     Notify,
     /// Our PRACK of the callee's reliable provisional (client; its answer changes nothing).
     Prack,
+    /// Our session refresh of this side (UPDATE or re-INVITE, client; RFC 4028).
+    Refresh,
 }
 
 /// The tag the call layer puts on its transactions.
@@ -305,6 +317,8 @@ struct Call {
     departed: Vec<SipCallId>,
     /// Reliable provisional responses on both legs (RFC 3262).
     reliability: reliable::Reliability,
+    /// Session timers on both legs (RFC 4028).
+    timers: session_timer::SessionTimers,
 }
 
 impl Call {

@@ -32,6 +32,10 @@ impl Core {
             self.reply(now, tx, &request, 491);
             return;
         }
+        self.session_refreshed(now, call, side, &request);
+        let Some(record) = self.calls.get(&call) else {
+            return;
+        };
         if let Some(kind) = super::messages::foreign_body(&request) {
             tracing::info!(call_id = request.call_id(), %kind, "re-INVITE body is not SDP; 415");
             self.reply(now, tx, &request, 415);
@@ -153,7 +157,10 @@ impl Core {
             self.push(update);
         }
         let contact = self.contact();
-        let relayed = relayed_response(&pending.request, &response, None, &contact, body);
+        let mut relayed = relayed_response(&pending.request, &response, None, &contact, body);
+        if success {
+            self.stamp_session(call, pending.from, &mut relayed);
+        }
         self.transactions.respond(now, pending.server, &relayed);
         if success {
             let cseq = pending.request.cseq().map_or(0, |c| c.number);

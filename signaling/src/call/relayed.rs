@@ -77,6 +77,13 @@ impl Core {
             }
             Some(_) => {}
         }
+        if update && request.body.is_empty() {
+            // A session (or target) refresh of the sender's own leg: answered here.
+            return self.answer_refresh(now, call, side, tx, &request);
+        }
+        if update {
+            self.session_refreshed(now, call, side, &request);
+        }
         let mut body = request.body.clone();
         let mut offer = false;
         if update && !request.body.is_empty() {
@@ -202,6 +209,9 @@ impl Core {
         back.body.clone_from(&answer.body);
         if waiting.request.method == Method::Update {
             back.headers.push("Contact", self.contact());
+            if (200..300).contains(&answer.status) {
+                self.stamp_session(call, waiting.from, &mut back);
+            }
         }
         if waiting.offer && (200..300).contains(&answer.status) && !answer.body.is_empty() {
             match self.update_answer(call, waiting.from, &answer.body) {

@@ -66,6 +66,8 @@ pub(super) fn settings() -> Settings {
         ring_timeout: Duration::from_secs(60),
         max_call_duration: Duration::from_secs(3600),
         keepalive: Duration::ZERO,
+        session_expires: Duration::from_secs(1800),
+        min_se: Duration::from_secs(90),
         max_calls: 100_000,
         limits: crate::access::guard::Limits::default(),
     }

@@ -660,6 +660,13 @@ impl Core {
         record.keepalive_missed = [0, 0];
         record.transfer = None;
         record.transfer_notes.clear();
+        // The target's leg was placed without timers; the keepalive watches it.
+        record.timers.forget(by);
+        self.stop_timer(call, CallTimer::SessionRefresh(by));
+        self.stop_timer(call, CallTimer::SessionExpiry(by));
+        let Some(record) = self.calls.get_mut(&call) else {
+            return;
+        };
         let new_call_id = record.dialog(by).call_id.clone();
         let open = record.open_record(now);
         if self.by_key.get(&old_key) == Some(&call) {

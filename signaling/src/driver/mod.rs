@@ -265,6 +265,8 @@ impl Signaling {
                 ring_timeout: config.ring_timeout,
                 max_call_duration: config.max_call_duration,
                 keepalive: config.keepalive,
+                session_expires: config.session_expires,
+                min_se: config.min_se,
                 max_calls: config.max_calls,
                 limits: config.limits,
             },

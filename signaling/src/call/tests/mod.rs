@@ -6,7 +6,7 @@
 //!
 //! One file per flow: [`basic`] (INVITE to BYE, retransmissions, CANCEL, timeouts),
 //! [`reinvite`], [`media`] (relayed media), [`relocate`] (moves and stale sessions),
-//! [`recording`], [`relayed`] (INFO, MESSAGE, NOTIFY across the legs), [`update`], [`transfer`], [`reliable`] (100rel) and
+//! [`recording`], [`relayed`] (INFO, MESSAGE, NOTIFY across the legs), [`update`], [`transfer`], [`reliable`] (100rel), [`session_timer`] and
 //! [`admission`] (what a request must be to get in). This file holds what
 //! they share: establishing calls, relay settings and media plans, and the final check that
 //! nothing is left behind.
@@ -19,6 +19,7 @@ mod reinvite;
 mod relayed;
 mod reliable;
 mod relocate;
+mod session_timer;
 mod transfer;
 mod update;
 
