@@ -85,6 +85,7 @@ pub fn sdp_rewrite(data: &[u8]) {
                 .map(|(i, m)| (m.port != 0).then_some(30_000 + 2 * (i as u16 % 1000)))
                 .collect(),
             origin_version: before.origin_version.map(|v| v.wrapping_add(1)),
+            origin_identity: None,
         };
         let out = rewrite(text, &plan)
             .unwrap_or_else(|error| panic!("the reader took it, the rewrite did not: {error}"));

@@ -256,6 +256,9 @@ pub struct Rewrite {
     pub ports: Vec<Option<u16>>,
     /// New `o=` session version, for a new offer; None keeps it.
     pub origin_version: Option<u64>,
+    /// New `o=` user name and session id (the session a phone already knows, when the
+    /// party behind it changed: a transfer); None keeps them.
+    pub origin_identity: Option<(String, String)>,
 }
 
 fn family(address: IpAddr) -> &'static str {
@@ -327,12 +330,20 @@ pub fn rewrite(sdp: &str, plan: &Rewrite) -> Result<String, SdpError> {
                     format!("a=rtcp:{rtcp}")
                 }
             })
-        } else if let (Some(value), Some(version)) = (line.strip_prefix("o="), plan.origin_version)
+        } else if let Some(value) = line
+            .strip_prefix("o=")
+            .filter(|_| plan.origin_version.is_some() || plan.origin_identity.is_some())
         {
             let mut parts: Vec<&str> = value.split(' ').collect();
             if parts.len() >= 6 {
-                let version = version.to_string();
-                parts[2] = &version;
+                let version = plan.origin_version.map(|v| v.to_string());
+                if let Some(version) = &version {
+                    parts[2] = version;
+                }
+                if let Some((user, session)) = &plan.origin_identity {
+                    parts[0] = user;
+                    parts[1] = session;
+                }
                 Some(format!("o={}", parts.join(" ")))
             } else {
                 None
@@ -357,6 +368,7 @@ mod tests {
             address: "203.0.113.5".parse().unwrap(),
             ports,
             origin_version: None,
+            origin_identity: None,
         }
     }
 

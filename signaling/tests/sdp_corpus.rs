@@ -44,6 +44,7 @@ fn rewrite_changes_only_what_must_change() {
                 address,
                 ports: ports.clone(),
                 origin_version: before.origin_version.map(|v| v + 1),
+                origin_identity: None,
             };
             let out = rewrite(sdp, &plan).unwrap();
             let old_lines: Vec<&str> = sdp.split_inclusive('\n').collect();

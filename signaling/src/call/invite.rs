@@ -305,6 +305,7 @@ impl Core {
             departed: Vec::new(),
             reliability,
             timers,
+            origin: [None, None],
         };
         self.by_call_id.insert(a_call_id, (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));

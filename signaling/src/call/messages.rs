@@ -100,16 +100,50 @@ pub(super) fn body_sdp(body: &[u8]) -> Result<Option<SessionDescription>, SdpErr
     sdp::parse(text).map(Some)
 }
 
+/// The `o=` session a phone knows, kept when the party behind it changes (a transfer): the
+/// user name and session id it saw, and the versions (RFC 3264 section 8: same session id,
+/// the version one up at each change). SDP from the new party is shown to the phone as this
+/// session, its version `base` plus how far the new party's own version moved from
+/// `source_base`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct OriginAnchor {
+    pub(super) user: String,
+    pub(super) session: String,
+    pub(super) base: u64,
+    pub(super) source_base: u64,
+}
+
+/// The `o=` user name, session id and version of an SDP body.
+pub(super) fn origin_of(body: &[u8]) -> Option<(String, String, u64)> {
+    let text = std::str::from_utf8(body).ok()?;
+    let line = text.lines().find_map(|l| l.trim_end().strip_prefix("o="))?;
+    let mut parts = line.split(' ');
+    let (user, session, version) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((user.to_owned(), session.to_owned(), version.parse().ok()?))
+}
+
 /// Rewrites an SDP body for one leg of the relay: the proxy's address and that leg's ports,
-/// and the `o=` version raised by `bump` (0 keeps it).
+/// and the `o=` version raised by `bump` (0 keeps it) over the session `anchor` names.
 pub(super) fn rewrite_for(
     body: &[u8],
     address: IpAddr,
     ports: &[u16],
     bump: u64,
+    anchor: Option<&OriginAnchor>,
 ) -> Result<Vec<u8>, SdpError> {
     let text = std::str::from_utf8(body).map_err(|_| SdpError("body is not UTF-8".into()))?;
     let parsed = sdp::parse(text)?;
+    let version = match anchor {
+        Some(anchor) => parsed.origin_version.map(|v| {
+            anchor
+                .base
+                .wrapping_add(v.wrapping_sub(anchor.source_base))
+                .wrapping_add(bump)
+        }),
+        None => (bump > 0)
+            .then(|| parsed.origin_version.map(|v| v.wrapping_add(bump)))
+            .flatten(),
+    };
     let plan = Rewrite {
         address,
         ports: parsed
@@ -118,9 +152,8 @@ pub(super) fn rewrite_for(
             .enumerate()
             .map(|(i, m)| (m.port != 0).then(|| ports.get(i).copied()).flatten())
             .collect(),
-        origin_version: (bump > 0)
-            .then(|| parsed.origin_version.map(|v| v.wrapping_add(bump)))
-            .flatten(),
+        origin_version: version,
+        origin_identity: anchor.map(|a| (a.user.clone(), a.session.clone())),
     };
     if parsed
         .media

@@ -319,6 +319,9 @@ struct Call {
     reliability: reliable::Reliability,
     /// Session timers on both legs (RFC 4028).
     timers: session_timer::SessionTimers,
+    /// Per side, the `o=` session its phone knows when the party behind the other side
+    /// changed (a transfer): the SDP it gets keeps that session.
+    origin: [Option<messages::OriginAnchor>; 2],
 }
 
 impl Call {
@@ -396,7 +399,13 @@ impl Call {
             Side::A => &plan.caller_ports,
             Side::B => &plan.callee_ports,
         };
-        rewrite_for(body, plan.advertised, ports, self.sdp_bump[to.index()])
+        rewrite_for(
+            body,
+            plan.advertised,
+            ports,
+            self.sdp_bump[to.index()],
+            self.origin[to.index()].as_ref(),
+        )
     }
 
     /// Points `from`'s media leg at its new SDP, on the call's node.

@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use proto::domain::Leg;
 
-use super::messages::{body_sdp, response, rewrite_for};
+use super::messages::{OriginAnchor, body_sdp, origin_of, response, rewrite_for};
 use super::{
     CallId, CallRef, CallTimer, Core, Disposition, Flow, HangupSide, MediaError, MediaPlan, Output,
     Side, State, TxTag,
@@ -79,6 +79,8 @@ pub(super) struct Transfer {
     event: Option<String>,
     /// The transferor hung up while the transfer was under way.
     transferor_gone: bool,
+    /// The `o=` session the transferee knows, which the target's SDP is shown as.
+    anchor: Option<OriginAnchor>,
 }
 
 impl Transfer {
@@ -91,11 +93,13 @@ impl Transfer {
         }
     }
 
-    /// `body` rewritten for `side` on the new pairing's session (as it is in direct mode).
+    /// `body` rewritten for `side` on the new pairing's session (as it is in direct mode):
+    /// for the transferee, as the session it already knows.
     fn rewrite_to(&self, side: Side, body: &[u8]) -> Result<Vec<u8>, crate::sdp::SdpError> {
+        let anchor = (side != self.by).then_some(self.anchor.as_ref()).flatten();
         match &self.media {
             Some(plan) if !body.is_empty() => {
-                rewrite_for(body, plan.advertised, self.ports(side), 0)
+                rewrite_for(body, plan.advertised, self.ports(side), 0, anchor)
             }
             _ => Ok(body.to_vec()),
         }
@@ -273,6 +277,7 @@ impl Core {
                 media: None,
                 event,
                 transferor_gone: false,
+                anchor: None,
             });
         }
         self.notify_transferor(now, call, 100, "Trying");
@@ -497,8 +502,37 @@ impl Core {
         let Some(record) = self.calls.get_mut(&call) else {
             return;
         };
-        let transfer = record.transfer.as_ref().expect("a transfer");
-        let transferee = transfer.by.other();
+        // RFC 3264 section 8: the transferee keeps the `o=` session it knows (the one the
+        // transferor's SDP showed it), one version up, whoever is behind it now.
+        let by = record.transfer.as_ref().expect("a transfer").by;
+        let transferee = by.other();
+        let seen = record.last_sdp[by.index()]
+            .as_deref()
+            .and_then(origin_of)
+            .map(
+                |(user, session, version)| match &record.origin[transferee.index()] {
+                    Some(known) => (
+                        known.user.clone(),
+                        known.session.clone(),
+                        known
+                            .base
+                            .wrapping_add(version.wrapping_sub(known.source_base)),
+                    ),
+                    None => (user, session, version),
+                },
+            );
+        let bump = record.sdp_bump[transferee.index()];
+        let anchor = match (seen, origin_of(&ok.body)) {
+            (Some((user, session, version)), Some((_, _, target))) => Some(OriginAnchor {
+                user,
+                session,
+                base: version.wrapping_add(bump).wrapping_add(1),
+                source_base: target,
+            }),
+            _ => None,
+        };
+        let transfer = record.transfer.as_mut().expect("a transfer");
+        transfer.anchor = anchor;
         let body = match transfer.rewrite_to(transferee, &ok.body) {
             Ok(body) => body,
             Err(error) => {
@@ -653,6 +687,8 @@ impl Core {
             record.last_sdp[transferee.index()] = Some(transferee_sdp.to_vec());
         }
         record.sdp_bump = [0, 0];
+        record.origin[transferee.index()] = transfer.anchor.clone();
+        record.origin[by.index()] = None;
         record.moves.clear();
         record.start = now;
         record.answer = Some(now);

@@ -180,6 +180,9 @@ fn a_blind_transfer_by_the_callee_moves_the_caller_to_the_target_with_a_record_p
         offer.contains("c=IN IP4 192.0.2.10") && offer.contains("m=audio 31000"),
         "{offer}"
     );
+    // RFC 3264 section 8: the session alice knows (bob's `o=- 1 1`), one version up; not
+    // carol's own origin.
+    assert!(offer.contains("o=- 1 2 IN IP4"), "{offer}");
     let alice_answer = SDP.replace("m=audio 4000", "m=audio 4010");
     sim.send(A, &answer(&reinvite, "200 OK", None, &alice_answer));
     sim.run(20 * MS);
@@ -233,6 +236,41 @@ fn a_blind_transfer_by_the_callee_moves_the_caller_to_the_target_with_a_record_p
     sim.run(20 * MS);
     assert_eq!(responses(&sim.take(B), 200).len(), 1);
     assert_eq!(sim.records().len(), 1, "the new pairing goes on");
+    // Carol's own re-INVITE (her version up by one) reaches alice as the session she knows.
+    let carol_from = format!("{};tag=ct", to_c.headers.get("To").unwrap());
+    let carol = Phone {
+        call_id: to_c.call_id(),
+        from: &carol_from,
+        to: to_c.headers.get("From").unwrap(),
+        port: 5063,
+    };
+    let hold = CAROL_SDP.replace("o=carol 7 7", "o=carol 7 8");
+    sim.send(C, &carol.request("INVITE", 1, "z9hG4bKcre", &hold));
+    sim.run(20 * MS);
+    let at_a = sim.take(A);
+    let reinvite = requests(&at_a, "INVITE");
+    assert_eq!(reinvite.len(), 1, "{at_a:?}");
+    assert!(
+        text(reinvite[0]).contains("o=- 1 3 IN IP4"),
+        "{}",
+        text(reinvite[0])
+    );
+    let reinvite = reinvite[0].clone();
+    sim.send(A, &answer(&reinvite, "200 OK", None, &alice_answer));
+    sim.run(20 * MS);
+    let ok = responses(&sim.take(C), 200)[0].clone();
+    sim.send(
+        C,
+        &carol.request("ACK", 1, "z9hG4bKcreack", "").replace(
+            "CSeq: 1 ACK",
+            &format!(
+                "CSeq: {}",
+                ok.headers.get("CSeq").unwrap().replace("INVITE", "ACK")
+            ),
+        ),
+    );
+    sim.run(20 * MS);
+    sim.take(A);
     // Alice hangs up: carol gets the BYE on its dialog; the new pairing's record.
     let alice = Phone {
         call_id: "xfer",
