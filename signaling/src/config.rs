@@ -319,6 +319,27 @@ pub fn read_users(path: &Path) -> Result<BTreeMap<String, User>, ConfigError> {
         };
         hex(&user.ha1, "ha1", 32)?;
         hex(&user.ha1_sha256, "ha1-sha256", 64)?;
+        for (field, target) in [
+            ("forward", &user.forward),
+            ("forward-busy", &user.forward_busy),
+            ("forward-no-answer", &user.forward_no_answer),
+        ] {
+            if target.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(file_error(
+                    path,
+                    format!("users.{name}.{field}: empty (a user name, number or SIP URI)"),
+                ));
+            }
+        }
+        if user
+            .forward_no_answer_after
+            .is_some_and(|s| !(1..=600).contains(&s))
+        {
+            return Err(file_error(
+                path,
+                format!("users.{name}.forward-no-answer-after: seconds from 1 to 600"),
+            ));
+        }
         if user.password.is_none() && user.ha1.is_none() && user.ha1_sha256.is_none() {
             return Err(file_error(
                 path,
@@ -761,6 +782,32 @@ mod tests {
     }
 
     #[test]
+    fn forwarding_in_the_users_file_is_checked_naming_the_field() {
+        let dir = std::env::temp_dir().join(format!("users-fwd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("users.toml");
+        for (text, field) in [
+            (
+                "[users.bob]\npassword = \"x\"\nforward-busy = \" \"\n",
+                "users.bob.forward-busy",
+            ),
+            (
+                "[users.bob]\npassword = \"x\"\nforward-no-answer-after = 0\n",
+                "users.bob.forward-no-answer-after",
+            ),
+            (
+                "[users.bob]\npassword = \"x\"\nforward-sometimes = \"carol\"\n",
+                "forward-sometimes",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let error = read_users(&path).unwrap_err().to_string();
+            assert!(error.contains(field), "{error}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn shipped_examples_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
         let users = read_users(&dir.join("users.toml")).unwrap();
@@ -770,6 +817,8 @@ mod tests {
                 .values()
                 .any(|u| u.password.is_none() && u.ha1.is_some())
         );
+        assert_eq!(users["bob"].forward_busy.as_deref(), Some("carol"));
+        assert_eq!(users["bob"].forward_no_answer_after, Some(20));
         let text = std::fs::read_to_string(dir.join("signaling.toml")).unwrap();
         let mut options = Options::from_toml(&text).unwrap();
         options.users = Some(dir.join("users.toml"));

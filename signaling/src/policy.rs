@@ -201,7 +201,7 @@ impl<'de> Deserialize<'de> for Cidr {
 /// (`ha1` = MD5 of `user:realm:password`, `ha1-sha256` = SHA-256 of the same, hex), so the
 /// file need not hold passwords. A hash is bound to the realm: changing `--realm` needs new
 /// hashes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct User {
     pub password: Option<String>,
@@ -211,4 +211,12 @@ pub struct User {
     pub media_mode: Option<MediaMode>,
     /// Record calls from this user (overrides the route's `;record=` and --record).
     pub record: Option<bool>,
+    /// Forward every call to this user to another user or number (routed like any call).
+    pub forward: Option<String>,
+    /// Forward calls this user's devices refuse busy (486, 600).
+    pub forward_busy: Option<String>,
+    /// Forward calls this user does not answer within `forward-no-answer-after`.
+    pub forward_no_answer: Option<String>,
+    /// Seconds of ringing before `forward-no-answer` [default: 20].
+    pub forward_no_answer_after: Option<u64>,
 }

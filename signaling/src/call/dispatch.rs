@@ -272,7 +272,7 @@ impl Core {
             return;
         }
         match tag.flow {
-            Flow::Invite => self.on_invite_response(now, tag.call, answer.response),
+            Flow::Invite => self.on_invite_response(now, tag.call, answer.tx, answer.response),
             Flow::ReInvite => {
                 self.on_reinvite_response(now, tag.call, tag.side, answer.tx, answer.response)
             }
@@ -339,6 +339,7 @@ impl Core {
             CallTimer::KeepaliveTimeout(side) => self.on_keepalive_timeout(now, call, side),
             CallTimer::Relocate(side) => self.send_relocation(now, call, side),
             CallTimer::TransferRing => self.on_transfer_ring_timeout(now, call),
+            CallTimer::NoAnswer => self.on_no_answer_forward(now, call),
             CallTimer::Reliable => self.on_reliable_timer(now, call),
             CallTimer::SessionRefresh(side) => self.send_refresh(now, call, side),
             CallTimer::SessionExpiry(side) => self.on_session_expired(now, call, side),

@@ -83,16 +83,9 @@ impl Core {
         );
     }
 
-    /// Cancels our INVITE to the callee, if it is still waiting for a final response.
+    /// Cancels our INVITE to the callee: every branch still waiting for a final response.
     pub(super) fn cancel_b(&mut self, now: Instant, call: CallRef) {
-        if let Some(tx) = self.calls.get(&call).and_then(|r| r.b_tx) {
-            let tag = TxTag {
-                call,
-                side: Side::B,
-                flow: Flow::Hangup,
-            };
-            self.transactions.cancel(now, tx, tag);
-        }
+        self.cancel_branches(now, call, None);
     }
 
     /// Answers the caller with a final error and ends the call.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use proto::domain::Leg;
 
-use super::messages::{body_sdp, relayed_response, response, transport_named};
+use super::messages::{body_sdp, response, transport_named};
 use super::{
     ALLOW, Call, CallId, CallRecord, CallRef, CallTimer, Core, Disposition, Flow, HangupSide,
     MediaError, MediaPlan, RecordingIntent, Side, State, TxTag,
@@ -16,12 +16,12 @@ use crate::policy::MediaMode;
 use crate::sdp;
 use crate::sip::Peer;
 use crate::sip::header::NameAddr;
-use crate::sip::message::{Method, Request, Response};
+use crate::sip::message::Request;
 use crate::sip::uri::{Uri, host_text};
 use crate::transaction::TxId;
 
 /// What a static route says of its calls' media (none for a registered user).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(super) struct RoutePolicy {
     media_mode: Option<MediaMode>,
     record: Option<bool>,
@@ -63,6 +63,26 @@ impl Core {
                 record: route.record,
             },
         ))
+    }
+
+    /// The called user's forwarding rules, and the target of its `forward` (every call).
+    fn forwarding_of(&self, user: &str) -> (super::fork::Forwarding, Option<String>) {
+        let Some(rules) = self.settings.users.get(user) else {
+            return Default::default();
+        };
+        let forwarding = super::fork::Forwarding {
+            busy: rules.forward_busy.clone(),
+            no_answer: rules.forward_no_answer.clone(),
+            no_answer_after: std::time::Duration::from_secs(
+                rules.forward_no_answer_after.unwrap_or(20),
+            ),
+        };
+        let always = rules
+            .forward
+            .as_deref()
+            .map(super::fork::forward_user)
+            .filter(|to| to != user);
+        (forwarding, always)
     }
 
     /// Answers an INVITE that never became a call and records it. Its server transaction
@@ -108,6 +128,7 @@ impl Core {
             recording: RecordingIntent::default(),
             transferred_from: None,
             transferred_to: None,
+            callee_contact: None,
         };
         tracing::info!(call_id = %record.call_id, status, reason, "call rejected");
         self.push(super::Output::Finish(record));
@@ -199,11 +220,29 @@ impl Core {
             return;
         };
         let callee = uri.user.clone().unwrap_or_default();
-        let Some((request_uri, target, policy)) = self.route(now, &callee) else {
-            let reason = format!("no registered user and no route for {callee:?}");
+        // The called user's forwarding (users file); `forward` sends every call elsewhere.
+        let (forwarding, forward_to) = self.forwarding_of(&callee);
+        let routed = forward_to.clone().unwrap_or_else(|| callee.clone());
+        let targets = self.targets(now, &routed);
+        let Some(first) = targets.first().cloned() else {
+            let reason = format!("no registered user and no route for {routed:?}");
             self.reject_call(now, tx, &key, &request, 404, &reason);
             return;
         };
+        let (request_uri, target) = (first.uri.clone(), first.peer);
+        let policy = if self.registrar.lookup(now, &routed).is_empty() {
+            self.route(now, &routed)
+                .map(|(_, _, p)| p)
+                .unwrap_or_default()
+        } else {
+            RoutePolicy::default()
+        };
+        let mut forks = super::fork::Forks::new(&callee, targets, forwarding);
+        if let Some(to) = &forward_to {
+            forks
+                .notes
+                .push(format!("forwarded always from {callee} to {to}"));
+        }
         let mode = self
             .settings
             .users
@@ -306,6 +345,9 @@ impl Core {
             reliability,
             timers,
             origin: [None, None],
+            forks,
+            b_template: None,
+            callee_contact: None,
         };
         self.by_call_id.insert(a_call_id, (call, Side::A));
         self.by_call_id.insert(b_call_id, (call, Side::B));
@@ -420,13 +462,21 @@ impl Core {
         }
     }
 
-    /// Sends the INVITE to the callee (SDP rewritten to the callee leg's ports).
+    /// Sends the INVITE to the callee (SDP rewritten to the callee leg's ports): to every
+    /// target of the first group of its forks.
     pub(super) fn send_invite(&mut self, now: Instant, call: CallRef) {
+        if self.invite_template(now, call).is_some() {
+            self.ring_next_group(now, call);
+        }
+    }
+
+    /// Our INVITE to the callee as every branch sends it (each with its own Request-URI and
+    /// Via branch), with the next CSeq of the callee's dialog; None when the caller's offer
+    /// cannot be rewritten (the call then failed).
+    pub(super) fn invite_template(&mut self, now: Instant, call: CallRef) -> Option<Request> {
         let local = self.local();
         let branch = self.ids.branch();
-        let Some(record) = self.calls.get_mut(&call) else {
-            return;
-        };
+        let record = self.calls.get_mut(&call)?;
         let body = match &record.media {
             Some(_) => match record.rewrite_to(Side::B, &record.a_invite.body) {
                 Ok(body) => body,
@@ -440,7 +490,7 @@ impl Core {
                         HangupSide::System,
                         reason,
                     );
-                    return;
+                    return None;
                 }
             },
             None => record.a_invite.body.clone(),
@@ -459,143 +509,16 @@ impl Core {
             .get("Content-Type")
             .unwrap_or("application/sdp")
             .to_owned();
-        let (peer, mut invite) = record.b.invite(local, &branch, &content_type, body);
+        let (_, mut invite) = record.b.invite(local, &branch, &content_type, body);
         record.b_invite_cseq = invite.cseq().map_or(1, |c| c.number);
         invite.headers.set("Max-Forwards", forwards.to_string());
         invite.headers.push("Allow", ALLOW);
         invite.headers.push("Supported", "100rel");
         self.offer_session_timer(call, &mut invite);
-        let tag = TxTag {
-            call,
-            side: Side::B,
-            flow: Flow::Invite,
-        };
-        let tx = self.transactions.send(now, peer, invite, tag);
         if let Some(record) = self.calls.get_mut(&call) {
-            record.b_tx = Some(tx);
+            record.b_template = Some(invite.clone());
         }
-    }
-
-    pub(super) fn on_invite_response(&mut self, now: Instant, call: CallRef, response: Response) {
-        let Some(record) = self.calls.get_mut(&call) else {
-            return;
-        };
-        let status = response.status;
-        let success = (200..300).contains(&status);
-        if !matches!(record.state, State::Calling | State::Proceeding) {
-            if success && record.held_answer.is_none() {
-                // A 2xx after the call ended on the caller's side (CANCEL raced the 200,
-                // media lost, ring timeout): the callee believes the call is up. RFC 3261
-                // section 15: acknowledge it and hang up.
-                tracing::info!(call_id = %record.key, "2xx after the call ended: ACK and BYE");
-                record.b.confirm(&response);
-                self.ack_b(call, Vec::new());
-                self.send_bye(now, call, Side::B);
-            }
-            return;
-        }
-        if status < 200 {
-            if status == 100 {
-                record.state = State::Proceeding;
-                return;
-            }
-            let first = record.state == State::Calling;
-            record.state = State::Proceeding;
-            record.b.early(&response);
-            if !self.prack_callee(now, call, &response) {
-                return;
-            }
-            if first {
-                let ring = self.settings.ring_timeout;
-                self.set_timer(now, call, CallTimer::Ring, ring);
-            }
-            if let Err(error) = self.relay_to_a(now, call, &response) {
-                tracing::info!(status, %error, "provisional response's SDP unusable; relayed without it");
-                let mut bare = response;
-                bare.body.clear();
-                let _ = self.relay_to_a(now, call, &bare);
-            }
-            return;
-        }
-        if success {
-            record.b.confirm(&response);
-            self.callee_timer(call, &response);
-            self.stop_timer(call, CallTimer::Ring);
-            let record = self.calls.get_mut(&call).expect("call exists");
-            let late_offer = (record.mode != MediaMode::Direct && !record.allocation_requested)
-                .then(|| {
-                    std::str::from_utf8(&response.body)
-                        .ok()
-                        .and_then(|t| sdp::parse(t).ok())
-                })
-                .flatten();
-            if let Some(mut offer) = late_offer {
-                offer.signaling_ip = Some(record.b.peer.addr.ip());
-                record.state = State::LateOfferPending;
-                record.held_answer = Some(response);
-                record.allocation_requested = true;
-                let call_id = record.key.clone();
-                let reflect = record.mode == MediaMode::Reflect;
-                self.push(super::Output::Allocate {
-                    call,
-                    call_id,
-                    offer,
-                    offer_leg: Leg::Callee,
-                    reflect,
-                });
-                return;
-            }
-            self.ack_b(call, Vec::new());
-            match self.relay_to_a(now, call, &response) {
-                Ok(()) => self.answered(now, call),
-                Err(error) => {
-                    // Passing the callee's own SDP on would take the media around the relay:
-                    // a call with no audio that nobody could explain. Refuse it instead.
-                    let reason = format!("callee's SDP answer unusable: {error}");
-                    tracing::warn!(%reason, "answer refused");
-                    if let Some(record) = self.calls.get_mut(&call) {
-                        record.state = State::Ended;
-                    }
-                    self.send_bye(now, call, Side::B);
-                    self.fail_a(
-                        now,
-                        call,
-                        502,
-                        Disposition::Failed,
-                        HangupSide::System,
-                        reason,
-                    );
-                }
-            }
-            return;
-        }
-        if status == 422 && self.retry_after_422(call, &response) {
-            if let Some(record) = self.calls.get_mut(&call) {
-                record.state = State::Calling;
-            }
-            self.send_invite(now, call);
-            return;
-        }
-        // A final error from the callee (its transaction acknowledged it): pass it on.
-        self.stop_timer(call, CallTimer::Ring);
-        let record = self.calls.get_mut(&call).expect("call exists");
-        record.state = State::Failed;
-        let mut relayed = super::response(
-            &record.a_invite,
-            status,
-            &response.reason,
-            Some(&record.a.local_tag),
-        );
-        for name in ["Retry-After", "Warning", "Reason"] {
-            if let Some(value) = response.headers.get(name) {
-                relayed.headers.push(name, value);
-            }
-        }
-        let tx = record.a_tx;
-        self.transactions.respond(now, tx, &relayed);
-        let reason = format!("callee answered {status} {}", response.reason);
-        let disposition = Disposition::of_refusal(status);
-        self.finish(now, call, disposition, status, HangupSide::Callee, reason);
+        Some(invite)
     }
 
     /// The call is answered on both legs: its own timers start (once).
@@ -612,93 +535,6 @@ impl Core {
         self.schedule_keepalive(now, call);
         self.arm_session_timers(now, call);
         self.start_recording_at_answer(call);
-    }
-
-    /// Timer B of our INVITE: the callee never answered at all.
-    pub(super) fn on_invite_timeout(&mut self, now: Instant, call: CallRef, tx: TxId) {
-        let Some(record) = self.calls.get(&call) else {
-            return;
-        };
-        if record.b_tx != Some(tx) || record.state != State::Calling {
-            return;
-        }
-        tracing::info!(call_id = %record.key, "callee never answered the INVITE (Timer B)");
-        let reason = "callee never answered the INVITE (Timer B)".to_owned();
-        self.fail_a(
-            now,
-            call,
-            408,
-            Disposition::Failed,
-            HangupSide::System,
-            reason,
-        );
-    }
-
-    /// Acknowledges the callee's 2xx (RFC 3261 section 13.2.2.4): a request of the dialog,
-    /// resent by the INVITE transaction for every retransmitted 2xx.
-    pub(super) fn ack_b(&mut self, call: CallRef, body: Vec<u8>) {
-        let local = self.local();
-        let branch = self.ids.branch();
-        let Some(record) = self.calls.get_mut(&call) else {
-            return;
-        };
-        let cseq = record.b_invite_cseq;
-        let (peer, mut ack) = record.b.request(Method::Ack, Some(cseq), local, &branch);
-        if !body.is_empty() {
-            ack.headers.push("Content-Type", "application/sdp");
-        }
-        ack.body = body;
-        if let Some(tx) = record.b_tx {
-            self.transactions.set_ack(tx, &ack);
-        }
-        self.send(peer, ack.to_bytes());
-    }
-
-    /// Passes a provisional or 2xx response from the callee to the caller, with the SDP
-    /// rewritten to the caller leg's ports, and updates the callee leg of the media session.
-    /// An SDP that cannot be rewritten is an error, never passed on as it is.
-    pub(super) fn relay_to_a(
-        &mut self,
-        now: Instant,
-        call: CallRef,
-        response: &Response,
-    ) -> Result<(), sdp::SdpError> {
-        let contact = self.contact();
-        let Some(record) = self.calls.get_mut(&call) else {
-            return Ok(());
-        };
-        let mut body = response.body.clone();
-        let mut update = None;
-        if record.media.is_some() && !body.is_empty() {
-            let answer = super::messages::body_sdp(&body)?.expect("a body");
-            body = record.rewrite_to(Side::A, &body)?;
-            record.last_sdp[Side::B.index()] = Some(response.body.clone());
-            update = record.media_update(Side::B, answer);
-        }
-        let mut relayed = relayed_response(
-            &record.a_invite,
-            response,
-            Some(&record.a.local_tag),
-            &contact,
-            body,
-        );
-        let tx = record.a_tx;
-        let reliable = record.reliability.reliable(&relayed);
-        if (200..300).contains(&relayed.status) {
-            self.caller_timer(call, &mut relayed);
-        }
-        if let Some(update) = update {
-            self.push(update);
-        }
-        if reliable {
-            self.send_reliable(now, call, relayed);
-        } else {
-            if relayed.status >= 200 {
-                self.settle_reliable(call);
-            }
-            self.transactions.respond(now, tx, &relayed);
-        }
-        Ok(())
     }
 
     /// An ACK outside any server transaction: the caller's ACK of our 2xx (possibly with the

@@ -16,6 +16,9 @@
 //!
 //! - [`invite`]: the initial INVITE on both legs, routing, media allocation, the callee's
 //!   responses, late offer.
+//! - [`fork`]: where a call rings: every contact of the user (q-values), 3xx redirects,
+//!   forwarding on busy / no answer / always.
+//! - [`answer`]: the callee's answers to our INVITE, branch by branch, relayed to the caller.
 //! - [`reinvite`]: re-INVITEs relayed from either leg (hold, resume, codec change), glare.
 //! - [`hangup`]: BYE, CANCEL, failures, the media proxy ending a call, and finishing.
 //! - [`keepalive`]: in-dialog OPTIONS pings of answered calls.
@@ -39,7 +42,9 @@
 //! - [`media`]: the media types the core owns; [`sweep`]: releasing stale sessions.
 //! - this file: a call's state and timers, the core's output queue, deadline and plumbing.
 
+mod answer;
 mod dispatch;
+mod fork;
 mod hangup;
 mod interface;
 mod invite;
@@ -178,6 +183,8 @@ enum CallTimer {
     Relocate(Side),
     /// A transfer's target rang too long.
     TransferRing,
+    /// The called user rang for its `forward-no-answer-after`: forward the call.
+    NoAnswer,
     /// Resend the reliable provisional response the caller has not PRACKed.
     Reliable,
     /// Time for us to refresh this leg's session (RFC 4028).
@@ -187,7 +194,8 @@ enum CallTimer {
 }
 
 /// Every timer a call may have armed.
-const CALL_TIMERS: [CallTimer; 14] = [
+const CALL_TIMERS: [CallTimer; 15] = [
+    CallTimer::NoAnswer,
     CallTimer::SessionRefresh(Side::A),
     CallTimer::SessionRefresh(Side::B),
     CallTimer::SessionExpiry(Side::A),
@@ -322,6 +330,12 @@ struct Call {
     /// Per side, the `o=` session its phone knows when the party behind the other side
     /// changed (a transfer): the SDP it gets keeps that session.
     origin: [Option<messages::OriginAnchor>; 2],
+    /// Where the callee side rings: its branches, targets still to try, forwarding.
+    forks: fork::Forks,
+    /// Our INVITE to the callee as every branch sends it.
+    b_template: Option<Request>,
+    /// The contact (Request-URI) that answered on the callee side.
+    callee_contact: Option<String>,
 }
 
 impl Call {
@@ -348,10 +362,17 @@ impl Call {
         reason: String,
     ) -> CallRecord {
         let answered = self.answer.is_some();
-        let end_reason = if self.transfer_notes.is_empty() {
+        let notes: Vec<&String> = self
+            .forks
+            .notes
+            .iter()
+            .chain(&self.transfer_notes)
+            .collect();
+        let end_reason = if notes.is_empty() {
             reason
         } else {
-            format!("{reason}; {}", self.transfer_notes.join("; "))
+            let notes: Vec<&str> = notes.iter().map(|n| n.as_str()).collect();
+            format!("{reason}; {}", notes.join("; "))
         };
         CallRecord {
             call_id: self.key.clone(),
@@ -378,6 +399,7 @@ impl Call {
             recording: self.recording.clone(),
             transferred_from: self.transferred_from.clone(),
             transferred_to: None,
+            callee_contact: self.callee_contact.clone(),
         }
     }
 

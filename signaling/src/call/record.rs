@@ -90,6 +90,9 @@ pub(crate) struct CallRecord {
     pub(crate) transferred_from: Option<CallId>,
     /// The key of the pairing this call was transferred into.
     pub(crate) transferred_to: Option<CallId>,
+    /// The contact that answered on the callee side (one of the user's devices, a redirect's
+    /// or a forward's target).
+    pub(crate) callee_contact: Option<String>,
 }
 
 impl CallRecord {

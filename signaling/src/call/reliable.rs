@@ -54,8 +54,6 @@ pub(super) struct Reliability {
     outstanding: Option<Outstanding>,
     /// Reliable provisionals waiting for the outstanding one's PRACK.
     queue: VecDeque<Response>,
-    /// The callee's last RSeq we PRACKed.
-    callee_rseq: Option<u32>,
 }
 
 impl Reliability {
@@ -214,12 +212,14 @@ impl Core {
         self.stop_timer(call, CallTimer::Reliable);
     }
 
-    /// A provisional from the callee: PRACKed when reliable. False for a retransmission of
-    /// one already PRACKed (not to be passed on again).
+    /// A provisional from branch `fork` of the callee: PRACKed in that branch's early dialog
+    /// when reliable. False for a retransmission of one already PRACKed (not to be passed on
+    /// again).
     pub(super) fn prack_callee(
         &mut self,
         now: Instant,
         call: CallRef,
+        fork: usize,
         provisional: &Response,
     ) -> bool {
         let Some(rseq) = rseq_of(provisional) else {
@@ -229,16 +229,15 @@ impl Core {
         let Some(record) = self.calls.get_mut(&call) else {
             return false;
         };
-        if record
-            .reliability
-            .callee_rseq
-            .is_some_and(|last| rseq <= last)
-        {
+        let Some(callee) = record.forks.branches.get_mut(fork) else {
+            return false;
+        };
+        if callee.rseq.is_some_and(|last| rseq <= last) {
             return false;
         }
-        record.reliability.callee_rseq = Some(rseq);
-        let cseq = record.b_invite_cseq;
-        let (peer, mut prack) = record.b.request(Method::Prack, None, local, &branch);
+        callee.rseq = Some(rseq);
+        let cseq = callee.cseq;
+        let (peer, mut prack) = callee.dialog.request(Method::Prack, None, local, &branch);
         prack.headers.push("RAck", format!("{rseq} {cseq} INVITE"));
         let tag = TxTag {
             call,

@@ -220,6 +220,30 @@ impl Sim {
         self.inbox.remove(&peer).map(Vec::from).unwrap_or_default()
     }
 
+    /// Registers `user` at each of `contacts` (the phone's port and its `q`), as a REGISTER
+    /// from that phone would.
+    pub(super) fn register(&mut self, user: &str, contacts: &[(Peer, f32)]) {
+        for (n, (peer, q)) in contacts.iter().enumerate() {
+            let mut headers = crate::sip::message::Headers::new();
+            headers.push(
+                "Contact",
+                format!("<sip:{user}@127.0.0.1:{}>;q={q}", peer.addr.port()),
+            );
+            let request = crate::access::registrar::RegisterRequest {
+                aor: user.to_owned(),
+                headers: &headers,
+                call_id: &format!("reg-{user}-{n}"),
+                cseq: 1,
+                source: peer.addr,
+                transport: "udp",
+            };
+            self.core
+                .registrar
+                .register(self.now, &request)
+                .expect("a valid registration");
+        }
+    }
+
     /// The call records the core finished, in order.
     pub(super) fn records(&self) -> Vec<&super::CallRecord> {
         self.outputs

@@ -92,6 +92,7 @@ pub(crate) fn cdr_row(
         media_address: record.media_address.map(|a| a.to_string()),
         transferred_from: record.transferred_from.as_ref().map(ToString::to_string),
         transferred_to: record.transferred_to.as_ref().map(ToString::to_string),
+        callee_contact: record.callee_contact.clone(),
         ..Cdr::default()
     };
     let answered = record.answer.is_some();
@@ -356,6 +357,7 @@ mod tests {
             recording: RecordingIntent::default(),
             transferred_from: None,
             transferred_to: None,
+            callee_contact: None,
         };
         (record, clock)
     }

@@ -66,6 +66,10 @@ pub struct Cdr {
     /// The `call_id` of the pairing this call was transferred into.
     #[serde(default)]
     pub transferred_to: Option<String>,
+    /// The contact that answered on the callee side (one device of a user, a redirect's or a
+    /// forward's target).
+    #[serde(default)]
+    pub callee_contact: Option<String>,
     /// Per media line and leg.
     pub media: Vec<CdrMedia>,
 }

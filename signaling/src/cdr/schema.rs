@@ -81,6 +81,7 @@ pub const CDR_COLUMNS: &[&str] = &[
     "media_address",
     "transferred_from",
     "transferred_to",
+    "callee_contact",
 ];
 
 pub(super) fn cdr_values(c: &Cdr) -> Vec<Value> {
@@ -112,6 +113,7 @@ pub(super) fn cdr_values(c: &Cdr) -> Vec<Value> {
         (&c.media_address).into(),
         (&c.transferred_from).into(),
         (&c.transferred_to).into(),
+        (&c.callee_contact).into(),
     ]
 }
 
@@ -287,7 +289,8 @@ CREATE TABLE cdr_instance (
     alive_at BIGINT NOT NULL
 );",
     "ALTER TABLE cdr ADD COLUMN transferred_from TEXT;
-ALTER TABLE cdr ADD COLUMN transferred_to TEXT;",
+ALTER TABLE cdr ADD COLUMN transferred_to TEXT;
+ALTER TABLE cdr ADD COLUMN callee_contact TEXT;",
 ];
 
 /// Forgets a call's open record once its CDR is written (in the same transaction).

@@ -109,6 +109,7 @@ fn orphan_record(call: &OpenCall, alive_at_ms: i64, clock: &WallClock) -> Option
             .as_deref()
             .and_then(|k| CallId::parse(k).ok()),
         transferred_to: None,
+        callee_contact: None,
     })
 }
 

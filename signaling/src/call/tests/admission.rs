@@ -168,6 +168,7 @@ fn a_banned_source_gets_nothing_through_whatever_tags_it_writes_but_its_call_tha
             ha1_sha256: None,
             media_mode: None,
             record: None,
+            ..Default::default()
         },
     );
     let mut sim = Sim::new(config);

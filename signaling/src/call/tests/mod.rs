@@ -6,13 +6,14 @@
 //!
 //! One file per flow: [`basic`] (INVITE to BYE, retransmissions, CANCEL, timeouts),
 //! [`reinvite`], [`media`] (relayed media), [`relocate`] (moves and stale sessions),
-//! [`recording`], [`relayed`] (INFO, MESSAGE, NOTIFY across the legs), [`update`], [`transfer`], [`reliable`] (100rel), [`session_timer`] and
+//! [`recording`], [`fork`] (forking, redirects, forwarding), [`relayed`] (INFO, MESSAGE, NOTIFY across the legs), [`update`], [`transfer`], [`reliable`] (100rel), [`session_timer`] and
 //! [`admission`] (what a request must be to get in). This file holds what
 //! they share: establishing calls, relay settings and media plans, and the final check that
 //! nothing is left behind.
 
 mod admission;
 mod basic;
+mod fork;
 mod media;
 mod recording;
 mod reinvite;

@@ -136,6 +136,7 @@ fn recording_policy_user_beats_route_beats_default_and_direct_calls_cannot_be_re
             ha1_sha256: None,
             media_mode: None,
             record: Some(true),
+            ..Default::default()
         },
     );
     config.users.insert(
@@ -146,6 +147,7 @@ fn recording_policy_user_beats_route_beats_default_and_direct_calls_cannot_be_re
             ha1_sha256: None,
             media_mode: None,
             record: None,
+            ..Default::default()
         },
     );
     let sim = Sim::new(config);
