@@ -6,7 +6,10 @@
 //!   draining);
 //! - `media`: transports and what the media did (IPv6, late offer, route sets, keepalives,
 //!   one-way and silent calls, a moved source, the admin endpoint, TCP limits);
-//! - `features`: what phones send inside a call (INFO, MESSAGE) relayed to the other leg;
+//! - `features`: what phones send inside a call (INFO, MESSAGE, UPDATE) relayed to the other
+//!   leg, a blind transfer between three SIPp phones, 100rel on both legs;
+//! - `linphone`: real softphones (Debian's linphonec): a blind transfer with the audio
+//!   moving, by the callee and by the caller;
 //! - `cdr`: CDR rows in a real PostgreSQL, a database outage during calls, `signaling export`;
 //! - `nodes`: separately started media proxies (a pool, a node lost or killed, draining,
 //!   orphans, mutual TLS);
@@ -20,6 +23,7 @@ mod common;
 mod calls;
 mod cdr;
 mod features;
+mod linphone;
 mod media;
 mod nodes;
 mod recording;
