@@ -341,6 +341,7 @@ impl Core {
             transfers: 0,
             transfer_notes: Vec::new(),
             transferred_from: None,
+            transferred_to: None,
             departed: Vec::new(),
             reliability,
             timers,

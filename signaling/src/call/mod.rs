@@ -320,6 +320,9 @@ struct Call {
     transfer_notes: Vec<String>,
     /// The key of the call this one was transferred out of.
     transferred_from: Option<CallId>,
+    /// The key of the pairing this call was transferred into (an attended transfer's other
+    /// call).
+    transferred_to: Option<CallId>,
     /// Call-IDs of dialogs that left the call (a transferor's): their late requests get a
     /// BYE answered, anything else 481.
     departed: Vec<SipCallId>,
@@ -398,7 +401,7 @@ impl Call {
             end_reason,
             recording: self.recording.clone(),
             transferred_from: self.transferred_from.clone(),
-            transferred_to: None,
+            transferred_to: self.transferred_to.clone(),
             callee_contact: self.callee_contact.clone(),
         }
     }

@@ -6,12 +6,13 @@
 //!
 //! One file per flow: [`basic`] (INVITE to BYE, retransmissions, CANCEL, timeouts),
 //! [`reinvite`], [`media`] (relayed media), [`relocate`] (moves and stale sessions),
-//! [`recording`], [`fork`] (forking, redirects, forwarding), [`relayed`] (INFO, MESSAGE, NOTIFY across the legs), [`update`], [`transfer`], [`reliable`] (100rel), [`session_timer`] and
+//! [`recording`], [`fork`] (forking, redirects, forwarding), [`relayed`] (INFO, MESSAGE, NOTIFY across the legs), [`update`], [`transfer`], [`attended`], [`reliable`] (100rel), [`session_timer`] and
 //! [`admission`] (what a request must be to get in). This file holds what
 //! they share: establishing calls, relay settings and media plans, and the final check that
 //! nothing is left behind.
 
 mod admission;
+mod attended;
 mod basic;
 mod fork;
 mod media;

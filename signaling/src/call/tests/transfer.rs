@@ -11,10 +11,10 @@ use crate::policy::MediaMode;
 use crate::sip::message::{Message, Request};
 
 /// The target's SDP offer (its own port).
-const CAROL_SDP: &str = "v=0\r\no=carol 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4300 RTP/AVP 0\r\n";
+pub(super) const CAROL_SDP: &str = "v=0\r\no=carol 7 7 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4300 RTP/AVP 0\r\n";
 
 /// Routes: bob's prefix to B, carol's to C, nothing else.
-fn routed(mode: MediaMode) -> Settings {
+pub(super) fn routed(mode: MediaMode) -> Settings {
     let mut config = settings();
     config.media_mode = mode;
     config.routes = ["bob=sip:127.0.0.1:5062", "carol=sip:127.0.0.1:5063"]
@@ -29,7 +29,7 @@ fn routed(mode: MediaMode) -> Settings {
 }
 
 /// The new pairing's media session.
-fn plan2() -> MediaPlan {
+pub(super) fn plan2() -> MediaPlan {
     MediaPlan {
         node: "sim".into(),
         endpoint: "http://sim".into(),
@@ -40,13 +40,13 @@ fn plan2() -> MediaPlan {
 }
 
 /// Bob (the callee) in the callee's dialog.
-fn bob(call: &Established) -> (String, String, String) {
+pub(super) fn bob(call: &Established) -> (String, String, String) {
     let (from, to) = b_dialog(call);
     (call.to_b.call_id().to_owned(), from, to)
 }
 
 /// A REFER from bob to `target` with CSeq `cseq`.
-fn refer(call: &Established, cseq: u32, branch: &str, target: &str) -> String {
+pub(super) fn refer(call: &Established, cseq: u32, branch: &str, target: &str) -> String {
     let (call_id, from, to) = bob(call);
     Phone {
         call_id: &call_id,
@@ -62,7 +62,7 @@ fn refer(call: &Established, cseq: u32, branch: &str, target: &str) -> String {
 }
 
 /// The sipfrag status lines of the NOTIFYs in `messages`, answering each 200.
-fn notified(sim: &mut Sim, messages: &[Message]) -> Vec<String> {
+pub(super) fn notified(sim: &mut Sim, messages: &[Message]) -> Vec<String> {
     let mut lines = Vec::new();
     for notify in requests(messages, "NOTIFY") {
         assert_eq!(
@@ -84,12 +84,12 @@ fn notified(sim: &mut Sim, messages: &[Message]) -> Vec<String> {
 }
 
 /// [`notified`] for what reached bob so far.
-fn notified_at_b(sim: &mut Sim) -> Vec<String> {
+pub(super) fn notified_at_b(sim: &mut Sim) -> Vec<String> {
     let at_b = sim.take(B);
     notified(sim, &at_b)
 }
 
-fn text(request: &Request) -> String {
+pub(super) fn text(request: &Request) -> String {
     String::from_utf8_lossy(&request.body).into_owned()
 }
 
@@ -109,7 +109,7 @@ fn updates_of(sim: &Sim, call_id: &str) -> Vec<(Leg, u16)> {
         .collect()
 }
 
-fn transfers(sim: &Sim) -> Vec<&'static str> {
+pub(super) fn transfers(sim: &Sim) -> Vec<&'static str> {
     sim.outputs
         .iter()
         .filter_map(|o| match o {

@@ -41,7 +41,10 @@ use crate::sip::message::{Method, Request, Response};
 use crate::sip::uri::{Uri, host_text};
 use crate::transaction::TxId;
 
+mod attended;
 mod outcome;
+
+use self::attended::{Replaces, replaces_of};
 
 /// Transfers one call may make: a phone looping REFERs cannot place calls without end.
 pub(super) const MAX_TRANSFERS: u8 = 8;
@@ -83,6 +86,26 @@ pub(super) struct Transfer {
     transferor_gone: bool,
     /// The `o=` session the transferee knows, which the target's SDP is shown as.
     anchor: Option<OriginAnchor>,
+    /// An attended transfer: the other call of the transferor, whose other party is the
+    /// target (its dialog is the one re-INVITEd, and joins this call at the end).
+    attended: Option<Attended>,
+}
+
+/// The other call of an attended transfer (RFC 3891 `Replaces` in the `Refer-To`).
+#[derive(Debug, Clone)]
+struct Attended {
+    call: CallRef,
+    /// The transferor's side in that call (its dialog is the one `Replaces` named).
+    transferor: Side,
+}
+
+/// What a REFER asks.
+#[derive(Debug, Clone, PartialEq)]
+enum Referred {
+    /// Call this target (blind transfer).
+    Blind(Uri),
+    /// Join the transferee with the other party of the transferor's dialog `Replaces` names.
+    Attended(Replaces),
 }
 
 impl Transfer {
@@ -108,21 +131,22 @@ impl Transfer {
     }
 }
 
-/// The target of a REFER: its Refer-To, checked (RFC 3515 section 2.4.1: exactly one).
-fn refer_target(request: &Request) -> Result<Uri, (u16, &'static str)> {
-    let mut values = request.headers.values("Refer-To");
+/// What a REFER asks: its Refer-To, checked (RFC 3515 section 2.4.1: exactly one).
+fn refer_target(request: &Request) -> Result<Referred, (u16, &'static str)> {
+    let mut values = request.headers.all("Refer-To");
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err((400, "Bad Request (one Refer-To)"));
     };
     let name = NameAddr::parse(value.trim()).ok_or((400, "Bad Request (Refer-To)"))?;
-    if name.uri.headers.is_some() {
-        // `?Replaces=...`: an attended transfer (RFC 3891), not taken yet.
-        return Err((501, "Not Implemented (Refer-To with headers)"));
+    if let Some(replaces) = name.uri.headers.as_deref().and_then(replaces_of) {
+        return replaces.map(Referred::Attended);
     }
     if name.uri.user.as_deref().is_none_or(str::is_empty) {
         return Err((404, "Not Found (Refer-To names no user)"));
     }
-    Ok(name.uri)
+    let mut uri = name.uri;
+    uri.headers = None;
+    Ok(Referred::Blind(uri))
 }
 
 impl super::Call {
@@ -181,15 +205,27 @@ impl Core {
                 "transfer budget",
             );
         }
-        let target = match refer_target(&request) {
-            Ok(target) => target,
+        let referred = match refer_target(&request) {
+            Ok(referred) => referred,
             Err((status, reason)) => return refuse(self, status, reason, reason),
+        };
+        let target = match referred {
+            Referred::Blind(target) => target,
+            Referred::Attended(replaces) => {
+                return match self.attended_target(call, side, &replaces) {
+                    Ok(other) => self.start_attended(now, call, side, tx, &request, other),
+                    Err(why) => refuse(self, 481, "Call/Transaction Does Not Exist", why),
+                };
+            }
         };
         let user = target.user.clone().unwrap_or_default();
         // The target is routed like a new call from the transferee: a REFER is no way
         // around the routes (toll fraud).
         let Some((request_uri, peer, _)) = self.route(now, &user) else {
             return refuse(self, 404, "Not Found", "no route for the Refer-To target");
+        };
+        let Some(record) = self.calls.get(&call) else {
+            return;
         };
         let other = side.other();
         let transferee = match other {
@@ -280,6 +316,7 @@ impl Core {
                 event,
                 transferor_gone: false,
                 anchor: None,
+                attended: None,
             });
         }
         self.notify_transferor(now, call, 100, "Trying");
@@ -344,8 +381,7 @@ impl Core {
             Step::Abandoned => {
                 if success {
                     transfer.dialog.confirm(&answer);
-                    self.ack_target(call, Vec::new());
-                    self.bye_target(now, call);
+                    self.let_target_go(now, call);
                 }
                 if status >= 200
                     && let Some(record) = self.calls.get_mut(&call)
@@ -714,6 +750,9 @@ impl Core {
         self.by_call_id.insert(new_call_id, (call, by));
         self.push(Output::Finish(old));
         self.push(Output::Answered(open));
+        if let Some(other) = transfer.attended.clone() {
+            self.join_done(now, &other, &transfer.key);
+        }
         self.push(Output::Transfer {
             outcome: "completed",
         });

@@ -31,8 +31,7 @@ impl Core {
         status: u16,
         why: &str,
     ) {
-        self.ack_target(call, Vec::new());
-        self.bye_target(now, call);
+        self.let_target_go(now, call);
         self.release_transfer_media(call);
         self.notify_transferor(now, call, status, reason_phrase(status));
         self.transfer_over(now, call, why);
@@ -111,8 +110,7 @@ impl Core {
                 return;
             }
             Step::Allocating { .. } | Step::Reoffering { .. } => {
-                self.ack_target(call, Vec::new());
-                self.bye_target(now, call);
+                self.let_target_go(now, call);
                 self.release_transfer_media(call);
             }
             Step::Abandoned => return,
@@ -136,6 +134,24 @@ impl Core {
         // then released as stale by the sweep (two listings, about 10 s).
         if let Some(endpoint) = endpoint {
             self.push(Output::ReleaseMedia { endpoint, call_id });
+        }
+    }
+
+    /// A transfer that does not go through after the target answered: a new leg is
+    /// acknowledged and hung up; the target of an attended transfer, whose dialog belongs to
+    /// its own call, is acknowledged with the SDP it had, and stays.
+    pub(super) fn let_target_go(&mut self, now: Instant, call: CallRef) {
+        let attended = self
+            .calls
+            .get(&call)
+            .and_then(|r| r.transfer.as_ref())
+            .is_some_and(|t| t.attended.is_some());
+        if attended {
+            let restore = self.attended_restore(call).unwrap_or_default();
+            self.ack_target(call, restore);
+        } else {
+            self.ack_target(call, Vec::new());
+            self.bye_target(now, call);
         }
     }
 
