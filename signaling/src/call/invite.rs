@@ -213,6 +213,10 @@ impl Core {
                 None => return,
             }
         };
+        // RFC 3891: an INVITE that replaces a dialog of ours joins that call.
+        if self.on_replacing_invite(now, from, tx, &request, &caller) {
+            return;
+        }
         let Ok(uri) = Uri::parse(&request.uri) else {
             let tag = self.ids.tag();
             let answer = response(&request, 416, "Unsupported URI Scheme", Some(&tag));

@@ -20,8 +20,8 @@ use testkit::PortBlock;
 
 use crate::common::{SIGNALING, Scratch};
 
-/// Longer than the script's own deadline (80 s plus twice the talk time) and its clean-up: only
-/// a script that hangs regardless meets it.
+/// Longer than the script's own deadline (80 s plus twice the talk time, three times when the
+/// transfer is attended) and its clean-up: only a script that hangs regardless meets it.
 const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
 
 /// Whether `linphonec` is on the PATH.
@@ -104,4 +104,16 @@ fn a_callee_transfers_a_real_phone_to_a_third_one_and_the_audio_follows() {
 #[test]
 fn a_caller_transfers_a_real_phone_to_a_third_one_and_the_audio_follows() {
     transfer("caller", &["--transferor", "alice"]);
+}
+
+/// An attended transfer (RFC 3891 `Replaces`) by a real phone: alice calls bob and they talk;
+/// bob puts her on hold, calls carol and talks to her, then joins them (linphone's `transfer 1
+/// --to-call 2`: a REFER on the call with alice whose Refer-To replaces bob's call with carol).
+/// signaling re-INVITEs carol on her own dialog, moves alice onto carol's offer and hangs bob
+/// up on both calls; alice and carol hear each other, carol hangs up. Three CDR rows: both of
+/// bob's calls point to the new pairing (alice and carol, under call 1's call_id plus
+/// ";transfer=1"), which points back to call 1; all answered with audio both ways.
+#[test]
+fn an_attended_transfer_by_a_real_phone_joins_its_two_calls_and_the_audio_follows() {
+    transfer("attended", &["--attended"]);
 }

@@ -10,11 +10,20 @@ hangs up (--hangup). The checks: the phones' events, what each recording hears (
 filter at the three tones, 0.25 s windows), the two CDR rows in SQLite (linked, both answered
 with audio both ways, the first ended by the transfer), signaling's log.
 
+With --attended the transfer is attended (RFC 3891): after talking to the transferee the
+transferor runs `pause` (call 1 on hold, a=sendonly), `call sip:carol@...` (call 2), talks to
+carol, then `transfer <call 1> --to-call <call 2>`: linphone sends a REFER on call 1's dialog
+whose Refer-To is carol's address with `?Replaces=` call 2's dialog. signaling re-INVITEs carol
+on her own dialog without SDP, re-INVITEs the transferee with her offer and hangs the
+transferor up on both calls. The checks then expect three CDR rows, found by their parties and
+links (not their order): call 1 and call 2 both `transferred_to` the new pairing, whose call_id
+is call 1's plus ";transfer=1" and which is `transferred_from` call 1.
+
 Python 3.11 standard library only; needs `linphonec` (apt-get install linphone-cli) and, for
 --capture only, `tshark` (without it the run goes on without a capture).
 
     transfer.py --signaling BIN --base-port N --workdir DIR [--transferor bob|alice]
-                [--hangup transferee|carol] [--talk SECONDS] [--autoanswer] [--capture]
+                [--attended] [--hangup transferee|carol] [--talk SECONDS] [--autoanswer] [--capture]
                 [--log FILTER] [--deadline SECONDS] [--verbose]
 
 Ports, all on 127.0.0.1 and all inside N..N+199 (N even):
@@ -407,6 +416,19 @@ def check_hears(checks, path, expected, talk):
     checks.append((ok, f"{name} hears {' then '.join(expected)}: {runs(labels)}"))
 
 
+def check_media(checks, rows, talk):
+    """Every row answered, with a clean media verdict and audio both ways for most of a
+    pairing."""
+    minimum = int(talk * 25)  # half of 50 packets a second
+    for r in rows:
+        checks.append((r["disposition"] == "answered" and r["media_verdict"] == "ok"
+                       and (r["caller_audio_packets"] or 0) >= minimum
+                       and (r["callee_audio_packets"] or 0) >= minimum,
+                       f"{r['call_id']}: {r['disposition']}, verdict {r['media_verdict']},"
+                       f" packets {r['caller_audio_packets']}/{r['callee_audio_packets']}"
+                       f" (>= {minimum} each)"))
+
+
 def free(port, kind):
     with socket.socket(socket.AF_INET, kind) as s:
         try:
@@ -443,6 +465,9 @@ def main():
                     help="bob (the callee) or alice (the caller) sends the REFER")
     ap.add_argument("--hangup", choices=("transferee", "carol"), default="carol",
                     help="who hangs up the call with carol at the end")
+    ap.add_argument("--attended", action="store_true",
+                    help="an attended transfer: the transferor holds the call, calls carol, "
+                         "then joins them (REFER with Replaces)")
     ap.add_argument("--talk", type=float, default=4.0, help="seconds of audio per pairing")
     ap.add_argument("--autoanswer", action="store_true", help="carol auto-answers (else `answer`)")
     ap.add_argument("--capture", action="store_true",
@@ -459,7 +484,7 @@ def main():
         ap.error("--base-port: an even port from 1024 to 65336")
     if args.talk < 1:
         ap.error("--talk: at least 1 second")
-    deadline = args.deadline or 80 + 2 * args.talk
+    deadline = args.deadline or 80 + (3 if args.attended else 2) * args.talk
     sip = f"127.0.0.1:{base}"
     metrics = f"127.0.0.1:{base + 1}"
     relay = f"{base + 100}-{base + 199}"
@@ -469,7 +494,7 @@ def main():
     signaling_bin = os.path.abspath(args.signaling)
     xname = args.transferor
     yname = "alice" if xname == "bob" else "bob"
-    scenario = (f"{xname} transfers {yname} to carol, "
+    scenario = (f"{xname} transfers {yname} to carol{' (attended)' if args.attended else ''}, "
                 f"{'carol' if args.hangup == 'carol' else yname} hangs up")
 
     checks = []  # (ok, what)
@@ -544,6 +569,20 @@ def main():
         def siglog():
             return "\n".join(tail_lines(signaling_log, 100000))
 
+        def cdr_rows():
+            db = sqlite3.connect(os.path.join(workdir, "cdr.db"))
+            db.row_factory = sqlite3.Row
+            try:
+                rows = [dict(r) for r in db.execute("select * from cdr order by rowid")]
+            finally:
+                db.close()
+            shown = ("call_id", "caller", "callee", "disposition", "hangup_side", "end_reason",
+                     "transferred_from", "transferred_to", "caller_audio_packets",
+                     "callee_audio_packets", "media_verdict")
+            for r in rows:
+                log("CDR", {k: r.get(k) for k in shown})
+            return rows
+
         started = time.monotonic() + 15
         while "signaling listening" not in siglog():
             if sig.poll() is not None:
@@ -567,10 +606,12 @@ def main():
         if args.autoanswer:
             carol.cmd("autoanswer enable", r"Auto answer enabled")
 
-        alice.cmd(f"call sip:bob@{sip}", r"Establishing call id to \S+, assigned id \d+",
-                  what="the call to bob placed")
-        m = bob.wait(r"Receiving new incoming call from (\S+), assigned id \d+", 15,
+        m = alice.cmd(f"call sip:bob@{sip}", r"Establishing call id to \S+, assigned id (\d+)",
+                      what="the call to bob placed")
+        call_ids = {"alice": m.group(1)}  # each phone's id of call 1 (alice <-> bob)
+        m = bob.wait(r"Receiving new incoming call from (\S+), assigned id (\d+)", 15,
                      "the incoming call from alice")
+        call_ids["bob"] = m.group(2)
         log("bob rings:", m.group(0))
         bob.send("answer")
         bob.wait(r"Call \d+ with \S+ connected\.", 10, "the call connected")
@@ -580,25 +621,71 @@ def main():
         time.sleep(args.talk)
 
         x, y = phones[xname], phones[yname]
-        x.send(f"transfer sip:carol@{sip}")
-        m = carol.wait(r"Receiving new incoming call from (\S+), assigned id \d+", 15,
-                       "the transferred call")
-        log("carol rings:", m.group(0))
-        checks.append((yname in m.group(1), f"carol's call comes from {yname}: {m.group(1)}"))
-        if not args.autoanswer:
-            carol.send("answer")
-        carol.wait(r"Call \d+ with \S+ connected\.", 10, "the transferred call connected")
-        carol.wait(r"Media streams established", 10, "media streams established")
-        x.wait(r"has been transfered", 10, "linphone's 'has been transfered'")
-        x.wait(r"Call \d+ with \S+ ended", 10, "its call ended by the transfer")
-        log(f"{yname} <-> carol connected; {xname} transferred and gone")
-        time.sleep(args.talk)
+        if args.attended:
+            # The transferor holds call 1 and calls carol (call 2); they talk.
+            one = call_ids[xname]
+            x.cmd("pause", rf"Call {one} with \S+ is now paused\.", 10, "call 1 paused")
+            y.wait(r"has been paused by", 10, "call 1 paused by the other side")
+            log(f"{xname} paused call {one}")
+            m = x.cmd(f"call sip:carol@{sip}", r"Establishing call id to \S+, assigned id (\d+)",
+                      what="the call to carol placed")
+            two = m.group(1)
+            m = carol.wait(r"Receiving new incoming call from (\S+), assigned id \d+", 15,
+                           "the call from the transferor")
+            log("carol rings:", m.group(0))
+            checks.append((xname in m.group(1), f"carol's first call comes from {xname}: "
+                           f"{m.group(1)}"))
+            if not args.autoanswer:
+                carol.send("answer")
+            carol.wait(r"Call \d+ with \S+ connected\.", 10, "the call from the transferor connected")
+            carol.wait(r"Media streams established", 10, "media streams established")
+            x.wait(rf"Call {two} with \S+ connected\.", 10, "call 2 connected")
+            x.wait(rf"Media streams established with \S+ for call {two}", 10,
+                   "call 2's media streams established")
+            log(f"{xname} <-> carol connected (call {two})")
+            time.sleep(args.talk)
 
-        hanger, other = (carol, y) if args.hangup == "carol" else (y, carol)
-        hanger.send("terminate")
-        hanger.wait(r"Call \d+ with \S+ ended", 10, "its call ended")
-        other.wait(r"Call \d+ with \S+ ended", 10, "the call ended by the other side")
-        log(f"{hanger.name} hung up")
+            # The attended transfer: a REFER with Replaces (call 2's dialog) on call 1.
+            x.cmd(f"transfer {one} --to-call {two}", r"Performing attended transfer", 10,
+                  "linphone's 'Performing attended transfer'")
+            ended = set()
+            while len(ended) < 2:  # both of the transferor's calls, in either order
+                m = x.wait(rf"Call ({one}|{two}) with \S+ ended", 15,
+                           f"the end of calls {one} and {two} (ended: {sorted(ended) or 'none'})")
+                ended.add(m.group(1))
+            started = time.monotonic() + 10
+            while "call transferred" not in siglog():
+                if time.monotonic() > started:
+                    raise AssertionError("signaling did not log 'call transferred' within 10 s")
+                time.sleep(0.05)
+            log(f"{yname} <-> carol joined; {xname}'s calls both ended")
+            time.sleep(args.talk)
+
+            hanger, other = (carol, y) if args.hangup == "carol" else (y, carol)
+            hanger.send("terminate")
+            hanger.wait(r"Call \d+ with \S+ ended", 10, "its call ended")
+            other.wait(r"Call \d+ with \S+ ended", 10, "the call ended by the other side")
+            log(f"{hanger.name} hung up")
+        else:
+            x.send(f"transfer sip:carol@{sip}")
+            m = carol.wait(r"Receiving new incoming call from (\S+), assigned id \d+", 15,
+                           "the transferred call")
+            log("carol rings:", m.group(0))
+            checks.append((yname in m.group(1), f"carol's call comes from {yname}: {m.group(1)}"))
+            if not args.autoanswer:
+                carol.send("answer")
+            carol.wait(r"Call \d+ with \S+ connected\.", 10, "the transferred call connected")
+            carol.wait(r"Media streams established", 10, "media streams established")
+            x.wait(r"has been transfered", 10, "linphone's 'has been transfered'")
+            x.wait(r"Call \d+ with \S+ ended", 10, "its call ended by the transfer")
+            log(f"{yname} <-> carol connected; {xname} transferred and gone")
+            time.sleep(args.talk)
+
+            hanger, other = (carol, y) if args.hangup == "carol" else (y, carol)
+            hanger.send("terminate")
+            hanger.wait(r"Call \d+ with \S+ ended", 10, "its call ended")
+            other.wait(r"Call \d+ with \S+ ended", 10, "the call ended by the other side")
+            log(f"{hanger.name} hung up")
         for phone in phones.values():
             phone.quit()
         quitting = time.monotonic() + 6
@@ -613,53 +700,86 @@ def main():
         log("signaling stopped, exit", sig.returncode)
         checks.append((sig.returncode == 0, f"signaling exits 0 on SIGTERM: {sig.returncode}"))
 
-        # What each phone heard: the transferee's recording spans both pairings.
-        check_hears(checks, f"{workdir}/{xname}-heard.wav", [yname], args.talk)
-        check_hears(checks, f"{workdir}/carol-heard.wav", [yname], args.talk)
-        check_hears(checks, f"{workdir}/{yname}-heard.wav", [xname, "carol"], args.talk)
+        if args.attended:
+            # What each phone heard. The transferee hears the transferor, also while on hold
+            # (linphone holds with a=sendonly and keeps sending its file), then carol; the
+            # transferor's recording stops while its call is paused, so it hears the
+            # transferee then carol; carol hears the transferor then the transferee.
+            check_hears(checks, f"{workdir}/{yname}-heard.wav", [xname, "carol"], args.talk)
+            check_hears(checks, f"{workdir}/{xname}-heard.wav", [yname, "carol"], args.talk)
+            check_hears(checks, f"{workdir}/carol-heard.wav", [xname, yname], args.talk)
 
-        db = sqlite3.connect(os.path.join(workdir, "cdr.db"))
-        db.row_factory = sqlite3.Row
-        try:
-            rows = [dict(r) for r in db.execute("select * from cdr order by rowid")]
-        finally:
-            db.close()
-        shown = ("call_id", "caller", "callee", "disposition", "hangup_side", "end_reason",
-                 "transferred_from", "transferred_to", "caller_audio_packets",
-                 "callee_audio_packets", "media_verdict")
-        for r in rows:
-            log("CDR", {k: r.get(k) for k in shown})
-        checks.append((len(rows) == 2, f"two CDR rows: {len(rows)}"))
-        if len(rows) == 2:
-            first, second = rows
+            rows = cdr_rows()
+            checks.append((len(rows) == 3, f"three CDR rows: {len(rows)}"))
             xside = "callee" if xname == "bob" else "caller"
             yside = "caller" if xside == "callee" else "callee"
-            checks.append(((first["caller"], first["callee"]) == ("alice", "bob"),
-                           f"row 1 alice -> bob: {first['caller']} -> {first['callee']}"))
-            # carol takes the transferor's side of the call; the transferee keeps its own.
-            checks.append(((second[xside], second[yside]) == ("carol", yname),
-                           f"row 2 has carol as the {xside}, {yname} as the {yside}: "
-                           f"{second['caller']} -> {second['callee']}"))
-            checks.append((first["transferred_to"] == second["call_id"]
-                           and second["transferred_from"] == first["call_id"],
-                           f"rows linked: {first['call_id']} -> {first['transferred_to']}, "
-                           f"{second['call_id']} <- {second['transferred_from']}"))
-            reason = first["end_reason"] or ""
-            checks.append((first["hangup_side"] == xside and "transferred by" in reason
-                           and xname in reason,
-                           f"row 1 ended by the {xside}'s transfer: {first['hangup_side']} / "
-                           f"{reason!r}"))
-            want = xside if args.hangup == "carol" else yside
-            checks.append((second["hangup_side"] == want,
-                           f"row 2 hung up by the {want}: {second['hangup_side']}"))
-            minimum = int(args.talk * 25)  # half of 50 packets a second
-            for r in rows:
-                checks.append((r["disposition"] == "answered" and r["media_verdict"] == "ok"
-                               and (r["caller_audio_packets"] or 0) >= minimum
-                               and (r["callee_audio_packets"] or 0) >= minimum,
-                               f"{r['call_id']}: {r['disposition']}, verdict {r['media_verdict']},"
-                               f" packets {r['caller_audio_packets']}/{r['callee_audio_packets']}"
-                               f" (>= {minimum} each)"))
+            # By their parties and links, not their order (rows are written as calls end).
+            first = next((r for r in rows if (r["caller"], r["callee"]) == ("alice", "bob")), None)
+            third = first and next((r for r in rows
+                                    if r["call_id"] == f"{first['call_id']};transfer=1"), None)
+            second = next((r for r in rows if r is not first and r is not third), None)
+            checks.append((first is not None, "a row alice -> bob (call 1)"))
+            checks.append((third is not None, "a row keyed call 1's call_id + ';transfer=1'"))
+            if first and second and third:
+                checks.append(((second["caller"], second["callee"]) == (xname, "carol"),
+                               f"call 2's row {xname} -> carol: "
+                               f"{second['caller']} -> {second['callee']}"))
+                # carol takes the transferor's side of call 1; the transferee keeps its own.
+                checks.append(((third[xside], third[yside]) == ("carol", yname),
+                               f"the new row has carol as the {xside}, {yname} as the {yside}: "
+                               f"{third['caller']} -> {third['callee']}"))
+                checks.append((first["transferred_to"] == third["call_id"]
+                               and second["transferred_to"] == third["call_id"]
+                               and third["transferred_from"] == first["call_id"]
+                               and not second["transferred_from"],
+                               f"rows linked: {first['call_id']} -> {first['transferred_to']}, "
+                               f"{second['call_id']} -> {second['transferred_to']}, "
+                               f"{third['call_id']} <- {third['transferred_from']}"))
+                reason = first["end_reason"] or ""
+                checks.append((first["hangup_side"] == xside
+                               and f"transferred by the {xside} ({xname})" in reason,
+                               f"call 1 ended by the {xside}'s transfer: {first['hangup_side']} / "
+                               f"{reason!r}"))
+                reason = second["end_reason"] or ""
+                checks.append((second["hangup_side"] == "caller"
+                               and f"transferred (attended) by the caller ({xname})" in reason,
+                               f"call 2 ended by the caller's attended transfer: "
+                               f"{second['hangup_side']} / {reason!r}"))
+                want = xside if args.hangup == "carol" else yside
+                checks.append((third["hangup_side"] == want,
+                               f"the new row hung up by the {want}: {third['hangup_side']}"))
+            check_media(checks, rows, args.talk)
+        else:
+            # What each phone heard: the transferee's recording spans both pairings.
+            check_hears(checks, f"{workdir}/{xname}-heard.wav", [yname], args.talk)
+            check_hears(checks, f"{workdir}/carol-heard.wav", [yname], args.talk)
+            check_hears(checks, f"{workdir}/{yname}-heard.wav", [xname, "carol"], args.talk)
+
+            rows = cdr_rows()
+            checks.append((len(rows) == 2, f"two CDR rows: {len(rows)}"))
+            if len(rows) == 2:
+                first, second = rows
+                xside = "callee" if xname == "bob" else "caller"
+                yside = "caller" if xside == "callee" else "callee"
+                checks.append(((first["caller"], first["callee"]) == ("alice", "bob"),
+                               f"row 1 alice -> bob: {first['caller']} -> {first['callee']}"))
+                # carol takes the transferor's side of the call; the transferee keeps its own.
+                checks.append(((second[xside], second[yside]) == ("carol", yname),
+                               f"row 2 has carol as the {xside}, {yname} as the {yside}: "
+                               f"{second['caller']} -> {second['callee']}"))
+                checks.append((first["transferred_to"] == second["call_id"]
+                               and second["transferred_from"] == first["call_id"],
+                               f"rows linked: {first['call_id']} -> {first['transferred_to']}, "
+                               f"{second['call_id']} <- {second['transferred_from']}"))
+                reason = first["end_reason"] or ""
+                checks.append((first["hangup_side"] == xside and "transferred by" in reason
+                               and xname in reason,
+                               f"row 1 ended by the {xside}'s transfer: {first['hangup_side']} / "
+                               f"{reason!r}"))
+                want = xside if args.hangup == "carol" else yside
+                checks.append((second["hangup_side"] == want,
+                               f"row 2 hung up by the {want}: {second['hangup_side']}"))
+                check_media(checks, rows, args.talk)
         text = siglog()
         for needle in ("transfer accepted", "call transferred"):
             checks.append((needle in text, f"signaling logged {needle!r}"))

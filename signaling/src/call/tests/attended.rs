@@ -3,6 +3,8 @@
 //! moves into alice's call on a new media session, and each of the three pairings leaves its
 //! row. A `Replaces` that names no dialog of bob's is refused 481 and changes nothing.
 
+use std::time::Duration;
+
 use proto::domain::Leg;
 
 use super::transfer::{CAROL_SDP, notified, plan2, refer, routed, text, transfers};
@@ -175,5 +177,123 @@ fn an_attended_transfer_joins_the_transferee_and_the_target_and_hangs_up_the_tra
     for message in sim.take(B) {
         assert!(!matches!(message, Message::Request(_)), "bob is out of it");
     }
+    assert_clean(&mut sim);
+}
+
+/// Dave's INVITE replacing bob's dialog of `call` (`replaces` as written), with his offer.
+fn replacing_invite(call_id: &str, replaces: &str) -> String {
+    let sdp = "v=0\r\no=dave 3 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4500 RTP/AVP 0\r\n";
+    invite(call_id, &format!("z9hG4bK{call_id}"), sdp)
+        .replace(
+            "From: <sip:alice@127.0.0.1>;tag=af",
+            "From: <sip:dave@127.0.0.1>;tag=df",
+        )
+        .replace("127.0.0.1:5061", "127.0.0.1:5063")
+        .replace(
+            "Max-Forwards: 70\n",
+            &format!("Max-Forwards: 70\nReplaces: {replaces}\n"),
+        )
+}
+
+#[test]
+fn an_invite_with_replaces_takes_the_named_partys_place_and_a_wrong_one_gets_481() {
+    let mut sim = Sim::new(routed(MediaMode::Relay));
+    let call = establish_relayed(&mut sim, "rep1");
+    let b_call_id = call.to_b.call_id().to_owned();
+    let our_b_tag = our_tag(call.to_b.headers.get("From").unwrap());
+    // Wrong tags, and no SDP: 481 and 488, nothing changes.
+    sim.send(
+        C,
+        &replacing_invite("rep-bad", &format!("{b_call_id};to-tag=nope;from-tag=bt")),
+    );
+    let no_offer = replacing_invite(
+        "rep-late",
+        &format!("{b_call_id};to-tag={our_b_tag};from-tag=bt"),
+    );
+    let head = &no_offer[..no_offer.find("Content-Type:").unwrap()];
+    let no_offer = format!("{head}Content-Length: 0\n\n");
+    sim.send(C, &no_offer);
+    sim.run(20 * MS);
+    let at_c = sim.take(C);
+    assert_eq!(responses(&at_c, 481).len(), 1, "{at_c:?}");
+    assert_eq!(responses(&at_c, 488).len(), 1, "{at_c:?}");
+    assert!(sim.take(A).is_empty() && sim.take(B).is_empty());
+    // The right one: dave takes bob's place.
+    sim.send(
+        C,
+        &replacing_invite(
+            "rep-dave",
+            &format!("{b_call_id};to-tag={our_b_tag};from-tag=bt"),
+        ),
+    );
+    sim.run(20 * MS);
+    let (new_call, offer_leg, new_key) = sim
+        .outputs
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Allocate {
+                call,
+                offer_leg,
+                call_id,
+                ..
+            } => Some((*call, *offer_leg, call_id.clone())),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!((offer_leg, new_key), (Leg::Callee, key("rep1;transfer=1")));
+    sim.input(Input::MediaReady {
+        call: new_call,
+        result: Ok(plan2()),
+    });
+    sim.run(20 * MS);
+    let reinvite = requests(&sim.take(A), "INVITE")[0].clone();
+    let offer = text(&reinvite);
+    assert!(
+        offer.contains("m=audio 31000") && offer.contains("o=- 1 2 IN IP4"),
+        "{offer}"
+    );
+    sim.send(A, &answer(&reinvite, "200 OK", None, SDP));
+    sim.run(20 * MS);
+    let at_c = sim.take(C);
+    let ok = responses(&at_c, 200);
+    assert_eq!(ok.len(), 1, "{at_c:?}");
+    let ok = ok[0].clone();
+    assert_eq!(ok.call_id(), "rep-dave");
+    assert!(String::from_utf8_lossy(&ok.body).contains("m=audio 31002"));
+    let bye = requests(&sim.take(B), "BYE")[0].clone();
+    sim.send(B, &answer(&bye, "200 OK", None, ""));
+    let dave_to = ok.headers.get("To").unwrap().to_owned();
+    let dave = Phone {
+        call_id: "rep-dave",
+        from: "<sip:dave@127.0.0.1>;tag=df",
+        to: &dave_to,
+        port: 5063,
+    };
+    sim.send(C, &dave.request("ACK", 1, "z9hG4bKrepack", ""));
+    sim.run(Duration::from_secs(2));
+    assert!(
+        responses(&sim.take(C), 200).is_empty(),
+        "the 200 is not resent once ACKed"
+    );
+    let old = sim.records()[0].clone();
+    assert_eq!(old.transferred_to, Some(key("rep1;transfer=1")));
+    assert!(
+        old.end_reason
+            .contains("replaced by dave (INVITE with Replaces)"),
+        "{}",
+        old.end_reason
+    );
+    // Dave hangs up: alice gets the BYE; the new pairing's row.
+    sim.send(C, &dave.request("BYE", 2, "z9hG4bKrepbye", ""));
+    sim.run(20 * MS);
+    let bye = requests(&sim.take(A), "BYE")[0].clone();
+    sim.send(A, &answer(&bye, "200 OK", None, ""));
+    let new = sim.records()[1].clone();
+    assert_eq!(
+        (new.caller.as_str(), new.callee.as_str()),
+        ("alice", "dave")
+    );
+    assert_eq!(new.hangup_side, HangupSide::Callee);
     assert_clean(&mut sim);
 }

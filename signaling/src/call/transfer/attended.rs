@@ -20,9 +20,9 @@ use crate::transaction::TxId;
 /// What a `Replaces` names: a dialog by Call-ID and tags (RFC 3891 section 6.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Replaces {
-    call_id: String,
-    to_tag: String,
-    from_tag: String,
+    pub(super) call_id: String,
+    pub(super) to_tag: String,
+    pub(super) from_tag: String,
 }
 
 /// `%XX` escapes of a URI header value decoded (an unreadable escape stays as it is).
@@ -56,7 +56,11 @@ pub(super) fn replaces_of(headers: &str) -> Option<Result<Replaces, (u16, &'stat
         let (name, value) = h.split_once('=')?;
         name.eq_ignore_ascii_case("Replaces").then_some(value)
     })?;
-    let value = unescape(value);
+    Some(parse_replaces(&unescape(value)))
+}
+
+/// A `Replaces` value: `call-id;to-tag=...;from-tag=...` (RFC 3891 section 6.1).
+pub(super) fn parse_replaces(value: &str) -> Result<Replaces, (u16, &'static str)> {
     let mut parts = value.split(';').map(str::trim);
     let call_id = parts.next().unwrap_or("").to_owned();
     let (mut to_tag, mut from_tag) = (None, None);
@@ -67,14 +71,14 @@ pub(super) fn replaces_of(headers: &str) -> Option<Result<Replaces, (u16, &'stat
             _ => {}
         }
     }
-    Some(match (call_id.is_empty(), to_tag, from_tag) {
+    match (call_id.is_empty(), to_tag, from_tag) {
         (false, Some(to), Some(from)) => Ok(Replaces {
             call_id,
             to_tag: to.to_owned(),
             from_tag: from.to_owned(),
         }),
         _ => Err((400, "Bad Request (Replaces)")),
-    })
+    }
 }
 
 impl Core {
@@ -197,6 +201,7 @@ impl Core {
                 transferor_gone: false,
                 anchor: None,
                 attended: Some(other),
+                incoming: None,
             });
         }
         self.notify_transferor(now, call, 100, "Trying");

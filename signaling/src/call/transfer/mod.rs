@@ -43,6 +43,7 @@ use crate::transaction::TxId;
 
 mod attended;
 mod outcome;
+mod replaces;
 
 use self::attended::{Replaces, replaces_of};
 
@@ -89,6 +90,9 @@ pub(super) struct Transfer {
     /// An attended transfer: the other call of the transferor, whose other party is the
     /// target (its dialog is the one re-INVITEd, and joins this call at the end).
     attended: Option<Attended>,
+    /// An INVITE with `Replaces` from the target itself: its request and server
+    /// transaction, answered with the transferee's SDP instead of an ACK.
+    incoming: Option<(Request, TxId)>,
 }
 
 /// The other call of an attended transfer (RFC 3891 `Replaces` in the `Refer-To`).
@@ -317,6 +321,7 @@ impl Core {
                 transferor_gone: false,
                 anchor: None,
                 attended: None,
+                incoming: None,
             });
         }
         self.notify_transferor(now, call, 100, "Trying");
@@ -381,7 +386,7 @@ impl Core {
             Step::Abandoned => {
                 if success {
                     transfer.dialog.confirm(&answer);
-                    self.let_target_go(now, call);
+                    self.let_target_go(now, call, 487);
                 }
                 if status >= 200
                     && let Some(record) = self.calls.get_mut(&call)
@@ -668,7 +673,9 @@ impl Core {
         for update in updates {
             self.push(update);
         }
-        self.ack_target(call, for_target);
+        if !self.answer_replacing(now, call, for_target.clone()) {
+            self.ack_target(call, for_target);
+        }
         self.complete_transfer(now, call, &ok.body, &answer.body);
     }
 
@@ -700,11 +707,15 @@ impl Core {
             Side::A => record.caller.clone(),
             Side::B => record.callee.clone(),
         };
-        let reason = format!(
-            "transferred by the {} ({transferor}) to {}",
-            by.party(),
-            transfer.target
-        );
+        let reason = if transfer.incoming.is_some() {
+            replaces::replaced_reason(&transfer.target)
+        } else {
+            format!(
+                "transferred by the {} ({transferor}) to {}",
+                by.party(),
+                transfer.target
+            )
+        };
         let mut old = record.record(now, Disposition::Answered, 200, hangup, reason);
         old.transferred_to = Some(transfer.key.clone());
         tracing::info!(call_id = %old.call_id, new = %transfer.key, "call transferred");

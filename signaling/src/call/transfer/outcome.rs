@@ -31,7 +31,7 @@ impl Core {
         status: u16,
         why: &str,
     ) {
-        self.let_target_go(now, call);
+        self.let_target_go(now, call, status);
         self.release_transfer_media(call);
         self.notify_transferor(now, call, status, reason_phrase(status));
         self.transfer_over(now, call, why);
@@ -110,7 +110,7 @@ impl Core {
                 return;
             }
             Step::Allocating { .. } | Step::Reoffering { .. } => {
-                self.let_target_go(now, call);
+                self.let_target_go(now, call, 487);
                 self.release_transfer_media(call);
             }
             Step::Abandoned => return,
@@ -140,13 +140,15 @@ impl Core {
     /// A transfer that does not go through after the target answered: a new leg is
     /// acknowledged and hung up; the target of an attended transfer, whose dialog belongs to
     /// its own call, is acknowledged with the SDP it had, and stays.
-    pub(super) fn let_target_go(&mut self, now: Instant, call: CallRef) {
-        let attended = self
-            .calls
-            .get(&call)
-            .and_then(|r| r.transfer.as_ref())
-            .is_some_and(|t| t.attended.is_some());
-        if attended {
+    /// A phone's INVITE with `Replaces` gets `status` instead.
+    pub(super) fn let_target_go(&mut self, now: Instant, call: CallRef, status: u16) {
+        let Some(transfer) = self.calls.get(&call).and_then(|r| r.transfer.as_ref()) else {
+            return;
+        };
+        let attended = transfer.attended.is_some();
+        if let Some((request, tx)) = transfer.incoming.clone() {
+            self.reply(now, tx, &request, status);
+        } else if attended {
             let restore = self.attended_restore(call).unwrap_or_default();
             self.ack_target(call, restore);
         } else {
