@@ -637,7 +637,8 @@ def main():
                            f"{m.group(1)}"))
             if not args.autoanswer:
                 carol.send("answer")
-            carol.wait(r"Call \d+ with \S+ connected\.", 10, "the call from the transferor connected")
+            carol.wait(r"Call \d+ with \S+ connected\.", 10,
+                       "the call from the transferor connected")
             carol.wait(r"Media streams established", 10, "media streams established")
             x.wait(rf"Call {two} with \S+ connected\.", 10, "call 2 connected")
             x.wait(rf"Media streams established with \S+ for call {two}", 10,
