@@ -262,7 +262,7 @@ class Phone:
         while True:
             try:
                 chunk = os.read(self.proc.stdout.fileno(), 4096)
-            except OSError:
+            except (OSError, ValueError):  # ValueError: kill() closed the pipe under us
                 return
             if not chunk:
                 return

@@ -8,9 +8,9 @@ use std::time::Duration;
 use proto::domain::Leg;
 
 use super::transfer::{CAROL_SDP, notified, plan2, refer, routed, text, transfers};
-use super::{A_FROM, MS, allocated, assert_clean, establish_relayed, key, plan};
+use super::{A_FROM, MS, allocated, assert_clean, establish_relayed, key, last_allocation, plan};
 use crate::call::sim::{A, B, C, Phone, SDP, Sim, answer, invite, requests, responses};
-use crate::call::{HangupSide, Input, MediaPlan, Output};
+use crate::call::{HangupSide, Input, MediaPlan};
 use crate::policy::MediaMode;
 use crate::sip::message::Message;
 
@@ -92,20 +92,7 @@ fn an_attended_transfer_joins_the_transferee_and_the_target_and_hangs_up_the_tra
     let carol_offer = CAROL_SDP.replace("o=carol 7 7", "o=carol 7 8");
     sim.send(C, &answer(&reinvite, "200 OK", None, &carol_offer));
     sim.run(20 * MS);
-    let (new_call, offer_leg, new_key) = sim
-        .outputs
-        .iter()
-        .rev()
-        .find_map(|o| match o {
-            Output::Allocate {
-                call,
-                offer_leg,
-                call_id,
-                ..
-            } => Some((*call, *offer_leg, call_id.clone())),
-            _ => None,
-        })
-        .unwrap();
+    let (new_call, offer_leg, new_key) = last_allocation(&sim);
     assert_eq!(new_key, key("att1;transfer=1"));
     assert_eq!(
         offer_leg,
@@ -227,20 +214,7 @@ fn an_invite_with_replaces_takes_the_named_partys_place_and_a_wrong_one_gets_481
         ),
     );
     sim.run(20 * MS);
-    let (new_call, offer_leg, new_key) = sim
-        .outputs
-        .iter()
-        .rev()
-        .find_map(|o| match o {
-            Output::Allocate {
-                call,
-                offer_leg,
-                call_id,
-                ..
-            } => Some((*call, *offer_leg, call_id.clone())),
-            _ => None,
-        })
-        .unwrap();
+    let (new_call, offer_leg, new_key) = last_allocation(&sim);
     assert_eq!((offer_leg, new_key), (Leg::Callee, key("rep1;transfer=1")));
     sim.input(Input::MediaReady {
         call: new_call,

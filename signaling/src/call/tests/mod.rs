@@ -152,6 +152,38 @@ fn allocated(sim: &mut Sim, result: Result<MediaPlan, MediaError>) -> Leg {
     leg
 }
 
+/// The last allocation the core asked for: its call, the leg that offered, the session key.
+fn last_allocation(sim: &Sim) -> (super::CallRef, Leg, CallId) {
+    sim.outputs
+        .iter()
+        .rev()
+        .find_map(|o| match o {
+            Output::Allocate {
+                call,
+                offer_leg,
+                call_id,
+                ..
+            } => Some((*call, *offer_leg, call_id.clone())),
+            _ => None,
+        })
+        .expect("an allocation")
+}
+
+/// Answers 200 to every `method` request that reached `peer`; how many distinct ones came
+/// (retransmissions aside).
+fn answer_all(sim: &mut Sim, peer: crate::sip::Peer, method: &str) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for message in sim.take(peer) {
+        if let crate::sip::message::Message::Request(request) = message
+            && request.method.as_str() == method
+        {
+            seen.insert(request.headers.get("CSeq").unwrap_or("").to_owned());
+            sim.send(peer, &answer(&request, "200 OK", None, ""));
+        }
+    }
+    seen.len()
+}
+
 fn relocation(sim: &Sim) -> Option<(super::CallRef, u16, u16, String)> {
     sim.outputs.iter().rev().find_map(|o| match o {
         Output::Relocate {

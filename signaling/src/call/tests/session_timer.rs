@@ -5,26 +5,12 @@
 
 use std::time::Duration;
 
-use super::{A_FROM, MS, assert_clean, relay_settings};
+use super::{A_FROM, MS, answer_all, assert_clean, relay_settings};
 use crate::call::sim::{A, B, Phone, SDP, Sim, answer, invite, requests, responses, settings};
 use crate::sip::message::Message;
 
 fn with_headers(message: String, headers: &str) -> String {
     message.replace("Content-Length:", &format!("{headers}\nContent-Length:"))
-}
-
-/// Answers the BYEs that reached `peer`; how many distinct ones (retransmissions aside).
-fn answer_byes(sim: &mut Sim, peer: crate::sip::Peer) -> usize {
-    let mut byes = std::collections::HashSet::new();
-    for message in sim.take(peer) {
-        if let Message::Request(request) = message
-            && request.method.as_str() == "BYE"
-        {
-            byes.insert(request.headers.get("CSeq").unwrap_or("").to_owned());
-            sim.send(peer, &answer(&request, "200 OK", None, ""));
-        }
-    }
-    byes.len()
 }
 
 #[test]
@@ -102,8 +88,8 @@ fn a_caller_that_refreshes_keeps_its_call_and_one_that_stops_is_hung_up() {
     sim.run(Duration::from_secs(87));
     assert!(sim.records().is_empty(), "not before the deadline");
     sim.run(Duration::from_secs(2));
-    assert_eq!(answer_byes(&mut sim, A), 1);
-    assert_eq!(answer_byes(&mut sim, B), 1);
+    assert_eq!(answer_all(&mut sim, A, "BYE"), 1);
+    assert_eq!(answer_all(&mut sim, B, "BYE"), 1);
     let record = sim.records()[0].clone();
     assert!(
         record
@@ -176,8 +162,8 @@ fn we_refresh_a_callee_that_asks_us_to_and_a_refused_refresh_ends_the_call() {
         &answer(refresh[0], "481 Call/Transaction Does Not Exist", None, ""),
     );
     sim.run(20 * MS);
-    assert_eq!(answer_byes(&mut sim, A), 1);
-    answer_byes(&mut sim, B);
+    assert_eq!(answer_all(&mut sim, A, "BYE"), 1);
+    answer_all(&mut sim, B, "BYE");
     let record = sim.records()[0].clone();
     assert!(
         record
@@ -231,7 +217,7 @@ fn a_callee_without_update_is_refreshed_by_reinvite_with_the_sdp_it_has() {
     assert!(sim.take(A).is_empty(), "the caller knows nothing of it");
     sim.send(A, &alice.request("BYE", 2, "z9hG4bKstrebye", ""));
     sim.run(20 * MS);
-    answer_byes(&mut sim, B);
+    answer_all(&mut sim, B, "BYE");
     assert_clean(&mut sim);
 }
 

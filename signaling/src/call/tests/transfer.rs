@@ -4,7 +4,10 @@
 
 use proto::domain::Leg;
 
-use super::{A_FROM, Established, MS, assert_clean, b_dialog, establish, establish_relayed, key};
+use super::{
+    A_FROM, Established, MS, assert_clean, b_dialog, establish, establish_relayed, key,
+    last_allocation,
+};
 use crate::call::sim::{A, B, C, Phone, SDP, Sim, answer, requests, responses, settings};
 use crate::call::{CallRecord, HangupSide, Input, MediaPlan, Output, Settings};
 use crate::policy::MediaMode;
@@ -144,20 +147,7 @@ fn a_blind_transfer_by_the_callee_moves_the_caller_to_the_target_with_a_record_p
     sim.send(C, &answer(&to_c, "200 OK", Some("ct"), CAROL_SDP));
     sim.run(20 * MS);
     // The new pairing's own media session, offered by carol on bob's (the callee's) leg.
-    let (new_call, offer_leg, new_key) = sim
-        .outputs
-        .iter()
-        .rev()
-        .find_map(|o| match o {
-            Output::Allocate {
-                call,
-                offer_leg,
-                call_id,
-                ..
-            } => Some((*call, *offer_leg, call_id.clone())),
-            _ => None,
-        })
-        .unwrap();
+    let (new_call, offer_leg, new_key) = last_allocation(&sim);
     assert_eq!(new_key, key("xfer;transfer=1"));
     assert_eq!(offer_leg, Leg::Callee);
     assert!(

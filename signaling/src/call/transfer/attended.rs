@@ -12,7 +12,6 @@
 use std::time::Instant;
 
 use super::{Attended, Step, Transfer};
-use crate::call::messages::response;
 use crate::call::{CallId, CallRef, Core, Disposition, Flow, HangupSide, Side, State, TxTag};
 use crate::sip::message::Request;
 use crate::transaction::TxId;
@@ -152,8 +151,7 @@ impl Core {
             return;
         };
         let number = record.transfers + 1;
-        let key = CallId::parse(&format!("{};transfer={number}", record.key))
-            .unwrap_or_else(|_| record.key.clone());
+        let key = record.pairing_key(number);
         let event = (request.headers.get("Refer-Sub").map(str::trim) != Some("false"))
             .then(|| "refer".to_owned());
         let Some(joined) = self.calls.get(&other.call) else {
@@ -171,12 +169,7 @@ impl Core {
             Side::B => joined.b.clone(),
         };
         dialog.local_cseq = dialog.local_cseq.saturating_add(100);
-        let mut accepted = response(request, 202, "Accepted", None);
-        accepted.headers.push("Contact", self.contact());
-        if event.is_none() {
-            accepted.headers.push("Refer-Sub", "false");
-        }
-        self.transactions.respond(now, tx, &accepted);
+        self.accept_refer(now, tx, request, event.is_some());
         tracing::info!(call_id = request.call_id(), by = side.party(), %target, "attended transfer accepted");
         let (peer, invite) = dialog.invite(local, &branch, "application/sdp", Vec::new());
         let invite_cseq = invite.cseq().map_or(1, |c| c.number);
@@ -188,21 +181,18 @@ impl Core {
         let invite_tx = self.transactions.send(now, peer, invite, tag);
         if let Some(record) = self.calls.get_mut(&call) {
             record.transfers = number;
-            record.transfer = Some(Transfer {
-                by: side,
+            let mut transfer = Transfer::new(
+                side,
                 target,
                 key,
                 dialog,
-                invite: invite_tx,
+                invite_tx,
                 invite_cseq,
-                step: Step::Calling { proceeding: true },
-                media: None,
+                Step::Calling { proceeding: true },
                 event,
-                transferor_gone: false,
-                anchor: None,
-                attended: Some(other),
-                incoming: None,
-            });
+            );
+            transfer.attended = Some(other);
+            record.transfer = Some(transfer);
         }
         self.notify_transferor(now, call, 100, "Trying");
     }

@@ -113,6 +113,36 @@ enum Referred {
 }
 
 impl Transfer {
+    /// A transfer by `by` to `target` on `dialog`, whose INVITE `invite` (CSeq `cseq`) is
+    /// at `step`; NOTIFYs with `event` when the transferor asked for them.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        by: Side,
+        target: String,
+        key: CallId,
+        dialog: Dialog,
+        invite: TxId,
+        invite_cseq: u32,
+        step: Step,
+        event: Option<String>,
+    ) -> Self {
+        Self {
+            by,
+            target,
+            key,
+            dialog,
+            invite,
+            invite_cseq,
+            step,
+            media: None,
+            event,
+            transferor_gone: false,
+            anchor: None,
+            attended: None,
+            incoming: None,
+        }
+    }
+
     /// The new pairing's relay ports for `side`'s leg.
     fn ports(&self, side: Side) -> &[u16] {
         match (&self.media, side.leg()) {
@@ -157,6 +187,14 @@ impl super::Call {
     /// The key of the new pairing of a transfer under way.
     pub(super) fn transfer_key(&self) -> Option<&CallId> {
         self.transfer.as_ref().map(|t| &t.key)
+    }
+
+    /// The key the pairing of this call's transfer number `number` gets:
+    /// `<call id>;transfer=N` (the callee leg's Call-ID instead when that would be too long).
+    fn pairing_key(&self, number: u8) -> CallId {
+        CallId::parse(&format!("{};transfer={number}", self.key))
+            .or_else(|_| CallId::parse(&format!("{};transfer={number}", self.b.call_id)))
+            .unwrap_or_else(|_| self.key.clone())
     }
 }
 
@@ -261,9 +299,7 @@ impl Core {
         let Some(record) = self.calls.get(&call) else {
             return;
         };
-        let key = CallId::parse(&format!("{};transfer={number}", record.key))
-            .or_else(|_| CallId::parse(&format!("{};transfer={number}", record.b.call_id)))
-            .unwrap_or_else(|_| record.key.clone());
+        let key = record.pairing_key(number);
         let event = (request.headers.get("Refer-Sub").map(str::trim) != Some("false")).then(|| {
             if record.transfers == 0 {
                 "refer".to_owned()
@@ -282,12 +318,7 @@ impl Core {
             0,
             peer,
         );
-        let mut accepted = response(&request, 202, "Accepted", None);
-        accepted.headers.push("Contact", self.contact());
-        if event.is_none() {
-            accepted.headers.push("Refer-Sub", "false");
-        }
-        self.transactions.respond(now, tx, &accepted);
+        self.accept_refer(now, tx, &request, event.is_some());
         tracing::info!(call_id = request.call_id(), by = side.party(), target = %user, "transfer accepted");
         // The INVITE to the target: a late offer, from the transferee, Referred-By kept.
         let branch = self.ids.branch();
@@ -308,23 +339,28 @@ impl Core {
         self.set_timer(now, call, CallTimer::TransferRing, ring);
         if let Some(record) = self.calls.get_mut(&call) {
             record.transfers = number;
-            record.transfer = Some(Transfer {
-                by: side,
-                target: user,
+            record.transfer = Some(Transfer::new(
+                side,
+                user,
                 key,
                 dialog,
-                invite: invite_tx,
+                invite_tx,
                 invite_cseq,
-                step: Step::Calling { proceeding: false },
-                media: None,
+                Step::Calling { proceeding: false },
                 event,
-                transferor_gone: false,
-                anchor: None,
-                attended: None,
-                incoming: None,
-            });
+            ));
         }
         self.notify_transferor(now, call, 100, "Trying");
+    }
+
+    /// Answers a REFER 202, with `Refer-Sub: false` when it asked for no subscription.
+    fn accept_refer(&mut self, now: Instant, tx: TxId, request: &Request, subscribed: bool) {
+        let mut accepted = response(request, 202, "Accepted", None);
+        accepted.headers.push("Contact", self.contact());
+        if !subscribed {
+            accepted.headers.push("Refer-Sub", "false");
+        }
+        self.transactions.respond(now, tx, &accepted);
     }
 
     /// Tells the transferor how its REFER fares (a `message/sipfrag` NOTIFY), unless it

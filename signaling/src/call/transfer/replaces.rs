@@ -17,7 +17,7 @@ use std::time::Instant;
 use super::attended::parse_replaces;
 use super::{Step, Transfer};
 use crate::call::messages::{relayed_response, response};
-use crate::call::{CallId, CallRef, Core, Flow, Output, Side, State, TxTag};
+use crate::call::{CallRef, Core, Flow, Output, Side, State, TxTag};
 use crate::dialog::Dialog;
 use crate::policy::MediaMode;
 use crate::sip::Peer;
@@ -100,8 +100,7 @@ impl Core {
             return refuse(self, 488, "an INVITE with Replaces needs an SDP offer");
         }
         let number = record.transfers + 1;
-        let key = CallId::parse(&format!("{};transfer={number}", record.key))
-            .unwrap_or_else(|_| record.key.clone());
+        let key = record.pairing_key(number);
         let mode = record.mode;
         let tag = self.ids.tag();
         let trying = response(request, 100, "Trying", None);
@@ -129,21 +128,18 @@ impl Core {
         let invite_cseq = request.cseq().map_or(1, |c| c.number);
         if let Some(record) = self.calls.get_mut(&call) {
             record.transfers = number;
-            record.transfer = Some(Transfer {
-                by: side,
-                target: caller.to_owned(),
-                key: key.clone(),
-                dialog: Dialog::uas(request, tag, from),
-                invite: tx,
+            let mut transfer = Transfer::new(
+                side,
+                caller.to_owned(),
+                key.clone(),
+                Dialog::uas(request, tag, from),
+                tx,
                 invite_cseq,
-                step: Step::Allocating { ok: offer.clone() },
-                media: None,
-                event: None,
-                transferor_gone: false,
-                anchor: None,
-                attended: None,
-                incoming: Some((request.clone(), tx)),
-            });
+                Step::Allocating { ok: offer.clone() },
+                None,
+            );
+            transfer.incoming = Some((request.clone(), tx));
+            record.transfer = Some(transfer);
         }
         if mode == MediaMode::Direct {
             self.reoffer_transferee(now, call, offer);
