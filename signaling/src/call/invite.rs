@@ -518,7 +518,8 @@ impl Core {
         record.b_invite_cseq = invite.cseq().map_or(1, |c| c.number);
         invite.headers.set("Max-Forwards", forwards.to_string());
         invite.headers.push("Allow", ALLOW);
-        invite.headers.push("Supported", "100rel");
+        // One Supported header: some parsers read only the first.
+        invite.headers.push("Supported", "100rel, timer");
         self.offer_session_timer(call, &mut invite);
         if let Some(record) = self.calls.get_mut(&call) {
             record.b_template = Some(invite.clone());

@@ -142,7 +142,6 @@ impl Core {
         let Some(offered) = self.calls.get(&call).and_then(|r| r.timers.offered) else {
             return;
         };
-        invite.headers.push("Supported", "timer");
         invite
             .headers
             .push("Session-Expires", offered.as_secs().to_string());

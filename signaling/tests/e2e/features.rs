@@ -301,3 +301,24 @@ fn a_call_rings_every_device_of_the_user_and_the_one_that_answers_takes_it() {
         "{cdr:?}"
     );
 }
+
+/// Session timers on both legs with SIPp: the caller is granted its 90 s and refreshes by
+/// UPDATE, the callee refreshes on its own leg; neither refresh crosses to the other leg, and
+/// the call carries audio to an ordinary CDR.
+#[test]
+fn session_timers_are_negotiated_and_refreshed_on_each_leg() {
+    let ports = Ports::take();
+    let service = Service::start("timer", &ports, &["--trusted", "127.0.0.0/8"]);
+    call(
+        &ports,
+        &service,
+        Scenario::new("uas_timer.xml").echo(),
+        Scenario::new("uac_timer.xml"),
+    );
+    let rows = service.stop();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let cdr = &rows[0];
+    assert_eq!(cdr["disposition"], "answered", "{cdr:?}");
+    assert_eq!(cdr["hangup_side"], "caller", "{cdr:?}");
+    assert_eq!(cdr["media_verdict"], "ok", "{cdr:?}");
+}
