@@ -45,7 +45,7 @@ fn a_caller_requiring_100rel_gets_reliable_provisionals_resent_until_prack_one_a
     let to_b = requests(&sim.take(B), "INVITE")[0].clone();
     assert_eq!(
         to_b.headers.get("Supported"),
-        Some("100rel"),
+        Some("100rel, timer"),
         "offered to the callee"
     );
     assert!(to_b.headers.get("Require").is_none(), "not required of it");
