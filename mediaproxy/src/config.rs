@@ -147,6 +147,27 @@ pub struct Options {
     )]
     #[serde(default)]
     pub tls_operator: Vec<String>,
+    /// Listen for rtpengine's ng control protocol (UDP) on this address, as Kamailio's and
+    /// OpenSIPS's rtpengine modules speak it (repeatable; off by default; docs/ng.md).
+    #[arg(
+        long = "listen-ng",
+        env = "MEDIAPROXY_LISTEN_NG",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub listen_ng: Vec<SocketAddr>,
+    /// Sources allowed to send ng requests (repeatable); ng has no authentication, so a
+    /// --listen-ng on an address that is not loopback needs this list. Loopback sources are
+    /// always allowed.
+    #[arg(
+        long = "ng-allow",
+        env = "MEDIAPROXY_NG_ALLOW",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    #[serde(default)]
+    pub ng_allow: Vec<service_kit::config::Cidr>,
     #[command(flatten)]
     #[serde(skip)]
     pub media: MediaOptions,
@@ -203,6 +224,10 @@ pub struct Config {
     pub media: MediaConfig,
     /// Mutual TLS on the gRPC link; None is plaintext.
     pub tls: Option<TlsFiles>,
+    /// rtpengine ng listeners (UDP).
+    pub listen_ng: Vec<SocketAddr>,
+    /// Sources besides loopback that may send ng requests.
+    pub ng_allow: Vec<service_kit::config::Cidr>,
 }
 
 /// The PEM contents of the gRPC server's mutual TLS, read and checked at start, the files
@@ -265,7 +290,9 @@ pub fn read_file(path: &Path) -> Result<Options, ConfigError> {
 
 impl Options {
     /// Keys of [`Options`] itself; every other key belongs to [`MediaOptions`].
-    const KEYS: [&str; 11] = [
+    const KEYS: [&str; 13] = [
+        "listen-ng",
+        "ng-allow",
         "grpc",
         "metrics",
         "node-id",
@@ -514,6 +541,27 @@ impl Config {
                 format!("{empty:?} is no certificate common name"),
             ));
         }
+        let listen_ng = if upper.listen_ng.is_empty() {
+            lower.listen_ng.clone()
+        } else {
+            upper.listen_ng.clone()
+        };
+        let ng_allow = if upper.ng_allow.is_empty() {
+            lower.ng_allow.clone()
+        } else {
+            upper.ng_allow.clone()
+        };
+        if let Some(open) = listen_ng.iter().find(|a| !a.ip().is_loopback())
+            && ng_allow.is_empty()
+        {
+            return Err(invalid(
+                "ng-allow",
+                format!(
+                    "--listen-ng {open} is not a loopback address and ng has no authentication: \
+                     name the clients that may use it (--ng-allow CIDR, e.g. your Kamailio hosts)"
+                ),
+            ));
+        }
         if !grpc.ip().is_loopback() && !tls_given && !plaintext {
             return Err(invalid(
                 "grpc",
@@ -537,6 +585,8 @@ impl Config {
                 .map_or(Duration::from_secs(30), |d| d.0),
             log: upper.log.or(lower.log).unwrap_or_else(|| "info".to_owned()),
             log_format: upper.log_format.or(lower.log_format).unwrap_or_default(),
+            listen_ng,
+            ng_allow,
             media,
             tls: match (
                 upper.tls_cert.or(lower.tls_cert),

@@ -142,3 +142,33 @@ pub fn grpc_requests(data: &[u8]) {
         let _ = grpc::call_id(&request.call_id);
     }
 }
+
+/// `data` as an ng datagram, twice from one client and once from another: the reply is the
+/// same bytes from the cache, a decoded request re-encodes to what decodes the same, and
+/// nothing panics.
+pub fn ng_datagram(data: &[u8]) {
+    use crate::ng::codec::{decode_bencode, decode_json};
+    use crate::ng::{Ng, Outcome};
+    let now = std::time::Instant::now();
+    let client: std::net::SocketAddr = "127.0.0.1:4000".parse().expect("an address");
+    let mut ng = Ng::default();
+    let first = ng.handle(now, client, data);
+    let again = ng.handle(now, client, data);
+    match (&first, &again) {
+        (Outcome::Reply { data: reply, .. }, Outcome::Cached(cached)) => {
+            assert_eq!(reply, cached, "a retransmission gets the same bytes");
+        }
+        (Outcome::Dropped(a), Outcome::Dropped(b)) => assert_eq!(a, b),
+        other => panic!("a datagram answered, then not from the cache: {other:?}"),
+    }
+    for value in [decode_bencode(data), decode_json(data)]
+        .into_iter()
+        .flatten()
+    {
+        assert_eq!(
+            decode_bencode(&value.to_bencode()).as_ref(),
+            Ok(&value),
+            "bencode round trip"
+        );
+    }
+}

@@ -20,6 +20,7 @@
 //! - `control`: the control plane: calls, leases, idempotent allocate/release.
 //! - `fuzzing` (hidden): entry points of the fuzz targets in `fuzz/`.
 //! - `grpc`: the `mediaproxy.v1` gRPC service, converting wire types to domain types.
+//! - `ng`: rtpengine's ng control protocol (bencode/JSON over UDP), for Kamailio and OpenSIPS.
 //! - `identity`: a client's name under mutual TLS (its certificate's common name).
 //! - `metrics`: Prometheus registry and the `/metrics` and `/healthz` HTTP endpoints.
 //! - [`config`]: command line, environment and TOML configuration.
@@ -58,6 +59,7 @@ mod control;
 mod grpc;
 mod identity;
 mod metrics;
+mod ng;
 mod ports;
 mod quality;
 mod ratelimit;

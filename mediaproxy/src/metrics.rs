@@ -57,6 +57,10 @@ pub(crate) struct Metrics {
     pub(crate) grpc_rate_limited: IntCounterVec,
     /// Media events emitted, by kind.
     pub(crate) events: IntCounterVec,
+    /// ng requests answered, by result.
+    pub(crate) ng_requests: IntCounterVec,
+    /// ng datagrams not answered, by reason.
+    pub(crate) ng_dropped: IntCounterVec,
     pub(crate) grpc_duration: HistogramVec,
 }
 
@@ -130,6 +134,18 @@ impl Metrics {
             "gRPC requests refused RESOURCE_EXHAUSTED because their client was past its rate (--grpc-rate, --allocate-rate).",
             "kind",
             &["request", "allocation"],
+        );
+        let ng_requests = counter(
+            "mediaproxy_ng_requests_total",
+            "rtpengine ng requests answered (--listen-ng): ok, error (an error reply), malformed (undecodable, answered with an error), cached (a retransmission answered from the reply cache).",
+            "result",
+            &["ok", "error", "malformed", "cached"],
+        );
+        let ng_dropped = counter(
+            "mediaproxy_ng_dropped_total",
+            "rtpengine ng datagrams not answered: no_cookie, oversize, not_allowed (a source outside --ng-allow).",
+            "reason",
+            &["no_cookie", "oversize", "not_allowed"],
         );
         let events = counter(
             "mediaproxy_events_total",
@@ -216,6 +232,8 @@ impl Metrics {
             allocation_failures,
             grpc_rate_limited,
             events,
+            ng_requests,
+            ng_dropped,
             grpc_duration,
             registry,
         }

@@ -54,6 +54,9 @@ pub struct MediaProxy {
     tls: Option<crate::config::TlsFiles>,
     /// Requests per second of one gRPC client.
     client_rates: ClientRates,
+    /// rtpengine ng listeners and the sources besides loopback they answer.
+    ng: Vec<tokio::net::UdpSocket>,
+    ng_allow: Vec<service_kit::config::Cidr>,
 }
 
 /// Largest gRPC request message accepted; larger ones are refused RESOURCE_EXHAUSTED.
@@ -76,6 +79,17 @@ impl MediaProxy {
     pub async fn bind(config: &Config) -> Result<Self, ServerError> {
         let grpc = listen("gRPC", config.grpc).await?;
         let metrics = listen("metrics", config.metrics).await?;
+        let mut ng = Vec::new();
+        for &address in &config.listen_ng {
+            let socket = tokio::net::UdpSocket::bind(address)
+                .await
+                .map_err(|source| ServerError::Listen {
+                    what: "ng",
+                    address,
+                    source,
+                })?;
+            ng.push(socket);
+        }
         Self::with_listeners(
             &config.node_id,
             &config.media,
@@ -83,7 +97,27 @@ impl MediaProxy {
             grpc,
             metrics,
         )
-        .map(|proxy| proxy.with_tls(config.tls.clone()))
+        .map(|proxy| {
+            proxy
+                .with_tls(config.tls.clone())
+                .with_ng(ng, config.ng_allow.clone())
+        })
+    }
+
+    /// Answers rtpengine's ng protocol on these sockets, from loopback and `allow`.
+    pub fn with_ng(
+        mut self,
+        sockets: Vec<tokio::net::UdpSocket>,
+        allow: Vec<service_kit::config::Cidr>,
+    ) -> Self {
+        self.ng = sockets;
+        self.ng_allow = allow;
+        self
+    }
+
+    /// The addresses the ng listeners are bound to.
+    pub fn ng_addrs(&self) -> Vec<SocketAddr> {
+        self.ng.iter().filter_map(|s| s.local_addr().ok()).collect()
     }
 
     /// Serves gRPC over mutual TLS with these certificates (None: plaintext).
@@ -155,6 +189,8 @@ impl MediaProxy {
             lease_timeout: media.lease_timeout,
             tls: None,
             client_rates: media.client_rates,
+            ng: Vec::new(),
+            ng_allow: Vec::new(),
         })
     }
 
@@ -188,9 +224,16 @@ impl MediaProxy {
             lease_timeout,
             tls,
             client_rates,
+            ng,
+            ng_allow,
         } = self;
         let stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
+        for socket in ng {
+            let metrics = control.metrics().clone();
+            let (allow, stop) = (ng_allow.clone(), stop.clone());
+            tasks.spawn(serve_ng(socket, allow, metrics, stop));
+        }
 
         let timeouts = control.clone();
         tasks.spawn(async move {
@@ -270,6 +313,50 @@ impl MediaProxy {
         http_result.map_err(ServerError::Http)?;
         tracing::info!("media proxy stopped");
         Ok(())
+    }
+}
+
+/// Answers ng datagrams on `socket` until `stop`: the protocol is `crate::ng`'s, this only
+/// moves bytes and counts.
+async fn serve_ng(
+    socket: tokio::net::UdpSocket,
+    allow: Vec<service_kit::config::Cidr>,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: CancellationToken,
+) {
+    use crate::ng::{Ng, Outcome};
+    if let Ok(address) = socket.local_addr() {
+        tracing::info!(%address, "ng control protocol listening");
+    }
+    let mut ng = Ng::default();
+    let mut buffer = vec![0u8; 65_536];
+    loop {
+        let (len, from) = tokio::select! {
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok(received) => received,
+                Err(error) => {
+                    tracing::warn!(%error, "ng socket receive failed");
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        if !from.ip().is_loopback() && !allow.iter().any(|c| c.contains(from.ip())) {
+            metrics.ng_dropped.with_label_values(&["not_allowed"]).inc();
+            continue;
+        }
+        let (reply, result) = match ng.handle(Instant::now(), from, &buffer[..len]) {
+            Outcome::Reply { data, result, .. } => (data, result),
+            Outcome::Cached(data) => (data, "cached"),
+            Outcome::Dropped(why) => {
+                metrics.ng_dropped.with_label_values(&[why.as_str()]).inc();
+                continue;
+            }
+        };
+        metrics.ng_requests.with_label_values(&[result]).inc();
+        if let Err(error) = socket.send_to(&reply, from).await {
+            tracing::warn!(peer = %from, %error, "ng reply not sent");
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: durations written for people, errors that name the option, TOML tables split
+//! - [`config`]: durations written for people, networks (`Cidr`), errors that name the option, TOML tables split
 //!   between option structs, PEM files read and watched, the host's name.
 //! - [`logging`]: text or JSON log lines.
 //! - [`metrics`]: registering metrics, the `/metrics` and `/healthz` server, process series.
