@@ -163,21 +163,9 @@ impl Dialog {
         if let Some(tag) = tag_of(response.headers.get("To")) {
             self.remote_tag = Some(tag);
         }
-        if let Some(target) = response
-            .headers
-            .get("Contact")
-            .and_then(NameAddr::parse)
-            .map(|c| c.uri.to_string())
-        {
-            self.remote_target = target;
-        }
-        let mut route_set: Vec<String> = response
-            .headers
-            .values("Record-Route")
-            .map(str::to_owned)
-            .collect();
+        self.learn_target(response);
+        let route_set = route_set_of(response);
         if !route_set.is_empty() {
-            route_set.reverse();
             self.route_set = route_set;
         }
     }
@@ -186,6 +174,12 @@ impl Dialog {
     /// as the remote target, its Record-Route reversed as the route set.
     pub(crate) fn confirm(&mut self, response: &Response) {
         self.remote_tag = tag_of(response.headers.get("To"));
+        self.learn_target(response);
+        self.route_set = route_set_of(response);
+    }
+
+    /// The response's Contact, when it has one, as the remote target.
+    fn learn_target(&mut self, response: &Response) {
         if let Some(target) = response
             .headers
             .get("Contact")
@@ -194,13 +188,6 @@ impl Dialog {
         {
             self.remote_target = target;
         }
-        let mut route_set: Vec<String> = response
-            .headers
-            .values("Record-Route")
-            .map(str::to_owned)
-            .collect();
-        route_set.reverse();
-        self.route_set = route_set;
     }
 
     /// Checks an in-dialog request's CSeq (RFC 3261 section 12.2.2) and remembers it. ACK and
@@ -297,6 +284,18 @@ impl Dialog {
         invite.body = body;
         (peer, invite)
     }
+}
+
+/// A response's Record-Route reversed: the route set of the UAC's dialog (RFC 3261 section
+/// 12.1.2).
+fn route_set_of(response: &Response) -> Vec<String> {
+    let mut route_set: Vec<String> = response
+        .headers
+        .values("Record-Route")
+        .map(str::to_owned)
+        .collect();
+    route_set.reverse();
+    route_set
 }
 
 fn without_tag(value: &str) -> String {

@@ -32,11 +32,7 @@ impl Core {
             // the 202): the transfer decides how the call ends.
             return;
         }
-        let hangup = if side == Side::A {
-            HangupSide::Caller
-        } else {
-            HangupSide::Callee
-        };
+        let hangup = side.hangup();
         let reason = format!("BYE from the {}", hangup.as_str());
         let Some(record) = self.calls.get(&call) else {
             return;

@@ -138,6 +138,14 @@ impl Side {
             Self::B => "callee",
         }
     }
+
+    /// This side as the party that hung up.
+    fn hangup(self) -> HangupSide {
+        match self {
+            Self::A => HangupSide::Caller,
+            Self::B => HangupSide::Callee,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -403,6 +411,22 @@ impl Call {
             transferred_from: self.transferred_from.clone(),
             transferred_to: self.transferred_to.clone(),
             callee_contact: self.callee_contact.clone(),
+        }
+    }
+
+    /// The dialog of `side`, to read.
+    fn dialog_of(&self, side: Side) -> &Dialog {
+        match side {
+            Side::A => &self.a,
+            Side::B => &self.b,
+        }
+    }
+
+    /// The user of `side`: the caller's or the callee's name.
+    fn party_name(&self, side: Side) -> String {
+        match side {
+            Side::A => self.caller.clone(),
+            Side::B => self.callee.clone(),
         }
     }
 

@@ -50,21 +50,7 @@ fn a_blind_transfer_moves_the_audio_to_the_target_with_a_cdr_row_per_pairing() {
         &ports,
         &["--trusted", "127.0.0.0/8", "--route", &carol_route],
     );
-    let target = sipp(&strings(&[
-        "-sf",
-        "uas_transfer_target.xml",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        &carol.to_string(),
-        "-mi",
-        "127.0.0.1",
-        "-mp",
-        &carol_media.to_string(),
-        "-m",
-        "1",
-        "-rtp_echo",
-    ]));
+    let target = extra_phone("uas_transfer_target.xml", carol, carol_media);
     call(
         &ports,
         &service,

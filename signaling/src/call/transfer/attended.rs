@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use super::{Attended, Step, Transfer};
-use crate::call::{CallId, CallRef, Core, Disposition, Flow, HangupSide, Side, State, TxTag};
+use crate::call::{CallId, CallRef, Core, Disposition, Flow, Side, State, TxTag};
 use crate::sip::message::Request;
 use crate::transaction::TxId;
 
@@ -22,6 +22,19 @@ pub(super) struct Replaces {
     pub(super) call_id: String,
     pub(super) to_tag: String,
     pub(super) from_tag: String,
+}
+
+impl Replaces {
+    /// Whether this names `dialog`: its Call-ID, and its two tags (in either order: phones
+    /// differ on whose tag is `to-tag`).
+    pub(super) fn names(&self, dialog: &crate::dialog::Dialog) -> bool {
+        let ours = (
+            Some(dialog.local_tag.as_str()),
+            dialog.remote_tag.as_deref(),
+        );
+        let (to, from) = (Some(self.to_tag.as_str()), Some(self.from_tag.as_str()));
+        dialog.call_id.as_str() == self.call_id && (ours == (to, from) || ours == (from, to))
+    }
 }
 
 /// `%XX` escapes of a URI header value decoded (an unreadable escape stays as it is).
@@ -98,18 +111,8 @@ impl Core {
             .calls
             .get(&other)
             .ok_or("Replaces names no dialog of ours")?;
-        let dialog = match transferor {
-            Side::A => &record.a,
-            Side::B => &record.b,
-        };
-        let tags = [replaces.to_tag.as_str(), replaces.from_tag.as_str()];
-        let ours = [
-            Some(dialog.local_tag.as_str()),
-            dialog.remote_tag.as_deref(),
-        ];
-        let matches = (Some(tags[0]) == ours[0] && Some(tags[1]) == ours[1])
-            || (Some(tags[1]) == ours[0] && Some(tags[0]) == ours[1]);
-        if other == call || !matches || dialog.call_id.as_str() != replaces.call_id {
+        let dialog = record.dialog_of(transferor);
+        if other == call || !replaces.names(dialog) {
             return Err("Replaces names no dialog of the transferor's");
         }
         if record.finished || record.state != State::Confirmed {
@@ -121,10 +124,7 @@ impl Core {
         let Some(this) = self.calls.get(&call) else {
             return Err("no call");
         };
-        let referrer = match side {
-            Side::A => this.a.peer.addr.ip(),
-            Side::B => this.b.peer.addr.ip(),
-        };
+        let referrer = this.dialog_of(side).peer.addr.ip();
         if dialog.peer.addr.ip() != referrer {
             return Err("the dialog Replaces names is not the transferor's");
         }
@@ -158,16 +158,10 @@ impl Core {
             return;
         };
         let target_side = other.transferor.other();
-        let target = match target_side {
-            Side::A => joined.caller.clone(),
-            Side::B => joined.callee.clone(),
-        };
+        let target = joined.party_name(target_side);
         // The target's dialog, carried over; its CSeq jumps ahead of anything the other
         // call may still send on its own copy until the join.
-        let mut dialog = match target_side {
-            Side::A => joined.a.clone(),
-            Side::B => joined.b.clone(),
-        };
+        let mut dialog = joined.dialog_of(target_side).clone();
         dialog.local_cseq = dialog.local_cseq.saturating_add(100);
         self.accept_refer(now, tx, request, event.is_some());
         tracing::info!(call_id = request.call_id(), by = side.party(), %target, "attended transfer accepted");
@@ -207,18 +201,8 @@ impl Core {
         record.state = State::Ended;
         record.transferred_to = Some(key.clone());
         let by = other.transferor;
-        let name = match by {
-            Side::A => record.caller.clone(),
-            Side::B => record.callee.clone(),
-        };
-        let target = match by.other() {
-            Side::A => record.caller.clone(),
-            Side::B => record.callee.clone(),
-        };
-        let hangup = match by {
-            Side::A => HangupSide::Caller,
-            Side::B => HangupSide::Callee,
-        };
+        let (name, target) = (record.party_name(by), record.party_name(by.other()));
+        let hangup = by.hangup();
         let reason = format!(
             "transferred (attended) by the {} ({name}): {target} joined the other call",
             by.party()

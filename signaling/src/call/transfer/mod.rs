@@ -31,8 +31,7 @@ use proto::domain::Leg;
 
 use super::messages::{OriginAnchor, body_sdp, origin_of, response, rewrite_for};
 use super::{
-    CallId, CallRef, CallTimer, Core, Disposition, Flow, HangupSide, MediaError, MediaPlan, Output,
-    Side, TxTag,
+    CallId, CallRef, CallTimer, Core, Disposition, Flow, MediaError, MediaPlan, Output, Side, TxTag,
 };
 use crate::dialog::Dialog;
 use crate::policy::MediaMode;
@@ -269,20 +268,10 @@ impl Core {
         let Some(record) = self.calls.get(&call) else {
             return;
         };
-        let other = side.other();
-        let transferee = match other {
-            Side::A => record.caller.clone(),
-            Side::B => record.callee.clone(),
-        };
+        let transferee = record.party_name(side.other());
         // The transferor's own abuse budget: each REFER places a call.
-        let source = match side {
-            Side::A => record.a.peer.addr.ip(),
-            Side::B => record.b.peer.addr.ip(),
-        };
-        let transferor = match side {
-            Side::A => record.caller.clone(),
-            Side::B => record.callee.clone(),
-        };
+        let source = record.dialog_of(side).peer.addr.ip();
+        let transferor = record.party_name(side);
         let number = record.transfers + 1;
         if !self.settings.trusted.iter().any(|c| c.contains(source)) {
             let (admission, _) = self.guard.admit(now, source, Some(&transferor));
@@ -687,10 +676,7 @@ impl Core {
         };
         let mut updates = Vec::new();
         if let Some(plan) = transfer.media.as_ref() {
-            let transferee_peer = match transferee {
-                Side::A => record.a.peer,
-                Side::B => record.b.peer,
-            };
+            let transferee_peer = record.dialog_of(transferee).peer;
             for (side, body, peer) in [
                 (transferee, &answer.body, transferee_peer),
                 (by, &ok.body, transfer.dialog.peer),
@@ -735,14 +721,8 @@ impl Core {
         let record = self.calls.get_mut(&call).expect("call exists");
         let by = transfer.by;
         let transferee = by.other();
-        let hangup = match by {
-            Side::A => HangupSide::Caller,
-            Side::B => HangupSide::Callee,
-        };
-        let transferor = match by {
-            Side::A => record.caller.clone(),
-            Side::B => record.callee.clone(),
-        };
+        let hangup = by.hangup();
+        let transferor = record.party_name(by);
         let reason = if transfer.incoming.is_some() {
             replaces::replaced_reason(&transfer.target)
         } else {

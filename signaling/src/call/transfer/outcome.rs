@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::{Step, TxTag};
-use crate::call::{CallRef, CallTimer, Core, Disposition, Flow, HangupSide, Output, Side, State};
+use crate::call::{CallRef, CallTimer, Core, Disposition, Flow, Output, Side, State};
 use crate::sip::message::{Method, reason_phrase};
 
 impl Core {
@@ -61,10 +61,7 @@ impl Core {
         record.transfer_notes.push(note);
         self.push(Output::Transfer { outcome: "failed" });
         if transfer.transferor_gone {
-            let hangup = match transfer.by {
-                Side::A => HangupSide::Caller,
-                Side::B => HangupSide::Callee,
-            };
+            let hangup = transfer.by.hangup();
             let reason = format!("the {} hung up to transfer the call", transfer.by.party());
             if let Some(record) = self.calls.get_mut(&call) {
                 record.state = State::Ended;

@@ -17,7 +17,7 @@ use std::time::Instant;
 use super::attended::parse_replaces;
 use super::{Step, Transfer};
 use crate::call::messages::{relayed_response, response};
-use crate::call::{CallRef, Core, Flow, Output, Side, State, TxTag};
+use crate::call::{CallRef, Core, Flow, Output, State, TxTag};
 use crate::dialog::Dialog;
 use crate::policy::MediaMode;
 use crate::sip::Peer;
@@ -60,20 +60,7 @@ impl Core {
         let Some(record) = self.calls.get(&call) else {
             return refuse(self, 481, "Replaces names no dialog of ours");
         };
-        let dialog = match side {
-            Side::A => &record.a,
-            Side::B => &record.b,
-        };
-        let ours = [
-            Some(dialog.local_tag.as_str()),
-            dialog.remote_tag.as_deref(),
-        ];
-        let (to, from_tag) = (
-            Some(replaces.to_tag.as_str()),
-            Some(replaces.from_tag.as_str()),
-        );
-        let matches = dialog.call_id.as_str() == replaces.call_id
-            && ((to == ours[0] && from_tag == ours[1]) || (to == ours[1] && from_tag == ours[0]));
+        let matches = replaces.names(record.dialog_of(side));
         if !matches || record.finished || record.state != State::Confirmed {
             return refuse(self, 481, "Replaces names no confirmed dialog of ours");
         }
